@@ -1,0 +1,150 @@
+//! Bucketing: `h = murmur3_x86_32("{salt}:{key}", seed 0)`, `cohort = h % 100`,
+//! `bucket = cohort * 100 + (h / 100) % 100`; a user is in the canary iff `bucket < weight_bp`.
+//!
+//! Because the cohort is the most significant part of the bucket, raising the weight only ever
+//! adds users, and at whole percentages the canary set equals Unleash's gradual rollout with
+//! `groupId = salt` (`murmur3("{groupId}:{userId}") % 100 + 1 <= percent`).
+
+/// Basis points in 100%: weights and buckets range over `0..=10_000` and `0..10_000`.
+pub const FULL_WEIGHT_BP: u32 = 10_000;
+
+/// Where one user key falls for one salt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Placement {
+    /// The 1% cohort, `0..=99`.
+    pub cohort: u8,
+    /// The basis-point bucket, `0..=9999`; `bucket / 100 == cohort`.
+    pub bucket: u16,
+}
+
+impl Placement {
+    /// Whether this user is in the canary when the canary gets `weight_bp` basis points.
+    pub fn is_canary(self, weight_bp: u32) -> bool {
+        u32::from(self.bucket) < weight_bp
+    }
+}
+
+/// murmur3 x86 32-bit of `data` with seed 0.
+pub fn murmur3_32(data: &[u8]) -> u32 {
+    // Reading from an in-memory slice cannot fail; the fallback only satisfies the io::Result.
+    murmur3::murmur3_32(&mut std::io::Cursor::new(data), 0).unwrap_or(0)
+}
+
+/// Places `key` (taken as bytes, never re-encoded) for `salt`.
+pub fn place(salt: &str, key: &[u8]) -> Placement {
+    let mut input = Vec::with_capacity(salt.len() + 1 + key.len());
+    input.extend_from_slice(salt.as_bytes());
+    input.push(b':');
+    input.extend_from_slice(key);
+    placement_of_hash(murmur3_32(&input))
+}
+
+/// The placement of a precomputed hash.
+pub fn placement_of_hash(hash: u32) -> Placement {
+    let cohort = hash % 100;
+    let bucket = cohort * 100 + (hash / 100) % 100;
+    // Both are provably below 100 and 10_000, so the narrowing casts cannot truncate.
+    Placement {
+        cohort: cohort as u8,
+        bucket: bucket as u16,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Golden vectors: murmur3_x86_32 reference values (seed 0) and the placements they give.
+    /// The same table runs on native and on wasm32-wasip1 (see the crate's test command).
+    #[test]
+    fn murmur3_reference_values() {
+        let table: &[(&[u8], u32)] = &[
+            (b"", 0),
+            (b"hello", 0x248b_fa47),
+            (b"Hello, world!", 0xc036_3e43),
+            (b"The quick brown fox jumps over the lazy dog", 0x2e4f_f723),
+        ];
+        for (input, want) in table {
+            assert_eq!(
+                murmur3_32(input),
+                *want,
+                "murmur3({:?})",
+                String::from_utf8_lossy(input)
+            );
+        }
+    }
+
+    #[test]
+    fn placement_golden_vectors() {
+        // (salt, key, hash, cohort, bucket), computed with an independent murmur3 (Python's mmh3).
+        let table: &[(&str, &str, u32, u8, u16)] = &[
+            ("checkout", "alice", 3_211_913_009, 9, 930),
+            ("checkout", "bob", 3_207_306_439, 39, 3964),
+            ("checkout", "user-42", 2_382_546_941, 41, 4169),
+            ("cart", "alice", 366_348_814, 14, 1488),
+            ("checkout", "ünïcödé", 833_808_417, 17, 1784),
+            ("checkout", "", 147_932_472, 72, 7224),
+        ];
+        for &(salt, key, hash, cohort, bucket) in table {
+            assert_eq!(
+                murmur3_32(format!("{salt}:{key}").as_bytes()),
+                hash,
+                "{salt}:{key}"
+            );
+            assert_eq!(
+                place(salt, key.as_bytes()),
+                Placement { cohort, bucket },
+                "{salt}:{key}"
+            );
+        }
+    }
+
+    #[test]
+    fn bucket_layout() {
+        let table: &[(u32, u8, u16)] = &[
+            (0, 0, 0),
+            (99, 99, 9900),
+            (100, 0, 1),
+            (12_345, 45, 4523),
+            (u32::MAX, 95, 9572), // 4294967295 % 100 = 95; (4294967295 / 100) % 100 = 72
+        ];
+        for &(hash, cohort, bucket) in table {
+            assert_eq!(
+                placement_of_hash(hash),
+                Placement { cohort, bucket },
+                "hash {hash}"
+            );
+        }
+    }
+
+    #[test]
+    fn raising_the_weight_only_adds_users() {
+        for i in 0..2_000u32 {
+            let p = place("salt", i.to_string().as_bytes());
+            let mut was_canary = false;
+            for weight in [0, 1, 100, 500, 2_500, 5_000, 7_500, 10_000] {
+                let now = p.is_canary(weight);
+                assert!(now || !was_canary, "key {i} left the canary at {weight} bp");
+                was_canary = now;
+            }
+            assert!(p.is_canary(FULL_WEIGHT_BP));
+            assert!(!p.is_canary(0));
+        }
+    }
+
+    #[test]
+    fn whole_percentages_match_unleash() {
+        for i in 0..5_000u32 {
+            let key = format!("user-{i}");
+            let p = place("group", key.as_bytes());
+            let unleash_normalized = murmur3_32(format!("group:{key}").as_bytes()) % 100 + 1;
+            for percent in [1u32, 5, 25, 50, 75, 100] {
+                assert_eq!(
+                    p.is_canary(percent * 100),
+                    unleash_normalized <= percent,
+                    "{key} at {percent}%"
+                );
+            }
+        }
+    }
+}

@@ -1,0 +1,618 @@
+//! The per-request decision: which rollout a request belongs to, whose request it is, and which
+//! version serves it. Pure: the request is read through [`RequestView`], so the filter supplies
+//! Envoy's headers and tests supply a table.
+
+use subtle::ConstantTimeEq;
+
+use crate::bucket::{place, Placement};
+use crate::config::{Anonymous, Compiled, HostPattern, Identity, Rollout, MAX_KEY_BYTES};
+
+/// Read access to the request headers.
+pub trait RequestView {
+    /// The value of a request header (lowercase name) as raw bytes.
+    fn header(&self, name: &str) -> Option<Vec<u8>>;
+}
+
+/// The two versions of a rollout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// The current version.
+    Stable,
+    /// The new version.
+    Canary,
+}
+
+/// Why a request got its version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    /// A force header with the right token.
+    Forced,
+    /// The canary weight is 0: everyone is on stable.
+    CanaryOff,
+    /// The key or its cohort is allow-listed.
+    AllowListed,
+    /// The key's bucket against the weight.
+    Bucketed,
+    /// No key and the anonymous policy is `stable`.
+    Anonymous,
+}
+
+/// The decision for a request that belongs to a rollout.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision<'c> {
+    /// The rollout the request's host belongs to.
+    pub rollout: &'c Rollout,
+    /// Its index in [`Compiled::rollouts`].
+    pub rollout_index: usize,
+    /// The version that serves it.
+    pub side: Side,
+    /// Why.
+    pub reason: Reason,
+    /// The key's placement, when a key was found or issued.
+    pub placement: Option<Placement>,
+    /// A new anonymous id to return in a `Set-Cookie`.
+    pub issued_id: Option<String>,
+}
+
+impl Decision<'_> {
+    /// The routing header value for the chosen side.
+    pub fn version(&self) -> &str {
+        match self.side {
+            Side::Stable => &self.rollout.stable_version,
+            Side::Canary => &self.rollout.canary_version,
+        }
+    }
+}
+
+/// Everything the filter needs to act on one request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome<'c> {
+    /// `None` when no rollout claims the host: the routing header is removed, nothing else.
+    pub decision: Option<Decision<'c>>,
+    /// A force header was present but not honoured.
+    pub force_denied: bool,
+}
+
+/// Decides one request. `authority` is the `:authority` header; `new_id` makes a random id for
+/// an anonymous user (called at most once).
+pub fn decide<'c>(
+    config: &'c Compiled,
+    authority: &[u8],
+    request: &dyn RequestView,
+    new_id: &mut dyn FnMut() -> String,
+) -> Outcome<'c> {
+    let force = request.header(&config.force_header);
+    let Some((rollout_index, rollout)) = find_rollout(config, authority) else {
+        return Outcome {
+            decision: None,
+            force_denied: force.is_some(),
+        };
+    };
+    let mut decision = Decision {
+        rollout,
+        rollout_index,
+        side: Side::Stable,
+        reason: Reason::Bucketed,
+        placement: None,
+        issued_id: None,
+    };
+    let mut force_denied = false;
+    if let Some(value) = force {
+        match forced_side(config, rollout, &value) {
+            Some(side) => {
+                decision.side = side;
+                decision.reason = Reason::Forced;
+                return Outcome {
+                    decision: Some(decision),
+                    force_denied,
+                };
+            }
+            None => force_denied = true,
+        }
+    }
+
+    let key = user_key(&rollout.identity, &config.anonymous, request);
+    let key = match (key, &config.anonymous) {
+        (Some(key), _) => key,
+        (None, Anonymous::Cookie { .. }) => {
+            let id = new_id();
+            let key = id.as_bytes().to_vec();
+            decision.issued_id = Some(id);
+            key
+        }
+        (None, Anonymous::Stable) => {
+            decision.reason = Reason::Anonymous;
+            return Outcome {
+                decision: Some(decision),
+                force_denied,
+            };
+        }
+    };
+    let placement = place(&rollout.salt, &key);
+    decision.placement = Some(placement);
+    (decision.side, decision.reason) = if rollout.weight_bp == 0 {
+        (Side::Stable, Reason::CanaryOff)
+    } else if rollout.allow_cohorts & (1u128 << placement.cohort) != 0
+        || rollout.allow_keys.binary_search(&key).is_ok()
+    {
+        (Side::Canary, Reason::AllowListed)
+    } else if placement.is_canary(rollout.weight_bp) {
+        (Side::Canary, Reason::Bucketed)
+    } else {
+        (Side::Stable, Reason::Bucketed)
+    };
+    Outcome {
+        decision: Some(decision),
+        force_denied,
+    }
+}
+
+/// The rollout claiming `authority`: a named host first, then a `*` rollout.
+pub fn find_rollout<'c>(config: &'c Compiled, authority: &[u8]) -> Option<(usize, &'c Rollout)> {
+    let host = host_of(authority);
+    let mut wildcard = None;
+    for (index, rollout) in config.rollouts.iter().enumerate() {
+        for pattern in &rollout.hosts {
+            match pattern {
+                HostPattern::Name(name) if host_matches(name.as_bytes(), host) => {
+                    return Some((index, rollout))
+                }
+                HostPattern::Any if wildcard.is_none() => wildcard = Some((index, rollout)),
+                _ => {}
+            }
+        }
+    }
+    wildcard
+}
+
+/// `authority` without its port and trailing dot.
+fn host_of(authority: &[u8]) -> &[u8] {
+    let host = if authority.first() == Some(&b'[') {
+        // IPv6 literal: `[::1]:8080`.
+        match authority.iter().position(|&b| b == b']') {
+            Some(end) => &authority[..=end],
+            None => authority,
+        }
+    } else {
+        match authority.iter().rposition(|&b| b == b':') {
+            Some(colon) if authority[colon + 1..].iter().all(u8::is_ascii_digit) => {
+                &authority[..colon]
+            }
+            _ => authority,
+        }
+    };
+    host.strip_suffix(b".").unwrap_or(host)
+}
+
+/// Whether `host` is `name` or one of its Kubernetes service forms: `name.ns`,
+/// `name.ns.svc`, `name.ns.svc.cluster.local` (any cluster domain). Case-insensitive.
+fn host_matches(name: &[u8], host: &[u8]) -> bool {
+    if host.len() < name.len() || !host[..name.len()].eq_ignore_ascii_case(name) {
+        return false;
+    }
+    let rest = &host[name.len()..];
+    if rest.is_empty() {
+        return true;
+    }
+    let Some(rest) = rest.strip_prefix(b".") else {
+        return false;
+    };
+    let name_labels = name.iter().filter(|&&b| b == b'.').count() + 1;
+    let mut labels = rest.split(|&b| b == b'.');
+    match name_labels {
+        // `name` + `ns` [+ `svc` [+ domain]]
+        1 => match (labels.next(), labels.next()) {
+            (Some(ns), None) => !ns.is_empty(),
+            (Some(ns), Some(svc)) => !ns.is_empty() && svc.eq_ignore_ascii_case(b"svc"),
+            _ => false,
+        },
+        // `name.ns` + `svc` [+ domain]
+        2 => labels
+            .next()
+            .is_some_and(|svc| svc.eq_ignore_ascii_case(b"svc")),
+        // `name.ns.svc` + domain
+        3 => name.len() >= 4 && name[name.len() - 4..].eq_ignore_ascii_case(b".svc"),
+        _ => false,
+    }
+}
+
+/// The side a force header value `VERSION:TOKEN` asks for, when its token is right.
+fn forced_side(config: &Compiled, rollout: &Rollout, value: &[u8]) -> Option<Side> {
+    let token = config.force_token.as_deref()?;
+    let colon = value.iter().position(|&b| b == b':')?;
+    let (version, given) = (&value[..colon], &value[colon + 1..]);
+    if !bool::from(given.ct_eq(token)) {
+        return None;
+    }
+    if version == rollout.canary_version.as_bytes() {
+        Some(Side::Canary)
+    } else if version == rollout.stable_version.as_bytes() {
+        Some(Side::Stable)
+    } else {
+        None
+    }
+}
+
+/// The first usable key among the identity sources, then the anonymous cookie.
+fn user_key(
+    identity: &[Identity],
+    anonymous: &Anonymous,
+    request: &dyn RequestView,
+) -> Option<Vec<u8>> {
+    let mut cookies: Option<Option<Vec<u8>>> = None;
+    let mut cookie_header = |request: &dyn RequestView| {
+        cookies
+            .get_or_insert_with(|| request.header("cookie"))
+            .clone()
+    };
+    for source in identity {
+        let key = match source {
+            Identity::Header(name) => request.header(name).filter(|value| usable_key(value)),
+            Identity::Cookie(name) => cookie_header(request)
+                .and_then(|h| cookie_value(&h, name.as_bytes()).map(<[u8]>::to_vec)),
+        };
+        if key.is_some() {
+            return key;
+        }
+    }
+    match anonymous {
+        Anonymous::Cookie { name, .. } => cookie_header(request)
+            .and_then(|h| cookie_value(&h, name.as_bytes()).map(<[u8]>::to_vec)),
+        Anonymous::Stable => None,
+    }
+}
+
+fn usable_key(key: &[u8]) -> bool {
+    !key.is_empty() && key.len() <= MAX_KEY_BYTES
+}
+
+/// The value of cookie `name` in a `Cookie` header (`a=1; b=2`), unquoted; the first usable one
+/// wins. Malformed pairs are skipped.
+pub fn cookie_value<'h>(header: &'h [u8], name: &[u8]) -> Option<&'h [u8]> {
+    header.split(|&b| b == b';').find_map(|pair| {
+        let pair = pair.trim_ascii();
+        let eq = pair.iter().position(|&b| b == b'=')?;
+        if pair[..eq].trim_ascii() != name {
+            return None;
+        }
+        let value = pair[eq + 1..].trim_ascii();
+        let value = value
+            .strip_prefix(b"\"")
+            .and_then(|v| v.strip_suffix(b"\""))
+            .unwrap_or(value);
+        usable_key(value).then_some(value)
+    })
+}
+
+/// The `Set-Cookie` value that hands an anonymous user its id.
+pub fn set_cookie_value(cookie_name: &str, id: &str, max_age_seconds: u64) -> String {
+    format!("{cookie_name}={id}; Path=/; Max-Age={max_age_seconds}; HttpOnly; SameSite=Lax")
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::config::parse;
+
+    struct Headers(BTreeMap<&'static str, Vec<u8>>);
+
+    impl RequestView for Headers {
+        fn header(&self, name: &str) -> Option<Vec<u8>> {
+            self.0.get(name).cloned()
+        }
+    }
+
+    fn headers(pairs: &[(&'static str, &[u8])]) -> Headers {
+        Headers(pairs.iter().map(|(k, v)| (*k, v.to_vec())).collect())
+    }
+
+    fn config(extra: &str, rollout: &str) -> Compiled {
+        let document = format!(
+            r#"{{"version": 1, "forceToken": "0123456789abcdef",
+                 "identity": [{{"kind": "header", "name": "x-user-id"}}, {{"kind": "cookie", "name": "uid"}}]
+                 {extra},
+                 "rollouts": {{"checkout": {{"hosts": ["checkout"] {rollout}}},
+                               "other": {{"hosts": ["*"], "weightBp": 10000}}}}}}"#
+        );
+        match parse(document.as_bytes()) {
+            Ok(compiled) => compiled,
+            Err(errors) => panic!("{errors}"),
+        }
+    }
+
+    fn run<'c>(config: &'c Compiled, authority: &[u8], request: &Headers) -> Outcome<'c> {
+        decide(config, authority, request, &mut || "fresh-id".to_owned())
+    }
+
+    #[test]
+    fn hosts() {
+        let table: &[(&[u8], &str)] = &[
+            (b"checkout", "checkout"),
+            (b"checkout:8080", "checkout"),
+            (b"CHECKOUT.", "checkout"),
+            (b"checkout.shop", "checkout"),
+            (b"checkout.shop.svc", "checkout"),
+            (b"checkout.shop.svc.cluster.local", "checkout"),
+            (b"checkout.shop.svc.cluster.local:80", "checkout"),
+            (b"checkout.example.com", "other"),
+            (b"checkoutx", "other"),
+            (b"[::1]:8080", "other"),
+            (b"", "other"),
+            (b"\xff\xfe:99", "other"),
+        ];
+        let config = config("", "");
+        for (authority, want) in table {
+            let got = find_rollout(&config, authority).map(|(_, r)| r.name.as_str());
+            assert_eq!(got, Some(*want), "{}", String::from_utf8_lossy(authority));
+        }
+    }
+
+    #[test]
+    fn qualified_host_names() {
+        let table: &[(&[u8], &[u8], bool)] = &[
+            (b"checkout.shop", b"checkout.shop.svc.cluster.local", true),
+            (b"checkout.shop", b"checkout.shop.other", false),
+            (
+                b"checkout.shop.svc",
+                b"checkout.shop.svc.corp.internal",
+                true,
+            ),
+            (b"api.example.com", b"api.example.com", true),
+            (b"api.example.com", b"api.example.com.evil", false),
+        ];
+        for (name, host, want) in table {
+            assert_eq!(
+                host_matches(name, host),
+                *want,
+                "{} vs {}",
+                String::from_utf8_lossy(name),
+                String::from_utf8_lossy(host)
+            );
+        }
+    }
+
+    #[test]
+    fn no_rollout_for_the_host() {
+        let config = match parse(br#"{"version": 1, "rollouts": {"a": {"hosts": ["a"]}}}"#) {
+            Ok(c) => c,
+            Err(e) => panic!("{e}"),
+        };
+        let outcome = run(&config, b"b", &headers(&[("x-cohort-force", b"canary:x")]));
+        assert_eq!(
+            outcome,
+            Outcome {
+                decision: None,
+                force_denied: true
+            }
+        );
+    }
+
+    #[test]
+    fn decisions() {
+        // alice: cohort 9, bucket 930; bob: cohort 39, bucket 3964 (salt "checkout", see bucket.rs).
+        let table: &[(&str, &[(&'static str, &[u8])], &str, Reason, bool)] = &[
+            (
+                r#", "weightBp": 1000"#,
+                &[("x-user-id", b"alice")],
+                "canary",
+                Reason::Bucketed,
+                false,
+            ),
+            (
+                r#", "weightBp": 930"#,
+                &[("x-user-id", b"alice")],
+                "stable",
+                Reason::Bucketed,
+                false,
+            ),
+            (
+                r#", "weightBp": 931"#,
+                &[("x-user-id", b"alice")],
+                "canary",
+                Reason::Bucketed,
+                false,
+            ),
+            (
+                r#", "weightBp": 1000"#,
+                &[("x-user-id", b"bob")],
+                "stable",
+                Reason::Bucketed,
+                false,
+            ),
+            (
+                r#", "weightBp": 1000"#,
+                &[("cookie", b"a=1; uid=alice")],
+                "canary",
+                Reason::Bucketed,
+                false,
+            ),
+            // header before cookie
+            (
+                r#", "weightBp": 1000"#,
+                &[("x-user-id", b"bob"), ("cookie", b"uid=alice")],
+                "stable",
+                Reason::Bucketed,
+                false,
+            ),
+            // empty header falls through to the cookie
+            (
+                r#", "weightBp": 1000"#,
+                &[("x-user-id", b""), ("cookie", b"uid=alice")],
+                "canary",
+                Reason::Bucketed,
+                false,
+            ),
+            (
+                r#", "weightBp": 0"#,
+                &[("x-user-id", b"alice")],
+                "stable",
+                Reason::CanaryOff,
+                false,
+            ),
+            (
+                r#", "weightBp": 1, "allowKeys": ["bob"]"#,
+                &[("x-user-id", b"bob")],
+                "canary",
+                Reason::AllowListed,
+                false,
+            ),
+            (
+                r#", "weightBp": 1, "allowCohorts": [39]"#,
+                &[("x-user-id", b"bob")],
+                "canary",
+                Reason::AllowListed,
+                false,
+            ),
+            (
+                r#", "weightBp": 0, "allowKeys": ["bob"]"#,
+                &[("x-user-id", b"bob")],
+                "stable",
+                Reason::CanaryOff,
+                false,
+            ),
+            (
+                r#", "weightBp": 0"#,
+                &[
+                    ("x-user-id", b"bob"),
+                    ("x-cohort-force", b"canary:0123456789abcdef"),
+                ],
+                "canary",
+                Reason::Forced,
+                false,
+            ),
+            (
+                r#", "weightBp": 10000"#,
+                &[
+                    ("x-user-id", b"bob"),
+                    ("x-cohort-force", b"stable:0123456789abcdef"),
+                ],
+                "stable",
+                Reason::Forced,
+                false,
+            ),
+            (
+                r#", "weightBp": 0"#,
+                &[
+                    ("x-user-id", b"bob"),
+                    ("x-cohort-force", b"canary:0123456789abcdeX"),
+                ],
+                "stable",
+                Reason::CanaryOff,
+                true,
+            ),
+            (
+                r#", "weightBp": 0"#,
+                &[("x-user-id", b"bob"), ("x-cohort-force", b"canary")],
+                "stable",
+                Reason::CanaryOff,
+                true,
+            ),
+            (
+                r#", "weightBp": 0"#,
+                &[
+                    ("x-user-id", b"bob"),
+                    ("x-cohort-force", b"v9:0123456789abcdef"),
+                ],
+                "stable",
+                Reason::CanaryOff,
+                true,
+            ),
+        ];
+        for (rollout, request, version, reason, denied) in table {
+            let config = config("", rollout);
+            let outcome = run(&config, b"checkout", &headers(request));
+            let Some(decision) = &outcome.decision else {
+                panic!("no decision for {rollout}")
+            };
+            assert_eq!(
+                (decision.version(), decision.reason, outcome.force_denied),
+                (*version, *reason, *denied),
+                "rollout {rollout}, request {request:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn anonymous_users() {
+        let config_cookie = config("", r#", "weightBp": 10000"#);
+        let outcome = run(&config_cookie, b"checkout", &headers(&[]));
+        let decision = outcome.decision.unwrap();
+        assert_eq!(decision.issued_id.as_deref(), Some("fresh-id"));
+        assert_eq!(decision.placement, Some(place("checkout", b"fresh-id")));
+
+        // A returning anonymous user is bucketed by the cookie it was given.
+        let outcome = run(
+            &config_cookie,
+            b"checkout",
+            &headers(&[("cookie", b"cohort-id=alice")]),
+        );
+        let decision = outcome.decision.unwrap();
+        assert_eq!(
+            (decision.issued_id, decision.placement),
+            (None, Some(place("checkout", b"alice")))
+        );
+
+        let config_stable = config(
+            r#", "anonymous": {"mode": "stable"}"#,
+            r#", "weightBp": 10000"#,
+        );
+        let decision = run(&config_stable, b"checkout", &headers(&[]))
+            .decision
+            .unwrap();
+        assert_eq!(
+            (
+                decision.version(),
+                decision.reason,
+                decision.issued_id.as_deref()
+            ),
+            ("stable", Reason::Anonymous, None)
+        );
+    }
+
+    #[test]
+    fn oversized_keys_are_ignored() {
+        let config = config(
+            r#", "anonymous": {"mode": "stable"}"#,
+            r#", "weightBp": 10000"#,
+        );
+        let huge = vec![b'a'; MAX_KEY_BYTES + 1];
+        let decision = run(&config, b"checkout", &headers(&[("x-user-id", &huge)]))
+            .decision
+            .unwrap();
+        assert_eq!(decision.reason, Reason::Anonymous);
+    }
+
+    #[test]
+    fn cookies() {
+        let table: &[(&[u8], &[u8], Option<&[u8]>)] = &[
+            (b"uid=alice", b"uid", Some(b"alice")),
+            (b"a=1;uid=alice", b"uid", Some(b"alice")),
+            (b" a=1 ;  uid = \"alice\" ", b"uid", Some(b"alice")),
+            (b"xuid=bob; uid=alice", b"uid", Some(b"alice")),
+            (b"uid=; uid=carol", b"uid", Some(b"carol")),
+            (b"uid", b"uid", None),
+            (b";;;=;uid==x", b"uid", Some(b"=x")),
+            (b"a=\xff\xfe; uid=\xc3\x28", b"uid", Some(b"\xc3\x28")),
+            (b"", b"uid", None),
+            (b"\"", b"uid", None),
+        ];
+        for (header, name, want) in table {
+            assert_eq!(
+                cookie_value(header, name),
+                *want,
+                "{}",
+                String::from_utf8_lossy(header)
+            );
+        }
+    }
+
+    #[test]
+    fn set_cookie() {
+        assert_eq!(
+            set_cookie_value("cohort-id", "abc", 60),
+            "cohort-id=abc; Path=/; Max-Age=60; HttpOnly; SameSite=Lax"
+        );
+    }
+}
