@@ -296,6 +296,8 @@ mod tests {
     use super::*;
     use crate::config::parse;
 
+    type Headerlist = &'static [(&'static str, &'static [u8])];
+
     struct Headers(BTreeMap<&'static str, Vec<u8>>);
 
     impl RequestView for Headers {
@@ -392,7 +394,9 @@ mod tests {
     #[test]
     fn decisions() {
         // alice: cohort 9, bucket 930; bob: cohort 39, bucket 3964 (salt "checkout", see bucket.rs).
-        let table: &[(&str, &[(&'static str, &[u8])], &str, Reason, bool)] = &[
+        // (rollout fields, request headers, version, reason, force denied)
+        type Row = (&'static str, Headerlist, &'static str, Reason, bool);
+        let table: &[Row] = &[
             (
                 r#", "weightBp": 1000"#,
                 &[("x-user-id", b"alice")],
@@ -586,7 +590,8 @@ mod tests {
 
     #[test]
     fn cookies() {
-        let table: &[(&[u8], &[u8], Option<&[u8]>)] = &[
+        type Row = (&'static [u8], &'static [u8], Option<&'static [u8]>);
+        let table: &[Row] = &[
             (b"uid=alice", b"uid", Some(b"alice")),
             (b"a=1;uid=alice", b"uid", Some(b"alice")),
             (b" a=1 ;  uid = \"alice\" ", b"uid", Some(b"alice")),

@@ -1,0 +1,20 @@
+//! cohort's proxy-wasm HTTP filter: decides per user, inside Envoy, whether a request goes to
+//! the stable or the canary version, sets the routing header the route matches, and emits
+//! version-tagged metrics.
+//!
+//! The decisions live in `cohort-core`; this crate is the thin shell around them:
+//! [`host`] wraps every host call, [`root`] owns the config lifecycle, [`stream`] handles one
+//! request, [`metrics`] defines metric ids once per config.
+
+pub mod host;
+pub mod metrics;
+pub mod root;
+pub mod stream;
+
+// The exported entry point only exists in the .wasm; native builds (clippy, unit tests) skip it.
+#[cfg(target_arch = "wasm32")]
+proxy_wasm::main! {{
+    // Also installs the SDK's panic hook, so a panic would at least be logged before the VM dies.
+    proxy_wasm::set_log_level(proxy_wasm::types::LogLevel::Info);
+    proxy_wasm::set_root_context(|_| -> Box<dyn proxy_wasm::traits::RootContext> { Box::new(root::Root::default()) });
+}}

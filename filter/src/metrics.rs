@@ -1,0 +1,161 @@
+//! Metric ids, defined once per accepted config (never per request).
+
+use proxy_wasm::types::MetricType;
+
+use cohort_core::config::Compiled;
+use cohort_core::decide::Side;
+use cohort_core::telemetry::{
+    tagged_name, CODE_CLASSES, CONFIG_GENERATION, CONFIG_REJECTED_TOTAL, EVENTS_TOTAL,
+    FORCE_DENIED_TOTAL, REQUESTS_TOTAL, REQUEST_DURATION_MS, ROLLOUT_WEIGHT_BP,
+    ROUTING_HEADER_OVERWRITTEN_TOTAL, TAG_CODE_CLASS, TAG_EVENT, TAG_ROLLOUT, TAG_VERSION,
+};
+
+/// Defines a metric by kind and full (tagged) name; `None` when the host refused.
+pub type Define<'a> = &'a mut dyn FnMut(MetricType, &str) -> Option<u32>;
+
+/// Metrics that do not depend on the config.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct VmMetrics {
+    /// `cohort_config_generation`
+    pub generation: Option<u32>,
+    /// `cohort_config_rejected_total`
+    pub rejected: Option<u32>,
+    /// `cohort_routing_header_overwritten_total`
+    pub overwritten: Option<u32>,
+    /// `cohort_force_denied_total`
+    pub force_denied: Option<u32>,
+}
+
+impl VmMetrics {
+    /// Defines the VM-wide metrics.
+    pub fn define(define: Define<'_>) -> Self {
+        VmMetrics {
+            generation: define(MetricType::Gauge, CONFIG_GENERATION),
+            rejected: define(MetricType::Counter, CONFIG_REJECTED_TOTAL),
+            overwritten: define(MetricType::Counter, ROUTING_HEADER_OVERWRITTEN_TOTAL),
+            force_denied: define(MetricType::Counter, FORCE_DENIED_TOTAL),
+        }
+    }
+}
+
+/// One version's metrics within a rollout.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct VersionMetrics {
+    /// `cohort_requests_total`, indexed like [`CODE_CLASSES`].
+    pub requests: [Option<u32>; CODE_CLASSES.len()],
+    /// `cohort_request_duration_milliseconds`
+    pub duration_ms: Option<u32>,
+    /// `cohort_events_total`, indexed like the config's event names.
+    pub events: Vec<Option<u32>>,
+}
+
+/// One rollout's metrics.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RolloutMetrics {
+    /// `cohort_rollout_weight_bp`
+    pub weight_bp: Option<u32>,
+    /// Stable, then canary.
+    pub versions: [VersionMetrics; 2],
+}
+
+impl RolloutMetrics {
+    /// The metrics of one side.
+    pub fn side(&self, side: Side) -> &VersionMetrics {
+        match side {
+            Side::Stable => &self.versions[0],
+            Side::Canary => &self.versions[1],
+        }
+    }
+}
+
+/// Defines every rollout's metrics for `config`, in rollout order.
+pub fn define_rollouts(config: &Compiled, define: Define<'_>) -> Vec<RolloutMetrics> {
+    config
+        .rollouts
+        .iter()
+        .map(|rollout| {
+            let rollout_tag = (TAG_ROLLOUT, rollout.name.as_str());
+            let mut version = |name: &str| {
+                let tags = [rollout_tag, (TAG_VERSION, name)];
+                VersionMetrics {
+                    requests: CODE_CLASSES.map(|class| {
+                        define(
+                            MetricType::Counter,
+                            &tagged_name(
+                                REQUESTS_TOTAL,
+                                &[tags[0], tags[1], (TAG_CODE_CLASS, class)],
+                            ),
+                        )
+                    }),
+                    duration_ms: define(
+                        MetricType::Histogram,
+                        &tagged_name(REQUEST_DURATION_MS, &tags),
+                    ),
+                    events: config
+                        .events
+                        .iter()
+                        .map(|event| {
+                            define(
+                                MetricType::Counter,
+                                &tagged_name(EVENTS_TOTAL, &[tags[0], tags[1], (TAG_EVENT, event)]),
+                            )
+                        })
+                        .collect(),
+                }
+            };
+            let versions = [
+                version(&rollout.stable_version),
+                version(&rollout.canary_version),
+            ];
+            RolloutMetrics {
+                weight_bp: define(
+                    MetricType::Gauge,
+                    &tagged_name(ROLLOUT_WEIGHT_BP, &[rollout_tag]),
+                ),
+                versions,
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_per_rollout_version_class_and_event() {
+        let config = cohort_core::config::parse(
+            br#"{"version": 1, "events": ["checkout", "signup"],
+                 "rollouts": {"web": {"hosts": ["web"], "canaryVersion": "v2"}}}"#,
+        )
+        .unwrap();
+        let mut names = Vec::new();
+        let metrics = define_rollouts(&config, &mut |kind, name| {
+            names.push((kind, name.to_owned()));
+            Some(names.len() as u32)
+        });
+        assert_eq!(metrics.len(), 1);
+        // 2 versions × (6 classes + 1 histogram + 2 events) + 1 weight gauge
+        assert_eq!(names.len(), 2 * (6 + 1 + 2) + 1);
+        assert!(names.contains(&(
+            MetricType::Counter,
+            "cohort_rollout=.=web;.;cohort_version=.=v2;.;cohort_code_class=.=5xx;.;cohort_requests_total".into()
+        )));
+        assert!(names.contains(&(
+            MetricType::Histogram,
+            "cohort_rollout=.=web;.;cohort_version=.=stable;.;cohort_request_duration_milliseconds"
+                .into()
+        )));
+        assert!(names.contains(&(
+            MetricType::Counter,
+            "cohort_rollout=.=web;.;cohort_version=.=v2;.;cohort_event=.=signup;.;cohort_events_total".into()
+        )));
+        assert!(names.contains(&(
+            MetricType::Gauge,
+            "cohort_rollout=.=web;.;cohort_rollout_weight_bp".into()
+        )));
+        let canary = metrics[0].side(Side::Canary);
+        assert_eq!(canary.events.len(), 2);
+        assert!(canary.requests.iter().all(Option::is_some));
+    }
+}
