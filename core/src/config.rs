@@ -11,7 +11,10 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::json::{join, Reader};
 
 use crate::bucket::FULL_WEIGHT_BP;
 
@@ -42,39 +45,32 @@ pub const MAX_ALLOW_KEYS: usize = 10_000;
 const MAX_COOKIE_AGE_SECONDS: u64 = 2 * 365 * 24 * 3600;
 
 /// The filter configuration as it travels on the wire.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct FilterConfig {
     /// Format version; must be [`CONFIG_VERSION`].
     pub version: u32,
     /// Request header set to the chosen version name (always overwritten).
-    #[serde(default = "default_routing_header")]
     pub routing_header: String,
     /// Request header that forces a version as `VERSION:TOKEN`; always removed before forwarding.
-    #[serde(default = "default_force_header")]
     pub force_header: String,
     /// Secret that the force header must carry; without it forcing is off.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub force_token: Option<String>,
     /// Ordered sources of the user key; the first non-empty one wins.
-    #[serde(default)]
     pub identity: Vec<IdentitySource>,
     /// What happens to requests without a user key.
-    #[serde(default)]
     pub anonymous: AnonymousPolicy,
     /// Response header listing business events (comma-separated names).
-    #[serde(default = "default_events_header")]
     pub events_header: String,
     /// Event names that are counted; others are ignored (bounded cardinality).
-    #[serde(default)]
     pub events: Vec<String>,
     /// Rollouts keyed by name.
-    #[serde(default)]
     pub rollouts: BTreeMap<String, RolloutConfig>,
 }
 
 /// One place to read the user key from.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct IdentitySource {
     /// `header` or `cookie`.
@@ -84,17 +80,14 @@ pub struct IdentitySource {
 }
 
 /// Treatment of requests that carry no user key.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct AnonymousPolicy {
     /// `cookie`: give the user a random id in a cookie and bucket it; `stable`: always stable.
-    #[serde(default = "default_anonymous_mode")]
     pub mode: String,
     /// Name of that cookie.
-    #[serde(default = "default_anonymous_cookie")]
     pub cookie_name: String,
     /// `Max-Age` of that cookie in seconds.
-    #[serde(default = "default_anonymous_max_age")]
     pub max_age_seconds: u64,
 }
 
@@ -109,31 +102,28 @@ impl Default for AnonymousPolicy {
 }
 
 /// One rollout: which hosts, which weight, which versions.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct RolloutConfig {
     /// Destination hosts (`:authority` without port); `*` matches any host.
     pub hosts: Vec<String>,
     /// Bucketing salt; defaults to the rollout name. Changing it reshuffles every user.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub salt: Option<String>,
     /// Canary share in basis points, `0..=10000` (500 = 5%).
-    #[serde(default)]
     pub weight_bp: u32,
     /// Routing header value for stable.
-    #[serde(default = "default_stable_version")]
     pub stable_version: String,
     /// Routing header value for canary.
-    #[serde(default = "default_canary_version")]
     pub canary_version: String,
     /// Overrides the top-level identity sources for this rollout.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub identity: Option<Vec<IdentitySource>>,
     /// Cohorts (`0..=99`) that get the canary whenever its weight is above 0.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub allow_cohorts: Vec<u32>,
     /// User keys that get the canary whenever its weight is above 0.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub allow_keys: Vec<String>,
 }
 
@@ -314,24 +304,146 @@ pub fn parse(document: &[u8]) -> Result<Compiled, ConfigErrors> {
     validate(&config)
 }
 
-/// Parses a config document without validating it; type errors name the field.
+/// Parses a config document without validating it; type errors name the field. Absent fields
+/// take their defaults; unknown fields are ignored.
 pub fn parse_wire(document: &[u8]) -> Result<FilterConfig, ConfigErrors> {
-    let deserializer = &mut serde_json::Deserializer::from_slice(document);
-    serde_path_to_error::deserialize(deserializer).map_err(|error| {
-        let path = error.path().to_string();
-        let field = if path == "." || path == "?" {
-            "(document)".to_owned()
-        } else {
-            path
-        };
-        let inner = error.into_inner();
-        let problem = if inner.is_syntax() || inner.is_eof() {
-            format!("not valid JSON ({inner}); the config must be one JSON object")
-        } else {
-            format!("{inner}; see the configuration reference in the README")
-        };
-        ConfigErrors(vec![ConfigError { field, problem }])
+    let value: Value = serde_json::from_slice(document).map_err(|error| {
+        ConfigErrors(vec![ConfigError {
+            field: "(document)".to_owned(),
+            problem: format!("not valid JSON ({error}); the config must be one JSON object"),
+        }])
+    })?;
+    let mut r = Reader::default();
+    let Some(root) = r.object(&value, "(document)") else {
+        return Err(ConfigErrors(r.errors));
+    };
+    let version = match r.whole_number(root, "", "version", u64::from(u32::MAX)) {
+        Some(version) => version as u32,
+        None => {
+            if !root.contains_key("version") {
+                r.error(
+                    "version",
+                    format!("missing; add \"version\": {CONFIG_VERSION}"),
+                );
+            }
+            0
+        }
+    };
+    let defaults = FilterConfig::new();
+    let config = FilterConfig {
+        version,
+        routing_header: r
+            .string(root, "", "routingHeader")
+            .unwrap_or(defaults.routing_header),
+        force_header: r
+            .string(root, "", "forceHeader")
+            .unwrap_or(defaults.force_header),
+        force_token: r.string(root, "", "forceToken"),
+        identity: r
+            .list(root, "", "identity", identity_source)
+            .unwrap_or_default(),
+        anonymous: root
+            .get("anonymous")
+            .map_or_else(AnonymousPolicy::default, |value| {
+                anonymous_policy(&mut r, value)
+            }),
+        events_header: r
+            .string(root, "", "eventsHeader")
+            .unwrap_or(defaults.events_header),
+        events: r
+            .list(root, "", "events", Reader::string_item)
+            .unwrap_or_default(),
+        rollouts: match root.get("rollouts") {
+            None => BTreeMap::new(),
+            Some(value) => r
+                .object(value, "rollouts")
+                .map(|rollouts| {
+                    rollouts
+                        .iter()
+                        .filter_map(|(name, value)| {
+                            Some((
+                                name.clone(),
+                                rollout_config(&mut r, value, &join("rollouts", name))?,
+                            ))
+                        })
+                        .collect()
+                })
+                .unwrap_or_default(),
+        },
+    };
+    if r.errors.is_empty() {
+        Ok(config)
+    } else {
+        Err(ConfigErrors(r.errors))
+    }
+}
+
+fn identity_source(r: &mut Reader, value: &Value, field: &str) -> Option<IdentitySource> {
+    let object = r.object(value, field)?;
+    let kind = r.string(object, field, "kind");
+    let name = r.string(object, field, "name");
+    for (key, present) in [("kind", kind.is_some()), ("name", name.is_some())] {
+        if !present && !object.contains_key(key) {
+            r.error(
+                &join(field, key),
+                "missing; an identity source has a kind (header or cookie) and a name".to_owned(),
+            );
+        }
+    }
+    Some(IdentitySource {
+        kind: kind?,
+        name: name?,
     })
+}
+
+fn anonymous_policy(r: &mut Reader, value: &Value) -> AnonymousPolicy {
+    let defaults = AnonymousPolicy::default();
+    let Some(object) = r.object(value, "anonymous") else {
+        return defaults;
+    };
+    AnonymousPolicy {
+        mode: r
+            .string(object, "anonymous", "mode")
+            .unwrap_or(defaults.mode),
+        cookie_name: r
+            .string(object, "anonymous", "cookieName")
+            .unwrap_or(defaults.cookie_name),
+        max_age_seconds: r
+            .whole_number(object, "anonymous", "maxAgeSeconds", u64::MAX)
+            .unwrap_or(defaults.max_age_seconds),
+    }
+}
+
+fn rollout_config(r: &mut Reader, value: &Value, field: &str) -> Option<RolloutConfig> {
+    let object = r.object(value, field)?;
+    let hosts = r.list(object, field, "hosts", Reader::string_item);
+    if hosts.is_none() && !object.contains_key("hosts") {
+        r.error(
+            &join(field, "hosts"),
+            "missing; list the destination hosts this rollout splits".to_owned(),
+        );
+    }
+    let mut rollout = RolloutConfig::new(hosts.unwrap_or_default(), 0);
+    rollout.salt = r.string(object, field, "salt");
+    if let Some(weight) = r.whole_number(object, field, "weightBp", u64::from(u32::MAX)) {
+        rollout.weight_bp = weight as u32;
+    }
+    if let Some(version) = r.string(object, field, "stableVersion") {
+        rollout.stable_version = version;
+    }
+    if let Some(version) = r.string(object, field, "canaryVersion") {
+        rollout.canary_version = version;
+    }
+    rollout.identity = r.list(object, field, "identity", identity_source);
+    rollout.allow_cohorts = r
+        .list(object, field, "allowCohorts", |r, v, f| {
+            r.number_item(v, f, u64::from(u32::MAX)).map(|n| n as u32)
+        })
+        .unwrap_or_default();
+    rollout.allow_keys = r
+        .list(object, field, "allowKeys", Reader::string_item)
+        .unwrap_or_default();
+    Some(rollout)
 }
 
 /// Validates a wire config into its compiled form, reporting every problem found.
@@ -390,7 +502,7 @@ pub fn validate(config: &FilterConfig) -> Result<Compiled, ConfigErrors> {
             if let Some(other) = seen_hosts.insert(host.as_str(), name.as_str()) {
                 errors.push(
                     &format!("{field}.hosts[{i}]"),
-                    format!("host {host:?} is already claimed by rollout {other:?}; each host belongs to one rollout"),
+                    format!("host \"{host}\" is already claimed by rollout \"{other}\"; each host belongs to one rollout"),
                 );
             }
         }
@@ -436,7 +548,7 @@ impl Errors {
         if !is_token(name) || name.starts_with(':') {
             self.push(
                 field,
-                format!("{name:?} is not a valid HTTP header name; use letters, digits and '-'"),
+                format!("\"{name}\" is not a valid HTTP header name; use letters, digits and '-'"),
             );
             return None;
         }
@@ -448,7 +560,7 @@ impl Errors {
             self.push(
                 field,
                 format!(
-                    "{name:?} is reserved by HTTP; use a header of your own such as x-cohort-..."
+                    "\"{name}\" is reserved by HTTP; use a header of your own such as x-cohort-..."
                 ),
             );
             return None;
@@ -473,7 +585,7 @@ impl Errors {
                         self.push(
                             &format!("{field}.name"),
                             format!(
-                                "{:?} is not a valid cookie name; use letters, digits, '-' and '_'",
+                                "\"{}\" is not a valid cookie name; use letters, digits, '-' and '_'",
                                 source.name
                             ),
                         );
@@ -481,7 +593,7 @@ impl Errors {
                 }
                 other => self.push(
                     &format!("{field}.kind"),
-                    format!("unknown identity kind {other:?}; use \"header\" or \"cookie\""),
+                    format!("unknown identity kind \"{other}\"; use \"header\" or \"cookie\""),
                 ),
             }
         }
@@ -497,7 +609,7 @@ impl Errors {
                     self.push(
                         "anonymous.cookieName",
                         format!(
-                            "{:?} is not a valid cookie name; use letters, digits, '-' and '_'",
+                            "\"{}\" is not a valid cookie name; use letters, digits, '-' and '_'",
                             policy.cookie_name
                         ),
                     );
@@ -521,7 +633,7 @@ impl Errors {
             other => {
                 self.push(
                     "anonymous.mode",
-                    format!("unknown mode {other:?}; use \"cookie\" or \"stable\""),
+                    format!("unknown mode \"{other}\"; use \"cookie\" or \"stable\""),
                 );
                 None
             }
@@ -547,12 +659,12 @@ impl Errors {
             if !valid {
                 self.push(
                     &format!("events[{i}]"),
-                    format!("{event:?} is not a valid event name; use 1-64 characters of letters, digits, '_' and '-'"),
+                    format!("\"{event}\" is not a valid event name; use 1-64 characters of letters, digits, '_' and '-'"),
                 );
             } else if events[..i].contains(event) {
                 self.push(
                     &format!("events[{i}]"),
-                    format!("{event:?} is listed twice; remove the duplicate"),
+                    format!("\"{event}\" is listed twice; remove the duplicate"),
                 );
             }
         }
@@ -590,7 +702,7 @@ impl Errors {
             } else {
                 self.push(
                     &format!("{field}.hosts[{i}]"),
-                    format!("{host:?} is not a host name; use lowercase DNS names without port or scheme, or \"*\""),
+                    format!("\"{host}\" is not a host name; use lowercase DNS names without port or scheme, or \"*\""),
                 );
             }
         }
@@ -613,7 +725,7 @@ impl Errors {
             if !valid {
                 self.push(
                     &format!("{field}.{key}"),
-                    format!("{version:?} is not a valid version name; use 1-63 characters of letters, digits, '-', '_' and '.'"),
+                    format!("\"{version}\" is not a valid version name; use 1-63 characters of letters, digits, '-', '_' and '.'"),
                 );
             }
         }
@@ -787,7 +899,36 @@ mod tests {
         let table: &[(&str, &str)] = &[
             ("{not json", "(document): not valid JSON"),
             ("", "(document): not valid JSON"),
-            (r#"{"rollouts": {}}"#, "missing field `version`"),
+            (
+                r#"{"rollouts": {}}"#,
+                "version: missing; add \"version\": 1",
+            ),
+            ("[1]", "(document): expected an object, found a list"),
+            (r#"{"version": "1"}"#, "version: expected a whole number"),
+            (
+                r#"{"version": 1, "identity": {}}"#,
+                "identity: expected a list, found an object",
+            ),
+            (
+                r#"{"version": 1, "identity": [{"kind": "header"}]}"#,
+                "identity[0].name: missing",
+            ),
+            (
+                r#"{"version": 1, "rollouts": {"a": {"weightBp": 5}}}"#,
+                "rollouts.a.hosts: missing",
+            ),
+            (
+                r#"{"version": 1, "rollouts": {"a": {"hosts": [1]}}}"#,
+                "rollouts.a.hosts[0]: expected a string, found a number",
+            ),
+            (
+                r#"{"version": 1, "rollouts": {"a": {"hosts": ["a"], "weightBp": 2.5}}}"#,
+                "rollouts.a.weightBp: expected a whole number",
+            ),
+            (
+                r#"{"version": 1, "anonymous": {"maxAgeSeconds": "1"}}"#,
+                "anonymous.maxAgeSeconds: expected a whole number",
+            ),
             (
                 r#"{"version": 2}"#,
                 "version: unsupported config version 2; this filter reads version 1",
@@ -798,7 +939,7 @@ mod tests {
             ),
             (
                 r#"{"version": 1, "rollouts": {"a": {"hosts": ["a"], "weightBp": -1}}}"#,
-                "rollouts.a.weightBp: invalid value",
+                "rollouts.a.weightBp: expected a whole number from 0 to 4294967295",
             ),
             (
                 r#"{"version": 1, "identity": [{"kind": "query", "name": "u"}]}"#,

@@ -11,4 +11,5 @@
 pub mod bucket;
 pub mod config;
 pub mod decide;
+mod json;
 pub mod telemetry;
