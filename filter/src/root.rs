@@ -2,6 +2,7 @@
 //! its fields, counted, and refused (`on_configure` returns false), so Envoy keeps the last good
 //! config serving.
 
+use std::cell::RefCell;
 use std::rc::Rc;
 
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
@@ -22,12 +23,24 @@ pub struct Active {
     pub metrics: Vec<RolloutMetrics>,
 }
 
-/// The root context: one per plugin per worker.
+/// What outlives one plugin config in this VM. Envoy makes a new root context for every config
+/// it pushes into a running VM, so this cannot live in [`Root`].
+#[derive(Default)]
+struct VmState {
+    accepted_configs: u64,
+    /// Each served rollout's name and weight gauge, to zero the gauges of rollouts that leave.
+    weight_gauges: Vec<(String, Option<u32>)>,
+}
+
+thread_local! {
+    static VM_STATE: RefCell<VmState> = RefCell::default();
+}
+
+/// The root context: one per plugin config per worker.
 #[derive(Default)]
 pub struct Root {
     active: Option<Rc<Active>>,
     vm: Option<VmMetrics>,
-    accepted: u64,
 }
 
 impl Root {
@@ -61,24 +74,31 @@ impl RootContext for Root {
             }
         };
         let metrics = define_rollouts(&config, &mut host::define_metric);
-        if let Some(previous) = &self.active {
-            // A rollout that left the config serves nobody any more: its weight gauge says so.
-            for (rollout, ids) in previous.config.rollouts.iter().zip(&previous.metrics) {
-                if !config.rollouts.iter().any(|r| r.name == rollout.name) {
-                    host::record(ids.weight_bp, 0);
-                }
-            }
-        }
         let mut summary = String::new();
         for (rollout, ids) in config.rollouts.iter().zip(&metrics) {
             host::record(ids.weight_bp, u64::from(rollout.weight_bp));
             summary.push_str(&format!(" {}={}bp", rollout.name, rollout.weight_bp));
         }
-        self.accepted += 1;
-        host::record(vm.generation, self.accepted);
+        let accepted = VM_STATE.with_borrow_mut(|state| {
+            for (name, gauge) in &state.weight_gauges {
+                if !config.rollouts.iter().any(|r| &r.name == name) {
+                    // A rollout that left the config serves nobody any more.
+                    host::record(*gauge, 0);
+                }
+            }
+            state.weight_gauges = config
+                .rollouts
+                .iter()
+                .zip(&metrics)
+                .map(|(r, ids)| (r.name.clone(), ids.weight_bp))
+                .collect();
+            state.accepted_configs += 1;
+            state.accepted_configs
+        });
+        host::record(vm.generation, accepted);
         host::log(
             LogLevel::Info,
-            &format!("cohort: config {} accepted:{summary}", self.accepted),
+            &format!("cohort: config {accepted} accepted:{summary}"),
         );
         self.active = Some(Rc::new(Active { config, metrics }));
         true
