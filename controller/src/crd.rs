@@ -1,0 +1,690 @@
+//! The `CanaryRollout` custom resource (`cohort.dev/v1alpha1`): what a person writes (spec) and
+//! what the controller records (status).
+//!
+//! The schema refuses what it cheaply can (ranges, patterns, CEL rules on the steps); everything
+//! else is checked by [`crate::validate::validate_spec`] and surfaces as the `InvalidSpec`
+//! condition. Shares (error rates, tolerances, drops, quantiles) are fractions: `0.01` is one
+//! percentage point. Weights are percentages with 0.01 resolution, as people say them.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::{CustomResource, CustomResourceExt, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// Most steps a rollout may have; bounds the cost of the CEL rules on them.
+pub const MAX_STEPS: usize = 20;
+/// Most gates a rollout may have.
+pub const MAX_GATES: usize = 16;
+/// Transitions kept in `status.history`; older ones are dropped.
+pub const HISTORY_LIMIT: usize = 20;
+
+/// A per-user canary rollout: the canary's weight steps up while every gate stays green and drops
+/// to 0 when one goes red.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "cohort.dev",
+    version = "v1alpha1",
+    kind = "CanaryRollout",
+    namespaced,
+    status = "CanaryRolloutStatus",
+    shortname = "canary",
+    category = "cohort",
+    doc = "A per-user canary rollout driven by cohort's controller.",
+    printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
+    printcolumn = r#"{"name":"Step","type":"integer","jsonPath":".status.stepIndex"}"#,
+    printcolumn = r#"{"name":"Weight-bp","type":"integer","jsonPath":".status.weightBp"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(
+    validation = Rule::new("self.steps.all(s, self.steps.exists_one(t, t.weight == s.weight)) && self.steps.map(s, s.weight).isSorted()").message("steps must have strictly increasing weights"),
+    validation = Rule::new("self.steps[size(self.steps) - 1].weight == 100.0").message("the last step must have weight 100: reaching it is the promotion")
+)]
+pub struct CanaryRolloutSpec {
+    /// Where the filter config goes: an Istio WasmPlugin or a plain Envoy ECDS file.
+    pub target: Target,
+    /// Bucketing salt; defaults to the rollout name. Changing it reshuffles every user.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub salt: Option<String>,
+    /// Destination hosts (`:authority` without port) this rollout splits; `*` matches any host.
+    #[schemars(length(min = 1, max = 64))]
+    pub hosts: Vec<String>,
+    /// Routing header value (and metric label) of the stable version.
+    #[serde(default = "default_stable_version")]
+    pub stable_version: String,
+    /// Routing header value (and metric label) of the canary version.
+    #[serde(default = "default_canary_version")]
+    pub canary_version: String,
+    /// Ordered sources of the user key; the first non-empty one wins. Empty: the filter's own.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 8))]
+    pub identity: Vec<IdentitySpec>,
+    /// What happens to requests without a user key. A filter-wide setting: rollouts sharing one
+    /// target must agree on it.
+    #[serde(default)]
+    pub anonymous: AnonymousSpec,
+    /// Weights the canary goes through, strictly increasing, ending at 100.
+    #[serde(default = "default_steps")]
+    #[schemars(length(min = 1, max = 20))]
+    pub steps: Vec<Step>,
+    /// How and how often canary and stable are compared.
+    #[serde(default)]
+    pub analysis: AnalysisSpec,
+    /// What happens when the metrics cannot be read or stay too thin.
+    #[serde(default)]
+    pub failure_policy: FailurePolicy,
+    /// Hold the current weight; analysis continues and a failing gate still rolls back.
+    #[serde(default)]
+    pub paused: bool,
+    /// Send everyone to stable (weight 0) and stop. Leave with `abort: false` plus a new `restartAt`.
+    #[serde(default)]
+    pub abort: bool,
+    /// Skip the remaining steps: the canary gets 100% at once.
+    #[serde(default)]
+    pub promote: bool,
+    /// The retry gesture: a new value (the CLI writes the current time) restarts a RolledBack,
+    /// Aborted or Promoted rollout from its first step. Ignored while the rollout is live.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restart_at: Option<String>,
+}
+
+/// Where the controller writes the filter config.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum Target {
+    /// Istio: the controller server-side-applies `spec.pluginConfig.rollouts.<name>` of this
+    /// WasmPlugin (which must run on the client side or at the ingress gateway).
+    WasmPlugin(WasmPluginTarget),
+    /// Plain Envoy: the controller rewrites this ECDS file (temp file + rename).
+    EnvoyEcds(EnvoyEcdsTarget),
+}
+
+/// An Istio WasmPlugin.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WasmPluginTarget {
+    /// WasmPlugin name.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// WasmPlugin namespace; defaults to the CanaryRollout's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+}
+
+/// A plain Envoy ECDS file.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EnvoyEcdsTarget {
+    /// Absolute path of the file Envoy's `path_config_source` watches.
+    #[schemars(length(min = 1))]
+    pub path: String,
+    /// Name of the `TypedExtensionConfig` (the HTTP filter's `config_discovery` name).
+    #[serde(default = "default_filter_name")]
+    pub filter_name: String,
+}
+
+/// One place to read the user key from.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct IdentitySpec {
+    /// A request header or a cookie.
+    pub kind: IdentityKind,
+    /// Header or cookie name.
+    #[schemars(length(min = 1, max = 256))]
+    pub name: String,
+}
+
+/// Kinds of identity sources.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum IdentityKind {
+    /// A request header.
+    Header,
+    /// A cookie in the `cookie` request header.
+    Cookie,
+}
+
+/// Treatment of requests without a user key.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AnonymousSpec {
+    /// `cookie`: give the user a random id in a cookie and bucket it; `stable`: always stable.
+    #[serde(default)]
+    pub mode: AnonymousMode,
+    /// Name of that cookie.
+    #[serde(default = "default_anonymous_cookie")]
+    pub cookie_name: String,
+    /// `Max-Age` of that cookie in seconds.
+    #[serde(default = "default_anonymous_max_age")]
+    #[schemars(range(min = 1))]
+    pub max_age_seconds: u64,
+}
+
+impl Default for AnonymousSpec {
+    fn default() -> Self {
+        AnonymousSpec {
+            mode: AnonymousMode::default(),
+            cookie_name: default_anonymous_cookie(),
+            max_age_seconds: default_anonymous_max_age(),
+        }
+    }
+}
+
+/// Anonymous modes.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum AnonymousMode {
+    /// Issue a random id in a cookie and bucket it, so the user keeps one version.
+    #[default]
+    Cookie,
+    /// Always send to stable.
+    Stable,
+}
+
+/// One step of the rollout.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Step {
+    /// Canary share in percent, 0.01 resolution (`0.5` = 50 basis points).
+    #[schemars(range(min = 0.01, max = 100.0))]
+    pub weight: f64,
+    /// Least time at this weight before the next step, with every gate passing. Ignored on the
+    /// final 100% step: with no stable traffic left there is nothing to compare.
+    #[serde(default = "default_bake")]
+    #[schemars(regex(pattern = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"))]
+    pub bake: String,
+}
+
+impl Step {
+    /// A step at `weight` percent baking for `bake`.
+    pub fn new(weight: f64, bake: &str) -> Self {
+        Step {
+            weight,
+            bake: bake.to_owned(),
+        }
+    }
+
+    /// The weight in basis points, `round(weight * 100)`; out-of-range weights saturate.
+    pub fn weight_bp(&self) -> u32 {
+        percent_to_bp(self.weight)
+    }
+}
+
+/// `round(percent * 100)` clamped to `0..=10_000`.
+pub fn percent_to_bp(percent: f64) -> u32 {
+    if percent.is_nan() {
+        return 0;
+    }
+    // Clamped first, so the cast cannot truncate.
+    (percent * 100.0).round().clamp(0.0, 10_000.0) as u32
+}
+
+/// How canary and stable are compared.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AnalysisSpec {
+    /// How often the gates are evaluated (and the window they look at).
+    #[serde(default = "default_interval")]
+    #[schemars(regex(pattern = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"))]
+    pub interval: String,
+    /// Requests each version needs in the window before a gate may pass or fail.
+    #[serde(default = "default_min_samples")]
+    #[schemars(range(min = 1))]
+    pub min_samples: u64,
+    /// The gates; all must pass for the rollout to advance. Omitted: error rate and p99 latency.
+    /// Empty: the rollout advances on bake time alone.
+    #[serde(default = "default_gates")]
+    #[schemars(length(max = 16))]
+    pub gates: Vec<GateSpec>,
+}
+
+impl Default for AnalysisSpec {
+    fn default() -> Self {
+        AnalysisSpec {
+            interval: default_interval(),
+            min_samples: default_min_samples(),
+            gates: default_gates(),
+        }
+    }
+}
+
+/// One gate: an optional name and sample minimum, and exactly one check.
+///
+/// ```yaml
+/// - errorRate: {maxIncrease: 0.01}
+/// - name: p99
+///   latency: {quantile: 0.99, tolerance: 0.2, slackMs: 10}
+/// ```
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct GateSpec {
+    /// Name in status, events and metrics; defaults per kind (`error-rate`, `latency-p99`,
+    /// `event-checkout`). Required for custom gates.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Overrides `analysis.minSamples` for this gate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub min_samples: Option<u64>,
+    /// What the gate checks.
+    #[serde(flatten)]
+    pub check: GateCheck,
+}
+
+impl GateSpec {
+    /// A gate with the kind's default name and the analysis-wide sample minimum.
+    pub fn new(check: GateCheck) -> Self {
+        GateSpec {
+            name: None,
+            min_samples: None,
+            check,
+        }
+    }
+
+    /// The gate's name: the given one, else one derived from the check.
+    pub fn name(&self) -> String {
+        match &self.name {
+            Some(name) => name.clone(),
+            None => self.check.default_name(),
+        }
+    }
+}
+
+/// The kinds of gates. A new kind (e.g. a sequential test) is a new variant plus an
+/// implementation of [`crate::evaluate::Judge`].
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum GateCheck {
+    /// Canary's 5xx share must not exceed stable's by more than a margin.
+    ErrorRate(ErrorRateGate),
+    /// Canary's latency quantile must stay within a tolerance of stable's.
+    Latency(LatencyGate),
+    /// Canary's rate of a business event per request must not drop below stable's by a margin.
+    BusinessEvent(BusinessEventGate),
+    /// A PromQL query returning one number for the canary must lie in `[min, max]`.
+    Custom(CustomGate),
+}
+
+impl GateCheck {
+    /// The name a gate of this kind gets when none is given.
+    pub fn default_name(&self) -> String {
+        match self {
+            GateCheck::ErrorRate(_) => "error-rate".to_owned(),
+            GateCheck::Latency(gate) => format!("latency-{}", quantile_label(gate.quantile)),
+            GateCheck::BusinessEvent(gate) => format!("event-{}", gate.event),
+            GateCheck::Custom(_) => "custom".to_owned(),
+        }
+    }
+}
+
+/// `p99`, `p99.9`, `p50` for quantiles 0.99, 0.999, 0.5.
+fn quantile_label(quantile: f64) -> String {
+    let percent = (quantile * 100.0 * 1000.0).round() / 1000.0;
+    format!("p{percent}")
+}
+
+/// Canary error rate (5xx responses over requests) against stable's.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ErrorRateGate {
+    /// Fail when canary's rate exceeds stable's by more than this (a fraction: 0.01 = one
+    /// percentage point).
+    #[serde(default = "default_max_error_increase")]
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub max_increase: f64,
+    /// Also fail when canary's rate exceeds this, whatever stable's (a fraction).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub max_rate: Option<f64>,
+}
+
+/// Canary latency quantile against stable's, from the request-duration histogram.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LatencyGate {
+    /// The quantile, strictly between 0 and 1 (0.99 = p99).
+    #[serde(default = "default_quantile")]
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub quantile: f64,
+    /// Fail when canary > stable × (1 + tolerance) + slackMs.
+    #[serde(default = "default_tolerance")]
+    #[schemars(range(min = 0.0))]
+    pub tolerance: f64,
+    /// Absolute allowance in milliseconds, so fast services are not failed on noise.
+    #[serde(default = "default_slack_ms")]
+    #[schemars(range(min = 0.0))]
+    pub slack_ms: f64,
+}
+
+/// Canary's rate of a business event per request against stable's.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BusinessEventGate {
+    /// Event name as the upstream reports it (the filter counts only listed names).
+    #[schemars(length(min = 1, max = 64))]
+    pub event: String,
+    /// Fail when canary's rate < stable's × (1 − maxDrop) (a fraction: 0.1 = 10% fewer).
+    #[serde(default = "default_max_drop")]
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub max_drop: f64,
+}
+
+/// A PromQL query returning one number, judged against fixed bounds.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CustomGate {
+    /// PromQL template; `{{namespace}}`, `{{rollout}}`, `{{version}}` and `{{interval}}` are
+    /// replaced (label values escaped). Evaluated with `version` = the canary version (and the
+    /// stable one, for reference).
+    #[schemars(length(min = 1))]
+    pub query: String,
+    /// Fail below this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min: Option<f64>,
+    /// Fail above this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max: Option<f64>,
+}
+
+/// What happens when analysis cannot conclude.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct FailurePolicy {
+    /// Analysis errors (failed queries) in a row tolerated before `onErrors` applies.
+    #[serde(default = "default_max_consecutive_errors")]
+    pub max_consecutive_errors: u32,
+    /// What to do when failed queries exceed `maxConsecutiveErrors`.
+    #[serde(default)]
+    pub on_errors: OnTrouble,
+    /// How long the gates may stay inconclusive (too few samples) before `onNoData` applies.
+    #[serde(default = "default_no_data_deadline")]
+    #[schemars(regex(pattern = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"))]
+    pub no_data_deadline: String,
+    /// What to do when the no-data deadline passes.
+    #[serde(default)]
+    pub on_no_data: OnTrouble,
+}
+
+impl Default for FailurePolicy {
+    fn default() -> Self {
+        FailurePolicy {
+            max_consecutive_errors: default_max_consecutive_errors(),
+            on_errors: OnTrouble::default(),
+            no_data_deadline: default_no_data_deadline(),
+            on_no_data: OnTrouble::default(),
+        }
+    }
+}
+
+/// Reactions to analysis trouble.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum OnTrouble {
+    /// Keep the current weight (never advance) and report `Degraded`.
+    #[default]
+    Hold,
+    /// Roll back to weight 0.
+    Rollback,
+}
+
+/// What the controller observed and decided; the source of truth across restarts.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CanaryRolloutStatus {
+    /// Where the rollout is.
+    #[serde(default)]
+    pub phase: Phase,
+    /// Index into `spec.steps` of the step being baked (absent before the first step).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step_index: Option<u32>,
+    /// Canary weight in basis points, as pushed to the filter.
+    #[serde(default)]
+    pub weight_bp: u32,
+    /// When the current step began.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step_started_at: Option<Time>,
+    /// When the gates were last evaluated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_analysis_at: Option<Time>,
+    /// Each gate's last result.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gates: Vec<GateResult>,
+    /// Analyses in a row that ended in Error.
+    #[serde(default)]
+    pub consecutive_errors: u32,
+    /// Since when analysis has been inconclusive without a break.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub no_data_since: Option<Time>,
+    /// One line on the current state and what a person can do.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// `Ready` (promoted), `Progressing`, `Paused`, `Degraded`, `InvalidSpec`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    /// The last transitions, oldest first (at most [`HISTORY_LIMIT`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub history: Vec<HistoryEntry>,
+    /// `metadata.generation` this status answers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// The `spec.restartAt` value already acted upon.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_restart_at: Option<String>,
+}
+
+/// Phases of a rollout.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum Phase {
+    /// Not started: weight 0.
+    #[default]
+    Pending,
+    /// At a step, baking and analysing.
+    Progressing,
+    /// Held by `spec.paused`: weight kept, no advance.
+    Paused,
+    /// The canary serves everyone.
+    Promoted,
+    /// A gate failed (or the failure policy said so): weight 0 until a person retries.
+    RolledBack,
+    /// Stopped by `spec.abort`: weight 0 until a person retries.
+    Aborted,
+}
+
+impl Phase {
+    /// Phases left only through the retry gesture (`spec.restartAt`).
+    pub fn is_terminal(self) -> bool {
+        matches!(self, Phase::Promoted | Phase::RolledBack | Phase::Aborted)
+    }
+
+    /// The phase's name as it appears in status.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Pending => "Pending",
+            Phase::Progressing => "Progressing",
+            Phase::Paused => "Paused",
+            Phase::Promoted => "Promoted",
+            Phase::RolledBack => "RolledBack",
+            Phase::Aborted => "Aborted",
+        }
+    }
+}
+
+impl std::fmt::Display for Phase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A gate's four-valued verdict.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum Verdict {
+    /// Canary is at least as good as the gate asks.
+    Pass,
+    /// Canary is worse than the gate allows: roll back.
+    Fail,
+    /// Not enough data yet: wait; never pass or fail on thin data.
+    Inconclusive,
+    /// A query failed: retry, count it, hold; never promote.
+    Error,
+}
+
+impl Verdict {
+    /// The verdict's name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verdict::Pass => "Pass",
+            Verdict::Fail => "Fail",
+            Verdict::Inconclusive => "Inconclusive",
+            Verdict::Error => "Error",
+        }
+    }
+}
+
+impl std::fmt::Display for Verdict {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One gate's judgement over one window, with the numbers behind it.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct GateResult {
+    /// Gate name.
+    pub gate: String,
+    /// The verdict.
+    pub verdict: Verdict,
+    /// Canary's value (rate, milliseconds, or query result).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary: Option<f64>,
+    /// Stable's value, same unit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stable: Option<f64>,
+    /// The bound canary's value was held to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub threshold: Option<f64>,
+    /// Canary's sample count in the window.
+    #[serde(default)]
+    pub canary_samples: f64,
+    /// Stable's sample count in the window.
+    #[serde(default)]
+    pub stable_samples: f64,
+    /// Why, in words.
+    pub reason: String,
+}
+
+/// One transition of the rollout.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HistoryEntry {
+    /// When.
+    pub time: Time,
+    /// Phase before.
+    pub from_phase: Phase,
+    /// Step before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from_step: Option<u32>,
+    /// Phase after.
+    pub to_phase: Phase,
+    /// Step after.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to_step: Option<u32>,
+    /// Weight after, in basis points.
+    pub weight_bp: u32,
+    /// CamelCase reason, as in the Event.
+    pub reason: String,
+    /// Why, in words.
+    pub message: String,
+}
+
+/// The CRD as YAML, for `cohort crd` and `manifests/`.
+pub fn crd_yaml() -> Result<String, CrdError> {
+    Ok(serde_saphyr::to_string(&CanaryRollout::crd())?)
+}
+
+/// Failure to render the CRD.
+#[derive(Debug, thiserror::Error)]
+pub enum CrdError {
+    /// The YAML serializer refused the CRD.
+    #[error("cannot render the CRD as YAML: {0}")]
+    Yaml(#[from] serde_saphyr::SerializeError),
+}
+
+fn default_stable_version() -> String {
+    cohort_core::config::DEFAULT_STABLE_VERSION.to_owned()
+}
+fn default_canary_version() -> String {
+    cohort_core::config::DEFAULT_CANARY_VERSION.to_owned()
+}
+fn default_filter_name() -> String {
+    "cohort".to_owned()
+}
+fn default_anonymous_cookie() -> String {
+    cohort_core::config::DEFAULT_ANONYMOUS_COOKIE.to_owned()
+}
+fn default_anonymous_max_age() -> u64 {
+    cohort_core::config::DEFAULT_ANONYMOUS_MAX_AGE_SECONDS
+}
+fn default_bake() -> String {
+    "5m".to_owned()
+}
+/// 1, 5, 25, 50, 75, 100 percent, five minutes each.
+pub fn default_steps() -> Vec<Step> {
+    [1.0, 5.0, 25.0, 50.0, 75.0, 100.0]
+        .into_iter()
+        .map(|weight| Step::new(weight, "5m"))
+        .collect()
+}
+fn default_interval() -> String {
+    "30s".to_owned()
+}
+fn default_min_samples() -> u64 {
+    100
+}
+/// Error rate (+1 point) and p99 latency (+20% + 10 ms): what a rollout gets without `gates`.
+pub fn default_gates() -> Vec<GateSpec> {
+    vec![
+        GateSpec::new(GateCheck::ErrorRate(ErrorRateGate {
+            max_increase: default_max_error_increase(),
+            max_rate: None,
+        })),
+        GateSpec::new(GateCheck::Latency(LatencyGate {
+            quantile: default_quantile(),
+            tolerance: default_tolerance(),
+            slack_ms: default_slack_ms(),
+        })),
+    ]
+}
+fn default_max_error_increase() -> f64 {
+    0.01
+}
+fn default_quantile() -> f64 {
+    0.99
+}
+fn default_tolerance() -> f64 {
+    0.2
+}
+fn default_slack_ms() -> f64 {
+    10.0
+}
+fn default_max_drop() -> f64 {
+    0.1
+}
+fn default_max_consecutive_errors() -> u32 {
+    3
+}
+fn default_no_data_deadline() -> String {
+    "10m".to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn crd_renders() {
+        let yaml = crd_yaml().unwrap();
+        println!("{yaml}");
+        assert!(yaml.contains("canaryrollouts.cohort.dev"));
+    }
+}

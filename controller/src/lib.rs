@@ -1,0 +1,16 @@
+//! The pure core of cohort's controller: the `CanaryRollout` resource, gate evaluation, the
+//! rollout state machine and the filter config a rollout produces. No I/O here: the reconciler
+//! and `cohort run` fetch samples, call [`evaluate()`] and [`plan()`], and apply the [`Plan`].
+
+pub mod crd;
+pub mod duration;
+pub mod evaluate;
+pub mod filter_config;
+pub mod plan;
+pub mod validate;
+
+pub use crd::{crd_yaml, CanaryRollout, CanaryRolloutSpec, CanaryRolloutStatus, Phase, Verdict};
+pub use evaluate::{evaluate, Evaluation, Samples};
+pub use filter_config::{spec_to_filter_config, spec_to_filter_rollout};
+pub use plan::{plan, Plan, PlanInput};
+pub use validate::{validate_spec, SpecError, SpecErrors};

@@ -1,0 +1,754 @@
+//! The rollout state machine, as a pure function: spec + status + this cycle's evaluation + the
+//! time → the next status, the weight to push, the Events to record and when to look again.
+//!
+//! ```text
+//! Pending ──start──▶ Progressing(0) ──pass+bake──▶ … Progressing(n-2) ──pass+bake──▶ Promoted
+//!    │                    │  ▲                                                   (the 100% step)
+//!    │              paused│  │resumed          Fail, or a failure policy set to rollback
+//!    ▼                    ▼  │               ──────────────────────────────────▶ RolledBack
+//!  Paused (before start)  Paused(i)          spec.abort (from anywhere) ───────▶ Aborted
+//! ```
+//!
+//! Rules, in the order they apply:
+//! 1. `spec.abort` wins over everything: weight 0, phase Aborted.
+//! 2. Promoted, RolledBack and Aborted are left only by the retry gesture: a new value of
+//!    `spec.restartAt` (with `abort` false). The rollout starts again from its first step. A new
+//!    `restartAt` on a live rollout is recorded and ignored (with a Warning), so it cannot fire
+//!    later by surprise. An invalid spec leaves the gesture pending until the spec is fixed.
+//! 3. An invalid spec holds the current weight (only abort acts) and sets `InvalidSpec`.
+//! 4. `spec.promote` jumps to 100% (Promoted).
+//! 5. `spec.paused` holds the weight; analysis still runs and a Fail still rolls back.
+//! 6. A Fail rolls back at once. Error and Inconclusive hold; more than `maxConsecutiveErrors`
+//!    Errors in a row, or no conclusive data for `noDataDeadline`, set `Degraded` and hold or roll
+//!    back as the failure policy says.
+//! 7. A step advances only when its bake time has elapsed (`>=`) and this cycle's verdict is Pass.
+//!    The next step is the first whose weight is above the weight being served, so after a
+//!    restart or a spec edit the rollout never repeats or skips a step, and the weight never goes
+//!    down except by rollback, abort or retry.
+//!
+//! Times are stored at whole seconds (as Kubernetes serializes them), so a status that went
+//! through the API server plans exactly like the one that was written.
+
+use std::time::Duration;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::jiff::Timestamp;
+
+use cohort_core::bucket::FULL_WEIGHT_BP;
+
+use crate::crd::{
+    CanaryRolloutSpec, CanaryRolloutStatus, HistoryEntry, OnTrouble, Phase, Verdict, HISTORY_LIMIT,
+};
+use crate::duration;
+use crate::evaluate::Evaluation;
+use crate::validate::validate_spec;
+
+/// How often a finished (or stopped) rollout is looked at again, to re-assert its weight.
+pub const SETTLED_REQUEUE: Duration = Duration::from_secs(300);
+/// Fallbacks for durations an invalid spec left unreadable.
+const FALLBACK_INTERVAL: Duration = Duration::from_secs(30);
+const FALLBACK_BAKE: Duration = Duration::from_secs(300);
+const FALLBACK_NO_DATA_DEADLINE: Duration = Duration::from_secs(600);
+/// Condition messages are capped (the API allows 32 KiB).
+const MAX_CONDITION_MESSAGE: usize = 4096;
+
+/// Condition types.
+pub const CONDITION_READY: &str = "Ready";
+/// Condition types.
+pub const CONDITION_PROGRESSING: &str = "Progressing";
+/// Condition types.
+pub const CONDITION_PAUSED: &str = "Paused";
+/// Condition types.
+pub const CONDITION_DEGRADED: &str = "Degraded";
+/// Condition types.
+pub const CONDITION_INVALID_SPEC: &str = "InvalidSpec";
+
+/// What the reconciler knows this cycle besides spec and status.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct PlanInput {
+    /// The CanaryRollout's name (the filter's rollout key and default salt).
+    pub rollout: String,
+    /// `metadata.generation`, recorded as `observedGeneration`.
+    pub generation: Option<i64>,
+    /// This cycle's gate evaluation; `None` when nothing was analysed (it never advances a step).
+    pub evaluation: Option<Evaluation>,
+}
+
+/// What the reconciler should do.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Plan {
+    /// The status to write.
+    pub status: CanaryRolloutStatus,
+    /// The canary weight to push to the filter, in basis points (equals `status.weightBp`).
+    pub weight_bp: u32,
+    /// Events to record, in order.
+    pub events: Vec<PlannedEvent>,
+    /// When to reconcile again.
+    pub requeue: Duration,
+}
+
+/// A Kubernetes Event to record on the CanaryRollout.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlannedEvent {
+    /// Normal or Warning.
+    pub kind: EventKind,
+    /// CamelCase reason (`StepAdvanced`, `RolledBack`, …).
+    pub reason: String,
+    /// What happened, in words.
+    pub message: String,
+}
+
+/// Kubernetes Event types.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventKind {
+    /// Routine progress.
+    Normal,
+    /// Something a person should look at.
+    Warning,
+}
+
+/// Plans one reconcile. `status` is `None` for a CanaryRollout never reconciled before. Pure:
+/// reads no clock (`now` is given) and does no I/O.
+pub fn plan(
+    spec: &CanaryRolloutSpec,
+    status: Option<&CanaryRolloutStatus>,
+    input: &PlanInput,
+    now: Timestamp,
+) -> Plan {
+    let previous = status.cloned().unwrap_or_default();
+    let mut planner = Planner {
+        spec,
+        now: whole_second(now),
+        timing: Timing::of(spec),
+        spec_errors: validate_spec(spec, &input.rollout)
+            .err()
+            .unwrap_or_default()
+            .iter()
+            .map(ToString::to_string)
+            .collect(),
+        status: previous.clone(),
+        events: Vec::new(),
+    };
+    planner.status.observed_generation = input.generation.or(previous.observed_generation);
+    planner.run(input.evaluation.as_ref());
+    planner.finish(&previous)
+}
+
+/// The spec's durations, parsed (with fallbacks when the spec is invalid and they are not).
+struct Timing {
+    interval: Duration,
+    no_data_deadline: Duration,
+    bakes: Vec<Duration>,
+}
+
+impl Timing {
+    fn of(spec: &CanaryRolloutSpec) -> Self {
+        Timing {
+            interval: duration::parse(&spec.analysis.interval)
+                .ok()
+                .filter(|d| !d.is_zero())
+                .unwrap_or(FALLBACK_INTERVAL),
+            no_data_deadline: duration::parse(&spec.failure_policy.no_data_deadline)
+                .unwrap_or(FALLBACK_NO_DATA_DEADLINE),
+            bakes: spec
+                .steps
+                .iter()
+                .map(|step| duration::parse(&step.bake).unwrap_or(FALLBACK_BAKE))
+                .collect(),
+        }
+    }
+}
+
+struct Planner<'a> {
+    spec: &'a CanaryRolloutSpec,
+    now: Timestamp,
+    timing: Timing,
+    spec_errors: Vec<String>,
+    status: CanaryRolloutStatus,
+    events: Vec<PlannedEvent>,
+}
+
+impl Planner<'_> {
+    fn run(&mut self, evaluation: Option<&Evaluation>) {
+        let spec = self.spec;
+        let invalid = !self.spec_errors.is_empty();
+
+        if spec.abort {
+            if self.restart_requested() {
+                self.status.observed_restart_at = spec.restart_at.clone();
+                self.event(
+                    EventKind::Warning,
+                    "RestartIgnored",
+                    "spec.restartAt changed while spec.abort is set; clear spec.abort, then set spec.restartAt again to retry".to_owned(),
+                );
+            }
+            if self.status.phase != Phase::Aborted {
+                self.transition(
+                    Phase::Aborted,
+                    self.status.step_index,
+                    0,
+                    "Aborted",
+                    EventKind::Warning,
+                    "spec.abort is set: every user is back on stable".to_owned(),
+                );
+            }
+            return;
+        }
+
+        if self.status.phase.is_terminal() {
+            if !self.restart_requested() || invalid {
+                // Stays put; an invalid spec keeps the retry pending until it is fixed.
+                return;
+            }
+            self.status.observed_restart_at = spec.restart_at.clone();
+            let message = format!(
+                "spec.restartAt changed to {:?}: starting again from the first step",
+                spec.restart_at.as_deref().unwrap_or_default()
+            );
+            self.transition(
+                Phase::Pending,
+                None,
+                0,
+                "Restarted",
+                EventKind::Normal,
+                message,
+            );
+            self.reset_analysis();
+        } else if self.restart_requested() {
+            self.status.observed_restart_at = spec.restart_at.clone();
+            if self.status.phase != Phase::Pending {
+                self.event(
+                    EventKind::Warning,
+                    "RestartIgnored",
+                    format!(
+                        "spec.restartAt changed while the rollout is {}: ignored; a rollout restarts only from Promoted, RolledBack or Aborted",
+                        self.status.phase
+                    ),
+                );
+            }
+        }
+
+        if invalid {
+            return;
+        }
+
+        if spec.promote {
+            self.promote("spec.promote is set: the canary serves everyone".to_owned());
+            return;
+        }
+
+        if spec.paused && self.status.phase != Phase::Paused {
+            let message = match self.status.step_index {
+                Some(_) => format!(
+                    "spec.paused is set: holding the canary at {}",
+                    percent(self.status.weight_bp)
+                ),
+                None => "spec.paused is set: not starting".to_owned(),
+            };
+            self.transition(
+                Phase::Paused,
+                self.status.step_index,
+                self.status.weight_bp,
+                "Paused",
+                EventKind::Normal,
+                message,
+            );
+        } else if !spec.paused && self.status.phase == Phase::Paused {
+            let to = if self.status.step_index.is_some() {
+                Phase::Progressing
+            } else {
+                Phase::Pending
+            };
+            self.transition(
+                to,
+                self.status.step_index,
+                self.status.weight_bp,
+                "Resumed",
+                EventKind::Normal,
+                "spec.paused is cleared: resuming".to_owned(),
+            );
+        }
+
+        if self.status.phase == Phase::Pending {
+            self.enter_next_step("Started", String::new());
+            return;
+        }
+        if self.status.step_index.is_none() {
+            // Paused before the first step: nothing to analyse.
+            return;
+        }
+        if self.status.step_started_at.is_none() {
+            // A status written by hand or by an older controller: bake from now.
+            self.status.step_started_at = Some(Time(self.now));
+        }
+
+        let verdict = evaluation.map(|evaluation| self.record(evaluation));
+        if verdict == Some(Verdict::Fail) {
+            let summary = evaluation.map(Evaluation::summary).unwrap_or_default();
+            self.rollback(format!("a gate failed: {summary}"));
+            return;
+        }
+        if let Some(trouble) = self.errors_exceeded() {
+            if self.spec.failure_policy.on_errors == OnTrouble::Rollback {
+                self.rollback(trouble);
+                return;
+            }
+        }
+        if let Some(trouble) = self.no_data_exceeded() {
+            if self.spec.failure_policy.on_no_data == OnTrouble::Rollback {
+                self.rollback(trouble);
+                return;
+            }
+        }
+
+        if self.status.phase == Phase::Progressing
+            && verdict == Some(Verdict::Pass)
+            && self.bake_remaining().is_zero()
+        {
+            let baked = format!(
+                " after {} at {} with every gate passing",
+                human(self.elapsed_in_step()),
+                percent(self.status.weight_bp)
+            );
+            self.enter_next_step("StepAdvanced", baked);
+        }
+    }
+
+    /// Records this cycle's evaluation and updates the error and no-data counters.
+    fn record(&mut self, evaluation: &Evaluation) -> Verdict {
+        self.status.gates = evaluation.results.clone();
+        self.status.last_analysis_at = Some(Time(self.now));
+        match evaluation.verdict {
+            Verdict::Error => {
+                self.status.consecutive_errors = self.status.consecutive_errors.saturating_add(1);
+            }
+            Verdict::Inconclusive => {
+                self.status.consecutive_errors = 0;
+                if self.status.no_data_since.is_none() {
+                    self.status.no_data_since = Some(Time(self.now));
+                }
+            }
+            Verdict::Pass | Verdict::Fail => {
+                self.status.consecutive_errors = 0;
+                self.status.no_data_since = None;
+            }
+        }
+        evaluation.verdict
+    }
+
+    fn errors_exceeded(&self) -> Option<String> {
+        let limit = self.spec.failure_policy.max_consecutive_errors;
+        (self.status.consecutive_errors > limit).then(|| {
+            format!(
+                "{} analyses in a row failed to read the metrics (limit {limit})",
+                self.status.consecutive_errors
+            )
+        })
+    }
+
+    fn no_data_exceeded(&self) -> Option<String> {
+        let since = self.status.no_data_since.as_ref()?;
+        let waited = millis_between(since.0, self.now);
+        (waited >= self.timing.no_data_deadline).then(|| {
+            format!(
+                "the gates have been inconclusive (too few samples) for {} (deadline {})",
+                human(waited),
+                human(self.timing.no_data_deadline)
+            )
+        })
+    }
+
+    /// Moves to the first step whose weight is above the one served, or promotes when that step
+    /// is 100% (or there is none).
+    fn enter_next_step(&mut self, reason: &str, why: String) {
+        let steps = &self.spec.steps;
+        let next = steps
+            .iter()
+            .position(|step| step.weight_bp() > self.status.weight_bp);
+        match next {
+            Some(index) if steps[index].weight_bp() < FULL_WEIGHT_BP => {
+                let weight_bp = steps[index].weight_bp();
+                let message = format!(
+                    "step {}/{}: canary at {}{why}",
+                    index + 1,
+                    steps.len(),
+                    percent(weight_bp)
+                );
+                self.transition(
+                    Phase::Progressing,
+                    u32::try_from(index).ok(),
+                    weight_bp,
+                    reason,
+                    EventKind::Normal,
+                    message,
+                );
+                self.status.step_started_at = Some(Time(self.now));
+                self.status.no_data_since = None;
+                self.status.consecutive_errors = 0;
+            }
+            _ => self.promote(format!(
+                "the last step is reached{why}: the canary serves everyone"
+            )),
+        }
+    }
+
+    fn promote(&mut self, message: String) {
+        let last = self.spec.steps.len().checked_sub(1);
+        self.transition(
+            Phase::Promoted,
+            last.and_then(|index| u32::try_from(index).ok()),
+            FULL_WEIGHT_BP,
+            "Promoted",
+            EventKind::Normal,
+            message,
+        );
+        self.status.step_started_at = Some(Time(self.now));
+        self.status.no_data_since = None;
+        self.status.consecutive_errors = 0;
+    }
+
+    fn rollback(&mut self, cause: String) {
+        let message = format!(
+            "rolled back from {} at step {}: {cause}",
+            percent(self.status.weight_bp),
+            self.status.step_index.map_or(0, |index| index + 1)
+        );
+        self.transition(
+            Phase::RolledBack,
+            self.status.step_index,
+            0,
+            "RolledBack",
+            EventKind::Warning,
+            message,
+        );
+    }
+
+    fn reset_analysis(&mut self) {
+        let status = &mut self.status;
+        status.step_started_at = None;
+        status.last_analysis_at = None;
+        status.gates.clear();
+        status.consecutive_errors = 0;
+        status.no_data_since = None;
+    }
+
+    fn restart_requested(&self) -> bool {
+        self.spec.restart_at.is_some() && self.spec.restart_at != self.status.observed_restart_at
+    }
+
+    fn transition(
+        &mut self,
+        to: Phase,
+        step: Option<u32>,
+        weight_bp: u32,
+        reason: &str,
+        kind: EventKind,
+        message: String,
+    ) {
+        let entry = HistoryEntry {
+            time: Time(self.now),
+            from_phase: self.status.phase,
+            from_step: self.status.step_index,
+            to_phase: to,
+            to_step: step,
+            weight_bp,
+            reason: reason.to_owned(),
+            message: message.clone(),
+        };
+        let history = &mut self.status.history;
+        history.push(entry);
+        if history.len() > HISTORY_LIMIT {
+            let excess = history.len() - HISTORY_LIMIT;
+            history.drain(..excess);
+        }
+        self.status.phase = to;
+        self.status.step_index = step;
+        self.status.weight_bp = weight_bp;
+        self.event(kind, reason, message);
+    }
+
+    fn event(&mut self, kind: EventKind, reason: &str, message: String) {
+        self.events.push(PlannedEvent {
+            kind,
+            reason: reason.to_owned(),
+            message,
+        });
+    }
+
+    fn current_bake(&self) -> Duration {
+        let index = self
+            .status
+            .step_index
+            .and_then(|index| usize::try_from(index).ok());
+        index
+            .and_then(|index| self.timing.bakes.get(index).copied())
+            .unwrap_or(FALLBACK_BAKE)
+    }
+
+    fn elapsed_in_step(&self) -> Duration {
+        self.status
+            .step_started_at
+            .as_ref()
+            .map_or(Duration::ZERO, |started| {
+                millis_between(started.0, self.now)
+            })
+    }
+
+    fn bake_remaining(&self) -> Duration {
+        self.current_bake().saturating_sub(self.elapsed_in_step())
+    }
+
+    fn requeue(&self) -> Duration {
+        match self.status.phase {
+            Phase::Promoted | Phase::RolledBack | Phase::Aborted => SETTLED_REQUEUE,
+            Phase::Pending | Phase::Paused => self.timing.interval,
+            Phase::Progressing => {
+                let remaining = self.bake_remaining();
+                if remaining.is_zero() {
+                    self.timing.interval
+                } else {
+                    // Look again right when the bake ends (not before a second from now).
+                    self.timing
+                        .interval
+                        .min(remaining)
+                        .max(Duration::from_secs(1))
+                }
+            }
+        }
+    }
+
+    /// One line on where the rollout stands and what a person can do.
+    fn describe(&self) -> String {
+        let status = &self.status;
+        let steps = self.spec.steps.len();
+        let step = status.step_index.map_or(0, |index| index + 1);
+        if !self.spec_errors.is_empty() && !status.phase.is_terminal() && !self.spec.abort {
+            return format!(
+                "the spec is invalid, holding the canary at {}: {}",
+                percent(status.weight_bp),
+                self.spec_errors.join("; ")
+            );
+        }
+        match status.phase {
+            Phase::Pending => "waiting to start".to_owned(),
+            Phase::Paused if status.step_index.is_none() => {
+                "paused before the first step; clear spec.paused to start".to_owned()
+            }
+            Phase::Paused => format!(
+                "paused at step {step}/{steps} ({}); clear spec.paused to resume",
+                percent(status.weight_bp)
+            ),
+            Phase::Progressing => {
+                let verdict = match self.status.gates.is_empty() {
+                    true => "not analysed yet".to_owned(),
+                    false => {
+                        let verdict =
+                            crate::evaluate::combine(status.gates.iter().map(|gate| gate.verdict));
+                        let waiting: Vec<String> = status
+                            .gates
+                            .iter()
+                            .filter(|gate| gate.verdict != Verdict::Pass)
+                            .map(|gate| format!("{}: {}", gate.gate, gate.reason))
+                            .collect();
+                        match waiting.is_empty() {
+                            true => format!("gates {verdict}"),
+                            false => format!("gates {verdict} ({})", waiting.join("; ")),
+                        }
+                    }
+                };
+                format!(
+                    "step {step}/{steps} at {}: baked {} of {}; {verdict}",
+                    percent(status.weight_bp),
+                    human(self.elapsed_in_step()),
+                    human(self.current_bake())
+                )
+            }
+            Phase::Promoted => "promoted: the canary serves everyone".to_owned(),
+            Phase::RolledBack => {
+                let cause = status
+                    .history
+                    .iter()
+                    .rev()
+                    .find(|entry| entry.to_phase == Phase::RolledBack)
+                    .map_or("rolled back", |entry| entry.message.as_str());
+                format!("{cause}; fix the canary, then set spec.restartAt to a new value to retry")
+            }
+            Phase::Aborted => "aborted by spec.abort; clear spec.abort and set spec.restartAt to a new value to retry".to_owned(),
+        }
+    }
+
+    fn finish(mut self, previous: &CanaryRolloutStatus) -> Plan {
+        let message = self.describe();
+        let phase = self.status.phase;
+        let degraded = match phase {
+            Phase::RolledBack => Some(("RolledBack", message.clone())),
+            Phase::Progressing | Phase::Paused => self
+                .errors_exceeded()
+                .map(|trouble| ("AnalysisErrors", format!("{trouble}; holding")))
+                .or_else(|| {
+                    self.no_data_exceeded()
+                        .map(|trouble| ("NoData", format!("{trouble}; holding")))
+                }),
+            _ => None,
+        };
+        let was_degraded = condition_is_true(&previous.conditions, CONDITION_DEGRADED);
+        if let (Some((reason, trouble)), false, false) =
+            (&degraded, was_degraded, phase == Phase::RolledBack)
+        {
+            self.event(EventKind::Warning, reason, trouble.clone());
+        }
+        let was_invalid = condition_is_true(&previous.conditions, CONDITION_INVALID_SPEC);
+        if !self.spec_errors.is_empty() && !was_invalid {
+            self.event(
+                EventKind::Warning,
+                "InvalidSpec",
+                self.spec_errors.join("; "),
+            );
+        }
+
+        let generation = self.status.observed_generation;
+        let now = self.now;
+        let conditions = &mut self.status.conditions;
+        let mut set = |kind: &str, on: bool, reason: &str, message: &str| {
+            set_condition(conditions, kind, on, reason, message, generation, now);
+        };
+        set(
+            CONDITION_READY,
+            phase == Phase::Promoted,
+            phase.as_str(),
+            &message,
+        );
+        set(
+            CONDITION_PROGRESSING,
+            phase == Phase::Progressing,
+            phase.as_str(),
+            if phase == Phase::Progressing {
+                &message
+            } else {
+                ""
+            },
+        );
+        set(
+            CONDITION_PAUSED,
+            phase == Phase::Paused,
+            if phase == Phase::Paused {
+                "PausedBySpec"
+            } else {
+                "NotPaused"
+            },
+            if phase == Phase::Paused { &message } else { "" },
+        );
+        match &degraded {
+            Some((reason, trouble)) => set(CONDITION_DEGRADED, true, reason, trouble),
+            None => set(CONDITION_DEGRADED, false, "Healthy", ""),
+        }
+        if self.spec_errors.is_empty() {
+            set(CONDITION_INVALID_SPEC, false, "Valid", "");
+        } else {
+            set(
+                CONDITION_INVALID_SPEC,
+                true,
+                "InvalidSpec",
+                &self.spec_errors.join("; "),
+            );
+        }
+        self.status.message = Some(message);
+        let requeue = self.requeue();
+        Plan {
+            weight_bp: self.status.weight_bp,
+            status: self.status,
+            events: self.events,
+            requeue,
+        }
+    }
+}
+
+/// Sets a condition, keeping `lastTransitionTime` unless its status flips.
+fn set_condition(
+    conditions: &mut Vec<Condition>,
+    kind: &str,
+    on: bool,
+    reason: &str,
+    message: &str,
+    generation: Option<i64>,
+    now: Timestamp,
+) {
+    let status = if on { "True" } else { "False" };
+    let mut message = message.to_owned();
+    if message.len() > MAX_CONDITION_MESSAGE {
+        let mut cut = MAX_CONDITION_MESSAGE;
+        while !message.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        message.truncate(cut);
+    }
+    match conditions.iter_mut().find(|c| c.type_ == kind) {
+        Some(condition) => {
+            if condition.status != status {
+                condition.last_transition_time = Time(now);
+            }
+            condition.status = status.to_owned();
+            condition.reason = reason.to_owned();
+            condition.message = message;
+            condition.observed_generation = generation;
+        }
+        None => conditions.push(Condition {
+            type_: kind.to_owned(),
+            status: status.to_owned(),
+            reason: reason.to_owned(),
+            message,
+            last_transition_time: Time(now),
+            observed_generation: generation,
+        }),
+    }
+}
+
+fn condition_is_true(conditions: &[Condition], kind: &str) -> bool {
+    conditions
+        .iter()
+        .any(|c| c.type_ == kind && c.status == "True")
+}
+
+/// `now` cut to whole seconds, as Kubernetes stores times.
+fn whole_second(now: Timestamp) -> Timestamp {
+    Timestamp::from_second(now.as_second()).unwrap_or(now)
+}
+
+/// Time from `from` to `to`; zero when `to` is earlier (a clock that went back never bakes).
+fn millis_between(from: Timestamp, to: Timestamp) -> Duration {
+    let millis = to.as_millisecond().saturating_sub(from.as_millisecond());
+    Duration::from_millis(u64::try_from(millis).unwrap_or(0))
+}
+
+/// `2500` → `25%`, `50` → `0.5%`.
+fn percent(weight_bp: u32) -> String {
+    let whole = weight_bp / 100;
+    match weight_bp % 100 {
+        0 => format!("{whole}%"),
+        fraction if fraction % 10 == 0 => format!("{whole}.{}%", fraction / 10),
+        fraction => format!("{whole}.{fraction:02}%"),
+    }
+}
+
+/// `90s` → `1m30s`; sub-second parts are dropped unless that is all there is.
+fn human(duration: Duration) -> String {
+    let total = duration.as_secs();
+    if total == 0 {
+        return format!("{}ms", duration.as_millis());
+    }
+    let (hours, minutes, seconds) = (total / 3600, total / 60 % 60, total % 60);
+    let mut out = String::new();
+    if hours > 0 {
+        out.push_str(&format!("{hours}h"));
+    }
+    if minutes > 0 {
+        out.push_str(&format!("{minutes}m"));
+    }
+    if seconds > 0 {
+        out.push_str(&format!("{seconds}s"));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests;

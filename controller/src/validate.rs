@@ -1,0 +1,585 @@
+//! What the CRD schema cannot check about a CanaryRollout spec. Each problem names the field and
+//! the fix; the controller shows them in the `InvalidSpec` condition, `cohort run` prints them.
+
+use std::fmt;
+use std::time::Duration;
+
+use cohort_core::bucket::FULL_WEIGHT_BP;
+
+use crate::crd::{CanaryRolloutSpec, GateCheck, GateSpec, Target, MAX_GATES, MAX_STEPS};
+use crate::duration;
+use crate::filter_config::spec_to_filter_config;
+
+/// One problem with a spec: the field (a dotted path such as `spec.steps[2].weight`) and what is
+/// wrong with how to fix it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {problem}")]
+pub struct SpecError {
+    /// Dotted path of the field.
+    pub field: String,
+    /// What is wrong and how to fix it.
+    pub problem: String,
+}
+
+impl SpecError {
+    /// A problem with `field`.
+    pub fn new(field: &str, problem: &str) -> Self {
+        SpecError {
+            field: field.to_owned(),
+            problem: problem.to_owned(),
+        }
+    }
+}
+
+/// Every problem found in one spec.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct SpecErrors(pub Vec<SpecError>);
+
+impl fmt::Display for SpecErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, error) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("; ")?;
+            }
+            write!(f, "{error}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Placeholders a custom query may use.
+pub const QUERY_PLACEHOLDERS: [&str; 4] = ["namespace", "rollout", "version", "interval"];
+
+/// Checks everything the schema cannot, including that the filter would accept the config the
+/// spec produces. `name` is the CanaryRollout's name (the filter's rollout key and default salt).
+pub fn validate_spec(spec: &CanaryRolloutSpec, name: &str) -> Result<(), Vec<SpecError>> {
+    let mut errors = Vec::new();
+    check_target(&spec.target, &mut errors);
+    check_steps(spec, &mut errors);
+    check_positive_duration(
+        "spec.analysis.interval",
+        &spec.analysis.interval,
+        &mut errors,
+    );
+    if spec.analysis.min_samples == 0 {
+        errors.push(SpecError::new(
+            "spec.analysis.minSamples",
+            "must be at least 1: gates never judge on no data",
+        ));
+    }
+    check_gates(&spec.analysis.gates, &mut errors);
+    check_positive_duration(
+        "spec.failurePolicy.noDataDeadline",
+        &spec.failure_policy.no_data_deadline,
+        &mut errors,
+    );
+    // The filter's own validation covers hosts, versions, salt, identity, anonymous and events.
+    let first_weight = spec.steps.first().map_or(0, |step| step.weight_bp());
+    if let Err(filter_errors) = spec_to_filter_config(spec, name, first_weight.min(FULL_WEIGHT_BP))
+    {
+        errors.extend(filter_errors.0);
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(errors)
+    }
+}
+
+fn check_target(target: &Target, errors: &mut Vec<SpecError>) {
+    match target {
+        Target::WasmPlugin(plugin) => {
+            if !is_dns_subdomain(&plugin.name) {
+                errors.push(SpecError::new(
+                    "spec.target.wasmPlugin.name",
+                    &format!(
+                        "{:?} is not a Kubernetes object name; use lowercase letters, digits, '-' and '.'",
+                        plugin.name
+                    ),
+                ));
+            }
+            if let Some(namespace) = &plugin.namespace {
+                if !is_dns_label(namespace) {
+                    errors.push(SpecError::new(
+                        "spec.target.wasmPlugin.namespace",
+                        &format!(
+                            "{namespace:?} is not a namespace name; use 1-63 lowercase letters, digits and '-', or omit it for the rollout's namespace"
+                        ),
+                    ));
+                }
+            }
+        }
+        Target::EnvoyEcds(ecds) => {
+            if !ecds.path.starts_with('/') {
+                errors.push(SpecError::new(
+                    "spec.target.envoyEcds.path",
+                    &format!(
+                        "{:?} is not an absolute path; give the path Envoy's path_config_source watches",
+                        ecds.path
+                    ),
+                ));
+            }
+            if ecds.filter_name.is_empty() {
+                errors.push(SpecError::new(
+                    "spec.target.envoyEcds.filterName",
+                    "is empty; give the TypedExtensionConfig name of the HTTP filter (its config_discovery name)",
+                ));
+            }
+        }
+    }
+}
+
+fn check_steps(spec: &CanaryRolloutSpec, errors: &mut Vec<SpecError>) {
+    let steps = &spec.steps;
+    if steps.is_empty() {
+        errors.push(SpecError::new(
+            "spec.steps",
+            "is empty; list the weights, ending with {weight: 100}, or omit the field for 1, 5, 25, 50, 75, 100",
+        ));
+        return;
+    }
+    if steps.len() > MAX_STEPS {
+        errors.push(SpecError::new(
+            "spec.steps",
+            &format!("has {} steps; at most {MAX_STEPS}", steps.len()),
+        ));
+    }
+    let mut previous: Option<(f64, u32)> = None;
+    for (i, step) in steps.iter().enumerate() {
+        let field = format!("spec.steps[{i}]");
+        let weight = step.weight;
+        if !(weight.is_finite() && weight > 0.0 && weight <= 100.0) {
+            errors.push(SpecError::new(
+                &format!("{field}.weight"),
+                &format!("{weight} is out of range; use a percentage above 0 and at most 100"),
+            ));
+        } else if ((weight * 100.0).round() - weight * 100.0).abs() > 1e-6 {
+            errors.push(SpecError::new(
+                &format!("{field}.weight"),
+                &format!(
+                    "{weight} has more than two decimals; weights have 0.01% resolution (e.g. 0.25)"
+                ),
+            ));
+        } else {
+            let weight_bp = step.weight_bp();
+            if let Some((previous_weight, previous_bp)) = previous {
+                if weight_bp <= previous_bp {
+                    errors.push(SpecError::new(
+                        &format!("{field}.weight"),
+                        &format!(
+                            "{weight} is not above the previous step's {previous_weight}; weights must strictly increase"
+                        ),
+                    ));
+                }
+            }
+            previous = Some((weight, weight_bp));
+        }
+        if let Err(problem) = duration::parse(&step.bake) {
+            errors.push(SpecError::new(
+                &format!("{field}.bake"),
+                &problem.to_string(),
+            ));
+        }
+    }
+    let last = steps.len() - 1;
+    if steps[last].weight_bp() != FULL_WEIGHT_BP && steps[last].weight.is_finite() {
+        errors.push(SpecError::new(
+            &format!("spec.steps[{last}].weight"),
+            &format!(
+                "the last step is {}, not 100; end with {{weight: 100}}: reaching it is the promotion",
+                steps[last].weight
+            ),
+        ));
+    }
+}
+
+fn check_positive_duration(field: &str, text: &str, errors: &mut Vec<SpecError>) {
+    match duration::parse(text) {
+        Ok(parsed) if parsed == Duration::ZERO => errors.push(SpecError::new(
+            field,
+            &format!("{text:?} is zero; give a positive duration such as \"30s\""),
+        )),
+        Ok(_) => {}
+        Err(problem) => errors.push(SpecError::new(field, &problem.to_string())),
+    }
+}
+
+fn check_gates(gates: &[GateSpec], errors: &mut Vec<SpecError>) {
+    if gates.len() > MAX_GATES {
+        errors.push(SpecError::new(
+            "spec.analysis.gates",
+            &format!("has {} gates; at most {MAX_GATES}", gates.len()),
+        ));
+    }
+    let mut names: Vec<String> = Vec::with_capacity(gates.len());
+    for (i, gate) in gates.iter().enumerate() {
+        let field = format!("spec.analysis.gates[{i}]");
+        let name = gate.name();
+        if gate.name.is_none() && matches!(gate.check, GateCheck::Custom(_)) {
+            errors.push(SpecError::new(
+                &format!("{field}.name"),
+                "custom gates need a name; it labels the query's result in status and metrics",
+            ));
+        } else if !is_gate_name(&name) {
+            errors.push(SpecError::new(
+                &format!("{field}.name"),
+                &format!("{name:?} is not a gate name; use 1-63 letters, digits, '-', '_' and '.'"),
+            ));
+        } else if let Some(other) = names.iter().position(|seen| *seen == name) {
+            errors.push(SpecError::new(
+                &format!("{field}.name"),
+                &format!(
+                    "{name:?} is also the name of gates[{other}]; give each gate its own name"
+                ),
+            ));
+        }
+        names.push(name);
+        if gate.min_samples == Some(0) {
+            errors.push(SpecError::new(
+                &format!("{field}.minSamples"),
+                "must be at least 1: gates never judge on no data",
+            ));
+        }
+        check_gate(&field, &gate.check, errors);
+    }
+}
+
+fn check_gate(field: &str, check: &GateCheck, errors: &mut Vec<SpecError>) {
+    let mut fraction = |path: &str, value: f64| {
+        if !(0.0..=1.0).contains(&value) {
+            errors.push(SpecError::new(
+                &format!("{field}.{path}"),
+                &format!("{value} is out of range; it is a fraction from 0 to 1 (0.01 = 1%)"),
+            ));
+        }
+    };
+    match check {
+        GateCheck::ErrorRate(gate) => {
+            fraction("errorRate.maxIncrease", gate.max_increase);
+            if let Some(max_rate) = gate.max_rate {
+                fraction("errorRate.maxRate", max_rate);
+            }
+        }
+        GateCheck::BusinessEvent(gate) => fraction("businessEvent.maxDrop", gate.max_drop),
+        GateCheck::Latency(gate) => {
+            if !(gate.quantile > 0.0 && gate.quantile < 1.0) {
+                errors.push(SpecError::new(
+                    &format!("{field}.latency.quantile"),
+                    &format!(
+                        "{} is out of range; use a quantile strictly between 0 and 1 (0.99 = p99)",
+                        gate.quantile
+                    ),
+                ));
+            }
+            for (path, value) in [
+                ("latency.tolerance", gate.tolerance),
+                ("latency.slackMs", gate.slack_ms),
+            ] {
+                if !(value.is_finite() && value >= 0.0) {
+                    errors.push(SpecError::new(
+                        &format!("{field}.{path}"),
+                        &format!("{value} is out of range; use 0 or more"),
+                    ));
+                }
+            }
+        }
+        GateCheck::Custom(gate) => {
+            if gate.query.trim().is_empty() {
+                errors.push(SpecError::new(
+                    &format!("{field}.custom.query"),
+                    "is empty; give a PromQL query returning one number",
+                ));
+            }
+            if let Err(problem) = check_placeholders(&gate.query) {
+                errors.push(SpecError::new(&format!("{field}.custom.query"), &problem));
+            }
+            match (gate.min, gate.max) {
+                (None, None) => errors.push(SpecError::new(
+                    &format!("{field}.custom"),
+                    "has neither min nor max; give at least one bound",
+                )),
+                (Some(min), Some(max)) if min > max => errors.push(SpecError::new(
+                    &format!("{field}.custom.min"),
+                    &format!("{min} is above max {max}; swap them"),
+                )),
+                _ => {}
+            }
+            for (path, value) in [("custom.min", gate.min), ("custom.max", gate.max)] {
+                if value.is_some_and(|value| !value.is_finite()) {
+                    errors.push(SpecError::new(
+                        &format!("{field}.{path}"),
+                        "must be a finite number",
+                    ));
+                }
+            }
+        }
+    }
+}
+
+/// Every `{{...}}` must be a known placeholder.
+fn check_placeholders(query: &str) -> Result<(), String> {
+    let mut rest = query;
+    while let Some(start) = rest.find("{{") {
+        let after = &rest[start + 2..];
+        let Some(end) = after.find("}}") else {
+            return Err("has an unclosed \"{{\"; placeholders are written {{name}}".to_owned());
+        };
+        let placeholder = after[..end].trim();
+        if !QUERY_PLACEHOLDERS.contains(&placeholder) {
+            return Err(format!(
+                "unknown placeholder {{{{{placeholder}}}}}; use {}",
+                QUERY_PLACEHOLDERS
+                    .iter()
+                    .map(|p| format!("{{{{{p}}}}}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
+        rest = &after[end + 2..];
+    }
+    Ok(())
+}
+
+fn is_gate_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 63
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
+fn is_dns_label(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 63
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !name.starts_with('-')
+        && !name.ends_with('-')
+}
+
+fn is_dns_subdomain(name: &str) -> bool {
+    !name.is_empty() && name.len() <= 253 && name.split('.').all(is_dns_label)
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::crd::{
+        default_gates, default_steps, AnalysisSpec, AnonymousSpec, BusinessEventGate, CustomGate,
+        EnvoyEcdsTarget, ErrorRateGate, FailurePolicy, LatencyGate, Step, WasmPluginTarget,
+    };
+
+    /// The smallest valid spec: one host, every default.
+    pub(crate) fn minimal_spec() -> CanaryRolloutSpec {
+        CanaryRolloutSpec {
+            target: Target::WasmPlugin(WasmPluginTarget {
+                name: "cohort".into(),
+                namespace: None,
+            }),
+            salt: None,
+            hosts: vec!["checkout".into()],
+            stable_version: "stable".into(),
+            canary_version: "canary".into(),
+            identity: Vec::new(),
+            anonymous: AnonymousSpec::default(),
+            steps: default_steps(),
+            analysis: AnalysisSpec::default(),
+            failure_policy: FailurePolicy::default(),
+            paused: false,
+            abort: false,
+            promote: false,
+            restart_at: None,
+        }
+    }
+
+    #[test]
+    fn minimal_and_defaulted_specs_are_valid() {
+        assert_eq!(validate_spec(&minimal_spec(), "checkout"), Ok(()));
+        // The YAML a person writes gets the same defaults from serde as from the schema.
+        let spec: CanaryRolloutSpec = serde_json::from_value(serde_json::json!({
+            "target": {"envoyEcds": {"path": "/etc/envoy/ecds.yaml"}},
+            "hosts": ["checkout"]
+        }))
+        .unwrap();
+        assert_eq!(validate_spec(&spec, "checkout"), Ok(()));
+        assert_eq!(spec.steps, default_steps());
+        assert_eq!(spec.analysis.gates, default_gates());
+        assert_eq!(spec.analysis.interval, "30s");
+        assert_eq!(spec.failure_policy.max_consecutive_errors, 3);
+    }
+
+    fn gate(check: GateCheck) -> GateSpec {
+        GateSpec::new(check)
+    }
+
+    #[test]
+    fn bad_specs_name_the_field_and_the_fix() {
+        type Edit = fn(&mut CanaryRolloutSpec);
+        let table: &[(Edit, &str)] = &[
+            (|s| s.steps.clear(), "spec.steps: is empty"),
+            (|s| s.steps = vec![Step::new(1.0, "1m"); 21], "spec.steps: has 21 steps; at most 20"),
+            (|s| s.steps[0].weight = 0.0, "spec.steps[0].weight: 0 is out of range"),
+            (|s| s.steps[0].weight = -1.0, "spec.steps[0].weight: -1 is out of range"),
+            (|s| s.steps[0].weight = f64::NAN, "spec.steps[0].weight: NaN is out of range"),
+            (|s| s.steps[5].weight = 100.5, "spec.steps[5].weight: 100.5 is out of range"),
+            (|s| s.steps[1].weight = 5.125, "spec.steps[1].weight: 5.125 has more than two decimals"),
+            (|s| s.steps[2].weight = 5.0, "spec.steps[2].weight: 5 is not above the previous step's 5"),
+            (|s| s.steps[2].weight = 4.0, "spec.steps[2].weight: 4 is not above the previous step's 5"),
+            (|s| s.steps[5].weight = 90.0, "spec.steps[5].weight: the last step is 90, not 100"),
+            (|s| s.steps[3].bake = "5 minutes".into(), "spec.steps[3].bake: \"5 minutes\" is not a duration"),
+            (|s| s.steps[3].bake = String::new(), "spec.steps[3].bake: is empty"),
+            (|s| s.analysis.interval = "0s".into(), "spec.analysis.interval: \"0s\" is zero"),
+            (|s| s.analysis.interval = "30".into(), "spec.analysis.interval: \"30\" is not a duration"),
+            (|s| s.analysis.min_samples = 0, "spec.analysis.minSamples: must be at least 1"),
+            (|s| s.failure_policy.no_data_deadline = "1d".into(), "spec.failurePolicy.noDataDeadline:"),
+            (
+                |s| s.target = Target::WasmPlugin(WasmPluginTarget { name: "Cohort_Plugin".into(), namespace: None }),
+                "spec.target.wasmPlugin.name: \"Cohort_Plugin\" is not a Kubernetes object name",
+            ),
+            (
+                |s| s.target = Target::WasmPlugin(WasmPluginTarget { name: "cohort".into(), namespace: Some("a.b".into()) }),
+                "spec.target.wasmPlugin.namespace:",
+            ),
+            (
+                |s| s.target = Target::EnvoyEcds(EnvoyEcdsTarget { path: "ecds.yaml".into(), filter_name: "cohort".into() }),
+                "spec.target.envoyEcds.path: \"ecds.yaml\" is not an absolute path",
+            ),
+            (
+                |s| s.target = Target::EnvoyEcds(EnvoyEcdsTarget { path: "/e.yaml".into(), filter_name: String::new() }),
+                "spec.target.envoyEcds.filterName: is empty",
+            ),
+            (
+                |s| s.analysis.gates = vec![gate(GateCheck::ErrorRate(ErrorRateGate { max_increase: 1.5, max_rate: None }))],
+                "spec.analysis.gates[0].errorRate.maxIncrease: 1.5 is out of range",
+            ),
+            (
+                |s| s.analysis.gates = vec![gate(GateCheck::ErrorRate(ErrorRateGate { max_increase: 0.1, max_rate: Some(-0.1) }))],
+                "spec.analysis.gates[0].errorRate.maxRate: -0.1 is out of range",
+            ),
+            (
+                |s| s.analysis.gates = vec![gate(GateCheck::Latency(LatencyGate { quantile: 1.0, tolerance: 0.2, slack_ms: 0.0 }))],
+                "spec.analysis.gates[0].latency.quantile: 1 is out of range",
+            ),
+            (
+                |s| s.analysis.gates = vec![gate(GateCheck::Latency(LatencyGate { quantile: 0.5, tolerance: -0.1, slack_ms: 0.0 }))],
+                "spec.analysis.gates[0].latency.tolerance: -0.1 is out of range",
+            ),
+            (
+                |s| s.analysis.gates = vec![gate(GateCheck::Latency(LatencyGate { quantile: 0.5, tolerance: 0.1, slack_ms: f64::INFINITY }))],
+                "spec.analysis.gates[0].latency.slackMs: inf is out of range",
+            ),
+            (
+                |s| s.analysis.gates = vec![gate(GateCheck::BusinessEvent(BusinessEventGate { event: "buy".into(), max_drop: 2.0 }))],
+                "spec.analysis.gates[0].businessEvent.maxDrop: 2 is out of range",
+            ),
+            (
+                |s| s.analysis.gates = vec![gate(GateCheck::Custom(CustomGate { query: "up".into(), min: Some(0.0), max: None }))],
+                "spec.analysis.gates[0].name: custom gates need a name",
+            ),
+            (
+                |s| s.analysis.gates = vec![GateSpec { name: Some("q".into()), min_samples: None, check: GateCheck::Custom(CustomGate { query: "up".into(), min: None, max: None }) }],
+                "spec.analysis.gates[0].custom: has neither min nor max",
+            ),
+            (
+                |s| s.analysis.gates = vec![GateSpec { name: Some("q".into()), min_samples: None, check: GateCheck::Custom(CustomGate { query: "up".into(), min: Some(2.0), max: Some(1.0) }) }],
+                "spec.analysis.gates[0].custom.min: 2 is above max 1",
+            ),
+            (
+                |s| s.analysis.gates = vec![GateSpec { name: Some("q".into()), min_samples: None, check: GateCheck::Custom(CustomGate { query: " ".into(), min: Some(0.0), max: None }) }],
+                "spec.analysis.gates[0].custom.query: is empty",
+            ),
+            (
+                |s| s.analysis.gates = vec![GateSpec { name: Some("q".into()), min_samples: None, check: GateCheck::Custom(CustomGate { query: "x{pod=\"{{pod}}\"}".into(), min: Some(0.0), max: None }) }],
+                "spec.analysis.gates[0].custom.query: unknown placeholder {{pod}}; use {{namespace}}, {{rollout}}, {{version}}, {{interval}}",
+            ),
+            (
+                |s| s.analysis.gates = vec![GateSpec { name: Some("q".into()), min_samples: None, check: GateCheck::Custom(CustomGate { query: "x[{{interval".into(), min: Some(0.0), max: None }) }],
+                "spec.analysis.gates[0].custom.query: has an unclosed \"{{\"",
+            ),
+            (
+                |s| s.analysis.gates = vec![GateSpec { name: Some("q".into()), min_samples: None, check: GateCheck::Custom(CustomGate { query: "up".into(), min: Some(f64::NAN), max: None }) }],
+                "spec.analysis.gates[0].custom.min: must be a finite number",
+            ),
+            (
+                |s| s.analysis.gates = vec![gate(GateCheck::ErrorRate(ErrorRateGate { max_increase: 0.01, max_rate: None })); 2],
+                "spec.analysis.gates[1].name: \"error-rate\" is also the name of gates[0]",
+            ),
+            (
+                |s| s.analysis.gates = vec![GateSpec { name: Some("my gate".into()), min_samples: None, check: GateCheck::ErrorRate(ErrorRateGate { max_increase: 0.01, max_rate: None }) }],
+                "spec.analysis.gates[0].name: \"my gate\" is not a gate name",
+            ),
+            (
+                |s| s.analysis.gates = vec![GateSpec { name: None, min_samples: Some(0), check: GateCheck::ErrorRate(ErrorRateGate { max_increase: 0.01, max_rate: None }) }],
+                "spec.analysis.gates[0].minSamples: must be at least 1",
+            ),
+            (
+                |s| s.analysis.gates = vec![gate(GateCheck::ErrorRate(ErrorRateGate { max_increase: 0.01, max_rate: None })); 17],
+                "spec.analysis.gates: has 17 gates; at most 16",
+            ),
+            // The filter's own checks, renamed to spec fields.
+            (|s| s.hosts = vec!["checkout:8080".into()], "spec.hosts[0]: \"checkout:8080\" is not a host name"),
+            (|s| s.canary_version = "stable".into(), "spec.canaryVersion: equals stableVersion"),
+        ];
+        for (edit, expected) in table {
+            let mut spec = minimal_spec();
+            edit(&mut spec);
+            let errors = validate_spec(&spec, "checkout").unwrap_err();
+            let messages: Vec<String> = errors.iter().map(ToString::to_string).collect();
+            assert!(
+                messages.iter().any(|m| m.starts_with(expected)),
+                "wanted an error starting with {expected:?}\n got {messages:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn valid_variations_pass() {
+        type Edit = fn(&mut CanaryRolloutSpec);
+        let table: &[Edit] = &[
+            |s| s.steps = vec![Step::new(100.0, "0s")],
+            |s| {
+                s.steps = vec![
+                    Step::new(0.01, "1m"),
+                    Step::new(0.5, "1m"),
+                    Step::new(100.0, "1m"),
+                ]
+            },
+            |s| s.steps = vec![Step::new(12.34, "1h30m"), Step::new(100.0, "1.5h")],
+            |s| s.analysis.gates.clear(),
+            |s| s.hosts = vec!["*".into()],
+            |s| {
+                s.analysis.gates = vec![GateSpec {
+                    name: Some("saturation".into()),
+                    min_samples: Some(1),
+                    check: GateCheck::Custom(CustomGate {
+                        query: "max(x{ns=\"{{namespace}}\",r=\"{{rollout}}\",v=\"{{ version }}\"}[{{interval}}])".into(),
+                        min: None,
+                        max: Some(0.8),
+                    }),
+                }]
+            },
+        ];
+        for (i, edit) in table.iter().enumerate() {
+            let mut spec = minimal_spec();
+            edit(&mut spec);
+            assert_eq!(validate_spec(&spec, "checkout"), Ok(()), "variation {i}");
+        }
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let mut spec = minimal_spec();
+        spec.steps[1].weight = 0.0;
+        spec.analysis.interval = "soon".into();
+        spec.hosts = vec!["Bad".into()];
+        let errors = validate_spec(&spec, "checkout").unwrap_err();
+        assert_eq!(errors.len(), 3, "{errors:?}");
+        let joined = errors
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("; ");
+        assert_eq!(SpecErrors(errors).to_string(), joined);
+    }
+}
