@@ -188,8 +188,9 @@ pub struct Step {
     /// Canary share in percent, 0.01 resolution (`0.5` = 50 basis points).
     #[schemars(range(min = 0.01, max = 100.0))]
     pub weight: f64,
-    /// Least time at this weight before the next step, with every gate passing. Ignored on the
-    /// final 100% step: with no stable traffic left there is nothing to compare.
+    /// Least time at this weight before the next step, with every gate passing; never less than
+    /// `analysis.interval`, so the deciding analysis saw only this weight. Ignored on the final
+    /// 100% step: with no stable traffic left there is nothing to compare.
     #[serde(default = "default_bake")]
     #[schemars(regex(pattern = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"))]
     pub bake: String,
@@ -255,7 +256,10 @@ impl Default for AnalysisSpec {
 /// - name: p99
 ///   latency: {quantile: 0.99, tolerance: 0.2, slackMs: 10}
 /// ```
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+///
+/// Deserialization refuses a gate with no kind or with several (serde alone would take the first
+/// kind and drop the rest; the schema's `oneOf` refuses it too, but `cohort run` has no API server).
+#[derive(Serialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct GateSpec {
     /// Name in status, events and metrics; defaults per kind (`error-rate`, `latency-p99`,
@@ -269,6 +273,49 @@ pub struct GateSpec {
     /// What the gate checks.
     #[serde(flatten)]
     pub check: GateCheck,
+}
+
+/// The keys that name a gate kind, as [`GateCheck`] serializes them.
+pub const GATE_KINDS: [&str; 4] = ["errorRate", "latency", "businessEvent", "custom"];
+
+/// [`GateSpec`]'s derived reading, used once the kind keys are checked.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct GateSpecFields {
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    min_samples: Option<u64>,
+    #[serde(flatten)]
+    check: GateCheck,
+}
+
+impl<'de> Deserialize<'de> for GateSpec {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        use serde::de::Error as _;
+        let fields = serde_json::Map::<String, serde_json::Value>::deserialize(deserializer)?;
+        let kinds: Vec<&str> = GATE_KINDS
+            .into_iter()
+            .filter(|kind| fields.contains_key(*kind))
+            .collect();
+        if kinds.len() != 1 {
+            let found = match kinds.is_empty() {
+                true => "none".to_owned(),
+                false => kinds.join(" and "),
+            };
+            return Err(D::Error::custom(format!(
+                "a gate has exactly one kind ({}); found {found}",
+                GATE_KINDS.join(", ")
+            )));
+        }
+        let fields: GateSpecFields =
+            serde_json::from_value(serde_json::Value::Object(fields)).map_err(D::Error::custom)?;
+        Ok(GateSpec {
+            name: fields.name,
+            min_samples: fields.min_samples,
+            check: fields.check,
+        })
+    }
 }
 
 impl GateSpec {
@@ -680,11 +727,210 @@ fn default_no_data_deadline() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::validate::validate_spec;
 
     #[test]
-    fn crd_renders() {
+    fn crd_yaml_round_trips_and_carries_the_schema_rules() {
         let yaml = crd_yaml().unwrap();
-        println!("{yaml}");
-        assert!(yaml.contains("canaryrollouts.cohort.dev"));
+        let parsed: serde_json::Value = serde_saphyr::from_str(&yaml).unwrap();
+        assert_eq!(parsed, serde_json::to_value(CanaryRollout::crd()).unwrap());
+        assert_eq!(parsed["metadata"]["name"], "canaryrollouts.cohort.dev");
+        assert_eq!(parsed["spec"]["scope"], "Namespaced");
+        assert_eq!(parsed["spec"]["names"]["shortNames"][0], "canary");
+        let version = &parsed["spec"]["versions"][0];
+        assert_eq!(version["name"], "v1alpha1");
+        assert!(version["subresources"]["status"].is_object());
+        let spec = &version["schema"]["openAPIV3Schema"]["properties"]["spec"];
+        let rules: Vec<&str> = spec["x-kubernetes-validations"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|rule| rule["rule"].as_str().unwrap())
+            .collect();
+        assert_eq!(rules.len(), 2);
+        assert!(rules[0].contains("exists_one") && rules[0].contains("isSorted()"));
+        assert!(rules[1].contains("== 100.0"));
+        let steps = &spec["properties"]["steps"];
+        assert_eq!(steps["maxItems"], 20);
+        assert_eq!(steps["items"]["properties"]["weight"]["minimum"], 0.01);
+        assert_eq!(steps["items"]["properties"]["weight"]["maximum"], 100.0);
+        assert_eq!(
+            steps["items"]["properties"]["bake"]["pattern"],
+            crate::duration::DURATION_PATTERN
+        );
+        let gate = &spec["properties"]["analysis"]["properties"]["gates"]["items"];
+        assert_eq!(gate["oneOf"].as_array().map(Vec::len), Some(4));
+        for kind in ["errorRate", "latency", "businessEvent", "custom", "name"] {
+            assert!(gate["properties"][kind].is_object(), "gate property {kind}");
+        }
+        assert_eq!(
+            spec["properties"]["target"]["oneOf"]
+                .as_array()
+                .map(Vec::len),
+            Some(2)
+        );
+        assert_eq!(spec["required"], serde_json::json!(["hosts", "target"]));
+    }
+
+    const EXAMPLE: &str = r#"
+apiVersion: cohort.dev/v1alpha1
+kind: CanaryRollout
+metadata: {name: checkout, namespace: shop}
+spec:
+  target: {wasmPlugin: {name: cohort}}
+  hosts: [checkout]
+  identity: [{kind: header, name: x-user-id}, {kind: cookie, name: session}]
+  steps:
+  - {weight: 0.5, bake: 2m}
+  - {weight: 5, bake: 5m}
+  - {weight: 100}
+  analysis:
+    interval: 15s
+    minSamples: 200
+    gates:
+    - errorRate: {maxIncrease: 0.005, maxRate: 0.05}
+    - name: p95
+      latency: {quantile: 0.95, tolerance: 0.1, slackMs: 5}
+    - businessEvent: {event: checkout, maxDrop: 0.05}
+      minSamples: 1000
+    - name: cpu
+      custom: {query: 'max(rate(cpu{namespace="{{namespace}}"}[{{interval}}]))', max: 0.8}
+  failurePolicy: {onNoData: rollback}
+"#;
+
+    #[test]
+    fn a_written_rollout_reads_as_intended() {
+        let rollout: CanaryRollout = serde_saphyr::from_str(EXAMPLE).unwrap();
+        let spec = &rollout.spec;
+        assert_eq!(
+            spec.target,
+            Target::WasmPlugin(WasmPluginTarget {
+                name: "cohort".into(),
+                namespace: None
+            })
+        );
+        assert_eq!(
+            spec.steps.iter().map(Step::weight_bp).collect::<Vec<_>>(),
+            vec![50, 500, 10_000]
+        );
+        assert_eq!(spec.steps[2].bake, "5m");
+        let gates = &spec.analysis.gates;
+        assert_eq!(
+            gates.iter().map(GateSpec::name).collect::<Vec<_>>(),
+            vec!["error-rate", "p95", "event-checkout", "cpu"]
+        );
+        assert_eq!(
+            gates[0].check,
+            GateCheck::ErrorRate(ErrorRateGate {
+                max_increase: 0.005,
+                max_rate: Some(0.05)
+            })
+        );
+        assert_eq!(gates[2].min_samples, Some(1000));
+        assert!(
+            matches!(&gates[3].check, GateCheck::Custom(custom) if custom.max == Some(0.8) && custom.min.is_none())
+        );
+        assert_eq!(spec.failure_policy.on_no_data, OnTrouble::Rollback);
+        assert_eq!(spec.failure_policy.on_errors, OnTrouble::Hold);
+        assert_eq!(spec.failure_policy.no_data_deadline, "10m");
+        assert!(!spec.paused && !spec.abort && !spec.promote);
+        assert_eq!(validate_spec(spec, "checkout"), Ok(()));
+        assert_eq!(rollout.status, None);
+    }
+
+    #[test]
+    fn a_gate_without_a_known_kind_is_refused() {
+        let table = [
+            ("{name: x}", "found none"),
+            ("{sequential: {alpha: 0.05}}", "found none"),
+            (
+                "{errorRate: {}, latency: {}}",
+                "found errorRate and latency",
+            ),
+            ("{latency: {quantile: high}}", "invalid type"),
+        ];
+        for (gate, expected) in table {
+            let json = serde_saphyr::from_str::<serde_json::Value>(gate).unwrap();
+            let error = serde_json::from_value::<GateSpec>(json)
+                .unwrap_err()
+                .to_string();
+            assert!(error.contains(expected), "gate {gate}: {error}");
+        }
+        // Through the whole spec and the YAML reader too.
+        let yaml = "target: {envoyEcds: {path: /e.yaml}}\nhosts: [a]\nanalysis: {gates: [{errorRate: {}, custom: {query: up}}]}\n";
+        assert!(serde_saphyr::from_str::<CanaryRolloutSpec>(yaml).is_err());
+        // Unknown keys beside one kind are tolerated, as the API server would prune them.
+        let gate: GateSpec =
+            serde_json::from_value(serde_json::json!({"errorRate": {}, "note": 1})).unwrap();
+        assert_eq!(gate.name(), "error-rate");
+    }
+
+    #[test]
+    fn status_round_trips_as_json() {
+        let status = CanaryRolloutStatus {
+            phase: Phase::RolledBack,
+            step_index: Some(2),
+            weight_bp: 0,
+            gates: vec![GateResult {
+                gate: "error-rate".into(),
+                verdict: Verdict::Fail,
+                canary: Some(0.1),
+                stable: Some(0.0),
+                threshold: Some(0.01),
+                canary_samples: 300.0,
+                stable_samples: 9000.0,
+                reason: "too many 5xx".into(),
+            }],
+            consecutive_errors: 1,
+            ..CanaryRolloutStatus::default()
+        };
+        let json = serde_json::to_value(&status).unwrap();
+        assert_eq!(json["phase"], "RolledBack");
+        assert_eq!(json["gates"][0]["verdict"], "Fail");
+        assert_eq!(json["gates"][0]["canarySamples"], 300.0);
+        assert_eq!(
+            serde_json::from_value::<CanaryRolloutStatus>(json).unwrap(),
+            status
+        );
+        // An empty status (a fresh object) reads as Pending at weight 0.
+        let empty: CanaryRolloutStatus = serde_json::from_str("{}").unwrap();
+        assert_eq!((empty.phase, empty.weight_bp), (Phase::Pending, 0));
+    }
+
+    #[test]
+    fn weights_convert_to_basis_points() {
+        let table = [
+            (0.01, 1),
+            (0.5, 50),
+            (1.0, 100),
+            (12.34, 1234),
+            (33.33, 3333),
+            (0.29, 29),
+            (100.0, 10_000),
+            (100.5, 10_000),
+            (-1.0, 0),
+            (f64::NAN, 0),
+        ];
+        for (percent, bp) in table {
+            assert_eq!(percent_to_bp(percent), bp, "{percent}%");
+        }
+    }
+
+    #[test]
+    fn default_gate_names() {
+        let table = [
+            (0.99, "latency-p99"),
+            (0.999, "latency-p99.9"),
+            (0.5, "latency-p50"),
+            (0.95, "latency-p95"),
+        ];
+        for (quantile, name) in table {
+            let check = GateCheck::Latency(LatencyGate {
+                quantile,
+                tolerance: 0.2,
+                slack_ms: 0.0,
+            });
+            assert_eq!(check.default_name(), name);
+        }
     }
 }

@@ -7,6 +7,7 @@ pub mod duration;
 pub mod evaluate;
 pub mod filter_config;
 pub mod plan;
+pub mod query;
 pub mod validate;
 
 pub use crd::{crd_yaml, CanaryRollout, CanaryRolloutSpec, CanaryRolloutStatus, Phase, Verdict};

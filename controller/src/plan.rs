@@ -21,7 +21,8 @@
 //! 6. A Fail rolls back at once. Error and Inconclusive hold; more than `maxConsecutiveErrors`
 //!    Errors in a row, or no conclusive data for `noDataDeadline`, set `Degraded` and hold or roll
 //!    back as the failure policy says.
-//! 7. A step advances only when its bake time has elapsed (`>=`) and this cycle's verdict is Pass.
+//! 7. A step advances only when its bake time (at least one analysis interval, so the verdict's
+//!    window lies wholly inside the step) has elapsed (`>=`) and this cycle's verdict is Pass.
 //!    The next step is the first whose weight is above the weight being served, so after a
 //!    restart or a spec edit the rollout never repeats or skips a step, and the weight never goes
 //!    down except by rollback, abort or retry.
@@ -274,6 +275,10 @@ impl Planner<'_> {
             return;
         }
         if self.status.step_index.is_none() {
+            if self.status.phase == Phase::Progressing {
+                // A status written by hand: anchor it to the steps rather than stall.
+                self.anchor_to_steps();
+            }
             // Paused before the first step: nothing to analyse.
             return;
         }
@@ -475,14 +480,38 @@ impl Planner<'_> {
         });
     }
 
+    /// Progressing without a step: the last step at or below the weight served, or a fresh
+    /// start when the weight is below every step.
+    fn anchor_to_steps(&mut self) {
+        let weight_bp = self.status.weight_bp;
+        let anchor = self
+            .spec
+            .steps
+            .iter()
+            .rposition(|step| step.weight_bp() <= weight_bp);
+        match anchor.and_then(|index| u32::try_from(index).ok()) {
+            Some(index) => {
+                self.status.step_index = Some(index);
+                self.status.step_started_at = Some(Time(self.now));
+            }
+            None => {
+                self.status.weight_bp = 0;
+                self.enter_next_step("Started", String::new());
+            }
+        }
+    }
+
+    /// The least time at the current step: its bake, and never less than one analysis interval,
+    /// so the Pass that advances it comes from a window spent wholly at this weight.
     fn current_bake(&self) -> Duration {
         let index = self
             .status
             .step_index
             .and_then(|index| usize::try_from(index).ok());
-        index
+        let bake = index
             .and_then(|index| self.timing.bakes.get(index).copied())
-            .unwrap_or(FALLBACK_BAKE)
+            .unwrap_or(FALLBACK_BAKE);
+        bake.max(self.timing.interval)
     }
 
     fn elapsed_in_step(&self) -> Duration {

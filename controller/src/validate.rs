@@ -9,6 +9,7 @@ use cohort_core::bucket::FULL_WEIGHT_BP;
 use crate::crd::{CanaryRolloutSpec, GateCheck, GateSpec, Target, MAX_GATES, MAX_STEPS};
 use crate::duration;
 use crate::filter_config::spec_to_filter_config;
+use crate::query;
 
 /// One problem with a spec: the field (a dotted path such as `spec.steps[2].weight`) and what is
 /// wrong with how to fix it.
@@ -46,9 +47,6 @@ impl fmt::Display for SpecErrors {
         Ok(())
     }
 }
-
-/// Placeholders a custom query may use.
-pub const QUERY_PLACEHOLDERS: [&str; 4] = ["namespace", "rollout", "version", "interval"];
 
 /// Checks everything the schema cannot, including that the filter would accept the config the
 /// spec produces. `name` is the CanaryRollout's name (the filter's rollout key and default salt).
@@ -290,8 +288,11 @@ fn check_gate(field: &str, check: &GateCheck, errors: &mut Vec<SpecError>) {
                     "is empty; give a PromQL query returning one number",
                 ));
             }
-            if let Err(problem) = check_placeholders(&gate.query) {
-                errors.push(SpecError::new(&format!("{field}.custom.query"), &problem));
+            if let Err(problem) = query::check_template(&gate.query) {
+                errors.push(SpecError::new(
+                    &format!("{field}.custom.query"),
+                    &problem.to_string(),
+                ));
             }
             match (gate.min, gate.max) {
                 (None, None) => errors.push(SpecError::new(
@@ -314,30 +315,6 @@ fn check_gate(field: &str, check: &GateCheck, errors: &mut Vec<SpecError>) {
             }
         }
     }
-}
-
-/// Every `{{...}}` must be a known placeholder.
-fn check_placeholders(query: &str) -> Result<(), String> {
-    let mut rest = query;
-    while let Some(start) = rest.find("{{") {
-        let after = &rest[start + 2..];
-        let Some(end) = after.find("}}") else {
-            return Err("has an unclosed \"{{\"; placeholders are written {{name}}".to_owned());
-        };
-        let placeholder = after[..end].trim();
-        if !QUERY_PLACEHOLDERS.contains(&placeholder) {
-            return Err(format!(
-                "unknown placeholder {{{{{placeholder}}}}}; use {}",
-                QUERY_PLACEHOLDERS
-                    .iter()
-                    .map(|p| format!("{{{{{p}}}}}"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ));
-        }
-        rest = &after[end + 2..];
-    }
-    Ok(())
 }
 
 fn is_gate_name(name: &str) -> bool {

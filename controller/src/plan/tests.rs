@@ -129,6 +129,10 @@ fn transitions() {
         Row { name: "the step before 100% promotes", edit: keep, from: progressing(2, 2500, 0), verdict: Some(Pass), at: 60, phase: Promoted, step: Some(3), weight_bp: 10_000, events: &["Promoted"] },
         Row { name: "a clock that went back never bakes", edit: keep, from: progressing(0, 100, 100), verdict: Some(Pass), at: 0, phase: Progressing, step: Some(0), weight_bp: 100, events: &[] },
         Row { name: "a step without a start time bakes from now", edit: keep, from: CanaryRolloutStatus { step_started_at: None, ..progressing(0, 100, 0) }, verdict: Some(Pass), at: 3600, phase: Progressing, step: Some(0), weight_bp: 100, events: &[] },
+        Row { name: "a bake shorter than the interval waits one interval", edit: |s| s.steps[0].bake = "10s".into(), from: progressing(0, 100, 0), verdict: Some(Pass), at: 29, phase: Progressing, step: Some(0), weight_bp: 100, events: &[] },
+        Row { name: "a bake shorter than the interval advances after it", edit: |s| s.steps[0].bake = "10s".into(), from: progressing(0, 100, 0), verdict: Some(Pass), at: 30, phase: Progressing, step: Some(1), weight_bp: 500, events: &["StepAdvanced"] },
+        Row { name: "progressing without a step anchors at its weight", edit: keep, from: CanaryRolloutStatus { phase: Progressing, weight_bp: 500, ..CanaryRolloutStatus::default() }, verdict: Some(Pass), at: 3600, phase: Progressing, step: Some(1), weight_bp: 500, events: &[] },
+        Row { name: "progressing without a step or weight starts", edit: keep, from: CanaryRolloutStatus { phase: Progressing, ..CanaryRolloutStatus::default() }, verdict: Some(Pass), at: 3600, phase: Progressing, step: Some(0), weight_bp: 100, events: &["Started"] },
         Row { name: "no gates: bake time alone advances", edit: |s| s.analysis.gates.clear(), from: progressing(0, 100, 0), verdict: Some(Pass), at: 60, phase: Progressing, step: Some(1), weight_bp: 500, events: &["StepAdvanced"] },
         // Steps edited mid-rollout: the next step is the first above the weight served.
         Row { name: "edited steps: next weight above 25% is 30%", edit: |s| s.steps = vec![Step::new(1.0, "1m"), Step::new(10.0, "1m"), Step::new(30.0, "1m"), Step::new(100.0, "1m")], from: progressing(2, 2500, 0), verdict: Some(Pass), at: 60, phase: Progressing, step: Some(2), weight_bp: 3000, events: &["StepAdvanced"] },
@@ -742,6 +746,7 @@ fn requeue_follows_the_bake_and_the_interval() {
     // Half a second of bake left still waits a whole second.
     let mut short = spec.clone();
     short.steps[0].bake = "500ms".into();
+    short.analysis.interval = "500ms".into();
     let plan = plan(&short, Some(&progressing(0, 100, 0)), &input(None), t(0));
     assert_eq!(plan.requeue, Duration::from_secs(1));
 }
