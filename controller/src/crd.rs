@@ -299,9 +299,10 @@ impl<'de> Deserialize<'de> for GateSpec {
             .filter(|kind| fields.contains_key(*kind))
             .collect();
         if kinds.len() != 1 {
-            let found = match kinds.is_empty() {
-                true => "none".to_owned(),
-                false => kinds.join(" and "),
+            let found = if kinds.is_empty() {
+                "none".to_owned()
+            } else {
+                kinds.join(" and ")
             };
             return Err(D::Error::custom(format!(
                 "a gate has exactly one kind ({}); found {found}",

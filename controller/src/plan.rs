@@ -171,105 +171,26 @@ struct Planner<'a> {
 
 impl Planner<'_> {
     fn run(&mut self, evaluation: Option<&Evaluation>) {
-        let spec = self.spec;
-        let invalid = !self.spec_errors.is_empty();
-
-        if spec.abort {
-            if self.restart_requested() {
-                self.status.observed_restart_at = spec.restart_at.clone();
-                self.event(
-                    EventKind::Warning,
-                    "RestartIgnored",
-                    "spec.restartAt changed while spec.abort is set; clear spec.abort, then set spec.restartAt again to retry".to_owned(),
-                );
-            }
-            if self.status.phase != Phase::Aborted {
-                self.transition(
-                    Phase::Aborted,
-                    self.status.step_index,
-                    0,
-                    "Aborted",
-                    EventKind::Warning,
-                    "spec.abort is set: every user is back on stable".to_owned(),
-                );
-            }
+        if self.spec.abort {
+            self.abort();
             return;
         }
-
         if self.status.phase.is_terminal() {
-            if !self.restart_requested() || invalid {
-                // Stays put; an invalid spec keeps the retry pending until it is fixed.
+            if !self.retry() {
                 return;
             }
-            self.status.observed_restart_at = spec.restart_at.clone();
-            let message = format!(
-                "spec.restartAt changed to {:?}: starting again from the first step",
-                spec.restart_at.as_deref().unwrap_or_default()
-            );
-            self.transition(
-                Phase::Pending,
-                None,
-                0,
-                "Restarted",
-                EventKind::Normal,
-                message,
-            );
-            self.reset_analysis();
-        } else if self.restart_requested() {
-            self.status.observed_restart_at = spec.restart_at.clone();
-            if self.status.phase != Phase::Pending {
-                self.event(
-                    EventKind::Warning,
-                    "RestartIgnored",
-                    format!(
-                        "spec.restartAt changed while the rollout is {}: ignored; a rollout restarts only from Promoted, RolledBack or Aborted",
-                        self.status.phase
-                    ),
-                );
-            }
+        } else {
+            self.ignore_retry_while_live();
         }
-
-        if invalid {
+        if !self.spec_errors.is_empty() {
+            // An invalid spec holds whatever is served.
             return;
         }
-
-        if spec.promote {
+        if self.spec.promote {
             self.promote("spec.promote is set: the canary serves everyone".to_owned());
             return;
         }
-
-        if spec.paused && self.status.phase != Phase::Paused {
-            let message = match self.status.step_index {
-                Some(_) => format!(
-                    "spec.paused is set: holding the canary at {}",
-                    percent(self.status.weight_bp)
-                ),
-                None => "spec.paused is set: not starting".to_owned(),
-            };
-            self.transition(
-                Phase::Paused,
-                self.status.step_index,
-                self.status.weight_bp,
-                "Paused",
-                EventKind::Normal,
-                message,
-            );
-        } else if !spec.paused && self.status.phase == Phase::Paused {
-            let to = if self.status.step_index.is_some() {
-                Phase::Progressing
-            } else {
-                Phase::Pending
-            };
-            self.transition(
-                to,
-                self.status.step_index,
-                self.status.weight_bp,
-                "Resumed",
-                EventKind::Normal,
-                "spec.paused is cleared: resuming".to_owned(),
-            );
-        }
-
+        self.follow_pause_flag();
         if self.status.phase == Phase::Pending {
             self.enter_next_step("Started", String::new());
             return;
@@ -286,26 +207,126 @@ impl Planner<'_> {
             // A status written by hand or by an older controller: bake from now.
             self.status.step_started_at = Some(Time(self.now));
         }
+        self.analyse_and_advance(evaluation);
+    }
 
+    fn abort(&mut self) {
+        if self.restart_requested() {
+            self.status.observed_restart_at = self.spec.restart_at.clone();
+            self.event(
+                EventKind::Warning,
+                "RestartIgnored",
+                "spec.restartAt changed while spec.abort is set; clear spec.abort, then set \
+                 spec.restartAt again to retry"
+                    .to_owned(),
+            );
+        }
+        if self.status.phase != Phase::Aborted {
+            self.transition(
+                Phase::Aborted,
+                self.status.step_index,
+                0,
+                "Aborted",
+                EventKind::Warning,
+                "spec.abort is set: every user is back on stable".to_owned(),
+            );
+        }
+    }
+
+    /// The retry gesture on a settled rollout: back to Pending with a clean slate. An invalid
+    /// spec leaves the gesture pending (unrecorded) until it is fixed. Returns whether it fired.
+    fn retry(&mut self) -> bool {
+        if !self.restart_requested() || !self.spec_errors.is_empty() {
+            return false;
+        }
+        self.status.observed_restart_at = self.spec.restart_at.clone();
+        let message = format!(
+            "spec.restartAt changed to {:?}: starting again from the first step",
+            self.spec.restart_at.as_deref().unwrap_or_default()
+        );
+        self.transition(
+            Phase::Pending,
+            None,
+            0,
+            "Restarted",
+            EventKind::Normal,
+            message,
+        );
+        self.reset_analysis();
+        true
+    }
+
+    /// A new `restartAt` on a live rollout is recorded, so it cannot fire later by surprise.
+    fn ignore_retry_while_live(&mut self) {
+        if !self.restart_requested() {
+            return;
+        }
+        self.status.observed_restart_at = self.spec.restart_at.clone();
+        if self.status.phase != Phase::Pending {
+            self.event(
+                EventKind::Warning,
+                "RestartIgnored",
+                format!(
+                    "spec.restartAt changed while the rollout is {}: ignored; a rollout restarts \
+                     only from Promoted, RolledBack or Aborted",
+                    self.status.phase
+                ),
+            );
+        }
+    }
+
+    fn follow_pause_flag(&mut self) {
+        let (phase, step, weight_bp) = (
+            self.status.phase,
+            self.status.step_index,
+            self.status.weight_bp,
+        );
+        if self.spec.paused && phase != Phase::Paused {
+            let message = match step {
+                Some(_) => format!(
+                    "spec.paused is set: holding the canary at {}",
+                    percent(weight_bp)
+                ),
+                None => "spec.paused is set: not starting".to_owned(),
+            };
+            self.transition(
+                Phase::Paused,
+                step,
+                weight_bp,
+                "Paused",
+                EventKind::Normal,
+                message,
+            );
+        } else if !self.spec.paused && phase == Phase::Paused {
+            let to = match step {
+                Some(_) => Phase::Progressing,
+                None => Phase::Pending,
+            };
+            let message = "spec.paused is cleared: resuming".to_owned();
+            self.transition(to, step, weight_bp, "Resumed", EventKind::Normal, message);
+        }
+    }
+
+    /// Records this cycle's verdict, applies the failure policy, and advances a baked step on a
+    /// Pass (a paused rollout is analysed, and may roll back, but does not advance).
+    fn analyse_and_advance(&mut self, evaluation: Option<&Evaluation>) {
         let verdict = evaluation.map(|evaluation| self.record(evaluation));
         if verdict == Some(Verdict::Fail) {
             let summary = evaluation.map(Evaluation::summary).unwrap_or_default();
             self.rollback(format!("a gate failed: {summary}"));
             return;
         }
-        if let Some(trouble) = self.errors_exceeded() {
-            if self.spec.failure_policy.on_errors == OnTrouble::Rollback {
+        let policy = &self.spec.failure_policy;
+        let trouble = [
+            (self.errors_exceeded(), policy.on_errors),
+            (self.no_data_exceeded(), policy.on_no_data),
+        ];
+        for (trouble, reaction) in trouble {
+            if let (Some(trouble), OnTrouble::Rollback) = (trouble, reaction) {
                 self.rollback(trouble);
                 return;
             }
         }
-        if let Some(trouble) = self.no_data_exceeded() {
-            if self.spec.failure_policy.on_no_data == OnTrouble::Rollback {
-                self.rollback(trouble);
-                return;
-            }
-        }
-
         if self.status.phase == Phase::Progressing
             && verdict == Some(Verdict::Pass)
             && self.bake_remaining().is_zero()
@@ -546,6 +567,29 @@ impl Planner<'_> {
         }
     }
 
+    /// The last analysis in words: the combined verdict and the gates holding it back.
+    fn gates_summary(&self) -> String {
+        let status = &self.status;
+        if status.last_analysis_at.is_none() {
+            return "not analysed yet".to_owned();
+        }
+        if status.gates.is_empty() {
+            return "no gates".to_owned();
+        }
+        let verdict = crate::evaluate::combine(status.gates.iter().map(|gate| gate.verdict));
+        let holding: Vec<String> = status
+            .gates
+            .iter()
+            .filter(|gate| gate.verdict != Verdict::Pass)
+            .map(|gate| format!("{}: {}", gate.gate, gate.reason))
+            .collect();
+        if holding.is_empty() {
+            format!("gates {verdict}")
+        } else {
+            format!("gates {verdict} ({})", holding.join("; "))
+        }
+    }
+
     /// One line on where the rollout stands and what a person can do.
     fn describe(&self) -> String {
         let status = &self.status;
@@ -568,23 +612,7 @@ impl Planner<'_> {
                 percent(status.weight_bp)
             ),
             Phase::Progressing => {
-                let verdict = match self.status.gates.is_empty() {
-                    true => "not analysed yet".to_owned(),
-                    false => {
-                        let verdict =
-                            crate::evaluate::combine(status.gates.iter().map(|gate| gate.verdict));
-                        let waiting: Vec<String> = status
-                            .gates
-                            .iter()
-                            .filter(|gate| gate.verdict != Verdict::Pass)
-                            .map(|gate| format!("{}: {}", gate.gate, gate.reason))
-                            .collect();
-                        match waiting.is_empty() {
-                            true => format!("gates {verdict}"),
-                            false => format!("gates {verdict} ({})", waiting.join("; ")),
-                        }
-                    }
-                };
+                let verdict = self.gates_summary();
                 format!(
                     "step {step}/{steps} at {}: baked {} of {}; {verdict}",
                     percent(status.weight_bp),
@@ -606,11 +634,10 @@ impl Planner<'_> {
         }
     }
 
-    fn finish(mut self, previous: &CanaryRolloutStatus) -> Plan {
-        let message = self.describe();
-        let phase = self.status.phase;
-        let degraded = match phase {
-            Phase::RolledBack => Some(("RolledBack", message.clone())),
+    /// Why the rollout is degraded, if it is: `(reason, message)`.
+    fn degradation(&self, message: &str) -> Option<(&'static str, String)> {
+        match self.status.phase {
+            Phase::RolledBack => Some(("RolledBack", message.to_owned())),
             Phase::Progressing | Phase::Paused => self
                 .errors_exceeded()
                 .map(|trouble| ("AnalysisErrors", format!("{trouble}; holding")))
@@ -618,21 +645,28 @@ impl Planner<'_> {
                     self.no_data_exceeded()
                         .map(|trouble| ("NoData", format!("{trouble}; holding")))
                 }),
-            _ => None,
-        };
+            Phase::Pending | Phase::Promoted | Phase::Aborted => None,
+        }
+    }
+
+    /// Writes the message and conditions, announces conditions that just turned bad, and hands
+    /// the plan over.
+    fn finish(mut self, previous: &CanaryRolloutStatus) -> Plan {
+        let message = self.describe();
+        let phase = self.status.phase;
+        let degraded = self.degradation(&message);
+        let invalid = self.spec_errors.join("; ");
+
+        // A rollback has its own Event; holding on trouble is announced once, when it starts.
         let was_degraded = condition_is_true(&previous.conditions, CONDITION_DEGRADED);
-        if let (Some((reason, trouble)), false, false) =
-            (&degraded, was_degraded, phase == Phase::RolledBack)
-        {
-            self.event(EventKind::Warning, reason, trouble.clone());
+        if let Some((reason, trouble)) = &degraded {
+            if !was_degraded && phase != Phase::RolledBack {
+                self.event(EventKind::Warning, reason, trouble.clone());
+            }
         }
         let was_invalid = condition_is_true(&previous.conditions, CONDITION_INVALID_SPEC);
-        if !self.spec_errors.is_empty() && !was_invalid {
-            self.event(
-                EventKind::Warning,
-                "InvalidSpec",
-                self.spec_errors.join("; "),
-            );
+        if !invalid.is_empty() && !was_invalid {
+            self.event(EventKind::Warning, "InvalidSpec", invalid.clone());
         }
 
         let generation = self.status.observed_generation;
@@ -641,46 +675,29 @@ impl Planner<'_> {
         let mut set = |kind: &str, on: bool, reason: &str, message: &str| {
             set_condition(conditions, kind, on, reason, message, generation, now);
         };
-        set(
-            CONDITION_READY,
-            phase == Phase::Promoted,
-            phase.as_str(),
-            &message,
-        );
+        let only_when = |on: bool| if on { message.as_str() } else { "" };
+        let promoted = phase == Phase::Promoted;
+        let progressing = phase == Phase::Progressing;
+        let paused = phase == Phase::Paused;
+        set(CONDITION_READY, promoted, phase.as_str(), &message);
         set(
             CONDITION_PROGRESSING,
-            phase == Phase::Progressing,
+            progressing,
             phase.as_str(),
-            if phase == Phase::Progressing {
-                &message
-            } else {
-                ""
-            },
+            only_when(progressing),
         );
-        set(
-            CONDITION_PAUSED,
-            phase == Phase::Paused,
-            if phase == Phase::Paused {
-                "PausedBySpec"
-            } else {
-                "NotPaused"
-            },
-            if phase == Phase::Paused { &message } else { "" },
-        );
+        let paused_reason = if paused { "PausedBySpec" } else { "NotPaused" };
+        set(CONDITION_PAUSED, paused, paused_reason, only_when(paused));
         match &degraded {
             Some((reason, trouble)) => set(CONDITION_DEGRADED, true, reason, trouble),
             None => set(CONDITION_DEGRADED, false, "Healthy", ""),
         }
-        if self.spec_errors.is_empty() {
+        if invalid.is_empty() {
             set(CONDITION_INVALID_SPEC, false, "Valid", "");
         } else {
-            set(
-                CONDITION_INVALID_SPEC,
-                true,
-                "InvalidSpec",
-                &self.spec_errors.join("; "),
-            );
+            set(CONDITION_INVALID_SPEC, true, "InvalidSpec", &invalid);
         }
+
         self.status.message = Some(message);
         let requeue = self.requeue();
         Plan {

@@ -754,13 +754,23 @@ fn requeue_follows_the_bake_and_the_interval() {
 #[test]
 fn status_message_says_where_the_rollout_stands() {
     let mut spec = spec();
-    let table: Vec<(CanaryRolloutStatus, Option<Verdict>, i64, &str)> = vec![
+    let mut table: Vec<(CanaryRolloutStatus, Option<Verdict>, i64, &str)> = vec![
         (progressing(1, 500, 0), None, 20, "step 2/4 at 5%: baked 20s of 1m; not analysed yet"),
         (progressing(1, 500, 0), Some(Verdict::Inconclusive), 20, "step 2/4 at 5%: baked 20s of 1m; gates Inconclusive (error-rate: judged Inconclusive)"),
         (progressing(1, 500, 0), Some(Verdict::Pass), 20, "step 2/4 at 5%: baked 20s of 1m; gates Pass"),
         (settled(Phase::Promoted, 10_000), None, 20, "promoted: the canary serves everyone"),
         (settled(Phase::Aborted, 0), None, 20, "aborted by spec.abort; clear spec.abort and set spec.restartAt to a new value to retry"),
     ];
+    let no_gates = CanaryRolloutStatus {
+        last_analysis_at: Some(Time(t(10))),
+        ..progressing(1, 500, 0)
+    };
+    table.push((
+        no_gates,
+        None,
+        20,
+        "step 2/4 at 5%: baked 20s of 1m; no gates",
+    ));
     for (from, verdict, at, expected) in table {
         let plan = plan(&spec, Some(&from), &input(verdict), t(at));
         assert_eq!(plan.status.message.as_deref(), Some(expected));
