@@ -8,6 +8,8 @@ pub mod evaluate;
 pub mod filter_config;
 pub mod plan;
 pub mod query;
+pub mod source;
+pub mod target;
 pub mod validate;
 
 pub use crd::{crd_yaml, CanaryRollout, CanaryRolloutSpec, CanaryRolloutStatus, Phase, Verdict};

@@ -1,0 +1,36 @@
+//! Where the filter config goes: an Istio WasmPlugin's `spec.pluginConfig` (server-side apply),
+//! or a plain Envoy ECDS file (temp file + rename). Either way one rollout's entry changes and
+//! every other rollout sharing the filter is left as it is.
+
+use cohort_core::config::{ConfigErrors, FilterConfig};
+
+use crate::source::BoxFuture;
+
+/// Why a push did not happen. Nothing is half applied in any case.
+#[derive(Debug, thiserror::Error)]
+pub enum TargetError {
+    /// The WasmPlugin or ECDS file does not exist.
+    #[error("{0} not found; create it first (see manifests/)")]
+    NotFound(String),
+    /// Someone else owns the fields with other values (server-side apply conflict).
+    #[error("conflict: {0}")]
+    Conflict(String),
+    /// Merged with what the target already holds, the config would not validate.
+    #[error("the merged filter config is invalid: {0}")]
+    Invalid(#[from] ConfigErrors),
+    /// A transient failure (I/O, API server, timeout): retry with backoff.
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+/// A place the filter reads its config from.
+pub trait Target: Send + Sync {
+    /// Makes the filter serve rollout `name` as `config` describes it (`config` carries that one
+    /// rollout plus the filter-wide settings it needs), keeping every other rollout's entry.
+    /// Returns once the write is accepted (API server answered, file renamed into place).
+    fn apply<'a>(
+        &'a self,
+        name: &'a str,
+        config: &'a FilterConfig,
+    ) -> BoxFuture<'a, Result<(), TargetError>>;
+}
