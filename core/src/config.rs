@@ -775,7 +775,7 @@ impl Errors {
             .iter()
             .map(|k| k.as_bytes().to_vec())
             .collect();
-        allow_keys.sort();
+        allow_keys.sort_unstable();
         allow_keys.dedup();
         Some(Rollout {
             name: name.to_owned(),
