@@ -22,6 +22,8 @@ struct Cli {
 enum Command {
     /// Which version does each user get? Prints one JSON object per key.
     Bucket(BucketArgs),
+    /// Prints the CanaryRollout CustomResourceDefinition (YAML), as committed in manifests/crd/.
+    Crd,
 }
 
 #[derive(Args)]
@@ -45,6 +47,7 @@ fn main() -> Result<()> {
                 writeln!(out, "{}", bucket_line(&args.salt, args.weight_bp, key))?;
             }
         }
+        Command::Crd => print!("{}", cohort_controller::crd_yaml()?),
     }
     Ok(())
 }
