@@ -11,6 +11,10 @@ use std::time::Duration;
 use crate::crd::GateSpec;
 use crate::evaluate::Samples;
 
+pub mod envoy_admin;
+pub mod prometheus;
+pub mod series;
+
 /// A boxed future, so sources and targets can be chosen at run time (`dyn MetricSource`).
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 

@@ -1,0 +1,422 @@
+//! Samples from a Prometheus server that scrapes the proxies' `/stats/prometheus`.
+//!
+//! One instant query per series kind serves every rollout (`sum by (cohort_rollout,
+//! cohort_version, …)`), so the queries per cycle do not grow with the number of rollouts:
+//!
+//! ```promql
+//! sum by (cohort_rollout, cohort_version) (increase(cohort_requests_total{cohort_rollout=~"web|api"}[30s]))
+//! sum by (cohort_rollout, cohort_version) (increase(cohort_requests_total{cohort_rollout=~"web|api",cohort_code_class="5xx"}[30s]))
+//! sum by (cohort_rollout, cohort_version, le) (increase(cohort_request_duration_milliseconds_bucket{…}[30s]))   # latency gates only
+//! sum by (cohort_rollout, cohort_version, cohort_event) (increase(cohort_events_total{…}[30s]))             # business gates only
+//! ```
+//!
+//! Custom gates are the exception: their PromQL is the user's, so each runs once per rollout and
+//! version. `increase()` needs two scrapes inside the window: keep the analysis interval at least
+//! twice the scrape interval, or the window reads as no data (Inconclusive).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use futures::future::join_all;
+use prometheus_http_query::response::Data;
+use prometheus_http_query::Client;
+
+use cohort_core::telemetry::{
+    EVENTS_TOTAL, REQUESTS_TOTAL, REQUEST_DURATION_MS, TAG_CODE_CLASS, TAG_EVENT, TAG_ROLLOUT,
+    TAG_VERSION,
+};
+
+use crate::crd::GateCheck;
+use crate::evaluate::Samples;
+use crate::query::{escape_label_value, promql_duration, render_query, QueryContext};
+use crate::source::series::{
+    error_chain, needed_kinds, to_samples, Answer, Answers, CustomKey, Series, SourceError, LE,
+    SERVER_ERROR_CLASS,
+};
+use crate::source::{BoxFuture, MetricSource, SeriesRequest};
+
+/// A [`MetricSource`] reading a Prometheus server's HTTP API.
+#[derive(Clone)]
+pub struct PrometheusSource {
+    client: Client,
+    url: String,
+}
+
+impl std::fmt::Debug for PrometheusSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PrometheusSource")
+            .field("url", &self.url)
+            .finish()
+    }
+}
+
+impl PrometheusSource {
+    /// A source for the Prometheus server at `url` (e.g. `http://prometheus:9090`); each query
+    /// gives up after `timeout`, so a hung server makes a gate Error rather than a stuck cycle.
+    pub fn new(url: &str, timeout: Duration) -> Result<Self, SourceError> {
+        let http = reqwest::Client::builder()
+            .timeout(timeout)
+            .connect_timeout(timeout)
+            .build()
+            .map_err(|error| SourceError::Client(error.to_string()))?;
+        let client = Client::from(http, url).map_err(|error| SourceError::InvalidUrl {
+            url: url.to_owned(),
+            reason: error_chain(&error),
+        })?;
+        Ok(PrometheusSource {
+            client,
+            url: url.to_owned(),
+        })
+    }
+
+    async fn vector(&self, query: String) -> Answer {
+        let data = self.instant(&query).await?;
+        series_of(&data)
+    }
+
+    async fn number(&self, query: Result<String, String>) -> Result<Option<f64>, String> {
+        let data = self.instant(&query?).await?;
+        number_of(&data)
+    }
+
+    async fn instant(&self, query: &str) -> Result<Data, String> {
+        tracing::debug!(query, "PromQL");
+        match self.client.query(query).get().await {
+            Ok(result) => Ok(result.into_inner().0),
+            Err(error) => Err(format!(
+                "Prometheus at {}: {}",
+                self.url,
+                error_chain(&error)
+            )),
+        }
+    }
+
+    async fn read(&self, window: Duration, rollouts: &[SeriesRequest]) -> Answers {
+        let queries = queries(rollouts, window);
+        let custom = custom_queries(rollouts, window);
+        let shared = async {
+            let (requests, server_errors, latency, events) = futures::join!(
+                self.vector(queries.requests),
+                self.vector(queries.server_errors),
+                optional(queries.latency.map(|query| self.vector(query))),
+                optional(queries.events.map(|query| self.vector(query))),
+            );
+            (requests, server_errors, latency, events)
+        };
+        let (keys, custom_queries): (Vec<CustomKey>, Vec<Result<String, String>>) =
+            custom.into_iter().unzip();
+        let custom_answers = join_all(custom_queries.into_iter().map(|query| self.number(query)));
+        let ((requests, server_errors, latency, events), custom_answers) =
+            futures::join!(shared, custom_answers);
+        Answers {
+            requests,
+            server_errors,
+            latency,
+            events,
+            custom: keys.into_iter().zip(custom_answers).collect(),
+        }
+    }
+}
+
+async fn optional<T>(future: Option<impl std::future::Future<Output = T>>) -> Option<T> {
+    match future {
+        Some(future) => Some(future.await),
+        None => None,
+    }
+}
+
+impl MetricSource for PrometheusSource {
+    fn samples<'a>(
+        &'a self,
+        window: Duration,
+        rollouts: &'a [SeriesRequest],
+    ) -> BoxFuture<'a, BTreeMap<String, Samples>> {
+        Box::pin(async move {
+            if rollouts.is_empty() {
+                return BTreeMap::new();
+            }
+            let answers = self.read(window, rollouts).await;
+            to_samples(rollouts, &answers)
+        })
+    }
+}
+
+/// The shared queries of one cycle.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Queries {
+    /// Requests by rollout and version.
+    pub requests: String,
+    /// 5xx responses by rollout and version.
+    pub server_errors: String,
+    /// Duration buckets by rollout, version and `le`; only when a latency gate exists.
+    pub latency: Option<String>,
+    /// Business events by rollout, version and event; only when a business gate exists.
+    pub events: Option<String>,
+}
+
+/// The shared queries for `rollouts` over `window`.
+pub fn queries(rollouts: &[SeriesRequest], window: Duration) -> Queries {
+    let (latency, events) = needed_kinds(rollouts);
+    let names = rollouts
+        .iter()
+        .map(|rollout| regex_escape(&rollout.rollout))
+        .collect::<Vec<_>>()
+        .join("|");
+    let only_ours = format!("{TAG_ROLLOUT}=~\"{}\"", escape_label_value(&names));
+    let range = promql_duration(window);
+    let by = |extra: &str| {
+        let mut labels = format!("{TAG_ROLLOUT}, {TAG_VERSION}");
+        if !extra.is_empty() {
+            labels.push_str(", ");
+            labels.push_str(extra);
+        }
+        labels
+    };
+    let increase = |labels: String, metric: &str, selector: &str| {
+        format!("sum by ({labels}) (increase({metric}{{{selector}}}[{range}]))")
+    };
+    Queries {
+        requests: increase(by(""), REQUESTS_TOTAL, &only_ours),
+        server_errors: increase(
+            by(""),
+            REQUESTS_TOTAL,
+            &format!("{only_ours},{TAG_CODE_CLASS}=\"{SERVER_ERROR_CLASS}\""),
+        ),
+        latency: latency
+            .then(|| increase(by(LE), &format!("{REQUEST_DURATION_MS}_bucket"), &only_ours)),
+        events: events.then(|| increase(by(TAG_EVENT), EVENTS_TOTAL, &only_ours)),
+    }
+}
+
+/// Every custom gate's query, rendered per rollout and version (or why it cannot be).
+pub fn custom_queries(
+    rollouts: &[SeriesRequest],
+    window: Duration,
+) -> Vec<(CustomKey, Result<String, String>)> {
+    let mut out = Vec::new();
+    for rollout in rollouts {
+        for gate in &rollout.gates {
+            let GateCheck::Custom(custom) = &gate.check else {
+                continue;
+            };
+            for version in [&rollout.canary_version, &rollout.stable_version] {
+                let context = QueryContext {
+                    namespace: &rollout.namespace,
+                    rollout: &rollout.rollout,
+                    version,
+                    interval: window,
+                };
+                let rendered = render_query(&custom.query, &context)
+                    .map_err(|error| format!("the query template {error}"));
+                let key = CustomKey {
+                    rollout: rollout.rollout.clone(),
+                    gate: gate.name(),
+                    version: version.clone(),
+                };
+                out.push((key, rendered));
+            }
+        }
+    }
+    out
+}
+
+/// `text` with RE2 metacharacters escaped, for a `=~` matcher that must match it literally.
+pub fn regex_escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if "\\.+*?()|[]{}^$".contains(c) {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// The series of an instant-vector answer (a scalar reads as one unlabelled series).
+pub fn series_of(data: &Data) -> Answer {
+    match data {
+        Data::Vector(vector) => Ok(vector
+            .iter()
+            .map(|instant| Series {
+                labels: instant
+                    .metric()
+                    .iter()
+                    .filter(|(name, _)| name.as_str() != "__name__")
+                    .map(|(name, value)| (name.clone(), value.clone()))
+                    .collect(),
+                value: instant.sample().value(),
+            })
+            .collect()),
+        Data::Scalar(sample) => Ok(vec![Series {
+            labels: BTreeMap::new(),
+            value: sample.value(),
+        }]),
+        Data::Matrix(_) => Err("the query returned a range vector; use an instant query".into()),
+    }
+}
+
+/// The one number a custom query must return: `None` for an empty answer.
+pub fn number_of(data: &Data) -> Result<Option<f64>, String> {
+    let series = series_of(data)?;
+    match series.as_slice() {
+        [] => Ok(None),
+        [one] => Ok(Some(one.value)),
+        many => Err(format!(
+            "the query returned {} series; a custom gate's query must return one number \
+             (aggregate it, e.g. with sum() or max())",
+            many.len()
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::{CustomGate, GateSpec};
+    use crate::evaluate::Observed;
+    use crate::source::series::tests::{all_gates, request};
+
+    #[test]
+    fn shared_queries_cover_all_rollouts_at_once() {
+        let rollouts = [request("web", all_gates()), request("api", Vec::new())];
+        let q = queries(&rollouts, Duration::from_secs(30));
+        assert_eq!(
+            q.requests,
+            r#"sum by (cohort_rollout, cohort_version) (increase(cohort_requests_total{cohort_rollout=~"web|api"}[30s]))"#
+        );
+        assert_eq!(
+            q.server_errors,
+            r#"sum by (cohort_rollout, cohort_version) (increase(cohort_requests_total{cohort_rollout=~"web|api",cohort_code_class="5xx"}[30s]))"#
+        );
+        assert_eq!(
+            q.latency.as_deref(),
+            Some(
+                r#"sum by (cohort_rollout, cohort_version, le) (increase(cohort_request_duration_milliseconds_bucket{cohort_rollout=~"web|api"}[30s]))"#
+            )
+        );
+        assert_eq!(
+            q.events.as_deref(),
+            Some(
+                r#"sum by (cohort_rollout, cohort_version, cohort_event) (increase(cohort_events_total{cohort_rollout=~"web|api"}[30s]))"#
+            )
+        );
+    }
+
+    #[test]
+    fn only_needed_kinds_are_queried_and_names_are_escaped() {
+        let q = queries(&[request("a.b", Vec::new())], Duration::from_millis(2500));
+        assert_eq!(
+            q.requests,
+            r#"sum by (cohort_rollout, cohort_version) (increase(cohort_requests_total{cohort_rollout=~"a\\.b"}[2500ms]))"#
+        );
+        assert_eq!((q.latency, q.events), (None, None));
+        assert_eq!(regex_escape("x|y.*"), r"x\|y\.\*");
+    }
+
+    #[test]
+    fn custom_queries_run_per_rollout_and_version() {
+        let mut gates = all_gates();
+        gates.push(GateSpec {
+            name: Some("broken".into()),
+            min_samples: None,
+            check: GateCheck::Custom(CustomGate {
+                query: "x{{pod}}".into(),
+                min: None,
+                max: None,
+            }),
+        });
+        gates[3].check = GateCheck::Custom(CustomGate {
+            query:
+                r#"max(rate(x{ns="{{namespace}}",r="{{rollout}}",v="{{version}}"}[{{interval}}]))"#
+                    .into(),
+            min: None,
+            max: Some(1.0),
+        });
+        let rendered = custom_queries(&[request("web", gates)], Duration::from_secs(2));
+        let table: Vec<(String, String, Result<String, String>)> = rendered
+            .into_iter()
+            .map(|(key, query)| (key.gate, key.version, query))
+            .collect();
+        assert_eq!(table.len(), 4);
+        assert_eq!(
+            table[0],
+            (
+                "cpu".to_owned(),
+                "canary".to_owned(),
+                Ok(r#"max(rate(x{ns="shop",r="web",v="canary"}[2s]))"#.to_owned())
+            )
+        );
+        assert_eq!(table[1].1, "stable");
+        assert_eq!(
+            table[1].2.as_deref(),
+            Ok(r#"max(rate(x{ns="shop",r="web",v="stable"}[2s]))"#)
+        );
+        assert!(table[2].2.as_ref().is_err_and(|e| e.contains("{{pod}}")));
+    }
+
+    fn data(json: serde_json::Value) -> Data {
+        serde_json::from_value(json).unwrap()
+    }
+
+    #[test]
+    fn answers_map_to_series_and_numbers() {
+        // The `data` object of Prometheus' /api/v1/query answer, as the server sends it.
+        let vector = data(serde_json::json!({
+            "resultType": "vector",
+            "result": [
+                {"metric": {"cohort_rollout": "web", "cohort_version": "canary"}, "value": [1.7e9, "12.5"]},
+                {"metric": {"__name__": "x", "cohort_rollout": "web", "cohort_version": "stable"}, "value": [1.7e9, "300"]}
+            ]
+        }));
+        let series = series_of(&vector).unwrap();
+        assert_eq!(series.len(), 2);
+        assert_eq!(
+            series[0],
+            Series::new(
+                &[("cohort_rollout", "web"), ("cohort_version", "canary")],
+                12.5
+            )
+        );
+        assert!(!series[1].labels.contains_key("__name__"));
+        assert!(number_of(&vector)
+            .unwrap_err()
+            .contains("returned 2 series"));
+
+        let empty = data(serde_json::json!({"resultType": "vector", "result": []}));
+        assert_eq!(series_of(&empty), Ok(Vec::new()));
+        assert_eq!(number_of(&empty), Ok(None));
+        let scalar = data(serde_json::json!({"resultType": "scalar", "result": [1.7e9, "0.25"]}));
+        assert_eq!(number_of(&scalar), Ok(Some(0.25)));
+        let matrix = data(serde_json::json!({"resultType": "matrix", "result": []}));
+        assert!(series_of(&matrix).is_err());
+
+        // End to end through the shared mapping.
+        let answers = Answers {
+            requests: series_of(&vector),
+            server_errors: series_of(&empty),
+            latency: None,
+            events: None,
+            custom: BTreeMap::new(),
+        };
+        let samples = to_samples(&[request("web", Vec::new())], &answers);
+        assert_eq!(samples["web"].canary.requests, Observed::Value(12.5));
+        assert_eq!(samples["web"].stable.requests, Observed::Value(300.0));
+        assert_eq!(samples["web"].canary.server_errors, Observed::NoData);
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_server_fails_every_sample() {
+        // Port 9 (discard) on loopback: nothing listens in the test environment.
+        let source = PrometheusSource::new("http://127.0.0.1:9", Duration::from_secs(2)).unwrap();
+        let rollouts = [request("web", all_gates())];
+        let samples = source.samples(Duration::from_secs(30), &rollouts).await;
+        let web = &samples["web"];
+        let Observed::Failed(reason) = &web.canary.requests else {
+            panic!("expected a failure, got {:?}", web.canary.requests);
+        };
+        assert!(reason.contains("127.0.0.1:9"), "{reason}");
+        assert!(matches!(web.stable.latency_ms, Observed::Failed(_)));
+        assert!(matches!(web.canary.custom["cpu"], Observed::Failed(_)));
+        assert!(PrometheusSource::new("not a url", Duration::from_secs(1)).is_err());
+    }
+}
