@@ -5,6 +5,8 @@
 //! - [`upstream`]: the `stable` and `canary` HTTP/1.1 servers behind Envoy, steerable at run time.
 //! - [`client`]: a raw HTTP/1.1 client that sends any bytes (non-UTF-8, huge headers).
 //! - [`prom`]: parses Prometheus text output.
+//! - [`manifests`]: renders `manifests/` with kustomize; finds our CRD and Istio's.
+//! - [`schema`]: validates Kubernetes objects against a CRD's `openAPIV3Schema` (offline).
 
 use std::fmt;
 use std::path::PathBuf;
@@ -12,7 +14,9 @@ use std::path::PathBuf;
 pub mod client;
 pub mod envoy;
 pub mod locate;
+pub mod manifests;
 pub mod prom;
+pub mod schema;
 pub mod upstream;
 
 pub use client::{Client, Response};

@@ -1,0 +1,531 @@
+//! The Kubernetes manifests: `kubectl kustomize manifests/` renders them; every Istio object fits
+//! Istio 1.30's CRD schema and every CanaryRollout ours; the filter configs they embed pass the
+//! filter's own validation; the pieces agree with each other; the committed CRD is current.
+//!
+//! Schema checks run the `openAPIV3Schema` through a JSON Schema validator (see
+//! `cohort_tests::schema`): types, enums, patterns, ranges, required and unknown fields. CEL rules
+//! (`x-kubernetes-validations`) are not evaluated; the CanaryRollout's are covered by
+//! `validate_spec`, which these tests run too.
+
+// Test code: a failed expectation panics with its message (clippy.toml's test allowances cover
+// only `#[test]` functions, not this file's helpers).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use serde_json::{json, Value};
+
+use cohort_controller::crd::Target;
+use cohort_controller::{crd_yaml, spec_to_filter_rollout, validate_spec, CanaryRollout};
+use cohort_tests::manifests::{
+    api_group, cohort_crd_path, describe, istio_crd_path, kustomize, read_yaml, CRD_FILE,
+};
+use cohort_tests::schema::{validate_against_crd, validate_patch_against_crd};
+use cohort_tests::workspace_root;
+
+const ISTIO_KINDS: [&str; 3] = ["WasmPlugin", "VirtualService", "DestinationRule"];
+
+fn manifests_dir() -> PathBuf {
+    workspace_root().join("manifests")
+}
+
+/// `kubectl kustomize manifests/`, rendered once for all tests.
+fn rendered() -> &'static [Value] {
+    static RENDERED: OnceLock<Vec<Value>> = OnceLock::new();
+    RENDERED.get_or_init(|| kustomize(&manifests_dir()).unwrap_or_else(|e| panic!("{e}")))
+}
+
+fn of_kind(kind: &str) -> Vec<&'static Value> {
+    rendered().iter().filter(|o| o["kind"] == kind).collect()
+}
+
+fn istio_crd(kind: &str) -> PathBuf {
+    istio_crd_path(kind).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// `object` with the value at `pointer` replaced (the parent must exist).
+fn with(object: &Value, pointer: &str, value: Value) -> Value {
+    let mut object = object.clone();
+    let (parent, key) = pointer.rsplit_once('/').unwrap();
+    let parent = object
+        .pointer_mut(parent)
+        .unwrap_or_else(|| panic!("{pointer}: no parent"));
+    match parent {
+        Value::Object(map) => {
+            map.insert(key.to_owned(), value);
+        }
+        Value::Array(items) => items[key.parse::<usize>().unwrap()] = value,
+        _ => panic!("{pointer}: parent is neither object nor array"),
+    }
+    object
+}
+
+#[test]
+fn committed_crd_matches_what_cohort_crd_prints() {
+    let committed = std::fs::read_to_string(cohort_crd_path()).unwrap_or_default();
+    let current = crd_yaml().unwrap();
+    assert!(
+        committed == current,
+        "{CRD_FILE} differs from `cohort crd`; regenerate it: \
+         cargo run -p cohort-controller -- crd > {CRD_FILE}"
+    );
+}
+
+#[test]
+fn kustomize_renders_every_manifest_file() {
+    let kustomization = read_yaml(&manifests_dir().join("kustomization.yaml")).unwrap();
+    let listed: BTreeSet<String> = kustomization[0]["resources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r.as_str().unwrap().to_owned())
+        .collect();
+    // Every YAML file outside envoy/ (plain-Envoy templates) is part of the kustomization, so
+    // no manifest escapes the checks below.
+    let mut files = BTreeSet::new();
+    collect_yaml(&manifests_dir(), &manifests_dir(), &mut files);
+    files.remove("kustomization.yaml");
+    assert_eq!(listed, files, "kustomization.yaml resources vs files");
+    let documents: usize = files
+        .iter()
+        .map(|file| read_yaml(&manifests_dir().join(file)).unwrap().len())
+        .sum();
+    assert_eq!(rendered().len(), documents);
+    for kind in
+        ISTIO_KINDS
+            .iter()
+            .chain(&["CanaryRollout", "CustomResourceDefinition", "Deployment"])
+    {
+        assert!(!of_kind(kind).is_empty(), "no {kind} rendered");
+    }
+}
+
+fn collect_yaml(root: &Path, dir: &Path, files: &mut BTreeSet<String>) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        let relative = path
+            .strip_prefix(root)
+            .unwrap()
+            .to_string_lossy()
+            .into_owned();
+        if path.is_dir() {
+            if relative != "envoy" {
+                collect_yaml(root, &path, files);
+            }
+        } else if relative.ends_with(".yaml") || relative.ends_with(".yml") {
+            files.insert(relative);
+        }
+    }
+}
+
+#[test]
+fn istio_objects_fit_istio_1_30_schemas() {
+    let istio: Vec<&Value> = rendered()
+        .iter()
+        .filter(|o| api_group(o).ends_with(".istio.io"))
+        .collect();
+    assert!(istio.len() >= ISTIO_KINDS.len());
+    for object in istio {
+        let kind = object["kind"].as_str().unwrap();
+        assert!(ISTIO_KINDS.contains(&kind), "no schema for {kind}");
+        if let Err(errors) = validate_against_crd(&istio_crd(kind), object) {
+            panic!(
+                "{} does not fit its CRD:\n{}",
+                describe(object),
+                errors.join("\n")
+            );
+        }
+    }
+}
+
+#[test]
+fn canary_rollouts_fit_our_crd_and_pass_validate_spec() {
+    for object in of_kind("CanaryRollout") {
+        if let Err(errors) = validate_against_crd(&cohort_crd_path(), object) {
+            panic!(
+                "{} does not fit the CRD:\n{}",
+                describe(object),
+                errors.join("\n")
+            );
+        }
+        let rollout: CanaryRollout = serde_json::from_value(object.clone()).unwrap();
+        let name = rollout.metadata.name.as_deref().unwrap();
+        assert_eq!(
+            validate_spec(&rollout.spec, name),
+            Ok(()),
+            "{}",
+            describe(object)
+        );
+    }
+}
+
+#[test]
+fn embedded_filter_configs_pass_the_filters_validation() {
+    for plugin in of_kind("WasmPlugin") {
+        let config = serde_json::to_vec(&plugin["spec"]["pluginConfig"]).unwrap();
+        if let Err(errors) = cohort_core::config::parse(&config) {
+            panic!("{}: pluginConfig is refused: {errors}", describe(plugin));
+        }
+    }
+}
+
+/// Each CanaryRollout's WasmPlugin exists, runs on the client side with an explicit fail
+/// strategy, and accepts the rollout's entry: merged in at every step's weight, the config
+/// passes the filter's validation and the filter-wide settings already match the rollout's.
+#[test]
+fn each_rollout_s_wasm_plugin_accepts_its_entry() {
+    for object in of_kind("CanaryRollout") {
+        let rollout: CanaryRollout = serde_json::from_value(object.clone()).unwrap();
+        let name = rollout.metadata.name.as_deref().unwrap();
+        let Target::WasmPlugin(target) = &rollout.spec.target else {
+            continue;
+        };
+        let namespace = target
+            .namespace
+            .as_deref()
+            .or(rollout.metadata.namespace.as_deref());
+        let plugin = of_kind("WasmPlugin")
+            .into_iter()
+            .find(|p| {
+                p["metadata"]["name"] == target.name.as_str()
+                    && p["metadata"]["namespace"].as_str() == namespace
+            })
+            .unwrap_or_else(|| panic!("{}: its WasmPlugin is not in manifests", describe(object)));
+        assert_eq!(plugin["spec"]["match"], json!([{"mode": "CLIENT"}]));
+        assert!(
+            plugin["spec"]["failStrategy"].is_string(),
+            "failStrategy unset"
+        );
+        for step in &rollout.spec.steps {
+            let entry = spec_to_filter_rollout(&rollout.spec, name, step.weight_bp()).unwrap();
+            let merged = with(
+                plugin,
+                &format!("/spec/pluginConfig/rollouts/{name}"),
+                serde_json::to_value(entry).unwrap(),
+            );
+            let config = serde_json::to_vec(&merged["spec"]["pluginConfig"]).unwrap();
+            if let Err(errors) = cohort_core::config::parse(&config) {
+                panic!("{} merged with {name}: {errors}", describe(plugin));
+            }
+        }
+        let own = cohort_controller::spec_to_filter_config(&rollout.spec, name, 0).unwrap();
+        let own = serde_json::to_value(own).unwrap();
+        let config = &plugin["spec"]["pluginConfig"];
+        assert_eq!(config["anonymous"], own["anonymous"], "anonymous policy");
+        assert_eq!(config["events"], own["events"], "counted events");
+    }
+}
+
+/// The routing chain: each rollout's hosts have a VirtualService sending the canary's routing
+/// header value to a subset that the host's DestinationRule defines, and everything else to
+/// another defined subset.
+#[test]
+fn virtual_services_route_the_canary_header_to_defined_subsets() {
+    for object in of_kind("CanaryRollout") {
+        let rollout: CanaryRollout = serde_json::from_value(object.clone()).unwrap();
+        let namespace = rollout.metadata.namespace.as_deref().unwrap();
+        for host in &rollout.spec.hosts {
+            let in_namespace = |kind: &str| {
+                of_kind(kind)
+                    .into_iter()
+                    .filter(move |o| o["metadata"]["namespace"].as_str() == Some(namespace))
+            };
+            let service = in_namespace("VirtualService")
+                .find(|vs| {
+                    vs["spec"]["hosts"]
+                        .as_array()
+                        .unwrap()
+                        .contains(&json!(host))
+                })
+                .unwrap_or_else(|| panic!("no VirtualService for host {host}"));
+            let subsets: Vec<&str> = in_namespace("DestinationRule")
+                .filter(|dr| dr["spec"]["host"] == host.as_str())
+                .flat_map(|dr| dr["spec"]["subsets"].as_array().unwrap())
+                .map(|subset| subset["name"].as_str().unwrap())
+                .collect();
+            let routes = service["spec"]["http"].as_array().unwrap();
+            let canary_match =
+                json!([{"headers": {"x-cohort-version": {"exact": rollout.spec.canary_version}}}]);
+            let canary = routes
+                .iter()
+                .find(|route| route["match"] == canary_match)
+                .unwrap_or_else(|| panic!("{}: no canary header match", describe(service)));
+            let fallback = routes.last().unwrap();
+            assert!(
+                fallback.get("match").is_none(),
+                "the last route must match everything"
+            );
+            for route in [canary, fallback] {
+                let subset = route["route"][0]["destination"]["subset"].as_str().unwrap();
+                assert!(
+                    subsets.contains(&subset),
+                    "subset {subset} not in {subsets:?}"
+                );
+            }
+            assert_ne!(canary["route"], fallback["route"]);
+        }
+    }
+}
+
+#[test]
+fn controller_deployment_is_locked_down_and_probed() {
+    let deployments = of_kind("Deployment");
+    let deployment = deployments
+        .iter()
+        .find(|d| d["metadata"]["name"] == "cohort-controller")
+        .unwrap();
+    let pod = &deployment["spec"]["template"]["spec"];
+    assert_eq!(pod["serviceAccountName"], "cohort-controller");
+    assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+    let container = &pod["containers"][0];
+    assert_eq!(container["command"], json!(["cohort", "controller"]));
+    let security = &container["securityContext"];
+    assert_eq!(security["readOnlyRootFilesystem"], true);
+    assert_eq!(security["allowPrivilegeEscalation"], false);
+    assert_eq!(security["capabilities"]["drop"], json!(["ALL"]));
+    assert_eq!(security["seccompProfile"]["type"], "RuntimeDefault");
+    assert!(container["resources"]["requests"].is_object());
+    assert!(container["resources"]["limits"]["memory"].is_string());
+    assert_eq!(container["ports"][0]["containerPort"], 9090);
+    assert_eq!(container["livenessProbe"]["httpGet"]["path"], "/healthz");
+    assert_eq!(container["readinessProbe"]["httpGet"]["path"], "/readyz");
+    let pod_name = container["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|env| env["name"] == "POD_NAME")
+        .unwrap();
+    assert_eq!(
+        pod_name["valueFrom"]["fieldRef"]["fieldPath"],
+        "metadata.name"
+    );
+}
+
+/// Least privilege, pinned: a new right is a deliberate change to this table.
+#[test]
+fn rbac_grants_exactly_what_the_controller_needs() {
+    let rules = |kind: &str| -> BTreeSet<String> {
+        of_kind(kind)
+            .into_iter()
+            .filter(|role| {
+                role["metadata"]["name"]
+                    .as_str()
+                    .unwrap()
+                    .starts_with("cohort-controller")
+            })
+            .flat_map(|role| role["rules"].as_array().unwrap())
+            .flat_map(|rule| {
+                let group = rule["apiGroups"][0].as_str().unwrap().to_owned();
+                let resources: Vec<String> = rule["resources"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|r| r.as_str().unwrap().to_owned())
+                    .collect();
+                let verbs: Vec<String> = rule["verbs"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|v| v.as_str().unwrap().to_owned())
+                    .collect();
+                assert_eq!(rule["apiGroups"].as_array().unwrap().len(), 1);
+                resources.into_iter().flat_map(move |resource| {
+                    let group = group.clone();
+                    verbs
+                        .clone()
+                        .into_iter()
+                        .map(move |verb| format!("{group}/{resource}:{verb}"))
+                })
+            })
+            .collect()
+    };
+    let expected =
+        |grants: &[&str]| -> BTreeSet<String> { grants.iter().map(|g| (*g).to_owned()).collect() };
+    assert_eq!(
+        rules("ClusterRole"),
+        expected(&[
+            "cohort.dev/canaryrollouts:get",
+            "cohort.dev/canaryrollouts:list",
+            "cohort.dev/canaryrollouts:watch",
+            "cohort.dev/canaryrollouts:patch",
+            "cohort.dev/canaryrollouts/status:get",
+            "cohort.dev/canaryrollouts/status:patch",
+            "cohort.dev/canaryrollouts/status:update",
+            "extensions.istio.io/wasmplugins:get",
+            "extensions.istio.io/wasmplugins:list",
+            "extensions.istio.io/wasmplugins:watch",
+            "extensions.istio.io/wasmplugins:patch",
+            "events.k8s.io/events:create",
+            "events.k8s.io/events:patch",
+            "/events:create",
+            "/events:patch",
+        ])
+    );
+    assert_eq!(
+        rules("Role"),
+        expected(&[
+            "coordination.k8s.io/leases:get",
+            "coordination.k8s.io/leases:create",
+            "coordination.k8s.io/leases:update",
+        ])
+    );
+    let roles = of_kind("Role");
+    assert_eq!(roles[0]["metadata"]["namespace"], "cohort-system");
+    for binding in of_kind("ClusterRoleBinding")
+        .into_iter()
+        .chain(of_kind("RoleBinding"))
+    {
+        assert_eq!(
+            binding["subjects"],
+            json!([{"kind": "ServiceAccount", "name": "cohort-controller", "namespace": "cohort-system"}])
+        );
+    }
+}
+
+/// The validator is really applied: broken copies of the rendered objects are refused, each
+/// for the reason planted.
+#[test]
+fn broken_objects_are_refused() {
+    let plugin = of_kind("WasmPlugin")[0];
+    let service = of_kind("VirtualService")[0];
+    let rule = of_kind("DestinationRule")[0];
+    let rollout = of_kind("CanaryRollout")[0];
+    let table: Vec<(&str, Value, PathBuf, &str)> = vec![
+        (
+            "unknown enum value",
+            with(plugin, "/spec/failStrategy", json!("FAIL_SOMETIMES")),
+            istio_crd("WasmPlugin"),
+            "/spec/failStrategy",
+        ),
+        (
+            "unknown match mode",
+            with(plugin, "/spec/match/0/mode", json!("CALLER")),
+            istio_crd("WasmPlugin"),
+            "/spec/match/0/mode",
+        ),
+        (
+            "wrong type: match as a string",
+            with(plugin, "/spec/match", json!("CLIENT")),
+            istio_crd("WasmPlugin"),
+            "/spec/match",
+        ),
+        (
+            "unknown field (typo)",
+            with(plugin, "/spec/matches", json!([{"mode": "CLIENT"}])),
+            istio_crd("WasmPlugin"),
+            "/spec",
+        ),
+        (
+            "missing required url",
+            {
+                let mut p = plugin.clone();
+                p["spec"].as_object_mut().unwrap().remove("url");
+                p
+            },
+            istio_crd("WasmPlugin"),
+            "/spec",
+        ),
+        (
+            "wrong type: header match as a string",
+            with(
+                service,
+                "/spec/http/0/match/0/headers/x-cohort-version",
+                json!("canary"),
+            ),
+            istio_crd("VirtualService"),
+            "/spec/http/0/match/0/headers/x-cohort-version",
+        ),
+        (
+            "wrong type: subset labels as a list",
+            with(rule, "/spec/subsets/0/labels", json!(["version=stable"])),
+            istio_crd("DestinationRule"),
+            "/spec/subsets/0/labels",
+        ),
+        (
+            "step weight over 100",
+            with(rollout, "/spec/steps/0/weight", json!(150)),
+            cohort_crd_path(),
+            "/spec/steps/0/weight",
+        ),
+        (
+            "bake is not a duration",
+            with(rollout, "/spec/steps/0/bake", json!("soon")),
+            cohort_crd_path(),
+            "/spec/steps/0/bake",
+        ),
+        (
+            "unknown identity kind",
+            with(rollout, "/spec/identity/0/kind", json!("query")),
+            cohort_crd_path(),
+            "/spec/identity/0/kind",
+        ),
+        (
+            "a gate of two kinds",
+            with(
+                rollout,
+                "/spec/analysis/gates/0/custom",
+                json!({"query": "up"}),
+            ),
+            cohort_crd_path(),
+            "/spec/analysis/gates/0",
+        ),
+        (
+            "wrong type: paused as a string",
+            with(rollout, "/spec/paused", json!("yes")),
+            cohort_crd_path(),
+            "/spec/paused",
+        ),
+    ];
+    for (what, object, crd, path) in table {
+        let errors = validate_against_crd(&crd, &object)
+            .err()
+            .unwrap_or_else(|| panic!("{what}: accepted"));
+        assert!(
+            errors.iter().any(|e| e.starts_with(&format!("{path}:"))),
+            "{what}: expected an error at {path}, got {errors:?}"
+        );
+    }
+}
+
+#[test]
+fn patch_bodies_are_checked_without_required_fields() {
+    // What the controller's server-side apply sends: only pluginConfig.rollouts.<name>.
+    let patch = json!({
+        "apiVersion": "extensions.istio.io/v1alpha1",
+        "kind": "WasmPlugin",
+        "metadata": {"name": "cohort", "namespace": "shop"},
+        "spec": {"pluginConfig": {"rollouts": {"checkout": {"hosts": ["checkout"], "weightBp": 100}}}}
+    });
+    let crd = istio_crd("WasmPlugin");
+    assert!(
+        validate_against_crd(&crd, &patch).is_err(),
+        "url is required"
+    );
+    assert_eq!(validate_patch_against_crd(&crd, &patch), Ok(()));
+    let typo = with(&patch, "/spec/pluginconfig", json!({}));
+    assert!(validate_patch_against_crd(&crd, &typo).is_err());
+    // The CLI's merge patches on a CanaryRollout.
+    let pause = json!({
+        "apiVersion": "cohort.dev/v1alpha1",
+        "kind": "CanaryRollout",
+        "metadata": {"name": "checkout"},
+        "spec": {"paused": true}
+    });
+    assert_eq!(
+        validate_patch_against_crd(&cohort_crd_path(), &pause),
+        Ok(())
+    );
+}
+
+#[test]
+fn objects_of_an_unserved_version_are_refused() {
+    let plugin = with(
+        of_kind("WasmPlugin")[0],
+        "/apiVersion",
+        json!("extensions.istio.io/v9"),
+    );
+    let errors = validate_against_crd(&istio_crd("WasmPlugin"), &plugin).unwrap_err();
+    assert!(errors[0].contains("no served version"), "{errors:?}");
+}
