@@ -6,6 +6,10 @@ use cohort_core::config::{ConfigErrors, FilterConfig};
 
 use crate::source::BoxFuture;
 
+pub mod wasmplugin;
+
+pub mod envoy_file;
+
 /// Why a push did not happen. Nothing is half applied in any case.
 #[derive(Debug, thiserror::Error)]
 pub enum TargetError {

@@ -1,0 +1,471 @@
+//! The plain-Envoy target: the filter's ECDS file, which Envoy's `path_config_source` watches.
+//!
+//! A push reads the file (YAML; shape in `manifests/envoy/ecds.yaml`), finds the
+//! `TypedExtensionConfig` named after the HTTP filter, parses the filter config from its
+//! `typed_config.config.configuration.value` (a JSON string), merges this rollout in, checks the
+//! result with the filter's own `cohort_core::config::validate`, and writes the whole document
+//! back to a temp file in the same directory that is renamed over the path, so Envoy never
+//! reads a half-written file. An invalid merge leaves the file untouched.
+//!
+//! What the merge takes from the pushed config, and why:
+//! - `rollouts.<name>`: replaced; every other rollout stays as it is.
+//! - `anonymous`: set. It is filter-wide and comes from the spec, so rollouts sharing one file
+//!   must agree on it (the CRD says so).
+//! - `events`: the union of the file's and the pushed ones, because another rollout's business
+//!   gates may need an event this rollout does not count.
+//! - everything else filter-wide (routing and force headers, force token, default identity,
+//!   events header) stays as the file has it: a spec cannot express those, so the pushed values
+//!   are only defaults and would silently undo the operator's settings.
+//!
+//! The document is written as JSON (valid YAML, and what Envoy reads for `.json` files); the
+//! file's other content is kept, and so is a leading comment block of a `.yaml` file. Two
+//! writers on one file (two `cohort run`s) must not run at once: the read-merge-write is not
+//! locked.
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use cohort_core::config::{self, ConfigError, ConfigErrors, FilterConfig};
+use serde_json::Value;
+
+use crate::source::BoxFuture;
+use crate::target::{Target, TargetError};
+
+/// The ECDS file of one HTTP filter.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EnvoyEcdsFile {
+    path: PathBuf,
+    filter_name: String,
+}
+
+impl EnvoyEcdsFile {
+    /// The file at `path`, holding the `TypedExtensionConfig` named `filter_name`.
+    pub fn new(path: impl Into<PathBuf>, filter_name: &str) -> Self {
+        EnvoyEcdsFile {
+            path: path.into(),
+            filter_name: filter_name.to_owned(),
+        }
+    }
+
+    /// The file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The filter's name.
+    pub fn filter_name(&self) -> &str {
+        &self.filter_name
+    }
+
+    /// The filter config the file holds now.
+    pub fn read_config(&self) -> Result<FilterConfig, TargetError> {
+        let text = self.read()?;
+        let mut document = parse_document(&self.path, &text)?;
+        let (_, value) = locate_config(&mut document, &self.filter_name, &self.path)?;
+        parse_config(value)
+    }
+
+    /// [`Target::apply`] without a runtime: the push as plain file I/O.
+    pub fn apply_blocking(&self, name: &str, config: &FilterConfig) -> Result<(), TargetError> {
+        let text = self.read()?;
+        let mut document = parse_document(&self.path, &text)?;
+        let (field, value) = locate_config(&mut document, &self.filter_name, &self.path)?;
+        let merged = merge(parse_config(value)?, name, config)?;
+        let merged_json = serde_json::to_string(&merged).map_err(|error| {
+            TargetError::Unavailable(format!("cannot encode the config: {error}"))
+        })?;
+        tracing::debug!(field, path = %self.path.display(), "writing the filter config");
+        *value = Value::String(merged_json);
+        let mut out = String::new();
+        if is_yaml(&self.path) {
+            out.push_str(&leading_comments(&text));
+        }
+        let body = serde_json::to_string_pretty(&document).map_err(|error| {
+            TargetError::Unavailable(format!("cannot encode the ECDS document: {error}"))
+        })?;
+        out.push_str(&body);
+        out.push('\n');
+        replace_file(&self.path, out.as_bytes()).map_err(|error| {
+            TargetError::Unavailable(format!("writing {}: {error}", self.path.display()))
+        })
+    }
+
+    fn read(&self) -> Result<String, TargetError> {
+        fs::read_to_string(&self.path).map_err(|error| match error.kind() {
+            std::io::ErrorKind::NotFound => {
+                TargetError::NotFound(format!("the ECDS file {}", self.path.display()))
+            }
+            _ => TargetError::Unavailable(format!("reading {}: {error}", self.path.display())),
+        })
+    }
+}
+
+impl Target for EnvoyEcdsFile {
+    fn apply<'a>(
+        &'a self,
+        name: &'a str,
+        config: &'a FilterConfig,
+    ) -> BoxFuture<'a, Result<(), TargetError>> {
+        Box::pin(async move {
+            let file = self.clone();
+            let name = name.to_owned();
+            let config = config.clone();
+            tokio::task::spawn_blocking(move || file.apply_blocking(&name, &config))
+                .await
+                .unwrap_or_else(|error| {
+                    Err(TargetError::Unavailable(format!(
+                        "the file write did not finish: {error}"
+                    )))
+                })
+        })
+    }
+}
+
+/// The file's rollouts and filter-wide settings with `name`'s entry from `pushed`, validated.
+pub fn merge(
+    mut existing: FilterConfig,
+    name: &str,
+    pushed: &FilterConfig,
+) -> Result<FilterConfig, TargetError> {
+    let Some(rollout) = pushed.rollouts.get(name) else {
+        return Err(TargetError::Invalid(ConfigErrors(vec![ConfigError {
+            field: format!("rollouts.{name}"),
+            problem: "the pushed config has no entry for this rollout".to_owned(),
+        }])));
+    };
+    existing.version = pushed.version;
+    existing.anonymous = pushed.anonymous.clone();
+    for event in &pushed.events {
+        if !existing.events.contains(event) {
+            existing.events.push(event.clone());
+        }
+    }
+    existing.rollouts.insert(name.to_owned(), rollout.clone());
+    config::validate(&existing)?;
+    Ok(existing)
+}
+
+fn parse_document(path: &Path, text: &str) -> Result<Value, TargetError> {
+    serde_saphyr::from_str(text).map_err(|error| {
+        TargetError::Unavailable(format!(
+            "{} is not a YAML document: {error}; fix or re-render it from manifests/envoy/ecds.yaml",
+            path.display()
+        ))
+    })
+}
+
+/// The `configuration.value` node of the filter's `TypedExtensionConfig`, with its field path.
+fn locate_config<'d>(
+    document: &'d mut Value,
+    filter_name: &str,
+    path: &Path,
+) -> Result<(String, &'d mut Value), TargetError> {
+    let resources = document
+        .get_mut("resources")
+        .and_then(Value::as_array_mut)
+        .ok_or_else(|| {
+            TargetError::NotFound(format!(
+                "a `resources` list in {} (the shape of manifests/envoy/ecds.yaml)",
+                path.display()
+            ))
+        })?;
+    let found = resources
+        .iter_mut()
+        .enumerate()
+        .find(|(_, resource)| resource.get("name").and_then(Value::as_str) == Some(filter_name));
+    let Some((index, resource)) = found else {
+        return Err(TargetError::NotFound(format!(
+            "the TypedExtensionConfig named {filter_name:?} in {}",
+            path.display()
+        )));
+    };
+    let field = format!("resources[{index}].typed_config.config.configuration.value");
+    match resource
+        .pointer_mut("/typed_config/config/configuration/value")
+        .filter(|value| value.is_string())
+    {
+        Some(value) => Ok((field, value)),
+        None => Err(TargetError::Invalid(ConfigErrors(vec![ConfigError {
+            field,
+            problem: format!(
+                "is missing or not a string in {}; it holds the filter config as one JSON string",
+                path.display()
+            ),
+        }]))),
+    }
+}
+
+fn parse_config(value: &Value) -> Result<FilterConfig, TargetError> {
+    let json = value.as_str().unwrap_or_default();
+    Ok(config::parse_wire(json.as_bytes())?)
+}
+
+fn is_yaml(path: &Path) -> bool {
+    matches!(
+        path.extension().and_then(|ext| ext.to_str()),
+        Some("yaml" | "yml")
+    )
+}
+
+/// The comment (and blank) lines a file starts with, so a rewrite keeps its documentation.
+fn leading_comments(text: &str) -> String {
+    let mut out = String::new();
+    for line in text.lines() {
+        let trimmed = line.trim_start();
+        if !(trimmed.is_empty() || trimmed.starts_with('#')) {
+            break;
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    out
+}
+
+/// Writes `bytes` to a temp file next to `path` and renames it over `path`: readers see the old
+/// file or the new one, never a mix. The new file keeps the old one's permissions.
+fn replace_file(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let dir = path
+        .parent()
+        .filter(|dir| !dir.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let file_name = path
+        .file_name()
+        .map(|name| name.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let temp = dir.join(format!(
+        ".{file_name}.cohort-{}-{}.tmp",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    ));
+    let written = (|| {
+        let mut file = fs::File::create(&temp)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        if let Ok(metadata) = fs::metadata(path) {
+            fs::set_permissions(&temp, metadata.permissions())?;
+        }
+        fs::rename(&temp, path)
+    })();
+    if written.is_err() {
+        let _ = fs::remove_file(&temp);
+    }
+    written
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cohort_core::config::RolloutConfig;
+
+    /// A temp directory removed on drop.
+    struct Dir(PathBuf);
+
+    impl Dir {
+        fn new(tag: &str) -> Dir {
+            let path = std::env::temp_dir().join(format!(
+                "cohort-envoy-file-{tag}-{}-{}",
+                std::process::id(),
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_nanos()
+            ));
+            fs::create_dir_all(&path).unwrap();
+            Dir(path)
+        }
+    }
+
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+
+    /// manifests/envoy/ecds.yaml, rendered as the tests render it.
+    fn ecds(config: &str) -> String {
+        include_str!("../../../manifests/envoy/ecds.yaml")
+            .replace("${WASM_PATH}", "/opt/cohort_filter.wasm")
+            .replace("${COHORT_CONFIG}", &config.replace('\'', "''"))
+    }
+
+    const EXISTING: &str = r#"{"version": 1, "forceToken": "0123456789abcdef0123",
+        "identity": [{"kind": "header", "name": "x-user-id"}], "events": ["signup"],
+        "rollouts": {"api": {"hosts": ["api"], "weightBp": 700},
+                     "web": {"hosts": ["web"], "weightBp": 100}}}"#;
+
+    fn pushed(hosts: &[&str], weight_bp: u32) -> FilterConfig {
+        let mut config = FilterConfig::new();
+        config.anonymous.mode = "stable".into();
+        config.events = vec!["checkout".into(), "signup".into()];
+        config.rollouts.insert(
+            "web".into(),
+            RolloutConfig::new(hosts.iter().map(|h| (*h).to_owned()).collect(), weight_bp),
+        );
+        config
+    }
+
+    #[test]
+    fn replaces_one_rollout_and_keeps_the_rest() {
+        let dir = Dir::new("keep");
+        let path = dir.0.join("ecds.yaml");
+        fs::write(&path, ecds(EXISTING)).unwrap();
+        let file = EnvoyEcdsFile::new(&path, "cohort");
+        file.apply_blocking("web", &pushed(&["web", "www"], 2500))
+            .unwrap();
+
+        let config = file.read_config().unwrap();
+        assert_eq!(config.rollouts["web"].weight_bp, 2500);
+        assert_eq!(config.rollouts["web"].hosts, vec!["web", "www"]);
+        // The other rollout and the operator's filter-wide settings are untouched.
+        assert_eq!(config.rollouts["api"].weight_bp, 700);
+        assert_eq!(config.force_token.as_deref(), Some("0123456789abcdef0123"));
+        assert_eq!(config.identity.len(), 1);
+        // The spec's filter-wide settings: anonymous set, events added to the file's.
+        assert_eq!(config.anonymous.mode, "stable");
+        assert_eq!(config.events, vec!["signup", "checkout"]);
+
+        // The rest of the document survives, and the result is still YAML Envoy reads.
+        let text = fs::read_to_string(&path).unwrap();
+        assert!(
+            text.starts_with("# The cohort filter's ECDS file"),
+            "{text}"
+        );
+        let document: Value = serde_saphyr::from_str(&text).unwrap();
+        let resource = &document["resources"][0];
+        assert_eq!(
+            resource["@type"],
+            "type.googleapis.com/envoy.config.core.v3.TypedExtensionConfig"
+        );
+        assert_eq!(
+            resource["typed_config"]["config"]["failure_policy"],
+            "FAIL_RELOAD"
+        );
+        assert_eq!(
+            resource["typed_config"]["config"]["vm_config"]["code"]["local"]["filename"],
+            "/opt/cohort_filter.wasm"
+        );
+        assert_eq!(
+            resource["typed_config"]["config"]["configuration"]["@type"],
+            "type.googleapis.com/google.protobuf.StringValue"
+        );
+        // No temp file is left behind.
+        let names: Vec<_> = fs::read_dir(&dir.0)
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name())
+            .collect();
+        assert_eq!(names, vec!["ecds.yaml"]);
+
+        // A second push over the rewritten (JSON) file works the same.
+        file.apply_blocking("web", &pushed(&["web"], 0)).unwrap();
+        let again = file.read_config().unwrap();
+        assert_eq!(again.rollouts["web"].weight_bp, 0);
+        assert_eq!(again.rollouts["api"].weight_bp, 700);
+    }
+
+    #[test]
+    fn a_new_rollout_is_added() {
+        let dir = Dir::new("add");
+        let path = dir.0.join("ecds.json");
+        let existing = r#"{"version": 1, "rollouts": {"api": {"hosts": ["api"], "weightBp": 1}}}"#;
+        fs::write(
+            &path,
+            serde_json::to_string(&serde_saphyr::from_str::<Value>(&ecds(existing)).unwrap())
+                .unwrap(),
+        )
+        .unwrap();
+        let file = EnvoyEcdsFile::new(&path, "cohort");
+        file.apply_blocking("web", &pushed(&["web"], 100)).unwrap();
+        let text = fs::read_to_string(&path).unwrap();
+        // A JSON file stays pure JSON (Envoy parses `.json` files as JSON).
+        assert!(serde_json::from_str::<Value>(&text).is_ok(), "{text}");
+        let config = file.read_config().unwrap();
+        assert_eq!(
+            config.rollouts.keys().collect::<Vec<_>>(),
+            vec!["api", "web"]
+        );
+    }
+
+    #[test]
+    fn an_invalid_merge_leaves_the_file_byte_identical() {
+        let dir = Dir::new("invalid");
+        let path = dir.0.join("ecds.yaml");
+        let original = ecds(EXISTING);
+        fs::write(&path, &original).unwrap();
+        let file = EnvoyEcdsFile::new(&path, "cohort");
+        // Host `api` already belongs to rollout `api`.
+        let error = file
+            .apply_blocking("web", &pushed(&["api"], 500))
+            .unwrap_err();
+        let TargetError::Invalid(errors) = &error else {
+            panic!("expected Invalid, got {error:?}");
+        };
+        assert!(errors.to_string().contains("already claimed"), "{errors}");
+        assert_eq!(fs::read_to_string(&path).unwrap(), original);
+        // So does a push that lacks the rollout's entry.
+        let error = file
+            .apply_blocking("other", &pushed(&["x"], 1))
+            .unwrap_err();
+        assert!(matches!(error, TargetError::Invalid(_)), "{error:?}");
+        assert_eq!(fs::read_to_string(&path).unwrap(), original);
+    }
+
+    #[test]
+    fn missing_things_are_not_found() {
+        let dir = Dir::new("missing");
+        let path = dir.0.join("ecds.yaml");
+        let file = EnvoyEcdsFile::new(&path, "cohort");
+        let error = file
+            .apply_blocking("web", &pushed(&["web"], 1))
+            .unwrap_err();
+        assert!(matches!(error, TargetError::NotFound(_)), "{error:?}");
+        assert!(!path.exists());
+
+        fs::write(&path, ecds(EXISTING)).unwrap();
+        let other = EnvoyEcdsFile::new(&path, "not-cohort");
+        let error = other
+            .apply_blocking("web", &pushed(&["web"], 1))
+            .unwrap_err();
+        assert!(
+            matches!(&error, TargetError::NotFound(what) if what.contains("\"not-cohort\"")),
+            "{error:?}"
+        );
+
+        let table = [
+            ("resources: 3\n", "NotFound"),
+            ("resources:\n- {name: cohort, typed_config: {}}\n", "Invalid"),
+            ("resources: [\n", "Unavailable"),
+            (
+                "resources:\n- name: cohort\n  typed_config: {config: {configuration: {value: 'not json'}}}\n",
+                "Invalid",
+            ),
+        ];
+        for (text, kind) in table {
+            fs::write(&path, text).unwrap();
+            let error = file
+                .apply_blocking("web", &pushed(&["web"], 1))
+                .unwrap_err();
+            let got = match error {
+                TargetError::NotFound(_) => "NotFound",
+                TargetError::Invalid(_) => "Invalid",
+                TargetError::Unavailable(_) => "Unavailable",
+                TargetError::Conflict(_) => "Conflict",
+            };
+            assert_eq!(got, kind, "{text:?}");
+            assert_eq!(fs::read_to_string(&path).unwrap(), text);
+        }
+    }
+
+    #[tokio::test]
+    async fn applies_through_the_trait() {
+        let dir = Dir::new("trait");
+        let path = dir.0.join("ecds.yaml");
+        fs::write(&path, ecds(EXISTING)).unwrap();
+        let target: Box<dyn Target> = Box::new(EnvoyEcdsFile::new(&path, "cohort"));
+        target.apply("web", &pushed(&["web"], 5000)).await.unwrap();
+        let config = EnvoyEcdsFile::new(&path, "cohort").read_config().unwrap();
+        assert_eq!(config.rollouts["web"].weight_bp, 5000);
+    }
+}
