@@ -2,6 +2,7 @@
 //! rollout state machine and the filter config a rollout produces. No I/O here: the reconciler
 //! and `cohort run` fetch samples, call [`evaluate()`] and [`plan()`], and apply the [`Plan`].
 
+pub mod cli;
 pub mod crd;
 pub mod duration;
 pub mod evaluate;

@@ -5,6 +5,7 @@ use std::io::Write;
 use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
 
+use cohort_controller::cli::{self, Gesture};
 use cohort_core::bucket::{place, FULL_WEIGHT_BP};
 
 #[derive(Parser)]
@@ -24,6 +25,18 @@ enum Command {
     Bucket(BucketArgs),
     /// Prints the CanaryRollout CustomResourceDefinition (YAML), as committed in manifests/crd/.
     Crd,
+    /// Shows rollouts: phase, step, weight, each gate's last numbers and verdict, time in step.
+    Status(cli::StatusArgs),
+    /// Sends every user to the canary now (sets spec.promote).
+    Promote(cli::GestureArgs),
+    /// Sends every user back to stable and stops (sets spec.abort).
+    Abort(cli::GestureArgs),
+    /// Holds the canary's weight; analysis goes on and a failing gate still rolls back.
+    Pause(cli::GestureArgs),
+    /// Lets a paused rollout advance again.
+    Resume(cli::GestureArgs),
+    /// Starts a rolled-back, aborted or promoted rollout again from its first step.
+    Retry(cli::GestureArgs),
 }
 
 #[derive(Args)]
@@ -48,8 +61,25 @@ fn main() -> Result<()> {
             }
         }
         Command::Crd => print!("{}", cohort_controller::crd_yaml()?),
+        Command::Status(args) => block_on(cli::status(args))?,
+        Command::Promote(args) => block_on(cli::gesture(Gesture::Promote, args))?,
+        Command::Abort(args) => block_on(cli::gesture(Gesture::Abort, args))?,
+        Command::Pause(args) => block_on(cli::gesture(Gesture::Pause, args))?,
+        Command::Resume(args) => block_on(cli::gesture(Gesture::Resume, args))?,
+        Command::Retry(args) => block_on(cli::gesture(Gesture::Retry, args))?,
     }
     Ok(())
+}
+
+/// Runs one of the CLI's Kubernetes calls to completion on a single-threaded runtime.
+fn block_on<T, E>(call: impl std::future::Future<Output = Result<T, E>>) -> Result<T>
+where
+    anyhow::Error: From<E>,
+{
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    Ok(runtime.block_on(call)?)
 }
 
 /// One output line of `cohort bucket`.

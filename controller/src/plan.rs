@@ -767,7 +767,7 @@ fn millis_between(from: Timestamp, to: Timestamp) -> Duration {
 }
 
 /// `2500` → `25%`, `50` → `0.5%`.
-fn percent(weight_bp: u32) -> String {
+pub fn percent(weight_bp: u32) -> String {
     let whole = weight_bp / 100;
     match weight_bp % 100 {
         0 => format!("{whole}%"),
