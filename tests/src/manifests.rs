@@ -18,20 +18,26 @@ pub fn cohort_crd_path() -> PathBuf {
     workspace_root().join(CRD_FILE)
 }
 
-/// The shared folder beside the repository (`../shared`), holding `schemas/`.
+/// The shared folder beside the repository (`../shared`), holding `schemas/`. Its absence is an
+/// error, never a reason to skip: the manifests would go unchecked.
 pub fn shared_dir() -> Result<PathBuf> {
-    let shared = workspace_root().join("..").join("shared");
+    let ci = std::env::var("CI").as_deref() == Ok("true");
+    shared_dir_beside(&workspace_root(), ci)
+}
+
+fn shared_dir_beside(repository: &Path, ci: bool) -> Result<PathBuf> {
+    let shared = repository.join("..").join("shared");
     if shared.join("schemas").is_dir() {
         return Ok(shared);
     }
-    let why = if std::env::var("CI").as_deref() == Ok("true") {
+    let fix = if ci {
         "CI=true: CI must check the repository out with shared/ beside it"
     } else {
         "check the repository out with shared/ beside it"
     };
     Err(format!(
         "{} has no schemas/ folder (Istio 1.30's CRDs, which the manifests are validated \
-         against); {why}",
+         against); {fix}",
         shared.display()
     )
     .into())
@@ -96,4 +102,22 @@ pub fn api_group(object: &Value) -> &str {
     api_version
         .rsplit_once('/')
         .map_or("", |(group, _version)| group)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_shared_folder_fails_with_the_fix() {
+        let repository = crate::TempDir::new("no-shared").unwrap();
+        let inner = repository.path().join("repo");
+        std::fs::create_dir_all(&inner).unwrap();
+        let local = shared_dir_beside(&inner, false).unwrap_err().0;
+        assert!(local.contains("has no schemas/ folder"), "{local}");
+        let ci = shared_dir_beside(&inner, true).unwrap_err().0;
+        assert!(ci.contains("CI=true: CI must check"), "{ci}");
+        std::fs::create_dir_all(repository.path().join("shared/schemas")).unwrap();
+        assert!(shared_dir_beside(&inner, true).is_ok());
+    }
 }
