@@ -10,6 +10,7 @@ pub mod filter_config;
 pub mod plan;
 pub mod query;
 pub mod source;
+pub mod standalone;
 pub mod target;
 pub mod validate;
 

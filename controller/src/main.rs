@@ -37,6 +37,9 @@ enum Command {
     Resume(cli::GestureArgs),
     /// Starts a rolled-back, aborted or promoted rollout again from its first step.
     Retry(cli::GestureArgs),
+    /// Drives one CanaryRollout against a plain Envoy (ECDS file), without Kubernetes. Exits 0
+    /// when promoted, 3 when rolled back or aborted.
+    Run(cohort_controller::standalone::RunArgs),
 }
 
 #[derive(Args)]
@@ -67,6 +70,7 @@ fn main() -> Result<()> {
         Command::Pause(args) => block_on(cli::gesture(Gesture::Pause, args))?,
         Command::Resume(args) => block_on(cli::gesture(Gesture::Resume, args))?,
         Command::Retry(args) => block_on(cli::gesture(Gesture::Retry, args))?,
+        Command::Run(args) => std::process::exit(cohort_controller::standalone::main(&args)),
     }
     Ok(())
 }

@@ -225,7 +225,7 @@ fn leading_comments(text: &str) -> String {
 
 /// Writes `bytes` to a temp file next to `path` and renames it over `path`: readers see the old
 /// file or the new one, never a mix. The new file keeps the old one's permissions.
-fn replace_file(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+pub(crate) fn replace_file(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     static NEXT: AtomicU64 = AtomicU64::new(0);
     let dir = path
         .parent()

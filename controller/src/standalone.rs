@@ -1,0 +1,1016 @@
+//! `cohort run`: one CanaryRollout driven against a plain Envoy, without Kubernetes.
+//!
+//! Each cycle reads the rollout file again (so editing `paused`, `abort`, `promote` or
+//! `restartAt` in it acts at the next cycle), reads the window's samples (Prometheus when
+//! `--prometheus` is given, else Envoy's admin stats), calls the same [`evaluate`] and [`plan`]
+//! as the in-cluster controller, pushes the plan's weight into the ECDS file when it changed (and
+//! on the first cycle, to re-assert it), waits for Envoy to count the update, and only then
+//! takes the plan's status as its own: a push that did not happen is retried, never recorded.
+//! The status is kept in memory and, with `--status-file`, written as JSON after every cycle and
+//! loaded at start, so a restarted `cohort run` resumes the step it was in.
+//!
+//! Which ECDS file: `--envoy-ecds` wins; without it `spec.target.envoyEcds.path` is used. The
+//! filter's name is `spec.target.envoyEcds.filterName` (default `cohort`). A rollout whose target
+//! is a WasmPlugin runs too when `--envoy-ecds` is given: the spec's target is then only what the
+//! in-cluster controller would use, so one file serves both.
+//!
+//! Exit codes ([`Outcome::exit_code`], [`RunError::exit_code`]): 0 promoted (or, with `--once`,
+//! still live), 3 rolled back or aborted, 2 the rollout or status file is unusable, 1 any other
+//! failure, 130 stopped by Ctrl-C or SIGTERM.
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::jiff::Timestamp;
+use kube::Resource as _;
+
+use crate::crd::{CanaryRollout, CanaryRolloutSpec, CanaryRolloutStatus, GateCheck, Phase};
+use crate::evaluate::{evaluate, Evaluation, Samples};
+use crate::filter_config::spec_to_filter_config;
+use crate::plan::{plan, EventKind, PlanInput};
+use crate::source::envoy_admin::{EcdsUpdates, EnvoyAdmin, EnvoyAdminSource};
+use crate::source::prometheus::PrometheusSource;
+use crate::source::series::SourceError;
+use crate::source::{MetricSource, SeriesRequest};
+use crate::target::envoy_file::{replace_file, EnvoyEcdsFile};
+use crate::target::{Target as _, TargetError};
+use crate::validate::{validate_spec, SpecErrors};
+use crate::{crd, duration};
+
+/// Each HTTP read (a Prometheus query, an admin scrape) gives up after this.
+const HTTP_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a push waits for Envoy to count the ECDS update.
+const CONFIRM_TIMEOUT: Duration = Duration::from_secs(2);
+/// First wait after a failed cycle; it doubles up to the analysis interval.
+const FIRST_BACKOFF: Duration = Duration::from_secs(1);
+/// The filter name when the spec does not give one (`spec.target.envoyEcds.filterName`'s
+/// default).
+const DEFAULT_FILTER_NAME: &str = "cohort";
+
+/// `cohort run`'s command line.
+#[derive(clap::Args, Debug, Clone, PartialEq, Eq)]
+pub struct RunArgs {
+    /// The CanaryRollout to drive, as YAML (what `kubectl apply -f` would take). Re-read every
+    /// cycle: set paused, abort, promote or restartAt in it to steer the rollout.
+    #[arg(long, value_name = "FILE.yaml")]
+    pub rollout: PathBuf,
+    /// Envoy's ECDS file for the cohort filter; overrides spec.target.envoyEcds.path.
+    #[arg(long = "envoy-ecds", value_name = "FILE")]
+    pub envoy_ecds: Option<PathBuf>,
+    /// Envoy's admin URL (e.g. http://127.0.0.1:9901): the gates' source without --prometheus,
+    /// and used to confirm Envoy applied each push.
+    #[arg(
+        long = "envoy-admin",
+        value_name = "URL",
+        required_unless_present = "prometheus"
+    )]
+    pub envoy_admin: Option<String>,
+    /// Prometheus URL (scraping Envoy's /stats/prometheus); the gates read from it when given.
+    #[arg(long, value_name = "URL")]
+    pub prometheus: Option<String>,
+    /// Keep the rollout's status in this JSON file, and resume from it at start.
+    #[arg(long = "status-file", value_name = "FILE")]
+    pub status_file: Option<PathBuf>,
+    /// Run one cycle and exit.
+    #[arg(long)]
+    pub once: bool,
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// The canary serves everyone.
+    Promoted,
+    /// A gate failed (or the failure policy said so): everyone is back on stable.
+    RolledBack,
+    /// `spec.abort`: everyone is back on stable.
+    Aborted,
+    /// `--once`: the cycle ran and the rollout is still live.
+    Live,
+    /// `--once`: the cycle failed (the error was logged).
+    Failed,
+    /// Ctrl-C or SIGTERM.
+    Interrupted,
+}
+
+impl Outcome {
+    /// The process exit code.
+    pub fn exit_code(self) -> i32 {
+        match self {
+            Outcome::Promoted | Outcome::Live => 0,
+            Outcome::Failed => 1,
+            Outcome::RolledBack | Outcome::Aborted => 3,
+            Outcome::Interrupted => 130,
+        }
+    }
+
+    fn of(phase: Phase) -> Option<Outcome> {
+        match phase {
+            Phase::Promoted => Some(Outcome::Promoted),
+            Phase::RolledBack => Some(Outcome::RolledBack),
+            Phase::Aborted => Some(Outcome::Aborted),
+            Phase::Pending | Phase::Progressing | Phase::Paused => None,
+        }
+    }
+}
+
+/// What can go wrong in `cohort run`.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// A file could not be read.
+    #[error("cannot read {}: {source}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The rollout file is not a CanaryRollout.
+    #[error("{} is not a usable CanaryRollout: {reason}", path.display())]
+    Rollout {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// The spec does not validate.
+    #[error("{}: the spec is invalid: {errors}", path.display())]
+    InvalidSpec {
+        /// The file.
+        path: PathBuf,
+        /// Every problem, with its field.
+        errors: SpecErrors,
+    },
+    /// The status file is not a status.
+    #[error("the status file {} is not a CanaryRollout status ({reason}); fix it, or delete it to start the rollout over", path.display())]
+    StatusFile {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// No ECDS file to drive.
+    #[error("no ECDS file to write: give --envoy-ecds FILE, or spec.target.envoyEcds.path")]
+    NoEcdsFile,
+    /// Custom gates without Prometheus.
+    #[error(
+        "the gates {0} run PromQL: give --prometheus URL (Envoy's admin stats cannot run queries)"
+    )]
+    CustomGatesNeedPrometheus(String),
+    /// A metric source could not be set up.
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    /// The ECDS file could not be written; retried.
+    #[error("pushing the filter config failed: {0}")]
+    Push(#[from] TargetError),
+    /// Envoy refused the pushed config (the previous one keeps serving); retried.
+    #[error("Envoy rejected the pushed filter config (update_rejected went up); see Envoy's log")]
+    Rejected,
+    /// The tokio runtime could not start.
+    #[error("cannot start the async runtime: {0}")]
+    Runtime(std::io::Error),
+}
+
+impl RunError {
+    /// The process exit code.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            RunError::Read { .. }
+            | RunError::Rollout { .. }
+            | RunError::InvalidSpec { .. }
+            | RunError::StatusFile { .. }
+            | RunError::NoEcdsFile
+            | RunError::CustomGatesNeedPrometheus(_) => 2,
+            RunError::Source(_) | RunError::Push(_) | RunError::Rejected | RunError::Runtime(_) => {
+                1
+            }
+        }
+    }
+}
+
+/// The `cohort run` command: logs to stderr (`RUST_LOG` filters, default `info`), stops on
+/// Ctrl-C or SIGTERM, and returns the process exit code.
+pub fn main(args: &RunArgs) -> i32 {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Another subcommand's setup may have installed a subscriber already; that one is kept.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => return report(&RunError::Runtime(error)),
+    };
+    match runtime.block_on(run(args, stop_signal())) {
+        Ok(outcome) => outcome.exit_code(),
+        Err(error) => report(&error),
+    }
+}
+
+fn report(error: &RunError) -> i32 {
+    tracing::error!("{error}");
+    error.exit_code()
+}
+
+/// Resolves at Ctrl-C or SIGTERM; never when neither can be listened for.
+async fn stop_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut terminate) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = terminate.recv() => {}
+                }
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cannot listen for SIGTERM; Ctrl-C still stops");
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+/// Runs `cohort run` until the rollout settles, `--once` has run its cycle, or `shutdown`
+/// resolves. Errors are setup errors; failed cycles are logged and retried.
+pub async fn run(args: &RunArgs, shutdown: impl Future<Output = ()>) -> Result<Outcome, RunError> {
+    let runner = Runner::new(args)?;
+    Ok(runner.run(args.once, shutdown).await)
+}
+
+/// A CanaryRollout read from a file.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LoadedRollout {
+    /// `metadata.name`: the filter's rollout key and metric label.
+    pub name: String,
+    /// `metadata.namespace`, `default` when absent (custom query templates use it).
+    pub namespace: String,
+    /// `metadata.generation`, if the file has one.
+    pub generation: Option<i64>,
+    /// The spec.
+    pub spec: CanaryRolloutSpec,
+}
+
+/// Reads a CanaryRollout from YAML text (not validated: see [`validate_spec`]).
+pub fn parse_rollout(text: &str) -> Result<LoadedRollout, String> {
+    let value: serde_json::Value = serde_saphyr::from_str(text).map_err(|e| e.to_string())?;
+    let api_version = CanaryRollout::api_version(&());
+    let wanted_kind = CanaryRollout::kind(&());
+    let kind = value.get("kind").and_then(serde_json::Value::as_str);
+    let found_version = value.get("apiVersion").and_then(serde_json::Value::as_str);
+    if kind != Some(&*wanted_kind) || found_version != Some(&*api_version) {
+        return Err(format!(
+            "expected apiVersion: {api_version} and kind: {wanted_kind}, found {} and {}",
+            found_version.unwrap_or("no apiVersion"),
+            kind.unwrap_or("no kind")
+        ));
+    }
+    let rollout: CanaryRollout = serde_saphyr::from_str(text).map_err(|e| e.to_string())?;
+    let name = rollout
+        .metadata
+        .name
+        .filter(|name| !name.is_empty())
+        .ok_or("metadata.name is missing; it names the rollout in the filter config and metrics")?;
+    Ok(LoadedRollout {
+        name,
+        namespace: rollout
+            .metadata
+            .namespace
+            .unwrap_or_else(|| "default".to_owned()),
+        generation: rollout.metadata.generation,
+        spec: rollout.spec,
+    })
+}
+
+/// Reads and parses the rollout file.
+pub fn load_rollout(path: &Path) -> Result<LoadedRollout, RunError> {
+    let text = std::fs::read_to_string(path).map_err(|source| RunError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    parse_rollout(&text).map_err(|reason| RunError::Rollout {
+        path: path.to_owned(),
+        reason,
+    })
+}
+
+/// The status saved at `path`, `None` when there is no file yet.
+pub fn load_status(path: &Path) -> Result<Option<CanaryRolloutStatus>, RunError> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => {
+            return Err(RunError::Read {
+                path: path.to_owned(),
+                source,
+            })
+        }
+    };
+    serde_json::from_str(&text)
+        .map(Some)
+        .map_err(|error| RunError::StatusFile {
+            path: path.to_owned(),
+            reason: error.to_string(),
+        })
+}
+
+/// Writes `status` to `path` as JSON (temp file + rename: a crash leaves the old or new file).
+pub fn save_status(path: &Path, status: &CanaryRolloutStatus) -> std::io::Result<()> {
+    let mut json = serde_json::to_vec_pretty(status).map_err(std::io::Error::other)?;
+    json.push(b'\n');
+    replace_file(path, &json)
+}
+
+/// The ECDS file and filter name `cohort run` drives.
+pub fn ecds_target(
+    flag: Option<&Path>,
+    spec: &CanaryRolloutSpec,
+) -> Result<EnvoyEcdsFile, RunError> {
+    let from_spec = match &spec.target {
+        crd::Target::EnvoyEcds(ecds) => Some(ecds),
+        crd::Target::WasmPlugin(_) => None,
+    };
+    let filter_name = from_spec.map_or(DEFAULT_FILTER_NAME, |ecds| ecds.filter_name.as_str());
+    let path = match (flag, from_spec) {
+        (Some(path), _) => path.to_owned(),
+        (None, Some(ecds)) => PathBuf::from(&ecds.path),
+        (None, None) => return Err(RunError::NoEcdsFile),
+    };
+    Ok(EnvoyEcdsFile::new(path, filter_name))
+}
+
+/// Drives one rollout; see the module docs.
+pub struct Runner {
+    rollout_path: PathBuf,
+    rollout: LoadedRollout,
+    /// The last spec that validated: pushes are built from it when an edit breaks the file (the
+    /// plan then holds, but an abort must still reach Envoy).
+    valid_spec: CanaryRolloutSpec,
+    source: Box<dyn MetricSource>,
+    target: EnvoyEcdsFile,
+    admin: Option<EnvoyAdmin>,
+    status: Option<CanaryRolloutStatus>,
+    status_file: Option<PathBuf>,
+    pushed_bp: Option<u32>,
+}
+
+/// What one successful cycle decided.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CycleReport {
+    /// The phase after the cycle.
+    pub phase: Phase,
+    /// The weight Envoy was told, in basis points.
+    pub weight_bp: u32,
+    /// When to run the next cycle.
+    pub requeue: Duration,
+}
+
+impl Runner {
+    /// Reads the rollout (and the saved status) and sets up the source and target.
+    pub fn new(args: &RunArgs) -> Result<Runner, RunError> {
+        let rollout = load_rollout(&args.rollout)?;
+        validate_spec(&rollout.spec, &rollout.name).map_err(|errors| RunError::InvalidSpec {
+            path: args.rollout.clone(),
+            errors: SpecErrors(errors),
+        })?;
+        let target = ecds_target(args.envoy_ecds.as_deref(), &rollout.spec)?;
+        let admin = args
+            .envoy_admin
+            .as_deref()
+            .map(|url| EnvoyAdmin::new(url, HTTP_TIMEOUT))
+            .transpose()?;
+        let source: Box<dyn MetricSource> = match (&args.prometheus, &args.envoy_admin) {
+            (Some(url), _) => Box::new(PrometheusSource::new(url, HTTP_TIMEOUT)?),
+            (None, Some(url)) => {
+                let custom: Vec<String> = rollout
+                    .spec
+                    .analysis
+                    .gates
+                    .iter()
+                    .filter(|gate| matches!(gate.check, GateCheck::Custom(_)))
+                    .map(|gate| gate.name())
+                    .collect();
+                if !custom.is_empty() {
+                    return Err(RunError::CustomGatesNeedPrometheus(custom.join(", ")));
+                }
+                Box::new(EnvoyAdminSource::new(url, HTTP_TIMEOUT)?)
+            }
+            (None, None) => {
+                return Err(RunError::Rollout {
+                    path: args.rollout.clone(),
+                    reason: "no metric source: give --prometheus URL or --envoy-admin URL"
+                        .to_owned(),
+                })
+            }
+        };
+        let status = match &args.status_file {
+            Some(path) => load_status(path)?,
+            None => None,
+        };
+        tracing::info!(
+            rollout = %rollout.name,
+            ecds = %target.path().display(),
+            filter = target.filter_name(),
+            source = if args.prometheus.is_some() { "prometheus" } else { "envoy-admin" },
+            resumed = status.as_ref().map(|s| s.phase.as_str()),
+            "cohort run"
+        );
+        Ok(Runner {
+            rollout_path: args.rollout.clone(),
+            valid_spec: rollout.spec.clone(),
+            rollout,
+            source,
+            target,
+            admin,
+            status,
+            status_file: args.status_file.clone(),
+            pushed_bp: None,
+        })
+    }
+
+    /// The status as of the last successful cycle.
+    pub fn status(&self) -> Option<&CanaryRolloutStatus> {
+        self.status.as_ref()
+    }
+
+    /// Cycles until the rollout settles, `once` has run one cycle, or `shutdown` resolves.
+    pub async fn run(mut self, once: bool, shutdown: impl Future<Output = ()>) -> Outcome {
+        tokio::pin!(shutdown);
+        let mut backoff = FIRST_BACKOFF;
+        loop {
+            let result = tokio::select! {
+                result = self.cycle() => result,
+                () = &mut shutdown => return self.stopped(),
+            };
+            let wait = match result {
+                Ok(report) => {
+                    backoff = FIRST_BACKOFF;
+                    if let Some(outcome) = Outcome::of(report.phase) {
+                        return outcome;
+                    }
+                    if once {
+                        return Outcome::Live;
+                    }
+                    report.requeue
+                }
+                Err(error) => {
+                    if once {
+                        tracing::error!("{error}");
+                        return Outcome::Failed;
+                    }
+                    tracing::warn!("{error}; retrying in {}", seconds(backoff));
+                    let wait = backoff;
+                    backoff = (backoff * 2).min(self.interval().max(FIRST_BACKOFF));
+                    wait
+                }
+            };
+            tokio::select! {
+                () = tokio::time::sleep(wait) => {}
+                () = &mut shutdown => return self.stopped(),
+            }
+        }
+    }
+
+    fn stopped(&self) -> Outcome {
+        match &self.status_file {
+            Some(path) => tracing::info!(
+                "stopped; the status is in {}: run again to resume",
+                path.display()
+            ),
+            None => tracing::info!("stopped"),
+        }
+        Outcome::Interrupted
+    }
+
+    /// One analysis: read, evaluate, plan, push, record.
+    pub async fn cycle(&mut self) -> Result<CycleReport, RunError> {
+        self.reload_rollout();
+        let evaluation = self.analyse().await;
+        let input = PlanInput {
+            rollout: self.rollout.name.clone(),
+            generation: self.rollout.generation,
+            evaluation,
+        };
+        let plan = plan(
+            &self.rollout.spec,
+            self.status.as_ref(),
+            &input,
+            Timestamp::now(),
+        );
+        if self.pushed_bp != Some(plan.weight_bp) {
+            self.push(plan.weight_bp).await?;
+            self.pushed_bp = Some(plan.weight_bp);
+        }
+        for event in &plan.events {
+            match event.kind {
+                EventKind::Normal => tracing::info!(reason = %event.reason, "{}", event.message),
+                EventKind::Warning => tracing::warn!(reason = %event.reason, "{}", event.message),
+            }
+        }
+        tracing::info!(
+            "{}",
+            progress_line(
+                &self.rollout.name,
+                &self.rollout.spec,
+                &plan.status,
+                plan.requeue
+            )
+        );
+        let report = CycleReport {
+            phase: plan.status.phase,
+            weight_bp: plan.weight_bp,
+            requeue: plan.requeue,
+        };
+        if let Some(path) = &self.status_file {
+            if let Err(error) = save_status(path, &plan.status) {
+                tracing::warn!("cannot save the status to {}: {error}", path.display());
+            }
+        }
+        self.status = Some(plan.status);
+        Ok(report)
+    }
+
+    /// Picks up edits of the rollout file; an unreadable file keeps the previous spec.
+    fn reload_rollout(&mut self) {
+        match load_rollout(&self.rollout_path) {
+            Ok(rollout) => {
+                if rollout.spec != self.rollout.spec {
+                    tracing::info!("the rollout file changed; using the new spec");
+                }
+                if validate_spec(&rollout.spec, &rollout.name).is_ok() {
+                    self.valid_spec = rollout.spec.clone();
+                }
+                // The name keys the filter entry and the metrics: it cannot change under a run.
+                if rollout.name == self.rollout.name {
+                    self.rollout = rollout;
+                } else {
+                    tracing::warn!(
+                        "the rollout file now names {:?}; cohort run keeps driving {:?} (restart it to switch)",
+                        rollout.name,
+                        self.rollout.name
+                    );
+                }
+            }
+            Err(error) => tracing::warn!("{error}; keeping the spec read before"),
+        }
+    }
+
+    fn interval(&self) -> Duration {
+        duration::parse(&self.rollout.spec.analysis.interval)
+            .ok()
+            .filter(|interval| !interval.is_zero())
+            .unwrap_or(Duration::from_secs(30))
+    }
+
+    /// This cycle's evaluation; `None` once the rollout is settled (nothing left to judge).
+    async fn analyse(&self) -> Option<Evaluation> {
+        let phase = self.status.as_ref().map_or(Phase::Pending, |s| s.phase);
+        if phase.is_terminal() {
+            return None;
+        }
+        let spec = &self.rollout.spec;
+        let gates = &spec.analysis.gates;
+        if gates.is_empty() {
+            return Some(evaluate(
+                gates,
+                spec.analysis.min_samples,
+                &Samples::default(),
+            ));
+        }
+        let request = SeriesRequest {
+            rollout: self.rollout.name.clone(),
+            namespace: self.rollout.namespace.clone(),
+            stable_version: spec.stable_version.clone(),
+            canary_version: spec.canary_version.clone(),
+            gates: gates.clone(),
+        };
+        // Sampled even before the first step: the Envoy-admin source needs a baseline scrape.
+        let mut all = self
+            .source
+            .samples(self.interval(), std::slice::from_ref(&request))
+            .await;
+        let samples = all.remove(&self.rollout.name).unwrap_or_default();
+        Some(evaluate(gates, spec.analysis.min_samples, &samples))
+    }
+
+    /// Writes `weight_bp` into the ECDS file and, with an admin URL, waits for Envoy to count it.
+    async fn push(&self, weight_bp: u32) -> Result<(), RunError> {
+        let config = spec_to_filter_config(&self.valid_spec, &self.rollout.name, weight_bp)
+            .map_err(|errors| RunError::InvalidSpec {
+                path: self.rollout_path.clone(),
+                errors,
+            })?;
+        let before = match &self.admin {
+            Some(admin) => match admin.ecds_updates(self.target.filter_name()).await {
+                Ok(updates) => Some(updates),
+                Err(error) => {
+                    tracing::warn!(
+                        "cannot read Envoy's ECDS counters, pushing unconfirmed: {error}"
+                    );
+                    None
+                }
+            },
+            None => None,
+        };
+        self.target.apply(&self.rollout.name, &config).await?;
+        tracing::debug!(weight_bp, path = %self.target.path().display(), "ECDS file written");
+        if let (Some(admin), Some(before)) = (&self.admin, before) {
+            self.confirm(admin, before).await?;
+        }
+        Ok(())
+    }
+
+    /// Waits until Envoy counts the update: `Err` when it rejected it. No answer in time is
+    /// only logged: Envoy does not count a file whose config did not change.
+    async fn confirm(&self, admin: &EnvoyAdmin, before: EcdsUpdates) -> Result<(), RunError> {
+        let started = Instant::now();
+        loop {
+            match admin.ecds_updates(self.target.filter_name()).await {
+                Ok(now) if now.rejected > before.rejected => return Err(RunError::Rejected),
+                Ok(now) if now.success > before.success => {
+                    tracing::debug!(
+                        after_ms = started.elapsed().as_millis(),
+                        "Envoy applied the update"
+                    );
+                    return Ok(());
+                }
+                Ok(_) => {}
+                Err(error) => {
+                    tracing::warn!("cannot confirm the push: {error}");
+                    return Ok(());
+                }
+            }
+            if started.elapsed() >= CONFIRM_TIMEOUT {
+                tracing::info!(
+                    "Envoy did not count an ECDS update within {} (unchanged config?)",
+                    seconds(CONFIRM_TIMEOUT)
+                );
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// One line per cycle: where the rollout is and what each gate said.
+///
+/// `web Progressing step 2/6 at 5% | error-rate Pass canary 0.0100 stable 0.0050 limit 0.0150
+/// n 40/760 | next 2s`
+pub fn progress_line(
+    name: &str,
+    spec: &CanaryRolloutSpec,
+    status: &CanaryRolloutStatus,
+    requeue: Duration,
+) -> String {
+    let step = status
+        .step_index
+        .map_or("-".to_owned(), |index| format!("{}", index + 1));
+    let mut line = format!(
+        "{name} {} step {step}/{} at {}",
+        status.phase,
+        spec.steps.len(),
+        percent(status.weight_bp)
+    );
+    for gate in &status.gates {
+        line.push_str(&format!(
+            " | {} {} canary {} stable {} limit {} n {:.0}/{:.0}",
+            gate.gate,
+            gate.verdict,
+            number(gate.canary),
+            number(gate.stable),
+            number(gate.threshold),
+            gate.canary_samples,
+            gate.stable_samples
+        ));
+    }
+    if !status.phase.is_terminal() {
+        line.push_str(&format!(" | next {}", seconds(requeue)));
+    }
+    line
+}
+
+fn number(value: Option<f64>) -> String {
+    match value {
+        None => "-".to_owned(),
+        Some(v) if v.abs() < 1.0 => format!("{v:.4}"),
+        Some(v) => format!("{v:.1}"),
+    }
+}
+
+/// `2500` → `25%`, `50` → `0.5%`, `1` → `0.01%`.
+fn percent(weight_bp: u32) -> String {
+    let whole = weight_bp / 100;
+    match weight_bp % 100 {
+        0 => format!("{whole}%"),
+        fraction if fraction % 10 == 0 => format!("{whole}.{}%", fraction / 10),
+        fraction => format!("{whole}.{fraction:02}%"),
+    }
+}
+
+fn seconds(duration: Duration) -> String {
+    format!("{:.1}s", duration.as_secs_f64())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::{GateResult, Verdict};
+    use crate::evaluate::{Observed, VersionSamples};
+    use crate::source::BoxFuture;
+    use std::collections::BTreeMap;
+    use std::sync::{Arc, Mutex};
+
+    const ROLLOUT: &str = r#"
+apiVersion: cohort.dev/v1alpha1
+kind: CanaryRollout
+metadata: {name: web, namespace: shop}
+spec:
+  target: {envoyEcds: {path: /etc/envoy/ecds.yaml, filterName: cohort}}
+  hosts: ["*"]
+  steps: [{weight: 10, bake: 1h}, {weight: 100}]
+  analysis:
+    interval: 2s
+    minSamples: 10
+    gates: [{errorRate: {maxIncrease: 0.02}}]
+"#;
+
+    #[test]
+    fn reads_a_rollout_as_kubectl_would_take_it() {
+        let rollout = parse_rollout(ROLLOUT).unwrap();
+        assert_eq!(rollout.name, "web");
+        assert_eq!(rollout.namespace, "shop");
+        assert_eq!(rollout.generation, None);
+        assert_eq!(rollout.spec.steps.len(), 2);
+        assert_eq!(validate_spec(&rollout.spec, &rollout.name), Ok(()));
+
+        let table = [
+            (
+                ROLLOUT.replace("kind: CanaryRollout", "kind: Deployment"),
+                "kind: CanaryRollout, found",
+            ),
+            (
+                ROLLOUT.replace("cohort.dev/v1alpha1", "cohort.dev/v1"),
+                "expected apiVersion: cohort.dev/v1alpha1",
+            ),
+            (
+                ROLLOUT.replace("name: web, ", ""),
+                "metadata.name is missing",
+            ),
+            (ROLLOUT.replace("hosts: [\"*\"]", "hosts: 3"), "hosts"),
+            ("a: [".to_owned(), ""),
+        ];
+        for (text, expected) in table {
+            let error = parse_rollout(&text).unwrap_err();
+            assert!(error.contains(expected), "{expected:?} not in {error}");
+        }
+        let no_namespace = parse_rollout(&ROLLOUT.replace(", namespace: shop", "")).unwrap();
+        assert_eq!(no_namespace.namespace, "default");
+    }
+
+    #[test]
+    fn the_flag_overrides_the_spec_target() {
+        let spec = parse_rollout(ROLLOUT).unwrap().spec;
+        let from_spec = ecds_target(None, &spec).unwrap();
+        assert_eq!(from_spec.path(), Path::new("/etc/envoy/ecds.yaml"));
+        let flagged = ecds_target(Some(Path::new("/tmp/e.yaml")), &spec).unwrap();
+        assert_eq!(flagged.path(), Path::new("/tmp/e.yaml"));
+        assert_eq!(flagged.filter_name(), "cohort");
+
+        let mut wasm = spec.clone();
+        wasm.target = crd::Target::WasmPlugin(crd::WasmPluginTarget {
+            name: "cohort-filter".into(),
+            namespace: None,
+        });
+        assert!(matches!(
+            ecds_target(None, &wasm),
+            Err(RunError::NoEcdsFile)
+        ));
+        let flagged = ecds_target(Some(Path::new("/tmp/e.yaml")), &wasm).unwrap();
+        assert_eq!(flagged.filter_name(), DEFAULT_FILTER_NAME);
+    }
+
+    #[test]
+    fn exit_codes() {
+        let table = [
+            (Outcome::Promoted, 0),
+            (Outcome::Live, 0),
+            (Outcome::Failed, 1),
+            (Outcome::RolledBack, 3),
+            (Outcome::Aborted, 3),
+            (Outcome::Interrupted, 130),
+        ];
+        for (outcome, code) in table {
+            assert_eq!(outcome.exit_code(), code, "{outcome:?}");
+        }
+        assert_eq!(RunError::NoEcdsFile.exit_code(), 2);
+        assert_eq!(RunError::Rejected.exit_code(), 1);
+    }
+
+    #[test]
+    fn progress_line_shows_phase_weight_and_gates() {
+        let spec = parse_rollout(ROLLOUT).unwrap().spec;
+        let status = CanaryRolloutStatus {
+            phase: Phase::Progressing,
+            step_index: Some(0),
+            weight_bp: 1000,
+            gates: vec![GateResult {
+                gate: "error-rate".into(),
+                verdict: Verdict::Pass,
+                canary: Some(0.01),
+                stable: Some(0.005),
+                threshold: Some(0.025),
+                canary_samples: 40.0,
+                stable_samples: 360.0,
+                reason: String::new(),
+            }],
+            ..CanaryRolloutStatus::default()
+        };
+        assert_eq!(
+            progress_line("web", &spec, &status, Duration::from_secs(2)),
+            "web Progressing step 1/2 at 10% | error-rate Pass canary 0.0100 stable 0.0050 \
+             limit 0.0250 n 40/360 | next 2.0s"
+        );
+        let promoted = CanaryRolloutStatus {
+            phase: Phase::Promoted,
+            step_index: Some(1),
+            weight_bp: 10_000,
+            ..CanaryRolloutStatus::default()
+        };
+        assert_eq!(
+            progress_line("web", &spec, &promoted, Duration::from_secs(300)),
+            "web Promoted step 2/2 at 100%"
+        );
+        assert_eq!(percent(1), "0.01%");
+        assert_eq!(percent(50), "0.5%");
+    }
+
+    /// A source answering whatever the test put in.
+    struct Scripted(Arc<Mutex<Samples>>);
+
+    impl MetricSource for Scripted {
+        fn samples<'a>(
+            &'a self,
+            _window: Duration,
+            rollouts: &'a [SeriesRequest],
+        ) -> BoxFuture<'a, BTreeMap<String, Samples>> {
+            let samples = self.0.lock().unwrap().clone();
+            Box::pin(async move {
+                rollouts
+                    .iter()
+                    .map(|r| (r.rollout.clone(), samples.clone()))
+                    .collect()
+            })
+        }
+    }
+
+    fn traffic(requests: f64, errors: f64) -> VersionSamples {
+        VersionSamples {
+            requests: Observed::Value(requests),
+            server_errors: Observed::Value(errors),
+            ..VersionSamples::default()
+        }
+    }
+
+    struct Dir(PathBuf);
+
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    #[tokio::test]
+    async fn starts_holds_rolls_back_and_resumes_from_the_status_file() {
+        let dir = Dir(std::env::temp_dir().join(format!(
+            "cohort-standalone-{}-{}",
+            std::process::id(),
+            Timestamp::now().as_nanosecond()
+        )));
+        std::fs::create_dir_all(&dir.0).unwrap();
+        let ecds = dir.0.join("ecds.yaml");
+        std::fs::write(
+            &ecds,
+            include_str!("../../manifests/envoy/ecds.yaml")
+                .replace("${WASM_PATH}", "/x.wasm")
+                .replace(
+                    "${COHORT_CONFIG}",
+                    r#"{"version": 1, "rollouts": {"api": {"hosts": ["api"], "weightBp": 42}}}"#,
+                ),
+        )
+        .unwrap();
+        let rollout_file = dir.0.join("rollout.yaml");
+        std::fs::write(&rollout_file, ROLLOUT).unwrap();
+        let status_file = dir.0.join("status.json");
+        let args = RunArgs {
+            rollout: rollout_file.clone(),
+            envoy_ecds: Some(ecds.clone()),
+            envoy_admin: None,
+            prometheus: Some("http://127.0.0.1:9".into()),
+            status_file: Some(status_file.clone()),
+            once: false,
+        };
+        let script = Arc::new(Mutex::new(Samples::default()));
+        let start = |script: &Arc<Mutex<Samples>>| {
+            let mut runner = Runner::new(&args).unwrap();
+            runner.source = Box::new(Scripted(Arc::clone(script)));
+            runner
+        };
+        let served = || {
+            let config = EnvoyEcdsFile::new(&ecds, "cohort").read_config().unwrap();
+            (
+                config.rollouts["web"].weight_bp,
+                config.rollouts["api"].weight_bp,
+            )
+        };
+
+        // First cycle: the first step's weight goes into the file; thin data holds it.
+        let mut runner = start(&script);
+        let report = runner.cycle().await.unwrap();
+        assert_eq!((report.phase, report.weight_bp), (Phase::Progressing, 1000));
+        assert_eq!(served(), (1000, 42));
+        let report = runner.cycle().await.unwrap();
+        assert_eq!(report.phase, Phase::Progressing);
+        assert_eq!(
+            runner.status().unwrap().gates[0].verdict,
+            Verdict::Inconclusive
+        );
+
+        // A restarted run resumes from the status file, still at the first step.
+        drop(runner);
+        let mut runner = start(&script);
+        assert_eq!(runner.status().map(|s| s.weight_bp), Some(1000));
+        let report = runner.cycle().await.unwrap();
+        assert_eq!((report.phase, report.weight_bp), (Phase::Progressing, 1000));
+
+        // The canary fails: weight 0 in the file, and the run ends RolledBack.
+        *script.lock().unwrap() = Samples {
+            canary: traffic(100.0, 20.0),
+            stable: traffic(900.0, 0.0),
+        };
+        let outcome = runner.run(false, std::future::pending()).await;
+        assert_eq!(outcome, Outcome::RolledBack);
+        assert_eq!(served(), (0, 42));
+        let saved = load_status(&status_file).unwrap().unwrap();
+        assert_eq!((saved.phase, saved.weight_bp), (Phase::RolledBack, 0));
+
+        // Resuming a settled rollout re-asserts its weight and ends at once.
+        let outcome = start(&script).run(false, std::future::pending()).await;
+        assert_eq!(outcome, Outcome::RolledBack);
+
+        // A broken status file stops the run before it touches anything.
+        std::fs::write(&status_file, "{\"phase\": 7}").unwrap();
+        let error = Runner::new(&args).err().unwrap();
+        assert!(matches!(error, RunError::StatusFile { .. }), "{error}");
+        assert_eq!(error.exit_code(), 2);
+    }
+
+    #[tokio::test]
+    async fn custom_gates_need_prometheus_and_shutdown_interrupts() {
+        let dir = Dir(std::env::temp_dir().join(format!(
+            "cohort-standalone-custom-{}-{}",
+            std::process::id(),
+            Timestamp::now().as_nanosecond()
+        )));
+        std::fs::create_dir_all(&dir.0).unwrap();
+        let rollout_file = dir.0.join("rollout.yaml");
+        let custom = ROLLOUT.replace(
+            "gates: [{errorRate: {maxIncrease: 0.02}}]",
+            "gates: [{name: cpu, custom: {query: up, max: 1}}]",
+        );
+        std::fs::write(&rollout_file, custom).unwrap();
+        let mut args = RunArgs {
+            rollout: rollout_file,
+            envoy_ecds: Some(dir.0.join("missing.yaml")),
+            envoy_admin: Some("http://127.0.0.1:9".into()),
+            prometheus: None,
+            status_file: None,
+            once: false,
+        };
+        let error = Runner::new(&args).err().unwrap();
+        assert!(error.to_string().contains("cpu"), "{error}");
+        // With Prometheus it starts; the ECDS file is missing, so cycles fail and are retried
+        // until the shutdown future fires.
+        args.prometheus = Some("http://127.0.0.1:9".into());
+        let outcome = run(&args, tokio::time::sleep(Duration::from_millis(300)))
+            .await
+            .unwrap();
+        assert_eq!(outcome, Outcome::Interrupted);
+        args.once = true;
+        assert_eq!(
+            run(&args, std::future::pending()).await.unwrap(),
+            Outcome::Failed
+        );
+    }
+}
