@@ -66,7 +66,7 @@ pub fn kustomize(dir: &Path) -> Result<Vec<Value>> {
         .arg(dir)
         .output()
         .context(|| {
-            "running `kubectl kustomize` (install kubectl; Debian: apt-get install kubectl)"
+            "running `kubectl kustomize` (kubectl renders manifests/; install it and put it on PATH)"
                 .to_owned()
         })?;
     if !output.status.success() {
