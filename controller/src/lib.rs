@@ -7,8 +7,14 @@ pub mod crd;
 pub mod duration;
 pub mod evaluate;
 pub mod filter_config;
+#[cfg(test)]
+mod fixtures;
+pub mod http_server;
+pub mod leader;
+pub mod metrics;
 pub mod plan;
 pub mod query;
+pub mod reconciler;
 pub mod source;
 pub mod standalone;
 pub mod target;

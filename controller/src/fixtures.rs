@@ -1,0 +1,513 @@
+//! Test-only: a scripted Kubernetes API server (tower-test's mock service behind a real
+//! `kube::Client`), a fake metric source and a fixed clock.
+//!
+//! A test lists the requests it expects as [`Call`]s. [`ApiServer::expect`] answers them in
+//! order, asserting each one's method, path, query and the key parts of its body; a request
+//! out of script fails the test, a missing one fails it by timeout, and a request after the
+//! script blocks the reconcile until its timeout fails the test too.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+// Scripts are short lists built once per test: variant size does not matter.
+#![allow(clippy::large_enum_variant)]
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use http::{Method, Request, Response, StatusCode};
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::jiff::Timestamp;
+use kube::client::Body;
+use kube::Client;
+use serde_json::{json, Value};
+use tokio::task::JoinHandle;
+use tower_test::mock::{self, Handle};
+
+use crate::crd::{CanaryRollout, CanaryRolloutStatus};
+use crate::evaluate::Samples;
+use crate::reconciler::Clock;
+use crate::source::{BoxFuture, MetricSource, SeriesRequest};
+
+/// Namespace of the test rollout and its WasmPlugin.
+pub const NAMESPACE: &str = "shop";
+/// The test rollout's name.
+pub const ROLLOUT: &str = "checkout";
+/// The WasmPlugin the test rollout targets.
+pub const PLUGIN: &str = "cohort";
+/// Longest a scripted exchange may take before the test fails.
+pub const TIMEOUT: Duration = Duration::from_secs(2);
+
+const WASM_PLUGIN_PATH: &str =
+    "/apis/extensions.istio.io/v1alpha1/namespaces/shop/wasmplugins/cohort";
+const STATUS_PATH: &str =
+    "/apis/cohort.dev/v1alpha1/namespaces/shop/canaryrollouts/checkout/status";
+const EVENTS_PATH: &str = "/apis/events.k8s.io/v1/namespaces/shop/events";
+const LEASE_PATH: &str = "/apis/coordination.k8s.io/v1/namespaces/cohort-system/leases";
+
+/// One request the controller must make next, and the answer it gets.
+pub enum Call {
+    /// GET the WasmPlugin; it exists with this `spec.pluginConfig`.
+    GetWasmPlugin(Value),
+    /// GET the WasmPlugin; 404.
+    WasmPluginMissing,
+    /// Server-side apply on the WasmPlugin carrying our rollout at this weight.
+    ApplyWasmPlugin {
+        /// `pluginConfig.rollouts.checkout.weightBp` the body must carry.
+        weight_bp: u32,
+        /// Answer 409 (a field manager conflict) instead of 200.
+        conflict: bool,
+    },
+    /// Server-side apply of status; the check sees the status sent.
+    ApplyStatus(Box<dyn FnOnce(&CanaryRolloutStatus) + Send>),
+    /// POST an Event of this type (`Normal`/`Warning`) and reason.
+    Event(&'static str, &'static str),
+    /// GET the Lease `cohort-controller`; this is what it is (`None`: 404).
+    GetLease(Option<Lease>),
+    /// POST (create) the Lease held by this identity.
+    CreateLease(&'static str),
+    /// PUT (replace) the Lease held by this identity (`None`: released), sent with this
+    /// resourceVersion; answer 409 when `conflict`.
+    ReplaceLease {
+        /// Expected `holderIdentity`.
+        holder: Option<&'static str>,
+        /// Expected `metadata.resourceVersion`.
+        resource_version: &'static str,
+        /// Answer 409.
+        conflict: bool,
+    },
+}
+
+impl Call {
+    /// A status check, boxed.
+    pub fn status(check: impl FnOnce(&CanaryRolloutStatus) + Send + 'static) -> Call {
+        Call::ApplyStatus(Box::new(check))
+    }
+
+    /// Asserts `request` is this call and builds the answer.
+    async fn answer(self, request: Request<Body>) -> Response<Body> {
+        let (parts, body) = request.into_parts();
+        let bytes = body.collect_bytes().await.unwrap();
+        let body: Value = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes).unwrap()
+        };
+        let (method, path) = (parts.method.clone(), parts.uri.path().to_owned());
+        let query = parts.uri.query().unwrap_or_default().to_owned();
+        let seen = format!("{method} {path}?{query}");
+        match self {
+            Call::GetWasmPlugin(plugin_config) => {
+                assert_eq!(
+                    (method, path.as_str()),
+                    (Method::GET, WASM_PLUGIN_PATH),
+                    "{seen}"
+                );
+                ok(wasm_plugin(plugin_config))
+            }
+            Call::WasmPluginMissing => {
+                assert_eq!(
+                    (method, path.as_str()),
+                    (Method::GET, WASM_PLUGIN_PATH),
+                    "{seen}"
+                );
+                failure(
+                    StatusCode::NOT_FOUND,
+                    "NotFound",
+                    "wasmplugins.extensions.istio.io \"cohort\" not found",
+                )
+            }
+            Call::ApplyWasmPlugin {
+                weight_bp,
+                conflict,
+            } => {
+                assert_eq!(
+                    (method, path.as_str()),
+                    (Method::PATCH, WASM_PLUGIN_PATH),
+                    "{seen}"
+                );
+                assert!(
+                    query.contains("fieldManager=cohort.dev%2Fshop.checkout"),
+                    "{seen}"
+                );
+                assert!(
+                    !query.contains("force"),
+                    "WasmPlugin applies are never forced: {seen}"
+                );
+                assert_eq!(
+                    parts.headers.get(http::header::CONTENT_TYPE).unwrap(),
+                    "application/apply-patch+yaml"
+                );
+                check_wasm_plugin_apply(&body, weight_bp);
+                if conflict {
+                    failure(
+                        StatusCode::CONFLICT,
+                        "Conflict",
+                        "Apply failed with 1 conflict: conflict with \"kubectl\": .spec.pluginConfig.anonymous.mode",
+                    )
+                } else {
+                    ok(wasm_plugin(body["spec"]["pluginConfig"].clone()))
+                }
+            }
+            Call::ApplyStatus(check) => {
+                assert_eq!(
+                    (method, path.as_str()),
+                    (Method::PATCH, STATUS_PATH),
+                    "{seen}"
+                );
+                assert!(query.contains("force=true"), "{seen}");
+                assert!(query.contains("fieldManager=cohort-controller"), "{seen}");
+                assert_eq!(body["apiVersion"], "cohort.dev/v1alpha1");
+                assert_eq!(body["kind"], "CanaryRollout");
+                let status: CanaryRolloutStatus =
+                    serde_json::from_value(body["status"].clone()).unwrap();
+                check(&status);
+                let mut rollout = rollout_json();
+                rollout["status"] = body["status"].clone();
+                ok(rollout)
+            }
+            Call::Event(kind, reason) => {
+                assert_eq!(
+                    (method, path.as_str()),
+                    (Method::POST, EVENTS_PATH),
+                    "{seen}"
+                );
+                assert_eq!(
+                    (body["type"].as_str(), body["reason"].as_str()),
+                    (Some(kind), Some(reason)),
+                    "event {}",
+                    body["note"]
+                );
+                assert_eq!(body["regarding"]["kind"], "CanaryRollout");
+                assert_eq!(body["regarding"]["name"], ROLLOUT);
+                assert_eq!(body["reportingController"], "cohort-controller");
+                ok(body)
+            }
+            Call::GetLease(lease) => {
+                let expected = format!("{LEASE_PATH}/cohort-controller");
+                assert_eq!(
+                    (method, path.as_str()),
+                    (Method::GET, expected.as_str()),
+                    "{seen}"
+                );
+                match lease {
+                    Some(lease) => ok(serde_json::to_value(lease).unwrap()),
+                    None => failure(
+                        StatusCode::NOT_FOUND,
+                        "NotFound",
+                        "leases \"cohort-controller\" not found",
+                    ),
+                }
+            }
+            Call::CreateLease(holder) => {
+                assert_eq!(
+                    (method, path.as_str()),
+                    (Method::POST, LEASE_PATH),
+                    "{seen}"
+                );
+                assert_eq!(body["metadata"]["name"], "cohort-controller");
+                assert_eq!(body["spec"]["holderIdentity"], holder);
+                assert_eq!(body["spec"]["leaseDurationSeconds"], 15);
+                ok(body)
+            }
+            Call::ReplaceLease {
+                holder,
+                resource_version,
+                conflict,
+            } => {
+                let expected = format!("{LEASE_PATH}/cohort-controller");
+                assert_eq!(
+                    (method, path.as_str()),
+                    (Method::PUT, expected.as_str()),
+                    "{seen}"
+                );
+                assert_eq!(body["metadata"]["resourceVersion"], resource_version);
+                assert_eq!(body["spec"]["holderIdentity"].as_str(), holder);
+                if conflict {
+                    failure(
+                        StatusCode::CONFLICT,
+                        "Conflict",
+                        "the object has been modified",
+                    )
+                } else {
+                    ok(body)
+                }
+            }
+        }
+    }
+}
+
+/// The API server side of a mock client.
+pub struct ApiServer(Handle<Request<Body>, Response<Body>>);
+
+impl ApiServer {
+    /// Answers `calls` in order, then gives the handle back for the next script.
+    pub fn expect(self, calls: Vec<Call>) -> JoinHandle<ApiServer> {
+        let mut handle = self.0;
+        tokio::spawn(async move {
+            for (index, call) in calls.into_iter().enumerate() {
+                let (request, respond) = tokio::time::timeout(TIMEOUT, handle.next_request())
+                    .await
+                    .unwrap_or_else(|_| panic!("expected call #{index} never came"))
+                    .expect("the client is gone");
+                respond.send_response(call.answer(request).await);
+            }
+            ApiServer(handle)
+        })
+    }
+}
+
+/// A kube client talking to a scripted API server.
+pub fn mock_client() -> (Client, ApiServer) {
+    let (service, handle) = mock::pair::<Request<Body>, Response<Body>>();
+    (Client::new(service, "default"), ApiServer(handle))
+}
+
+/// Waits for a script to finish (every call made), failing on timeout.
+pub async fn finished(script: JoinHandle<ApiServer>) -> ApiServer {
+    tokio::time::timeout(TIMEOUT, script)
+        .await
+        .expect("the script did not finish: a call is missing")
+        .expect("the script failed")
+}
+
+fn ok(body: Value) -> Response<Body> {
+    Response::builder()
+        .status(StatusCode::OK)
+        .body(Body::from(serde_json::to_vec(&body).unwrap()))
+        .unwrap()
+}
+
+fn failure(code: StatusCode, reason: &str, message: &str) -> Response<Body> {
+    let status = json!({
+        "kind": "Status", "apiVersion": "v1", "metadata": {},
+        "status": "Failure", "message": message, "reason": reason, "code": code.as_u16()
+    });
+    Response::builder()
+        .status(code)
+        .body(Body::from(serde_json::to_vec(&status).unwrap()))
+        .unwrap()
+}
+
+/// The WasmPlugin as the API server would return it.
+pub fn wasm_plugin(plugin_config: Value) -> Value {
+    json!({
+        "apiVersion": "extensions.istio.io/v1alpha1",
+        "kind": "WasmPlugin",
+        "metadata": {"name": PLUGIN, "namespace": NAMESPACE, "resourceVersion": "7"},
+        "spec": {
+            "url": "oci://ghcr.io/example/cohort:1",
+            "match": [{"mode": "CLIENT"}],
+            "pluginConfig": plugin_config
+        }
+    })
+}
+
+fn rollout_json() -> Value {
+    json!({
+        "apiVersion": "cohort.dev/v1alpha1",
+        "kind": "CanaryRollout",
+        "metadata": {"name": ROLLOUT, "namespace": NAMESPACE},
+        "spec": {"target": {"wasmPlugin": {"name": PLUGIN}}, "hosts": ["checkout"]}
+    })
+}
+
+/// The apply body carries type, name and our `pluginConfig` fields only, at `weight_bp`, and
+/// fits Istio's WasmPlugin schema.
+fn check_wasm_plugin_apply(body: &Value, weight_bp: u32) {
+    assert_eq!(body["apiVersion"], "extensions.istio.io/v1alpha1");
+    assert_eq!(body["kind"], "WasmPlugin");
+    assert_eq!(
+        body["metadata"],
+        json!({"name": PLUGIN, "namespace": NAMESPACE})
+    );
+    let spec = body["spec"].as_object().unwrap();
+    assert_eq!(
+        spec.keys().collect::<Vec<_>>(),
+        ["pluginConfig"],
+        "only pluginConfig is applied"
+    );
+    let plugin_config = &body["spec"]["pluginConfig"];
+    let rollouts = plugin_config["rollouts"].as_object().unwrap();
+    assert_eq!(
+        rollouts.keys().collect::<Vec<_>>(),
+        [ROLLOUT],
+        "only our entry is applied"
+    );
+    assert_eq!(rollouts[ROLLOUT]["weightBp"], weight_bp);
+    assert_eq!(plugin_config["version"], 1);
+    // What we apply on its own is a config the filter accepts.
+    cohort_core::config::parse(&serde_json::to_vec(plugin_config).unwrap()).unwrap();
+    if let Some(schema) = wasm_plugin_schema() {
+        check_schema(schema, body, "");
+    }
+}
+
+/// Istio 1.30's WasmPlugin `openAPIV3Schema` from `../shared/schemas`; `None` (with a note)
+/// when that checkout is absent, except under `CI=true`, where its absence fails the test.
+fn wasm_plugin_schema() -> Option<&'static Value> {
+    static SCHEMA: OnceLock<Option<Value>> = OnceLock::new();
+    SCHEMA
+        .get_or_init(|| {
+            let path = concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../../shared/schemas/istio-wasmplugin-crd.yaml"
+            );
+            let text = match std::fs::read_to_string(path) {
+                Ok(text) => text,
+                Err(error) if std::env::var("CI").as_deref() != Ok("true") => {
+                    eprintln!("skipping the WasmPlugin schema check: {path}: {error}");
+                    return None;
+                }
+                Err(error) => panic!("{path}: {error} (required under CI=true)"),
+            };
+            let crd: Value = serde_saphyr::from_str(&text).unwrap();
+            assert_eq!(crd["spec"]["group"], crate::target::wasmplugin::GROUP);
+            assert_eq!(
+                crd["spec"]["names"]["kind"],
+                crate::target::wasmplugin::KIND
+            );
+            assert_eq!(
+                crd["spec"]["names"]["plural"],
+                crate::target::wasmplugin::PLURAL
+            );
+            let version = crd["spec"]["versions"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|v| v["name"] == crate::target::wasmplugin::VERSION)
+                .expect("the CRD has our version");
+            assert_eq!(version["served"], true, "our WasmPlugin version is served");
+            Some(version["schema"]["openAPIV3Schema"].clone())
+        })
+        .as_ref()
+}
+
+/// A structural check of a server-side apply body: every field is declared (or under
+/// `x-kubernetes-preserve-unknown-fields`), with the declared type and enum. `required` is not
+/// checked: an apply body is partial, the API server validates the merged object.
+fn check_schema(schema: &Value, value: &Value, path: &str) {
+    if let Some(kind) = schema["type"].as_str() {
+        let fits = match kind {
+            "object" => value.is_object(),
+            "array" => value.is_array(),
+            "string" => value.is_string(),
+            "integer" => value.is_i64() || value.is_u64(),
+            "number" => value.is_number(),
+            "boolean" => value.is_boolean(),
+            _ => true,
+        };
+        assert!(fits, "{path}: {value} is not of type {kind}");
+    }
+    if let Some(allowed) = schema["enum"].as_array() {
+        assert!(
+            allowed.contains(value),
+            "{path}: {value} is not one of {allowed:?}"
+        );
+    }
+    let open = schema["x-kubernetes-preserve-unknown-fields"] == true;
+    match value {
+        Value::Object(fields) => {
+            for (key, field) in fields {
+                let at = format!("{path}.{key}");
+                match schema["properties"].get(key) {
+                    Some(declared) => check_schema(declared, field, &at),
+                    // Every object has these at its root.
+                    None if path.is_empty()
+                        && ["apiVersion", "kind", "metadata"].contains(&key.as_str()) => {}
+                    None => assert!(open, "{at} is not in the schema"),
+                }
+            }
+        }
+        Value::Array(items) => {
+            for (i, item) in items.iter().enumerate() {
+                check_schema(&schema["items"], item, &format!("{path}[{i}]"));
+            }
+        }
+        _ => {}
+    }
+}
+
+/// A metric source answering canned samples and counting its calls.
+#[derive(Default)]
+pub struct CannedSource {
+    samples: Samples,
+    calls: AtomicUsize,
+}
+
+impl CannedSource {
+    /// Answers `samples` for every requested rollout.
+    pub fn new(samples: Samples) -> Arc<Self> {
+        Arc::new(CannedSource {
+            samples,
+            calls: AtomicUsize::new(0),
+        })
+    }
+
+    /// How often it was asked.
+    pub fn calls(&self) -> usize {
+        self.calls.load(Ordering::Relaxed)
+    }
+}
+
+impl MetricSource for CannedSource {
+    fn samples<'a>(
+        &'a self,
+        _window: Duration,
+        rollouts: &'a [SeriesRequest],
+    ) -> BoxFuture<'a, BTreeMap<String, Samples>> {
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        let answer = rollouts
+            .iter()
+            .map(|request| (request.rollout.clone(), self.samples.clone()))
+            .collect();
+        Box::pin(async move { answer })
+    }
+}
+
+/// A clock stopped at one instant.
+pub struct FixedClock(pub Timestamp);
+
+impl Clock for FixedClock {
+    fn now(&self) -> Timestamp {
+        self.0
+    }
+}
+
+/// A test rollout in namespace `shop`.
+pub fn rollout(
+    spec: crate::crd::CanaryRolloutSpec,
+    status: Option<CanaryRolloutStatus>,
+) -> CanaryRollout {
+    let mut rollout = CanaryRollout::new(ROLLOUT, spec);
+    rollout.metadata.namespace = Some(NAMESPACE.to_owned());
+    rollout.metadata.generation = Some(3);
+    rollout.metadata.uid = Some("0b1c2d3e".to_owned());
+    rollout.status = status;
+    rollout
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refuses(body: Value) -> String {
+        let Some(schema) = wasm_plugin_schema() else {
+            return "no schema here".to_owned();
+        };
+        let schema = schema.clone();
+        let panic = std::panic::catch_unwind(move || check_schema(&schema, &body, ""))
+            .expect_err("the schema check must refuse this body");
+        panic.downcast_ref::<String>().cloned().unwrap_or_default()
+    }
+
+    #[test]
+    fn the_schema_check_refuses_what_the_api_server_would() {
+        let typo =
+            json!({"apiVersion": "extensions.istio.io/v1alpha1", "spec": {"pluginConfg": {}}});
+        assert!(refuses(typo).contains(".spec.pluginConfg is not in the schema"));
+        let list = json!({"spec": {"pluginConfig": []}});
+        assert!(refuses(list).contains("is not of type object"));
+        let mode = json!({"spec": {"match": [{"mode": "SIDEWAYS"}]}});
+        assert!(refuses(mode).contains("is not one of"));
+    }
+}

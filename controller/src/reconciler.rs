@@ -1,0 +1,690 @@
+//! The in-cluster controller: kube-runtime's `Controller` watching CanaryRollouts, and a thin
+//! [`reconcile`] that fetches, calls the pure core, and applies the result.
+//!
+//! One reconcile:
+//! 1. fetch samples from the [`MetricSource`] and [`evaluate`] them, when the rollout is at a
+//!    step where the plan reads them;
+//! 2. [`plan`] the next status, weight, Events and requeue (with `now` from the [`Clock`]);
+//! 3. push the weight to the WasmPlugin ([`WasmPluginTarget`]);
+//! 4. write status by server-side apply on the status subresource;
+//! 5. publish the planned Events.
+//!
+//! Status is the source of truth, so the weight goes out before the status that records it: a
+//! failed push leaves status where it was (plus a `Degraded` condition and a Warning Event) and
+//! the reconcile is retried with backoff ([`error_policy`]); a failed status write after a push
+//! is re-planned from the old status, which leads to the same weight. A Fail therefore reaches
+//! the filter as weight 0 before anything else is written.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::watcher;
+use kube::{Client, Resource, ResourceExt};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::crd::{CanaryRollout, CanaryRolloutSpec, CanaryRolloutStatus, Phase, Target};
+use crate::duration;
+use crate::evaluate::{evaluate, Evaluation, Samples};
+use crate::filter_config::spec_to_filter_config;
+use crate::http_server::{self, Health};
+use crate::leader::{LeaderElector, LeaseSettings};
+use crate::metrics::Metrics;
+use crate::plan::{
+    plan, EventKind, Plan, PlanInput, PlannedEvent, CONDITION_DEGRADED, CONDITION_INVALID_SPEC,
+};
+use crate::source::{MetricSource, SeriesRequest};
+use crate::target::wasmplugin::{field_manager, WasmPluginTarget};
+use crate::target::TargetError;
+use crate::validate::validate_spec;
+
+/// Field manager of the status the controller writes (it owns all of status).
+pub const STATUS_FIELD_MANAGER: &str = "cohort-controller";
+/// `reportingController` of the controller's Events.
+pub const EVENT_REPORTER: &str = "cohort-controller";
+/// First retry after a failed reconcile; doubles per failure in a row.
+pub const RETRY_BASE: Duration = Duration::from_secs(5);
+/// Longest wait between retries.
+pub const RETRY_MAX: Duration = Duration::from_secs(300);
+/// The analysis window when the spec's interval is unreadable (the spec is then invalid).
+const FALLBACK_WINDOW: Duration = Duration::from_secs(30);
+/// Event notes are capped at 1 kB by the API.
+const MAX_EVENT_NOTE: usize = 1024;
+
+/// Why a reconcile (or the controller around it) failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The CanaryRollout came without a namespace, though its kind is namespaced.
+    #[error("CanaryRollout {0} has no namespace")]
+    MissingNamespace(String),
+    /// The filter config was not pushed; status was not advanced.
+    #[error("cannot push the filter config: {0}")]
+    Target(#[from] TargetError),
+    /// The status write failed; the weight may be pushed already, and the retry re-plans.
+    #[error("cannot write the status of CanaryRollout {rollout}: {source}")]
+    Status {
+        /// `namespace/name`.
+        rollout: String,
+        /// The API error.
+        #[source]
+        source: kube::Error,
+    },
+    /// Another Kubernetes API call failed (the leader Lease, for instance).
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    /// A socket could not be opened.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl Error {
+    /// Short fixed label for the reconcile error counter.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Error::MissingNamespace(_) => "metadata",
+            Error::Target(_) => "target",
+            Error::Status { .. } => "status",
+            Error::Kube(_) => "kube",
+            Error::Io { .. } => "io",
+        }
+    }
+}
+
+/// The controller's result type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Where the reconciler reads the time; tests fix it.
+pub trait Clock: Send + Sync {
+    /// The current time.
+    fn now(&self) -> Timestamp;
+}
+
+/// The system clock.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> Timestamp {
+        Timestamp::now()
+    }
+}
+
+/// What every reconcile shares.
+pub struct Context {
+    client: Client,
+    source: Arc<dyn MetricSource>,
+    clock: Arc<dyn Clock>,
+    recorder: Recorder,
+    metrics: Arc<Metrics>,
+    /// `None` without leader election; otherwise reconciles act only while it reads true.
+    leading: Option<watch::Receiver<bool>>,
+    /// Failed reconciles in a row, per rollout, for the retry backoff.
+    failures: Mutex<HashMap<(String, String), u32>>,
+}
+
+impl Context {
+    /// A context whose Events name `instance` (the pod name) as their reporting instance.
+    pub fn new(
+        client: Client,
+        source: Arc<dyn MetricSource>,
+        clock: Arc<dyn Clock>,
+        metrics: Arc<Metrics>,
+        instance: Option<String>,
+    ) -> Self {
+        let reporter = Reporter {
+            controller: EVENT_REPORTER.to_owned(),
+            instance,
+        };
+        Context {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            source,
+            clock,
+            metrics,
+            leading: None,
+            failures: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Reconciles act only while `leading` reads true: a fence for the moment between losing
+    /// the Lease and the watch shutting down.
+    pub fn with_leadership(mut self, leading: watch::Receiver<bool>) -> Self {
+        self.leading = Some(leading);
+        self
+    }
+
+    fn is_leading(&self) -> bool {
+        self.leading
+            .as_ref()
+            .is_none_or(|leading| *leading.borrow())
+    }
+
+    fn failures(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), u32>> {
+        self.failures.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Reconciles one CanaryRollout, as kube-runtime's `Controller` calls it.
+pub async fn reconcile(rollout: Arc<CanaryRollout>, ctx: Arc<Context>) -> Result<Action> {
+    let started = Instant::now();
+    let result = reconcile_rollout(&rollout, &ctx).await;
+    ctx.metrics.observe_reconcile(started.elapsed());
+    if result.is_ok() {
+        ctx.failures().remove(&key(&rollout));
+    }
+    result
+}
+
+/// Retries a failed reconcile with exponential backoff per rollout.
+pub fn error_policy(rollout: Arc<CanaryRollout>, error: &Error, ctx: Arc<Context>) -> Action {
+    let failures = {
+        let mut failures = ctx.failures();
+        let count = failures.entry(key(&rollout)).or_default();
+        *count = count.saturating_add(1);
+        *count
+    };
+    ctx.metrics.count_reconcile_error(error.metric_label());
+    let delay = retry_delay(failures);
+    tracing::warn!(
+        rollout = %rollout.name_any(),
+        namespace = rollout.namespace().unwrap_or_default(),
+        %error,
+        failures,
+        retry_in = ?delay,
+        "reconcile failed"
+    );
+    Action::requeue(delay)
+}
+
+/// `RETRY_BASE` doubled per failure in a row after the first, capped at `RETRY_MAX`.
+pub fn retry_delay(failures: u32) -> Duration {
+    let doublings = failures.saturating_sub(1).min(16);
+    RETRY_BASE.saturating_mul(1 << doublings).min(RETRY_MAX)
+}
+
+fn key(rollout: &CanaryRollout) -> (String, String) {
+    (rollout.namespace().unwrap_or_default(), rollout.name_any())
+}
+
+async fn reconcile_rollout(rollout: &CanaryRollout, ctx: &Context) -> Result<Action> {
+    if !ctx.is_leading() {
+        return Ok(Action::await_change());
+    }
+    let name = rollout.name_any();
+    let namespace = rollout
+        .namespace()
+        .ok_or_else(|| Error::MissingNamespace(name.clone()))?;
+    let now = ctx.clock.now();
+    let Some(target) = wasm_plugin_target(ctx, &rollout.spec, &namespace, &name) else {
+        return refuse_target(rollout, ctx, &namespace, &name, now).await;
+    };
+
+    let evaluation = if needs_samples(&rollout.spec, rollout.status.as_ref(), &name) {
+        Some(analyse(ctx, &rollout.spec, &namespace, &name).await)
+    } else {
+        None
+    };
+    let input = PlanInput {
+        rollout: name.clone(),
+        generation: rollout.metadata.generation,
+        evaluation,
+    };
+    let plan = plan(&rollout.spec, rollout.status.as_ref(), &input, now);
+
+    let served_bp = rollout.status.as_ref().map_or(0, |status| status.weight_bp);
+    if let Err(error) = push(&target, &rollout.spec, &name, &plan, served_bp).await {
+        record_push_failure(rollout, ctx, &namespace, &name, &error, now).await?;
+        return Err(error.into());
+    }
+    write_status(rollout, ctx, &namespace, &name, &plan.status).await?;
+    for event in &plan.events {
+        publish(rollout, ctx, event, "Reconcile").await;
+    }
+    ctx.metrics.observe_rollout(&namespace, &name, &plan.status);
+    Ok(Action::requeue(plan.requeue))
+}
+
+/// The WasmPlugin a spec targets (its namespace defaults to the rollout's); `None` for an ECDS
+/// file target, which only `cohort run` next to Envoy can serve.
+fn wasm_plugin_target(
+    ctx: &Context,
+    spec: &CanaryRolloutSpec,
+    namespace: &str,
+    name: &str,
+) -> Option<WasmPluginTarget> {
+    match &spec.target {
+        Target::WasmPlugin(plugin) => Some(WasmPluginTarget::new(
+            ctx.client.clone(),
+            plugin.namespace.as_deref().unwrap_or(namespace),
+            &plugin.name,
+            field_manager(namespace, name),
+        )),
+        Target::EnvoyEcds(_) => None,
+    }
+}
+
+/// Whether the plan will read this cycle's evaluation: only at a step of a live rollout with a
+/// valid spec (abort, promote, start and settled phases decide without samples).
+fn needs_samples(
+    spec: &CanaryRolloutSpec,
+    status: Option<&CanaryRolloutStatus>,
+    name: &str,
+) -> bool {
+    let Some(status) = status else {
+        return false;
+    };
+    !spec.abort
+        && !spec.promote
+        && matches!(status.phase, Phase::Progressing | Phase::Paused)
+        && status.step_index.is_some()
+        && validate_spec(spec, name).is_ok()
+}
+
+/// Canary against stable over the last analysis interval.
+async fn analyse(
+    ctx: &Context,
+    spec: &CanaryRolloutSpec,
+    namespace: &str,
+    name: &str,
+) -> Evaluation {
+    let analysis = &spec.analysis;
+    if analysis.gates.is_empty() {
+        // Time-only rollouts: nothing to read.
+        return evaluate(&[], analysis.min_samples, &Samples::default());
+    }
+    let window = duration::parse(&analysis.interval).unwrap_or(FALLBACK_WINDOW);
+    let request = SeriesRequest {
+        rollout: name.to_owned(),
+        namespace: namespace.to_owned(),
+        stable_version: spec.stable_version.clone(),
+        canary_version: spec.canary_version.clone(),
+        gates: analysis.gates.clone(),
+    };
+    let mut samples = ctx
+        .source
+        .samples(window, std::slice::from_ref(&request))
+        .await;
+    // No entry: no series for this rollout at all, which the gates judge as no data.
+    let samples = samples.remove(name).unwrap_or_default();
+    evaluate(&analysis.gates, analysis.min_samples, &samples)
+}
+
+/// Makes the filter serve the plan's weight. A spec too broken to build the filter entry from
+/// holds what is served (the plan says `InvalidSpec`), except for an abort, which sets the live
+/// entry to 0.
+async fn push(
+    target: &WasmPluginTarget,
+    spec: &CanaryRolloutSpec,
+    name: &str,
+    plan: &Plan,
+    served_bp: u32,
+) -> Result<(), TargetError> {
+    match spec_to_filter_config(spec, name, plan.weight_bp) {
+        Ok(config) => target.push(name, &config).await.map(|_| ()),
+        Err(_) if plan.weight_bp == 0 && served_bp > 0 => target.withdraw(name).await.map(|_| ()),
+        Err(_) => Ok(()),
+    }
+}
+
+/// Status stays where it was; a `Degraded` condition says why the push failed, and a Warning
+/// Event announces it when the condition turns on or changes reason.
+async fn record_push_failure(
+    rollout: &CanaryRollout,
+    ctx: &Context,
+    namespace: &str,
+    name: &str,
+    error: &TargetError,
+    now: Timestamp,
+) -> Result<()> {
+    let reason = match error {
+        TargetError::NotFound(_) => "TargetNotFound",
+        TargetError::Conflict(_) => "TargetConflict",
+        TargetError::Invalid(_) => "InvalidFilterConfig",
+        TargetError::Unavailable(_) => "TargetUnavailable",
+    };
+    let message = format!("the weight was not pushed, status is unchanged: {error}");
+    let mut status = rollout.status.clone().unwrap_or_default();
+    let announce = set_condition(
+        &mut status.conditions,
+        CONDITION_DEGRADED,
+        reason,
+        &message,
+        rollout.metadata.generation,
+        now,
+    );
+    write_status(rollout, ctx, namespace, name, &status).await?;
+    if announce {
+        let event = PlannedEvent {
+            kind: EventKind::Warning,
+            reason: reason.to_owned(),
+            message,
+        };
+        publish(rollout, ctx, &event, "Push").await;
+    }
+    Ok(())
+}
+
+/// An ECDS file target in the cluster: `InvalidSpec` naming the field, once announced, and no
+/// further action until the spec changes.
+async fn refuse_target(
+    rollout: &CanaryRollout,
+    ctx: &Context,
+    namespace: &str,
+    name: &str,
+    now: Timestamp,
+) -> Result<Action> {
+    let message = "spec.target.envoyEcds: an Envoy ECDS file is served by `cohort run` next to \
+                   Envoy; in a cluster, target a WasmPlugin (spec.target.wasmPlugin)";
+    let mut status = rollout.status.clone().unwrap_or_default();
+    let announce = set_condition(
+        &mut status.conditions,
+        CONDITION_INVALID_SPEC,
+        "InvalidSpec",
+        message,
+        rollout.metadata.generation,
+        now,
+    );
+    status.message = Some(message.to_owned());
+    status.observed_generation = rollout.metadata.generation;
+    write_status(rollout, ctx, namespace, name, &status).await?;
+    if announce {
+        let event = PlannedEvent {
+            kind: EventKind::Warning,
+            reason: "InvalidSpec".to_owned(),
+            message: message.to_owned(),
+        };
+        publish(rollout, ctx, &event, "Reconcile").await;
+    }
+    ctx.metrics.observe_rollout(namespace, name, &status);
+    Ok(Action::await_change())
+}
+
+/// Sets condition `kind` to True with `reason`; returns whether it was not True with that reason
+/// before (so it is worth an Event).
+fn set_condition(
+    conditions: &mut Vec<Condition>,
+    kind: &str,
+    reason: &str,
+    message: &str,
+    generation: Option<i64>,
+    now: Timestamp,
+) -> bool {
+    let now = Time(Timestamp::from_second(now.as_second()).unwrap_or(now));
+    match conditions.iter_mut().find(|c| c.type_ == kind) {
+        Some(condition) => {
+            let news = condition.status != "True" || condition.reason != reason;
+            if condition.status != "True" {
+                condition.last_transition_time = now;
+            }
+            condition.status = "True".to_owned();
+            condition.reason = reason.to_owned();
+            condition.message = message.to_owned();
+            condition.observed_generation = generation;
+            news
+        }
+        None => {
+            conditions.push(Condition {
+                type_: kind.to_owned(),
+                status: "True".to_owned(),
+                reason: reason.to_owned(),
+                message: message.to_owned(),
+                last_transition_time: now,
+                observed_generation: generation,
+            });
+            true
+        }
+    }
+}
+
+/// Server-side applies `status` on the status subresource, unless it is what is stored. Forced:
+/// the controller is the only writer of status (the CLI's verbs set spec fields), so a stray
+/// manager that touched status must not wedge it.
+async fn write_status(
+    rollout: &CanaryRollout,
+    ctx: &Context,
+    namespace: &str,
+    name: &str,
+    status: &CanaryRolloutStatus,
+) -> Result<()> {
+    if rollout.status.as_ref() == Some(status) {
+        return Ok(());
+    }
+    let body = serde_json::json!({
+        "apiVersion": CanaryRollout::api_version(&()),
+        "kind": CanaryRollout::kind(&()),
+        "status": status,
+    });
+    let api: Api<CanaryRollout> = Api::namespaced(ctx.client.clone(), namespace);
+    let params = PatchParams::apply(STATUS_FIELD_MANAGER).force();
+    api.patch_status(name, &params, &Patch::Apply(&body))
+        .await
+        .map_err(|source| Error::Status {
+            rollout: format!("{namespace}/{name}"),
+            source,
+        })?;
+    Ok(())
+}
+
+/// Publishes an Event on the rollout. Events are best effort: a failure is logged, never fails
+/// the reconcile (a retry would re-plan from the new status and not plan the Event again).
+async fn publish(rollout: &CanaryRollout, ctx: &Context, event: &PlannedEvent, action: &str) {
+    let mut note = event.message.clone();
+    if note.len() > MAX_EVENT_NOTE {
+        let mut cut = MAX_EVENT_NOTE;
+        while !note.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        note.truncate(cut);
+    }
+    let published = ctx
+        .recorder
+        .publish(
+            &Event {
+                type_: match event.kind {
+                    EventKind::Normal => EventType::Normal,
+                    EventKind::Warning => EventType::Warning,
+                },
+                reason: event.reason.clone(),
+                note: Some(note),
+                action: action.to_owned(),
+                secondary: None,
+            },
+            &rollout.object_ref(&()),
+        )
+        .await;
+    if let Err(error) = published {
+        tracing::warn!(rollout = %rollout.name_any(), reason = %event.reason, %error, "cannot publish Event");
+    }
+}
+
+/// How the in-cluster controller runs.
+#[derive(Debug, Clone)]
+pub struct ControllerSettings {
+    /// Where `/metrics`, `/healthz` and `/readyz` listen.
+    pub metrics_address: SocketAddr,
+    /// The Lease to lead by; `None` runs without leader election (one replica only).
+    pub leader_election: Option<LeaseSettings>,
+    /// This replica's name (pod name), for Events.
+    pub instance: Option<String>,
+}
+
+/// Runs the controller until SIGTERM or ctrl-c: the HTTP endpoints, the leader elector (when
+/// enabled), and the CanaryRollout watch while this replica leads. In-flight reconciles finish
+/// before it returns, and the Lease is released.
+pub async fn run_controller(
+    client: Client,
+    source: Arc<dyn MetricSource>,
+    settings: ControllerSettings,
+) -> Result<()> {
+    let metrics = Arc::new(Metrics::default());
+    let health = Arc::new(Health::new(settings.leader_election.is_some()));
+    let (stop_sender, stop) = watch::channel(false);
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        tracing::info!("shutting down: finishing in-flight reconciles");
+        stop_sender.send_replace(true);
+    });
+
+    let listener = TcpListener::bind(settings.metrics_address)
+        .await
+        .map_err(|source| Error::Io {
+            context: format!("cannot listen on {}", settings.metrics_address),
+            source,
+        })?;
+    tracing::info!(address = %settings.metrics_address, "serving /metrics, /healthz and /readyz");
+    let server = tokio::spawn(http_server::serve(
+        listener,
+        metrics.clone(),
+        health.clone(),
+        became(stop.clone(), true),
+    ));
+
+    let context = Context::new(
+        client.clone(),
+        source,
+        Arc::new(SystemClock),
+        metrics.clone(),
+        settings.instance.clone(),
+    );
+    match settings.leader_election {
+        None => {
+            metrics.set_leader(true);
+            let context = Arc::new(context);
+            watch_rollouts(
+                &client,
+                context,
+                &health,
+                &metrics,
+                became(stop.clone(), true),
+            )
+            .await;
+        }
+        Some(lease) => {
+            tracing::info!(lease = %lease.name, namespace = %lease.namespace, identity = %lease.identity, "leader election on");
+            let (leading_sender, leading) = watch::channel(false);
+            let context = Arc::new(context.with_leadership(leading.clone()));
+            let report = {
+                let (health, metrics) = (health.clone(), metrics.clone());
+                move |holds: bool| {
+                    health.set_leading(holds);
+                    metrics.set_leader(holds);
+                }
+            };
+            let elector = LeaderElector::new(client.clone(), lease);
+            let elector = tokio::spawn(elector.run(leading_sender, stop.clone(), report));
+            loop {
+                tokio::select! {
+                    () = became(leading.clone(), true) => {}
+                    () = became(stop.clone(), true) => {}
+                }
+                if *stop.borrow() || !*leading.borrow() {
+                    break;
+                }
+                let until = {
+                    let (leading, stop) = (leading.clone(), stop.clone());
+                    async move {
+                        tokio::select! {
+                            () = became(leading, false) => tracing::info!("lost the Lease: stopping the watch"),
+                            () = became(stop, true) => {}
+                        }
+                    }
+                };
+                watch_rollouts(&client, context.clone(), &health, &metrics, until).await;
+            }
+            if let Err(error) = elector.await {
+                tracing::warn!(%error, "the leader elector ended abnormally");
+            }
+        }
+    }
+    match server.await {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => tracing::warn!(%error, "the HTTP server failed"),
+        Err(error) => tracing::warn!(%error, "the HTTP server ended abnormally"),
+    }
+    Ok(())
+}
+
+/// Watches CanaryRollouts and reconciles them until `until` completes (then lets in-flight
+/// reconciles finish).
+async fn watch_rollouts(
+    client: &Client,
+    context: Arc<Context>,
+    health: &Arc<Health>,
+    metrics: &Metrics,
+    until: impl Future<Output = ()> + Send + Sync + 'static,
+) {
+    let controller = Controller::new(
+        Api::<CanaryRollout>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .graceful_shutdown_on(until);
+    let store = controller.store();
+    let ready = {
+        let (store, health) = (store.clone(), health.clone());
+        tokio::spawn(async move {
+            if store.wait_until_ready().await.is_ok() {
+                tracing::info!("watching CanaryRollouts");
+                health.set_watching(true);
+            }
+        })
+    };
+    controller
+        .run(reconcile, error_policy, context)
+        .for_each(|result| {
+            if let Err(error) = result {
+                // Reconcile failures are logged by error_policy; these are watch/queue errors.
+                tracing::debug!(%error, "controller");
+            }
+            // Deleted rollouts leave the store: drop their series.
+            metrics.retain_rollouts(|namespace, name| {
+                store.get(&ObjectRef::new(name).within(namespace)).is_some()
+            });
+            futures::future::ready(())
+        })
+        .await;
+    ready.abort();
+    health.set_watching(false);
+}
+
+/// Completes once `flag` reads `value` (or its sender is gone).
+async fn became(mut flag: watch::Receiver<bool>, value: bool) {
+    let _ = flag.wait_for(|current| *current == value).await;
+}
+
+/// SIGTERM (kubelet stopping the pod) or ctrl-c.
+async fn shutdown_signal() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cannot listen for SIGTERM; only ctrl-c stops the controller");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = terminate => {}
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,772 @@
+//! Scripted API-server tests of the reconciler: every request it makes is asserted, in order.
+
+use std::sync::Mutex;
+
+use serde_json::{json, Value};
+
+use super::*;
+use crate::crd::{EnvoyEcdsTarget, ErrorRateGate, GateCheck, GateSpec, Step, Verdict};
+use crate::evaluate::{Observed, VersionSamples};
+use crate::fixtures::{
+    finished, mock_client, rollout, ApiServer, Call, CannedSource, FixedClock, ROLLOUT, TIMEOUT,
+};
+use crate::plan::{CONDITION_PAUSED, CONDITION_READY};
+use crate::target::wasmplugin::owned_fields;
+use crate::validate::tests::minimal_spec;
+
+/// The reconciles happen at `t(NOW)`.
+const NOW: i64 = 1_000;
+
+fn t(seconds: i64) -> Timestamp {
+    Timestamp::from_second(1_800_000_000 + seconds).unwrap()
+}
+
+/// Steps 1, 5, 25 (bake 1m each) then 100; interval 30s; one error-rate gate, 100 samples.
+fn spec() -> CanaryRolloutSpec {
+    let mut spec = minimal_spec();
+    spec.steps = vec![
+        Step::new(1.0, "1m"),
+        Step::new(5.0, "1m"),
+        Step::new(25.0, "1m"),
+        Step::new(100.0, "1m"),
+    ];
+    spec.analysis.gates = vec![GateSpec::new(GateCheck::ErrorRate(ErrorRateGate {
+        max_increase: 0.01,
+        max_rate: None,
+    }))];
+    spec
+}
+
+fn traffic(canary: (f64, f64), stable: (f64, f64)) -> Samples {
+    let version = |(requests, errors): (f64, f64)| VersionSamples {
+        requests: Observed::Value(requests),
+        server_errors: Observed::Value(errors),
+        ..VersionSamples::default()
+    };
+    Samples {
+        canary: version(canary),
+        stable: version(stable),
+    }
+}
+
+/// Canary 0.1% errors, stable 0.1%.
+fn healthy() -> Samples {
+    traffic((1_000.0, 1.0), (10_000.0, 10.0))
+}
+
+/// Canary 10% errors, stable 0.1%.
+fn failing() -> Samples {
+    traffic((1_000.0, 100.0), (10_000.0, 10.0))
+}
+
+/// Canary below the sample minimum.
+fn thin() -> Samples {
+    traffic((10.0, 0.0), (10_000.0, 10.0))
+}
+
+/// Every query failed.
+fn unreadable() -> Samples {
+    let failed = VersionSamples {
+        requests: Observed::Failed("connection refused".into()),
+        server_errors: Observed::Failed("connection refused".into()),
+        ..VersionSamples::default()
+    };
+    Samples {
+        canary: failed.clone(),
+        stable: failed,
+    }
+}
+
+fn progressing(step: u32, weight_bp: u32, started_ago: i64) -> CanaryRolloutStatus {
+    CanaryRolloutStatus {
+        phase: Phase::Progressing,
+        step_index: Some(step),
+        weight_bp,
+        step_started_at: Some(Time(t(NOW - started_ago))),
+        ..CanaryRolloutStatus::default()
+    }
+}
+
+/// The WasmPlugin's live `pluginConfig`: another rollout (`search`) and ours at `weight_bp`
+/// (`None`: ours not there yet), as our earlier applies left it.
+fn live(weight_bp: Option<u32>) -> Value {
+    let search =
+        json!({"hosts": ["search"], "weightBp": 100, "stableVersion": "v1", "canaryVersion": "v2"});
+    let mut config = json!({"version": 1, "rollouts": {"search": search}});
+    if let Some(weight_bp) = weight_bp {
+        let ours = owned_fields(
+            ROLLOUT,
+            &spec_to_filter_config(&spec(), ROLLOUT, weight_bp).unwrap(),
+        )
+        .unwrap();
+        config = crate::target::wasmplugin::merge(&config, &ours);
+    }
+    config
+}
+
+fn condition<'s>(status: &'s CanaryRolloutStatus, kind: &str) -> &'s Condition {
+    status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == kind)
+        .unwrap_or_else(|| panic!("no {kind} condition in {status:?}"))
+}
+
+/// A reconciler wired to a scripted API server, a canned metric source and a fixed clock.
+struct Harness {
+    ctx: Arc<Context>,
+    server: Option<ApiServer>,
+    source: Arc<CannedSource>,
+}
+
+impl Harness {
+    fn new(samples: Samples) -> Self {
+        Self::at(samples, t(NOW))
+    }
+
+    fn at(samples: Samples, now: Timestamp) -> Self {
+        let (client, server) = mock_client();
+        let source = CannedSource::new(samples);
+        let ctx = Context::new(
+            client,
+            source.clone(),
+            Arc::new(FixedClock(now)),
+            Arc::new(Metrics::default()),
+            Some("cohort-controller-0".into()),
+        );
+        Harness {
+            ctx: Arc::new(ctx),
+            server: Some(server),
+            source,
+        }
+    }
+
+    /// Reconciles `rollout` against the script; fails if a call is missing or unscripted.
+    async fn reconcile(&mut self, rollout: CanaryRollout, calls: Vec<Call>) -> Result<Action> {
+        let script = self.server.take().unwrap().expect(calls);
+        let result = tokio::time::timeout(TIMEOUT, reconcile(Arc::new(rollout), self.ctx.clone()))
+            .await
+            .expect("the reconcile hung: it made a call the script does not answer");
+        self.server = Some(finished(script).await);
+        result
+    }
+}
+
+/// Keeps what a status check saw, for the next reconcile.
+fn keep(slot: &Arc<Mutex<Option<CanaryRolloutStatus>>>) -> impl Fn(&CanaryRolloutStatus) {
+    let slot = slot.clone();
+    move |status| *slot.lock().unwrap() = Some(status.clone())
+}
+
+#[tokio::test]
+async fn first_reconcile_starts_on_a_shared_wasm_plugin() {
+    let mut harness = Harness::new(healthy());
+    let action = harness
+        .reconcile(
+            rollout(spec(), None),
+            vec![
+                Call::GetWasmPlugin(live(None)),
+                Call::ApplyWasmPlugin {
+                    weight_bp: 100,
+                    conflict: false,
+                },
+                Call::status(|status| {
+                    assert_eq!(status.phase, Phase::Progressing);
+                    assert_eq!((status.step_index, status.weight_bp), (Some(0), 100));
+                    assert_eq!(status.step_started_at, Some(Time(t(NOW))));
+                    assert_eq!(status.observed_generation, Some(3));
+                }),
+                Call::Event("Normal", "Started"),
+            ],
+        )
+        .await
+        .unwrap();
+    assert_eq!(action, Action::requeue(Duration::from_secs(30)));
+    assert_eq!(harness.source.calls(), 0, "starting needs no samples");
+}
+
+#[tokio::test]
+async fn step_advances_after_bake_with_passing_gates() {
+    let mut harness = Harness::new(healthy());
+    let action = harness
+        .reconcile(
+            rollout(spec(), Some(progressing(0, 100, 120))),
+            vec![
+                Call::GetWasmPlugin(live(Some(100))),
+                Call::ApplyWasmPlugin {
+                    weight_bp: 500,
+                    conflict: false,
+                },
+                Call::status(|status| {
+                    assert_eq!(status.phase, Phase::Progressing);
+                    assert_eq!((status.step_index, status.weight_bp), (Some(1), 500));
+                    assert_eq!(status.step_started_at, Some(Time(t(NOW))));
+                    assert_eq!(status.gates.len(), 1);
+                    assert_eq!(status.gates[0].verdict, Verdict::Pass);
+                    assert_eq!(status.last_analysis_at, Some(Time(t(NOW))));
+                    let entry = status.history.last().unwrap();
+                    assert_eq!((entry.from_step, entry.to_step), (Some(0), Some(1)));
+                }),
+                Call::Event("Normal", "StepAdvanced"),
+            ],
+        )
+        .await
+        .unwrap();
+    assert_eq!(action, Action::requeue(Duration::from_secs(30)));
+    assert_eq!(harness.source.calls(), 1);
+}
+
+#[tokio::test]
+async fn a_failing_gate_pushes_weight_zero_at_once() {
+    let mut harness = Harness::new(failing());
+    // Ten seconds into the step: a Fail does not wait for the bake.
+    let action = harness
+        .reconcile(
+            rollout(spec(), Some(progressing(1, 500, 10))),
+            vec![
+                Call::GetWasmPlugin(live(Some(500))),
+                Call::ApplyWasmPlugin {
+                    weight_bp: 0,
+                    conflict: false,
+                },
+                Call::status(|status| {
+                    assert_eq!(status.phase, Phase::RolledBack);
+                    assert_eq!(status.weight_bp, 0);
+                    assert_eq!(status.gates[0].verdict, Verdict::Fail);
+                    assert_eq!(condition(status, CONDITION_DEGRADED).status, "True");
+                    assert_eq!(condition(status, CONDITION_DEGRADED).reason, "RolledBack");
+                }),
+                Call::Event("Warning", "RolledBack"),
+            ],
+        )
+        .await
+        .unwrap();
+    assert_eq!(action, Action::requeue(crate::plan::SETTLED_REQUEUE));
+}
+
+#[tokio::test]
+async fn inconclusive_gates_hold_without_touching_the_wasm_plugin() {
+    let mut harness = Harness::new(thin());
+    harness
+        .reconcile(
+            rollout(spec(), Some(progressing(1, 500, 120))),
+            vec![
+                Call::GetWasmPlugin(live(Some(500))),
+                Call::status(|status| {
+                    assert_eq!(status.phase, Phase::Progressing);
+                    assert_eq!((status.step_index, status.weight_bp), (Some(1), 500));
+                    assert_eq!(status.gates[0].verdict, Verdict::Inconclusive);
+                    assert_eq!(status.no_data_since, Some(Time(t(NOW))));
+                }),
+            ],
+        )
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn query_errors_hold_and_are_counted() {
+    let mut harness = Harness::new(unreadable());
+    harness
+        .reconcile(
+            rollout(spec(), Some(progressing(1, 500, 120))),
+            vec![
+                Call::GetWasmPlugin(live(Some(500))),
+                Call::status(|status| {
+                    assert_eq!((status.step_index, status.weight_bp), (Some(1), 500));
+                    assert_eq!(status.gates[0].verdict, Verdict::Error);
+                    assert_eq!(status.consecutive_errors, 1);
+                    assert_eq!(condition(status, CONDITION_DEGRADED).status, "False");
+                }),
+            ],
+        )
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn pause_and_resume_hold_the_weight() {
+    let mut paused_spec = spec();
+    paused_spec.paused = true;
+    let paused = Arc::new(Mutex::new(None));
+    let mut harness = Harness::new(healthy());
+    harness
+        .reconcile(
+            // Ten seconds into the step: resuming does not also advance.
+            rollout(paused_spec, Some(progressing(1, 500, 10))),
+            vec![
+                Call::GetWasmPlugin(live(Some(500))),
+                Call::status({
+                    let keep = keep(&paused);
+                    move |status| {
+                        assert_eq!(status.phase, Phase::Paused);
+                        assert_eq!((status.step_index, status.weight_bp), (Some(1), 500));
+                        assert_eq!(condition(status, CONDITION_PAUSED).status, "True");
+                        keep(status);
+                    }
+                }),
+                Call::Event("Normal", "Paused"),
+            ],
+        )
+        .await
+        .unwrap();
+
+    let paused = paused.lock().unwrap().take().unwrap();
+    harness
+        .reconcile(
+            rollout(spec(), Some(paused)),
+            vec![
+                Call::GetWasmPlugin(live(Some(500))),
+                Call::status(|status| {
+                    assert_eq!(status.phase, Phase::Progressing);
+                    assert_eq!((status.step_index, status.weight_bp), (Some(1), 500));
+                    assert_eq!(condition(status, CONDITION_PAUSED).status, "False");
+                }),
+                Call::Event("Normal", "Resumed"),
+            ],
+        )
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn promote_pushes_full_weight_without_analysis() {
+    let mut promoted = spec();
+    promoted.promote = true;
+    let mut harness = Harness::new(healthy());
+    harness
+        .reconcile(
+            rollout(promoted, Some(progressing(1, 500, 10))),
+            vec![
+                Call::GetWasmPlugin(live(Some(500))),
+                Call::ApplyWasmPlugin {
+                    weight_bp: 10_000,
+                    conflict: false,
+                },
+                Call::status(|status| {
+                    assert_eq!(status.phase, Phase::Promoted);
+                    assert_eq!((status.step_index, status.weight_bp), (Some(3), 10_000));
+                    assert_eq!(condition(status, CONDITION_READY).status, "True");
+                }),
+                Call::Event("Normal", "Promoted"),
+            ],
+        )
+        .await
+        .unwrap();
+    assert_eq!(harness.source.calls(), 0);
+}
+
+#[tokio::test]
+async fn abort_pushes_weight_zero() {
+    let mut aborted = spec();
+    aborted.abort = true;
+    let mut harness = Harness::new(healthy());
+    harness
+        .reconcile(
+            rollout(aborted, Some(progressing(2, 2_500, 10))),
+            vec![
+                Call::GetWasmPlugin(live(Some(2_500))),
+                Call::ApplyWasmPlugin {
+                    weight_bp: 0,
+                    conflict: false,
+                },
+                Call::status(|status| {
+                    assert_eq!((status.phase, status.weight_bp), (Phase::Aborted, 0));
+                }),
+                Call::Event("Warning", "Aborted"),
+            ],
+        )
+        .await
+        .unwrap();
+    assert_eq!(harness.source.calls(), 0);
+}
+
+#[tokio::test]
+async fn abort_with_a_broken_spec_zeroes_the_live_entry() {
+    let mut broken = spec();
+    broken.abort = true;
+    broken.hosts = vec!["Bad Host".into()];
+    let mut harness = Harness::new(healthy());
+    harness
+        .reconcile(
+            rollout(broken, Some(progressing(1, 500, 10))),
+            vec![
+                Call::GetWasmPlugin(live(Some(500))),
+                Call::ApplyWasmPlugin {
+                    weight_bp: 0,
+                    conflict: false,
+                },
+                Call::status(|status| {
+                    assert_eq!((status.phase, status.weight_bp), (Phase::Aborted, 0));
+                    assert_eq!(condition(status, CONDITION_INVALID_SPEC).status, "True");
+                }),
+                Call::Event("Warning", "Aborted"),
+                Call::Event("Warning", "InvalidSpec"),
+            ],
+        )
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_restarted_controller_resumes_the_step_in_status() {
+    // Twenty seconds into step 2 of 4 (5%) when the controller restarts: it neither repeats
+    // step 1 nor jumps ahead; the bake keeps its start.
+    let status = progressing(1, 500, 20);
+    let kept = Arc::new(Mutex::new(None));
+    let mut restarted = Harness::new(healthy());
+    restarted
+        .reconcile(
+            rollout(spec(), Some(status)),
+            vec![
+                Call::GetWasmPlugin(live(Some(500))),
+                Call::status({
+                    let keep = keep(&kept);
+                    move |status| {
+                        assert_eq!((status.step_index, status.weight_bp), (Some(1), 500));
+                        assert_eq!(status.step_started_at, Some(Time(t(NOW - 20))));
+                        keep(status);
+                    }
+                }),
+            ],
+        )
+        .await
+        .unwrap();
+
+    // Once the bake is over the next step is 25%, entered exactly once.
+    let status = kept.lock().unwrap().take().unwrap();
+    let mut later = Harness::at(healthy(), t(NOW + 60));
+    later
+        .reconcile(
+            rollout(spec(), Some(status)),
+            vec![
+                Call::GetWasmPlugin(live(Some(500))),
+                Call::ApplyWasmPlugin {
+                    weight_bp: 2_500,
+                    conflict: false,
+                },
+                Call::status(|status| {
+                    assert_eq!((status.step_index, status.weight_bp), (Some(2), 2_500));
+                    let advances = status
+                        .history
+                        .iter()
+                        .filter(|entry| entry.reason == "StepAdvanced")
+                        .count();
+                    assert_eq!(advances, 1);
+                }),
+                Call::Event("Normal", "StepAdvanced"),
+            ],
+        )
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_settled_rollout_with_unchanged_status_writes_nothing() {
+    let mut spec = spec();
+    spec.promote = true;
+    let promoted = CanaryRolloutStatus {
+        phase: Phase::Promoted,
+        step_index: Some(3),
+        weight_bp: 10_000,
+        ..CanaryRolloutStatus::default()
+    };
+    let input = PlanInput {
+        rollout: ROLLOUT.into(),
+        generation: Some(3),
+        evaluation: None,
+    };
+    let settled = plan(&spec, Some(&promoted), &input, t(NOW)).status;
+    let mut harness = Harness::new(healthy());
+    harness
+        .reconcile(
+            rollout(spec, Some(settled)),
+            vec![Call::GetWasmPlugin(live(Some(10_000)))],
+        )
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_missing_wasm_plugin_leaves_status_where_it_was() {
+    let mut harness = Harness::new(healthy());
+    let rollout = rollout(spec(), Some(progressing(0, 100, 120)));
+    let error = harness
+        .reconcile(
+            rollout.clone(),
+            vec![
+                Call::WasmPluginMissing,
+                Call::status(|status| {
+                    assert_eq!(status.phase, Phase::Progressing);
+                    assert_eq!((status.step_index, status.weight_bp), (Some(0), 100));
+                    assert_eq!(
+                        status.gates,
+                        Vec::new(),
+                        "the analysis is not recorded either"
+                    );
+                    let degraded = condition(status, CONDITION_DEGRADED);
+                    assert_eq!(
+                        (degraded.status.as_str(), degraded.reason.as_str()),
+                        ("True", "TargetNotFound")
+                    );
+                    assert!(
+                        degraded
+                            .message
+                            .contains("WasmPlugin shop/cohort not found"),
+                        "{}",
+                        degraded.message
+                    );
+                }),
+                Call::Event("Warning", "TargetNotFound"),
+            ],
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(error, Error::Target(TargetError::NotFound(_))),
+        "{error}"
+    );
+    // Retried with backoff, growing per failure in a row.
+    let ctx = harness.ctx.clone();
+    let rollout = Arc::new(rollout);
+    assert_eq!(
+        error_policy(rollout.clone(), &error, ctx.clone()),
+        Action::requeue(Duration::from_secs(5))
+    );
+    assert_eq!(
+        error_policy(rollout, &error, ctx),
+        Action::requeue(Duration::from_secs(10))
+    );
+}
+
+#[tokio::test]
+async fn a_conflict_is_reported_then_the_retry_succeeds() {
+    let mut harness = Harness::new(healthy());
+    let first = rollout(spec(), Some(progressing(0, 100, 120)));
+    let degraded = Arc::new(Mutex::new(None));
+    let error = harness
+        .reconcile(
+            first.clone(),
+            vec![
+                Call::GetWasmPlugin(live(Some(100))),
+                Call::ApplyWasmPlugin {
+                    weight_bp: 500,
+                    conflict: true,
+                },
+                Call::status({
+                    let keep = keep(&degraded);
+                    move |status| {
+                        assert_eq!((status.step_index, status.weight_bp), (Some(0), 100));
+                        let condition = condition(status, CONDITION_DEGRADED);
+                        assert_eq!(condition.reason, "TargetConflict");
+                        assert!(condition
+                            .message
+                            .contains(".spec.pluginConfig.anonymous.mode"));
+                        keep(status);
+                    }
+                }),
+                Call::Event("Warning", "TargetConflict"),
+            ],
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(error, Error::Target(TargetError::Conflict(_))),
+        "{error}"
+    );
+    assert_eq!(
+        error_policy(Arc::new(first), &error, harness.ctx.clone()),
+        Action::requeue(Duration::from_secs(5))
+    );
+
+    let status = degraded.lock().unwrap().take().unwrap();
+    let retry = rollout(spec(), Some(status));
+    harness
+        .reconcile(
+            retry.clone(),
+            vec![
+                Call::GetWasmPlugin(live(Some(100))),
+                Call::ApplyWasmPlugin {
+                    weight_bp: 500,
+                    conflict: false,
+                },
+                Call::status(|status| {
+                    assert_eq!((status.step_index, status.weight_bp), (Some(1), 500));
+                    let condition = condition(status, CONDITION_DEGRADED);
+                    assert_eq!(
+                        (condition.status.as_str(), condition.reason.as_str()),
+                        ("False", "Healthy")
+                    );
+                }),
+                Call::Event("Normal", "StepAdvanced"),
+            ],
+        )
+        .await
+        .unwrap();
+    // The success reset the backoff.
+    let error = Error::Target(TargetError::Unavailable("again".into()));
+    assert_eq!(
+        error_policy(Arc::new(retry), &error, harness.ctx.clone()),
+        Action::requeue(Duration::from_secs(5))
+    );
+}
+
+#[tokio::test]
+async fn a_merged_config_the_filter_would_reject_is_not_pushed() {
+    // Another rollout already claims host "checkout".
+    let mut clash = live(Some(100));
+    clash["rollouts"]["search"]["hosts"] = json!(["checkout"]);
+    let mut harness = Harness::new(healthy());
+    let error = harness
+        .reconcile(
+            rollout(spec(), Some(progressing(0, 100, 120))),
+            vec![
+                Call::GetWasmPlugin(clash),
+                Call::status(|status| {
+                    assert_eq!(status.weight_bp, 100);
+                    let condition = condition(status, CONDITION_DEGRADED);
+                    assert_eq!(condition.reason, "InvalidFilterConfig");
+                    assert!(
+                        condition.message.contains("already claimed"),
+                        "{}",
+                        condition.message
+                    );
+                }),
+                Call::Event("Warning", "InvalidFilterConfig"),
+            ],
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(error, Error::Target(TargetError::Invalid(_))),
+        "{error}"
+    );
+}
+
+#[tokio::test]
+async fn an_invalid_spec_sets_the_condition_and_pushes_nothing() {
+    let mut invalid = spec();
+    invalid.hosts = vec!["Bad Host".into()];
+    let mut harness = Harness::new(healthy());
+    harness
+        .reconcile(
+            rollout(invalid, Some(progressing(1, 500, 120))),
+            vec![
+                Call::status(|status| {
+                    assert_eq!((status.step_index, status.weight_bp), (Some(1), 500));
+                    let condition = condition(status, CONDITION_INVALID_SPEC);
+                    assert_eq!(condition.status, "True");
+                    assert!(
+                        condition.message.contains("spec.hosts[0]"),
+                        "{}",
+                        condition.message
+                    );
+                }),
+                Call::Event("Warning", "InvalidSpec"),
+            ],
+        )
+        .await
+        .unwrap();
+    assert_eq!(harness.source.calls(), 0, "an invalid spec is not analysed");
+}
+
+#[tokio::test]
+async fn an_ecds_file_target_is_an_invalid_spec_in_the_cluster() {
+    let mut ecds = spec();
+    ecds.target = Target::EnvoyEcds(EnvoyEcdsTarget {
+        path: "/etc/envoy/ecds.yaml".into(),
+        filter_name: "cohort".into(),
+    });
+    let mut harness = Harness::new(healthy());
+    let action = harness
+        .reconcile(
+            rollout(ecds, None),
+            vec![
+                Call::status(|status| {
+                    assert_eq!((status.phase, status.weight_bp), (Phase::Pending, 0));
+                    let condition = condition(status, CONDITION_INVALID_SPEC);
+                    assert_eq!(condition.status, "True");
+                    assert!(condition.message.starts_with("spec.target.envoyEcds:"));
+                }),
+                Call::Event("Warning", "InvalidSpec"),
+            ],
+        )
+        .await
+        .unwrap();
+    assert_eq!(action, Action::await_change());
+}
+
+#[tokio::test]
+async fn a_replica_that_lost_the_lease_makes_no_calls() {
+    let (client, server) = mock_client();
+    let (_leading, not_leading) = watch::channel(false);
+    let ctx = Context::new(
+        client,
+        CannedSource::new(healthy()),
+        Arc::new(FixedClock(t(NOW))),
+        Arc::new(Metrics::default()),
+        None,
+    )
+    .with_leadership(not_leading);
+    let script = server.expect(Vec::new());
+    let action = reconcile(
+        Arc::new(rollout(spec(), Some(progressing(0, 100, 120)))),
+        Arc::new(ctx),
+    )
+    .await
+    .unwrap();
+    assert_eq!(action, Action::await_change());
+    finished(script).await;
+}
+
+#[tokio::test]
+async fn reconciles_feed_the_metrics() {
+    let mut harness = Harness::new(healthy());
+    harness
+        .reconcile(
+            rollout(spec(), Some(progressing(0, 100, 120))),
+            vec![
+                Call::GetWasmPlugin(live(Some(100))),
+                Call::ApplyWasmPlugin {
+                    weight_bp: 500,
+                    conflict: false,
+                },
+                Call::status(|_| {}),
+                Call::Event("Normal", "StepAdvanced"),
+            ],
+        )
+        .await
+        .unwrap();
+    let text = harness.ctx.metrics.render();
+    for expected in [
+        r#"cohort_controller_rollout_weight_bp{namespace="shop",rollout="checkout"} 500"#,
+        r#"cohort_controller_rollout_phase{namespace="shop",rollout="checkout",phase="Progressing"} 1"#,
+        r#"cohort_controller_gate_verdict{namespace="shop",rollout="checkout",gate="error-rate",verdict="Pass"} 1"#,
+        "cohort_controller_reconcile_duration_seconds_count 1",
+    ] {
+        assert!(
+            text.lines().any(|line| line == expected),
+            "missing {expected}\n{text}"
+        );
+    }
+}
+
+#[test]
+fn retry_delays_double_up_to_five_minutes() {
+    let table = [
+        (0, 5),
+        (1, 5),
+        (2, 10),
+        (3, 20),
+        (6, 160),
+        (7, 300),
+        (u32::MAX, 300),
+    ];
+    for (failures, seconds) in table {
+        assert_eq!(
+            retry_delay(failures),
+            Duration::from_secs(seconds),
+            "{failures}"
+        );
+    }
+}

@@ -1,0 +1,434 @@
+//! The Istio target: one rollout's entry in a WasmPlugin's `spec.pluginConfig`, written by
+//! server-side apply.
+//!
+//! Each CanaryRollout applies with its own field manager ([`field_manager`]), and applies only
+//! what it determines: `pluginConfig.version`, `.anonymous`, `.events` (when its gates count
+//! business events) and `.rollouts.<name>`. `pluginConfig` is `x-kubernetes-preserve-unknown-fields`,
+//! so the API server merges its maps key by key and treats lists as atomic: rollouts sharing a
+//! WasmPlugin own disjoint `rollouts.<name>` keys, and co-own the filter-wide fields as long as
+//! they apply equal values. Top-level `identity` is not applied: a rollout's identity sources
+//! live in its own entry, so the WasmPlugin's author keeps the filter-wide default.
+//!
+//! Applies are never forced. A conflict means another manager (another rollout, or a person's
+//! manifest) owns one of these fields with a different value; forcing would take it over and
+//! silently change the filter for everyone sharing it. Instead the conflict surfaces as
+//! [`TargetError::Conflict`] (a condition and an Event on the CanaryRollout) and is retried.
+//!
+//! Before applying, the WasmPlugin is read, our fields merged into its live `pluginConfig` the
+//! way the API server will merge them, and the result checked by the filter's own
+//! `cohort_core::config::parse`: a config the filter would reject is never pushed. When the live
+//! config already carries our fields, nothing is written.
+
+use kube::api::{Api, Patch, PatchParams};
+use kube::core::{ApiResource, DynamicObject, GroupVersionKind};
+use kube::Client;
+use serde_json::{Map, Value};
+
+use cohort_core::config::{self, ConfigError, ConfigErrors, FilterConfig, CONFIG_VERSION};
+
+use super::{Target, TargetError};
+use crate::source::BoxFuture;
+
+/// WasmPlugin's API group (Istio 1.30 serves `v1alpha1` only).
+pub const GROUP: &str = "extensions.istio.io";
+/// WasmPlugin's served version.
+pub const VERSION: &str = "v1alpha1";
+/// The kind.
+pub const KIND: &str = "WasmPlugin";
+/// The resource's plural.
+pub const PLURAL: &str = "wasmplugins";
+/// The API server refuses longer field managers.
+const MAX_FIELD_MANAGER: usize = 128;
+
+/// The WasmPlugin API resource.
+pub fn wasm_plugin_resource() -> ApiResource {
+    ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(GROUP, VERSION, KIND), PLURAL)
+}
+
+/// The field manager of one CanaryRollout: `cohort.dev/<namespace>.<name>`. Names that would
+/// exceed the API server's 128 characters are cut and suffixed with a hash of the whole, so
+/// every rollout keeps a manager of its own.
+pub fn field_manager(namespace: &str, name: &str) -> String {
+    let manager = format!("cohort.dev/{namespace}.{name}");
+    if manager.len() <= MAX_FIELD_MANAGER {
+        return manager;
+    }
+    let hash = format!(
+        "-{:08x}",
+        cohort_core::bucket::murmur3_32(manager.as_bytes())
+    );
+    let mut cut = MAX_FIELD_MANAGER - hash.len();
+    while !manager.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!("{}{hash}", &manager[..cut])
+}
+
+/// What a push did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pushed {
+    /// The live config already carried our fields: nothing was written.
+    Unchanged,
+    /// Our fields were applied.
+    Applied,
+}
+
+/// One WasmPlugin, written on behalf of one CanaryRollout.
+#[derive(Clone)]
+pub struct WasmPluginTarget {
+    api: Api<DynamicObject>,
+    resource: ApiResource,
+    plugin: String,
+    namespace: String,
+    field_manager: String,
+}
+
+impl WasmPluginTarget {
+    /// The WasmPlugin `namespace/plugin`, written with `field_manager`.
+    pub fn new(client: Client, namespace: &str, plugin: &str, field_manager: String) -> Self {
+        let resource = wasm_plugin_resource();
+        WasmPluginTarget {
+            api: Api::namespaced_with(client, namespace, &resource),
+            resource,
+            plugin: plugin.to_owned(),
+            namespace: namespace.to_owned(),
+            field_manager,
+        }
+    }
+
+    /// Makes the live config serve rollout `name` as `config` describes it.
+    pub async fn push(&self, name: &str, config: &FilterConfig) -> Result<Pushed, TargetError> {
+        let applied = owned_fields(name, config)?;
+        self.apply_owned(applied).await
+    }
+
+    /// Sets rollout `name`'s live entry to weight 0, keeping the rest of it: how an abort is
+    /// served when the spec is too broken to build the entry from.
+    pub async fn withdraw(&self, name: &str) -> Result<Pushed, TargetError> {
+        let live = self.live_plugin_config().await?;
+        let Some(applied) = withdrawn_fields(&live, name) else {
+            return Ok(Pushed::Unchanged);
+        };
+        self.apply_checked(&live, applied).await
+    }
+
+    async fn apply_owned(&self, applied: Value) -> Result<Pushed, TargetError> {
+        let live = self.live_plugin_config().await?;
+        self.apply_checked(&live, applied).await
+    }
+
+    async fn apply_checked(&self, live: &Value, applied: Value) -> Result<Pushed, TargetError> {
+        if includes(live, &applied) {
+            return Ok(Pushed::Unchanged);
+        }
+        check_merged(live, &applied)?;
+        let body = apply_body(&self.resource, &self.namespace, &self.plugin, applied);
+        // No force: see the module documentation.
+        let params = PatchParams::apply(&self.field_manager);
+        self.api
+            .patch(&self.plugin, &params, &Patch::Apply(&body))
+            .await
+            .map_err(|error| self.target_error(error))?;
+        Ok(Pushed::Applied)
+    }
+
+    /// The live `spec.pluginConfig` (an empty object when it has none).
+    async fn live_plugin_config(&self) -> Result<Value, TargetError> {
+        let plugin = self
+            .api
+            .get(&self.plugin)
+            .await
+            .map_err(|error| self.target_error(error))?;
+        Ok(plugin
+            .data
+            .pointer("/spec/pluginConfig")
+            .cloned()
+            .unwrap_or_else(|| Value::Object(Map::new())))
+    }
+
+    fn target_error(&self, error: kube::Error) -> TargetError {
+        let plugin = format!("{KIND} {}/{}", self.namespace, self.plugin);
+        match error {
+            kube::Error::Api(status) if status.is_not_found() => TargetError::NotFound(plugin),
+            kube::Error::Api(status) if status.is_conflict() => TargetError::Conflict(format!(
+                "{plugin}: {}; another manager owns these fields with other values (rollouts \
+                 sharing a {KIND} must agree on anonymous and the counted events, and no \
+                 manifest may set this rollout's entry)",
+                status.message
+            )),
+            other => TargetError::Unavailable(format!("{plugin}: {other}")),
+        }
+    }
+}
+
+impl Target for WasmPluginTarget {
+    fn apply<'a>(
+        &'a self,
+        name: &'a str,
+        config: &'a FilterConfig,
+    ) -> BoxFuture<'a, Result<(), TargetError>> {
+        Box::pin(async move { self.push(name, config).await.map(|_| ()) })
+    }
+}
+
+/// The `pluginConfig` fields rollout `name` owns, from a config carrying that rollout.
+pub fn owned_fields(name: &str, config: &FilterConfig) -> Result<Value, TargetError> {
+    let entry = config.rollouts.get(name).ok_or_else(|| {
+        TargetError::Invalid(ConfigErrors(vec![ConfigError {
+            field: format!("rollouts.{name}"),
+            problem: "missing from the config to push".to_owned(),
+        }]))
+    })?;
+    let mut owned = Map::new();
+    owned.insert("version".to_owned(), Value::from(config.version));
+    owned.insert("anonymous".to_owned(), to_json(&config.anonymous)?);
+    if !config.events.is_empty() {
+        owned.insert("events".to_owned(), to_json(&config.events)?);
+    }
+    let mut rollouts = Map::new();
+    rollouts.insert(name.to_owned(), to_json(entry)?);
+    owned.insert("rollouts".to_owned(), Value::Object(rollouts));
+    Ok(Value::Object(owned))
+}
+
+/// The fields to apply so that rollout `name`'s live entry serves weight 0; `None` when it has
+/// no entry or is at 0 already. Carries the live filter-wide values, so applying it changes
+/// nothing else (and drops no field this manager applied before).
+pub fn withdrawn_fields(live: &Value, name: &str) -> Option<Value> {
+    let mut entry = live.pointer(&format!("/rollouts/{name}"))?.clone();
+    if entry.get("weightBp").and_then(Value::as_u64) == Some(0) {
+        return None;
+    }
+    entry
+        .as_object_mut()?
+        .insert("weightBp".to_owned(), Value::from(0));
+    let mut owned = Map::new();
+    owned.insert("version".to_owned(), Value::from(CONFIG_VERSION));
+    for shared in ["anonymous", "events"] {
+        if let Some(value) = live.get(shared) {
+            owned.insert(shared.to_owned(), value.clone());
+        }
+    }
+    let mut rollouts = Map::new();
+    rollouts.insert(name.to_owned(), entry);
+    owned.insert("rollouts".to_owned(), Value::Object(rollouts));
+    Some(Value::Object(owned))
+}
+
+/// `applied` merged into `live` as server-side apply merges a schemaless object: maps key by
+/// key, anything else (lists included) replaced whole.
+pub fn merge(live: &Value, applied: &Value) -> Value {
+    match (live, applied) {
+        (Value::Object(live), Value::Object(applied)) => {
+            let mut merged = live.clone();
+            for (key, value) in applied {
+                let next = match live.get(key) {
+                    Some(current) => merge(current, value),
+                    None => value.clone(),
+                };
+                merged.insert(key.clone(), next);
+            }
+            Value::Object(merged)
+        }
+        (_, applied) => applied.clone(),
+    }
+}
+
+/// Whether `live` already holds everything in `applied` (extra live keys are fine).
+pub fn includes(live: &Value, applied: &Value) -> bool {
+    match (live, applied) {
+        (Value::Object(live), Value::Object(applied)) => applied.iter().all(|(key, value)| {
+            live.get(key)
+                .is_some_and(|current| includes(current, value))
+        }),
+        (live, applied) => live == applied,
+    }
+}
+
+/// The config the filter would get after the apply, checked by the filter's own parser.
+pub fn check_merged(live: &Value, applied: &Value) -> Result<(), TargetError> {
+    let merged = merge(live, applied);
+    let document = serde_json::to_vec(&merged)
+        .map_err(|error| TargetError::Unavailable(format!("cannot serialize: {error}")))?;
+    config::parse(&document)?;
+    Ok(())
+}
+
+/// The server-side apply body: type, name, and `spec.pluginConfig` with only our fields.
+/// The WasmPlugin schema requires `spec.url`, which we never send: should the WasmPlugin vanish
+/// between our read and this apply, the apply cannot create a half WasmPlugin.
+pub fn apply_body(resource: &ApiResource, namespace: &str, plugin: &str, owned: Value) -> Value {
+    let mut spec = Map::new();
+    spec.insert("pluginConfig".to_owned(), owned);
+    let mut metadata = Map::new();
+    metadata.insert("name".to_owned(), Value::from(plugin));
+    metadata.insert("namespace".to_owned(), Value::from(namespace));
+    let mut body = Map::new();
+    body.insert(
+        "apiVersion".to_owned(),
+        Value::from(resource.api_version.as_str()),
+    );
+    body.insert("kind".to_owned(), Value::from(resource.kind.as_str()));
+    body.insert("metadata".to_owned(), Value::Object(metadata));
+    body.insert("spec".to_owned(), Value::Object(spec));
+    Value::Object(body)
+}
+
+fn to_json(value: &impl serde::Serialize) -> Result<Value, TargetError> {
+    serde_json::to_value(value)
+        .map_err(|error| TargetError::Unavailable(format!("cannot serialize: {error}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cohort_core::config::RolloutConfig;
+    use serde_json::json;
+
+    fn config_with(name: &str, hosts: &[&str], weight_bp: u32) -> FilterConfig {
+        let mut config = FilterConfig::new();
+        config.rollouts.insert(
+            name.to_owned(),
+            RolloutConfig::new(hosts.iter().map(|h| (*h).to_owned()).collect(), weight_bp),
+        );
+        config
+    }
+
+    #[test]
+    fn owns_only_what_the_rollout_determines() {
+        let mut config = config_with("checkout", &["checkout"], 500);
+        let owned = owned_fields("checkout", &config).unwrap();
+        assert_eq!(
+            owned,
+            json!({
+                "version": 1,
+                "anonymous": {"mode": "cookie", "cookieName": "cohort-id", "maxAgeSeconds": 2592000},
+                "rollouts": {"checkout": {
+                    "hosts": ["checkout"], "weightBp": 500,
+                    "stableVersion": "stable", "canaryVersion": "canary"
+                }}
+            })
+        );
+        config.events = vec!["purchase".into()];
+        let owned = owned_fields("checkout", &config).unwrap();
+        assert_eq!(owned["events"], json!(["purchase"]));
+        assert!(matches!(
+            owned_fields("other", &config),
+            Err(TargetError::Invalid(_))
+        ));
+    }
+
+    #[test]
+    fn merge_is_granular_for_maps_and_atomic_for_lists() {
+        let live = json!({
+            "version": 1, "routingHeader": "x-v", "events": ["a", "b"],
+            "rollouts": {"search": {"hosts": ["search"], "weightBp": 100}}
+        });
+        let applied = json!({
+            "version": 1, "events": ["c"],
+            "rollouts": {"checkout": {"hosts": ["checkout"], "weightBp": 500}}
+        });
+        assert_eq!(
+            merge(&live, &applied),
+            json!({
+                "version": 1, "routingHeader": "x-v", "events": ["c"],
+                "rollouts": {
+                    "search": {"hosts": ["search"], "weightBp": 100},
+                    "checkout": {"hosts": ["checkout"], "weightBp": 500}
+                }
+            })
+        );
+    }
+
+    #[test]
+    fn includes_ignores_extra_live_fields_but_not_changed_ones() {
+        let live =
+            json!({"version": 1, "rollouts": {"checkout": {"weightBp": 500, "allowKeys": ["qa"]}}});
+        assert!(includes(
+            &live,
+            &json!({"rollouts": {"checkout": {"weightBp": 500}}})
+        ));
+        assert!(!includes(
+            &live,
+            &json!({"rollouts": {"checkout": {"weightBp": 2500}}})
+        ));
+        assert!(!includes(
+            &live,
+            &json!({"rollouts": {"search": {"weightBp": 500}}})
+        ));
+        assert!(!includes(
+            &json!({"events": ["a", "b"]}),
+            &json!({"events": ["a"]})
+        ));
+    }
+
+    #[test]
+    fn merged_config_must_pass_the_filter() {
+        let other =
+            json!({"version": 1, "rollouts": {"search": {"hosts": ["shop"], "weightBp": 100}}});
+        let ours = owned_fields("checkout", &config_with("checkout", &["checkout"], 500)).unwrap();
+        check_merged(&other, &ours).unwrap();
+        // An empty pluginConfig gets its version from us.
+        check_merged(&json!({}), &ours).unwrap();
+        // Two rollouts claiming one host: the filter would refuse the whole config.
+        let clash = owned_fields("checkout", &config_with("checkout", &["shop"], 500)).unwrap();
+        let Err(TargetError::Invalid(errors)) = check_merged(&other, &clash) else {
+            panic!("a host claimed twice must not be pushed");
+        };
+        assert!(errors.to_string().contains("already claimed"), "{errors}");
+    }
+
+    #[test]
+    fn withdrawing_keeps_the_entry_and_the_shared_fields() {
+        let live = json!({
+            "version": 1, "events": ["purchase"], "anonymous": {"mode": "stable"},
+            "rollouts": {"checkout": {"hosts": ["checkout"], "weightBp": 500, "salt": "s"}}
+        });
+        assert_eq!(
+            withdrawn_fields(&live, "checkout"),
+            Some(json!({
+                "version": 1, "events": ["purchase"], "anonymous": {"mode": "stable"},
+                "rollouts": {"checkout": {"hosts": ["checkout"], "weightBp": 0, "salt": "s"}}
+            }))
+        );
+        assert_eq!(withdrawn_fields(&live, "search"), None);
+        let zero = json!({"rollouts": {"checkout": {"hosts": ["checkout"], "weightBp": 0}}});
+        assert_eq!(withdrawn_fields(&zero, "checkout"), None);
+    }
+
+    #[test]
+    fn field_managers_are_per_rollout_and_bounded() {
+        assert_eq!(
+            field_manager("shop", "checkout"),
+            "cohort.dev/shop.checkout"
+        );
+        let long_namespace = "n".repeat(63);
+        let a = field_manager(&long_namespace, &"a".repeat(63));
+        let b = field_manager(&long_namespace, &format!("{}b", "a".repeat(62)));
+        assert_eq!(a.len(), MAX_FIELD_MANAGER);
+        assert_eq!(b.len(), MAX_FIELD_MANAGER);
+        assert_ne!(
+            a, b,
+            "rollouts differing past the cut keep distinct managers"
+        );
+    }
+
+    #[test]
+    fn apply_body_names_the_plugin_and_carries_only_plugin_config() {
+        let body = apply_body(
+            &wasm_plugin_resource(),
+            "shop",
+            "cohort",
+            json!({"version": 1}),
+        );
+        assert_eq!(
+            body,
+            json!({
+                "apiVersion": "extensions.istio.io/v1alpha1",
+                "kind": "WasmPlugin",
+                "metadata": {"name": "cohort", "namespace": "shop"},
+                "spec": {"pluginConfig": {"version": 1}}
+            })
+        );
+    }
+}
