@@ -40,6 +40,9 @@ enum Command {
     /// Drives one CanaryRollout against a plain Envoy (ECDS file), without Kubernetes. Exits 0
     /// when promoted, 3 when rolled back or aborted.
     Run(cohort_controller::standalone::RunArgs),
+    /// Runs the in-cluster controller: watches CanaryRollouts, pushes their weights to
+    /// WasmPlugins, serves /metrics, /healthz and /readyz; one leader among replicas.
+    Controller(cohort_controller::reconciler::ControllerArgs),
 }
 
 #[derive(Args)]
@@ -71,6 +74,7 @@ fn main() -> Result<()> {
         Command::Resume(args) => block_on(cli::gesture(Gesture::Resume, args))?,
         Command::Retry(args) => block_on(cli::gesture(Gesture::Retry, args))?,
         Command::Run(args) => std::process::exit(cohort_controller::standalone::main(&args)),
+        Command::Controller(args) => cohort_controller::reconciler::main(&args)?,
     }
     Ok(())
 }

@@ -43,11 +43,21 @@ use crate::metrics::Metrics;
 use crate::plan::{
     plan, EventKind, Plan, PlanInput, PlannedEvent, CONDITION_DEGRADED, CONDITION_INVALID_SPEC,
 };
+use crate::source::prometheus::PrometheusSource;
+use crate::source::series::SourceError;
 use crate::source::{MetricSource, SeriesRequest};
 use crate::target::wasmplugin::{field_manager, WasmPluginTarget};
 use crate::target::TargetError;
 use crate::validate::validate_spec;
 
+/// Default `--metrics-address`: the port manifests/controller/deployment.yaml names `metrics`.
+pub const DEFAULT_METRICS_ADDRESS: &str = "0.0.0.0:9090";
+/// Default `--prometheus`: Istio's Prometheus add-on.
+pub const DEFAULT_PROMETHEUS_URL: &str = "http://prometheus.istio-system:9090";
+/// Default Lease name.
+pub const DEFAULT_LEASE_NAME: &str = "cohort-controller";
+/// A Prometheus query slower than this makes the gate Error rather than stall the reconcile.
+const PROMETHEUS_TIMEOUT: Duration = Duration::from_secs(10);
 /// Field manager of the status the controller writes (it owns all of status).
 pub const STATUS_FIELD_MANAGER: &str = "cohort-controller";
 /// `reportingController` of the controller's Events.
@@ -82,7 +92,10 @@ pub enum Error {
     /// Another Kubernetes API call failed (the leader Lease, for instance).
     #[error("Kubernetes API: {0}")]
     Kube(#[from] kube::Error),
-    /// A socket could not be opened.
+    /// The metric source could not be set up (a bad `--prometheus` URL, say).
+    #[error("metric source: {0}")]
+    Source(#[from] SourceError),
+    /// A socket could not be opened, or the runtime not started.
     #[error("{context}: {source}")]
     Io {
         /// What was being done.
@@ -101,6 +114,7 @@ impl Error {
             Error::Target(_) => "target",
             Error::Status { .. } => "status",
             Error::Kube(_) => "kube",
+            Error::Source(_) => "source",
             Error::Io { .. } => "io",
         }
     }
@@ -513,6 +527,91 @@ async fn publish(rollout: &CanaryRollout, ctx: &Context, event: &PlannedEvent, a
     }
 }
 
+/// `cohort controller`: flags, each with an environment variable for the Deployment.
+#[derive(clap::Args, Debug, Clone, PartialEq, Eq)]
+pub struct ControllerArgs {
+    /// Prometheus server that scrapes the proxies' cohort metrics.
+    #[arg(long, env = "COHORT_PROMETHEUS_URL", default_value = DEFAULT_PROMETHEUS_URL)]
+    pub prometheus: String,
+    /// Elect one active replica on a Lease (`false` only when running a single replica).
+    #[arg(long, env = "COHORT_LEADER_ELECTION", default_value_t = true, action = clap::ArgAction::Set)]
+    pub leader_election: bool,
+    /// Name of the leader Lease.
+    #[arg(long, env = "COHORT_LEASE_NAME", default_value = DEFAULT_LEASE_NAME)]
+    pub lease_name: String,
+    /// Namespace of the leader Lease [default: $POD_NAMESPACE, else the kubeconfig's].
+    #[arg(long, env = "COHORT_LEASE_NAMESPACE")]
+    pub lease_namespace: Option<String>,
+    /// Address of /metrics, /healthz and /readyz.
+    #[arg(long, env = "COHORT_METRICS_ADDRESS", default_value = DEFAULT_METRICS_ADDRESS)]
+    pub metrics_address: SocketAddr,
+    /// Log lines as text or as JSON objects (`RUST_LOG` filters; default `info`).
+    #[arg(long, env = "COHORT_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+/// Log line formats.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line, for log collectors.
+    Json,
+}
+
+/// The `cohort controller` command: logs to stderr, connects with the in-cluster (or
+/// kubeconfig) credentials, and runs [`run_controller`] until SIGTERM.
+pub fn main(args: &ControllerArgs) -> Result<()> {
+    init_logging(args.log_format);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|source| Error::Io {
+            context: "cannot start the async runtime".to_owned(),
+            source,
+        })?;
+    runtime.block_on(async {
+        let client = Client::try_default().await?;
+        let source = Arc::new(PrometheusSource::new(&args.prometheus, PROMETHEUS_TIMEOUT)?);
+        let instance = std::env::var("POD_NAME")
+            .or_else(|_| std::env::var("HOSTNAME"))
+            .ok()
+            .filter(|name| !name.is_empty());
+        let leader_election = args.leader_election.then(|| {
+            let namespace = args
+                .lease_namespace
+                .clone()
+                .or_else(|| std::env::var("POD_NAMESPACE").ok())
+                .filter(|namespace| !namespace.is_empty())
+                .unwrap_or_else(|| client.default_namespace().to_owned());
+            let identity = instance
+                .clone()
+                .unwrap_or_else(|| format!("cohort-controller-{}", std::process::id()));
+            LeaseSettings::new(&args.lease_name, &namespace, &identity)
+        });
+        tracing::info!(prometheus = %args.prometheus, "starting the controller");
+        let settings = ControllerSettings {
+            metrics_address: args.metrics_address,
+            leader_election,
+            instance,
+        };
+        run_controller(client, source, settings).await
+    })
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    // A subscriber installed before (by a test, say) is kept.
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+}
+
 /// How the in-cluster controller runs.
 #[derive(Debug, Clone)]
 pub struct ControllerSettings {
@@ -647,9 +746,13 @@ async fn watch_rollouts(
     controller
         .run(reconcile, error_policy, context)
         .for_each(|result| {
-            if let Err(error) = result {
-                // Reconcile failures are logged by error_policy; these are watch/queue errors.
-                tracing::debug!(%error, "controller");
+            match result {
+                Ok(_) => {}
+                // Logged with its retry delay by error_policy.
+                Err(kube::runtime::controller::Error::ReconcilerFailed(..)) => {}
+                // The watch itself (RBAC, a missing CRD, the API server away): retried by
+                // kube-runtime with backoff, but a person should see it.
+                Err(error) => tracing::warn!(%error, "watching CanaryRollouts"),
             }
             // Deleted rollouts leave the store: drop their series.
             metrics.retain_rollouts(|namespace, name| {

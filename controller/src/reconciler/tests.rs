@@ -770,3 +770,40 @@ fn retry_delays_double_up_to_five_minutes() {
         );
     }
 }
+
+#[test]
+fn controller_flags_default_to_the_deployment_manifest() {
+    use clap::Parser;
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: ControllerArgs,
+    }
+    let defaults = Cli::try_parse_from(["cohort"]).unwrap().args;
+    assert_eq!(
+        defaults,
+        ControllerArgs {
+            prometheus: DEFAULT_PROMETHEUS_URL.into(),
+            leader_election: true,
+            lease_name: "cohort-controller".into(),
+            lease_namespace: None,
+            metrics_address: "0.0.0.0:9090".parse().unwrap(),
+            log_format: LogFormat::Text,
+        }
+    );
+    let given = Cli::try_parse_from([
+        "cohort",
+        "--leader-election=false",
+        "--log-format=json",
+        "--prometheus=http://127.0.0.1:9091",
+        "--metrics-address=127.0.0.1:8081",
+        "--lease-namespace=ops",
+    ])
+    .unwrap()
+    .args;
+    assert!(!given.leader_election);
+    assert_eq!(given.log_format, LogFormat::Json);
+    assert_eq!(given.prometheus, "http://127.0.0.1:9091");
+    assert_eq!(given.lease_namespace.as_deref(), Some("ops"));
+    assert!(Cli::try_parse_from(["cohort", "--log-format=xml"]).is_err());
+}
