@@ -490,10 +490,7 @@ pub fn rollout(
 mod tests {
     use super::*;
 
-    fn refuses(body: Value) -> String {
-        let Some(schema) = wasm_plugin_schema() else {
-            return "no schema here".to_owned();
-        };
+    fn refuses(schema: &Value, body: Value) -> String {
         let schema = schema.clone();
         let panic = std::panic::catch_unwind(move || check_schema(&schema, &body, ""))
             .expect_err("the schema check must refuse this body");
@@ -502,12 +499,16 @@ mod tests {
 
     #[test]
     fn the_schema_check_refuses_what_the_api_server_would() {
+        // Absent only outside CI (under CI=true its absence fails here).
+        let Some(schema) = wasm_plugin_schema() else {
+            return;
+        };
         let typo =
             json!({"apiVersion": "extensions.istio.io/v1alpha1", "spec": {"pluginConfg": {}}});
-        assert!(refuses(typo).contains(".spec.pluginConfg is not in the schema"));
+        assert!(refuses(schema, typo).contains(".spec.pluginConfg is not in the schema"));
         let list = json!({"spec": {"pluginConfig": []}});
-        assert!(refuses(list).contains("is not of type object"));
+        assert!(refuses(schema, list).contains("is not of type object"));
         let mode = json!({"spec": {"match": [{"mode": "SIDEWAYS"}]}});
-        assert!(refuses(mode).contains("is not one of"));
+        assert!(refuses(schema, mode).contains("is not one of"));
     }
 }
