@@ -224,7 +224,8 @@ pub fn percent_to_bp(percent: f64) -> u32 {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct AnalysisSpec {
-    /// How often the gates are evaluated (and the window they look at).
+    /// How often the gates are evaluated (and the window they look at; with a sequential gate,
+    /// every gate of the rollout looks at everything since the step began).
     #[serde(default = "default_interval")]
     #[schemars(regex(pattern = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"))]
     pub interval: String,
@@ -232,7 +233,8 @@ pub struct AnalysisSpec {
     #[serde(default = "default_min_samples")]
     #[schemars(range(min = 1))]
     pub min_samples: u64,
-    /// The gates; all must pass for the rollout to advance. Omitted: error rate and p99 latency.
+    /// The gates; all must pass for the rollout to advance. Omitted: error rate (sequential) and
+    /// p99 latency.
     /// Empty: the rollout advances on bake time alone.
     #[serde(default = "default_gates")]
     #[schemars(length(max = 16))]
@@ -276,7 +278,13 @@ pub struct GateSpec {
 }
 
 /// The keys that name a gate kind, as [`GateCheck`] serializes them.
-pub const GATE_KINDS: [&str; 4] = ["errorRate", "latency", "businessEvent", "custom"];
+pub const GATE_KINDS: [&str; 5] = [
+    "errorRate",
+    "latency",
+    "businessEvent",
+    "custom",
+    "sequential",
+];
 
 /// [`GateSpec`]'s derived reading, used once the kind keys are checked.
 #[derive(Deserialize)]
@@ -351,6 +359,10 @@ pub enum GateCheck {
     BusinessEvent(BusinessEventGate),
     /// A PromQL query returning one number for the canary must lie in `[min, max]`.
     Custom(CustomGate),
+    /// An anytime-valid sequential test of canary against stable on everything since the step
+    /// began: fails as soon as the canary is confidently worse, passes as soon as it is
+    /// confidently within the margin.
+    Sequential(SequentialGate),
 }
 
 impl GateCheck {
@@ -361,6 +373,35 @@ impl GateCheck {
             GateCheck::Latency(gate) => format!("latency-{}", quantile_label(gate.quantile)),
             GateCheck::BusinessEvent(gate) => format!("event-{}", gate.event),
             GateCheck::Custom(_) => "custom".to_owned(),
+            // Named after what they measure, like the threshold kinds: how a gate decides does
+            // not change what dashboards and events call it.
+            GateCheck::Sequential(gate) => match gate.metric {
+                SequentialMetric::ErrorRate => "error-rate".to_owned(),
+                SequentialMetric::Latency => format!("latency-{}", quantile_label(gate.quantile())),
+                SequentialMetric::BusinessEvent => {
+                    format!("event-{}", gate.event.as_deref().unwrap_or_default())
+                }
+            },
+        }
+    }
+
+    /// Whether the gate reads the request-duration histogram (sources skip it otherwise).
+    pub fn reads_latency(&self) -> bool {
+        match self {
+            GateCheck::Latency(_) => true,
+            GateCheck::Sequential(gate) => gate.metric == SequentialMetric::Latency,
+            _ => false,
+        }
+    }
+
+    /// The business event the gate reads, if any (the filter counts only these).
+    pub fn business_event(&self) -> Option<&str> {
+        match self {
+            GateCheck::BusinessEvent(gate) => Some(&gate.event),
+            GateCheck::Sequential(gate) if gate.metric == SequentialMetric::BusinessEvent => {
+                gate.event.as_deref()
+            }
+            _ => None,
         }
     }
 }
@@ -432,6 +473,110 @@ pub struct CustomGate {
     /// Fail above this.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max: Option<f64>,
+}
+
+/// An anytime-valid sequential comparison of canary with stable (see `sequential.rs` for the
+/// method). It judges everything since the step began, so the metric source reads that window
+/// (`crate::sequential::analysis_window`), and it may be checked at every interval without
+/// raising its false-rollback rate above `alpha`.
+///
+/// ```yaml
+/// - sequential: {}                                    # 5xx share, the defaults below
+/// - sequential: {metric: latency, quantile: 0.99}     # share of requests slower than stable's p99 bucket
+/// - sequential: {metric: businessEvent, event: checkout, maxDrop: 0.05}
+/// ```
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SequentialGate {
+    /// What is compared: `errorRate` (5xx per request), `latency` (share of requests slower than
+    /// the histogram bucket bound holding stable's `quantile`) or `businessEvent` (`event` per
+    /// request).
+    #[serde(default)]
+    pub metric: SequentialMetric,
+    /// The business event (metric `businessEvent` only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 64))]
+    pub event: Option<String>,
+    /// Stable's latency quantile whose bucket bound splits fast from slow requests (metric
+    /// `latency` only; default 0.99).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub quantile: Option<f64>,
+    /// The false-rollback rate: the chance that a canary no worse than stable is ever failed,
+    /// however many times it is checked. Also the chance of passing a canary worse than the
+    /// margin before `maxDuration`.
+    #[serde(default = "default_alpha")]
+    #[schemars(range(min = 0.0, max = 0.5))]
+    pub alpha: f64,
+    /// Worse means canary's rate at least this many times stable's and at least `maxIncrease`
+    /// above it (errorRate, latency; default 2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1.0))]
+    pub max_ratio: Option<f64>,
+    /// See `maxRatio`: a fraction, 0.01 = one percentage point (errorRate, latency; default 0.01).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub max_increase: Option<f64>,
+    /// Worse means canary's event rate below stable's × (1 − maxDrop) (businessEvent; default
+    /// 0.1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub max_drop: Option<f64>,
+    /// Without a decision after this long at a step, the gate passes once both versions have the
+    /// sample minimum: no regression was detected. Keep it within
+    /// `failurePolicy.noDataDeadline`, which otherwise acts first.
+    #[serde(default = "default_max_duration")]
+    #[schemars(regex(pattern = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"))]
+    pub max_duration: String,
+}
+
+impl SequentialGate {
+    /// A sequential gate on `metric` with every default.
+    pub fn new(metric: SequentialMetric) -> Self {
+        SequentialGate {
+            metric,
+            event: None,
+            quantile: None,
+            alpha: default_alpha(),
+            max_ratio: None,
+            max_increase: None,
+            max_drop: None,
+            max_duration: default_max_duration(),
+        }
+    }
+
+    /// `quantile`, or 0.99.
+    pub fn quantile(&self) -> f64 {
+        self.quantile.unwrap_or_else(default_quantile)
+    }
+
+    /// `maxRatio`, or 2.
+    pub fn max_ratio(&self) -> f64 {
+        self.max_ratio.unwrap_or(2.0)
+    }
+
+    /// `maxIncrease`, or 0.01.
+    pub fn max_increase(&self) -> f64 {
+        self.max_increase.unwrap_or_else(default_max_error_increase)
+    }
+
+    /// `maxDrop`, or 0.1.
+    pub fn max_drop(&self) -> f64 {
+        self.max_drop.unwrap_or_else(default_max_drop)
+    }
+}
+
+/// What a sequential gate compares.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum SequentialMetric {
+    /// Server errors (5xx) per request; more is worse.
+    #[default]
+    ErrorRate,
+    /// Requests slower than stable's quantile bucket bound, per request; more is worse.
+    Latency,
+    /// A business event per request; fewer is worse.
+    BusinessEvent,
 }
 
 /// What happens when analysis cannot conclude.
@@ -689,13 +834,13 @@ fn default_interval() -> String {
 fn default_min_samples() -> u64 {
     100
 }
-/// Error rate (+1 point) and p99 latency (+20% + 10 ms): what a rollout gets without `gates`.
+/// Error rate by a sequential test (α 0.01; worse = ×2 and +1 point) and p99 latency (+20% +
+/// 10 ms): what a rollout gets without `gates`.
 pub fn default_gates() -> Vec<GateSpec> {
     vec![
-        GateSpec::new(GateCheck::ErrorRate(ErrorRateGate {
-            max_increase: default_max_error_increase(),
-            max_rate: None,
-        })),
+        GateSpec::new(GateCheck::Sequential(SequentialGate::new(
+            SequentialMetric::ErrorRate,
+        ))),
         GateSpec::new(GateCheck::Latency(LatencyGate {
             quantile: default_quantile(),
             tolerance: default_tolerance(),
@@ -717,6 +862,12 @@ fn default_slack_ms() -> f64 {
 }
 fn default_max_drop() -> f64 {
     0.1
+}
+fn default_alpha() -> f64 {
+    0.01
+}
+fn default_max_duration() -> String {
+    "10m".to_owned()
 }
 fn default_max_consecutive_errors() -> u32 {
     3
@@ -760,8 +911,15 @@ mod tests {
             crate::duration::DURATION_PATTERN
         );
         let gate = &spec["properties"]["analysis"]["properties"]["gates"]["items"];
-        assert_eq!(gate["oneOf"].as_array().map(Vec::len), Some(4));
-        for kind in ["errorRate", "latency", "businessEvent", "custom", "name"] {
+        assert_eq!(gate["oneOf"].as_array().map(Vec::len), Some(5));
+        for kind in [
+            "errorRate",
+            "latency",
+            "businessEvent",
+            "custom",
+            "sequential",
+            "name",
+        ] {
             assert!(gate["properties"][kind].is_object(), "gate property {kind}");
         }
         assert_eq!(
@@ -843,7 +1001,7 @@ spec:
     fn a_gate_without_a_known_kind_is_refused() {
         let table = [
             ("{name: x}", "found none"),
-            ("{sequential: {alpha: 0.05}}", "found none"),
+            ("{bayesian: {alpha: 0.05}}", "found none"),
             (
                 "{errorRate: {}, latency: {}}",
                 "found errorRate and latency",
@@ -864,6 +1022,51 @@ spec:
         let gate: GateSpec =
             serde_json::from_value(serde_json::json!({"errorRate": {}, "note": 1})).unwrap();
         assert_eq!(gate.name(), "error-rate");
+    }
+
+    #[test]
+    fn sequential_gates_read_with_their_defaults() {
+        let yaml = r#"
+- sequential: {}
+- sequential: {metric: latency, quantile: 0.95, alpha: 0.005, maxDuration: 20m}
+- sequential: {metric: businessEvent, event: checkout, maxDrop: 0.05}
+"#;
+        let gates: Vec<GateSpec> = serde_saphyr::from_str(yaml).unwrap();
+        assert_eq!(
+            gates.iter().map(GateSpec::name).collect::<Vec<_>>(),
+            vec!["error-rate", "latency-p95", "event-checkout"]
+        );
+        let GateCheck::Sequential(errors) = &gates[0].check else {
+            panic!("{:?}", gates[0].check);
+        };
+        assert_eq!(*errors, SequentialGate::new(SequentialMetric::ErrorRate));
+        assert_eq!(
+            (
+                errors.alpha,
+                errors.max_ratio(),
+                errors.max_increase(),
+                errors.max_duration.as_str()
+            ),
+            (0.01, 2.0, 0.01, "10m")
+        );
+        let GateCheck::Sequential(latency) = &gates[1].check else {
+            panic!("{:?}", gates[1].check);
+        };
+        assert_eq!((latency.quantile(), latency.alpha), (0.95, 0.005));
+        assert!(gates[1].check.reads_latency() && !gates[0].check.reads_latency());
+        assert_eq!(gates[2].check.business_event(), Some("checkout"));
+        assert_eq!(gates[0].check.business_event(), None);
+        // Only the fields given are written back.
+        assert_eq!(
+            serde_json::to_value(&gates[0]).unwrap(),
+            serde_json::json!({"sequential": {"metric": "errorRate", "alpha": 0.01, "maxDuration": "10m"}})
+        );
+        // The default gates: a sequential error-rate gate and the p99 threshold gate.
+        let defaults = default_gates();
+        assert!(
+            matches!(&defaults[0].check, GateCheck::Sequential(gate) if gate.metric == SequentialMetric::ErrorRate)
+        );
+        assert!(matches!(defaults[1].check, GateCheck::Latency(_)));
     }
 
     #[test]

@@ -2,12 +2,15 @@
 //!
 //! A metric source fills [`Samples`]; [`evaluate`] judges every gate and combines the verdicts:
 //! any Fail → Fail; else any Error → Error; else any Inconclusive → Inconclusive; else Pass.
-//! Below a gate's sample minimum for either version the gate is Inconclusive, never Pass or Fail.
+//! Below a gate's sample minimum for either version the gate is Inconclusive, never Pass or Fail
+//! (sequential gates excepted: their boundaries account for sample size; see
+//! [`crate::sequential`]).
 //!
 //! Each gate kind implements [`Judge`]; [`GateCheck`] dispatches to them, so a new kind (a
 //! sequential test, say) is a new `GateCheck` variant and one more `Judge` implementation.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use crate::crd::{
     BusinessEventGate, CustomGate, ErrorRateGate, GateCheck, GateResult, GateSpec, LatencyGate,
@@ -96,14 +99,38 @@ pub trait Judge {
 
 /// Judges every gate (each with its own or the analysis-wide `min_samples`) and combines them.
 pub fn evaluate(gates: &[GateSpec], min_samples: u64, samples: &Samples) -> Evaluation {
+    judge_all(gates, min_samples, samples, None)
+}
+
+/// [`evaluate`] for samples that cover `window`, as read over
+/// [`crate::sequential::analysis_window`]: sequential gates take it as their test's age, so
+/// their `maxDuration` can expire. Other gates judge exactly as in [`evaluate`].
+pub fn evaluate_window(
+    gates: &[GateSpec],
+    min_samples: u64,
+    samples: &Samples,
+    window: Duration,
+) -> Evaluation {
+    judge_all(gates, min_samples, samples, Some(window))
+}
+
+fn judge_all(
+    gates: &[GateSpec],
+    min_samples: u64,
+    samples: &Samples,
+    window: Option<Duration>,
+) -> Evaluation {
     let results: Vec<GateResult> = gates
         .iter()
         .map(|gate| {
-            gate.check.judge(
-                &gate.name(),
-                gate.min_samples.unwrap_or(min_samples),
-                samples,
-            )
+            let name = gate.name();
+            let min_samples = gate.min_samples.unwrap_or(min_samples);
+            match &gate.check {
+                GateCheck::Sequential(sequential) => {
+                    sequential.judge_over(&name, min_samples, samples, window)
+                }
+                check => check.judge(&name, min_samples, samples),
+            }
         })
         .collect();
     Evaluation {
@@ -134,6 +161,7 @@ impl Judge for GateCheck {
             GateCheck::Latency(gate) => gate.judge(name, min_samples, samples),
             GateCheck::BusinessEvent(gate) => gate.judge(name, min_samples, samples),
             GateCheck::Custom(gate) => gate.judge(name, min_samples, samples),
+            GateCheck::Sequential(gate) => gate.judge(name, min_samples, samples),
         }
     }
 }
@@ -359,7 +387,7 @@ impl GateResult {
 }
 
 /// A request count: no data is no traffic; negative or NaN (a broken source) counts as none.
-fn requests(observed: &Observed<f64>, who: &str) -> Result<f64, String> {
+pub(crate) fn requests(observed: &Observed<f64>, who: &str) -> Result<f64, String> {
     match observed {
         Observed::Value(count) if *count > 0.0 => Ok(*count),
         Observed::Value(_) | Observed::NoData => Ok(0.0),
@@ -368,7 +396,7 @@ fn requests(observed: &Observed<f64>, who: &str) -> Result<f64, String> {
 }
 
 /// A count of things that happen (errors, events): no series means none happened.
-fn happenings(observed: &Observed<f64>, what: &str) -> Result<f64, String> {
+pub(crate) fn happenings(observed: &Observed<f64>, what: &str) -> Result<f64, String> {
     match observed {
         Observed::Value(count) if *count > 0.0 => Ok(*count),
         Observed::Value(_) | Observed::NoData => Ok(0.0),
@@ -376,7 +404,10 @@ fn happenings(observed: &Observed<f64>, what: &str) -> Result<f64, String> {
     }
 }
 
-fn histogram(observed: &Observed<Vec<Bucket>>, who: &str) -> Result<Vec<Bucket>, String> {
+pub(crate) fn histogram(
+    observed: &Observed<Vec<Bucket>>,
+    who: &str,
+) -> Result<Vec<Bucket>, String> {
     match observed {
         Observed::Value(buckets) => {
             if !buckets.is_empty() && !buckets.iter().any(|b| b.le == f64::INFINITY) {

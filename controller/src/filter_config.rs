@@ -6,7 +6,7 @@ use cohort_core::config::{
     self, AnonymousPolicy, ConfigError, FilterConfig, IdentitySource, RolloutConfig,
 };
 
-use crate::crd::{AnonymousMode, CanaryRolloutSpec, GateCheck, IdentityKind};
+use crate::crd::{AnonymousMode, CanaryRolloutSpec, IdentityKind};
 use crate::validate::{SpecError, SpecErrors};
 
 /// The filter's entry for this rollout (the value under `rollouts.<name>`) at `weight_bp`.
@@ -65,9 +65,9 @@ pub fn spec_to_filter_config(
 pub fn counted_events(spec: &CanaryRolloutSpec) -> Vec<(String, usize)> {
     let mut events: Vec<(String, usize)> = Vec::new();
     for (index, gate) in spec.analysis.gates.iter().enumerate() {
-        if let GateCheck::BusinessEvent(business) = &gate.check {
-            if !events.iter().any(|(event, _)| *event == business.event) {
-                events.push((business.event.clone(), index));
+        if let Some(event) = gate.check.business_event() {
+            if !events.iter().any(|(counted, _)| counted == event) {
+                events.push((event.to_owned(), index));
             }
         }
     }
@@ -135,7 +135,8 @@ fn to_spec_error(error: &ConfigError, name: &str, events: &[(String, usize)]) ->
 mod tests {
     use super::*;
     use crate::crd::{
-        AnonymousSpec, BusinessEventGate, EnvoyEcdsTarget, GateSpec, IdentitySpec, Target,
+        AnonymousSpec, BusinessEventGate, EnvoyEcdsTarget, GateCheck, GateSpec, IdentitySpec,
+        Target,
     };
     use crate::validate::tests::minimal_spec;
 

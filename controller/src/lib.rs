@@ -15,13 +15,14 @@ pub mod metrics;
 pub mod plan;
 pub mod query;
 pub mod reconciler;
+pub mod sequential;
 pub mod source;
 pub mod standalone;
 pub mod target;
 pub mod validate;
 
 pub use crd::{crd_yaml, CanaryRollout, CanaryRolloutSpec, CanaryRolloutStatus, Phase, Verdict};
-pub use evaluate::{evaluate, Evaluation, Samples};
+pub use evaluate::{evaluate, evaluate_window, Evaluation, Samples};
 pub use filter_config::{spec_to_filter_config, spec_to_filter_rollout};
 pub use plan::{plan, Plan, PlanInput};
 pub use validate::{validate_spec, SpecError, SpecErrors};

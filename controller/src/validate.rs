@@ -6,7 +6,10 @@ use std::time::Duration;
 
 use cohort_core::bucket::FULL_WEIGHT_BP;
 
-use crate::crd::{CanaryRolloutSpec, GateCheck, GateSpec, Target, MAX_GATES, MAX_STEPS};
+use crate::crd::{
+    CanaryRolloutSpec, GateCheck, GateSpec, SequentialGate, SequentialMetric, Target, MAX_GATES,
+    MAX_STEPS,
+};
 use crate::duration;
 use crate::filter_config::spec_to_filter_config;
 use crate::query;
@@ -66,6 +69,7 @@ pub fn validate_spec(spec: &CanaryRolloutSpec, name: &str) -> Result<(), Vec<Spe
         ));
     }
     check_gates(&spec.analysis.gates, &mut errors);
+    check_sequential_deadlines(spec, &mut errors);
     check_positive_duration(
         "spec.failurePolicy.noDataDeadline",
         &spec.failure_policy.no_data_deadline,
@@ -281,6 +285,7 @@ fn check_gate(field: &str, check: &GateCheck, errors: &mut Vec<SpecError>) {
                 }
             }
         }
+        GateCheck::Sequential(gate) => check_sequential(field, gate, errors),
         GateCheck::Custom(gate) => {
             if gate.query.trim().is_empty() {
                 errors.push(SpecError::new(
@@ -313,6 +318,96 @@ fn check_gate(field: &str, check: &GateCheck, errors: &mut Vec<SpecError>) {
                     ));
                 }
             }
+        }
+    }
+}
+
+fn check_sequential(field: &str, gate: &SequentialGate, errors: &mut Vec<SpecError>) {
+    let mut problem = |path: &str, text: String| {
+        errors.push(SpecError::new(&format!("{field}.sequential.{path}"), &text));
+    };
+    if !(gate.alpha > 0.0 && gate.alpha <= 0.5) {
+        problem(
+            "alpha",
+            format!(
+                "{} is out of range; use a false-rollback rate above 0 and at most 0.5 (0.01 = 1%)",
+                gate.alpha
+            ),
+        );
+    }
+    match (gate.metric, gate.event.as_deref()) {
+        (SequentialMetric::BusinessEvent, None | Some("")) => problem(
+            "event",
+            "is missing; a businessEvent sequential gate names the event it compares".to_owned(),
+        ),
+        (SequentialMetric::ErrorRate | SequentialMetric::Latency, Some(_)) => problem(
+            "event",
+            "is only read with metric businessEvent; remove it or set the metric".to_owned(),
+        ),
+        _ => {}
+    }
+    if let Some(quantile) = gate.quantile {
+        if !(quantile > 0.0 && quantile < 1.0) {
+            problem(
+                "quantile",
+                format!("{quantile} is out of range; use a quantile strictly between 0 and 1 (0.99 = p99)"),
+            );
+        }
+    }
+    if let Some(ratio) = gate.max_ratio {
+        if !(ratio.is_finite() && ratio >= 1.0) {
+            problem(
+                "maxRatio",
+                format!(
+                    "{ratio} is out of range; use a ratio of 1 or more (2 = twice stable's rate)"
+                ),
+            );
+        }
+    }
+    for (path, value) in [
+        ("maxIncrease", gate.max_increase),
+        ("maxDrop", gate.max_drop),
+    ] {
+        if let Some(value) = value.filter(|value| !(0.0..=1.0).contains(value)) {
+            problem(
+                path,
+                format!("{value} is out of range; it is a fraction from 0 to 1 (0.01 = 1%)"),
+            );
+        }
+    }
+    match duration::parse(&gate.max_duration) {
+        Ok(parsed) if parsed.is_zero() => problem(
+            "maxDuration",
+            format!(
+                "{:?} is zero; give a positive duration such as \"10m\"",
+                gate.max_duration
+            ),
+        ),
+        Ok(_) => {}
+        Err(error) => problem("maxDuration", error.to_string()),
+    }
+}
+
+/// A sequential gate is inconclusive while it gathers evidence; a no-data deadline shorter than
+/// its `maxDuration` would make the failure policy act on a test that is still running.
+fn check_sequential_deadlines(spec: &CanaryRolloutSpec, errors: &mut Vec<SpecError>) {
+    let Ok(deadline) = duration::parse(&spec.failure_policy.no_data_deadline) else {
+        return;
+    };
+    for (i, gate) in spec.analysis.gates.iter().enumerate() {
+        let GateCheck::Sequential(sequential) = &gate.check else {
+            continue;
+        };
+        if duration::parse(&sequential.max_duration).is_ok_and(|max| max > deadline) {
+            errors.push(SpecError::new(
+                &format!("spec.analysis.gates[{i}].sequential.maxDuration"),
+                &format!(
+                    "{} is longer than spec.failurePolicy.noDataDeadline {}: the failure policy \
+                     would act while the test still gathers evidence; shorten maxDuration or \
+                     raise noDataDeadline",
+                    sequential.max_duration, spec.failure_policy.no_data_deadline
+                ),
+            ));
         }
     }
 }
@@ -558,5 +653,73 @@ pub(crate) mod tests {
             .collect::<Vec<_>>()
             .join("; ");
         assert_eq!(SpecErrors(errors).to_string(), joined);
+    }
+
+    #[test]
+    fn sequential_gates_are_checked() {
+        use crate::crd::{SequentialGate, SequentialMetric};
+        let sequential = |edit: &dyn Fn(&mut SequentialGate)| {
+            let mut gate = SequentialGate::new(SequentialMetric::ErrorRate);
+            edit(&mut gate);
+            let mut spec = minimal_spec();
+            spec.analysis.gates = vec![GateSpec::new(GateCheck::Sequential(gate))];
+            validate_spec(&spec, "checkout")
+                .err()
+                .unwrap_or_default()
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(sequential(&|_| {}), Vec::<String>::new());
+        type Edit<'a> = &'a dyn Fn(&mut SequentialGate);
+        let table: Vec<(Edit, &str)> = vec![
+            (&|g| g.alpha = 0.0, "sequential.alpha: 0 is out of range"),
+            (&|g| g.alpha = 0.6, "sequential.alpha: 0.6 is out of range"),
+            (
+                &|g| g.metric = SequentialMetric::BusinessEvent,
+                "sequential.event: is missing",
+            ),
+            (
+                &|g| g.event = Some("checkout".into()),
+                "sequential.event: is only read with metric businessEvent",
+            ),
+            (
+                &|g| g.quantile = Some(1.0),
+                "sequential.quantile: 1 is out of range",
+            ),
+            (
+                &|g| g.max_ratio = Some(0.5),
+                "sequential.maxRatio: 0.5 is out of range",
+            ),
+            (
+                &|g| g.max_increase = Some(2.0),
+                "sequential.maxIncrease: 2 is out of range",
+            ),
+            (
+                &|g| g.max_drop = Some(-0.1),
+                "sequential.maxDrop: -0.1 is out of range",
+            ),
+            (
+                &|g| g.max_duration = "0s".into(),
+                "sequential.maxDuration: \"0s\" is zero",
+            ),
+            (
+                &|g| g.max_duration = "soon".into(),
+                "sequential.maxDuration: \"soon\" is not a duration",
+            ),
+            (
+                &|g| g.max_duration = "11m".into(),
+                "sequential.maxDuration: 11m is longer than spec.failurePolicy.noDataDeadline 10m",
+            ),
+        ];
+        for (edit, expected) in table {
+            let errors = sequential(edit);
+            assert!(
+                errors.len() == 1
+                    && errors[0].starts_with("spec.analysis.gates[0].")
+                    && errors[0].contains(expected),
+                "{expected}: {errors:?}"
+            );
+        }
     }
 }

@@ -164,7 +164,9 @@ fn gate_text(rollout: &CanaryRollout, result: &GateResult) -> String {
         .find(|gate| gate.name() == result.gate)
         .map(|gate| &gate.check);
     let unit = |value: f64| match kind {
-        Some(GateCheck::ErrorRate(_) | GateCheck::BusinessEvent(_)) => share(value),
+        Some(GateCheck::ErrorRate(_) | GateCheck::BusinessEvent(_) | GateCheck::Sequential(_)) => {
+            share(value)
+        }
         Some(GateCheck::Latency(_)) => format!("{}ms", number(value)),
         Some(GateCheck::Custom(_)) | None => number(value),
     };

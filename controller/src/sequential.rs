@@ -1,0 +1,653 @@
+//! Anytime-valid sequential comparison of canary with stable: the `sequential` gate.
+//!
+//! # The problem
+//! The controller looks at a canary every analysis interval. A fixed-sample test checked that
+//! often fails healthy canaries far more often than its nominal level (each look is another chance
+//! for noise to cross the line), and a fixed-threshold gate (Flagger's "success rate ≥ 99%") on
+//! a 1% canary is either blind or trigger-happy, depending on traffic. We want a gate that may be
+//! checked at every interval, fails a healthy canary with probability at most α in total, and
+//! decides as soon as the data allow.
+//!
+//! # The method
+//! Every metric is reduced to counts of an *event* over an *exposure* per version: 5xx responses
+//! per request (`errorRate`), requests slower than a histogram bound per observed request
+//! (`latency`), a business event per request (`businessEvent`).
+//!
+//! **Fail: a mixture sequential probability ratio test on the canary's share of events**
+//! (Lindon & Malek 2022; Lindon, Sanden & Shirikian 2022, the Netflix deployment setting). If
+//! events arrive as Poisson processes whose rates are proportional to each version's exposure,
+//! then given the total number of events `m`, the canary's count `x` is binomial with
+//! `θ = ρw / (1 + w(ρ − 1))`, where `w` is the canary's share of the exposure and `ρ` the ratio
+//! of canary's event rate to stable's. Two unknown rates become one binomial with a known null:
+//! `ρ = 1` means `θ = w`. The baseline rate drops out, so the test needs no prior knowledge of
+//! the service. (For 5xx, which are Bernoulli rather than Poisson per request, the same holds
+//! exactly: under the null each error is the canary's with probability `w`.) The likelihood ratio
+//! of `ρ` against 1 is `ρ^x / (1 + w(ρ − 1))^m`; for a point `ρ` this is Wald's SPRT, pinned in the
+//! tests against the textbook boundaries. We mix it over a fixed distribution of `ρ > 1` (a
+//! log-normal shape centred on ×3, on a grid of 40 ratios from 1.1 to 50), as the mixture SPRT of
+//! Johari, Pekelis & Walsh ("Always valid inference", 2017/2022) does. For every `ρ ≤ 1` the
+//! mixture is a nonnegative supermartingale with mean at most 1, so by Ville's inequality
+//! `P(ever ≥ 1/α) ≤ α`, however often and whenever it is looked at: the gate fails when the
+//! mixture reaches `1/α`, and `1/mixture` is an always-valid p-value. A discrete mixture is exact
+//! (no quadrature error can break validity), and a grid over the ratio makes the test the same
+//! at every canary weight.
+//!
+//! **Pass: confidence sequences on each version's rate** (Howard, Ramdas, McAuliffe & Sekhon,
+//! "Time-uniform, nonparametric, nonasymptotic confidence sequences", Ann. Statist. 2021, the
+//! method of mixtures; Robbins 1970). For a rate `λ₀`, the Poisson likelihood ratio
+//! `r^X e^{−nλ₀(r−1)}` is a supermartingale under Poisson counts and under Bernoulli ones alike
+//! (`1 + x ≤ eˣ`); mixing it over a log-uniform grid of `r` gives, for each `λ₀`, a test, and the
+//! `λ₀` no test rejects at level α/2 form a time-uniform bound. The gate passes when canary's upper
+//! bound is below the margin computed from stable's lower bound (`max(maxRatio × stable,
+//! stable + maxIncrease)`), or, for business events, canary's lower bound above
+//! `(1 − maxDrop) × ` stable's upper bound. A worse-than-margin canary passes with probability at
+//! most α. The margin matters only for passing: any confident evidence that the canary is worse
+//! than stable fails it.
+//!
+//! Why these and not others: a two-proportion z-test re-run each interval inflates false
+//! rollbacks (the reason this gate exists); a fixed-horizon test (Kayenta's Mann–Whitney) must
+//! wait for its horizon and loses power on sparse per-interval values; the conditional binomial
+//! uses only counts the filter already exports, stays exact on thin data (a handful of errors),
+//! and its null does not depend on the unknown baseline rate. Compared with a continuous
+//! Beta-binomial mixture (Lindon & Malek's closed form) the discrete log-ratio grid is one-sided
+//! (no evidence is wasted on "the canary is better") and weight-independent.
+//!
+//! # What the metric source must provide
+//! Cumulative counts **since the current step began** (`status.stepStartedAt`), not a sliding
+//! window: the supermartingale argument needs every event since the test started, and the weight
+//! (hence `w`) is constant within a step. [`analysis_window`] gives that window, and
+//! [`crate::evaluate::evaluate_window`] tells the gate how long the window is (for `maxDuration`):
+//! - `errorRate`: requests and 5xx per version (`increase(...[window])`);
+//! - `latency`: the request-duration histogram per version, with the same bucket bounds;
+//! - `businessEvent`: requests and the event's count per version.
+//!
+//! A rollout with a sequential gate reads every gate over that window. Each step is a fresh test
+//! at level α (a rollout with k analysed steps has at most k·α false rollbacks; lower `alpha` to
+//! budget a whole rollout).
+//!
+//! # Assumptions and limits
+//! Events are independent given the version (errors clustered on one user retrying break this);
+//! exposure shares are stable within a step (true in expectation under per-user bucketing; the
+//! share is estimated from thousands of requests, far more precisely than the event counts); the
+//! latency bound is read from stable's histogram at each look, which is nearly fixed once stable
+//! has a few thousand observations. The sample minimum does not hold back a Pass or a Fail: the
+//! boundaries already account for how much data there is. It applies to the `maxDuration` pass.
+
+use std::time::Duration;
+
+use k8s_openapi::jiff::Timestamp;
+
+use crate::crd::{
+    CanaryRolloutSpec, CanaryRolloutStatus, GateCheck, GateResult, SequentialGate,
+    SequentialMetric, Verdict,
+};
+use crate::duration;
+use crate::evaluate::{happenings, histogram, requests, Bucket, Judge, Samples};
+
+/// The window when the interval is unreadable (the spec is then invalid anyway).
+const FALLBACK_INTERVAL: Duration = Duration::from_secs(30);
+
+/// The window the metric source should read: everything since the current step began when the
+/// rollout has a sequential gate (at least one second), else the analysis interval. Pass the same
+/// duration to [`crate::evaluate::evaluate_window`].
+pub fn analysis_window(
+    spec: &CanaryRolloutSpec,
+    status: Option<&CanaryRolloutStatus>,
+    now: Timestamp,
+) -> Duration {
+    let interval = duration::parse(&spec.analysis.interval)
+        .ok()
+        .filter(|interval| !interval.is_zero())
+        .unwrap_or(FALLBACK_INTERVAL);
+    let sequential = spec
+        .analysis
+        .gates
+        .iter()
+        .any(|gate| matches!(gate.check, GateCheck::Sequential(_)));
+    let started = status.and_then(|status| status.step_started_at.as_ref());
+    match (sequential, started) {
+        (true, Some(started)) => {
+            let elapsed_ms = now
+                .as_millisecond()
+                .saturating_sub(started.0.as_millisecond());
+            // Whole seconds (Kubernetes stores times so), and never empty.
+            let seconds = u64::try_from(elapsed_ms / 1000).unwrap_or(0).max(1);
+            Duration::from_secs(seconds)
+        }
+        _ => interval,
+    }
+}
+
+/// A discrete mixing distribution: ratios and the logarithms of their weights (summing to 1).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Mixture {
+    ratios: Vec<f64>,
+    log_weights: Vec<f64>,
+}
+
+impl Mixture {
+    /// Ratios `exp(u)` on the grid `u = first, first + step, …` (`count` points), weighted by
+    /// `weight(u)` (normalised here).
+    pub fn on_log_grid(first: f64, step: f64, count: usize, weight: impl Fn(f64) -> f64) -> Self {
+        let grid = (0..count).map(|i| first + step * i as f64); // small counts: exact
+        Mixture::at_log_ratios(grid, weight)
+    }
+
+    /// Ratios `exp(u)` for the given `u`, weighted by `weight(u)` (normalised here).
+    pub fn at_log_ratios(
+        log_ratios: impl IntoIterator<Item = f64>,
+        weight: impl Fn(f64) -> f64,
+    ) -> Self {
+        let grid: Vec<f64> = log_ratios.into_iter().collect();
+        let weights: Vec<f64> = grid.iter().map(|&u| weight(u).max(0.0)).collect();
+        let total: f64 = weights.iter().sum();
+        Mixture {
+            ratios: grid.iter().map(|u| u.exp()).collect(),
+            log_weights: weights.iter().map(|w| (w / total).ln()).collect(),
+        }
+    }
+
+    /// One ratio with all the weight: the mixture is then Wald's SPRT against that ratio.
+    pub fn point(ratio: f64) -> Self {
+        Mixture {
+            ratios: vec![ratio],
+            log_weights: vec![0.0],
+        }
+    }
+
+    /// The alternatives of the Fail test: ratios 1.1 to 50 (40 points, log-spaced by 0.1), log
+    /// weights of a normal centred on ln 3 with sd 0.7. Centred between the ×2 regressions a
+    /// margin usually names and the ×5+ a bad deploy brings; tuned with `cohort simulate`.
+    pub fn worse_ratios() -> Self {
+        let centre = 3.0_f64.ln();
+        Mixture::on_log_grid(1.1_f64.ln(), 0.1, 40, |u| {
+            (-0.5 * ((u - centre) / 0.7).powi(2)).exp()
+        })
+    }
+
+    /// Alternatives below a rate, for upper confidence bounds: `r = e^{-d}` for 24 distances
+    /// `d = 0.002·√2^k` (0.002 to 5.8), equally weighted. Distances spread on a log scale keep
+    /// the bound tight from a handful of events (far alternatives) to millions (near ones).
+    pub fn lower_rates() -> Self {
+        Mixture::at_log_ratios(rate_distances().map(|d| -d), |_| 1.0)
+    }
+
+    /// Alternatives above a rate, for lower confidence bounds: `r = e^{d}`, as in
+    /// [`Mixture::lower_rates`].
+    pub fn higher_rates() -> Self {
+        Mixture::at_log_ratios(rate_distances(), |_| 1.0)
+    }
+
+    /// `ln Σ wᵢ exp(f(rᵢ))`, computed without overflow.
+    fn log_mean_exp(&self, f: impl Fn(f64) -> f64) -> f64 {
+        let terms: Vec<f64> = self
+            .ratios
+            .iter()
+            .zip(&self.log_weights)
+            .map(|(&ratio, &log_weight)| log_weight + f(ratio))
+            .collect();
+        let max = terms.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        if !max.is_finite() {
+            return max;
+        }
+        max + terms.iter().map(|t| (t - max).exp()).sum::<f64>().ln()
+    }
+}
+
+/// `0.002·√2^k` for k = 0..24.
+fn rate_distances() -> impl Iterator<Item = f64> {
+    (0..24).map(|k| 0.002 * std::f64::consts::SQRT_2.powi(k))
+}
+
+/// `ln` of the likelihood ratio of rate ratio `ratio` against 1, given `x` of `m` events in the
+/// version under test and its exposure share `share`: `x ln ρ − m ln(1 + w(ρ − 1))`.
+pub fn log_likelihood_ratio(x: f64, m: f64, share: f64, ratio: f64) -> f64 {
+    x * ratio.ln() - m * (share * (ratio - 1.0)).ln_1p()
+}
+
+/// `ln` of the mixture likelihood ratio (the e-value) that the version under test has the higher
+/// event rate. Starts at 0 (an e-value of 1) with no events.
+pub fn log_evidence(x: f64, m: f64, share: f64, mixture: &Mixture) -> f64 {
+    if m <= 0.0 {
+        return 0.0;
+    }
+    mixture.log_mean_exp(|ratio| log_likelihood_ratio(x, m, share, ratio))
+}
+
+/// `ln` of the Poisson mixture likelihood ratio testing rate `rate` after `events` in `exposure`.
+fn log_rate_evidence(events: f64, exposure: f64, rate: f64, mixture: &Mixture) -> f64 {
+    mixture.log_mean_exp(|r| events * r.ln() - exposure * rate * (r - 1.0))
+}
+
+/// Time-uniform upper confidence bound on an event rate per unit of exposure at level `alpha`
+/// (holds at every look with probability ≥ 1 − alpha). Infinite without exposure.
+pub fn rate_upper_bound(events: f64, exposure: f64, alpha: f64) -> f64 {
+    if exposure <= 0.0 {
+        return f64::INFINITY;
+    }
+    let mixture = Mixture::lower_rates();
+    let target = -alpha.ln();
+    let rejects = |rate: f64| log_rate_evidence(events, exposure, rate, &mixture) >= target;
+    // At the observed rate the evidence is at most 1 (every term is ≤ 0), and it grows with the
+    // rate: bracket, then bisect.
+    let mut low = events / exposure;
+    let mut high = (2.0 * low).max(1.0 / exposure);
+    while !rejects(high) {
+        low = high;
+        high *= 2.0;
+        if !high.is_finite() {
+            return f64::INFINITY;
+        }
+    }
+    bisect(low, high, rejects).1
+}
+
+/// Time-uniform lower confidence bound on an event rate per unit of exposure at level `alpha`.
+pub fn rate_lower_bound(events: f64, exposure: f64, alpha: f64) -> f64 {
+    if exposure <= 0.0 || events <= 0.0 {
+        return 0.0;
+    }
+    let mixture = Mixture::higher_rates();
+    let target = -alpha.ln();
+    let rejects = |rate: f64| log_rate_evidence(events, exposure, rate, &mixture) >= target;
+    if !rejects(0.0) {
+        return 0.0;
+    }
+    // Rejected (below the bound) near 0, not at the observed rate: the bound lies between.
+    let accepted = |rate: f64| !rejects(rate);
+    bisect(0.0, events / exposure, accepted).0
+}
+
+/// Narrows `[low, high]` to a relative 1e-6 around where `condition` turns true, given
+/// `!condition(low)` and `condition(high)`. Callers take the side that errs safely.
+fn bisect(mut low: f64, mut high: f64, condition: impl Fn(f64) -> bool) -> (f64, f64) {
+    for _ in 0..200 {
+        if high - low <= 1e-6 * high {
+            break;
+        }
+        let middle = low + (high - low) / 2.0;
+        if condition(middle) {
+            high = middle;
+        } else {
+            low = middle;
+        }
+    }
+    (low, high)
+}
+
+/// Events over exposure for one version.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Counts {
+    /// How often the event happened (5xx, slow requests, business events).
+    pub events: f64,
+    /// Requests (or histogram observations) they happened among.
+    pub exposure: f64,
+}
+
+impl Counts {
+    fn rate(self) -> Option<f64> {
+        (self.exposure > 0.0).then(|| self.events / self.exposure)
+    }
+}
+
+/// Which way is worse.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Worse {
+    /// More events per exposure is worse (errors, slow requests).
+    Higher,
+    /// Fewer events per exposure is worse (business events).
+    Lower,
+}
+
+/// The pure test, on counts: what the gate decided and the numbers behind it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decision {
+    /// Pass, Fail or Inconclusive.
+    pub verdict: Verdict,
+    /// The mixture e-value that the canary is worse (fails at `1/alpha`).
+    pub evidence: f64,
+    /// Canary's rate where it would count as worse, at stable's observed rate.
+    pub worse_from: Option<f64>,
+    /// The canary's rate is confidently below (Higher) or above (Lower) this.
+    pub canary_bound: f64,
+    /// Why, in words (without the metric's name).
+    pub reason: String,
+}
+
+/// The margin: canary rates at or beyond this count as worse than stable's `rate`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Margin {
+    /// Worse at `max_ratio × rate` (and `rate + max_increase`), for Higher.
+    pub max_ratio: f64,
+    /// Worse at `rate + max_increase` (and `max_ratio × rate`), for Higher.
+    pub max_increase: f64,
+    /// Worse at `(1 − max_drop) × rate`, for Lower.
+    pub max_drop: f64,
+}
+
+impl Margin {
+    fn worse_from(self, worse: Worse, stable_rate: f64) -> f64 {
+        match worse {
+            Worse::Higher => (self.max_ratio * stable_rate).max(stable_rate + self.max_increase),
+            Worse::Lower => (1.0 - self.max_drop) * stable_rate,
+        }
+    }
+}
+
+/// Judges canary against stable from counts since the test began. `expired` says `maxDuration`
+/// has passed with the sample minimum met, so "no regression detected" becomes a Pass.
+pub fn decide(
+    canary: Counts,
+    stable: Counts,
+    worse: Worse,
+    margin: Margin,
+    alpha: f64,
+    expired: bool,
+) -> Decision {
+    let total_exposure = canary.exposure + stable.exposure;
+    let worse_from = stable.rate().map(|rate| margin.worse_from(worse, rate));
+    if canary.exposure <= 0.0 || stable.exposure <= 0.0 {
+        return Decision {
+            verdict: Verdict::Inconclusive,
+            evidence: 1.0,
+            worse_from,
+            canary_bound: f64::NAN,
+            reason: "no traffic to compare yet".to_owned(),
+        };
+    }
+    // The version whose relative excess of events would mean "canary worse".
+    let (suspect, share) = match worse {
+        Worse::Higher => (canary.events, canary.exposure / total_exposure),
+        Worse::Lower => (stable.events, stable.exposure / total_exposure),
+    };
+    let total_events = canary.events + stable.events;
+    let evidence = log_evidence(suspect, total_events, share, &Mixture::worse_ratios()).exp();
+    let needed = 1.0 / alpha;
+    // Half of alpha for each version's bound: both must hold for a Pass to be wrong.
+    let half = alpha / 2.0;
+    let (canary_bound, pass_bound) = match worse {
+        Worse::Higher => (
+            rate_upper_bound(canary.events, canary.exposure, half),
+            margin.worse_from(
+                worse,
+                rate_lower_bound(stable.events, stable.exposure, half),
+            ),
+        ),
+        Worse::Lower => (
+            rate_lower_bound(canary.events, canary.exposure, half),
+            margin.worse_from(
+                worse,
+                rate_upper_bound(stable.events, stable.exposure, half),
+            ),
+        ),
+    };
+    let within = match worse {
+        Worse::Higher => canary_bound < pass_bound,
+        Worse::Lower => canary_bound > pass_bound,
+    };
+    let side = match worse {
+        Worse::Higher => "at most",
+        Worse::Lower => "at least",
+    };
+    let confidence = format!("{}%", trim((1.0 - alpha) * 100.0));
+    let (verdict, reason) = if evidence >= needed {
+        (
+            Verdict::Fail,
+            format!(
+                "worse than stable: evidence {} ≥ 1/α = {} (always-valid p = {})",
+                short(evidence),
+                short(needed),
+                short(1.0 / evidence)
+            ),
+        )
+    } else if within {
+        (
+            Verdict::Pass,
+            format!(
+                "within the margin: canary's rate is {side} {} with {confidence} confidence, \
+                 worse counts from {}",
+                percent(canary_bound),
+                percent(pass_bound)
+            ),
+        )
+    } else if expired {
+        (
+            Verdict::Pass,
+            format!(
+                "no regression detected by maxDuration (evidence {} of the {} needed to fail)",
+                short(evidence),
+                short(needed)
+            ),
+        )
+    } else {
+        (
+            Verdict::Inconclusive,
+            format!(
+                "gathering evidence: {} of the {} needed to fail; canary's rate is {side} {} \
+                 ({confidence}), worse counts from {}",
+                short(evidence),
+                short(needed),
+                percent(canary_bound),
+                percent(pass_bound)
+            ),
+        )
+    };
+    Decision {
+        verdict,
+        evidence,
+        worse_from,
+        canary_bound,
+        reason,
+    }
+}
+
+impl Judge for SequentialGate {
+    /// Without the window's length `maxDuration` never expires: see [`SequentialGate::judge_over`].
+    fn judge(&self, name: &str, min_samples: u64, samples: &Samples) -> GateResult {
+        self.judge_over(name, min_samples, samples, None)
+    }
+}
+
+impl SequentialGate {
+    /// Judges samples that cover `window` since the step began (`None`: unknown, so
+    /// `maxDuration` cannot expire).
+    pub fn judge_over(
+        &self,
+        name: &str,
+        min_samples: u64,
+        samples: &Samples,
+        window: Option<Duration>,
+    ) -> GateResult {
+        let mut result = GateResult {
+            gate: name.to_owned(),
+            verdict: Verdict::Inconclusive,
+            canary: None,
+            stable: None,
+            threshold: None,
+            canary_samples: 0.0,
+            stable_samples: 0.0,
+            reason: String::new(),
+        };
+        let counted = match self.metric {
+            SequentialMetric::ErrorRate => error_counts(samples),
+            SequentialMetric::Latency => slow_counts(samples, self.quantile()),
+            SequentialMetric::BusinessEvent => event_counts(samples, self.event.as_deref()),
+        };
+        let (canary, stable, what) = match counted {
+            Ok(counted) => counted,
+            Err(reason) => {
+                result.verdict = Verdict::Error;
+                result.reason = reason;
+                return result;
+            }
+        };
+        result.canary_samples = canary.exposure;
+        result.stable_samples = stable.exposure;
+        result.canary = canary.rate();
+        result.stable = stable.rate();
+        let max_duration = duration::parse(&self.max_duration).ok();
+        let min = min_samples as f64; // small integers: exact
+        let expired = matches!((window, max_duration), (Some(window), Some(max)) if window >= max)
+            && canary.exposure >= min
+            && stable.exposure >= min;
+        let worse = match self.metric {
+            SequentialMetric::BusinessEvent => Worse::Lower,
+            SequentialMetric::ErrorRate | SequentialMetric::Latency => Worse::Higher,
+        };
+        let margin = Margin {
+            max_ratio: self.max_ratio(),
+            max_increase: self.max_increase(),
+            max_drop: self.max_drop(),
+        };
+        let decision = decide(canary, stable, worse, margin, self.alpha, expired);
+        result.threshold = decision.worse_from;
+        result.verdict = decision.verdict;
+        let rates = match (canary.rate(), stable.rate()) {
+            (Some(canary), Some(stable)) => {
+                format!(
+                    "canary {what} {} vs stable {}",
+                    percent(canary),
+                    percent(stable)
+                )
+            }
+            _ => format!("{what}: canary {canary:?}, stable {stable:?}"),
+        };
+        let over = window.map_or(String::new(), |window| {
+            format!(" over {}s", window.as_secs())
+        });
+        result.reason = format!("{rates}{over}: {}", decision.reason);
+        result
+    }
+}
+
+/// 5xx over requests.
+fn error_counts(samples: &Samples) -> Result<(Counts, Counts, String), String> {
+    let canary = Counts {
+        events: happenings(&samples.canary.server_errors, "canary 5xx")?,
+        exposure: requests(&samples.canary.requests, "canary")?,
+    };
+    let stable = Counts {
+        events: happenings(&samples.stable.server_errors, "stable 5xx")?,
+        exposure: requests(&samples.stable.requests, "stable")?,
+    };
+    Ok((canary, stable, "5xx rate".to_owned()))
+}
+
+/// Business events over requests.
+fn event_counts(
+    samples: &Samples,
+    event: Option<&str>,
+) -> Result<(Counts, Counts, String), String> {
+    let Some(event) = event else {
+        return Err("a businessEvent sequential gate needs `event`".to_owned());
+    };
+    let none = crate::evaluate::Observed::NoData;
+    let canary = Counts {
+        events: happenings(
+            samples.canary.events.get(event).unwrap_or(&none),
+            "canary events",
+        )?,
+        exposure: requests(&samples.canary.requests, "canary")?,
+    };
+    let stable = Counts {
+        events: happenings(
+            samples.stable.events.get(event).unwrap_or(&none),
+            "stable events",
+        )?,
+        exposure: requests(&samples.stable.requests, "stable")?,
+    };
+    Ok((canary, stable, format!("{event} per request")))
+}
+
+/// Requests slower than the bucket bound holding stable's `quantile`, over observations.
+fn slow_counts(samples: &Samples, quantile: f64) -> Result<(Counts, Counts, String), String> {
+    let canary = histogram(&samples.canary.latency_ms, "canary")?;
+    let stable = histogram(&samples.stable.latency_ms, "stable")?;
+    let stable_total = cumulative_at(&stable, f64::INFINITY);
+    let bound = slow_bound(&stable, quantile);
+    let Some(bound) = bound.filter(|_| stable_total > 0.0) else {
+        // No stable observations (or no finite bucket): nothing splits fast from slow yet.
+        let zero = Counts {
+            events: 0.0,
+            exposure: 0.0,
+        };
+        let canary_total = cumulative_at(&canary, f64::INFINITY);
+        return Ok((
+            Counts {
+                exposure: canary_total,
+                ..zero
+            },
+            zero,
+            "slow share".to_owned(),
+        ));
+    };
+    let split = |buckets: &[Bucket]| {
+        let total = cumulative_at(buckets, f64::INFINITY);
+        Counts {
+            events: (total - cumulative_at(buckets, bound)).max(0.0),
+            exposure: total,
+        }
+    };
+    Ok((
+        split(&canary),
+        split(&stable),
+        format!("share slower than {bound} ms"),
+    ))
+}
+
+/// The smallest finite bucket bound at or above stable's `quantile` (its highest finite bound
+/// when the quantile lies in the `+Inf` bucket).
+pub fn slow_bound(stable: &[Bucket], quantile: f64) -> Option<f64> {
+    let total = cumulative_at(stable, f64::INFINITY);
+    let mut bounds: Vec<f64> = stable
+        .iter()
+        .map(|bucket| bucket.le)
+        .filter(|le| le.is_finite())
+        .collect();
+    bounds.sort_by(f64::total_cmp);
+    bounds
+        .iter()
+        .copied()
+        .find(|&le| cumulative_at(stable, le) >= quantile * total)
+        .or_else(|| bounds.last().copied())
+}
+
+/// Observations at or below `le`: the largest cumulative count among buckets with bound ≤ `le`
+/// (so uneven bucket layouts and non-monotonic extrapolated counts read safely).
+fn cumulative_at(buckets: &[Bucket], le: f64) -> f64 {
+    buckets
+        .iter()
+        .filter(|bucket| bucket.le <= le && bucket.count.is_finite())
+        .map(|bucket| bucket.count)
+        .fold(0.0, f64::max)
+}
+
+/// A number for humans: `512`, `3.2`, `0.0041`.
+fn short(value: f64) -> String {
+    if value >= 1e6 {
+        format!("{value:.2e}")
+    } else if value >= 100.0 {
+        format!("{value:.0}")
+    } else if value >= 0.01 {
+        trim(value)
+    } else {
+        format!("{value:.1e}")
+    }
+}
+
+/// Up to 2 decimals without trailing zeros.
+fn trim(value: f64) -> String {
+    let text = format!("{value:.2}");
+    text.trim_end_matches('0').trim_end_matches('.').to_owned()
+}
+
+fn percent(share: f64) -> String {
+    if share.is_finite() {
+        format!("{:.2}%", share * 100.0)
+    } else {
+        "unknown".to_owned()
+    }
+}
+
+#[cfg(test)]
+mod tests;

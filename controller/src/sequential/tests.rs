@@ -1,0 +1,751 @@
+use super::*;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+use crate::crd::{GateSpec, SequentialGate, SequentialMetric};
+use crate::evaluate::{evaluate, evaluate_window, Observed, VersionSamples};
+
+/// `|actual - expected| <= tolerance * |expected|`, with a message.
+fn close(actual: f64, expected: f64, tolerance: f64, what: &str) {
+    assert!(
+        (actual - expected).abs() <= tolerance * expected.abs(),
+        "{what}: {actual} vs {expected}"
+    );
+}
+
+#[test]
+fn a_point_mixture_is_walds_sprt_with_the_textbook_boundaries() {
+    // NIST/SEMATECH e-Handbook 6.2.3.2 (sequential sampling): p1 = 0.01, p2 = 0.10, α = 0.05,
+    // β = 0.10 give the lines x = -h1 + s·n (accept) and x = h2 + s·n (reject) with
+    // h1 = 0.939, h2 = 1.205, s = 0.04. In our terms the null share is w = 0.01 and the
+    // alternative share 0.10, an odds ratio of (0.1/0.9)/(0.01/0.99) = 11.
+    let (share, ratio) = (0.01, 11.0);
+    let per_canary_event =
+        log_likelihood_ratio(1.0, 1.0, share, ratio) - log_likelihood_ratio(0.0, 1.0, share, ratio);
+    let per_event = -log_likelihood_ratio(0.0, 1.0, share, ratio);
+    let reject = (0.9_f64 / 0.05).ln(); // ln((1 - β) / α)
+    let accept = (0.95_f64 / 0.10).ln(); // ln((1 - α) / β)
+    close(reject / per_canary_event, 1.205_378_6, 1e-7, "h2");
+    close(accept / per_canary_event, 0.938_861_6, 1e-7, "h1");
+    close(per_event / per_canary_event, 0.039_747_43, 1e-6, "s");
+    assert_eq!(per_canary_event, 11.0_f64.ln());
+    // The one-point mixture is that likelihood ratio, and it crosses exactly at the line.
+    let point = Mixture::point(ratio);
+    for events in [10.0, 30.0, 100.0] {
+        let line = reject / per_canary_event + per_event / per_canary_event * events;
+        for x in [line.floor(), line.ceil()] {
+            let evidence = log_evidence(x, events, share, &point);
+            close(
+                evidence,
+                log_likelihood_ratio(x, events, share, ratio),
+                1e-12,
+                "point mixture",
+            );
+            assert_eq!(evidence >= reject, x >= line, "x={x} m={events}");
+        }
+    }
+}
+
+#[test]
+fn the_fail_mixture_has_the_hand_computed_values() {
+    // Independent implementation (Python, same grid): e-values for (x of m events, share w).
+    let table = [
+        (5.0, 10.0, 0.05, 462.124_294_497_259_2),
+        (10.0, 40.0, 0.05, 2_679.753_637_578_547_6),
+        (0.0, 20.0, 0.05, 0.221_962_532_696_404_5),
+        (3.0, 3.0, 0.01, 178.361_649_036_942_1),
+    ];
+    let mixture = Mixture::worse_ratios();
+    for (x, m, share, expected) in table {
+        close(
+            log_evidence(x, m, share, &mixture).exp(),
+            expected,
+            1e-10,
+            &format!("x={x} m={m} w={share}"),
+        );
+    }
+    assert_eq!(log_evidence(0.0, 0.0, 0.05, &mixture), 0.0);
+    // A two-point mixture is the weighted mean of its likelihood ratios.
+    let two = Mixture::on_log_grid(2.0_f64.ln(), 2.0_f64.ln(), 2, |_| 1.0); // ratios 2 and 4
+    let by_hand = 0.5 * (2.0_f64.powi(3) / 1.1_f64.powi(10) + 4.0_f64.powi(3) / 1.3_f64.powi(10));
+    close(
+        log_evidence(3.0, 10.0, 0.1, &two).exp(),
+        by_hand,
+        1e-12,
+        "two points",
+    );
+}
+
+/// `P(x)` for `x ~ Binomial(m, p)`, exactly enough for small `m`.
+fn binomial_pmf(m: u32, p: f64) -> Vec<f64> {
+    let mut pmf = vec![0.0; m as usize + 1];
+    pmf[0] = (1.0 - p).powi(m as i32);
+    for x in 1..=m as usize {
+        pmf[x] = pmf[x - 1] * (m as f64 - x as f64 + 1.0) / x as f64 * p / (1.0 - p);
+    }
+    pmf
+}
+
+#[test]
+fn the_fail_evidence_is_a_martingale_under_the_null_and_shrinks_when_the_canary_is_better() {
+    let mixture = Mixture::worse_ratios();
+    for (m, share) in [(1, 0.05), (12, 0.05), (30, 0.01), (40, 0.5)] {
+        let expectation = |p: f64| -> f64 {
+            binomial_pmf(m, p)
+                .iter()
+                .enumerate()
+                .map(|(x, pmf)| pmf * log_evidence(x as f64, f64::from(m), share, &mixture).exp())
+                .sum()
+        };
+        close(expectation(share), 1.0, 1e-9, &format!("E under H0, m={m}"));
+        assert!(expectation(share * 0.5) < 1.0, "a better canary, m={m}");
+    }
+}
+
+/// Exact probability that the Fail boundary (`1/alpha`) is crossed at some event among the first
+/// `events`, looking after every single event, when each event is the canary's with
+/// probability `theta` and its exposure share is `share`.
+fn crossing_probability(share: f64, theta: f64, alpha: f64, events: usize) -> f64 {
+    let mixture = Mixture::worse_ratios();
+    let needed = -alpha.ln();
+    let mut alive = vec![1.0]; // alive[x]: not yet crossed, x canary events so far
+    let mut crossed = 0.0;
+    let mut boundary = 0;
+    for m in 1..=events {
+        let mut next = vec![0.0; m + 1];
+        for (x, p) in alive.iter().enumerate() {
+            next[x] += p * (1.0 - theta);
+            next[x + 1] += p * theta;
+        }
+        // Evidence grows with x and shrinks with m, so the boundary never moves down.
+        while log_evidence(boundary as f64, m as f64, share, &mixture) < needed {
+            boundary += 1;
+        }
+        crossed += next[boundary.min(m + 1)..].iter().sum::<f64>();
+        next.truncate(boundary.min(m + 1));
+        alive = next;
+    }
+    crossed
+}
+
+#[test]
+fn false_failures_stay_below_alpha_however_often_it_is_checked() {
+    // Checked after every one of 500 events (far more often than any controller looks).
+    let table = [
+        // (share, alpha, events, exact probability of ever failing a canary as good as stable)
+        (0.05, 0.01, 500, 0.005_482_266_032_445_811),
+        (0.5, 0.05, 300, 0.038_025_170_897_142_92),
+    ];
+    for (share, alpha, events, expected) in table {
+        let probability = crossing_probability(share, share, alpha, events);
+        close(probability, expected, 1e-9, &format!("w={share} α={alpha}"));
+        assert!(probability <= alpha);
+    }
+    // And a ×5 canary at 5%: failed within 100 events nearly always.
+    let theta = 5.0 * 0.05 / (1.0 + 0.05 * 4.0);
+    close(
+        crossing_probability(0.05, theta, 0.01, 100),
+        0.978_800_338_937_690_3,
+        1e-9,
+        "power",
+    );
+}
+
+#[test]
+fn rate_bounds_have_the_closed_form_values() {
+    // No events: the upper bound solves mean(exp(n·U·(1 - r))) = 1/α over the grid, the
+    // mixture version of the rule of three (3/n at 95%).
+    let table = [
+        // (events, exposure, alpha, upper, lower), from an independent implementation
+        (0.0, 1000.0, 0.005, 0.007_301_029_994_887_358, 0.0),
+        (
+            10.0,
+            1000.0,
+            0.005,
+            0.027_839_059_809_739_407,
+            0.002_011_816_159_379_123_2,
+        ),
+        (
+            50.0,
+            10_000.0,
+            0.005,
+            0.008_310_321_480_835_225,
+            0.002_692_169_321_353_504,
+        ),
+        (0.0, 100.0, 0.05, 0.047_642_597_772_828_595, 0.0),
+        // Many events: the near alternatives keep the bound within ±3% of 10%.
+        (
+            20_000.0,
+            200_000.0,
+            0.005,
+            0.102_815_904_439_557_96,
+            0.097_234_363_605_184_61,
+        ),
+    ];
+    for (events, exposure, alpha, upper, lower) in table {
+        let what = format!("{events}/{exposure} at {alpha}");
+        close(
+            rate_upper_bound(events, exposure, alpha),
+            upper,
+            2e-6,
+            &what,
+        );
+        close(
+            rate_lower_bound(events, exposure, alpha),
+            lower,
+            2e-6,
+            &what,
+        );
+    }
+    // With a single alternative r = e^-5 ≈ 0 the bound is the rule of three itself:
+    // exp(n·U·(1 - r)) = 1/α.
+    let n = 100.0;
+    let r = (-5.0_f64).exp();
+    let evidence = log_rate_evidence(
+        0.0,
+        n,
+        0.05_f64.ln().abs() / (n * (1.0 - r)),
+        &Mixture::point(r),
+    );
+    close(evidence, 0.05_f64.ln().abs(), 1e-12, "rule of three");
+    assert_eq!(rate_upper_bound(0.0, 0.0, 0.01), f64::INFINITY);
+    assert_eq!(rate_lower_bound(5.0, 0.0, 0.01), 0.0);
+}
+
+/// Exact probability that a bound excludes the true Bernoulli rate `p` at some request among
+/// the first `requests`, looking after every request.
+fn miss_probability(p: f64, alpha: f64, requests: usize, upper: bool) -> f64 {
+    let mixture = if upper {
+        Mixture::lower_rates()
+    } else {
+        Mixture::higher_rates()
+    };
+    let needed = -alpha.ln();
+    let excluded =
+        |x: usize, n: usize| log_rate_evidence(x as f64, n as f64, p, &mixture) >= needed;
+    // Upper bounds exclude p when x is small (x <= below), lower bounds when x is large
+    // (x >= above); both edges only move up with n, so each is found by a forward scan.
+    let mut below: Option<usize> = None;
+    let mut above = 0;
+    let mut alive = vec![1.0];
+    let mut missed = 0.0;
+    for n in 1..=requests {
+        let mut next = vec![0.0; n + 1];
+        for (x, q) in alive.iter().enumerate() {
+            next[x] += q * (1.0 - p);
+            next[x + 1] += q * p;
+        }
+        if upper {
+            let mut edge = below.map_or(0, |b| b + 1);
+            while edge <= n && excluded(edge, n) {
+                edge += 1;
+            }
+            below = edge.checked_sub(1);
+            if let Some(b) = below {
+                missed += next[..=b].iter().sum::<f64>();
+                next[..=b].iter_mut().for_each(|q| *q = 0.0);
+            }
+        } else {
+            while above <= n && !excluded(above, n) {
+                above += 1;
+            }
+            missed += next[above.min(n + 1)..].iter().sum::<f64>();
+            next.truncate(above.min(n + 1));
+        }
+        alive = next;
+    }
+    missed
+}
+
+#[test]
+fn rate_bounds_are_time_uniform_on_bernoulli_data() {
+    // 2000 looks at a 1% rate: the Poisson mixture stays valid for Bernoulli counts.
+    let upper = miss_probability(0.01, 0.01, 2000, true);
+    let lower = miss_probability(0.01, 0.01, 2000, false);
+    close(upper, 0.002_208_380_695_278_250_6, 1e-8, "upper");
+    close(lower, 0.001_175_503_376_760_686_3, 1e-8, "lower");
+    assert!(upper <= 0.01 && lower <= 0.01);
+}
+
+fn counts(events: f64, exposure: f64) -> Counts {
+    Counts { events, exposure }
+}
+
+const MARGIN: Margin = Margin {
+    max_ratio: 2.0,
+    max_increase: 0.01,
+    max_drop: 0.1,
+};
+
+#[test]
+fn decisions_on_counts() {
+    use Verdict::{Fail, Inconclusive, Pass};
+    // (canary, stable, worse, expired, verdict)
+    let table = [
+        // 5% canary, 0.5% errors both: a few thousand requests pass on the +1 point margin.
+        (
+            counts(15.0, 3000.0),
+            counts(285.0, 57_000.0),
+            Worse::Higher,
+            false,
+            Pass,
+        ),
+        // Same rates, less data: wait.
+        (
+            counts(2.0, 300.0),
+            counts(28.0, 5_700.0),
+            Worse::Higher,
+            false,
+            Inconclusive,
+        ),
+        // ... unless maxDuration has passed.
+        (
+            counts(2.0, 300.0),
+            counts(28.0, 5_700.0),
+            Worse::Higher,
+            true,
+            Pass,
+        ),
+        // 5× the errors after one minute at 100 rps: fail.
+        (
+            counts(8.0, 300.0),
+            counts(28.0, 5_700.0),
+            Worse::Higher,
+            false,
+            Fail,
+        ),
+        // A failure wins over an expired maxDuration.
+        (
+            counts(8.0, 300.0),
+            counts(28.0, 5_700.0),
+            Worse::Higher,
+            true,
+            Fail,
+        ),
+        // Three errors among three, at a 1% share: fail on thin data when the data say so.
+        (
+            counts(3.0, 10.0),
+            counts(0.0, 990.0),
+            Worse::Higher,
+            false,
+            Fail,
+        ),
+        // No errors anywhere: pass once the canary has enough requests for the +1 point.
+        (
+            counts(0.0, 2_000.0),
+            counts(0.0, 40_000.0),
+            Worse::Higher,
+            false,
+            Pass,
+        ),
+        (
+            counts(0.0, 100.0),
+            counts(0.0, 2_000.0),
+            Worse::Higher,
+            false,
+            Inconclusive,
+        ),
+        // Business events: 40% fewer checkouts fails, equal ones pass with enough data.
+        (
+            counts(60.0, 1000.0),
+            counts(1900.0, 19_000.0),
+            Worse::Lower,
+            false,
+            Fail,
+        ),
+        (
+            counts(3000.0, 30_000.0),
+            counts(60_000.0, 600_000.0),
+            Worse::Lower,
+            false,
+            Pass,
+        ),
+        (
+            counts(10.0, 100.0),
+            counts(200.0, 2_000.0),
+            Worse::Lower,
+            false,
+            Inconclusive,
+        ),
+        // More checkouts is never a failure.
+        (
+            counts(400.0, 1000.0),
+            counts(1900.0, 19_000.0),
+            Worse::Lower,
+            false,
+            Pass,
+        ),
+        // No traffic on one side.
+        (
+            counts(0.0, 0.0),
+            counts(28.0, 5_700.0),
+            Worse::Higher,
+            true,
+            Inconclusive,
+        ),
+    ];
+    for (canary, stable, worse, expired, verdict) in table {
+        let decision = decide(canary, stable, worse, MARGIN, 0.01, expired);
+        assert_eq!(
+            decision.verdict, verdict,
+            "canary {canary:?} stable {stable:?}: {}",
+            decision.reason
+        );
+    }
+}
+
+#[test]
+fn decision_numbers_and_reasons() {
+    let decision = decide(
+        counts(8.0, 300.0),
+        counts(28.0, 5_700.0),
+        Worse::Higher,
+        MARGIN,
+        0.01,
+        false,
+    );
+    close(
+        decision.evidence,
+        (log_evidence(8.0, 36.0, 0.05, &Mixture::worse_ratios())).exp(),
+        1e-12,
+        "evidence",
+    );
+    close(
+        decision.worse_from.unwrap_or_default(),
+        28.0 / 5700.0 + 0.01,
+        1e-12,
+        "worse from",
+    );
+    assert!(
+        decision.reason.starts_with("worse than stable: evidence "),
+        "{}",
+        decision.reason
+    );
+    assert!(
+        decision.reason.contains("≥ 1/α = 100"),
+        "{}",
+        decision.reason
+    );
+    let waiting = decide(
+        counts(2.0, 300.0),
+        counts(28.0, 5_700.0),
+        Worse::Higher,
+        MARGIN,
+        0.01,
+        false,
+    );
+    assert!(
+        waiting.reason.starts_with("gathering evidence: ") && waiting.reason.contains("99%"),
+        "{}",
+        waiting.reason
+    );
+}
+
+fn traffic(requests: f64, errors: f64) -> VersionSamples {
+    VersionSamples {
+        requests: Observed::Value(requests),
+        server_errors: Observed::Value(errors),
+        ..VersionSamples::default()
+    }
+}
+
+/// A histogram with bounds 50, 100, 250, 500, +Inf: `fast` observations at or below 100 ms,
+/// `medium` in (100, 250], `slow` above 250.
+fn latency(fast: f64, medium: f64, slow: f64) -> VersionSamples {
+    let total = fast + medium + slow;
+    let buckets = [
+        (50.0, fast / 2.0),
+        (100.0, fast),
+        (250.0, fast + medium),
+        (500.0, fast + medium + slow / 2.0),
+        (f64::INFINITY, total),
+    ]
+    .into_iter()
+    .map(|(le, count)| Bucket { le, count })
+    .collect();
+    VersionSamples {
+        requests: Observed::Value(total),
+        latency_ms: Observed::Value(buckets),
+        ..VersionSamples::default()
+    }
+}
+
+fn gate(metric: SequentialMetric) -> SequentialGate {
+    SequentialGate::new(metric)
+}
+
+#[test]
+fn the_gate_judges_each_metric() {
+    use Verdict::{Error, Fail, Inconclusive, Pass};
+    let ten_minutes = Some(Duration::from_secs(600));
+    let minute = Some(Duration::from_secs(60));
+    let errors = gate(SequentialMetric::ErrorRate);
+    let slow = gate(SequentialMetric::Latency);
+    let mut checkout = gate(SequentialMetric::BusinessEvent);
+    checkout.event = Some("checkout".into());
+    let with_checkouts = |requests: f64, events: Observed<f64>| {
+        let mut samples = traffic(requests, 0.0);
+        samples.events.insert("checkout".into(), events);
+        samples
+    };
+    let table: Vec<(&SequentialGate, Samples, Option<Duration>, Verdict)> = vec![
+        (
+            &errors,
+            Samples {
+                canary: traffic(300.0, 8.0),
+                stable: traffic(5700.0, 28.0),
+            },
+            minute,
+            Fail,
+        ),
+        (
+            &errors,
+            Samples {
+                canary: traffic(300.0, 2.0),
+                stable: traffic(5700.0, 28.0),
+            },
+            minute,
+            Inconclusive,
+        ),
+        (
+            &errors,
+            Samples {
+                canary: traffic(300.0, 2.0),
+                stable: traffic(5700.0, 28.0),
+            },
+            ten_minutes,
+            Pass,
+        ),
+        // maxDuration passes only with the sample minimum (100) met.
+        (
+            &errors,
+            Samples {
+                canary: traffic(60.0, 0.0),
+                stable: traffic(5700.0, 28.0),
+            },
+            ten_minutes,
+            Inconclusive,
+        ),
+        // Without the window's length maxDuration cannot expire.
+        (
+            &errors,
+            Samples {
+                canary: traffic(300.0, 2.0),
+                stable: traffic(5700.0, 28.0),
+            },
+            None,
+            Inconclusive,
+        ),
+        (
+            &errors,
+            Samples {
+                canary: traffic(300.0, 2.0),
+                stable: VersionSamples {
+                    requests: Observed::Failed("timeout".into()),
+                    ..VersionSamples::default()
+                },
+            },
+            minute,
+            Error,
+        ),
+        // Latency: stable's p99 falls in (100, 250]; 4% of canary requests above 250 ms fails.
+        (
+            &slow,
+            Samples {
+                canary: latency(250.0, 38.0, 12.0),
+                stable: latency(5000.0, 690.0, 10.0),
+            },
+            minute,
+            Fail,
+        ),
+        (
+            &slow,
+            Samples {
+                canary: latency(2500.0, 495.0, 5.0),
+                stable: latency(50_000.0, 6900.0, 100.0),
+            },
+            minute,
+            Pass,
+        ),
+        (
+            &slow,
+            Samples {
+                canary: latency(250.0, 49.0, 1.0),
+                stable: VersionSamples::default(),
+            },
+            minute,
+            Inconclusive,
+        ),
+        (
+            &slow,
+            Samples {
+                canary: VersionSamples {
+                    latency_ms: Observed::Failed("bad gateway".into()),
+                    ..VersionSamples::default()
+                },
+                stable: latency(5000.0, 690.0, 10.0),
+            },
+            minute,
+            Error,
+        ),
+        // Business events: half the checkouts fails; no event series at all is no checkouts.
+        (
+            &checkout,
+            Samples {
+                canary: with_checkouts(1000.0, Observed::Value(50.0)),
+                stable: with_checkouts(19_000.0, Observed::Value(1900.0)),
+            },
+            minute,
+            Fail,
+        ),
+        (
+            &checkout,
+            Samples {
+                canary: with_checkouts(1000.0, Observed::NoData),
+                stable: with_checkouts(19_000.0, Observed::Value(1900.0)),
+            },
+            minute,
+            Fail,
+        ),
+        (
+            &checkout,
+            Samples {
+                canary: with_checkouts(100.0, Observed::Value(10.0)),
+                stable: with_checkouts(1900.0, Observed::Value(190.0)),
+            },
+            minute,
+            Inconclusive,
+        ),
+    ];
+    for (gate, samples, window, verdict) in table {
+        let result = gate.judge_over("gate", 100, &samples, window);
+        assert_eq!(
+            result.verdict, verdict,
+            "{:?} over {window:?}: {}",
+            gate.metric, result.reason
+        );
+    }
+    let mut unnamed = gate(SequentialMetric::BusinessEvent);
+    unnamed.event = None;
+    let result = unnamed.judge_over("gate", 1, &Samples::default(), minute);
+    assert_eq!(result.verdict, Error);
+}
+
+#[test]
+fn the_gate_reports_its_numbers() {
+    let samples = Samples {
+        canary: latency(250.0, 38.0, 12.0),
+        stable: latency(5000.0, 690.0, 10.0),
+    };
+    let result = gate(SequentialMetric::Latency).judge_over(
+        "latency-p99",
+        100,
+        &samples,
+        Some(Duration::from_secs(60)),
+    );
+    assert_eq!(result.gate, "latency-p99");
+    assert_eq!(
+        (result.canary_samples, result.stable_samples),
+        (300.0, 5700.0)
+    );
+    close(
+        result.canary.unwrap_or_default(),
+        0.04,
+        1e-12,
+        "canary slow share",
+    );
+    close(
+        result.stable.unwrap_or_default(),
+        10.0 / 5700.0,
+        1e-12,
+        "stable slow share",
+    );
+    // Worse from max(2 × 0.175%, 0.175% + 1 point).
+    close(
+        result.threshold.unwrap_or_default(),
+        10.0 / 5700.0 + 0.01,
+        1e-12,
+        "threshold",
+    );
+    assert!(
+        result.reason.starts_with(
+            "canary share slower than 250 ms 4.00% vs stable 0.18% over 60s: worse than stable"
+        ),
+        "{}",
+        result.reason
+    );
+}
+
+#[test]
+fn the_slow_bound_is_the_bucket_holding_stables_quantile() {
+    let stable = |fast: f64, medium: f64, slow: f64| match latency(fast, medium, slow).latency_ms {
+        Observed::Value(buckets) => buckets,
+        _ => Vec::new(),
+    };
+    assert_eq!(slow_bound(&stable(5000.0, 690.0, 10.0), 0.99), Some(250.0));
+    assert_eq!(slow_bound(&stable(5000.0, 690.0, 10.0), 0.5), Some(100.0));
+    assert_eq!(slow_bound(&stable(5000.0, 690.0, 10.0), 0.25), Some(50.0));
+    // The quantile in the +Inf bucket: the highest finite bound.
+    assert_eq!(slow_bound(&stable(10.0, 10.0, 80.0), 0.99), Some(500.0));
+    assert_eq!(slow_bound(&[], 0.99), None);
+}
+
+#[test]
+fn evaluate_window_gives_sequential_gates_their_age() {
+    let gates = vec![GateSpec::new(GateCheck::Sequential(gate(
+        SequentialMetric::ErrorRate,
+    )))];
+    let samples = Samples {
+        canary: traffic(300.0, 2.0),
+        stable: traffic(5700.0, 28.0),
+    };
+    assert_eq!(
+        evaluate(&gates, 100, &samples).verdict,
+        Verdict::Inconclusive
+    );
+    let young = evaluate_window(&gates, 100, &samples, Duration::from_secs(599));
+    assert_eq!(young.verdict, Verdict::Inconclusive);
+    let old = evaluate_window(&gates, 100, &samples, Duration::from_secs(600));
+    assert_eq!(old.verdict, Verdict::Pass);
+    assert_eq!(old.results[0].gate, "error-rate");
+    assert!(
+        old.results[0]
+            .reason
+            .contains("no regression detected by maxDuration"),
+        "{}",
+        old.results[0].reason
+    );
+}
+
+#[test]
+fn the_window_runs_from_the_step_start_when_a_gate_is_sequential() {
+    let mut spec: CanaryRolloutSpec = serde_json::from_value(serde_json::json!({
+        "target": {"envoyEcds": {"path": "/e.yaml"}},
+        "hosts": ["a"],
+        "analysis": {"interval": "15s"}
+    }))
+    .unwrap_or_else(|error| unreachable!("{error}"));
+    let at = |second: i64| Timestamp::from_second(second).unwrap_or_else(|e| unreachable!("{e}"));
+    let status = CanaryRolloutStatus {
+        step_started_at: Some(Time(at(1_000))),
+        ..CanaryRolloutStatus::default()
+    };
+    // The default gates include the sequential error-rate gate.
+    let table = [
+        (Some(&status), 1_250_500, Duration::from_secs(250)),
+        (Some(&status), 1_000_400, Duration::from_secs(1)), // never empty
+        (Some(&status), 900_000, Duration::from_secs(1)),   // a clock that went back
+        (None, 1_250_000, Duration::from_secs(15)),         // no step yet: the interval
+    ];
+    for (status, now_ms, window) in table {
+        let now = Timestamp::from_millisecond(now_ms).unwrap_or_else(|e| unreachable!("{e}"));
+        assert_eq!(analysis_window(&spec, status, now), window, "now {now_ms}");
+    }
+    spec.analysis
+        .gates
+        .retain(|gate| !matches!(gate.check, GateCheck::Sequential(_)));
+    assert_eq!(
+        analysis_window(&spec, Some(&status), at(1_250)),
+        Duration::from_secs(15)
+    );
+}
