@@ -1,6 +1,11 @@
-//! The pure core of cohort's controller: the `CanaryRollout` resource, gate evaluation, the
-//! rollout state machine and the filter config a rollout produces. No I/O here: the reconciler
-//! and `cohort run` fetch samples, call [`evaluate()`] and [`plan()`], and apply the [`Plan`].
+//! cohort's controller: it steps each `CanaryRollout`'s canary weight while its gates pass and
+//! sends everyone back to stable when one fails.
+//!
+//! A pure core decides: [`crd`] (the resource), [`evaluate()`] (gate verdicts), [`plan()`] (the
+//! state machine), [`filter_config`] and [`validate`]. A thin shell does the I/O, one module
+//! each: [`source`] (Prometheus, Envoy admin), [`target`] (WasmPlugin, ECDS file),
+//! [`reconciler`] (Kubernetes), [`standalone`] (`cohort run`), [`cli`] (operator verbs). The
+//! shell only fetches, calls the core, and applies the [`Plan`].
 
 pub mod cli;
 pub mod crd;

@@ -45,6 +45,7 @@ use crate::plan::{
 };
 use crate::source::prometheus::PrometheusSource;
 use crate::source::series::SourceError;
+use crate::source::shared::SharedCycle;
 use crate::source::{MetricSource, SeriesRequest};
 use crate::target::wasmplugin::{field_manager, WasmPluginTarget};
 use crate::target::TargetError;
@@ -58,6 +59,9 @@ pub const DEFAULT_PROMETHEUS_URL: &str = "http://prometheus.istio-system:9090";
 pub const DEFAULT_LEASE_NAME: &str = "cohort-controller";
 /// A Prometheus query slower than this makes the gate Error rather than stall the reconcile.
 const PROMETHEUS_TIMEOUT: Duration = Duration::from_secs(10);
+/// Reconciles within this of each other share one metric query (see `SharedCycle`): queries per
+/// analysis cycle stay near `interval / freshness` per series kind, whatever the rollout count.
+const SHARED_ANSWER_FRESHNESS: Duration = Duration::from_secs(5);
 /// Field manager of the status the controller writes (it owns all of status).
 pub const STATUS_FIELD_MANAGER: &str = "cohort-controller";
 /// `reportingController` of the controller's Events.
@@ -572,7 +576,8 @@ pub fn main(args: &ControllerArgs) -> Result<()> {
         })?;
     runtime.block_on(async {
         let client = Client::try_default().await?;
-        let source = Arc::new(PrometheusSource::new(&args.prometheus, PROMETHEUS_TIMEOUT)?);
+        let prometheus = PrometheusSource::new(&args.prometheus, PROMETHEUS_TIMEOUT)?;
+        let source = Arc::new(SharedCycle::new(prometheus, SHARED_ANSWER_FRESHNESS));
         let instance = std::env::var("POD_NAME")
             .or_else(|_| std::env::var("HOSTNAME"))
             .ok()

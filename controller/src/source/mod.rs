@@ -14,6 +14,7 @@ use crate::evaluate::Samples;
 pub mod envoy_admin;
 pub mod prometheus;
 pub mod series;
+pub mod shared;
 
 /// A boxed future, so sources and targets can be chosen at run time (`dyn MetricSource`).
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
