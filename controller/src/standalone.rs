@@ -26,9 +26,10 @@ use k8s_openapi::jiff::Timestamp;
 use kube::Resource as _;
 
 use crate::crd::{CanaryRollout, CanaryRolloutSpec, CanaryRolloutStatus, GateCheck, Phase};
-use crate::evaluate::{evaluate, Evaluation, Samples};
+use crate::evaluate::{evaluate, evaluate_window, Evaluation, Samples};
 use crate::filter_config::spec_to_filter_config;
 use crate::plan::{plan, EventKind, PlanInput};
+use crate::sequential::analysis_window;
 use crate::source::envoy_admin::{EcdsUpdates, EnvoyAdmin, EnvoyAdminSource};
 use crate::source::prometheus::PrometheusSource;
 use crate::source::series::SourceError;
@@ -596,13 +597,20 @@ impl Runner {
             canary_version: spec.canary_version.clone(),
             gates: gates.clone(),
         };
+        // The analysis interval, or everything since the step began when a gate is sequential.
+        let window = analysis_window(spec, self.status.as_ref(), Timestamp::now());
         // Sampled even before the first step: the Envoy-admin source needs a baseline scrape.
         let mut all = self
             .source
-            .samples(self.interval(), std::slice::from_ref(&request))
+            .samples(window, std::slice::from_ref(&request))
             .await;
         let samples = all.remove(&self.rollout.name).unwrap_or_default();
-        Some(evaluate(gates, spec.analysis.min_samples, &samples))
+        Some(evaluate_window(
+            gates,
+            spec.analysis.min_samples,
+            &samples,
+            window,
+        ))
     }
 
     /// Writes `weight_bp` into the ECDS file and, with an admin URL, waits for Envoy to count it.

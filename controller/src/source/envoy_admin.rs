@@ -26,7 +26,9 @@ use crate::source::series::{
 };
 use crate::source::{BoxFuture, MetricSource, SeriesRequest};
 
-/// Snapshots kept at most; with one call per analysis interval that is far more than needed.
+/// Snapshots kept at most. A sliding window needs only the last few; a sequential gate's window
+/// (everything since the step began) can span many calls, so a full ring is thinned evenly
+/// rather than cut at its old end, keeping a snapshot near the step's start.
 const RING_CAPACITY: usize = 64;
 /// A baseline older than this many windows is not used: it would mix in an earlier step's
 /// weight (the plan bakes every step at least one window).
@@ -91,10 +93,12 @@ impl EnvoyAdmin {
         Ok(body)
     }
 
-    /// `/stats/prometheus`, only cohort's families (Envoy filters on the stat name, which for
-    /// tagged stats still starts with the tags: `cohort_rollout=.=…`).
+    /// `/stats/prometheus`, only the families the gates read. Envoy matches the filter against
+    /// the stat's full name (`wasmcustom.cohort_rollout=.=web;.;…cohort_requests_total`), so
+    /// the family name is matched where it ends, not anchored at the start.
     pub async fn cohort_stats(&self) -> Result<String, String> {
-        self.get("/stats/prometheus", "^cohort_").await
+        let filter = format!("({REQUESTS_TOTAL}|{REQUEST_DURATION_MS}|{EVENTS_TOTAL})$");
+        self.get("/stats/prometheus", &filter).await
     }
 
     /// How many ECDS updates of the HTTP filter `filter_name` Envoy applied and rejected so far.
@@ -230,13 +234,34 @@ impl Ring {
         let keep_for = window.saturating_mul(MAX_BASELINE_WINDOWS + 1);
         // The newest snapshot always stays, however old the others are.
         while self.snapshots.len() > 1
-            && (self.snapshots.len() > RING_CAPACITY
-                || self
-                    .snapshots
-                    .front()
-                    .is_some_and(|oldest| now.saturating_duration_since(oldest.at) > keep_for))
+            && self
+                .snapshots
+                .front()
+                .is_some_and(|oldest| now.saturating_duration_since(oldest.at) > keep_for)
         {
             self.snapshots.pop_front();
+        }
+        while self.snapshots.len() > RING_CAPACITY {
+            self.thin();
+        }
+    }
+
+    /// Drops the inner snapshot whose neighbours are closest together: the one whose loss
+    /// widens the gaps least. The oldest and the newest always stay.
+    fn thin(&mut self) {
+        let snapshots = &self.snapshots;
+        let densest = (1..snapshots.len().saturating_sub(1)).min_by_key(|&i| {
+            snapshots[i + 1]
+                .at
+                .saturating_duration_since(snapshots[i - 1].at)
+        });
+        match densest {
+            Some(index) => {
+                self.snapshots.remove(index);
+            }
+            None => {
+                self.snapshots.pop_front();
+            }
         }
     }
 
@@ -698,6 +723,32 @@ cohort_request_duration_milliseconds_count{cohort_rollout="web",cohort_version="
         );
         assert_eq!(late["web"].canary.requests, Observed::NoData);
         assert_eq!(ring.len(), 1);
+    }
+
+    #[test]
+    fn a_full_ring_is_thinned_evenly_and_keeps_its_oldest_snapshot() {
+        let start = Instant::now();
+        let mut ring = Ring::default();
+        // A window as long as a sequential gate's: nothing ages out, the capacity bounds it.
+        let window = Duration::from_secs(3600);
+        for second in 0..200 {
+            let at = start + Duration::from_secs(second);
+            ring.push(snapshot(at), window);
+        }
+        assert_eq!(ring.len(), RING_CAPACITY);
+        let ages: Vec<u64> = ring
+            .snapshots
+            .iter()
+            .map(|s| s.at.duration_since(start).as_secs())
+            .collect();
+        assert_eq!(ages.first(), Some(&0));
+        assert_eq!(ages.last(), Some(&199));
+        let widest = ages.windows(2).map(|pair| pair[1] - pair[0]).max().unwrap();
+        assert!(widest <= 8, "gaps stay even: {ages:?}");
+        // The step-start snapshot is still there to difference against.
+        let now = start + Duration::from_secs(199);
+        let picked = baseline(&ring.snapshots, now, Duration::from_secs(199)).unwrap();
+        assert_eq!(picked.at, start);
     }
 
     #[test]

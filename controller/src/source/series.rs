@@ -99,8 +99,8 @@ pub struct Answers {
 /// Which series kinds any of `rollouts` needs: (latency, events).
 pub fn needed_kinds(rollouts: &[SeriesRequest]) -> (bool, bool) {
     let gates = || rollouts.iter().flat_map(|rollout| rollout.gates.iter());
-    let latency = gates().any(|gate| matches!(gate.check, GateCheck::Latency(_)));
-    let events = gates().any(|gate| matches!(gate.check, GateCheck::BusinessEvent(_)));
+    let latency = gates().any(|gate| gate.check.reads_latency());
+    let events = gates().any(|gate| gate.check.business_event().is_some());
     (latency, events)
 }
 
@@ -125,26 +125,24 @@ fn version_samples(rollout: &SeriesRequest, version: &str, answers: &Answers) ->
         server_errors: total(&answers.server_errors, |s| s.is_of(name, version)),
         ..VersionSamples::default()
     };
+    // By what each gate reads, not by its kind: a sequential gate reads the same series as the
+    // threshold gate of its metric.
     for gate in &rollout.gates {
-        match &gate.check {
-            GateCheck::Latency(_) => {
-                samples.latency_ms = histogram(answers.latency.as_ref(), name, version);
-            }
-            GateCheck::BusinessEvent(business) => {
-                let observed = match &answers.events {
-                    Some(answer) => total(answer, |s| {
-                        s.is_of(name, version) && s.label(TAG_EVENT) == Some(&business.event)
-                    }),
-                    None => not_read("business event"),
-                };
-                samples.events.insert(business.event.clone(), observed);
-            }
-            GateCheck::Custom(_) => {
-                let observed = custom(answers, name, gate, version);
-                samples.custom.insert(gate.name(), observed);
-            }
-            // Request and 5xx counts, filled above, are all an error-rate gate reads.
-            _ => {}
+        if gate.check.reads_latency() {
+            samples.latency_ms = histogram(answers.latency.as_ref(), name, version);
+        }
+        if let Some(event) = gate.check.business_event() {
+            let observed = match &answers.events {
+                Some(answer) => total(answer, |s| {
+                    s.is_of(name, version) && s.label(TAG_EVENT) == Some(event)
+                }),
+                None => not_read("business event"),
+            };
+            samples.events.insert(event.to_owned(), observed);
+        }
+        if matches!(gate.check, GateCheck::Custom(_)) {
+            let observed = custom(answers, name, gate, version);
+            samples.custom.insert(gate.name(), observed);
         }
     }
     samples
@@ -402,6 +400,44 @@ pub(crate) mod tests {
         assert!(matches!(web.canary.events["checkout"], Observed::Failed(_)));
         // Custom results not there at all: no data.
         assert_eq!(web.canary.custom["cpu"], Observed::NoData);
+    }
+
+    #[test]
+    fn sequential_gates_read_the_series_of_their_metric() {
+        use crate::crd::{SequentialGate, SequentialMetric};
+        let mut event = SequentialGate::new(SequentialMetric::BusinessEvent);
+        event.event = Some("checkout".into());
+        let gates = vec![
+            GateSpec::new(GateCheck::Sequential(SequentialGate::new(
+                SequentialMetric::Latency,
+            ))),
+            GateSpec::new(GateCheck::Sequential(event)),
+        ];
+        let rollouts = [request("web", gates)];
+        assert_eq!(needed_kinds(&rollouts), (true, true));
+        let answers = Answers {
+            requests: Ok(vec![rv("web", "canary", 10.0)]),
+            server_errors: Ok(Vec::new()),
+            latency: Some(Ok(vec![bucket("canary", "+Inf", 10.0)])),
+            events: Some(Ok(vec![Series::new(
+                &[
+                    (TAG_ROLLOUT, "web"),
+                    (TAG_VERSION, "canary"),
+                    (TAG_EVENT, "checkout"),
+                ],
+                4.0,
+            )])),
+            custom: BTreeMap::new(),
+        };
+        let web = &to_samples(&rollouts, &answers)["web"];
+        assert_eq!(
+            web.canary.latency_ms,
+            Observed::Value(vec![Bucket {
+                le: f64::INFINITY,
+                count: 10.0
+            }])
+        );
+        assert_eq!(web.canary.events["checkout"], Observed::Value(4.0));
     }
 
     #[test]
