@@ -5,6 +5,7 @@
 //! - [`upstream`]: the `stable` and `canary` HTTP/1.1 servers behind Envoy, steerable at run time.
 //! - [`client`]: a raw HTTP/1.1 client that sends any bytes (non-UTF-8, huge headers).
 //! - [`prom`]: parses Prometheus text output.
+//! - [`prometheus_server`]: a real Prometheus scraping Envoy's admin every second.
 //! - [`manifests`]: renders `manifests/` with kustomize; finds our CRD and Istio's.
 //! - [`schema`]: validates Kubernetes objects against a CRD's `openAPIV3Schema` (offline).
 
@@ -16,6 +17,7 @@ pub mod envoy;
 pub mod locate;
 pub mod manifests;
 pub mod prom;
+pub mod prometheus_server;
 pub mod schema;
 pub mod upstream;
 
