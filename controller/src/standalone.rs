@@ -486,11 +486,11 @@ impl Runner {
 
     fn stopped(&self) -> Outcome {
         match &self.status_file {
-            Some(path) => tracing::info!(
+            Some(path) if self.status.is_some() => tracing::info!(
                 "stopped; the status is in {}: run again to resume",
                 path.display()
             ),
-            None => tracing::info!("stopped"),
+            _ => tracing::info!("stopped"),
         }
         Outcome::Interrupted
     }

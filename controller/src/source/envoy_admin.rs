@@ -73,17 +73,15 @@ impl EnvoyAdmin {
         let mut url = self.base.clone();
         url.set_path(path);
         url.query_pairs_mut().clear().append_pair("filter", filter);
-        let response = self
-            .http
-            .get(url.clone())
-            .send()
-            .await
-            .map_err(|error| format!("Envoy admin {url}: {}", error_chain(&error)))?;
+        let response =
+            self.http.get(url.clone()).send().await.map_err(|error| {
+                format!("Envoy admin {url}: {}", error_chain(&error.without_url()))
+            })?;
         let status = response.status();
         let body = response
             .text()
             .await
-            .map_err(|error| format!("Envoy admin {url}: {}", error_chain(&error)))?;
+            .map_err(|error| format!("Envoy admin {url}: {}", error_chain(&error.without_url())))?;
         if !status.is_success() {
             return Err(format!(
                 "Envoy admin {url} answered {status}: {}",
