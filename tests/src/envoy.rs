@@ -54,6 +54,21 @@ fn replace_once(text: &str, from: &str, to: &str) -> Result<String> {
     }
 }
 
+/// `bootstrap` without its `cohort` HTTP filter entry (set-up "no wasm filter").
+fn without_wasm_filter(bootstrap: &str) -> Result<String> {
+    const ENTRY: &str = "\n          - name: cohort\n";
+    const NEXT: &str = "\n          - name: envoy.filters.http.router\n";
+    match (bootstrap.find(ENTRY), bootstrap.find(NEXT)) {
+        (Some(start), Some(end)) if start < end && bootstrap.matches(ENTRY).count() == 1 => {
+            Ok(format!("{}{}", &bootstrap[..start], &bootstrap[end..]))
+        }
+        _ => Err(Error(
+            "the bootstrap template no longer has the `cohort` filter right before the router"
+                .into(),
+        )),
+    }
+}
+
 /// The ECDS file for `config` (the filter's JSON) and the `.wasm` at `wasm`.
 pub fn render_ecds(wasm: &Path, config: &str) -> Result<String> {
     // The config sits in a single-quoted YAML scalar, where `'` is written `''`; a newline
@@ -76,6 +91,20 @@ pub struct Options {
     pub stats_flush_interval: String,
     /// Envoy's `--log-level`.
     pub log_level: String,
+    /// What runs in the bootstrap's `cohort` filter slot.
+    pub filter: Filter,
+}
+
+/// What runs in the bootstrap's `cohort` HTTP filter slot (the benchmark compares these).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Filter {
+    /// cohort's filter ([`filter_wasm`]), from the ECDS file.
+    #[default]
+    Cohort,
+    /// Another `.wasm` from the same ECDS file, given the same config string.
+    Wasm(PathBuf),
+    /// No wasm filter: the `cohort` entry is cut from the bootstrap, the router alone remains.
+    None,
 }
 
 impl Default for Options {
@@ -84,6 +113,7 @@ impl Default for Options {
             concurrency: 2,
             stats_flush_interval: "1s".to_owned(),
             log_level: "warn".to_owned(),
+            filter: Filter::Cohort,
         }
     }
 }
@@ -130,7 +160,11 @@ impl Envoy {
     /// Starts Envoy with `options`.
     pub fn start_with(config: &str, options: &Options) -> Result<Envoy> {
         let envoy = envoy_binary()?;
-        let wasm = filter_wasm()?;
+        let wasm = match &options.filter {
+            Filter::Cohort => filter_wasm()?,
+            Filter::Wasm(path) => path.clone(),
+            Filter::None => PathBuf::new(),
+        };
         let stable = Upstream::start("stable")?;
         let canary = Upstream::start("canary")?;
         let dir = TempDir::new("envoy")?;
@@ -155,6 +189,10 @@ impl Envoy {
             "stats_flush_interval: 5s",
             &format!("stats_flush_interval: {}", options.stats_flush_interval),
         )?;
+        let bootstrap = match options.filter {
+            Filter::None => without_wasm_filter(&bootstrap)?,
+            _ => bootstrap,
+        };
         let bootstrap_path = dir.path().join("bootstrap.yaml");
         fs::write(&bootstrap_path, bootstrap)?;
         let admin_path = dir.path().join("admin-address");
@@ -192,7 +230,7 @@ impl Envoy {
             canary,
         };
         envoy.admin = envoy.wait_for_admin(&admin_path)?;
-        envoy.wait_until_ready()?;
+        envoy.wait_until_ready(options.filter != Filter::None)?;
         Ok(envoy)
     }
 
@@ -212,12 +250,12 @@ impl Envoy {
         }
     }
 
-    fn wait_until_ready(&mut self) -> Result<()> {
+    fn wait_until_ready(&mut self, with_filter: bool) -> Result<()> {
         let start = Instant::now();
         loop {
             self.check_running("waiting for readiness")?;
             let ready = self.admin_get("/ready").is_ok_and(|r| r.status == 200);
-            if ready && self.stat(UPDATE_SUCCESS)?.unwrap_or(0) >= 1 {
+            if ready && (!with_filter || self.stat(UPDATE_SUCCESS)?.unwrap_or(0) >= 1) {
                 return Ok(());
             }
             if self.stat(UPDATE_REJECTED)?.unwrap_or(0) >= 1 {
@@ -269,6 +307,11 @@ impl Envoy {
     /// Envoy's whole log.
     pub fn log(&self) -> String {
         fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Envoy's process id (`None` once it was stopped).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     /// The listener address.
@@ -423,5 +466,25 @@ mod tests {
         assert!(error.0.contains("placeholder left unset"), "{error}");
         // Placeholders in comments are documentation, not left-overs.
         assert_eq!(render("# ${X}\na: 1\n", &[]).unwrap(), "# ${X}\na: 1\n");
+    }
+
+    #[test]
+    fn the_filterless_bootstrap_keeps_only_the_router() {
+        let bootstrap = without_wasm_filter(BOOTSTRAP_TEMPLATE).unwrap();
+        assert!(!bootstrap.contains("- name: cohort\n"), "{bootstrap}");
+        assert!(!bootstrap.contains("config_discovery"), "{bootstrap}");
+        assert!(bootstrap.contains("http_filters:\n          - name: envoy.filters.http.router\n"));
+        // The cohort entry's six lines go, nothing else.
+        let removed: Vec<&str> = BOOTSTRAP_TEMPLATE
+            .lines()
+            .filter(|line| !bootstrap.lines().any(|kept| kept == *line))
+            .map(str::trim)
+            .collect();
+        assert_eq!(removed.len(), 6, "{removed:?}");
+        assert_eq!(removed[0], "- name: cohort");
+        assert_eq!(
+            bootstrap.lines().count() + 6,
+            BOOTSTRAP_TEMPLATE.lines().count()
+        );
     }
 }

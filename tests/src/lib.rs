@@ -6,12 +6,14 @@
 //! - [`client`]: a raw HTTP/1.1 client that sends any bytes (non-UTF-8, huge headers).
 //! - [`prom`]: parses Prometheus text output.
 //! - [`prometheus_server`]: a real Prometheus scraping Envoy's admin every second.
+//! - [`bench`]: the Envoy overhead benchmark's three set-ups, `wrk` runs and CPU accounting.
 //! - [`manifests`]: renders `manifests/` with kustomize; finds our CRD and Istio's.
 //! - [`schema`]: validates Kubernetes objects against a CRD's `openAPIV3Schema` (offline).
 
 use std::fmt;
 use std::path::PathBuf;
 
+pub mod bench;
 pub mod client;
 pub mod envoy;
 pub mod locate;

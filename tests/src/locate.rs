@@ -79,12 +79,14 @@ pub fn filter_wasm() -> Result<PathBuf> {
                 )))
             };
         }
-        build_filter()
+        build_wasm("cohort-filter")
     })
     .clone()
 }
 
-fn build_filter() -> Result<PathBuf> {
+/// `cargo build -p PACKAGE --target wasm32-wasip1 --profile wasm` (a no-op when fresh), and the
+/// `.wasm` it made.
+pub fn build_wasm(package: &str) -> Result<PathBuf> {
     let root = workspace_root();
     let target_dir = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
@@ -95,7 +97,7 @@ fn build_filter() -> Result<PathBuf> {
         .args([
             "build",
             "-p",
-            "cohort-filter",
+            package,
             "--target",
             "wasm32-wasip1",
             "--profile",
@@ -103,16 +105,17 @@ fn build_filter() -> Result<PathBuf> {
         ])
         .env("CARGO_TARGET_DIR", &target_dir)
         .output()
-        .map_err(|e| Error(format!("running {cargo:?} to build the filter: {e}")))?;
+        .map_err(|e| Error(format!("running {cargo:?} to build {package}: {e}")))?;
     if !output.status.success() {
         return Err(Error(format!(
-            "building the filter failed ({}); run `cargo build -p cohort-filter --target \
+            "building {package} failed ({}); run `cargo build -p {package} --target \
              wasm32-wasip1 --profile wasm` (needs `rustup target add wasm32-wasip1`):\n{}",
             output.status,
             String::from_utf8_lossy(&output.stderr)
         )));
     }
-    let wasm = target_dir.join("wasm32-wasip1/wasm/cohort_filter.wasm");
+    let file = format!("{}.wasm", package.replace('-', "_"));
+    let wasm = target_dir.join("wasm32-wasip1/wasm").join(file);
     if wasm.is_file() {
         Ok(wasm)
     } else {

@@ -1,0 +1,391 @@
+//! The Envoy overhead benchmark behind `scripts/bench-envoy`: one Envoy bootstrap
+//! (`manifests/envoy/bootstrap.yaml`, one worker) and the same two upstreams in three set-ups,
+//! driven by `wrk` at a fixed number of connections.
+//!
+//! - (a) [`Setup::None`]: no wasm filter, the router alone;
+//! - (b) [`Setup::Noop`]: `bench/noop-filter`, a wasm filter that reads one header;
+//! - (c) [`Setup::Cohort`]: cohort's filter with [`CONFIG`]'s three rollouts, metrics on.
+//!
+//! Every request carries a fresh `x-user-id` and one of the three rollouts' hosts, so cohort
+//! really buckets (about a quarter of the requests go to the canary), and both upstreams report
+//! a `checkout` event, so cohort also counts events. Envoy's CPU time comes from
+//! `/proc/PID/stat` (user + system, all threads) over the run.
+
+use std::fmt;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use crate::envoy::{Envoy, Filter, Options};
+use crate::locate::build_wasm;
+use crate::{Context, Error, Result, TempDir};
+
+/// cohort's config in set-up (c): three rollouts, keyed on `x-user-id` (then the `uid` cookie),
+/// with one business event counted.
+pub const CONFIG: &str = r#"{"version": 1,
+ "identity": [{"kind": "header", "name": "x-user-id"}, {"kind": "cookie", "name": "uid"}],
+ "events": ["checkout"],
+ "rollouts": {
+  "cart": {"hosts": ["cart"], "weightBp": 2500},
+  "checkout": {"hosts": ["checkout"], "weightBp": 500, "allowKeys": ["alice", "bob"]},
+  "search": {"hosts": ["search"], "weightBp": 5000}
+ }}"#;
+
+/// The hosts requests rotate through, one per rollout.
+pub const HOSTS: [&str; 3] = ["cart", "checkout", "search"];
+
+/// The canary share [`HOSTS`] in rotation should give (the mean of the three weights).
+pub const EXPECTED_CANARY_SHARE: f64 = (0.25 + 0.05 + 0.50) / 3.0;
+
+/// `wrk`'s Lua script: request `n` goes to `HOSTS[n % 3]` as user `user-n`; at the end it
+/// prints one machine-readable line (latencies in microseconds).
+const WRK_SCRIPT: &str = r#"local hosts = {"cart", "checkout", "search"}
+local n = 0
+request = function()
+  n = n + 1
+  return wrk.format("GET", "/", {["Host"] = hosts[n % 3 + 1], ["x-user-id"] = "user-" .. n})
+end
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format("COHORT_BENCH requests=%d p50=%.2f p99=%.2f errors=%d non2xx=%d\n",
+    summary.requests, latency:percentile(50), latency:percentile(99),
+    e.connect + e.read + e.write + e.timeout, e.status))
+end
+"#;
+
+/// One of the three set-ups.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Setup {
+    /// (a) no wasm filter.
+    None,
+    /// (b) the no-op wasm filter.
+    Noop,
+    /// (c) cohort's filter.
+    Cohort,
+}
+
+impl Setup {
+    /// (a), (b), (c), in the order each repetition runs them.
+    pub const ALL: [Setup; 3] = [Setup::None, Setup::Noop, Setup::Cohort];
+
+    /// A short label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Setup::None => "(a) no wasm filter",
+            Setup::Noop => "(b) no-op wasm filter",
+            Setup::Cohort => "(c) cohort, 3 rollouts",
+        }
+    }
+
+    /// Starts Envoy (`workers` worker threads) in this set-up, with upstreams that report a
+    /// `checkout` event on every answer.
+    pub fn start(self, workers: u32) -> Result<Envoy> {
+        let filter = match self {
+            Setup::None => Filter::None,
+            Setup::Noop => Filter::Wasm(noop_wasm()?),
+            Setup::Cohort => Filter::Cohort,
+        };
+        let options = Options {
+            concurrency: workers,
+            // The committed bootstrap's own interval.
+            stats_flush_interval: "5s".to_owned(),
+            filter,
+            ..Options::default()
+        };
+        let envoy = Envoy::start_with(CONFIG, &options)?;
+        envoy.stable.events(Some("checkout"));
+        envoy.canary.events(Some("checkout"));
+        Ok(envoy)
+    }
+}
+
+impl fmt::Display for Setup {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.label())
+    }
+}
+
+/// The no-op filter's `.wasm`: `$COHORT_NOOP_WASM`, else built with the `wasm` profile.
+pub fn noop_wasm() -> Result<PathBuf> {
+    match std::env::var_os("COHORT_NOOP_WASM") {
+        Some(path) if Path::new(&path).is_file() => Ok(PathBuf::from(path)),
+        Some(path) => Err(Error(format!(
+            "COHORT_NOOP_WASM={} is not a file",
+            Path::new(&path).display()
+        ))),
+        None => build_wasm("cohort-bench-noop-filter"),
+    }
+}
+
+/// How `wrk` drives Envoy.
+#[derive(Debug, Clone)]
+pub struct Load {
+    /// Open connections, each with one request in flight (`wrk -c`).
+    pub connections: u32,
+    /// Length of one run.
+    pub duration: Duration,
+    /// `taskset -c` CPU lists for Envoy and `wrk` (e.g. `1` and `0`), or none.
+    pub pin: Option<(String, String)>,
+}
+
+/// What one run measured.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Run {
+    /// Responses `wrk` counted.
+    pub requests: u64,
+    /// Median latency, µs.
+    pub p50_us: f64,
+    /// 99th percentile latency, µs.
+    pub p99_us: f64,
+    /// Envoy's CPU time (user + system) over the run.
+    pub envoy_cpu: Duration,
+    /// Wall time of the run.
+    pub wall: Duration,
+    /// Share of the requests the canary upstream answered.
+    pub canary_share: f64,
+}
+
+impl Run {
+    /// Envoy CPU time per request, µs.
+    pub fn cpu_per_request_us(&self) -> f64 {
+        if self.requests == 0 {
+            return f64::NAN;
+        }
+        self.envoy_cpu.as_secs_f64() * 1e6 / self.requests as f64
+    }
+
+    /// Requests per second.
+    pub fn throughput(&self) -> f64 {
+        self.requests as f64 / self.wall.as_secs_f64()
+    }
+}
+
+/// Runs `wrk` against `envoy` for `load.duration` and measures Envoy's CPU time meanwhile.
+/// Fails when a request failed or was answered other than 2xx.
+pub fn drive(envoy: &Envoy, load: &Load) -> Result<Run> {
+    let pid = envoy
+        .pid()
+        .ok_or_else(|| Error("Envoy is not running".into()))?;
+    let dir = TempDir::new("wrk")?;
+    let script = dir.path().join("cohort.lua");
+    fs::write(&script, WRK_SCRIPT)?;
+    let url = format!("http://{}/", envoy.listen_addr());
+    let mut command = match &load.pin {
+        Some((envoy_cpus, wrk_cpus)) => {
+            pin(pid, envoy_cpus)?;
+            let mut command = Command::new("taskset");
+            command.args(["-c", wrk_cpus, "wrk"]);
+            command
+        }
+        None => Command::new("wrk"),
+    };
+    command
+        .args(["-t", "1", "-c", &load.connections.to_string()])
+        .args(["-d", &format!("{}s", load.duration.as_secs().max(1))])
+        .arg("-s")
+        .arg(&script)
+        .arg(&url);
+
+    let served_before = (envoy.stable.served(), envoy.canary.served());
+    let cpu_before = cpu_time(pid)?;
+    let started = Instant::now();
+    let output = command.output().context(|| {
+        "running wrk (Debian: `apt-get install --no-install-recommends wrk`; scripts/bench-envoy \
+         installs it)"
+            .to_owned()
+    })?;
+    let wall = started.elapsed();
+    let envoy_cpu = cpu_time(pid)?.saturating_sub(cpu_before);
+    let stable = envoy.stable.served() - served_before.0;
+    let canary = envoy.canary.served() - served_before.1;
+
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    if !output.status.success() {
+        return Err(Error(format!(
+            "wrk failed ({}): {stdout}{}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        )));
+    }
+    let summary = parse_summary(&stdout)?;
+    if summary.errors > 0 || summary.non_2xx > 0 {
+        return Err(envoy.failure(&format!(
+            "{} socket errors and {} non-2xx answers in the run:\n{stdout}",
+            summary.errors, summary.non_2xx
+        )));
+    }
+    Ok(Run {
+        requests: summary.requests,
+        p50_us: summary.p50_us,
+        p99_us: summary.p99_us,
+        envoy_cpu,
+        wall,
+        canary_share: canary as f64 / (stable + canary).max(1) as f64,
+    })
+}
+
+/// The line the Lua script prints.
+#[derive(Debug, Clone, PartialEq)]
+struct Summary {
+    requests: u64,
+    p50_us: f64,
+    p99_us: f64,
+    errors: u64,
+    non_2xx: u64,
+}
+
+fn parse_summary(stdout: &str) -> Result<Summary> {
+    let line = stdout
+        .lines()
+        .find_map(|line| line.strip_prefix("COHORT_BENCH "))
+        .ok_or_else(|| Error(format!("wrk printed no summary line:\n{stdout}")))?;
+    let field = |name: &str| -> Result<f64> {
+        line.split_whitespace()
+            .find_map(|pair| pair.strip_prefix(name)?.strip_prefix('='))
+            .and_then(|value| value.parse().ok())
+            .ok_or_else(|| Error(format!("no {name}= in wrk's summary: {line}")))
+    };
+    Ok(Summary {
+        requests: field("requests")? as u64,
+        p50_us: field("p50")?,
+        p99_us: field("p99")?,
+        errors: field("errors")? as u64,
+        non_2xx: field("non2xx")? as u64,
+    })
+}
+
+/// Pins every thread of `pid` to `cpus` (a `taskset -c` list).
+fn pin(pid: u32, cpus: &str) -> Result<()> {
+    let status = Command::new("taskset")
+        .args(["-a", "-p", "-c", cpus, &pid.to_string()])
+        .stdout(std::process::Stdio::null())
+        .status()
+        .context(|| "running taskset (util-linux)".to_owned())?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(Error(format!(
+            "taskset -a -p -c {cpus} {pid} failed ({status})"
+        )))
+    }
+}
+
+/// User + system CPU time of process `pid`, all threads (`/proc/PID/stat` fields 14 and 15,
+/// in clock ticks of 10 ms).
+pub fn cpu_time(pid: u32) -> Result<Duration> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat"))
+        .context(|| format!("reading /proc/{pid}/stat"))?;
+    // The command name is in parentheses and may hold spaces: count fields after it, where the
+    // state is field 3.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks = |field: usize| -> Result<u64> {
+        fields
+            .get(field - 3)
+            .and_then(|value| value.parse().ok())
+            .ok_or_else(|| Error(format!("field {field} of /proc/{pid}/stat: {stat}")))
+    };
+    let ticks = ticks(14)? + ticks(15)?;
+    Ok(Duration::from_millis(
+        ticks * 1000 / clock_ticks_per_second(),
+    ))
+}
+
+/// `getconf CLK_TCK`, 100 (Linux's USER_HZ) when that cannot be read.
+fn clock_ticks_per_second() -> u64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|output| String::from_utf8(output.stdout).ok())
+        .and_then(|text| text.trim().parse().ok())
+        .filter(|&hz| hz > 0)
+        .unwrap_or(100)
+}
+
+/// The median of `values` (NaN when empty).
+pub fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    match sorted.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => sorted[n / 2],
+        n => (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0,
+    }
+}
+
+/// The medians of one set-up's runs.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Medians {
+    /// p50 latency, µs.
+    pub p50_us: f64,
+    /// p99 latency, µs.
+    pub p99_us: f64,
+    /// Envoy CPU per request, µs.
+    pub cpu_us: f64,
+    /// Requests per second.
+    pub throughput: f64,
+    /// Canary share.
+    pub canary_share: f64,
+}
+
+impl Medians {
+    /// The medians of `runs`.
+    pub fn of(runs: &[Run]) -> Medians {
+        let of = |f: fn(&Run) -> f64| median(&runs.iter().map(f).collect::<Vec<_>>());
+        Medians {
+            p50_us: of(|r| r.p50_us),
+            p99_us: of(|r| r.p99_us),
+            cpu_us: of(Run::cpu_per_request_us),
+            throughput: of(Run::throughput),
+            canary_share: of(|r| r.canary_share),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_summary_line_is_parsed() {
+        let out = "Running 1s test @ http://x/\n  1 threads\nCOHORT_BENCH requests=1234 \
+                   p50=101.50 p99=250.00 errors=0 non2xx=2\n";
+        assert_eq!(
+            parse_summary(out).unwrap(),
+            Summary {
+                requests: 1234,
+                p50_us: 101.5,
+                p99_us: 250.0,
+                errors: 0,
+                non_2xx: 2
+            }
+        );
+        assert!(parse_summary("no line").is_err());
+    }
+
+    #[test]
+    fn medians() {
+        assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(&[4.0, 1.0, 2.0, 3.0]), 2.5);
+        assert!(median(&[]).is_nan());
+    }
+
+    #[test]
+    fn this_process_has_a_cpu_time() {
+        let spent = cpu_time(std::process::id()).unwrap();
+        assert!(spent < Duration::from_secs(3600));
+    }
+
+    #[test]
+    fn the_config_is_valid_and_matches_the_script() {
+        let config = cohort_core::config::parse(CONFIG.as_bytes()).unwrap();
+        assert_eq!(config.rollouts.len(), HOSTS.len());
+        for host in HOSTS {
+            assert!(WRK_SCRIPT.contains(&format!("\"{host}\"")), "{host}");
+        }
+    }
+}

@@ -1,0 +1,233 @@
+//! `bench-envoy`: what cohort's filter costs Envoy, against no filter and a no-op wasm filter.
+//!
+//! ```sh
+//! scripts/bench-envoy [--reps 5] [--duration 10] [--connections 1] [--warmup 3] [--pin 1,0]
+//! ```
+//!
+//! Starts the three set-ups of [`cohort_tests::bench`] side by side (one Envoy worker each),
+//! warms each up, then runs `wrk` against (a), (b), (c) in turn, `--reps` times, and prints every
+//! run, the medians per set-up, and what (b) and (c) add over (a). A benchmark, not a test: it
+//! asserts nothing about timing.
+
+use std::process::{Command, ExitCode};
+use std::time::Duration;
+
+use cohort_tests::bench::{drive, Load, Medians, Run, Setup, EXPECTED_CANARY_SHARE};
+use cohort_tests::locate::envoy_binary;
+use cohort_tests::{Error, Result};
+
+const USAGE: &str = "usage: bench-envoy [--reps N] [--duration SECONDS] [--connections N] \
+                     [--warmup SECONDS] [--workers N] [--pin ENVOY_CPUS,WRK_CPUS]";
+
+/// cohort's added p50 target, µs.
+const TARGET_ADDED_P50_US: f64 = 20.0;
+/// cohort's added cost over the no-op filter's, at most.
+const TARGET_RATIO: f64 = 1.3;
+
+#[derive(Debug)]
+struct Args {
+    reps: usize,
+    warmup: Duration,
+    workers: u32,
+    load: Load,
+}
+
+fn parse_args() -> Result<Args> {
+    let mut args = Args {
+        reps: 5,
+        warmup: Duration::from_secs(3),
+        workers: 1,
+        load: Load {
+            connections: 1,
+            duration: Duration::from_secs(10),
+            pin: None,
+        },
+    };
+    let mut argv = std::env::args().skip(1);
+    while let Some(flag) = argv.next() {
+        if flag == "-h" || flag == "--help" {
+            return Err(Error(USAGE.to_owned()));
+        }
+        let value = argv
+            .next()
+            .ok_or_else(|| Error(format!("{flag} needs a value\n{USAGE}")))?;
+        let number = || -> Result<u64> {
+            value
+                .parse()
+                .map_err(|_| Error(format!("{flag} {value}: not a number\n{USAGE}")))
+        };
+        match flag.as_str() {
+            "--reps" => args.reps = number()?.max(1) as usize,
+            "--duration" => args.load.duration = Duration::from_secs(number()?.max(1)),
+            "--connections" => args.load.connections = number()?.max(1) as u32,
+            "--warmup" => args.warmup = Duration::from_secs(number()?),
+            "--workers" => args.workers = number()?.max(1) as u32,
+            "--pin" => {
+                let (envoy, wrk) = value.split_once(',').ok_or_else(|| {
+                    Error(format!(
+                        "--pin {value}: expected ENVOY_CPUS,WRK_CPUS\n{USAGE}"
+                    ))
+                })?;
+                args.load.pin = Some((envoy.to_owned(), wrk.to_owned()));
+            }
+            _ => return Err(Error(format!("unknown flag {flag}\n{USAGE}"))),
+        }
+    }
+    Ok(args)
+}
+
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|text| {
+            text.split_whitespace()
+                .take(3)
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .unwrap_or_else(|_| "?".to_owned())
+}
+
+fn command_line(program: &str, args: &[&str]) -> String {
+    Command::new(program)
+        .args(args)
+        .output()
+        .map(|output| {
+            let text = String::from_utf8_lossy(&output.stdout).into_owned()
+                + &String::from_utf8_lossy(&output.stderr);
+            text.lines()
+                .find(|line| !line.trim().is_empty())
+                .unwrap_or("?")
+                .trim()
+                .to_owned()
+        })
+        .unwrap_or_else(|_| "?".to_owned())
+}
+
+fn print_run(rep: usize, setup: Setup, run: &Run) {
+    println!(
+        "rep {rep}  {:<24} {:>8} req  {:>8.0} req/s  p50 {:>7.1} µs  p99 {:>7.1} µs  \
+         Envoy CPU {:>6.1} µs/req  canary {:>5.1}%",
+        setup.label(),
+        run.requests,
+        run.throughput(),
+        run.p50_us,
+        run.p99_us,
+        run.cpu_per_request_us(),
+        run.canary_share * 100.0
+    );
+}
+
+fn main() -> ExitCode {
+    match bench() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("bench-envoy: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn bench() -> Result<()> {
+    let args = parse_args()?;
+    let envoy_path = envoy_binary()?;
+    let cpus = std::thread::available_parallelism().map_or(0, usize::from);
+    println!("# Envoy overhead");
+    println!(
+        "envoy: {} ({})",
+        command_line(&envoy_path.to_string_lossy(), &["--version"]),
+        envoy_path.display()
+    );
+    println!("wrk: {}", command_line("wrk", &["--version"]));
+    println!(
+        "{cpus} CPUs; load average before: {}; Envoy --concurrency {}; wrk -t1 -c{}; {} s per run, \
+         {} repetitions of (a) (b) (c), {} s warm-up each; pinning: {}",
+        load_average(),
+        args.workers,
+        args.load.connections,
+        args.load.duration.as_secs(),
+        args.reps,
+        args.warmup.as_secs(),
+        args.load
+            .pin
+            .as_ref()
+            .map_or("none".to_owned(), |(envoy, wrk)| format!(
+                "Envoy on CPU {envoy}, wrk on CPU {wrk}"
+            )),
+    );
+
+    let envoys = Setup::ALL
+        .iter()
+        .map(|setup| setup.start(args.workers))
+        .collect::<Result<Vec<_>>>()?;
+    if args.warmup > Duration::ZERO {
+        let warmup = Load {
+            duration: args.warmup,
+            ..args.load.clone()
+        };
+        for envoy in &envoys {
+            drive(envoy, &warmup)?;
+        }
+    }
+
+    let mut runs: Vec<Vec<Run>> = vec![Vec::new(); Setup::ALL.len()];
+    for rep in 1..=args.reps {
+        for (index, (setup, envoy)) in Setup::ALL.iter().zip(&envoys).enumerate() {
+            let run = drive(envoy, &args.load)?;
+            print_run(rep, *setup, &run);
+            runs[index].push(run);
+        }
+    }
+    let load_after = load_average();
+
+    let medians: Vec<Medians> = runs.iter().map(|runs| Medians::of(runs)).collect();
+    let (a, b, c) = (medians[0], medians[1], medians[2]);
+    println!();
+    println!(
+        "## Medians of {} runs (load average after: {load_after})",
+        args.reps
+    );
+    println!();
+    println!("| set-up | req/s | p50 µs | p99 µs | Envoy CPU µs/req | canary share |");
+    println!("|---|---:|---:|---:|---:|---:|");
+    for (setup, m) in Setup::ALL.iter().zip(&medians) {
+        println!(
+            "| {} | {:.0} | {:.1} | {:.1} | {:.1} | {:.1}% |",
+            setup.label(),
+            m.throughput,
+            m.p50_us,
+            m.p99_us,
+            m.cpu_us,
+            m.canary_share * 100.0
+        );
+    }
+    println!();
+    println!("| added over (a) | p50 µs | p99 µs | Envoy CPU µs/req |");
+    println!("|---|---:|---:|---:|");
+    for (label, m) in [("(b) no-op wasm filter", b), ("(c) cohort", c)] {
+        println!(
+            "| {label} | {:+.1} | {:+.1} | {:+.1} |",
+            m.p50_us - a.p50_us,
+            m.p99_us - a.p99_us,
+            m.cpu_us - a.cpu_us
+        );
+    }
+    let ratio = |f: fn(&Medians) -> f64| (f(&c) - f(&a)) / (f(&b) - f(&a));
+    println!();
+    println!(
+        "cohort's added cost ÷ the no-op filter's: CPU per request {:.2}×, p50 {:.2}×, p99 {:.2}× \
+         (target ≤ {TARGET_RATIO}×)",
+        ratio(|m| m.cpu_us),
+        ratio(|m| m.p50_us),
+        ratio(|m| m.p99_us)
+    );
+    println!(
+        "cohort's added p50: {:.1} µs (target ≤ {TARGET_ADDED_P50_US} µs)",
+        c.p50_us - a.p50_us
+    );
+    println!(
+        "cohort's canary share {:.1}% (expected about {:.1}%; (a) and (b) send everyone to stable)",
+        c.canary_share * 100.0,
+        EXPECTED_CANARY_SHARE * 100.0
+    );
+    Ok(())
+}

@@ -1,0 +1,68 @@
+//! The Envoy overhead benchmark's three set-ups route as they claim (`scripts/bench-envoy`
+//! times them; this only checks them, with no timing): (a) and (b) send everyone to stable
+//! untouched, (c) routes each user by cohort's placement for the host's rollout.
+
+// Test code: a failed expectation panics with its message.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use cohort_core::bucket::place;
+use cohort_tests::bench::{Setup, HOSTS};
+use cohort_tests::Response;
+
+/// `(rollout, weight_bp)` of each of [`HOSTS`], as `bench::CONFIG` sets them.
+const WEIGHTS: [(&str, u32); 3] = [("cart", 2500), ("checkout", 500), ("search", 5000)];
+
+fn get(client: &mut cohort_tests::Client, host: &str, user: &str) -> Response {
+    let response = client
+        .get(
+            "/",
+            &[(b"host", host.as_bytes()), (b"x-user-id", user.as_bytes())],
+        )
+        .unwrap();
+    assert_eq!(response.status, 200, "{response:?}");
+    response
+}
+
+#[test]
+fn without_cohort_everyone_reaches_stable_untouched() {
+    for setup in [Setup::None, Setup::Noop] {
+        let envoy = setup.start(1).unwrap_or_else(|e| panic!("{setup}: {e}"));
+        let mut client = envoy.client();
+        for (i, host) in HOSTS.iter().enumerate() {
+            let response = get(&mut client, host, &format!("user-{i}"));
+            assert_eq!(response.upstream().as_deref(), Some("stable"), "{setup}");
+            assert_eq!(
+                response.header("x-seen-version").as_deref(),
+                Some("-"),
+                "{setup} sets no routing header"
+            );
+        }
+    }
+}
+
+#[test]
+fn cohort_routes_each_user_by_its_hosts_rollout() {
+    let envoy = Setup::Cohort.start(1).unwrap_or_else(|e| panic!("{e}"));
+    let mut client = envoy.client();
+    let mut canaries = 0;
+    for (host, (rollout, weight_bp)) in HOSTS.iter().zip(WEIGHTS) {
+        assert_eq!(*host, rollout);
+        for i in 0..40 {
+            let user = format!("user-{i}");
+            let expected = if place(rollout, user.as_bytes()).is_canary(weight_bp) {
+                canaries += 1;
+                "canary"
+            } else {
+                "stable"
+            };
+            let response = get(&mut client, host, &user);
+            assert_eq!(
+                response.upstream().as_deref(),
+                Some(expected),
+                "{host} {user}"
+            );
+            assert_eq!(response.header("x-seen-version").as_deref(), Some(expected));
+        }
+    }
+    assert!(canaries > 0, "some users reach the canary");
+}
