@@ -21,6 +21,7 @@ pub mod plan;
 pub mod query;
 pub mod reconciler;
 pub mod sequential;
+pub mod simulate;
 pub mod source;
 pub mod standalone;
 pub mod target;

@@ -43,6 +43,9 @@ enum Command {
     /// Runs the in-cluster controller: watches CanaryRollouts, pushes their weights to
     /// WasmPlugins, serves /metrics, /healthz and /readyz; one leader among replicas.
     Controller(cohort_controller::reconciler::ControllerArgs),
+    /// Simulates canary traffic and compares cohort's sequential gates with threshold
+    /// (Flagger-style) and Mann-Whitney (Kayenta-style) gates: false rollbacks, detection times.
+    Simulate(cohort_controller::simulate::SimulateArgs),
 }
 
 #[derive(Args)]
@@ -75,6 +78,7 @@ fn main() -> Result<()> {
         Command::Retry(args) => block_on(cli::gesture(Gesture::Retry, args))?,
         Command::Run(args) => std::process::exit(cohort_controller::standalone::main(&args)),
         Command::Controller(args) => cohort_controller::reconciler::main(&args)?,
+        Command::Simulate(args) => cohort_controller::simulate::main(&args)?,
     }
     Ok(())
 }

@@ -1,0 +1,1040 @@
+//! `cohort simulate`: synthetic canary traffic judged by three gate families side by side, to
+//! measure how fast each catches a regression and how often it fails a healthy canary.
+//!
+//! Traffic is simulated at the analysis interval (30 s ticks), not per request: in each tick
+//! each version's requests per latency bucket are independent Poisson counts (Poisson arrivals
+//! at `rps × share`, split by a log-normal latency over Envoy's default histogram buckets), and
+//! its 5xx are binomial among them. A regressed canary has its error rate multiplied and its
+//! latencies scaled from `regression_start_s` on. Every run's random stream depends only on the
+//! seed, the scenario and the run number, so results do not depend on the thread count.
+//!
+//! The families, each fed the same traffic:
+//! - `cohort`: the sequential gates on error rate and p99 latency (α = 0.005 each, so the pair
+//!   fails a healthy canary in at most 1% of rollouts), through [`evaluate_window`] on the
+//!   counts since the start, every 30 s, with the default sample minimum (100). Pass promotes,
+//!   Fail rolls back.
+//! - `threshold`: Flagger's built-in checks with the values of its documentation, through
+//!   [`evaluate`]: `request-success-rate` ≥ 99% (an error-rate gate with `maxRate: 0.01`) and
+//!   `request-duration` p99 ≤ 500 ms (a custom gate on the canary's histogram p99, as Flagger's
+//!   query computes it), over 1 m windows every 1 m; `threshold: 5` failed checks roll back
+//!   (Flagger's documented default) and 10 passed `iterations` promote. A window without canary
+//!   data fails the check, as Flagger's "no values found" does. (A p99 bound relative to stable,
+//!   like cohort's own latency threshold gate, fails about half the healthy canaries at 5% of
+//!   100 rps: 300 requests a minute make a noisy p99.)
+//! - `mann-whitney`: Kayenta's judge at a fixed horizon (10 m): per-minute error rate and p99 of
+//!   each version compared with a Mann–Whitney test (98% confidence interval of the shift,
+//!   Hodges–Lehmann estimate, tolerance 0.25, mean ratio ≥ 1, as in Kayenta's
+//!   `MannWhitneyClassifier`; normal approximation for the interval). Any metric classified
+//!   High rolls back at the horizon; otherwise it promotes there.
+
+use std::io::{IsTerminal, Write};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::crd::{
+    AnalysisSpec, CustomGate, ErrorRateGate, GateCheck, GateSpec, SequentialGate, SequentialMetric,
+    Verdict,
+};
+use crate::evaluate::{
+    evaluate, evaluate_window, histogram_quantile, Bucket, Observed, Samples, VersionSamples,
+};
+
+/// One analysis interval: the simulation's time step.
+pub const TICK_S: u64 = 30;
+/// Simulated time per run: long enough for every family to decide.
+pub const HORIZON_S: u64 = 1200;
+/// Baseline share of requests answered with a 5xx.
+pub const BASELINE_ERROR_RATE: f64 = 0.005;
+/// Median request latency (log-normal).
+pub const LATENCY_MEDIAN_MS: f64 = 60.0;
+/// Log-normal shape: p99 ≈ 4 × median (≈ 240 ms), inside Envoy's (100, 250] bucket.
+pub const LATENCY_SIGMA: f64 = 0.6;
+/// Envoy's default histogram bucket bounds in milliseconds (the filter's histogram uses them).
+pub const ENVOY_BUCKETS_MS: [f64; 19] = [
+    0.5, 1.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0, 30000.0,
+    60000.0, 300000.0, 600000.0, 1800000.0, 3600000.0,
+];
+/// Buckets including `+Inf`.
+const BUCKETS: usize = ENVOY_BUCKETS_MS.len() + 1;
+/// Flagger's `threshold`: failed checks before rollback.
+pub const THRESHOLD_FAILED_CHECKS: u32 = 5;
+/// Flagger's `iterations`: passed checks before promotion.
+pub const THRESHOLD_ITERATIONS: u32 = 10;
+/// Flagger's interval and window.
+const THRESHOLD_INTERVAL_S: u64 = 60;
+/// Flagger's documented `request-duration` bound (p99, milliseconds).
+pub const THRESHOLD_P99_MS: f64 = 500.0;
+/// The name of the threshold family's latency check, as Flagger calls it.
+const REQUEST_DURATION: &str = "request-duration";
+/// When Kayenta's fixed-horizon judgement is made.
+pub const MANN_WHITNEY_HORIZON_S: u64 = 600;
+/// False-rollback rate of each of cohort's two sequential gates.
+pub const COHORT_ALPHA_PER_GATE: f64 = 0.005;
+
+/// One traffic scenario. Its name says it: `aa-5pct-100rps`, `errors-5x-5pct-100rps`,
+/// `latency-1.5x-1pct-10rps`, optionally `-at120s` for a regression starting later.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Scenario {
+    /// The name it was parsed from.
+    pub name: String,
+    /// Requests per second to both versions together.
+    pub rps: f64,
+    /// The canary's share of requests (0.05 = 5%).
+    pub canary_weight: f64,
+    /// Stable's (and a healthy canary's) 5xx share.
+    pub error_rate: f64,
+    /// The regressed canary's error rate, as a multiple of `error_rate`.
+    pub error_factor: f64,
+    /// The regressed canary's latencies, as a multiple of stable's.
+    pub latency_factor: f64,
+    /// When the canary regresses, in seconds from the start.
+    pub regression_start_s: u64,
+}
+
+impl Scenario {
+    /// Reads a scenario name: `aa`, `errors-<f>x` or `latency-<f>x`, then `<w>pct`, `<r>rps`,
+    /// and optionally `at<s>s`.
+    pub fn parse(name: &str) -> Result<Self, String> {
+        let bad = |why: &str| {
+            format!(
+                "{name:?}: {why}; write e.g. aa-5pct-100rps, errors-5x-5pct-100rps or \
+                 latency-1.5x-1pct-10rps-at120s"
+            )
+        };
+        let parts: Vec<&str> = name.split('-').collect();
+        let (kind, rest) = parts.split_first().ok_or_else(|| bad("empty"))?;
+        let (factor, rest) = match *kind {
+            "aa" => (1.0, rest),
+            "errors" | "latency" => {
+                let (factor, rest) = rest.split_first().ok_or_else(|| bad("no factor"))?;
+                let factor = number(factor.strip_suffix('x'))
+                    .filter(|f| *f > 0.0)
+                    .ok_or_else(|| bad("the factor is written like 5x"))?;
+                (factor, rest)
+            }
+            _ => return Err(bad("the kind is aa, errors or latency")),
+        };
+        let (weight, rest) = rest.split_first().ok_or_else(|| bad("no weight"))?;
+        let weight = number(weight.strip_suffix("pct"))
+            .filter(|w| *w > 0.0 && *w < 100.0)
+            .ok_or_else(|| bad("the weight is written like 5pct (0 to 100)"))?;
+        let (rps, rest) = rest.split_first().ok_or_else(|| bad("no rps"))?;
+        let rps = number(rps.strip_suffix("rps"))
+            .filter(|r| *r > 0.0)
+            .ok_or_else(|| bad("the traffic is written like 100rps"))?;
+        let start = match rest {
+            [] => 0,
+            [at] => at
+                .strip_prefix("at")
+                .and_then(|s| s.strip_suffix('s'))
+                .and_then(|s| s.parse::<u64>().ok())
+                .ok_or_else(|| bad("a start is written like at120s"))?,
+            _ => return Err(bad("too many parts")),
+        };
+        Ok(Scenario {
+            name: name.to_owned(),
+            rps,
+            canary_weight: weight / 100.0,
+            error_rate: BASELINE_ERROR_RATE,
+            error_factor: if *kind == "errors" { factor } else { 1.0 },
+            latency_factor: if *kind == "latency" { factor } else { 1.0 },
+            regression_start_s: start,
+        })
+    }
+
+    /// Canary and stable behave the same.
+    pub fn is_aa(&self) -> bool {
+        self.error_factor == 1.0 && self.latency_factor == 1.0
+    }
+}
+
+fn number(text: Option<&str>) -> Option<f64> {
+    text.and_then(|t| t.parse::<f64>().ok())
+        .filter(|n| n.is_finite())
+}
+
+/// The scenarios `cohort simulate` runs by default.
+pub const DEFAULT_SCENARIOS: [&str; 6] = [
+    "aa-5pct-100rps",
+    "errors-5x-5pct-100rps",
+    "errors-2x-5pct-100rps",
+    "latency-1.5x-5pct-100rps",
+    "aa-1pct-10rps",
+    "errors-5x-1pct-10rps",
+];
+
+/// The gate families compared.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Family {
+    /// cohort's sequential gates.
+    Cohort,
+    /// Flagger-style fixed thresholds per window with a failed-check counter.
+    Threshold,
+    /// Kayenta-style Mann–Whitney judgement at a fixed horizon.
+    MannWhitney,
+}
+
+impl Family {
+    /// All families, in table order.
+    pub const ALL: [Family; 3] = [Family::Cohort, Family::Threshold, Family::MannWhitney];
+
+    /// The name in the table and JSON.
+    pub fn name(self) -> &'static str {
+        match self {
+            Family::Cohort => "cohort",
+            Family::Threshold => "threshold",
+            Family::MannWhitney => "mann-whitney",
+        }
+    }
+}
+
+/// How one run ended for one family.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Rolled back at this second.
+    RolledBack(u64),
+    /// Promoted at this second.
+    Promoted(u64),
+    /// Still undecided at the horizon.
+    Undecided,
+}
+
+/// One line of the result: a scenario judged by one family over all runs. Rates are fractions
+/// of runs; times are seconds (detection from the regression's start). `None` (JSON null) where
+/// the number does not apply (no false rollbacks to count when the canary is bad from the
+/// start; no detection in an A/A scenario) or no run got there.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Row {
+    /// Scenario name.
+    pub scenario: String,
+    /// Gate family name.
+    pub gate: String,
+    /// Runs rolled back while the canary was as good as stable.
+    pub false_rollback_rate: Option<f64>,
+    /// Runs rolled back after the regression started.
+    pub detection_rate: Option<f64>,
+    /// Median time from the regression's start to rollback, among detected runs.
+    pub median_detect_s: Option<f64>,
+    /// 90th percentile of that.
+    pub p90_detect_s: Option<f64>,
+    /// Median time to promotion in an A/A scenario, among promoted runs.
+    pub median_promote_s: Option<f64>,
+}
+
+/// How many runs and which random streams.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Settings {
+    /// Runs per scenario.
+    pub runs: u32,
+    /// Base seed.
+    pub seed: u64,
+    /// Worker threads.
+    pub threads: usize,
+}
+
+/// Runs every scenario `settings.runs` times and summarises each family. `progress(done,
+/// total)` is called from the calling thread about ten times a second, and once at the end.
+pub fn simulate(
+    scenarios: &[Scenario],
+    settings: Settings,
+    mut progress: impl FnMut(usize, usize),
+) -> Vec<Row> {
+    let runs = settings.runs as usize;
+    let total = scenarios.len() * runs;
+    let next = AtomicUsize::new(0);
+    let done = AtomicUsize::new(0);
+    let outcomes: Mutex<Vec<[Outcome; 3]>> = Mutex::new(vec![[Outcome::Undecided; 3]; total]);
+    let models: Vec<Model> = scenarios.iter().map(Model::new).collect();
+    std::thread::scope(|scope| {
+        for _ in 0..settings.threads.max(1) {
+            scope.spawn(|| loop {
+                let job = next.fetch_add(1, Ordering::Relaxed);
+                if job >= total {
+                    break;
+                }
+                let (scenario, run) = (job / runs, job % runs);
+                let seed = stream_seed(settings.seed, scenario as u64, run as u64);
+                let outcome = models[scenario].run(&mut Rng::new(seed));
+                if let Ok(mut outcomes) = outcomes.lock() {
+                    outcomes[job] = outcome;
+                }
+                done.fetch_add(1, Ordering::Relaxed);
+            });
+        }
+        while done.load(Ordering::Relaxed) < total {
+            progress(done.load(Ordering::Relaxed), total);
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    });
+    progress(total, total);
+    let outcomes = outcomes.into_inner().unwrap_or_default();
+    let mut rows = Vec::new();
+    for (index, scenario) in scenarios.iter().enumerate() {
+        let runs_of = &outcomes[index * runs..(index + 1) * runs];
+        for (slot, family) in Family::ALL.into_iter().enumerate() {
+            let ends: Vec<Outcome> = runs_of.iter().map(|outcome| outcome[slot]).collect();
+            rows.push(summarise(scenario, family, &ends));
+        }
+    }
+    rows
+}
+
+fn summarise(scenario: &Scenario, family: Family, ends: &[Outcome]) -> Row {
+    let runs = ends.len().max(1) as f64; // run counts are small: exact
+    let start = scenario.regression_start_s;
+    let rollbacks: Vec<u64> = ends
+        .iter()
+        .filter_map(|end| match end {
+            Outcome::RolledBack(at) => Some(*at),
+            _ => None,
+        })
+        .collect();
+    let mut row = Row {
+        scenario: scenario.name.clone(),
+        gate: family.name().to_owned(),
+        false_rollback_rate: None,
+        detection_rate: None,
+        median_detect_s: None,
+        p90_detect_s: None,
+        median_promote_s: None,
+    };
+    if scenario.is_aa() {
+        row.false_rollback_rate = Some(rollbacks.len() as f64 / runs);
+        let mut promotions: Vec<u64> = ends
+            .iter()
+            .filter_map(|end| match end {
+                Outcome::Promoted(at) => Some(*at),
+                _ => None,
+            })
+            .collect();
+        promotions.sort_unstable();
+        row.median_promote_s = quantile(&promotions, 0.5);
+        return row;
+    }
+    // A rollback decided on data that ended before the regression began is a false one.
+    let early = rollbacks.iter().filter(|&&at| at <= start).count();
+    if start > 0 {
+        row.false_rollback_rate = Some(early as f64 / runs);
+    }
+    let mut detections: Vec<u64> = rollbacks
+        .iter()
+        .filter(|&&at| at > start)
+        .map(|at| at - start)
+        .collect();
+    detections.sort_unstable();
+    row.detection_rate = Some(detections.len() as f64 / runs);
+    row.median_detect_s = quantile(&detections, 0.5);
+    row.p90_detect_s = quantile(&detections, 0.9);
+    row
+}
+
+/// The nearest-rank `q` quantile of sorted seconds.
+fn quantile(sorted: &[u64], q: f64) -> Option<f64> {
+    if sorted.is_empty() {
+        return None;
+    }
+    let rank = (q * sorted.len() as f64).ceil().max(1.0) as usize;
+    sorted.get(rank.min(sorted.len()) - 1).map(|&s| s as f64)
+}
+
+/// A scenario with its latency bucket probabilities worked out once.
+struct Model<'a> {
+    scenario: &'a Scenario,
+    healthy_buckets: [f64; BUCKETS],
+    regressed_buckets: [f64; BUCKETS],
+    cohort_gates: Vec<GateSpec>,
+    cohort_min_samples: u64,
+    threshold_gates: Vec<GateSpec>,
+}
+
+impl<'a> Model<'a> {
+    fn new(scenario: &'a Scenario) -> Self {
+        let sequential = |metric, name: &str| GateSpec {
+            name: Some(name.to_owned()),
+            min_samples: None,
+            check: GateCheck::Sequential(SequentialGate {
+                alpha: COHORT_ALPHA_PER_GATE,
+                ..SequentialGate::new(metric)
+            }),
+        };
+        Model {
+            scenario,
+            healthy_buckets: lognormal_buckets(LATENCY_MEDIAN_MS),
+            regressed_buckets: lognormal_buckets(LATENCY_MEDIAN_MS * scenario.latency_factor),
+            cohort_gates: vec![
+                sequential(SequentialMetric::ErrorRate, "error-rate"),
+                sequential(SequentialMetric::Latency, "latency-p99"),
+            ],
+            cohort_min_samples: AnalysisSpec::default().min_samples,
+            threshold_gates: vec![
+                GateSpec {
+                    name: Some("success-rate".to_owned()),
+                    min_samples: None,
+                    check: GateCheck::ErrorRate(ErrorRateGate {
+                        max_increase: 1.0,
+                        max_rate: Some(0.01),
+                    }),
+                },
+                GateSpec {
+                    name: Some(REQUEST_DURATION.to_owned()),
+                    min_samples: None,
+                    check: GateCheck::Custom(CustomGate {
+                        query: "histogram_quantile(0.99, sum by (le) (rate(cohort_request_duration_milliseconds_bucket{cohort_version=\"{{version}}\"}[{{interval}}])))".to_owned(),
+                        min: None,
+                        max: Some(THRESHOLD_P99_MS),
+                    }),
+                },
+            ],
+        }
+    }
+
+    /// One rollout of the scenario, judged by every family.
+    fn run(&self, rng: &mut Rng) -> [Outcome; 3] {
+        let scenario = self.scenario;
+        let mut since_start = Traffic::default();
+        let mut this_minute = Traffic::default();
+        let mut minutes = MinuteSeries::default();
+        let mut cohort = Outcome::Undecided;
+        let mut threshold = Outcome::Undecided;
+        let mut mann_whitney = Outcome::Undecided;
+        let (mut passed, mut failed) = (0, 0);
+        let mut t = 0;
+        while t < HORIZON_S {
+            let regressed = t >= scenario.regression_start_s;
+            t += TICK_S;
+            let tick = TICK_S as f64;
+            let canary_rps = scenario.rps * scenario.canary_weight;
+            let canary = if regressed {
+                Counts::draw(
+                    rng,
+                    canary_rps * tick,
+                    scenario.error_rate * scenario.error_factor,
+                    &self.regressed_buckets,
+                )
+            } else {
+                Counts::draw(
+                    rng,
+                    canary_rps * tick,
+                    scenario.error_rate,
+                    &self.healthy_buckets,
+                )
+            };
+            let stable = Counts::draw(
+                rng,
+                (scenario.rps - canary_rps) * tick,
+                scenario.error_rate,
+                &self.healthy_buckets,
+            );
+            since_start.add(&canary, &stable);
+            this_minute.add(&canary, &stable);
+
+            if cohort == Outcome::Undecided {
+                let evaluation = evaluate_window(
+                    &self.cohort_gates,
+                    self.cohort_min_samples,
+                    &since_start.samples(),
+                    Duration::from_secs(t),
+                );
+                cohort = decided(evaluation.verdict, t);
+            }
+            if t % THRESHOLD_INTERVAL_S == 0 {
+                if threshold == Outcome::Undecided {
+                    let evaluation =
+                        evaluate(&self.threshold_gates, 1, &this_minute.flagger_samples());
+                    if evaluation.verdict == Verdict::Pass {
+                        passed += 1;
+                    } else {
+                        failed += 1;
+                    }
+                    if failed >= THRESHOLD_FAILED_CHECKS {
+                        threshold = Outcome::RolledBack(t);
+                    } else if passed >= THRESHOLD_ITERATIONS {
+                        threshold = Outcome::Promoted(t);
+                    }
+                }
+                if t <= MANN_WHITNEY_HORIZON_S {
+                    minutes.push(&this_minute);
+                }
+                if t == MANN_WHITNEY_HORIZON_S {
+                    mann_whitney = if minutes.any_high() {
+                        Outcome::RolledBack(t)
+                    } else {
+                        Outcome::Promoted(t)
+                    };
+                }
+                this_minute = Traffic::default();
+            }
+            let all_decided = [cohort, threshold, mann_whitney]
+                .iter()
+                .all(|outcome| *outcome != Outcome::Undecided);
+            if all_decided {
+                break;
+            }
+        }
+        [cohort, threshold, mann_whitney]
+    }
+}
+
+fn decided(verdict: Verdict, t: u64) -> Outcome {
+    match verdict {
+        Verdict::Fail => Outcome::RolledBack(t),
+        Verdict::Pass => Outcome::Promoted(t),
+        Verdict::Inconclusive | Verdict::Error => Outcome::Undecided,
+    }
+}
+
+/// One version's requests over a period: per latency bucket (not cumulative) and 5xx.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+struct Counts {
+    buckets: [u64; BUCKETS],
+    errors: u64,
+}
+
+impl Counts {
+    /// Poisson requests with mean `requests`, split over the buckets, `error_rate` of them 5xx.
+    fn draw(rng: &mut Rng, requests: f64, error_rate: f64, buckets: &[f64; BUCKETS]) -> Self {
+        let mut counts = Counts::default();
+        for (count, probability) in counts.buckets.iter_mut().zip(buckets) {
+            *count = rng.poisson(requests * probability);
+        }
+        counts.errors = rng.binomial(counts.requests(), error_rate);
+        counts
+    }
+
+    fn requests(&self) -> u64 {
+        self.buckets.iter().sum()
+    }
+
+    fn add(&mut self, other: &Counts) {
+        for (mine, theirs) in self.buckets.iter_mut().zip(&other.buckets) {
+            *mine += theirs;
+        }
+        self.errors += other.errors;
+    }
+
+    /// What a metric source would report for this version: counters and a cumulative histogram.
+    fn version_samples(&self) -> VersionSamples {
+        let mut running = 0;
+        let histogram = ENVOY_BUCKETS_MS
+            .iter()
+            .copied()
+            .chain(std::iter::once(f64::INFINITY))
+            .zip(&self.buckets)
+            .map(|(le, count)| {
+                running += count;
+                Bucket {
+                    le,
+                    count: running as f64,
+                }
+            })
+            .collect();
+        VersionSamples {
+            requests: Observed::Value(self.requests() as f64),
+            server_errors: Observed::Value(self.errors as f64),
+            latency_ms: Observed::Value(histogram),
+            ..VersionSamples::default()
+        }
+    }
+}
+
+/// Both versions over a period.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+struct Traffic {
+    canary: Counts,
+    stable: Counts,
+}
+
+impl Traffic {
+    fn add(&mut self, canary: &Counts, stable: &Counts) {
+        self.canary.add(canary);
+        self.stable.add(stable);
+    }
+
+    fn samples(&self) -> Samples {
+        Samples {
+            canary: self.canary.version_samples(),
+            stable: self.stable.version_samples(),
+        }
+    }
+
+    /// [`Traffic::samples`] plus the canary's p99 as the `request-duration` query's answer.
+    fn flagger_samples(&self) -> Samples {
+        let mut samples = self.samples();
+        let p99 = match &samples.canary.latency_ms {
+            Observed::Value(buckets) => histogram_quantile(0.99, buckets),
+            _ => f64::NAN,
+        };
+        let answer = if p99.is_finite() {
+            Observed::Value(p99)
+        } else {
+            Observed::NoData
+        };
+        samples
+            .canary
+            .custom
+            .insert(REQUEST_DURATION.to_owned(), answer);
+        samples
+    }
+}
+
+/// Kayenta's inputs: one value per minute and version (minutes without data left out, as
+/// Kayenta's NaN strategy "remove" does).
+#[derive(Debug, Clone, Default, PartialEq)]
+struct MinuteSeries {
+    canary_errors: Vec<f64>,
+    stable_errors: Vec<f64>,
+    canary_p99: Vec<f64>,
+    stable_p99: Vec<f64>,
+}
+
+impl MinuteSeries {
+    fn push(&mut self, minute: &Traffic) {
+        let samples = minute.samples();
+        let pairs = [
+            (
+                &minute.canary,
+                &samples.canary,
+                &mut self.canary_errors,
+                &mut self.canary_p99,
+            ),
+            (
+                &minute.stable,
+                &samples.stable,
+                &mut self.stable_errors,
+                &mut self.stable_p99,
+            ),
+        ];
+        for (counts, version, errors, p99) in pairs {
+            let requests = counts.requests();
+            if requests > 0 {
+                errors.push(counts.errors as f64 / requests as f64);
+            }
+            if let Observed::Value(buckets) = &version.latency_ms {
+                let q = histogram_quantile(0.99, buckets);
+                if q.is_finite() {
+                    p99.push(q);
+                }
+            }
+        }
+    }
+
+    fn any_high(&self) -> bool {
+        kayenta_high(&self.canary_errors, &self.stable_errors)
+            || kayenta_high(&self.canary_p99, &self.stable_p99)
+    }
+}
+
+/// Two-sided z for Kayenta's 98% confidence level.
+const Z_98: f64 = 2.326_347_874_040_841;
+
+/// Kayenta's Mann–Whitney classification of `canary` against `stable`, direction "increase":
+/// High when the 98% interval of the location shift lies above 0.25 × |Hodges–Lehmann shift|
+/// and canary's mean is at least stable's.
+pub fn kayenta_high(canary: &[f64], stable: &[f64]) -> bool {
+    if canary.is_empty() || stable.is_empty() {
+        return false; // no data: not High
+    }
+    let distinct = |values: &[f64]| {
+        let mut sorted = values.to_vec();
+        sorted.sort_by(f64::total_cmp);
+        sorted.dedup();
+        sorted
+    };
+    let mut all = canary.to_vec();
+    all.extend_from_slice(stable);
+    if distinct(&all).len() == 1 {
+        return false;
+    }
+    let mut shifts: Vec<f64> = canary
+        .iter()
+        .flat_map(|c| stable.iter().map(move |s| c - s))
+        .collect();
+    shifts.sort_by(f64::total_cmp);
+    let pairs = shifts.len();
+    let estimate = if pairs % 2 == 1 {
+        shifts[pairs / 2]
+    } else {
+        (shifts[pairs / 2 - 1] + shifts[pairs / 2]) / 2.0
+    };
+    let (n, m) = (canary.len() as f64, stable.len() as f64);
+    let spread = (n * m * (n + m + 1.0) / 12.0).sqrt();
+    let rank = (n * m / 2.0 - Z_98 * spread).floor().max(1.0) as usize;
+    let lower = shifts[rank.min(pairs) - 1];
+    let mean = |values: &[f64]| values.iter().sum::<f64>() / values.len() as f64;
+    let ratio = if mean(stable) == 0.0 {
+        1.0
+    } else {
+        mean(canary) / mean(stable)
+    };
+    lower > 0.25 * estimate.abs() && ratio >= 1.0
+}
+
+/// Probabilities of Envoy's buckets (the last is `+Inf`) for a log-normal latency with median
+/// `median_ms` and shape [`LATENCY_SIGMA`].
+fn lognormal_buckets(median_ms: f64) -> [f64; BUCKETS] {
+    let mut probabilities = [0.0; BUCKETS];
+    let mut below = 0.0;
+    for (probability, le) in probabilities.iter_mut().zip(ENVOY_BUCKETS_MS) {
+        let cumulative = normal_cdf((le / median_ms).ln() / LATENCY_SIGMA);
+        *probability = (cumulative - below).max(0.0);
+        below = cumulative;
+    }
+    probabilities[BUCKETS - 1] = (1.0 - below).max(0.0);
+    probabilities
+}
+
+/// Φ(x), from `erfc` (Numerical Recipes' Chebyshev fit, relative error < 1.2e-7).
+fn normal_cdf(x: f64) -> f64 {
+    0.5 * erfc(-x / std::f64::consts::SQRT_2)
+}
+
+fn erfc(x: f64) -> f64 {
+    let z = x.abs();
+    let t = 1.0 / (1.0 + 0.5 * z);
+    let polynomial = [
+        -1.265_512_23,
+        1.000_023_68,
+        0.374_091_96,
+        0.096_784_18,
+        -0.186_288_06,
+        0.278_868_07,
+        -1.135_203_98,
+        1.488_515_87,
+        -0.822_152_23,
+        0.170_872_77,
+    ]
+    .iter()
+    .rev()
+    .fold(0.0, |acc, c| c + t * acc);
+    let value = t * (-z * z + polynomial).exp();
+    if x >= 0.0 {
+        value
+    } else {
+        2.0 - value
+    }
+}
+
+/// A run's seed from the base seed, the scenario and the run (SplitMix64 finaliser of each).
+fn stream_seed(seed: u64, scenario: u64, run: u64) -> u64 {
+    splitmix(splitmix(splitmix(seed) ^ scenario) ^ run)
+}
+
+fn splitmix(mut x: u64) -> u64 {
+    x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    x ^ (x >> 31)
+}
+
+/// xoshiro256** (Blackman & Vigna): small, fast, and the same stream on every platform and
+/// crate version, which keeps BENCHMARKS.md reproducible.
+#[derive(Debug, Clone)]
+pub struct Rng {
+    state: [u64; 4],
+}
+
+impl Rng {
+    /// A generator seeded through SplitMix64, as the xoshiro authors recommend.
+    pub fn new(seed: u64) -> Self {
+        let mut state = [0; 4];
+        for (i, word) in (0u64..).zip(&mut state) {
+            *word = splitmix(seed.wrapping_add(i.wrapping_mul(0x9E37_79B9_7F4A_7C15)));
+        }
+        if state == [0; 4] {
+            state[0] = 1; // the one state xoshiro cannot leave
+        }
+        Rng { state }
+    }
+
+    /// The next 64 random bits.
+    pub fn next_u64(&mut self) -> u64 {
+        let s = &mut self.state;
+        let result = s[1].wrapping_mul(5).rotate_left(7).wrapping_mul(9);
+        let t = s[1] << 17;
+        s[2] ^= s[0];
+        s[3] ^= s[1];
+        s[1] ^= s[2];
+        s[0] ^= s[3];
+        s[2] ^= t;
+        s[3] = s[3].rotate_left(45);
+        result
+    }
+
+    /// Uniform in [0, 1), 53 bits.
+    pub fn uniform(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
+    }
+
+    /// A Poisson count with mean `mean`: inversion below 30, else Hörmann's transformed
+    /// rejection (PTRS, 1993), exact in both cases.
+    pub fn poisson(&mut self, mean: f64) -> u64 {
+        // NaN and non-positive means alike.
+        if mean.is_nan() || mean <= 0.0 {
+            return 0;
+        }
+        if mean < 30.0 {
+            let mut k = 0;
+            let mut probability = (-mean).exp();
+            let mut cumulative = probability;
+            let u = self.uniform();
+            while u > cumulative && k < 1000 {
+                k += 1;
+                probability *= mean / k as f64;
+                cumulative += probability;
+            }
+            return k;
+        }
+        let slam = mean.sqrt();
+        let log_mean = mean.ln();
+        let b = 0.931 + 2.53 * slam;
+        let a = -0.059 + 0.024_83 * b;
+        let inv_alpha = 1.1239 + 1.1328 / (b - 3.4);
+        let v_r = 0.9277 - 3.6224 / (b - 2.0);
+        loop {
+            let u = self.uniform() - 0.5;
+            let v = self.uniform();
+            let us = 0.5 - u.abs();
+            let k = ((2.0 * a / us + b) * u + mean + 0.43).floor();
+            if us >= 0.07 && v <= v_r {
+                return k as u64;
+            }
+            if k < 0.0 || (us < 0.013 && v > us) {
+                continue;
+            }
+            let accept = v.ln() + inv_alpha.ln() - (a / (us * us) + b).ln();
+            if accept <= -mean + k * log_mean - ln_factorial(k) {
+                return k as u64;
+            }
+        }
+    }
+
+    /// A binomial count of `trials` with success probability `p`, by inversion in chunks small
+    /// enough that `(1 - p)^chunk` stays far from underflow (cost ∝ trials × p).
+    pub fn binomial(&mut self, trials: u64, p: f64) -> u64 {
+        if p.is_nan() || p <= 0.0 || trials == 0 {
+            return 0;
+        }
+        if p >= 1.0 {
+            return trials;
+        }
+        if p > 0.5 {
+            return trials - self.binomial(trials, 1.0 - p);
+        }
+        let chunk = ((300.0 / -(1.0 - p).ln()).floor() as u64).max(1);
+        let mut successes = 0;
+        let mut left = trials;
+        while left > 0 {
+            let n = left.min(chunk);
+            left -= n;
+            let odds = p / (1.0 - p);
+            let mut k = 0;
+            let mut probability = (1.0 - p).powf(n as f64);
+            let mut cumulative = probability;
+            let u = self.uniform();
+            while u > cumulative && k < n {
+                k += 1;
+                probability *= odds * (n - k + 1) as f64 / k as f64;
+                cumulative += probability;
+            }
+            successes += k;
+        }
+        successes
+    }
+}
+
+/// ln(k!) for a whole `k ≥ 0`: exact below 10, Stirling's series above (error < 1e-10).
+fn ln_factorial(k: f64) -> f64 {
+    const SMALL: [f64; 10] = [
+        0.0,
+        0.0,
+        std::f64::consts::LN_2,
+        1.791_759_469_228_055,
+        3.178_053_830_347_146,
+        4.787_491_742_782_046,
+        6.579_251_212_010_101,
+        8.525_161_361_065_415,
+        10.604_602_902_745_25,
+        12.801_827_480_081_469,
+    ];
+    if k < 10.0 {
+        return SMALL[k.max(0.0) as usize];
+    }
+    let z = k + 1.0;
+    let z2 = z * z;
+    (z - 0.5) * z.ln() - z + 0.5 * (2.0 * std::f64::consts::PI).ln() + 1.0 / (12.0 * z)
+        - 1.0 / (360.0 * z * z2)
+        + 1.0 / (1260.0 * z2 * z2 * z)
+}
+
+/// The result as a table, one line per scenario and family.
+pub fn table(rows: &[Row]) -> String {
+    let header = [
+        "scenario",
+        "gate",
+        "false rollback",
+        "detected",
+        "median detect",
+        "p90 detect",
+        "median promote",
+    ];
+    let cells: Vec<[String; 7]> = rows
+        .iter()
+        .map(|row| {
+            [
+                row.scenario.clone(),
+                row.gate.clone(),
+                percent_cell(row.false_rollback_rate),
+                percent_cell(row.detection_rate),
+                seconds_cell(row.median_detect_s),
+                seconds_cell(row.p90_detect_s),
+                seconds_cell(row.median_promote_s),
+            ]
+        })
+        .collect();
+    let mut widths = header.map(str::len);
+    for line in &cells {
+        for (width, cell) in widths.iter_mut().zip(line) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    let render = |line: &[String]| {
+        let mut out = String::new();
+        for (i, (cell, width)) in line.iter().zip(widths).enumerate() {
+            let pad = width - cell.chars().count();
+            if i < 2 {
+                out.push_str(cell);
+                out.push_str(&" ".repeat(pad));
+            } else {
+                out.push_str(&" ".repeat(pad));
+                out.push_str(cell);
+            }
+            out.push_str(if i + 1 < line.len() { "  " } else { "\n" });
+        }
+        out
+    };
+    let mut out = render(&header.map(str::to_owned));
+    for line in &cells {
+        out.push_str(&render(line));
+    }
+    out
+}
+
+fn percent_cell(rate: Option<f64>) -> String {
+    rate.map_or("-".to_owned(), |rate| format!("{:.2}%", rate * 100.0))
+}
+
+fn seconds_cell(seconds: Option<f64>) -> String {
+    seconds.map_or("-".to_owned(), |s| format!("{s:.0}s"))
+}
+
+/// `cohort simulate`'s command line.
+#[derive(clap::Args, Debug, Clone, PartialEq, Eq)]
+pub struct SimulateArgs {
+    /// Runs per scenario.
+    #[arg(long, default_value_t = 2000)]
+    pub runs: u32,
+    /// Base seed; the same seed gives the same table.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Worker threads.
+    #[arg(long, default_value_t = 2)]
+    pub threads: usize,
+    /// A scenario to run (repeatable), e.g. errors-10x-5pct-100rps or aa-1pct-10rps-at60s;
+    /// default: the six of BENCHMARKS.md.
+    #[arg(long = "scenario", value_name = "NAME")]
+    pub scenarios: Vec<String>,
+    /// Print a JSON array of rows instead of the table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Runs `cohort simulate`: the table (or JSON) on stdout, a progress bar on stderr.
+pub fn main(args: &SimulateArgs) -> anyhow::Result<()> {
+    let names: Vec<String> = if args.scenarios.is_empty() {
+        DEFAULT_SCENARIOS
+            .iter()
+            .map(|name| (*name).to_owned())
+            .collect()
+    } else {
+        args.scenarios.clone()
+    };
+    let scenarios = names
+        .iter()
+        .map(|name| Scenario::parse(name))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(anyhow::Error::msg)?;
+    let settings = Settings {
+        runs: args.runs.max(1),
+        seed: args.seed,
+        threads: args.threads.max(1),
+    };
+    let mut bar = ProgressBar::new();
+    let rows = simulate(&scenarios, settings, |done, total| bar.show(done, total));
+    bar.finish();
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        writeln!(out, "{}", serde_json::to_string_pretty(&rows)?)?;
+    } else {
+        write!(out, "{}", table(&rows))?;
+    }
+    Ok(())
+}
+
+/// A progress bar on stderr: redrawn in place on a terminal, a line per 10% otherwise.
+struct ProgressBar {
+    started: Instant,
+    terminal: bool,
+    last_tenth: Option<usize>,
+}
+
+impl ProgressBar {
+    fn new() -> Self {
+        ProgressBar {
+            started: Instant::now(),
+            terminal: std::io::stderr().is_terminal(),
+            last_tenth: None,
+        }
+    }
+
+    fn show(&mut self, done: usize, total: usize) {
+        let line = progress_line(done, total, self.started.elapsed());
+        let mut err = std::io::stderr().lock();
+        if self.terminal {
+            let _ = write!(err, "\r{line}");
+        } else {
+            let tenth = done * 10 / total.max(1);
+            if self.last_tenth != Some(tenth) {
+                self.last_tenth = Some(tenth);
+                let _ = writeln!(err, "{line}");
+            }
+        }
+        let _ = err.flush();
+    }
+
+    fn finish(&mut self) {
+        if self.terminal {
+            let _ = writeln!(std::io::stderr());
+        }
+    }
+}
+
+/// `simulating [##########----------]  50% 6000/12000 runs 21s`.
+pub fn progress_line(done: usize, total: usize, elapsed: Duration) -> String {
+    const WIDTH: usize = 30;
+    let total = total.max(1);
+    let done = done.min(total);
+    let filled = done * WIDTH / total;
+    format!(
+        "simulating [{}{}] {:>3}% {done}/{total} runs {}s",
+        "#".repeat(filled),
+        "-".repeat(WIDTH - filled),
+        done * 100 / total,
+        elapsed.as_secs()
+    )
+}
+
+#[cfg(test)]
+mod tests;
