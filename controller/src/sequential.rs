@@ -24,7 +24,7 @@
 //! exactly: under the null each error is the canary's with probability `w`.) The likelihood ratio
 //! of `ρ` against 1 is `ρ^x / (1 + w(ρ − 1))^m`; for a point `ρ` this is Wald's SPRT, pinned in the
 //! tests against the textbook boundaries. We mix it over a fixed distribution of `ρ > 1` (a
-//! log-normal shape centred on ×3, on a grid of 40 ratios from 1.1 to 50), as the mixture SPRT of
+//! log-normal shape centred on ×3, on a grid of 40 ratios from 1.1 to 54), as the mixture SPRT of
 //! Johari, Pekelis & Walsh ("Always valid inference", 2017/2022) does. For every `ρ ≤ 1` the
 //! mixture is a nonnegative supermartingale with mean at most 1, so by Ville's inequality
 //! `P(ever ≥ 1/α) ≤ α`, however often and whenever it is looked at: the gate fails when the
@@ -155,7 +155,7 @@ impl Mixture {
         }
     }
 
-    /// The alternatives of the Fail test: ratios 1.1 to 50 (40 points, log-spaced by 0.1), log
+    /// The alternatives of the Fail test: ratios 1.1 to 54 (40 points, log-spaced by 0.1), log
     /// weights of a normal centred on ln 3 with sd 0.7. Centred between the ×2 regressions a
     /// margin usually names and the ×5+ a bad deploy brings; tuned with `cohort simulate`.
     pub fn worse_ratios() -> Self {

@@ -156,14 +156,16 @@ fn number(text: Option<&str>) -> Option<f64> {
         .filter(|n| n.is_finite())
 }
 
-/// The scenarios `cohort simulate` runs by default.
-pub const DEFAULT_SCENARIOS: [&str; 6] = [
+/// The scenarios `cohort simulate` runs by default: the six, and the 2× regression
+/// again at the next step's weight (25%), where each step's fresh test catches what 5% could not.
+pub const DEFAULT_SCENARIOS: [&str; 7] = [
     "aa-5pct-100rps",
     "errors-5x-5pct-100rps",
     "errors-2x-5pct-100rps",
     "latency-1.5x-5pct-100rps",
     "aa-1pct-10rps",
     "errors-5x-1pct-10rps",
+    "errors-2x-25pct-100rps",
 ];
 
 /// The gate families compared.
@@ -934,7 +936,7 @@ fn seconds_cell(seconds: Option<f64>) -> String {
 #[derive(clap::Args, Debug, Clone, PartialEq, Eq)]
 pub struct SimulateArgs {
     /// Runs per scenario.
-    #[arg(long, default_value_t = 2000)]
+    #[arg(long, default_value_t = 10_000)]
     pub runs: u32,
     /// Base seed; the same seed gives the same table.
     #[arg(long, default_value_t = 1)]
@@ -943,7 +945,7 @@ pub struct SimulateArgs {
     #[arg(long, default_value_t = 2)]
     pub threads: usize,
     /// A scenario to run (repeatable), e.g. errors-10x-5pct-100rps or aa-1pct-10rps-at60s;
-    /// default: the six of BENCHMARKS.md.
+    /// default: the seven of BENCHMARKS.md.
     #[arg(long = "scenario", value_name = "NAME")]
     pub scenarios: Vec<String>,
     /// Print a JSON array of rows instead of the table.
