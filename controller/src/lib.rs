@@ -7,6 +7,7 @@
 //! [`reconciler`] (Kubernetes), [`standalone`] (`cohort run`), [`cli`] (operator verbs). The
 //! shell only fetches, calls the core, and applies the [`Plan`].
 
+pub mod analyze;
 pub mod cli;
 pub mod crd;
 pub mod duration;
@@ -15,6 +16,7 @@ pub mod filter_config;
 #[cfg(test)]
 mod fixtures;
 pub mod http_server;
+pub mod lab;
 pub mod leader;
 pub mod metrics;
 pub mod plan;

@@ -40,6 +40,13 @@ enum Command {
     /// Drives one CanaryRollout against a plain Envoy (ECDS file), without Kubernetes. Exits 0
     /// when promoted, 3 when rolled back or aborted.
     Run(cohort_controller::standalone::RunArgs),
+    /// Runs a whole rollout on this machine: real Envoy with the filter, a stable and a canary
+    /// upstream, many users, live progress, an HTML report. Exits 0 when it ends as the
+    /// scenario expects (healthy: promoted; errors, slow, business-drop: rolled back).
+    Lab(cohort_controller::lab::LabArgs),
+    /// Runs a rollout's gates over past data in Prometheus: one verdict per analysis interval,
+    /// to tune gates before trusting them.
+    Analyze(cohort_controller::analyze::AnalyzeArgs),
     /// Runs the in-cluster controller: watches CanaryRollouts, pushes their weights to
     /// WasmPlugins, serves /metrics, /healthz and /readyz; one leader among replicas.
     Controller(cohort_controller::reconciler::ControllerArgs),
@@ -77,6 +84,8 @@ fn main() -> Result<()> {
         Command::Resume(args) => block_on(cli::gesture(Gesture::Resume, args))?,
         Command::Retry(args) => block_on(cli::gesture(Gesture::Retry, args))?,
         Command::Run(args) => std::process::exit(cohort_controller::standalone::main(&args)),
+        Command::Lab(args) => std::process::exit(cohort_controller::lab::main(&args)),
+        Command::Analyze(args) => std::process::exit(cohort_controller::analyze::main(&args)),
         Command::Controller(args) => cohort_controller::reconciler::main(&args)?,
         Command::Simulate(args) => cohort_controller::simulate::main(&args)?,
     }

@@ -40,6 +40,8 @@ use crate::source::{BoxFuture, MetricSource, SeriesRequest};
 pub struct PrometheusSource {
     client: Client,
     url: String,
+    /// Evaluate at this Unix time instead of now (`cohort analyze` replays the past).
+    at: Option<i64>,
 }
 
 impl std::fmt::Debug for PrometheusSource {
@@ -66,7 +68,17 @@ impl PrometheusSource {
         Ok(PrometheusSource {
             client,
             url: url.to_owned(),
+            at: None,
         })
+    }
+
+    /// The same source, with every query evaluated at `unix_seconds` rather than now: windows
+    /// then end at that time.
+    pub fn at(&self, unix_seconds: i64) -> Self {
+        PrometheusSource {
+            at: Some(unix_seconds),
+            ..self.clone()
+        }
     }
 
     async fn vector(&self, query: String) -> Answer {
@@ -81,7 +93,11 @@ impl PrometheusSource {
 
     async fn instant(&self, query: &str) -> Result<Data, String> {
         tracing::debug!(query, "PromQL");
-        match self.client.query(query).get().await {
+        let mut instant = self.client.query(query);
+        if let Some(at) = self.at {
+            instant = instant.at(at);
+        }
+        match instant.get().await {
             Ok(result) => Ok(result.into_inner().0),
             Err(error) => Err(format!(
                 "Prometheus at {}: {}",
