@@ -26,6 +26,8 @@ use cohort_tests::schema::{validate_against_crd, validate_patch_against_crd};
 use cohort_tests::workspace_root;
 
 const ISTIO_KINDS: [&str; 3] = ["WasmPlugin", "VirtualService", "DestinationRule"];
+/// Folders of `manifests/` whose YAML is not Kubernetes objects.
+const NOT_KUBERNETES: [&str; 2] = ["envoy", "prometheus"];
 
 fn manifests_dir() -> PathBuf {
     workspace_root().join("manifests")
@@ -82,8 +84,9 @@ fn kustomize_renders_every_manifest_file() {
         .iter()
         .map(|r| r.as_str().unwrap().to_owned())
         .collect();
-    // Every YAML file outside envoy/ (plain-Envoy templates) is part of the kustomization, so
-    // no manifest escapes the checks below.
+    // Every YAML file outside envoy/ (plain-Envoy templates) and prometheus/ (Prometheus
+    // configs, checked by promtool below) is part of the kustomization, so no manifest escapes
+    // the checks below.
     let mut files = BTreeSet::new();
     collect_yaml(&manifests_dir(), &manifests_dir(), &mut files);
     files.remove("kustomization.yaml");
@@ -111,7 +114,7 @@ fn collect_yaml(root: &Path, dir: &Path, files: &mut BTreeSet<String>) {
             .to_string_lossy()
             .into_owned();
         if path.is_dir() {
-            if relative != "envoy" {
+            if !NOT_KUBERNETES.contains(&relative.as_str()) {
                 collect_yaml(root, &path, files);
             }
         } else if relative.ends_with(".yaml") || relative.ends_with(".yml") {
@@ -528,4 +531,358 @@ fn objects_of_an_unserved_version_are_refused() {
     );
     let errors = validate_against_crd(&istio_crd("WasmPlugin"), &plugin).unwrap_err();
     assert!(errors[0].contains("no served version"), "{errors:?}");
+}
+
+/// The example's caller runs the filter (WasmPlugin mode CLIENT), so its Pods must declare every
+/// tag the filter emits as `extraStatTags`, or the tags stay inside the metric names.
+#[test]
+fn callers_declare_every_tag_the_filter_emits_as_extra_stat_tags() {
+    let callers: Vec<&Value> = of_kind("Deployment")
+        .into_iter()
+        .filter(|d| {
+            d["spec"]["template"]["metadata"]["annotations"]["proxy.istio.io/config"].is_string()
+        })
+        .collect();
+    assert!(
+        !callers.is_empty(),
+        "no Deployment carries proxy.istio.io/config"
+    );
+    for caller in callers {
+        let annotation = caller["spec"]["template"]["metadata"]["annotations"]
+            ["proxy.istio.io/config"]
+            .as_str()
+            .unwrap();
+        let config: Value = serde_json::from_str(annotation).unwrap_or_else(|e| {
+            panic!(
+                "{}: proxy.istio.io/config is not JSON: {e}",
+                describe(caller)
+            )
+        });
+        assert_eq!(
+            config["extraStatTags"],
+            json!(cohort_core::telemetry::TAGS),
+            "{}",
+            describe(caller)
+        );
+    }
+}
+
+/// Every DestinationRule subset selects the Pods of a Deployment in its namespace, and the
+/// Service of the host selects them all.
+#[test]
+fn subsets_select_deployed_pods_behind_the_service() {
+    for rule in of_kind("DestinationRule") {
+        let namespace = rule["metadata"]["namespace"].as_str().unwrap();
+        let host = rule["spec"]["host"].as_str().unwrap();
+        let service = of_kind("Service")
+            .into_iter()
+            .find(|s| s["metadata"]["name"] == host && s["metadata"]["namespace"] == namespace)
+            .unwrap_or_else(|| panic!("no Service {namespace}/{host}"));
+        let selects = |selector: &Value, labels: &Value| {
+            selector
+                .as_object()
+                .unwrap()
+                .iter()
+                .all(|(key, value)| &labels[key] == value)
+        };
+        for subset in rule["spec"]["subsets"].as_array().unwrap() {
+            let pods = of_kind("Deployment")
+                .into_iter()
+                .filter(|d| d["metadata"]["namespace"] == namespace)
+                .map(|d| &d["spec"]["template"]["metadata"]["labels"])
+                .find(|labels| selects(&subset["labels"], labels))
+                .unwrap_or_else(|| {
+                    panic!("subset {} selects no Deployment's Pods", subset["name"])
+                });
+            assert!(
+                selects(&service["spec"]["selector"], pods),
+                "Service {host} does not select subset {}",
+                subset["name"]
+            );
+        }
+    }
+}
+
+/// The Prometheus configs load: `promtool check config` as they are (Envoy) or with the
+/// Kubernetes discovery swapped for a static target (Istio: Debian's Prometheus is built without
+/// Kubernetes discovery), so their relabelling rules are checked too.
+#[test]
+fn prometheus_configs_pass_promtool() {
+    let dir = manifests_dir().join("prometheus");
+    promtool_check(&dir.join("envoy.yaml"));
+    let envoy = read_yaml(&dir.join("envoy.yaml")).unwrap();
+    assert_eq!(
+        envoy[0]["scrape_configs"][0]["metrics_path"], "/stats/prometheus",
+        "Envoy serves Prometheus text at /stats/prometheus"
+    );
+
+    let istio_text = std::fs::read_to_string(dir.join("istio.yaml")).unwrap();
+    let istio = read_yaml(&dir.join("istio.yaml")).unwrap();
+    let job = &istio[0]["scrape_configs"][0];
+    assert_eq!(job["kubernetes_sd_configs"], json!([{"role": "pod"}]));
+    let keep = &job["relabel_configs"][0];
+    assert_eq!(
+        (keep["action"].as_str(), keep["source_labels"][0].as_str()),
+        (
+            Some("keep"),
+            Some("__meta_kubernetes_pod_annotation_prometheus_io_scrape")
+        ),
+        "only Pods that ask to be scraped"
+    );
+    let discovery = "    kubernetes_sd_configs:\n      - role: pod\n";
+    assert_eq!(istio_text.matches(discovery).count(), 1);
+    let static_copy = istio_text.replace(
+        discovery,
+        "    static_configs:\n      - targets: [\"127.0.0.1:15020\"]\n",
+    );
+    let temp = cohort_tests::TempDir::new("promtool").unwrap();
+    let copy = temp.path().join("istio-static.yaml");
+    std::fs::write(&copy, static_copy).unwrap();
+    promtool_check(&copy);
+}
+
+fn promtool_check(path: &Path) {
+    let output = std::process::Command::new("promtool")
+        .args(["check", "config"])
+        .arg(path)
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("running promtool (Debian's prometheus package has it; scripts/setup installs it): {e}")
+        });
+    assert!(
+        output.status.success(),
+        "promtool check config {}:\n{}{}",
+        path.display(),
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// Every metric name the filter and the controller export: the filter's from
+/// `cohort_core::telemetry` (histograms as their `_bucket`, `_sum` and `_count` series), the
+/// controller's as its `/metrics` renders them.
+fn emitted_metrics() -> BTreeSet<String> {
+    use cohort_controller::crd::{CanaryRolloutStatus, GateResult, Verdict};
+    use cohort_core::telemetry::*;
+    let mut names: BTreeSet<String> = [
+        REQUESTS_TOTAL,
+        EVENTS_TOTAL,
+        CONFIG_GENERATION,
+        CONFIG_REJECTED_TOTAL,
+        ROLLOUT_WEIGHT_BP,
+        ROUTING_HEADER_OVERWRITTEN_TOTAL,
+        FORCE_DENIED_TOTAL,
+    ]
+    .iter()
+    .map(|name| (*name).to_owned())
+    .collect();
+    for suffix in ["_bucket", "_sum", "_count"] {
+        names.insert(format!("{REQUEST_DURATION_MS}{suffix}"));
+    }
+    let metrics = cohort_controller::metrics::Metrics::default();
+    let status = CanaryRolloutStatus {
+        gates: vec![GateResult {
+            gate: "error-rate".into(),
+            verdict: Verdict::Pass,
+            canary: Some(0.0),
+            stable: Some(0.0),
+            threshold: Some(0.01),
+            canary_samples: 1.0,
+            stable_samples: 1.0,
+            reason: String::new(),
+        }],
+        ..CanaryRolloutStatus::default()
+    };
+    metrics.observe_rollout("shop", "checkout", &status);
+    metrics.observe_reconcile(std::time::Duration::from_millis(5));
+    metrics.count_reconcile_error("target");
+    metrics.set_leader(true);
+    for line in metrics.render().lines().filter(|l| !l.starts_with('#')) {
+        let name = line.split(['{', ' ']).next().unwrap();
+        names.insert(name.to_owned());
+    }
+    names
+}
+
+/// PromQL words that are not metric names.
+const PROMQL_WORDS: [&str; 17] = [
+    "sum",
+    "min",
+    "max",
+    "avg",
+    "count",
+    "topk",
+    "bottomk",
+    "by",
+    "without",
+    "on",
+    "ignoring",
+    "group_left",
+    "group_right",
+    "bool",
+    "and",
+    "or",
+    "unless",
+];
+
+/// The metric names an expression reads: identifiers outside strings, label matchers, range
+/// selectors and grouping label lists, that are neither functions (followed by `(`), PromQL
+/// words, numbers nor Grafana variables (`$name`).
+fn metric_names(expr: &str) -> Vec<String> {
+    let chars: Vec<char> = expr.chars().collect();
+    let mut names = Vec::new();
+    let mut i = 0;
+    let skip_to = |from: usize, close: char| {
+        let mut j = from;
+        while j < chars.len() && chars[j] != close {
+            if chars[j] == '"' {
+                j += 1;
+                while j < chars.len() && chars[j] != '"' {
+                    j += if chars[j] == '\\' { 2 } else { 1 };
+                }
+            }
+            j += 1;
+        }
+        j + 1
+    };
+    let is_ident = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == ':';
+    while i < chars.len() {
+        let c = chars[i];
+        if c == '"' {
+            i = skip_to(i + 1, '"');
+        } else if c == '{' {
+            i = skip_to(i + 1, '}');
+        } else if c == '[' {
+            i = skip_to(i + 1, ']');
+        } else if c == '$' || c.is_ascii_digit() || c == '.' {
+            // A Grafana variable or a number (with any exponent).
+            i += 1;
+            while i < chars.len() && (is_ident(chars[i]) || chars[i] == '.') {
+                i += 1;
+            }
+        } else if c.is_ascii_alphabetic() || c == '_' {
+            let start = i;
+            while i < chars.len() && is_ident(chars[i]) {
+                i += 1;
+            }
+            let word: String = chars[start..i].iter().collect();
+            let mut next = i;
+            while next < chars.len() && chars[next] == ' ' {
+                next += 1;
+            }
+            let grouping = [
+                "by",
+                "without",
+                "on",
+                "ignoring",
+                "group_left",
+                "group_right",
+            ];
+            if grouping.contains(&word.as_str()) && chars.get(next) == Some(&'(') {
+                i = skip_to(next + 1, ')');
+            } else if chars.get(next) == Some(&'(') || PROMQL_WORDS.contains(&word.as_str()) {
+                // A function or aggregation, or an operator word.
+            } else {
+                names.push(word);
+            }
+        } else {
+            i += 1;
+        }
+    }
+    names
+}
+
+#[test]
+fn metric_names_are_read_from_promql_as_grafana_writes_it() {
+    let expr = r#"sum by (cohort_version, le) (rate(cohort_x_bucket{cohort_rollout=~"$rollout",a="}"}[$__rate_interval])) / on (v) group_left sum(y_total) > bool 0.5e3 or max(z) == 1"#;
+    assert_eq!(metric_names(expr), ["cohort_x_bucket", "y_total", "z"]);
+}
+
+/// The Grafana dashboard is valid JSON; each query reads only series the filter or the
+/// controller exports, and between them the panels show both.
+#[test]
+fn grafana_dashboard_queries_only_metrics_we_emit() {
+    let path = manifests_dir().join("grafana/cohort-dashboard.json");
+    let dashboard: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap())
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let emitted = emitted_metrics();
+    let mut read = BTreeSet::new();
+    let panels = dashboard["panels"].as_array().unwrap();
+    for panel in panels {
+        for target in panel["targets"].as_array().into_iter().flatten() {
+            let expr = target["expr"].as_str().unwrap();
+            let names = metric_names(expr);
+            assert!(
+                !names.is_empty(),
+                "{:?} reads no metric: {expr}",
+                panel["title"]
+            );
+            for name in names {
+                assert!(
+                    emitted.contains(&name),
+                    "panel {:?} reads {name}, which neither the filter nor the controller exports",
+                    panel["title"]
+                );
+                read.insert(name);
+            }
+        }
+    }
+    // Grafana's `label_values(METRIC, LABEL)` lists the rollouts.
+    let variable = dashboard["templating"]["list"][1]["definition"]
+        .as_str()
+        .unwrap();
+    let metric = variable
+        .strip_prefix("label_values(")
+        .and_then(|rest| rest.split(',').next())
+        .unwrap();
+    assert!(
+        emitted.contains(metric),
+        "the rollout variable reads {metric}"
+    );
+    for wanted in [
+        "cohort_requests_total",
+        "cohort_request_duration_milliseconds_bucket",
+        "cohort_events_total",
+        "cohort_rollout_weight_bp",
+        "cohort_config_rejected_total",
+        "cohort_controller_rollout_phase",
+        "cohort_controller_gate_verdict",
+    ] {
+        assert!(read.contains(wanted), "no panel shows {wanted}");
+    }
+}
+
+/// The controller image runs what the Deployment runs (`cohort controller`), as the user the
+/// Deployment sets, built in a separate stage; the filter image holds `plugin.wasm`.
+#[test]
+fn images_fit_the_manifests() {
+    let dockerfile = std::fs::read_to_string(workspace_root().join("Dockerfile")).unwrap();
+    let stages: Vec<&str> = dockerfile
+        .lines()
+        .filter(|line| line.starts_with("FROM "))
+        .collect();
+    assert!(stages.len() >= 2, "multi-stage: {stages:?}");
+    assert!(
+        stages
+            .last()
+            .is_some_and(|s| s.contains("distroless") || s.contains("-slim")),
+        "runtime stage: {stages:?}"
+    );
+    assert!(dockerfile.contains("cargo build --locked --release -p cohort-controller"));
+    assert!(dockerfile.contains("/usr/local/bin/cohort"));
+    let deployment = of_kind("Deployment")
+        .into_iter()
+        .find(|d| d["metadata"]["name"] == "cohort-controller")
+        .unwrap();
+    let pod = &deployment["spec"]["template"]["spec"];
+    let user = pod["securityContext"]["runAsUser"].as_u64().unwrap();
+    assert!(
+        dockerfile.contains(&format!("USER {user}:")),
+        "the image's USER is the Deployment's runAsUser {user}"
+    );
+    assert_eq!(pod["containers"][0]["command"][0], "cohort");
+
+    let filter = std::fs::read_to_string(workspace_root().join("filter/Dockerfile")).unwrap();
+    assert!(filter.contains("FROM scratch"));
+    assert!(filter.contains("COPY cohort_filter.wasm ./plugin.wasm"));
 }
