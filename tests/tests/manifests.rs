@@ -886,3 +886,29 @@ fn images_fit_the_manifests() {
     assert!(filter.contains("FROM scratch"));
     assert!(filter.contains("COPY cohort_filter.wasm ./plugin.wasm"));
 }
+
+/// The Envoy quickstart's rollout fits our CRD, passes `validate_spec`, and drives a rollout
+/// the example filter config has (the one the quickstart renders into the ECDS file).
+#[test]
+fn envoy_quickstart_rollout_fits_the_crd_and_the_example_config() {
+    let path = manifests_dir().join("envoy/rollout.yaml");
+    let object = read_yaml(&path).unwrap().remove(0);
+    if let Err(errors) = validate_against_crd(&cohort_crd_path(), &object) {
+        panic!(
+            "{} does not fit the CRD:\n{}",
+            path.display(),
+            errors.join("\n")
+        );
+    }
+    let rollout: CanaryRollout = serde_json::from_value(object).unwrap();
+    let name = rollout.metadata.name.as_deref().unwrap();
+    assert_eq!(validate_spec(&rollout.spec, name), Ok(()));
+    let example: Value = serde_json::from_str(
+        &std::fs::read_to_string(manifests_dir().join("envoy/cohort-config.example.json")).unwrap(),
+    )
+    .unwrap();
+    assert!(
+        example["rollouts"][name].is_object(),
+        "cohort-config.example.json has no rollout {name}"
+    );
+}
