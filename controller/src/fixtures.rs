@@ -427,11 +427,12 @@ fn check_schema(schema: &Value, value: &Value, path: &str) {
     }
 }
 
-/// A metric source answering canned samples and counting its calls.
+/// A metric source answering canned samples, counting its calls and the windows asked for.
 #[derive(Default)]
 pub struct CannedSource {
     samples: Samples,
     calls: AtomicUsize,
+    windows: std::sync::Mutex<Vec<Duration>>,
 }
 
 impl CannedSource {
@@ -439,8 +440,13 @@ impl CannedSource {
     pub fn new(samples: Samples) -> Arc<Self> {
         Arc::new(CannedSource {
             samples,
-            calls: AtomicUsize::new(0),
+            ..CannedSource::default()
         })
+    }
+
+    /// The windows it was asked for, in order.
+    pub fn windows(&self) -> Vec<Duration> {
+        self.windows.lock().map(|w| w.clone()).unwrap_or_default()
     }
 
     /// How often it was asked.
@@ -452,10 +458,13 @@ impl CannedSource {
 impl MetricSource for CannedSource {
     fn samples<'a>(
         &'a self,
-        _window: Duration,
+        window: Duration,
         rollouts: &'a [SeriesRequest],
     ) -> BoxFuture<'a, BTreeMap<String, Samples>> {
         self.calls.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut windows) = self.windows.lock() {
+            windows.push(window);
+        }
         let answer = rollouts
             .iter()
             .map(|request| (request.rollout.clone(), self.samples.clone()))

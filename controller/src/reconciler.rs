@@ -34,8 +34,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::crd::{CanaryRollout, CanaryRolloutSpec, CanaryRolloutStatus, Phase, Target};
-use crate::duration;
-use crate::evaluate::{evaluate, Evaluation, Samples};
+use crate::evaluate::{evaluate, evaluate_window, Evaluation, Samples};
 use crate::filter_config::spec_to_filter_config;
 use crate::http_server::{self, Health};
 use crate::leader::{LeaderElector, LeaseSettings};
@@ -43,6 +42,7 @@ use crate::metrics::Metrics;
 use crate::plan::{
     plan, EventKind, Plan, PlanInput, PlannedEvent, CONDITION_DEGRADED, CONDITION_INVALID_SPEC,
 };
+use crate::sequential;
 use crate::source::prometheus::PrometheusSource;
 use crate::source::series::SourceError;
 use crate::source::shared::SharedCycle;
@@ -61,7 +61,7 @@ pub const DEFAULT_LEASE_NAME: &str = "cohort-controller";
 const PROMETHEUS_TIMEOUT: Duration = Duration::from_secs(10);
 /// Reconciles within this of each other share one metric query (see `SharedCycle`): queries per
 /// analysis cycle stay near `interval / freshness` per series kind, whatever the rollout count.
-const SHARED_ANSWER_FRESHNESS: Duration = Duration::from_secs(5);
+pub const SHARED_ANSWER_FRESHNESS: Duration = Duration::from_secs(5);
 /// Field manager of the status the controller writes (it owns all of status).
 pub const STATUS_FIELD_MANAGER: &str = "cohort-controller";
 /// `reportingController` of the controller's Events.
@@ -70,8 +70,6 @@ pub const EVENT_REPORTER: &str = "cohort-controller";
 pub const RETRY_BASE: Duration = Duration::from_secs(5);
 /// Longest wait between retries.
 pub const RETRY_MAX: Duration = Duration::from_secs(300);
-/// The analysis window when the spec's interval is unreadable (the spec is then invalid).
-const FALLBACK_WINDOW: Duration = Duration::from_secs(30);
 /// Event notes are capped at 1 kB by the API.
 const MAX_EVENT_NOTE: usize = 1024;
 
@@ -254,7 +252,7 @@ async fn reconcile_rollout(rollout: &CanaryRollout, ctx: &Context) -> Result<Act
     };
 
     let evaluation = if needs_samples(&rollout.spec, rollout.status.as_ref(), &name) {
-        Some(analyse(ctx, &rollout.spec, &namespace, &name).await)
+        Some(analyse(ctx, rollout, &namespace, &name, now).await)
     } else {
         None
     };
@@ -314,19 +312,22 @@ fn needs_samples(
         && validate_spec(spec, name).is_ok()
 }
 
-/// Canary against stable over the last analysis interval.
+/// Canary against stable over the analysis window: the last interval, or, when a gate is
+/// sequential, everything since the step started (an anytime-valid test needs all of it).
 async fn analyse(
     ctx: &Context,
-    spec: &CanaryRolloutSpec,
+    rollout: &CanaryRollout,
     namespace: &str,
     name: &str,
+    now: Timestamp,
 ) -> Evaluation {
+    let spec = &rollout.spec;
     let analysis = &spec.analysis;
     if analysis.gates.is_empty() {
         // Time-only rollouts: nothing to read.
         return evaluate(&[], analysis.min_samples, &Samples::default());
     }
-    let window = duration::parse(&analysis.interval).unwrap_or(FALLBACK_WINDOW);
+    let window = sequential::analysis_window(spec, rollout.status.as_ref(), now);
     let request = SeriesRequest {
         rollout: name.to_owned(),
         namespace: namespace.to_owned(),
@@ -340,7 +341,7 @@ async fn analyse(
         .await;
     // No entry: no series for this rollout at all, which the gates judge as no data.
     let samples = samples.remove(name).unwrap_or_default();
-    evaluate(&analysis.gates, analysis.min_samples, &samples)
+    evaluate_window(&analysis.gates, analysis.min_samples, &samples, window)
 }
 
 /// Makes the filter serve the plan's weight. A spec too broken to build the filter entry from

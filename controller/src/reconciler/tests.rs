@@ -807,3 +807,25 @@ fn controller_flags_default_to_the_deployment_manifest() {
     assert_eq!(given.lease_namespace.as_deref(), Some("ops"));
     assert!(Cli::try_parse_from(["cohort", "--log-format=xml"]).is_err());
 }
+
+#[tokio::test]
+async fn a_sequential_gate_reads_everything_since_the_step_started() {
+    use crate::crd::{SequentialGate, SequentialMetric};
+    // Interval gates read the last interval (30s); a sequential gate reads the whole step so far
+    // (120s here), since an anytime-valid test needs every observation since it began.
+    let mut sequential = spec();
+    sequential.analysis.gates = vec![GateSpec::new(GateCheck::Sequential(SequentialGate::new(
+        SequentialMetric::ErrorRate,
+    )))];
+    for (spec, window) in [(spec(), 30), (sequential, 120)] {
+        let mut harness = Harness::new(thin());
+        harness
+            .reconcile(
+                rollout(spec, Some(progressing(1, 500, 120))),
+                vec![Call::GetWasmPlugin(live(Some(500))), Call::status(|_| {})],
+            )
+            .await
+            .unwrap();
+        assert_eq!(harness.source.windows(), vec![Duration::from_secs(window)]);
+    }
+}

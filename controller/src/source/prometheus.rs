@@ -329,6 +329,61 @@ mod tests {
         assert_eq!(regex_escape("x|y.*"), r"x\|y\.\*");
     }
 
+    /// Whatever a rollout's name holds, the shared queries keep their shape, the `=~` matcher
+    /// is one string literal, and its regex (anchored, as Prometheus anchors it) matches exactly
+    /// the rollouts asked for: no quote, brace or regex metacharacter in a name widens it.
+    #[test]
+    fn hostile_rollout_names_cannot_alter_the_shared_queries() {
+        use crate::query::lexer::lex;
+        let mut names: Vec<&str> = crate::query::tests::HOSTILE.to_vec();
+        names.extend([
+            "a.b", "a+", "(x)", "[ab]", "x{2}", "^a$", "a|b", "a\\d", "-",
+        ]);
+        for name in names {
+            let rollouts = [request(name, all_gates()), request("web", Vec::new())];
+            let q = queries(&rollouts, Duration::from_secs(30));
+            let shapes = [
+                (&q.requests, "sum by (cohort_rollout, cohort_version) (increase(cohort_requests_total{cohort_rollout=~$}[30s]))", 1),
+                (&q.server_errors, "sum by (cohort_rollout, cohort_version) (increase(cohort_requests_total{cohort_rollout=~$,cohort_code_class=$}[30s]))", 2),
+            ];
+            let mut regexes = Vec::new();
+            for (query, shape, literals) in shapes {
+                let lexed = lex(query)
+                    .unwrap_or_else(|e| panic!("{name:?}: Prometheus refuses {query}: {e}"));
+                assert_eq!(lexed.shape, shape, "{name:?} changed the query: {query}");
+                assert_eq!(lexed.strings.len(), literals);
+                regexes.push(lexed.strings[0].clone());
+            }
+            for query in [q.latency.unwrap(), q.events.unwrap()] {
+                let lexed = lex(&query).unwrap();
+                assert!(lexed.shape.contains("{cohort_rollout=~$}[30s]"), "{query}");
+                assert_eq!(lexed.strings, regexes[..1]);
+            }
+            let matcher = regex::Regex::new(&format!("^(?:{})$", regexes[0]))
+                .unwrap_or_else(|e| panic!("{name:?}: {e}"));
+            assert!(
+                matcher.is_match(name) && matcher.is_match("web"),
+                "{name:?}"
+            );
+            let near_misses = [
+                format!("{name}x"),
+                format!("x{name}"),
+                name.replace(|c: char| !c.is_alphanumeric(), "x"),
+                "webweb".to_owned(),
+                "other".to_owned(),
+                String::new(),
+            ];
+            for other in near_misses {
+                if other != name && other != "web" {
+                    assert!(
+                        !matcher.is_match(&other),
+                        "{name:?}'s matcher takes {other:?}"
+                    );
+                }
+            }
+        }
+    }
+
     #[test]
     fn custom_queries_run_per_rollout_and_version() {
         let mut gates = all_gates();

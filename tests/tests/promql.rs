@@ -1,0 +1,218 @@
+//! PromQL escaping against a real Prometheus: series whose rollout and namespace labels hold
+//! quotes, braces, `=~`, regex metacharacters, backslashes and newlines, scraped from a fake
+//! exporter; the controller's shared queries and rendered custom queries must parse and select
+//! exactly the series of the names they were built for, never a neighbour's.
+
+// Test code: a failed expectation panics with its message.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::collections::BTreeSet;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cohort_controller::query::{render_query, QueryContext};
+use cohort_controller::source::prometheus::queries;
+use cohort_controller::source::SeriesRequest;
+use cohort_tests::prometheus_server::Prometheus;
+
+/// Names no Kubernetes object can have, but a rollout file for `cohort run` can.
+const HOSTILE: &[&str] = &[
+    "a\"b",
+    "a'b",
+    "a\"}",
+    "\"} or vector(1) or x{a=\"",
+    "'} or vector(1) or x{a='",
+    "x\\",
+    "x\\\"",
+    "a=~\".*\"",
+    "a\"=~\".*",
+    "{{namespace}}",
+    "a\nb",
+    "a\tb",
+    "# comment",
+    "`raw`",
+    "\u{fffd}",
+    "ünïcödé-用户",
+    ".*",
+    ".*|x",
+    "a.b",
+    "a+",
+    "(x)",
+    "[ab]",
+    "^a$",
+];
+
+/// Names that a widened matcher would wrongly take in.
+const DECOYS: &[&str] = &[
+    "web", "a", "ab", "axb", "aab", "x", "b", "other", "AB", "acb",
+];
+
+/// A label value in the text exposition format.
+fn exposition_value(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+fn exposition() -> String {
+    let mut text =
+        String::from("# TYPE cohort_requests_total counter\n# TYPE cohort_custom gauge\n");
+    for (i, name) in HOSTILE.iter().chain(DECOYS).enumerate() {
+        let value = exposition_value(name);
+        for class in ["2xx", "5xx"] {
+            text.push_str(&format!(
+                "cohort_requests_total{{cohort_rollout=\"{value}\",cohort_version=\"canary\",cohort_code_class=\"{class}\"}} {i}\n"
+            ));
+        }
+        text.push_str(&format!(
+            "cohort_custom{{ns=\"{value}\",r=\"{value}\",v=\"canary\"}} {i}\n"
+        ));
+    }
+    text
+}
+
+/// Serves `body` at every path until dropped.
+struct Exporter {
+    addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+}
+
+impl Exporter {
+    fn start(body: String) -> Exporter {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = stop.clone();
+        std::thread::spawn(move || {
+            while !stopped.load(Ordering::SeqCst) {
+                let Ok((mut stream, _)) = listener.accept() else {
+                    std::thread::sleep(Duration::from_millis(10));
+                    continue;
+                };
+                let _ = stream.set_nonblocking(false);
+                let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+                let mut request = Vec::new();
+                let mut buffer = [0u8; 4096];
+                while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buffer) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => request.extend_from_slice(&buffer[..n]),
+                    }
+                }
+                let _ = write!(
+                    stream,
+                    "HTTP/1.1 200 OK\r\ncontent-type: text/plain; version=0.0.4\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+            }
+        });
+        Exporter { addr, stop }
+    }
+}
+
+impl Drop for Exporter {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+}
+
+fn request(rollout: &str) -> SeriesRequest {
+    SeriesRequest {
+        rollout: rollout.to_owned(),
+        namespace: rollout.to_owned(),
+        stable_version: "stable".into(),
+        canary_version: "canary".into(),
+        gates: Vec::new(),
+    }
+}
+
+/// The `label` values of a query's answer.
+fn label_values(result: &serde_json::Value, label: &str) -> BTreeSet<String> {
+    result
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|series| series["metric"][label].as_str().unwrap_or("").to_owned())
+        .collect()
+}
+
+#[test]
+fn hostile_names_select_exactly_their_own_series() {
+    let exporter = Exporter::start(exposition());
+    let prometheus = Prometheus::start(exporter.addr).unwrap_or_else(|e| panic!("{e}"));
+    prometheus
+        .wait_for_scrape(Duration::from_secs(20))
+        .unwrap_or_else(|e| panic!("{e}"));
+    // Every series scraped (a value the exposition parser refused would fail the whole scrape),
+    // and at least two scrapes inside the window, so `increase()` answers.
+    let start = Instant::now();
+    let all = HOSTILE.len() + DECOYS.len();
+    loop {
+        let scrapes = prometheus
+            .query("count_over_time(up{job=\"envoy\"}[30s])")
+            .unwrap();
+        let scrapes: f64 = scrapes[0]["value"][1]
+            .as_str()
+            .unwrap_or("0")
+            .parse()
+            .unwrap();
+        let series = prometheus.query("count(cohort_custom)").unwrap();
+        let series: f64 = series[0]["value"][1]
+            .as_str()
+            .unwrap_or("0")
+            .parse()
+            .unwrap();
+        if scrapes >= 3.0 && series == all as f64 {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "scraped {series} of {all} series in {scrapes} scrapes"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    for name in HOSTILE.iter().chain(DECOYS) {
+        // The shared queries for this rollout and `web`: exactly those two rollouts answer.
+        let rollouts = [request(name), request("web")];
+        let shared = queries(&rollouts, Duration::from_secs(30));
+        let expected: BTreeSet<String> = [name.to_string(), "web".to_owned()].into();
+        for query in [&shared.requests, &shared.server_errors] {
+            let result = prometheus
+                .query(query)
+                .unwrap_or_else(|e| panic!("{name:?}: {e}"));
+            assert_eq!(label_values(&result, "cohort_rollout"), expected, "{query}");
+        }
+
+        // A custom query in double and single quotes: exactly this name's series.
+        for template in [
+            r#"sum by (ns, r) (cohort_custom{ns="{{namespace}}",r="{{rollout}}",v="{{version}}"})"#,
+            "sum by (ns, r) (cohort_custom{ns='{{namespace}}',r='{{rollout}}',v='{{version}}'})",
+        ] {
+            let context = QueryContext {
+                namespace: name,
+                rollout: name,
+                version: "canary",
+                interval: Duration::from_secs(30),
+            };
+            let query = render_query(template, &context).unwrap();
+            let result = prometheus
+                .query(&query)
+                .unwrap_or_else(|e| panic!("{name:?}: {e}"));
+            assert_eq!(
+                label_values(&result, "ns"),
+                BTreeSet::from([name.to_string()]),
+                "{query}"
+            );
+            assert_eq!(
+                label_values(&result, "r"),
+                BTreeSet::from([name.to_string()])
+            );
+        }
+    }
+}
