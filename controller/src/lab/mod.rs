@@ -250,8 +250,22 @@ impl LabRun {
     }
 }
 
-/// The `cohort lab` command: returns the process exit code.
+/// The `cohort lab` command: returns the process exit code. The controller's log (what
+/// `cohort run` prints) goes to `controller.log` in the output directory.
 pub fn main(args: &LabArgs) -> i32 {
+    let mut args = args.clone();
+    let out = out_dir(&args, locate::repository_root().as_deref());
+    args.out = Some(out.clone());
+    if std::fs::create_dir_all(&out).is_ok() {
+        if let Ok(log) = std::fs::File::create(out.join("controller.log")) {
+            // Another subscriber may be installed already (a test harness); that one is kept.
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(tracing_subscriber::EnvFilter::new("info"))
+                .with_ansi(false)
+                .with_writer(std::sync::Mutex::new(log))
+                .try_init();
+        }
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -263,7 +277,7 @@ pub fn main(args: &LabArgs) -> i32 {
             return 2;
         }
     };
-    match runtime.block_on(run(args, stop_signal())) {
+    match runtime.block_on(run(&args, stop_signal())) {
         Ok(run) => run.exit_code(),
         Err(error) => {
             eprintln!("cohort lab: {error}");
@@ -545,7 +559,13 @@ async fn drive(
                         error: None,
                     },
                 );
-                display.cycle_line(at, &status);
+                let now = at as usize;
+                let share = recorder.read(|record| {
+                    record
+                        .traffic(now.saturating_sub(2), now)
+                        .canary_user_share()
+                });
+                display.cycle_line(at, &status, share);
                 match report.phase {
                     Phase::Promoted => return (LabOutcome::Promoted, Some(status)),
                     Phase::RolledBack | Phase::Aborted => {

@@ -48,8 +48,9 @@ impl Display {
         *drawn = 0;
     }
 
-    /// One line per controller cycle, where the live block is not drawn.
-    pub fn cycle_line(&self, at: f64, status: &CanaryRolloutStatus) {
+    /// One line per controller cycle, where the live block is not drawn; `canary_users` is
+    /// the canary's share of the users served in the last seconds.
+    pub fn cycle_line(&self, at: f64, status: &CanaryRolloutStatus, canary_users: Option<f64>) {
         if self.terminal {
             return;
         }
@@ -59,6 +60,9 @@ impl Display {
             status.step_index.map_or(0, |index| index + 1),
             percent(status.weight_bp)
         );
+        if let Some(share) = canary_users {
+            line.push_str(&format!(", canary users {:.1}%", share * 100.0));
+        }
         for gate in &status.gates {
             line.push_str(&format!(" | {}", gate_line(gate, false)));
         }
