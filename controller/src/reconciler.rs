@@ -62,6 +62,11 @@ const PROMETHEUS_TIMEOUT: Duration = Duration::from_secs(10);
 /// Reconciles within this of each other share one metric query (see `SharedCycle`): queries per
 /// analysis cycle stay near `interval / freshness` per series kind, whatever the rollout count.
 pub const SHARED_ANSWER_FRESHNESS: Duration = Duration::from_secs(5);
+/// Reconciles in flight at once. kube-runtime's default is unbounded, so a controller starting
+/// with 1,000 rollouts would hold 1,000 reconciles (their requests, answers and plans) in memory
+/// together; 16 keep two cores busy (the API server is the slow part) and the start-up peak
+/// flat (BENCHMARKS.md, "Controller scale").
+pub const MAX_CONCURRENT_RECONCILES: u16 = 16;
 /// Field manager of the status the controller writes (it owns all of status).
 pub const STATUS_FIELD_MANAGER: &str = "cohort-controller";
 /// `reportingController` of the controller's Events.
@@ -737,6 +742,9 @@ async fn watch_rollouts(
     let controller = Controller::new(
         Api::<CanaryRollout>::all(client.clone()),
         watcher::Config::default(),
+    )
+    .with_config(
+        kube::runtime::controller::Config::default().concurrency(MAX_CONCURRENT_RECONCILES),
     )
     .graceful_shutdown_on(until);
     let store = controller.store();
