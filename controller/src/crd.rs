@@ -63,6 +63,17 @@ pub struct CanaryRolloutSpec {
     /// target must agree on it.
     #[serde(default)]
     pub anonymous: AnonymousSpec,
+    /// The force token testers send as `x-cohort-force: VERSION:TOKEN` to choose a version,
+    /// from a key of a Secret in the rollout's namespace (read by the in-cluster controller;
+    /// at least 16 visible ASCII characters, e.g. `openssl rand -hex 16`). Without a token
+    /// forcing is off. Filter-wide: rollouts sharing one WasmPlugin must use the same token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub force_token_secret_ref: Option<SecretKeyRef>,
+    /// The force token from a file, for `cohort run` next to Envoy (surrounding whitespace is
+    /// ignored; a relative path starts at the rollout file's directory). The in-cluster
+    /// controller reads `forceTokenSecretRef` instead.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub force_token_file: Option<String>,
     /// Weights the canary goes through, strictly increasing, ending at 100.
     #[serde(default = "default_steps")]
     #[schemars(length(min = 1, max = 20))]
@@ -86,6 +97,18 @@ pub struct CanaryRolloutSpec {
     /// Aborted or Promoted rollout from its first step. Ignored while the rollout is live.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restart_at: Option<String>,
+}
+
+/// One key of a Secret in the CanaryRollout's namespace.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretKeyRef {
+    /// The Secret's name.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// The key in its `data`.
+    #[schemars(length(min = 1, max = 253))]
+    pub key: String,
 }
 
 /// Where the controller writes the filter config.
@@ -462,9 +485,10 @@ pub struct BusinessEventGate {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CustomGate {
-    /// PromQL template; `{{namespace}}`, `{{rollout}}`, `{{version}}` and `{{interval}}` are
-    /// replaced (label values escaped). Evaluated with `version` = the canary version (and the
-    /// stable one, for reference).
+    /// PromQL template; `{{namespace}}`, `{{rollout}}` and `{{version}}` are replaced inside
+    /// quoted strings (label values, escaped there; elsewhere they are refused), `{{interval}}`
+    /// anywhere. Evaluated with `version` = the canary version (and the stable one, for
+    /// reference).
     #[schemars(length(min = 1))]
     pub query: String,
     /// Fail below this.

@@ -10,8 +10,9 @@
 #![allow(clippy::large_enum_variant)]
 
 use std::collections::BTreeMap;
+use std::io::Write;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use http::{Method, Request, Response, StatusCode};
@@ -42,6 +43,7 @@ const WASM_PLUGIN_PATH: &str =
 const STATUS_PATH: &str =
     "/apis/cohort.dev/v1alpha1/namespaces/shop/canaryrollouts/checkout/status";
 const EVENTS_PATH: &str = "/apis/events.k8s.io/v1/namespaces/shop/events";
+const SECRETS_PATH: &str = "/api/v1/namespaces/shop/secrets";
 const LEASE_PATH: &str = "/apis/coordination.k8s.io/v1/namespaces/cohort-system/leases";
 
 /// One request the controller must make next, and the answer it gets.
@@ -61,6 +63,19 @@ pub enum Call {
     ApplyStatus(Box<dyn FnOnce(&CanaryRolloutStatus) + Send>),
     /// POST an Event of this type (`Normal`/`Warning`) and reason.
     Event(&'static str, &'static str),
+    /// GET the Secret `name` in `shop`; it holds `data[key] = value` (`None`: 404).
+    GetSecret {
+        /// The Secret's name.
+        name: &'static str,
+        /// Its one key.
+        key: &'static str,
+        /// The key's value; `None` answers 404.
+        value: Option<&'static str>,
+    },
+    /// A request that gets no answer: the API server hangs (the client's timeout must act).
+    Hang,
+    /// Any request (asserted to be of this method and path) answered with a 500.
+    ServerError(Method, &'static str),
     /// GET the Lease `cohort-controller`; this is what it is (`None`: 404).
     GetLease(Option<Lease>),
     /// POST (create) the Lease held by this identity.
@@ -95,7 +110,44 @@ impl Call {
         let (method, path) = (parts.method.clone(), parts.uri.path().to_owned());
         let query = parts.uri.query().unwrap_or_default().to_owned();
         let seen = format!("{method} {path}?{query}");
+        let (group, resource, verb) = rbac_call(&method, &path, &query);
+        assert!(
+            crate::rbac::is_used(&group, &resource, verb),
+            "{seen} is {group}/{resource}:{verb}, which crate::rbac::API_CALLS does not list"
+        );
         match self {
+            Call::GetSecret { name, key, value } => {
+                assert_eq!(
+                    (method, path),
+                    (Method::GET, format!("{SECRETS_PATH}/{name}")),
+                    "{seen}"
+                );
+                match value {
+                    Some(value) => ok(json!({
+                        "apiVersion": "v1", "kind": "Secret",
+                        "metadata": {"name": name, "namespace": NAMESPACE},
+                        "data": {key: base64(value.as_bytes())}
+                    })),
+                    None => failure(
+                        StatusCode::NOT_FOUND,
+                        "NotFound",
+                        &format!("secrets \"{name}\" not found"),
+                    ),
+                }
+            }
+            Call::Hang => unreachable!("never answered"),
+            Call::ServerError(expected_method, expected_path) => {
+                assert_eq!(
+                    (method, path.as_str()),
+                    (expected_method, expected_path),
+                    "{seen}"
+                );
+                failure(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "InternalError",
+                    "Internal error occurred: etcdserver: request timed out",
+                )
+            }
             Call::GetWasmPlugin(plugin_config) => {
                 assert_eq!(
                     (method, path.as_str()),
@@ -236,30 +288,112 @@ impl Call {
     }
 }
 
-/// The API server side of a mock client.
-pub struct ApiServer(Handle<Request<Body>, Response<Body>>);
+/// The API server side of a mock client; it keeps every request it saw (`METHOD path?query`
+/// and the body as text), for tests that check what was sent.
+pub struct ApiServer(
+    Handle<Request<Body>, Response<Body>>,
+    Arc<Mutex<Vec<String>>>,
+);
 
 impl ApiServer {
     /// Answers `calls` in order, then gives the handle back for the next script.
     pub fn expect(self, calls: Vec<Call>) -> JoinHandle<ApiServer> {
-        let mut handle = self.0;
+        let (mut handle, seen) = (self.0, self.1);
         tokio::spawn(async move {
             for (index, call) in calls.into_iter().enumerate() {
                 let (request, respond) = tokio::time::timeout(TIMEOUT, handle.next_request())
                     .await
                     .unwrap_or_else(|_| panic!("expected call #{index} never came"))
                     .expect("the client is gone");
+                let (parts, body) = request.into_parts();
+                let bytes = body.collect_bytes().await.unwrap();
+                seen.lock().unwrap().push(format!(
+                    "{} {}\n{}",
+                    parts.method,
+                    parts.uri,
+                    String::from_utf8_lossy(&bytes)
+                ));
+                let request = Request::from_parts(parts, Body::from(bytes.to_vec()));
+                if matches!(call, Call::Hang) {
+                    // Never answered: the client waits until its caller gives up.
+                    tokio::spawn(async move {
+                        let _unanswered = respond;
+                        std::future::pending::<()>().await;
+                    });
+                    continue;
+                }
                 respond.send_response(call.answer(request).await);
             }
-            ApiServer(handle)
+            ApiServer(handle, seen)
         })
+    }
+
+    /// Every request seen so far, each as `METHOD uri` and its body.
+    pub fn requests(&self) -> Vec<String> {
+        self.1.lock().unwrap().clone()
     }
 }
 
 /// A kube client talking to a scripted API server.
 pub fn mock_client() -> (Client, ApiServer) {
     let (service, handle) = mock::pair::<Request<Body>, Response<Body>>();
-    (Client::new(service, "default"), ApiServer(handle))
+    (
+        Client::new(service, "default"),
+        ApiServer(handle, Arc::new(Mutex::new(Vec::new()))),
+    )
+}
+
+/// The RBAC (group, resource, verb) of a request to the API server.
+pub fn rbac_call(method: &Method, path: &str, query: &str) -> (String, String, &'static str) {
+    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    // /api/v1/... (core) or /apis/GROUP/VERSION/...
+    let (group, rest) = match segments.as_slice() {
+        ["api", _version, rest @ ..] => ("", rest),
+        ["apis", group, _version, rest @ ..] => (*group, rest),
+        _ => panic!("not an API path: {path}"),
+    };
+    let rest = match rest {
+        ["namespaces", _namespace, rest @ ..] if !rest.is_empty() => rest,
+        rest => rest,
+    };
+    let (resource, named) = match rest {
+        [resource] => (resource.to_string(), false),
+        [resource, _name] => (resource.to_string(), true),
+        [resource, _name, sub] => (format!("{resource}/{sub}"), true),
+        _ => panic!("unexpected API path {path}"),
+    };
+    let verb = match (method.as_str(), named) {
+        ("GET", true) => "get",
+        ("GET", false) if query.contains("watch=true") => "watch",
+        ("GET", false) => "list",
+        ("POST", _) => "create",
+        ("PUT", _) => "update",
+        ("PATCH", _) => "patch",
+        ("DELETE", true) => "delete",
+        ("DELETE", false) => "deletecollection",
+        (other, _) => panic!("unexpected method {other} on {path}"),
+    };
+    (group.to_owned(), resource, verb)
+}
+
+/// Standard base64, as the API server encodes a Secret's data.
+fn base64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (i, &b)| n | (u32::from(b) << (16 - 8 * i)));
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(char::from(ALPHABET[(n >> (18 - 6 * i)) as usize & 63]));
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
 }
 
 /// Waits for a script to finish (every call made), failing on timeout.
@@ -430,7 +564,7 @@ fn check_schema(schema: &Value, value: &Value, path: &str) {
 /// A metric source answering canned samples, counting its calls and the windows asked for.
 #[derive(Default)]
 pub struct CannedSource {
-    samples: Samples,
+    samples: Mutex<Samples>,
     calls: AtomicUsize,
     windows: std::sync::Mutex<Vec<Duration>>,
 }
@@ -439,9 +573,14 @@ impl CannedSource {
     /// Answers `samples` for every requested rollout.
     pub fn new(samples: Samples) -> Arc<Self> {
         Arc::new(CannedSource {
-            samples,
+            samples: Mutex::new(samples),
             ..CannedSource::default()
         })
+    }
+
+    /// Answers `samples` from now on.
+    pub fn set(&self, samples: Samples) {
+        *self.samples.lock().unwrap() = samples;
     }
 
     /// The windows it was asked for, in order.
@@ -467,9 +606,44 @@ impl MetricSource for CannedSource {
         }
         let answer = rollouts
             .iter()
-            .map(|request| (request.rollout.clone(), self.samples.clone()))
+            .map(|request| {
+                let samples = self.samples.lock().unwrap().clone();
+                (request.rollout.clone(), samples)
+            })
             .collect();
         Box::pin(async move { answer })
+    }
+}
+
+/// A `Write` into a shared buffer, for capturing logs.
+#[derive(Clone, Default)]
+pub struct Captured(pub Arc<Mutex<Vec<u8>>>);
+
+impl Write for Captured {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Captured {
+    /// Every log line (any level, any target) of the current thread goes here until the guard
+    /// drops.
+    pub fn logs(&self) -> tracing::subscriber::DefaultGuard {
+        let writer = self.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::TRACE)
+            .with_writer(move || writer.clone())
+            .finish();
+        tracing::subscriber::set_default(subscriber)
+    }
+
+    /// What was logged.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
     }
 }
 

@@ -15,12 +15,14 @@ pub mod evaluate;
 pub mod filter_config;
 #[cfg(test)]
 mod fixtures;
+pub mod force_token;
 pub mod http_server;
 pub mod lab;
 pub mod leader;
 pub mod metrics;
 pub mod plan;
 pub mod query;
+pub mod rbac;
 pub mod reconciler;
 pub mod sequential;
 pub mod simulate;

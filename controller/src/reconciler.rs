@@ -5,15 +5,18 @@
 //! 1. fetch samples from the [`MetricSource`] and [`evaluate`] them, when the rollout is at a
 //!    step where the plan reads them;
 //! 2. [`plan`] the next status, weight, Events and requeue (with `now` from the [`Clock`]);
-//! 3. push the weight to the WasmPlugin ([`WasmPluginTarget`]);
+//! 3. read the force token from the Secret the spec names, if any, and push the weight (and
+//!    the token) to the WasmPlugin ([`WasmPluginTarget`]);
 //! 4. write status by server-side apply on the status subresource;
 //! 5. publish the planned Events.
 //!
 //! Status is the source of truth, so the weight goes out before the status that records it: a
 //! failed push leaves status where it was (plus a `Degraded` condition and a Warning Event) and
 //! the reconcile is retried with backoff ([`error_policy`]); a failed status write after a push
-//! is re-planned from the old status, which leads to the same weight. A Fail therefore reaches
-//! the filter as weight 0 before anything else is written.
+//! is retried from the status that was pushed (kept in memory while the stored one is unchanged),
+//! so the retry neither repeats the step nor serves a lower weight; a reconcile that hangs (an API
+//! server that does not answer) is cut off after [`RECONCILE_TIMEOUT`] and retried the same way.
+//! A Fail therefore reaches the filter as weight 0 before anything else is written.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -36,6 +39,7 @@ use tokio::sync::watch;
 use crate::crd::{CanaryRollout, CanaryRolloutSpec, CanaryRolloutStatus, Phase, Target};
 use crate::evaluate::{evaluate, evaluate_window, Evaluation, Samples};
 use crate::filter_config::spec_to_filter_config;
+use crate::force_token::{self, ForceTokenError};
 use crate::http_server::{self, Health};
 use crate::leader::{LeaderElector, LeaseSettings};
 use crate::metrics::Metrics;
@@ -75,6 +79,8 @@ pub const EVENT_REPORTER: &str = "cohort-controller";
 pub const RETRY_BASE: Duration = Duration::from_secs(5);
 /// Longest wait between retries.
 pub const RETRY_MAX: Duration = Duration::from_secs(300);
+/// A reconcile that takes longer fails: a hung API server cannot hold a rollout forever.
+pub const RECONCILE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Event notes are capped at 1 kB by the API.
 const MAX_EVENT_NOTE: usize = 1024;
 
@@ -87,6 +93,9 @@ pub enum Error {
     /// The filter config was not pushed; status was not advanced.
     #[error("cannot push the filter config: {0}")]
     Target(#[from] TargetError),
+    /// The force token the spec names could not be read; nothing was pushed.
+    #[error("cannot read the force token: {0}")]
+    ForceToken(#[from] ForceTokenError),
     /// The status write failed; the weight may be pushed already, and the retry re-plans.
     #[error("cannot write the status of CanaryRollout {rollout}: {source}")]
     Status {
@@ -96,6 +105,9 @@ pub enum Error {
         #[source]
         source: kube::Error,
     },
+    /// The reconcile did not finish in time (a hung API server, say); retried with backoff.
+    #[error("the reconcile took longer than {0:?}; it is retried")]
+    Timeout(Duration),
     /// Another Kubernetes API call failed (the leader Lease, for instance).
     #[error("Kubernetes API: {0}")]
     Kube(#[from] kube::Error),
@@ -119,6 +131,8 @@ impl Error {
         match self {
             Error::MissingNamespace(_) => "metadata",
             Error::Target(_) => "target",
+            Error::ForceToken(_) => "force_token",
+            Error::Timeout(_) => "timeout",
             Error::Status { .. } => "status",
             Error::Kube(_) => "kube",
             Error::Source(_) => "source",
@@ -157,6 +171,20 @@ pub struct Context {
     leading: Option<watch::Receiver<bool>>,
     /// Failed reconciles in a row, per rollout, for the retry backoff.
     failures: Mutex<HashMap<(String, String), u32>>,
+    /// Statuses whose weight was pushed but whose write failed, per rollout, with the status
+    /// they replace: the retry plans from them, so it neither repeats the step nor serves a
+    /// lower weight than the one already pushed.
+    unrecorded: Mutex<HashMap<(String, String), Unrecorded>>,
+    /// A reconcile taking longer (a hung API server) fails and is retried with backoff.
+    reconcile_timeout: Duration,
+}
+
+/// A status that was served but not written, and the stored status it was planned from.
+struct Unrecorded {
+    stored: Option<CanaryRolloutStatus>,
+    planned: CanaryRolloutStatus,
+    /// Its Events, published once the status is written.
+    events: Vec<PlannedEvent>,
 }
 
 impl Context {
@@ -180,6 +208,8 @@ impl Context {
             metrics,
             leading: None,
             failures: Mutex::new(HashMap::new()),
+            unrecorded: Mutex::new(HashMap::new()),
+            reconcile_timeout: RECONCILE_TIMEOUT,
         }
     }
 
@@ -187,6 +217,12 @@ impl Context {
     /// the Lease and the watch shutting down.
     pub fn with_leadership(mut self, leading: watch::Receiver<bool>) -> Self {
         self.leading = Some(leading);
+        self
+    }
+
+    /// Reconciles taking longer than `timeout` fail (and are retried with backoff).
+    pub fn with_reconcile_timeout(mut self, timeout: Duration) -> Self {
+        self.reconcile_timeout = timeout;
         self
     }
 
@@ -199,12 +235,20 @@ impl Context {
     fn failures(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), u32>> {
         self.failures.lock().unwrap_or_else(PoisonError::into_inner)
     }
+
+    fn unrecorded(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), Unrecorded>> {
+        self.unrecorded
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
 }
 
 /// Reconciles one CanaryRollout, as kube-runtime's `Controller` calls it.
 pub async fn reconcile(rollout: Arc<CanaryRollout>, ctx: Arc<Context>) -> Result<Action> {
     let started = Instant::now();
-    let result = reconcile_rollout(&rollout, &ctx).await;
+    let result = tokio::time::timeout(ctx.reconcile_timeout, reconcile_rollout(&rollout, &ctx))
+        .await
+        .unwrap_or(Err(Error::Timeout(ctx.reconcile_timeout)));
     ctx.metrics.observe_reconcile(started.elapsed());
     if result.is_ok() {
         ctx.failures().remove(&key(&rollout));
@@ -256,8 +300,15 @@ async fn reconcile_rollout(rollout: &CanaryRollout, ctx: &Context) -> Result<Act
         return refuse_target(rollout, ctx, &namespace, &name, now).await;
     };
 
-    let evaluation = if needs_samples(&rollout.spec, rollout.status.as_ref(), &name) {
-        Some(analyse(ctx, rollout, &namespace, &name, now).await)
+    // A status pushed but not written by an earlier reconcile (its status write failed, or it
+    // timed out) is where this one starts, while the stored status is still the one it was
+    // planned from: the step it entered is neither repeated nor undone.
+    let (base, mut pending_events) = match ctx.unrecorded().remove(&key(rollout)) {
+        Some(entry) if entry.stored == rollout.status => (Some(entry.planned), entry.events),
+        _ => (rollout.status.clone(), Vec::new()),
+    };
+    let evaluation = if needs_samples(&rollout.spec, base.as_ref(), &name) {
+        Some(analyse(ctx, &rollout.spec, base.as_ref(), &namespace, &name, now).await)
     } else {
         None
     };
@@ -266,15 +317,42 @@ async fn reconcile_rollout(rollout: &CanaryRollout, ctx: &Context) -> Result<Act
         generation: rollout.metadata.generation,
         evaluation,
     };
-    let plan = plan(&rollout.spec, rollout.status.as_ref(), &input, now);
+    let plan = plan(&rollout.spec, base.as_ref(), &input, now);
+    pending_events.extend(plan.events.iter().cloned());
 
-    let served_bp = rollout.status.as_ref().map_or(0, |status| status.weight_bp);
-    if let Err(error) = push(&target, &rollout.spec, &name, &plan, served_bp).await {
+    // From here until the status is written, the plan counts as served: a reconcile cut short
+    // (an error, a timeout) is retried from it.
+    ctx.unrecorded().insert(
+        key(rollout),
+        Unrecorded {
+            stored: rollout.status.clone(),
+            planned: plan.status.clone(),
+            events: pending_events.clone(),
+        },
+    );
+    let served_bp = base.as_ref().map_or(0, |status| status.weight_bp);
+    let pushed = match force_token(ctx, &rollout.spec, &namespace).await {
+        Ok(token) => push(&target, &rollout.spec, &name, &plan, served_bp, token)
+            .await
+            .map_err(Error::from),
+        // Without the token the entry cannot be rebuilt, but a rollback must still reach the
+        // filter: set the live entry to 0, keeping the live token.
+        Err(_) if plan.weight_bp == 0 && served_bp > 0 => target
+            .withdraw(&name)
+            .await
+            .map(|_| ())
+            .map_err(Error::from),
+        Err(error) => Err(error.into()),
+    };
+    if let Err(error) = pushed {
+        // Nothing was served: the retry plans from the stored status again.
+        ctx.unrecorded().remove(&key(rollout));
         record_push_failure(rollout, ctx, &namespace, &name, &error, now).await?;
-        return Err(error.into());
+        return Err(error);
     }
     write_status(rollout, ctx, &namespace, &name, &plan.status).await?;
-    for event in &plan.events {
+    ctx.unrecorded().remove(&key(rollout));
+    for event in &pending_events {
         publish(rollout, ctx, event, "Reconcile").await;
     }
     ctx.metrics.observe_rollout(&namespace, &name, &plan.status);
@@ -321,18 +399,18 @@ fn needs_samples(
 /// sequential, everything since the step started (an anytime-valid test needs all of it).
 async fn analyse(
     ctx: &Context,
-    rollout: &CanaryRollout,
+    spec: &CanaryRolloutSpec,
+    status: Option<&CanaryRolloutStatus>,
     namespace: &str,
     name: &str,
     now: Timestamp,
 ) -> Evaluation {
-    let spec = &rollout.spec;
     let analysis = &spec.analysis;
     if analysis.gates.is_empty() {
         // Time-only rollouts: nothing to read.
         return evaluate(&[], analysis.min_samples, &Samples::default());
     }
-    let window = sequential::analysis_window(spec, rollout.status.as_ref(), now);
+    let window = sequential::analysis_window(spec, status, now);
     let request = SeriesRequest {
         rollout: name.to_owned(),
         namespace: namespace.to_owned(),
@@ -349,18 +427,42 @@ async fn analyse(
     evaluate_window(&analysis.gates, analysis.min_samples, &samples, window)
 }
 
-/// Makes the filter serve the plan's weight. A spec too broken to build the filter entry from
-/// holds what is served (the plan says `InvalidSpec`), except for an abort, which sets the live
-/// entry to 0.
+/// The force token the spec names: a Secret's key (`None` when it names none). A token file is
+/// for `cohort run`; in a cluster it is an error.
+async fn force_token(
+    ctx: &Context,
+    spec: &CanaryRolloutSpec,
+    namespace: &str,
+) -> Result<Option<String>, ForceTokenError> {
+    match (&spec.force_token_secret_ref, &spec.force_token_file) {
+        (Some(reference), _) => force_token::from_secret(&ctx.client, namespace, reference)
+            .await
+            .map(Some),
+        (None, Some(_)) => Err(ForceTokenError::Unavailable(
+            "spec.forceTokenFile is read by `cohort run` next to Envoy; in a cluster, name a \
+             Secret in spec.forceTokenSecretRef"
+                .to_owned(),
+        )),
+        (None, None) => Ok(None),
+    }
+}
+
+/// Makes the filter serve the plan's weight (and the force token, when the spec names one). A
+/// spec too broken to build the filter entry from holds what is served (the plan says
+/// `InvalidSpec`), except for an abort, which sets the live entry to 0.
 async fn push(
     target: &WasmPluginTarget,
     spec: &CanaryRolloutSpec,
     name: &str,
     plan: &Plan,
     served_bp: u32,
+    force_token: Option<String>,
 ) -> Result<(), TargetError> {
     match spec_to_filter_config(spec, name, plan.weight_bp) {
-        Ok(config) => target.push(name, &config).await.map(|_| ()),
+        Ok(mut config) => {
+            config.force_token = force_token;
+            target.push(name, &config).await.map(|_| ())
+        }
         Err(_) if plan.weight_bp == 0 && served_bp > 0 => target.withdraw(name).await.map(|_| ()),
         Err(_) => Ok(()),
     }
@@ -373,16 +475,23 @@ async fn record_push_failure(
     ctx: &Context,
     namespace: &str,
     name: &str,
-    error: &TargetError,
+    error: &Error,
     now: Timestamp,
 ) -> Result<()> {
-    let reason = match error {
-        TargetError::NotFound(_) => "TargetNotFound",
-        TargetError::Conflict(_) => "TargetConflict",
-        TargetError::Invalid(_) => "InvalidFilterConfig",
-        TargetError::Unavailable(_) => "TargetUnavailable",
+    let (reason, detail) = match error {
+        Error::Target(error) => (
+            match error {
+                TargetError::NotFound(_) => "TargetNotFound",
+                TargetError::Conflict(_) => "TargetConflict",
+                TargetError::Invalid(_) => "InvalidFilterConfig",
+                TargetError::Unavailable(_) => "TargetUnavailable",
+            },
+            error.to_string(),
+        ),
+        Error::ForceToken(error) => ("ForceTokenUnavailable", error.to_string()),
+        other => ("ReconcileFailed", other.to_string()),
     };
-    let message = format!("the weight was not pushed, status is unchanged: {error}");
+    let message = format!("the weight was not pushed, status is unchanged: {detail}");
     let mut status = rollout.status.clone().unwrap_or_default();
     let announce = set_condition(
         &mut status.conditions,

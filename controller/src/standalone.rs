@@ -3,11 +3,20 @@
 //! Each cycle reads the rollout file again (so editing `paused`, `abort`, `promote` or
 //! `restartAt` in it acts at the next cycle), reads the window's samples (Prometheus when
 //! `--prometheus` is given, else Envoy's admin stats), calls the same [`evaluate`] and [`plan`]
-//! as the in-cluster controller, pushes the plan's weight into the ECDS file when it changed (and
-//! on the first cycle, to re-assert it), waits for Envoy to count the update, and only then
-//! takes the plan's status as its own: a push that did not happen is retried, never recorded.
+//! as the in-cluster controller, and pushes the plan's weight into the ECDS file when it changed
+//! (and on the first cycle, to re-assert it), then waits for Envoy to count the update.
+//!
 //! The status is kept in memory and, with `--status-file`, written as JSON after every cycle and
-//! loaded at start, so a restarted `cohort run` resumes the step it was in.
+//! loaded at start, so a restarted `cohort run` resumes the step it was in. The file is a
+//! journal: a cycle that changes the weight records the new status *before* it writes the ECDS
+//! file, and a failed save stops the push. A run killed between the two therefore restarts from
+//! the new step and re-asserts its weight, never re-deciding the step it already left (which
+//! could serve an earlier, lower weight, or undo a rollback); a push that fails is retried from
+//! the recorded status until Envoy takes it.
+//!
+//! The force token (`spec.forceTokenFile`, relative to the rollout file) is read every cycle and
+//! written into the ECDS file with the weight; a token that cannot be read keeps the one the
+//! file has (and is logged without its content).
 //!
 //! Which ECDS file: `--envoy-ecds` wins; without it `spec.target.envoyEcds.path` is used. The
 //! filter's name is `spec.target.envoyEcds.filterName` (default `cohort`). A rollout whose target
@@ -20,15 +29,17 @@
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use k8s_openapi::jiff::Timestamp;
 use kube::Resource as _;
 
 use crate::crd::{CanaryRollout, CanaryRolloutSpec, CanaryRolloutStatus, GateCheck, Phase};
 use crate::evaluate::{evaluate, evaluate_window, Evaluation, Samples};
 use crate::filter_config::spec_to_filter_config;
+use crate::force_token::{self, ForceTokenError};
 use crate::plan::{plan, EventKind, PlanInput};
+use crate::reconciler::{Clock, SystemClock};
 use crate::sequential::analysis_window;
 use crate::source::envoy_admin::{EcdsUpdates, EnvoyAdmin, EnvoyAdminSource};
 use crate::source::prometheus::PrometheusSource;
@@ -171,6 +182,17 @@ pub enum RunError {
     /// The tokio runtime could not start.
     #[error("cannot start the async runtime: {0}")]
     Runtime(std::io::Error),
+    /// The force token named by the spec cannot be used (checked at start).
+    #[error("{0}")]
+    ForceToken(#[from] ForceTokenError),
+    /// The status could not be recorded before a push; nothing was pushed. Retried.
+    #[error("cannot save the status to {}: {source}; the weight was not pushed", path.display())]
+    SaveStatus {
+        /// The status file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
 }
 
 impl RunError {
@@ -182,10 +204,13 @@ impl RunError {
             | RunError::InvalidSpec { .. }
             | RunError::StatusFile { .. }
             | RunError::NoEcdsFile
-            | RunError::CustomGatesNeedPrometheus(_) => 2,
-            RunError::Source(_) | RunError::Push(_) | RunError::Rejected | RunError::Runtime(_) => {
-                1
-            }
+            | RunError::CustomGatesNeedPrometheus(_)
+            | RunError::ForceToken(_) => 2,
+            RunError::Source(_)
+            | RunError::Push(_)
+            | RunError::Rejected
+            | RunError::Runtime(_)
+            | RunError::SaveStatus { .. } => 1,
         }
     }
 }
@@ -364,7 +389,9 @@ pub struct Runner {
     admin: Option<EnvoyAdmin>,
     status: Option<CanaryRolloutStatus>,
     status_file: Option<PathBuf>,
-    pushed_bp: Option<u32>,
+    /// The weight and force token last pushed (`None`: nothing yet).
+    pushed: Option<(u32, Option<String>)>,
+    clock: Arc<dyn Clock>,
 }
 
 /// What one successful cycle decided.
@@ -416,6 +443,8 @@ impl Runner {
                 })
             }
         };
+        // A token the run cannot read or use stops it before it touches anything.
+        force_token_of(&rollout.spec, &args.rollout)?;
         let status = match &args.status_file {
             Some(path) => load_status(path)?,
             None => None,
@@ -437,7 +466,8 @@ impl Runner {
             admin,
             status,
             status_file: args.status_file.clone(),
-            pushed_bp: None,
+            pushed: None,
+            clock: Arc::new(SystemClock),
         })
     }
 
@@ -508,17 +538,36 @@ impl Runner {
             &self.rollout.spec,
             self.status.as_ref(),
             &input,
-            Timestamp::now(),
+            self.clock.now(),
         );
-        if self.pushed_bp != Some(plan.weight_bp) {
-            self.push(plan.weight_bp).await?;
-            self.pushed_bp = Some(plan.weight_bp);
+        let token = match force_token_of(&self.valid_spec, &self.rollout_path) {
+            Ok(token) => token,
+            Err(error) => {
+                tracing::warn!("{error}; the ECDS file keeps the force token it has");
+                None
+            }
+        };
+        let wanted = (plan.weight_bp, token);
+        let pushing = self.pushed.as_ref() != Some(&wanted);
+        if pushing {
+            // The journal first: a run killed after the push resumes from this status.
+            if let Some(path) = &self.status_file {
+                save_status(path, &plan.status).map_err(|source| RunError::SaveStatus {
+                    path: path.clone(),
+                    source,
+                })?;
+            }
+            self.status = Some(plan.status.clone());
         }
         for event in &plan.events {
             match event.kind {
                 EventKind::Normal => tracing::info!(reason = %event.reason, "{}", event.message),
                 EventKind::Warning => tracing::warn!(reason = %event.reason, "{}", event.message),
             }
+        }
+        if pushing {
+            self.push(wanted.0, wanted.1.clone()).await?;
+            self.pushed = Some(wanted);
         }
         tracing::info!(
             "{}",
@@ -598,7 +647,7 @@ impl Runner {
             gates: gates.clone(),
         };
         // The analysis interval, or everything since the step began when a gate is sequential.
-        let window = analysis_window(spec, self.status.as_ref(), Timestamp::now());
+        let window = analysis_window(spec, self.status.as_ref(), self.clock.now());
         // Sampled even before the first step: the Envoy-admin source needs a baseline scrape.
         let mut all = self
             .source
@@ -613,13 +662,15 @@ impl Runner {
         ))
     }
 
-    /// Writes `weight_bp` into the ECDS file and, with an admin URL, waits for Envoy to count it.
-    async fn push(&self, weight_bp: u32) -> Result<(), RunError> {
-        let config = spec_to_filter_config(&self.valid_spec, &self.rollout.name, weight_bp)
+    /// Writes `weight_bp` (and the force token, if any) into the ECDS file and, with an admin
+    /// URL, waits for Envoy to count it.
+    async fn push(&self, weight_bp: u32, force_token: Option<String>) -> Result<(), RunError> {
+        let mut config = spec_to_filter_config(&self.valid_spec, &self.rollout.name, weight_bp)
             .map_err(|errors| RunError::InvalidSpec {
                 path: self.rollout_path.clone(),
                 errors,
             })?;
+        config.force_token = force_token;
         let before = match &self.admin {
             Some(admin) => match admin.ecds_updates(self.target.filter_name()).await {
                 Ok(updates) => Some(updates),
@@ -669,6 +720,26 @@ impl Runner {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+}
+
+/// The force token `spec` names: its `forceTokenFile`, relative to the rollout file's directory
+/// (a Secret reference needs the in-cluster controller).
+pub fn force_token_of(
+    spec: &CanaryRolloutSpec,
+    rollout_path: &Path,
+) -> Result<Option<String>, ForceTokenError> {
+    match (&spec.force_token_file, &spec.force_token_secret_ref) {
+        (Some(file), _) => {
+            let base = rollout_path.parent().unwrap_or(Path::new("."));
+            force_token::from_file(file, base).map(Some)
+        }
+        (None, Some(_)) => Err(ForceTokenError::Unavailable(
+            "spec.forceTokenSecretRef names a Kubernetes Secret, which the in-cluster controller \
+             reads; `cohort run` reads the token from spec.forceTokenFile"
+                .to_owned(),
+        )),
+        (None, None) => Ok(None),
     }
 }
 
@@ -732,11 +803,15 @@ fn seconds(duration: Duration) -> String {
 }
 
 #[cfg(test)]
+mod kill_tests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use crate::crd::{GateResult, Verdict};
     use crate::evaluate::{Observed, VersionSamples};
     use crate::source::BoxFuture;
+    use k8s_openapi::jiff::Timestamp;
     use std::collections::BTreeMap;
     use std::sync::{Arc, Mutex};
 

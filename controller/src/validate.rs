@@ -56,6 +56,7 @@ impl fmt::Display for SpecErrors {
 pub fn validate_spec(spec: &CanaryRolloutSpec, name: &str) -> Result<(), Vec<SpecError>> {
     let mut errors = Vec::new();
     check_target(&spec.target, &mut errors);
+    check_force_token(spec, &mut errors);
     check_steps(spec, &mut errors);
     check_positive_duration(
         "spec.analysis.interval",
@@ -85,6 +86,46 @@ pub fn validate_spec(spec: &CanaryRolloutSpec, name: &str) -> Result<(), Vec<Spe
         Ok(())
     } else {
         Err(errors)
+    }
+}
+
+/// Where the force token comes from: one Secret key or one file, well named.
+fn check_force_token(spec: &CanaryRolloutSpec, errors: &mut Vec<SpecError>) {
+    if let Some(reference) = &spec.force_token_secret_ref {
+        if spec.force_token_file.is_some() {
+            errors.push(SpecError::new(
+                "spec.forceTokenFile",
+                "is set together with forceTokenSecretRef; keep one (the Secret in a cluster, \
+                 the file for `cohort run`)",
+            ));
+        }
+        if !is_dns_subdomain(&reference.name) {
+            errors.push(SpecError::new(
+                "spec.forceTokenSecretRef.name",
+                &format!(
+                    "{:?} is not a Secret name; use lowercase letters, digits, '-' and '.'",
+                    reference.name
+                ),
+            ));
+        }
+        let key = &reference.key;
+        let key_ok = !key.is_empty()
+            && key.len() <= 253
+            && key
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+        if !key_ok {
+            errors.push(SpecError::new(
+                "spec.forceTokenSecretRef.key",
+                &format!("{key:?} is not a Secret key; use letters, digits, '-', '_' and '.'"),
+            ));
+        }
+    }
+    if spec.force_token_file.as_deref().is_some_and(str::is_empty) {
+        errors.push(SpecError::new(
+            "spec.forceTokenFile",
+            "is empty; give the path of the file holding the token, or remove the field",
+        ));
     }
 }
 
@@ -439,7 +480,8 @@ pub(crate) mod tests {
     use super::*;
     use crate::crd::{
         default_gates, default_steps, AnalysisSpec, AnonymousSpec, BusinessEventGate, CustomGate,
-        EnvoyEcdsTarget, ErrorRateGate, FailurePolicy, LatencyGate, Step, WasmPluginTarget,
+        EnvoyEcdsTarget, ErrorRateGate, FailurePolicy, LatencyGate, SecretKeyRef, Step,
+        WasmPluginTarget,
     };
 
     /// The smallest valid spec: one host, every default.
@@ -455,6 +497,8 @@ pub(crate) mod tests {
             canary_version: "canary".into(),
             identity: Vec::new(),
             anonymous: AnonymousSpec::default(),
+            force_token_secret_ref: None,
+            force_token_file: None,
             steps: default_steps(),
             analysis: AnalysisSpec::default(),
             failure_policy: FailurePolicy::default(),
@@ -490,6 +534,22 @@ pub(crate) mod tests {
         type Edit = fn(&mut CanaryRolloutSpec);
         let table: &[(Edit, &str)] = &[
             (|s| s.steps.clear(), "spec.steps: is empty"),
+            (
+                |s| s.force_token_secret_ref = Some(SecretKeyRef { name: "Bad_Name".into(), key: "token".into() }),
+                "spec.forceTokenSecretRef.name: \"Bad_Name\" is not a Secret name",
+            ),
+            (
+                |s| s.force_token_secret_ref = Some(SecretKeyRef { name: "t".into(), key: "a/b".into() }),
+                "spec.forceTokenSecretRef.key: \"a/b\" is not a Secret key",
+            ),
+            (
+                |s| {
+                    s.force_token_secret_ref = Some(SecretKeyRef { name: "t".into(), key: "token".into() });
+                    s.force_token_file = Some("token".into());
+                },
+                "spec.forceTokenFile: is set together with forceTokenSecretRef",
+            ),
+            (|s| s.force_token_file = Some(String::new()), "spec.forceTokenFile: is empty"),
             (|s| s.steps = vec![Step::new(1.0, "1m"); 21], "spec.steps: has 21 steps; at most 20"),
             (|s| s.steps[0].weight = 0.0, "spec.steps[0].weight: 0 is out of range"),
             (|s| s.steps[0].weight = -1.0, "spec.steps[0].weight: -1 is out of range"),

@@ -44,8 +44,9 @@ pub const MAX_EVENTS: usize = 32;
 pub const MAX_ALLOW_KEYS: usize = 10_000;
 const MAX_COOKIE_AGE_SECONDS: u64 = 2 * 365 * 24 * 3600;
 
-/// The filter configuration as it travels on the wire.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+/// The filter configuration as it travels on the wire. Its `Debug` does not show the force
+/// token.
+#[derive(Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct FilterConfig {
     /// Format version; must be [`CONFIG_VERSION`].
@@ -279,8 +280,8 @@ pub struct Rollout {
     pub hosts: Vec<HostPattern>,
 }
 
-/// A validated config, ready for per-request use.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A validated config, ready for per-request use. Its `Debug` does not show the force token.
+#[derive(Clone, PartialEq, Eq)]
 pub struct Compiled {
     /// Routing header name, lowercased.
     pub routing_header: String,
@@ -296,6 +297,41 @@ pub struct Compiled {
     pub events: Vec<String>,
     /// Rollouts in name order.
     pub rollouts: Vec<Rollout>,
+}
+
+/// How `Debug` shows a force token: whether there is one, never what it is.
+fn redacted<T>(token: &Option<T>) -> Option<&'static str> {
+    token.as_ref().map(|_| "<redacted>")
+}
+
+impl fmt::Debug for FilterConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FilterConfig")
+            .field("version", &self.version)
+            .field("routing_header", &self.routing_header)
+            .field("force_header", &self.force_header)
+            .field("force_token", &redacted(&self.force_token))
+            .field("identity", &self.identity)
+            .field("anonymous", &self.anonymous)
+            .field("events_header", &self.events_header)
+            .field("events", &self.events)
+            .field("rollouts", &self.rollouts)
+            .finish()
+    }
+}
+
+impl fmt::Debug for Compiled {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Compiled")
+            .field("routing_header", &self.routing_header)
+            .field("force_header", &self.force_header)
+            .field("force_token", &redacted(&self.force_token))
+            .field("anonymous", &self.anonymous)
+            .field("events_header", &self.events_header)
+            .field("events", &self.events)
+            .field("rollouts", &self.rollouts)
+            .finish()
+    }
 }
 
 /// Parses and validates a config document.
@@ -1033,6 +1069,25 @@ mod tests {
             r#"{"version": 3, "events": ["a b"], "rollouts": {"a": {"hosts": [], "weightBp": 10001}}}"#,
         );
         assert_eq!(errors.len(), 4, "{errors:?}");
+    }
+
+    #[test]
+    fn debug_output_never_shows_the_force_token() {
+        let document = br#"{"version": 1, "forceToken": "0123456789abcdef-secret"}"#;
+        let wire = parse_wire(document).unwrap();
+        let compiled = validate(&wire).unwrap();
+        for shown in [
+            format!("{wire:?}"),
+            format!("{compiled:?}"),
+            format!("{wire:#?}"),
+        ] {
+            assert!(shown.contains("<redacted>"), "{shown}");
+            assert!(
+                !shown.contains("secret") && !shown.contains("0123456789"),
+                "{shown}"
+            );
+        }
+        assert!(!format!("{:?}", FilterConfig::new()).contains("<redacted>"));
     }
 
     #[test]

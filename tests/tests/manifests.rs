@@ -306,76 +306,115 @@ fn controller_deployment_is_locked_down_and_probed() {
     );
 }
 
-/// Least privilege, pinned: a new right is a deliberate change to this table.
-#[test]
-fn rbac_grants_exactly_what_the_controller_needs() {
-    let rules = |kind: &str| -> BTreeSet<String> {
-        of_kind(kind)
-            .into_iter()
-            .filter(|role| {
-                role["metadata"]["name"]
-                    .as_str()
-                    .unwrap()
-                    .starts_with("cohort-controller")
-            })
-            .flat_map(|role| role["rules"].as_array().unwrap())
-            .flat_map(|rule| {
-                let group = rule["apiGroups"][0].as_str().unwrap().to_owned();
-                let resources: Vec<String> = rule["resources"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .map(|r| r.as_str().unwrap().to_owned())
-                    .collect();
-                let verbs: Vec<String> = rule["verbs"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .map(|v| v.as_str().unwrap().to_owned())
-                    .collect();
-                assert_eq!(rule["apiGroups"].as_array().unwrap().len(), 1);
-                resources.into_iter().flat_map(move |resource| {
-                    let group = group.clone();
+/// The grants of one role: `group/resource:verb` for every rule of the (Cluster)Role `name`.
+fn grants(kind: &str, name: &str) -> BTreeSet<String> {
+    let roles: Vec<&Value> = of_kind(kind)
+        .into_iter()
+        .filter(|role| role["metadata"]["name"] == name)
+        .collect();
+    assert_eq!(roles.len(), 1, "{kind} {name}");
+    roles[0]["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|rule| {
+            assert_eq!(rule["apiGroups"].as_array().unwrap().len(), 1);
+            assert!(rule.get("resourceNames").is_none());
+            let group = rule["apiGroups"][0].as_str().unwrap().to_owned();
+            let verbs: Vec<String> = rule["verbs"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_str().unwrap().to_owned())
+                .collect();
+            rule["resources"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .flat_map(move |resource| {
+                    let (group, resource) = (group.clone(), resource.as_str().unwrap().to_owned());
                     verbs
                         .clone()
                         .into_iter()
                         .map(move |verb| format!("{group}/{resource}:{verb}"))
                 })
-            })
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+/// Least privilege, pinned: the roles grant exactly the calls the controller's code makes
+/// (`cohort_controller::rbac::API_CALLS`, which the scripted API-server tests hold every request
+/// to), and this table pins both: a new right is a deliberate change here and there.
+#[test]
+fn rbac_grants_exactly_what_the_controller_calls() {
+    use cohort_controller::rbac::{Scope, API_CALLS};
+    let set =
+        |grants: &[&str]| -> BTreeSet<String> { grants.iter().map(|g| (*g).to_owned()).collect() };
+    let pinned = [
+        (
+            Scope::Cluster,
+            "ClusterRole",
+            "cohort-controller",
+            set(&[
+                "cohort.dev/canaryrollouts:list",
+                "cohort.dev/canaryrollouts:watch",
+                "cohort.dev/canaryrollouts/status:patch",
+                "extensions.istio.io/wasmplugins:get",
+                "extensions.istio.io/wasmplugins:patch",
+                "events.k8s.io/events:create",
+                "events.k8s.io/events:patch",
+            ]),
+        ),
+        (
+            Scope::ControllerNamespace,
+            "Role",
+            "cohort-controller-leader-election",
+            set(&[
+                "coordination.k8s.io/leases:get",
+                "coordination.k8s.io/leases:create",
+                "coordination.k8s.io/leases:update",
+            ]),
+        ),
+        (
+            Scope::OptInNamespace,
+            "ClusterRole",
+            "cohort-controller-force-token",
+            set(&["/secrets:get"]),
+        ),
+    ];
+    for (scope, kind, name, expected) in &pinned {
+        let called: BTreeSet<String> = API_CALLS
+            .iter()
+            .filter(|call| call.scope == *scope)
+            .map(|call| format!("{}/{}:{}", call.group, call.resource, call.verb))
+            .collect();
+        assert_eq!(
+            &called, expected,
+            "{scope:?}: the code's calls vs the pinned table"
+        );
+        assert_eq!(
+            &grants(kind, name),
+            expected,
+            "{kind} {name} vs the code's calls"
+        );
+    }
+    // No other role of ours.
+    let ours = |kind: &str| -> Vec<String> {
+        of_kind(kind)
+            .into_iter()
+            .map(|r| r["metadata"]["name"].as_str().unwrap().to_owned())
+            .filter(|n| n.starts_with("cohort"))
             .collect()
     };
-    let expected =
-        |grants: &[&str]| -> BTreeSet<String> { grants.iter().map(|g| (*g).to_owned()).collect() };
     assert_eq!(
-        rules("ClusterRole"),
-        expected(&[
-            "cohort.dev/canaryrollouts:get",
-            "cohort.dev/canaryrollouts:list",
-            "cohort.dev/canaryrollouts:watch",
-            "cohort.dev/canaryrollouts:patch",
-            "cohort.dev/canaryrollouts/status:get",
-            "cohort.dev/canaryrollouts/status:patch",
-            "cohort.dev/canaryrollouts/status:update",
-            "extensions.istio.io/wasmplugins:get",
-            "extensions.istio.io/wasmplugins:list",
-            "extensions.istio.io/wasmplugins:watch",
-            "extensions.istio.io/wasmplugins:patch",
-            "events.k8s.io/events:create",
-            "events.k8s.io/events:patch",
-            "/events:create",
-            "/events:patch",
-        ])
+        ours("ClusterRole"),
+        ["cohort-controller", "cohort-controller-force-token"]
     );
-    assert_eq!(
-        rules("Role"),
-        expected(&[
-            "coordination.k8s.io/leases:get",
-            "coordination.k8s.io/leases:create",
-            "coordination.k8s.io/leases:update",
-        ])
-    );
+    assert_eq!(ours("Role"), ["cohort-controller-leader-election"]);
     let roles = of_kind("Role");
     assert_eq!(roles[0]["metadata"]["namespace"], "cohort-system");
+    // Bindings: the controller's account only; the Secret right is never bound cluster-wide.
     for binding in of_kind("ClusterRoleBinding")
         .into_iter()
         .chain(of_kind("RoleBinding"))
@@ -384,6 +423,9 @@ fn rbac_grants_exactly_what_the_controller_needs() {
             binding["subjects"],
             json!([{"kind": "ServiceAccount", "name": "cohort-controller", "namespace": "cohort-system"}])
         );
+        if binding["kind"] == "ClusterRoleBinding" {
+            assert_ne!(binding["roleRef"]["name"], "cohort-controller-force-token");
+        }
     }
 }
 

@@ -829,3 +829,310 @@ async fn a_sequential_gate_reads_everything_since_the_step_started() {
         assert_eq!(harness.source.windows(), vec![Duration::from_secs(window)]);
     }
 }
+
+// Fault drills against the API server: 500 on the status write, an API server that never
+// answers, and the force token's Secret.
+
+impl Harness {
+    /// Like [`Harness::new`], with reconciles cut off after `timeout`.
+    fn with_timeout(samples: Samples, timeout: Duration) -> Self {
+        let (client, server) = mock_client();
+        let source = CannedSource::new(samples);
+        let ctx = Context::new(
+            client,
+            source.clone(),
+            Arc::new(FixedClock(t(NOW))),
+            Arc::new(Metrics::default()),
+            Some("cohort-controller-0".into()),
+        )
+        .with_reconcile_timeout(timeout);
+        Harness {
+            ctx: Arc::new(ctx),
+            server: Some(server),
+            source,
+        }
+    }
+}
+
+const STATUS_PATH: &str =
+    "/apis/cohort.dev/v1alpha1/namespaces/shop/canaryrollouts/checkout/status";
+
+/// The retry after a lost status write: it starts from the step that was pushed, so with thin
+/// data it holds there (no apply: the live weight is already right), writes that step, and
+/// announces the advance once.
+fn retry_from_the_pushed_step() -> Vec<Call> {
+    vec![
+        Call::GetWasmPlugin(live(Some(500))),
+        Call::status(|status| {
+            assert_eq!((status.step_index, status.weight_bp), (Some(1), 500));
+            let advances = status
+                .history
+                .iter()
+                .filter(|entry| entry.reason == "StepAdvanced")
+                .count();
+            assert_eq!(advances, 1, "{:?}", status.history);
+        }),
+        Call::Event("Normal", "StepAdvanced"),
+    ]
+}
+
+#[tokio::test]
+async fn a_500_on_the_status_write_is_retried_from_the_pushed_step() {
+    let mut harness = Harness::new(healthy());
+    let stored = rollout(spec(), Some(progressing(0, 100, 120)));
+    let error = harness
+        .reconcile(
+            stored.clone(),
+            vec![
+                Call::GetWasmPlugin(live(Some(100))),
+                Call::ApplyWasmPlugin {
+                    weight_bp: 500,
+                    conflict: false,
+                },
+                Call::ServerError(http::Method::PATCH, STATUS_PATH),
+            ],
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(error, Error::Status { .. }), "{error}");
+    assert_eq!(error.metric_label(), "status");
+    assert_eq!(
+        error_policy(Arc::new(stored.clone()), &error, harness.ctx.clone()),
+        Action::requeue(Duration::from_secs(5))
+    );
+    // The data turned thin before the retry: re-planning from the stored step 0 would hold
+    // there and push 100 bp back over the 500 already served.
+    harness.source.set(thin());
+    harness
+        .reconcile(stored, retry_from_the_pushed_step())
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_hung_api_server_times_out_and_the_retry_resumes() {
+    let mut harness = Harness::with_timeout(healthy(), Duration::from_millis(300));
+    let stored = rollout(spec(), Some(progressing(0, 100, 120)));
+    let started = std::time::Instant::now();
+    let error = harness
+        .reconcile(
+            stored.clone(),
+            vec![
+                Call::GetWasmPlugin(live(Some(100))),
+                Call::ApplyWasmPlugin {
+                    weight_bp: 500,
+                    conflict: false,
+                },
+                Call::Hang,
+            ],
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(error, Error::Timeout(_)), "{error}");
+    assert_eq!(error.metric_label(), "timeout");
+    assert!(started.elapsed() < Duration::from_secs(2));
+    harness.source.set(thin());
+    harness
+        .reconcile(stored, retry_from_the_pushed_step())
+        .await
+        .unwrap();
+
+    // Hung before anything was pushed: the retry plans from the stored status as if nothing
+    // happened (and the drill's failing data rolls back at once).
+    let stored = rollout(spec(), Some(progressing(1, 500, 10)));
+    let error = harness
+        .reconcile(stored.clone(), vec![Call::Hang])
+        .await
+        .unwrap_err();
+    assert!(matches!(error, Error::Timeout(_)), "{error}");
+    harness.source.set(failing());
+    harness
+        .reconcile(
+            stored,
+            vec![
+                Call::GetWasmPlugin(live(Some(500))),
+                Call::ApplyWasmPlugin {
+                    weight_bp: 0,
+                    conflict: false,
+                },
+                Call::status(|status| assert_eq!(status.phase, Phase::RolledBack)),
+                Call::Event("Warning", "RolledBack"),
+            ],
+        )
+        .await
+        .unwrap();
+}
+
+/// A force token long enough for the filter, with a line end as `kubectl create secret
+/// --from-file` leaves it.
+const TOKEN: &str = "c0h0rt-f0rce-7a1e9b2d4c6f8";
+
+fn spec_with_token() -> CanaryRolloutSpec {
+    let mut spec = spec();
+    spec.force_token_secret_ref = Some(crate::crd::SecretKeyRef {
+        name: "checkout-force".into(),
+        key: "token".into(),
+    });
+    spec
+}
+
+fn secret() -> Call {
+    Call::GetSecret {
+        name: "checkout-force",
+        key: "token",
+        value: Some("c0h0rt-f0rce-7a1e9b2d4c6f8\n"),
+    }
+}
+
+/// The token goes into the WasmPlugin (that is what the filter reads) and into nothing else the
+/// controller writes or logs: not the status, not an Event, not a log line at any level.
+#[tokio::test]
+async fn the_force_token_reaches_the_wasm_plugin_and_nothing_else() {
+    let logs = crate::fixtures::Captured::default();
+    let _guard = logs.logs();
+    let mut harness = Harness::new(healthy());
+    harness
+        .reconcile(
+            rollout(spec_with_token(), Some(progressing(0, 100, 120))),
+            vec![
+                secret(),
+                Call::GetWasmPlugin(live(Some(100))),
+                Call::ApplyWasmPlugin {
+                    weight_bp: 500,
+                    conflict: false,
+                },
+                Call::status(|status| assert_eq!(status.weight_bp, 500)),
+                Call::Event("Normal", "StepAdvanced"),
+            ],
+        )
+        .await
+        .unwrap();
+    // A missing Secret: the weight holds, the condition and the Event say why.
+    let mut missing = Harness::new(healthy());
+    let error = missing
+        .reconcile(
+            rollout(spec_with_token(), Some(progressing(1, 500, 120))),
+            vec![
+                Call::GetSecret {
+                    name: "checkout-force",
+                    key: "token",
+                    value: None,
+                },
+                Call::status(|status| {
+                    assert_eq!((status.step_index, status.weight_bp), (Some(1), 500));
+                    let degraded = condition(status, CONDITION_DEGRADED);
+                    assert_eq!(degraded.reason, "ForceTokenUnavailable");
+                    assert!(
+                        degraded
+                            .message
+                            .contains("Secret shop/checkout-force: not found"),
+                        "{}",
+                        degraded.message
+                    );
+                }),
+                Call::Event("Warning", "ForceTokenUnavailable"),
+            ],
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(error, Error::ForceToken(_)), "{error}");
+    let logs = logs.text();
+    // Captured at every level (the mock client has no request log of its own).
+    assert!(logs.contains("TRACE"), "nothing was logged: {logs}");
+
+    let requests = harness.server.as_ref().unwrap().requests();
+    let (plugin, others): (Vec<&String>, Vec<&String>) = requests
+        .iter()
+        .partition(|request| request.starts_with("PATCH /apis/extensions.istio.io/"));
+    assert_eq!(plugin.len(), 1);
+    let body: Value = serde_json::from_str(plugin[0].split_once('\n').unwrap().1).unwrap();
+    assert_eq!(body["spec"]["pluginConfig"]["forceToken"], TOKEN);
+    let everything_else = others
+        .iter()
+        .map(|r| r.as_str())
+        .chain(
+            missing
+                .server
+                .as_ref()
+                .unwrap()
+                .requests()
+                .iter()
+                .map(|r| r.as_str()),
+        )
+        .collect::<Vec<_>>()
+        .join("\n")
+        .to_owned();
+    // The Secret itself came back base64-encoded; what the controller sent never has the token.
+    assert!(!everything_else.contains(TOKEN), "{everything_else}");
+    assert!(!logs.contains(TOKEN), "the token was logged:\n{logs}");
+    assert!(!format!("{error} {error:?}").contains(TOKEN));
+}
+
+/// Without the Secret, a failing gate still rolls back: the live entry goes to 0 and keeps the
+/// live token (an apply without it would switch forcing off for every rollout on the plugin).
+#[tokio::test]
+async fn an_unreadable_token_does_not_stop_a_rollback() {
+    let mut live_with_token = live(Some(500));
+    live_with_token["forceToken"] = json!(TOKEN);
+    let mut harness = Harness::new(failing());
+    harness
+        .reconcile(
+            rollout(spec_with_token(), Some(progressing(1, 500, 10))),
+            vec![
+                Call::GetSecret {
+                    name: "checkout-force",
+                    key: "token",
+                    value: None,
+                },
+                Call::GetWasmPlugin(live_with_token),
+                Call::ApplyWasmPlugin {
+                    weight_bp: 0,
+                    conflict: false,
+                },
+                Call::status(|status| assert_eq!(status.phase, Phase::RolledBack)),
+                Call::Event("Warning", "RolledBack"),
+            ],
+        )
+        .await
+        .unwrap();
+    let requests = harness.server.as_ref().unwrap().requests();
+    let apply = requests
+        .iter()
+        .find(|r| r.starts_with("PATCH /apis/extensions.istio.io/"))
+        .unwrap();
+    let body: Value = serde_json::from_str(apply.split_once('\n').unwrap().1).unwrap();
+    assert_eq!(body["spec"]["pluginConfig"]["forceToken"], TOKEN);
+}
+
+/// A Secret holding something the filter would refuse: held, and the message describes the
+/// value without showing it.
+#[tokio::test]
+async fn an_unusable_token_is_described_without_being_shown() {
+    let mut harness = Harness::new(healthy());
+    let error = harness
+        .reconcile(
+            rollout(spec_with_token(), Some(progressing(0, 100, 120))),
+            vec![
+                Call::GetSecret {
+                    name: "checkout-force",
+                    key: "token",
+                    value: Some("hunter2-secret"),
+                },
+                Call::status(|status| {
+                    let degraded = condition(status, CONDITION_DEGRADED);
+                    assert!(
+                        degraded
+                            .message
+                            .contains("does not hold a usable force token")
+                            && !degraded.message.contains("hunter2"),
+                        "{}",
+                        degraded.message
+                    );
+                }),
+                Call::Event("Warning", "ForceTokenUnavailable"),
+            ],
+        )
+        .await
+        .unwrap_err();
+    assert!(!error.to_string().contains("hunter2"), "{error}");
+}

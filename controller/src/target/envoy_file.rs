@@ -13,9 +13,14 @@
 //!   must agree on it (the CRD says so).
 //! - `events`: the union of the file's and the pushed ones, because another rollout's business
 //!   gates may need an event this rollout does not count.
-//! - everything else filter-wide (routing and force headers, force token, default identity,
-//!   events header) stays as the file has it: a spec cannot express those, so the pushed values
-//!   are only defaults and would silently undo the operator's settings.
+//! - `forceToken`: set when the pushed config has one (the spec's `forceTokenFile`), else the
+//!   file's own stays.
+//! - everything else filter-wide (routing and force headers, default identity, events header)
+//!   stays as the file has it: a spec cannot express those, so the pushed values are only
+//!   defaults and would silently undo the operator's settings.
+//!
+//! The file may hold the force token, so a rewrite never widens its permissions: the temp file
+//! is created readable by its owner only and then given the old file's mode.
 //!
 //! The document is written as JSON (valid YAML, and what Envoy reads for `.json` files); the
 //! file's other content is kept, and so is a leading comment block of a `.yaml` file. Two
@@ -137,6 +142,9 @@ pub fn merge(
     };
     existing.version = pushed.version;
     existing.anonymous = pushed.anonymous.clone();
+    if pushed.force_token.is_some() {
+        existing.force_token = pushed.force_token.clone();
+    }
     for event in &pushed.events {
         if !existing.events.contains(event) {
             existing.events.push(event.clone());
@@ -241,7 +249,7 @@ pub(crate) fn replace_file(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
         NEXT.fetch_add(1, Ordering::Relaxed)
     ));
     let written = (|| {
-        let mut file = fs::File::create(&temp)?;
+        let mut file = create_private(&temp)?;
         file.write_all(bytes)?;
         file.sync_all()?;
         if let Ok(metadata) = fs::metadata(path) {
@@ -253,6 +261,15 @@ pub(crate) fn replace_file(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
         let _ = fs::remove_file(&temp);
     }
     written
+}
+
+/// A new file only its owner can read (until the caller sets the mode it should have).
+fn create_private(path: &Path) -> std::io::Result<fs::File> {
+    let mut options = fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    options.open(path)
 }
 
 #[cfg(test)]

@@ -3,7 +3,8 @@
 //!
 //! Each CanaryRollout applies with its own field manager ([`field_manager`]), and applies only
 //! what it determines: `pluginConfig.version`, `.anonymous`, `.events` (when its gates count
-//! business events) and `.rollouts.<name>`. `pluginConfig` is `x-kubernetes-preserve-unknown-fields`,
+//! business events), `.forceToken` (when the spec names a Secret holding one) and
+//! `.rollouts.<name>`. `pluginConfig` is `x-kubernetes-preserve-unknown-fields`,
 //! so the API server merges its maps key by key and treats lists as atomic: rollouts sharing a
 //! WasmPlugin own disjoint `rollouts.<name>` keys, and co-own the filter-wide fields as long as
 //! they apply equal values. Top-level `identity` is not applied: a rollout's identity sources
@@ -182,6 +183,9 @@ pub fn owned_fields(name: &str, config: &FilterConfig) -> Result<Value, TargetEr
     let mut owned = Map::new();
     owned.insert("version".to_owned(), Value::from(config.version));
     owned.insert("anonymous".to_owned(), to_json(&config.anonymous)?);
+    if let Some(token) = &config.force_token {
+        owned.insert("forceToken".to_owned(), Value::from(token.as_str()));
+    }
     if !config.events.is_empty() {
         owned.insert("events".to_owned(), to_json(&config.events)?);
     }
@@ -204,7 +208,7 @@ pub fn withdrawn_fields(live: &Value, name: &str) -> Option<Value> {
         .insert("weightBp".to_owned(), Value::from(0));
     let mut owned = Map::new();
     owned.insert("version".to_owned(), Value::from(CONFIG_VERSION));
-    for shared in ["anonymous", "events"] {
+    for shared in ["anonymous", "events", "forceToken"] {
         if let Some(value) = live.get(shared) {
             owned.insert(shared.to_owned(), value.clone());
         }
