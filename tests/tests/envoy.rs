@@ -507,6 +507,104 @@ fn routing_header_is_overwritten_and_forcing_needs_the_token() {
     );
 }
 
+/// d2. Forcing needs exactly `VERSION:TOKEN`: every near miss of the token (one byte more, the
+/// first byte changed, another case, a space, half of it, the token alone, the token in another
+/// header, a wrong copy before the right one) is refused, counted and stripped; without a
+/// configured token nothing forces. The exact token still forces (the control).
+#[test]
+fn forcing_refuses_every_near_miss_of_the_token() {
+    let envoy = start(500);
+    let mut client = envoy.client();
+    let stable = stable_id("near", 500);
+    let token = FORCE_TOKEN;
+    let near_misses: Vec<(String, Vec<(&[u8], Vec<u8>)>)> = [
+        format!("canary:{token}0"),
+        format!("canary:X{}", &token[1..]),
+        format!("canary:{}", token.to_uppercase()),
+        format!("canary: {token}"),
+        format!("canary:{}", &token[..token.len() / 2]),
+        format!("canary:{token}:canary"),
+        format!("Canary:{token}"),
+        token.to_owned(),
+    ]
+    .into_iter()
+    .map(|value| {
+        let headers = vec![(&b"x-cohort-force"[..], value.clone().into_bytes())];
+        (value, headers)
+    })
+    .chain([
+        (
+            "a wrong force header before the right one".to_owned(),
+            vec![
+                (
+                    &b"x-cohort-force"[..],
+                    format!("canary:{token}x").into_bytes(),
+                ),
+                (
+                    &b"x-cohort-force"[..],
+                    format!("canary:{token}").into_bytes(),
+                ),
+            ],
+        ),
+        (
+            "the token in the routing header".to_owned(),
+            vec![(
+                &b"x-cohort-version"[..],
+                format!("canary:{token}").into_bytes(),
+            )],
+        ),
+    ])
+    .collect();
+    let send = |client: &mut Client, extra: &[(&[u8], Vec<u8>)]| {
+        let mut headers: Vec<(&[u8], &[u8])> = vec![(b"x-user-id", stable.as_bytes())];
+        headers.extend(extra.iter().map(|(name, value)| (*name, value.as_slice())));
+        client.get("/", &headers).unwrap()
+    };
+    for (what, headers) in &near_misses {
+        let r = send(&mut client, headers);
+        assert_eq!(served_by(&r), "stable", "forced by {what:?}");
+        assert_eq!(
+            r.header("x-seen-force").as_deref(),
+            Some("-"),
+            "{what:?} forwarded"
+        );
+    }
+    // The control: the exact token forces, whatever the header name's case.
+    let exact = vec![(
+        &b"X-Cohort-Force"[..],
+        format!("canary:{token}").into_bytes(),
+    )];
+    assert_eq!(served_by(&send(&mut client, &exact)), "canary");
+    let denied = near_misses.len() as f64 - 1.0; // the routing-header case sends no force header
+    let samples = envoy.prometheus().unwrap();
+    assert_eq!(
+        prom::value(&samples, "cohort_force_denied_total", &[]),
+        Some(denied),
+        "cohort_force_denied_total"
+    );
+
+    // Without a configured token, the right-looking header forces nothing.
+    let mut no_token = config(500);
+    no_token.as_object_mut().unwrap().remove("forceToken");
+    let (result, _) = envoy.push_config_and_wait(&no_token.to_string()).unwrap();
+    assert_eq!(result, PushResult::Accepted);
+    let start = Instant::now();
+    loop {
+        let r = send(&mut client, &exact);
+        if served_by(&r) == "stable" {
+            assert_eq!(r.header("x-seen-force").as_deref(), Some("-"));
+            break;
+        }
+        assert!(
+            start.elapsed() < DEADLINE,
+            "forcing still works without a token"
+        );
+    }
+    for _ in 0..20 {
+        assert_eq!(served_by(&send(&mut client, &exact)), "stable");
+    }
+}
+
 /// Sends a request for a canary user and drops the connection before the (slow) answer.
 fn reset_midway(envoy: &Envoy, id: &str) {
     let mut stream = TcpStream::connect(envoy.listen_addr()).unwrap();

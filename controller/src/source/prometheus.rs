@@ -286,6 +286,9 @@ pub fn number_of(data: &Data) -> Result<Option<f64>, String> {
 }
 
 #[cfg(test)]
+mod drills;
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use crate::crd::{CustomGate, GateSpec};
