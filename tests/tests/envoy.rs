@@ -517,7 +517,8 @@ fn forcing_refuses_every_near_miss_of_the_token() {
     let mut client = envoy.client();
     let stable = stable_id("near", 500);
     let token = FORCE_TOKEN;
-    let near_misses: Vec<(String, Vec<(&[u8], Vec<u8>)>)> = [
+    type Headers = Vec<(&'static [u8], Vec<u8>)>;
+    let near_misses: Vec<(String, Headers)> = [
         format!("canary:{token}0"),
         format!("canary:X{}", &token[1..]),
         format!("canary:{}", token.to_uppercase()),
