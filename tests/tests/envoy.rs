@@ -907,6 +907,103 @@ fn bad_config_pushes_are_rejected_without_failing_requests() {
     );
 }
 
+/// f2. Pushes Envoy itself refuses (a truncated ECDS file, a `.wasm` that is not there) and a
+/// burst of pushes with no pause between them, good and bad alternating, under load: no request
+/// fails or is misrouted, and the last good config serves.
+#[test]
+fn ecds_refusals_and_push_bursts_fail_no_request() {
+    let envoy = start(500);
+    let ids = user_ids("burst", 50);
+    let stop = AtomicBool::new(false);
+    let good = |n: usize| {
+        let mut c = config(500);
+        c["burst"] = serde_json::json!(n);
+        c.to_string()
+    };
+    let (served, failures) = std::thread::scope(|scope| {
+        let loaders: Vec<_> = (0..2)
+            .map(|_| {
+                let (ids, stop, envoy) = (&ids, &stop, &envoy);
+                scope.spawn(move || {
+                    let mut client = envoy.client();
+                    let (mut served, mut failures) = (0u64, Vec::new());
+                    while !stop.load(Ordering::SeqCst) {
+                        for id in ids {
+                            served += 1;
+                            match client.get("/", &[(b"x-user-id", id.as_bytes())]) {
+                                Ok(r)
+                                    if r.status == 200
+                                        && r.upstream().as_deref()
+                                            == Some(expected_version(id.as_bytes(), 500)) => {}
+                                Ok(r) => {
+                                    failures.push(format!("{id}: {} {:?}", r.status, r.upstream()))
+                                }
+                                Err(e) => failures.push(format!("{id}: {e}")),
+                            }
+                        }
+                    }
+                    (served, failures)
+                })
+            })
+            .collect();
+        // Refused by Envoy before the filter sees anything.
+        let ecds = cohort_tests::envoy::render_ecds(envoy.wasm(), &good(0)).unwrap();
+        let truncated = &ecds[..ecds.len() / 2];
+        let missing_wasm =
+            cohort_tests::envoy::render_ecds(&envoy.dir().join("no-such-filter.wasm"), &good(0))
+                .unwrap();
+        for (what, text) in [("truncated", truncated), ("missing .wasm", &missing_wasm)] {
+            let rejected = stat(&envoy, UPDATE_REJECTED);
+            let success = stat(&envoy, UPDATE_SUCCESS);
+            envoy.push_ecds(text).unwrap();
+            std::thread::sleep(Duration::from_millis(500));
+            assert_eq!(stat(&envoy, UPDATE_SUCCESS), success, "{what} was applied");
+            eprintln!(
+                "{what} ECDS file: update_rejected {rejected} → {}",
+                stat(&envoy, UPDATE_REJECTED)
+            );
+        }
+        // A burst: good and bad configs back to back, no waiting for Envoy between them.
+        for n in 1..=20 {
+            let text = if n % 2 == 0 {
+                good(n)
+            } else {
+                config(20_000).to_string()
+            };
+            envoy.push_config(&text).unwrap();
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let (result, _) = envoy.push_config_and_wait(&good(99)).unwrap();
+        assert_eq!(result, PushResult::Accepted);
+        std::thread::sleep(Duration::from_millis(300));
+        stop.store(true, Ordering::SeqCst);
+        loaders.into_iter().map(|h| h.join().unwrap()).fold(
+            (0, Vec::new()),
+            |(n, mut all), (served, failures)| {
+                all.extend(failures);
+                (n + served, all)
+            },
+        )
+    });
+    eprintln!("{served} requests during the refused pushes and the burst");
+    assert!(
+        failures.is_empty(),
+        "{} of {served} requests failed, e.g. {:?}",
+        failures.len(),
+        &failures[..failures.len().min(10)]
+    );
+    let samples = envoy.prometheus().unwrap();
+    assert_eq!(
+        prom::value(
+            &samples,
+            "cohort_rollout_weight_bp",
+            &[("cohort_rollout", "web")]
+        ),
+        Some(500.0)
+    );
+    assert_eq!(stat(&envoy, "wasm.cohort.vm_reload"), 0);
+}
+
 /// g. Hostile input is bucketed or ignored, never a filter error, and the VM keeps working.
 #[test]
 fn hostile_headers_and_cookies_never_break_the_filter() {
