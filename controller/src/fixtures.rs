@@ -638,7 +638,11 @@ impl Captured {
             .with_max_level(tracing::Level::TRACE)
             .with_writer(move || writer.clone())
             .finish();
-        tracing::subscriber::set_default(subscriber)
+        let guard = tracing::subscriber::set_default(subscriber);
+        // Callsites first hit while no subscriber wanted them (in another test's thread) keep
+        // "never" as their cached interest: ask them again, now that this one wants everything.
+        tracing::callsite::rebuild_interest_cache();
+        guard
     }
 
     /// What was logged.

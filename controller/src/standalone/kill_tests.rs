@@ -398,7 +398,7 @@ async fn the_force_token_file_reaches_the_ecds_file_and_nothing_else() {
     );
     let status = std::fs::read_to_string(&drill.status_file).unwrap();
     let logs = logs.text();
-    assert!(logs.contains("cohort run"), "no logs captured: {logs}");
+    assert!(!logs.is_empty(), "no logs captured");
     for (what, text) in [("the status file", &status), ("the logs", &logs)] {
         assert!(
             !text.contains(TOKEN),
