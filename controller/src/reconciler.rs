@@ -16,6 +16,9 @@
 //! is retried from the status that was pushed (kept in memory while the stored one is unchanged),
 //! so the retry neither repeats the step nor serves a lower weight; a reconcile that hangs (an API
 //! server that does not answer) is cut off after [`RECONCILE_TIMEOUT`] and retried the same way.
+//! A replica that stopped between the two writes has no memory to hand over: its successor reads
+//! the live entry before planning and records the transition it finds there (the next step, or a
+//! rollback) as done.
 //! A Fail therefore reaches the filter as weight 0 before anything else is written.
 
 use std::collections::HashMap;
@@ -36,7 +39,9 @@ use kube::{Client, Resource, ResourceExt};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::crd::{CanaryRollout, CanaryRolloutSpec, CanaryRolloutStatus, Phase, Target};
+use crate::crd::{
+    CanaryRollout, CanaryRolloutSpec, CanaryRolloutStatus, GateResult, Phase, Target, Verdict,
+};
 use crate::evaluate::{evaluate, evaluate_window, Evaluation, Samples};
 use crate::filter_config::spec_to_filter_config;
 use crate::force_token::{self, ForceTokenError};
@@ -51,7 +56,7 @@ use crate::source::prometheus::PrometheusSource;
 use crate::source::series::SourceError;
 use crate::source::shared::SharedCycle;
 use crate::source::{MetricSource, SeriesRequest};
-use crate::target::wasmplugin::{field_manager, WasmPluginTarget};
+use crate::target::wasmplugin::{field_manager, live_weight, WasmPluginTarget};
 use crate::target::TargetError;
 use crate::validate::validate_spec;
 
@@ -303,10 +308,36 @@ async fn reconcile_rollout(rollout: &CanaryRollout, ctx: &Context) -> Result<Act
     // A status pushed but not written by an earlier reconcile (its status write failed, or it
     // timed out) is where this one starts, while the stored status is still the one it was
     // planned from: the step it entered is neither repeated nor undone.
-    let (base, mut pending_events) = match ctx.unrecorded().remove(&key(rollout)) {
-        Some(entry) if entry.stored == rollout.status => (Some(entry.planned), entry.events),
-        _ => (rollout.status.clone(), Vec::new()),
+    let (mut base, mut pending_events, remembered) = match ctx.unrecorded().remove(&key(rollout)) {
+        Some(entry) if entry.stored == rollout.status => (Some(entry.planned), entry.events, true),
+        _ => (rollout.status.clone(), Vec::new(), false),
     };
+    // The live config, read once (the push merges into it) when the filter entry can be built:
+    // it also shows what a controller that stopped between the apply and the status write
+    // pushed, which this one then takes as done rather than undo.
+    let live = if spec_to_filter_config(&rollout.spec, &name, 0).is_ok() {
+        match target.live().await {
+            Ok(live) => Some(live),
+            Err(error) => {
+                let error = Error::from(error);
+                record_push_failure(rollout, ctx, &namespace, &name, &error, now).await?;
+                return Err(error);
+            }
+        }
+    } else {
+        None
+    };
+    if let (false, Some(live), Some(status)) = (remembered, &live, &base) {
+        let generation = rollout.metadata.generation;
+        let live_bp = live_weight(live, &name);
+        if let Some(adopted) =
+            adopt_unrecorded(&rollout.spec, status, live_bp, &name, generation, now)
+        {
+            tracing::info!(rollout = %name, namespace = %namespace, weight_bp = adopted.weight_bp, "the filter serves a weight the status does not record: taking it as done");
+            pending_events = adopted.events;
+            base = Some(adopted.status);
+        }
+    }
     let evaluation = if needs_samples(&rollout.spec, base.as_ref(), &name) {
         Some(analyse(ctx, &rollout.spec, base.as_ref(), &namespace, &name, now).await)
     } else {
@@ -332,16 +363,25 @@ async fn reconcile_rollout(rollout: &CanaryRollout, ctx: &Context) -> Result<Act
     );
     let served_bp = base.as_ref().map_or(0, |status| status.weight_bp);
     let pushed = match force_token(ctx, &rollout.spec, &namespace).await {
-        Ok(token) => push(&target, &rollout.spec, &name, &plan, served_bp, token)
-            .await
-            .map_err(Error::from),
+        Ok(token) => push(
+            &target,
+            live.as_ref(),
+            &rollout.spec,
+            &name,
+            &plan,
+            served_bp,
+            token,
+        )
+        .await
+        .map_err(Error::from),
         // Without the token the entry cannot be rebuilt, but a rollback must still reach the
         // filter: set the live entry to 0, keeping the live token.
-        Err(_) if plan.weight_bp == 0 && served_bp > 0 => target
-            .withdraw(&name)
-            .await
-            .map(|_| ())
-            .map_err(Error::from),
+        Err(_) if plan.weight_bp == 0 && served_bp > 0 => match &live {
+            Some(live) => target.withdraw_from(live, &name).await,
+            None => target.withdraw(&name).await,
+        }
+        .map(|_| ())
+        .map_err(Error::from),
         Err(error) => Err(error.into()),
     };
     if let Err(error) = pushed {
@@ -452,6 +492,7 @@ async fn force_token(
 /// `InvalidSpec`), except for an abort, which sets the live entry to 0.
 async fn push(
     target: &WasmPluginTarget,
+    live: Option<&serde_json::Value>,
     spec: &CanaryRolloutSpec,
     name: &str,
     plan: &Plan,
@@ -461,11 +502,70 @@ async fn push(
     match spec_to_filter_config(spec, name, plan.weight_bp) {
         Ok(mut config) => {
             config.force_token = force_token;
-            target.push(name, &config).await.map(|_| ())
+            match live {
+                Some(live) => target.push_onto(live, name, &config).await,
+                None => target.push(name, &config).await,
+            }
+            .map(|_| ())
         }
         Err(_) if plan.weight_bp == 0 && served_bp > 0 => target.withdraw(name).await.map(|_| ()),
         Err(_) => Ok(()),
     }
+}
+
+/// What a controller that stopped between the WasmPlugin apply and the status write left: the
+/// live entry serves the next step's weight (an advance) or 0 (a rollback) while the status still
+/// records the step before. Planned as that transition now, so the step is neither repeated nor
+/// undone; `None` when the live weight is what the status records, or is not explained by one
+/// transition from it.
+fn adopt_unrecorded(
+    spec: &CanaryRolloutSpec,
+    status: &CanaryRolloutStatus,
+    live_bp: Option<u32>,
+    name: &str,
+    generation: Option<i64>,
+    now: Timestamp,
+) -> Option<Plan> {
+    let live_bp = live_bp?;
+    let step = usize::try_from(status.step_index?).ok()?;
+    if live_bp == status.weight_bp
+        || spec.abort
+        || spec.promote
+        || !matches!(status.phase, Phase::Progressing | Phase::Paused)
+    {
+        return None;
+    }
+    let evaluation = if live_bp == 0 {
+        Evaluation {
+            verdict: Verdict::Fail,
+            results: vec![GateResult {
+                gate: "recovered".to_owned(),
+                verdict: Verdict::Fail,
+                canary: None,
+                stable: None,
+                threshold: None,
+                canary_samples: 0.0,
+                stable_samples: 0.0,
+                reason: "the filter serves weight 0, which only a rollback writes; the controller \
+                         that wrote it stopped before recording it"
+                    .to_owned(),
+            }],
+        }
+    } else if spec.steps.get(step + 1).map(|next| next.weight_bp()) == Some(live_bp) {
+        Evaluation {
+            verdict: Verdict::Pass,
+            results: status.gates.clone(),
+        }
+    } else {
+        return None;
+    };
+    let input = PlanInput {
+        rollout: name.to_owned(),
+        generation,
+        evaluation: Some(evaluation),
+    };
+    let adopted = plan(spec, Some(status), &input, now);
+    (adopted.weight_bp == live_bp).then_some(adopted)
 }
 
 /// Status stays where it was; a `Degraded` condition says why the push failed, and a Warning

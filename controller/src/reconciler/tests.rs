@@ -995,8 +995,8 @@ async fn the_force_token_reaches_the_wasm_plugin_and_nothing_else() {
         .reconcile(
             rollout(spec_with_token(), Some(progressing(0, 100, 120))),
             vec![
-                secret(),
                 Call::GetWasmPlugin(live(Some(100))),
+                secret(),
                 Call::ApplyWasmPlugin {
                     weight_bp: 500,
                     conflict: false,
@@ -1013,6 +1013,7 @@ async fn the_force_token_reaches_the_wasm_plugin_and_nothing_else() {
         .reconcile(
             rollout(spec_with_token(), Some(progressing(1, 500, 120))),
             vec![
+                Call::GetWasmPlugin(live(Some(500))),
                 Call::GetSecret {
                     name: "checkout-force",
                     key: "token",
@@ -1079,12 +1080,12 @@ async fn an_unreadable_token_does_not_stop_a_rollback() {
         .reconcile(
             rollout(spec_with_token(), Some(progressing(1, 500, 10))),
             vec![
+                Call::GetWasmPlugin(live_with_token),
                 Call::GetSecret {
                     name: "checkout-force",
                     key: "token",
                     value: None,
                 },
-                Call::GetWasmPlugin(live_with_token),
                 Call::ApplyWasmPlugin {
                     weight_bp: 0,
                     conflict: false,
@@ -1113,6 +1114,7 @@ async fn an_unusable_token_is_described_without_being_shown() {
         .reconcile(
             rollout(spec_with_token(), Some(progressing(0, 100, 120))),
             vec![
+                Call::GetWasmPlugin(live(Some(100))),
                 Call::GetSecret {
                     name: "checkout-force",
                     key: "token",
@@ -1135,4 +1137,80 @@ async fn an_unusable_token_is_described_without_being_shown() {
         .await
         .unwrap_err();
     assert!(!error.to_string().contains("hunter2"), "{error}");
+}
+
+/// A controller that stopped between the WasmPlugin apply and the status write (its memory gone
+/// with it): the next one finds the live entry a step ahead of status and takes the advance as
+/// done. On thin data it then holds there, instead of re-planning from the recorded step and
+/// pushing that step's lower weight back.
+#[tokio::test]
+async fn a_new_controller_takes_an_unrecorded_advance_as_done() {
+    let mut harness = Harness::new(thin());
+    harness
+        .reconcile(
+            rollout(spec(), Some(progressing(0, 100, 120))),
+            vec![
+                Call::GetWasmPlugin(live(Some(500))),
+                Call::status(|status| {
+                    assert_eq!((status.step_index, status.weight_bp), (Some(1), 500));
+                    assert_eq!(status.gates[0].verdict, Verdict::Inconclusive);
+                    let advances: Vec<_> = status
+                        .history
+                        .iter()
+                        .filter(|entry| entry.reason == "StepAdvanced")
+                        .map(|entry| (entry.from_step, entry.to_step))
+                        .collect();
+                    assert_eq!(advances, [(Some(0), Some(1))]);
+                }),
+                Call::Event("Normal", "StepAdvanced"),
+            ],
+        )
+        .await
+        .unwrap();
+}
+
+/// The same for an unrecorded rollback: the live entry at 0 stays at 0 (recorded now as a
+/// rollback), even though the data looks healthy again.
+#[tokio::test]
+async fn a_new_controller_never_undoes_an_unrecorded_rollback() {
+    let mut harness = Harness::new(healthy());
+    harness
+        .reconcile(
+            rollout(spec(), Some(progressing(1, 500, 120))),
+            vec![
+                Call::GetWasmPlugin(live(Some(0))),
+                Call::status(|status| {
+                    assert_eq!((status.phase, status.weight_bp), (Phase::RolledBack, 0));
+                    assert!(
+                        status
+                            .message
+                            .as_deref()
+                            .unwrap_or("")
+                            .contains("stopped before recording"),
+                        "{:?}",
+                        status.message
+                    );
+                }),
+                Call::Event("Warning", "RolledBack"),
+            ],
+        )
+        .await
+        .unwrap();
+    // A live weight no single transition explains is not adopted: the plan decides as usual.
+    let mut odd = Harness::new(thin());
+    odd.reconcile(
+        rollout(spec(), Some(progressing(0, 100, 120))),
+        vec![
+            Call::GetWasmPlugin(live(Some(2_500))),
+            Call::ApplyWasmPlugin {
+                weight_bp: 100,
+                conflict: false,
+            },
+            Call::status(|status| {
+                assert_eq!((status.step_index, status.weight_bp), (Some(0), 100))
+            }),
+        ],
+    )
+    .await
+    .unwrap();
 }

@@ -113,6 +113,30 @@ impl WasmPluginTarget {
         self.apply_checked(&live, applied).await
     }
 
+    /// The live `spec.pluginConfig` (an empty object when it has none).
+    pub async fn live(&self) -> Result<Value, TargetError> {
+        self.live_plugin_config().await
+    }
+
+    /// [`WasmPluginTarget::push`] onto a live config read just before ([`WasmPluginTarget::live`]).
+    pub async fn push_onto(
+        &self,
+        live: &Value,
+        name: &str,
+        config: &FilterConfig,
+    ) -> Result<Pushed, TargetError> {
+        let applied = owned_fields(name, config)?;
+        self.apply_checked(live, applied).await
+    }
+
+    /// [`WasmPluginTarget::withdraw`] from a live config read just before.
+    pub async fn withdraw_from(&self, live: &Value, name: &str) -> Result<Pushed, TargetError> {
+        let Some(applied) = withdrawn_fields(live, name) else {
+            return Ok(Pushed::Unchanged);
+        };
+        self.apply_checked(live, applied).await
+    }
+
     async fn apply_owned(&self, applied: Value) -> Result<Pushed, TargetError> {
         let live = self.live_plugin_config().await?;
         self.apply_checked(&live, applied).await
@@ -193,6 +217,13 @@ pub fn owned_fields(name: &str, config: &FilterConfig) -> Result<Value, TargetEr
     rollouts.insert(name.to_owned(), to_json(entry)?);
     owned.insert("rollouts".to_owned(), Value::Object(rollouts));
     Ok(Value::Object(owned))
+}
+
+/// The weight rollout `name`'s live entry serves (`None` without an entry).
+pub fn live_weight(live: &Value, name: &str) -> Option<u32> {
+    live.pointer(&format!("/rollouts/{name}"))
+        .map(|entry| entry.get("weightBp").and_then(Value::as_u64).unwrap_or(0))
+        .and_then(|weight| u32::try_from(weight).ok())
 }
 
 /// The fields to apply so that rollout `name`'s live entry serves weight 0; `None` when it has
