@@ -42,6 +42,7 @@ const WASM_PLUGIN_PATH: &str =
     "/apis/extensions.istio.io/v1alpha1/namespaces/shop/wasmplugins/cohort";
 const STATUS_PATH: &str =
     "/apis/cohort.dev/v1alpha1/namespaces/shop/canaryrollouts/checkout/status";
+const ROLLOUT_PATH: &str = "/apis/cohort.dev/v1alpha1/namespaces/shop/canaryrollouts/checkout";
 const EVENTS_PATH: &str = "/apis/events.k8s.io/v1/namespaces/shop/events";
 const SECRETS_PATH: &str = "/api/v1/namespaces/shop/secrets";
 const LEASE_PATH: &str = "/apis/coordination.k8s.io/v1/namespaces/cohort-system/leases";
@@ -50,8 +51,21 @@ const LEASE_PATH: &str = "/apis/coordination.k8s.io/v1/namespaces/cohort-system/
 pub enum Call {
     /// GET the WasmPlugin; it exists with this `spec.pluginConfig`.
     GetWasmPlugin(Value),
+    /// GET the WasmPlugin; it is this whole object (managedFields and all).
+    GetWasmPluginObject(Value),
     /// GET the WasmPlugin; 404.
     WasmPluginMissing,
+    /// Server-side apply on the WasmPlugin with our field manager, not forced, whose body is
+    /// exactly `body` (and fits Istio's schema); the WasmPlugin then has `answer` as its
+    /// `pluginConfig`.
+    ApplyWasmPluginExactly {
+        /// The whole body expected.
+        body: Value,
+        /// `spec.pluginConfig` of the answer.
+        answer: Value,
+    },
+    /// A JSON patch of the CanaryRollout (no field manager) that is exactly `patch`.
+    PatchRollout(Value),
     /// Server-side apply on the WasmPlugin carrying our rollout at this weight.
     ApplyWasmPlugin {
         /// `pluginConfig.rollouts.checkout.weightBp` the body must carry.
@@ -155,6 +169,55 @@ impl Call {
                     "{seen}"
                 );
                 ok(wasm_plugin(plugin_config))
+            }
+            Call::GetWasmPluginObject(plugin) => {
+                assert_eq!(
+                    (method, path.as_str()),
+                    (Method::GET, WASM_PLUGIN_PATH),
+                    "{seen}"
+                );
+                ok(plugin)
+            }
+            Call::ApplyWasmPluginExactly {
+                body: expected,
+                answer,
+            } => {
+                assert_eq!(
+                    (method, path.as_str()),
+                    (Method::PATCH, WASM_PLUGIN_PATH),
+                    "{seen}"
+                );
+                assert!(
+                    query.contains("fieldManager=cohort.dev%2Fshop.checkout"),
+                    "{seen}"
+                );
+                assert!(
+                    !query.contains("force"),
+                    "WasmPlugin applies are never forced: {seen}"
+                );
+                assert_eq!(
+                    parts.headers.get(http::header::CONTENT_TYPE).unwrap(),
+                    "application/apply-patch+yaml"
+                );
+                assert_eq!(body, expected, "{seen}");
+                if let Some(schema) = wasm_plugin_schema() {
+                    check_schema(schema, &body, "");
+                }
+                ok(wasm_plugin(answer))
+            }
+            Call::PatchRollout(expected) => {
+                assert_eq!(
+                    (method, path.as_str()),
+                    (Method::PATCH, ROLLOUT_PATH),
+                    "{seen}"
+                );
+                assert!(!query.contains("fieldManager"), "{seen}");
+                assert_eq!(
+                    parts.headers.get(http::header::CONTENT_TYPE).unwrap(),
+                    "application/json-patch+json"
+                );
+                assert_eq!(body, expected, "{seen}");
+                ok(rollout_json())
             }
             Call::WasmPluginMissing => {
                 assert_eq!(
@@ -660,7 +723,8 @@ impl Clock for FixedClock {
     }
 }
 
-/// A test rollout in namespace `shop`.
+/// A test rollout in namespace `shop`, carrying the controller's finalizer (as every rollout
+/// does once the controller has seen it).
 pub fn rollout(
     spec: crate::crd::CanaryRolloutSpec,
     status: Option<CanaryRolloutStatus>,
@@ -669,6 +733,7 @@ pub fn rollout(
     rollout.metadata.namespace = Some(NAMESPACE.to_owned());
     rollout.metadata.generation = Some(3);
     rollout.metadata.uid = Some("0b1c2d3e".to_owned());
+    rollout.metadata.finalizers = Some(vec![crate::reconciler::FINALIZER.to_owned()]);
     rollout.status = status;
     rollout
 }

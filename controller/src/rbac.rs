@@ -66,6 +66,14 @@ pub const API_CALLS: &[ApiCall] = &[
         "reconciler::watch_rollouts (kube-runtime Controller: watch)",
     ),
     call(
+        "cohort.dev",
+        "canaryrollouts",
+        "patch",
+        Scope::Cluster,
+        "reconciler::reconcile_guarded (kube-runtime finalizer: a JSON patch adding, then \
+         removing, metadata.finalizers)",
+    ),
+    call(
         "",
         "secrets",
         "get",

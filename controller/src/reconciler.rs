@@ -20,6 +20,14 @@
 //! the live entry before planning and records the transition it finds there (the next step, or a
 //! rollback) as done.
 //! A Fail therefore reaches the filter as weight 0 before anything else is written.
+//!
+//! Deletion: every rollout gets the finalizer [`FINALIZER`] before its first push (kube-runtime's
+//! [`finalizer`] helper: a JSON patch that tests the list it extends, so it never clobbers
+//! another finalizer). A rollout marked for deletion has its entry removed from its WasmPlugin
+//! ([`WasmPluginTarget::release`]), so its users are served stable, then an Event, then the
+//! finalizer goes and Kubernetes deletes it. A missing WasmPlugin serves no entry: nothing to
+//! remove. Any other failure keeps the finalizer (deletion waits) and is retried with backoff
+//! under a `Degraded` condition and a Warning Event, like a failed push.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -33,6 +41,7 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::finalizer::{self, finalizer};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
@@ -57,7 +66,7 @@ use crate::source::series::SourceError;
 use crate::source::shared::SharedCycle;
 use crate::source::{MetricSource, SeriesRequest};
 use crate::target::wasmplugin::{field_manager, live_weight, WasmPluginTarget};
-use crate::target::TargetError;
+use crate::target::{Released, TargetError};
 use crate::validate::validate_spec;
 
 /// Default `--metrics-address`: the port manifests/controller/deployment.yaml names `metrics`.
@@ -86,6 +95,9 @@ pub const RETRY_BASE: Duration = Duration::from_secs(5);
 pub const RETRY_MAX: Duration = Duration::from_secs(300);
 /// A reconcile that takes longer fails: a hung API server cannot hold a rollout forever.
 pub const RECONCILE_TIMEOUT: Duration = Duration::from_secs(60);
+/// The finalizer that holds a deleted CanaryRollout until its entry is gone from its target:
+/// without it, the entry would keep sending users to the canary with no rollout managing it.
+pub const FINALIZER: &str = "cohort.dev/remove-filter-entry";
 /// Event notes are capped at 1 kB by the API.
 const MAX_EVENT_NOTE: usize = 1024;
 
@@ -109,6 +121,25 @@ pub enum Error {
         /// The API error.
         #[source]
         source: kube::Error,
+    },
+    /// The deleted rollout's entry could not be removed from its target; the finalizer stays
+    /// (the deletion waits) and the release is retried with backoff.
+    #[error("cannot remove the rollout's entry from its target, so its deletion waits: {0}")]
+    Release(TargetError),
+    /// The finalizer could not be added or removed; retried with backoff.
+    #[error(
+        "cannot {action} finalizer {FINALIZER} on CanaryRollout {rollout}: {detail}; a 403 \
+             means the controller's ClusterRole lacks `patch` on canaryrollouts (apply \
+             manifests/controller/rbac.yaml), a 422 that metadata.finalizers changed since it \
+             was read (the retry reads it again)"
+    )]
+    Finalizer {
+        /// `add` or `remove`.
+        action: &'static str,
+        /// `namespace/name`.
+        rollout: String,
+        /// What failed.
+        detail: String,
     },
     /// The reconcile did not finish in time (a hung API server, say); retried with backoff.
     #[error("the reconcile took longer than {0:?}; it is retried")]
@@ -136,6 +167,8 @@ impl Error {
         match self {
             Error::MissingNamespace(_) => "metadata",
             Error::Target(_) => "target",
+            Error::Release(_) => "release",
+            Error::Finalizer { .. } => "finalizer",
             Error::ForceToken(_) => "force_token",
             Error::Timeout(_) => "timeout",
             Error::Status { .. } => "status",
@@ -251,7 +284,7 @@ impl Context {
 /// Reconciles one CanaryRollout, as kube-runtime's `Controller` calls it.
 pub async fn reconcile(rollout: Arc<CanaryRollout>, ctx: Arc<Context>) -> Result<Action> {
     let started = Instant::now();
-    let result = tokio::time::timeout(ctx.reconcile_timeout, reconcile_rollout(&rollout, &ctx))
+    let result = tokio::time::timeout(ctx.reconcile_timeout, reconcile_guarded(&rollout, &ctx))
         .await
         .unwrap_or(Err(Error::Timeout(ctx.reconcile_timeout)));
     ctx.metrics.observe_reconcile(started.elapsed());
@@ -292,10 +325,91 @@ fn key(rollout: &CanaryRollout) -> (String, String) {
     (rollout.namespace().unwrap_or_default(), rollout.name_any())
 }
 
-async fn reconcile_rollout(rollout: &CanaryRollout, ctx: &Context) -> Result<Action> {
+/// The leader fence, then the finalizer: a rollout without it gets it (and is reconciled again
+/// when that change comes back through the watch), a deleted one is released, any other is
+/// reconciled.
+async fn reconcile_guarded(rollout: &Arc<CanaryRollout>, ctx: &Context) -> Result<Action> {
     if !ctx.is_leading() {
         return Ok(Action::await_change());
     }
+    let name = rollout.name_any();
+    let namespace = rollout
+        .namespace()
+        .ok_or_else(|| Error::MissingNamespace(name.clone()))?;
+    let api: Api<CanaryRollout> = Api::namespaced(ctx.client.clone(), &namespace);
+    finalizer(&api, FINALIZER, rollout.clone(), |event| async move {
+        match event {
+            finalizer::Event::Apply(rollout) => reconcile_rollout(&rollout, ctx).await,
+            finalizer::Event::Cleanup(rollout) => release(&rollout, ctx).await,
+        }
+    })
+    .await
+    .map_err(|error| finalizer_error(error, &namespace, &name))
+}
+
+fn finalizer_error(error: finalizer::Error<Error>, namespace: &str, name: &str) -> Error {
+    let failed = |action, detail: String| Error::Finalizer {
+        action,
+        rollout: format!("{namespace}/{name}"),
+        detail,
+    };
+    match error {
+        finalizer::Error::ApplyFailed(error) | finalizer::Error::CleanupFailed(error) => error,
+        finalizer::Error::AddFinalizer(error) => failed("add", error.to_string()),
+        finalizer::Error::RemoveFinalizer(error) => failed("remove", error.to_string()),
+        other @ (finalizer::Error::UnnamedObject | finalizer::Error::InvalidFinalizer) => {
+            failed("add or remove", other.to_string())
+        }
+    }
+}
+
+/// The deleted rollout's entry leaves its WasmPlugin (an Event says what was done); an error
+/// keeps the finalizer, so the deletion waits for the retry.
+async fn release(rollout: &CanaryRollout, ctx: &Context) -> Result<Action> {
+    let name = rollout.name_any();
+    let namespace = rollout
+        .namespace()
+        .ok_or_else(|| Error::MissingNamespace(name.clone()))?;
+    // Nothing pushed for it is served any more, nor will be.
+    ctx.unrecorded().remove(&key(rollout));
+    let message = match wasm_plugin_target(ctx, &rollout.spec, &namespace, &name) {
+        // The cluster controller never writes an ECDS file (refuse_target).
+        None => "spec.target.envoyEcds: the controller wrote no entry for this rollout, nothing \
+                 to remove"
+            .to_owned(),
+        Some(target) => {
+            let plugin = target.describe();
+            match target.release(&name).await {
+                Ok(Released::Removed) => format!(
+                    "removed spec.pluginConfig.rollouts.{name} from {plugin}: the filter serves \
+                     stable to all of this rollout's users"
+                ),
+                Ok(Released::Nothing) => {
+                    format!("{plugin} holds no entry of this rollout, nothing to remove")
+                }
+                Ok(Released::TargetMissing) => {
+                    format!("{plugin} does not exist, so no entry of this rollout is served")
+                }
+                Err(error) => {
+                    let error = Error::Release(error);
+                    record_failure(rollout, ctx, &namespace, &name, &error, ctx.clock.now())
+                        .await?;
+                    return Err(error);
+                }
+            }
+        }
+    };
+    tracing::info!(rollout = %name, namespace = %namespace, "{message}");
+    let event = PlannedEvent {
+        kind: EventKind::Normal,
+        reason: "TrafficReleased".to_owned(),
+        message,
+    };
+    publish(rollout, ctx, &event, "Release").await;
+    Ok(Action::await_change())
+}
+
+async fn reconcile_rollout(rollout: &CanaryRollout, ctx: &Context) -> Result<Action> {
     let name = rollout.name_any();
     let namespace = rollout
         .namespace()
@@ -320,7 +434,7 @@ async fn reconcile_rollout(rollout: &CanaryRollout, ctx: &Context) -> Result<Act
             Ok(live) => Some(live),
             Err(error) => {
                 let error = Error::from(error);
-                record_push_failure(rollout, ctx, &namespace, &name, &error, now).await?;
+                record_failure(rollout, ctx, &namespace, &name, &error, now).await?;
                 return Err(error);
             }
         }
@@ -387,7 +501,7 @@ async fn reconcile_rollout(rollout: &CanaryRollout, ctx: &Context) -> Result<Act
     if let Err(error) = pushed {
         // Nothing was served: the retry plans from the stored status again.
         ctx.unrecorded().remove(&key(rollout));
-        record_push_failure(rollout, ctx, &namespace, &name, &error, now).await?;
+        record_failure(rollout, ctx, &namespace, &name, &error, now).await?;
         return Err(error);
     }
     write_status(rollout, ctx, &namespace, &name, &plan.status).await?;
@@ -568,9 +682,10 @@ fn adopt_unrecorded(
     (adopted.weight_bp == live_bp).then_some(adopted)
 }
 
-/// Status stays where it was; a `Degraded` condition says why the push failed, and a Warning
-/// Event announces it when the condition turns on or changes reason.
-async fn record_push_failure(
+/// Status stays where it was; a `Degraded` condition says why the push (or, for a deleted
+/// rollout, the release) failed, and a Warning Event announces it when the condition turns on
+/// or changes reason.
+async fn record_failure(
     rollout: &CanaryRollout,
     ctx: &Context,
     namespace: &str,
@@ -579,7 +694,7 @@ async fn record_push_failure(
     now: Timestamp,
 ) -> Result<()> {
     let (reason, detail) = match error {
-        Error::Target(error) => (
+        Error::Target(error) | Error::Release(error) => (
             match error {
                 TargetError::NotFound(_) => "TargetNotFound",
                 TargetError::Conflict(_) => "TargetConflict",
@@ -591,7 +706,19 @@ async fn record_push_failure(
         Error::ForceToken(error) => ("ForceTokenUnavailable", error.to_string()),
         other => ("ReconcileFailed", other.to_string()),
     };
-    let message = format!("the weight was not pushed, status is unchanged: {detail}");
+    let (message, action) = match error {
+        Error::Release(_) => (
+            format!(
+                "the entry was not removed from the target, so the deletion waits (retried): \
+                 {detail}"
+            ),
+            "Release",
+        ),
+        _ => (
+            format!("the weight was not pushed, status is unchanged: {detail}"),
+            "Push",
+        ),
+    };
     let mut status = rollout.status.clone().unwrap_or_default();
     let announce = set_condition(
         &mut status.conditions,
@@ -608,7 +735,7 @@ async fn record_push_failure(
             reason: reason.to_owned(),
             message,
         };
-        publish(rollout, ctx, &event, "Push").await;
+        publish(rollout, ctx, &event, action).await;
     }
     Ok(())
 }

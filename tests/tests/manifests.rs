@@ -359,6 +359,7 @@ fn rbac_grants_exactly_what_the_controller_calls() {
             set(&[
                 "cohort.dev/canaryrollouts:list",
                 "cohort.dev/canaryrollouts:watch",
+                "cohort.dev/canaryrollouts:patch",
                 "cohort.dev/canaryrollouts/status:patch",
                 "extensions.istio.io/wasmplugins:get",
                 "extensions.istio.io/wasmplugins:patch",

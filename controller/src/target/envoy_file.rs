@@ -19,6 +19,11 @@
 //!   stays as the file has it: a spec cannot express those, so the pushed values are only
 //!   defaults and would silently undo the operator's settings.
 //!
+//! Releasing a rollout ([`EnvoyEcdsFile::release_blocking`]) takes the same path with the
+//! rollout's entry removed instead of replaced: nothing else in the file changes (filter-wide
+//! settings, `events` included, stay as they are, since other rollouts may rely on them), and a
+//! file without the entry is not rewritten.
+//!
 //! The file may hold the force token, so a rewrite never widens its permissions: the temp file
 //! is created readable by its owner only and then given the old file's mode.
 //!
@@ -36,7 +41,7 @@ use cohort_core::config::{self, ConfigError, ConfigErrors, FilterConfig};
 use serde_json::Value;
 
 use crate::source::BoxFuture;
-use crate::target::{Target, TargetError};
+use crate::target::{Released, Target, TargetError};
 
 /// The ECDS file of one HTTP filter.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -74,15 +79,45 @@ impl EnvoyEcdsFile {
 
     /// [`Target::apply`] without a runtime: the push as plain file I/O.
     pub fn apply_blocking(&self, name: &str, config: &FilterConfig) -> Result<(), TargetError> {
+        self.rewrite(|existing| merge(existing, name, config).map(Some))
+            .map(|_| ())
+    }
+
+    /// [`Target::release`] without a runtime: rollout `name`'s entry removed from the file.
+    pub fn release_blocking(&self, name: &str) -> Result<Released, TargetError> {
+        let rewritten = self.rewrite(|mut existing| {
+            if existing.rollouts.remove(name).is_none() {
+                return Ok(None);
+            }
+            config::validate(&existing)?;
+            Ok(Some(existing))
+        });
+        match rewritten {
+            Ok(true) => Ok(Released::Removed),
+            Ok(false) => Ok(Released::Nothing),
+            Err(TargetError::NotFound(_)) => Ok(Released::TargetMissing),
+            Err(error) => Err(error),
+        }
+    }
+
+    /// Reads the file, lets `change` turn its filter config into the one to write (`None`:
+    /// leave the file as it is), and writes it back by temp file and rename. Returns whether
+    /// the file was written.
+    fn rewrite(
+        &self,
+        change: impl FnOnce(FilterConfig) -> Result<Option<FilterConfig>, TargetError>,
+    ) -> Result<bool, TargetError> {
         let text = self.read()?;
         let mut document = parse_document(&self.path, &text)?;
         let (field, value) = locate_config(&mut document, &self.filter_name, &self.path)?;
-        let merged = merge(parse_config(value)?, name, config)?;
-        let merged_json = serde_json::to_string(&merged).map_err(|error| {
+        let Some(changed) = change(parse_config(value)?)? else {
+            return Ok(false);
+        };
+        let changed_json = serde_json::to_string(&changed).map_err(|error| {
             TargetError::Unavailable(format!("cannot encode the config: {error}"))
         })?;
         tracing::debug!(field, path = %self.path.display(), "writing the filter config");
-        *value = Value::String(merged_json);
+        *value = Value::String(changed_json);
         let mut out = String::new();
         if is_yaml(&self.path) {
             out.push_str(&leading_comments(&text));
@@ -94,7 +129,8 @@ impl EnvoyEcdsFile {
         out.push('\n');
         replace_file(&self.path, out.as_bytes()).map_err(|error| {
             TargetError::Unavailable(format!("writing {}: {error}", self.path.display()))
-        })
+        })?;
+        Ok(true)
     }
 
     fn read(&self) -> Result<String, TargetError> {
@@ -118,6 +154,20 @@ impl Target for EnvoyEcdsFile {
             let name = name.to_owned();
             let config = config.clone();
             tokio::task::spawn_blocking(move || file.apply_blocking(&name, &config))
+                .await
+                .unwrap_or_else(|error| {
+                    Err(TargetError::Unavailable(format!(
+                        "the file write did not finish: {error}"
+                    )))
+                })
+        })
+    }
+
+    fn release<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<Released, TargetError>> {
+        Box::pin(async move {
+            let file = self.clone();
+            let name = name.to_owned();
+            tokio::task::spawn_blocking(move || file.release_blocking(&name))
                 .await
                 .unwrap_or_else(|error| {
                     Err(TargetError::Unavailable(format!(

@@ -1,6 +1,7 @@
 //! Where the filter config goes: an Istio WasmPlugin's `spec.pluginConfig` (server-side apply),
 //! or a plain Envoy ECDS file (temp file + rename). Either way one rollout's entry changes and
-//! every other rollout sharing the filter is left as it is.
+//! every other rollout sharing the filter is left as it is. A rollout that goes away
+//! ([`Target::release`]) takes its entry with it, so its users are served stable again.
 
 use cohort_core::config::{ConfigErrors, FilterConfig};
 
@@ -27,6 +28,17 @@ pub enum TargetError {
     Unavailable(String),
 }
 
+/// What releasing a rollout's entry did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Released {
+    /// The entry was removed.
+    Removed,
+    /// The target held nothing of this rollout: nothing was written.
+    Nothing,
+    /// The target does not exist, so nothing serves this rollout's entry.
+    TargetMissing,
+}
+
 /// A place the filter reads its config from.
 pub trait Target: Send + Sync {
     /// Makes the filter serve rollout `name` as `config` describes it (`config` carries that one
@@ -37,4 +49,9 @@ pub trait Target: Send + Sync {
         name: &'a str,
         config: &'a FilterConfig,
     ) -> BoxFuture<'a, Result<(), TargetError>>;
+
+    /// Removes rollout `name`'s entry, keeping every other rollout's; the filter then serves
+    /// stable to everyone that entry sent to the canary. A missing target is not an error:
+    /// it serves no entry.
+    fn release<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<Released, TargetError>>;
 }

@@ -19,7 +19,18 @@
 //! way the API server will merge them, and the result checked by the filter's own
 //! `cohort_core::config::parse`: a config the filter would reject is never pushed. When the live
 //! config already carries our fields, nothing is written.
+//!
+//! Releasing ([`WasmPluginTarget::release`], when the CanaryRollout is deleted) is an apply with
+//! the same field manager that omits what it applied before: the API server then removes every
+//! field this manager owned and no other manager owns (the Kubernetes server-side apply rule for
+//! a field dropped from an applied configuration), so `rollouts.<name>` goes, and the filter-wide
+//! fields stay exactly while another rollout (or the WasmPlugin's author) still holds them. One
+//! exception: `version` is kept when no other manager owns it, because a config without it is
+//! refused by the filter, which would then keep serving the old config, entry included. The
+//! release carries the `resourceVersion` it was computed from, so it applies to exactly that
+//! WasmPlugin (a change in between is a conflict, retried) and can never create one.
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ManagedFieldsEntry;
 use kube::api::{Api, Patch, PatchParams};
 use kube::core::{ApiResource, DynamicObject, GroupVersionKind};
 use kube::Client;
@@ -27,7 +38,7 @@ use serde_json::{Map, Value};
 
 use cohort_core::config::{self, ConfigError, ConfigErrors, FilterConfig, CONFIG_VERSION};
 
-use super::{Target, TargetError};
+use super::{Released, Target, TargetError};
 use crate::source::BoxFuture;
 
 /// WasmPlugin's API group (Istio 1.30 serves `v1alpha1` only).
@@ -137,6 +148,75 @@ impl WasmPluginTarget {
         self.apply_checked(live, applied).await
     }
 
+    /// Removes rollout `name`'s entry (and gives up every field only it held): what a deleted
+    /// CanaryRollout leaves. A missing WasmPlugin serves no entry: [`Released::TargetMissing`].
+    pub async fn release(&self, name: &str) -> Result<Released, TargetError> {
+        let plugin = match self.api.get(&self.plugin).await {
+            Ok(plugin) => plugin,
+            Err(kube::Error::Api(status)) if status.is_not_found() => {
+                return Ok(Released::TargetMissing)
+            }
+            Err(error) => return Err(self.target_error(error)),
+        };
+        let Some(kept) = release_fields(&plugin, &self.field_manager, name) else {
+            return Ok(Released::Nothing);
+        };
+        let live = plugin_config(&plugin);
+        // A live config the filter refuses is not served anyway; otherwise what remains must
+        // still be served, or the filter would keep the old config and this entry with it.
+        if config::parse(&to_bytes(&live)?).is_ok() {
+            config::parse(&to_bytes(&without_entry(&live, name))?)?;
+        }
+        let body = release_body(
+            &self.resource,
+            &self.namespace,
+            &self.plugin,
+            plugin.metadata.resource_version.as_deref(),
+            kept,
+        );
+        let params = PatchParams::apply(&self.field_manager);
+        let after = match self
+            .api
+            .patch(&self.plugin, &params, &Patch::Apply(&body))
+            .await
+        {
+            Ok(after) => after,
+            Err(kube::Error::Api(status)) if status.is_not_found() => {
+                return Ok(Released::TargetMissing)
+            }
+            // Nothing in a release can conflict on a value: this is the resourceVersion.
+            Err(kube::Error::Api(status)) if status.is_conflict() => {
+                return Err(TargetError::Conflict(format!(
+                    "{}: {}; it changed between the read and the release, which is retried \
+                     from the new version",
+                    self.describe(),
+                    status.message
+                )))
+            }
+            Err(error) => return Err(self.target_error(error)),
+        };
+        if plugin_config(&after)
+            .pointer(&entry_pointer(name))
+            .is_some()
+        {
+            let owners = other_owners_of_entry(&after, &self.field_manager, name);
+            return Err(TargetError::Conflict(format!(
+                "{} still has spec.pluginConfig.rollouts.{name} after the release: other field \
+                 managers own part of it ({}); remove the entry by hand (kubectl edit \
+                 wasmplugin -n {} {}): the CanaryRollout's deletion waits for it",
+                self.describe(),
+                if owners.is_empty() {
+                    "not named in managedFields".to_owned()
+                } else {
+                    owners.join(", ")
+                },
+                self.namespace,
+                self.plugin
+            )));
+        }
+        Ok(Released::Removed)
+    }
+
     async fn apply_owned(&self, applied: Value) -> Result<Pushed, TargetError> {
         let live = self.live_plugin_config().await?;
         self.apply_checked(&live, applied).await
@@ -164,15 +244,16 @@ impl WasmPluginTarget {
             .get(&self.plugin)
             .await
             .map_err(|error| self.target_error(error))?;
-        Ok(plugin
-            .data
-            .pointer("/spec/pluginConfig")
-            .cloned()
-            .unwrap_or_else(|| Value::Object(Map::new())))
+        Ok(plugin_config(&plugin))
+    }
+
+    /// `WasmPlugin namespace/name`, for messages.
+    pub fn describe(&self) -> String {
+        format!("{KIND} {}/{}", self.namespace, self.plugin)
     }
 
     fn target_error(&self, error: kube::Error) -> TargetError {
-        let plugin = format!("{KIND} {}/{}", self.namespace, self.plugin);
+        let plugin = self.describe();
         match error {
             kube::Error::Api(status) if status.is_not_found() => TargetError::NotFound(plugin),
             kube::Error::Api(status) if status.is_conflict() => TargetError::Conflict(format!(
@@ -194,6 +275,128 @@ impl Target for WasmPluginTarget {
     ) -> BoxFuture<'a, Result<(), TargetError>> {
         Box::pin(async move { self.push(name, config).await.map(|_| ()) })
     }
+
+    fn release<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<Released, TargetError>> {
+        Box::pin(self.release(name))
+    }
+}
+
+/// A WasmPlugin's `spec.pluginConfig` (an empty object when it has none).
+fn plugin_config(plugin: &DynamicObject) -> Value {
+    plugin
+        .data
+        .pointer("/spec/pluginConfig")
+        .cloned()
+        .unwrap_or_else(|| Value::Object(Map::new()))
+}
+
+fn entry_pointer(name: &str) -> String {
+    format!("/rollouts/{}", name.replace('~', "~0").replace('/', "~1"))
+}
+
+/// `live` without rollout `name`'s entry.
+pub fn without_entry(live: &Value, name: &str) -> Value {
+    let mut rest = live.clone();
+    if let Some(rollouts) = rest.get_mut("rollouts").and_then(Value::as_object_mut) {
+        rollouts.remove(name);
+    }
+    rest
+}
+
+/// Whether `entry` is this manager's own apply (not another manager, nor an update that
+/// happens to carry the same name).
+fn is_own_apply(entry: &ManagedFieldsEntry, manager: &str) -> bool {
+    entry.manager.as_deref() == Some(manager)
+        && entry.operation.as_deref() == Some("Apply")
+        && entry.subresource.as_deref().unwrap_or_default().is_empty()
+}
+
+/// The `fieldsV1` node at `path` (`f:` keys) of `entry`, if it owns that field or below it.
+fn owned_node<'e>(entry: &'e ManagedFieldsEntry, path: &[&str]) -> Option<&'e Value> {
+    path.iter()
+        .try_fold(&entry.fields_v1.as_ref()?.0, |node, key| {
+            node.get(format!("f:{key}"))
+        })
+}
+
+/// What the release of rollout `name` applies with `manager`: `None` when the WasmPlugin holds
+/// nothing of it (no entry, no field owned by that manager), else the `pluginConfig` fields to
+/// keep applying, usually none. `version` is kept while no other manager owns it: dropped, it
+/// would leave a config the filter refuses.
+pub fn release_fields(
+    plugin: &DynamicObject,
+    manager: &str,
+    name: &str,
+) -> Option<Map<String, Value>> {
+    let live = plugin_config(plugin);
+    let managed = plugin
+        .metadata
+        .managed_fields
+        .as_deref()
+        .unwrap_or_default();
+    let holds_entry = live.pointer(&entry_pointer(name)).is_some();
+    let holds_fields = managed.iter().any(|entry| is_own_apply(entry, manager));
+    if !holds_entry && !holds_fields {
+        return None;
+    }
+    let mut kept = Map::new();
+    if let Some(version) = live.get("version") {
+        let held_by_others = managed.iter().any(|entry| {
+            !is_own_apply(entry, manager)
+                && owned_node(entry, &["spec", "pluginConfig", "version"]).is_some()
+        });
+        if !held_by_others {
+            kept.insert("version".to_owned(), version.clone());
+        }
+    }
+    Some(kept)
+}
+
+/// The managers other than `manager` that own part of rollout `name`'s entry.
+fn other_owners_of_entry(plugin: &DynamicObject, manager: &str, name: &str) -> Vec<String> {
+    let managed = plugin
+        .metadata
+        .managed_fields
+        .as_deref()
+        .unwrap_or_default();
+    let mut owners: Vec<String> = managed
+        .iter()
+        .filter(|entry| !is_own_apply(entry, manager))
+        .filter(|entry| owned_node(entry, &["spec", "pluginConfig", "rollouts", name]).is_some())
+        .filter_map(|entry| entry.manager.clone())
+        .collect();
+    owners.dedup();
+    owners
+}
+
+/// The server-side apply body of a release: type, name, the `resourceVersion` the release was
+/// computed from, and `spec.pluginConfig` only when `kept` has fields (an empty one would keep
+/// this manager owning `pluginConfig` itself).
+pub fn release_body(
+    resource: &ApiResource,
+    namespace: &str,
+    plugin: &str,
+    resource_version: Option<&str>,
+    kept: Map<String, Value>,
+) -> Value {
+    let mut body = apply_body(resource, namespace, plugin, Value::Object(kept.clone()));
+    if let Some(body) = body.as_object_mut() {
+        if kept.is_empty() {
+            body.remove("spec");
+        }
+        if let (Some(version), Some(metadata)) = (
+            resource_version,
+            body.get_mut("metadata").and_then(Value::as_object_mut),
+        ) {
+            metadata.insert("resourceVersion".to_owned(), Value::from(version));
+        }
+    }
+    body
+}
+
+fn to_bytes(value: &Value) -> Result<Vec<u8>, TargetError> {
+    serde_json::to_vec(value)
+        .map_err(|error| TargetError::Unavailable(format!("cannot serialize: {error}")))
 }
 
 /// The `pluginConfig` fields rollout `name` owns, from a config carrying that rollout.
@@ -221,7 +424,7 @@ pub fn owned_fields(name: &str, config: &FilterConfig) -> Result<Value, TargetEr
 
 /// The weight rollout `name`'s live entry serves (`None` without an entry).
 pub fn live_weight(live: &Value, name: &str) -> Option<u32> {
-    live.pointer(&format!("/rollouts/{name}"))
+    live.pointer(&entry_pointer(name))
         .map(|entry| entry.get("weightBp").and_then(Value::as_u64).unwrap_or(0))
         .and_then(|weight| u32::try_from(weight).ok())
 }
