@@ -1,24 +1,26 @@
-//! A real Envoy in front of two [`Upstream`]s, configured from the committed templates in
-//! `manifests/envoy/` (the one source of truth for the plain-Envoy shape), with the cohort filter
-//! loaded over a file-based ECDS source.
+//! A real Envoy in front of two [`Upstream`]s: the lab's launcher
+//! (`cohort_controller::lab::envoy`, which renders the committed templates in `manifests/envoy/`)
+//! on the harness's runtime, with what tests add: a choice of filter, config pushes that wait for
+//! Envoy's verdict, admin reads, and the log printed when a test fails.
 
 use std::fs;
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
+
+use cohort_controller::lab::envoy::{LabEnvoy, Launch, Ports};
 
 use crate::client::{Client, Response};
 use crate::locate::{envoy_binary, filter_wasm};
 use crate::prom::{self, Sample};
 use crate::upstream::Upstream;
-use crate::{Context, Error, Result, TempDir};
+use crate::{runtime, Context, Error, Result, TempDir};
 
-/// `manifests/envoy/bootstrap.yaml`.
-pub const BOOTSTRAP_TEMPLATE: &str = include_str!("../../manifests/envoy/bootstrap.yaml");
-/// `manifests/envoy/ecds.yaml`.
-pub const ECDS_TEMPLATE: &str = include_str!("../../manifests/envoy/ecds.yaml");
+pub use cohort_controller::lab::envoy::{
+    free_port, render, render_ecds, BOOTSTRAP_TEMPLATE, ECDS_TEMPLATE,
+};
+
 /// `manifests/envoy/cohort-config.example.json`.
 pub const EXAMPLE_CONFIG: &str = include_str!("../../manifests/envoy/cohort-config.example.json");
 
@@ -27,60 +29,8 @@ pub const UPDATE_SUCCESS: &str = "extension_config_discovery.http_filter.cohort.
 /// Admin stat counting ECDS updates Envoy (or the filter's `on_configure`) refused.
 pub const UPDATE_REJECTED: &str = "extension_config_discovery.http_filter.cohort.update_rejected";
 
-/// How long Envoy gets to start, and a push to take effect, before the harness gives up.
+/// How long a push gets to take effect before the harness gives up.
 const DEADLINE: Duration = Duration::from_secs(30);
-
-/// Replaces every `${NAME}` in `template`; fails if a placeholder outside a comment is left.
-pub fn render(template: &str, vars: &[(&str, &str)]) -> Result<String> {
-    let mut out = template.to_owned();
-    for (name, value) in vars {
-        out = out.replace(&format!("${{{name}}}"), value);
-    }
-    for line in out.lines() {
-        if !line.trim_start().starts_with('#') && line.contains("${") {
-            return Err(Error(format!("template placeholder left unset in: {line}")));
-        }
-    }
-    Ok(out)
-}
-
-/// `text` with `from` replaced by `to`, which must occur exactly once.
-fn replace_once(text: &str, from: &str, to: &str) -> Result<String> {
-    match text.matches(from).count() {
-        1 => Ok(text.replacen(from, to, 1)),
-        n => Err(Error(format!(
-            "expected {from:?} once in the bootstrap template, found it {n} times"
-        ))),
-    }
-}
-
-/// `bootstrap` without its `cohort` HTTP filter entry (set-up "no wasm filter").
-fn without_wasm_filter(bootstrap: &str) -> Result<String> {
-    const ENTRY: &str = "\n          - name: cohort\n";
-    const NEXT: &str = "\n          - name: envoy.filters.http.router\n";
-    match (bootstrap.find(ENTRY), bootstrap.find(NEXT)) {
-        (Some(start), Some(end)) if start < end && bootstrap.matches(ENTRY).count() == 1 => {
-            Ok(format!("{}{}", &bootstrap[..start], &bootstrap[end..]))
-        }
-        _ => Err(Error(
-            "the bootstrap template no longer has the `cohort` filter right before the router"
-                .into(),
-        )),
-    }
-}
-
-/// The ECDS file for `config` (the filter's JSON) and the `.wasm` at `wasm`.
-pub fn render_ecds(wasm: &Path, config: &str) -> Result<String> {
-    // The config sits in a single-quoted YAML scalar, where `'` is written `''`; a newline
-    // would fold to a space, which JSON does not mind.
-    render(
-        ECDS_TEMPLATE,
-        &[
-            ("WASM_PATH", &wasm.display().to_string()),
-            ("COHORT_CONFIG", &config.replace('\'', "''")),
-        ],
-    )
-}
 
 /// Knobs of one Envoy run.
 #[derive(Debug, Clone)]
@@ -122,13 +72,9 @@ impl Default for Options {
 /// the drop happens during a panic, i.e. a failed test).
 #[derive(Debug)]
 pub struct Envoy {
-    child: Option<Child>,
+    process: LabEnvoy,
     dir: TempDir,
-    admin: SocketAddr,
-    listen: SocketAddr,
-    ecds: PathBuf,
     wasm: PathBuf,
-    log: PathBuf,
     pushes: AtomicU64,
     /// The `stable` upstream.
     pub stable: Upstream,
@@ -145,11 +91,6 @@ pub enum PushResult {
     Rejected,
 }
 
-/// A free port on 127.0.0.1 (bound, read, released).
-pub fn free_port() -> Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
 impl Envoy {
     /// Starts Envoy serving `config` (the filter's JSON) with default [`Options`], and waits until
     /// it is ready and the filter config is loaded.
@@ -159,124 +100,36 @@ impl Envoy {
 
     /// Starts Envoy with `options`.
     pub fn start_with(config: &str, options: &Options) -> Result<Envoy> {
-        let envoy = envoy_binary()?;
+        let binary = envoy_binary()?;
         let wasm = match &options.filter {
-            Filter::Cohort => filter_wasm()?,
-            Filter::Wasm(path) => path.clone(),
-            Filter::None => PathBuf::new(),
+            Filter::Cohort => Some(filter_wasm()?),
+            Filter::Wasm(path) => Some(path.clone()),
+            Filter::None => None,
         };
         let stable = Upstream::start("stable")?;
         let canary = Upstream::start("canary")?;
         let dir = TempDir::new("envoy")?;
-        let ecds = dir.path().join("ecds.yaml");
-        fs::write(&ecds, render_ecds(&wasm, config)?)?;
-
-        let listen_port = free_port()?;
-        let bootstrap = render(
-            BOOTSTRAP_TEMPLATE,
-            &[
-                ("LISTEN_PORT", &listen_port.to_string()),
-                ("ADMIN_PORT", "0"),
-                ("ECDS_PATH", &ecds.display().to_string()),
-                ("STABLE_HOST", &stable.addr().ip().to_string()),
-                ("STABLE_PORT", &stable.addr().port().to_string()),
-                ("CANARY_HOST", &canary.addr().ip().to_string()),
-                ("CANARY_PORT", &canary.addr().port().to_string()),
-            ],
-        )?;
-        let bootstrap = replace_once(
-            &bootstrap,
-            "stats_flush_interval: 5s",
-            &format!("stats_flush_interval: {}", options.stats_flush_interval),
-        )?;
-        let bootstrap = match options.filter {
-            Filter::None => without_wasm_filter(&bootstrap)?,
-            _ => bootstrap,
+        let ports = Ports {
+            listen: free_port()?,
+            admin: 0,
+            stable: stable.addr(),
+            canary: canary.addr(),
         };
-        let bootstrap_path = dir.path().join("bootstrap.yaml");
-        fs::write(&bootstrap_path, bootstrap)?;
-        let admin_path = dir.path().join("admin-address");
-        let log = dir.path().join("envoy.log");
-        let stdio = dir.path().join("envoy.stdio");
-        let stdio_file = fs::File::create(&stdio)?;
-
-        let child = Command::new(&envoy)
-            .arg("-c")
-            .arg(&bootstrap_path)
-            .args(["--concurrency", &options.concurrency.to_string()])
-            .args(["--log-level", &options.log_level])
-            .arg("--log-path")
-            .arg(&log)
-            .arg("--admin-address-path")
-            .arg(&admin_path)
-            // No shared memory: parallel Envoys cannot collide on a base id.
-            .arg("--disable-hot-restart")
-            .stdin(Stdio::null())
-            .stdout(stdio_file.try_clone()?)
-            .stderr(stdio_file)
-            .spawn()
-            .context(|| format!("starting {}", envoy.display()))?;
-
-        let mut envoy = Envoy {
-            child: Some(child),
+        let launch = Launch {
+            concurrency: options.concurrency,
+            log_level: options.log_level.clone(),
+            stats_flush_interval: options.stats_flush_interval.clone(),
+            ..Launch::new(&binary, wasm.as_deref(), config, ports)
+        };
+        let process = runtime()?.block_on(LabEnvoy::start(&launch, dir.path()))?;
+        Ok(Envoy {
+            process,
             dir,
-            admin: SocketAddr::from(([127, 0, 0, 1], 0)),
-            listen: SocketAddr::from(([127, 0, 0, 1], listen_port)),
-            ecds,
-            wasm,
-            log,
+            wasm: wasm.unwrap_or_default(),
             pushes: AtomicU64::new(0),
             stable,
             canary,
-        };
-        envoy.admin = envoy.wait_for_admin(&admin_path)?;
-        envoy.wait_until_ready(options.filter != Filter::None)?;
-        Ok(envoy)
-    }
-
-    fn wait_for_admin(&mut self, path: &Path) -> Result<SocketAddr> {
-        let start = Instant::now();
-        loop {
-            if let Ok(text) = fs::read_to_string(path) {
-                if let Ok(addr) = text.trim().parse::<SocketAddr>() {
-                    return Ok(addr);
-                }
-            }
-            self.check_running("waiting for the admin address")?;
-            if start.elapsed() > DEADLINE {
-                return Err(self.failure("Envoy wrote no admin address"));
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn wait_until_ready(&mut self, with_filter: bool) -> Result<()> {
-        let start = Instant::now();
-        loop {
-            self.check_running("waiting for readiness")?;
-            let ready = self.admin_get("/ready").is_ok_and(|r| r.status == 200);
-            if ready && (!with_filter || self.stat(UPDATE_SUCCESS)?.unwrap_or(0) >= 1) {
-                return Ok(());
-            }
-            if self.stat(UPDATE_REJECTED)?.unwrap_or(0) >= 1 {
-                return Err(self.failure("Envoy rejected the initial filter config"));
-            }
-            if start.elapsed() > DEADLINE {
-                return Err(self.failure("Envoy did not become ready with the filter loaded"));
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn check_running(&mut self, what: &str) -> Result<()> {
-        let exited = match self.child.as_mut() {
-            Some(child) => child.try_wait()?,
-            None => return Err(Error("Envoy is not running".into())),
-        };
-        match exited {
-            Some(status) => Err(self.failure(&format!("Envoy exited ({status}) while {what}"))),
-            None => Ok(()),
-        }
+        })
     }
 
     /// An error carrying `message` and the tail of Envoy's log and output.
@@ -286,42 +139,27 @@ impl Envoy {
 
     /// The last `lines` lines of Envoy's log and stdout/stderr.
     pub fn log_tail(&self, lines: usize) -> String {
-        let mut out = String::new();
-        for path in [self.log.clone(), self.dir.path().join("envoy.stdio")] {
-            let text = fs::read_to_string(&path).unwrap_or_default();
-            let all: Vec<&str> = text.lines().collect();
-            let tail = &all[all.len().saturating_sub(lines)..];
-            out.push_str(&format!(
-                "--- {} (last {} lines) ---\n",
-                path.display(),
-                tail.len()
-            ));
-            for line in tail {
-                out.push_str(line);
-                out.push('\n');
-            }
-        }
-        out
+        self.process.log_tail(lines)
     }
 
     /// Envoy's whole log.
     pub fn log(&self) -> String {
-        fs::read_to_string(&self.log).unwrap_or_default()
+        fs::read_to_string(self.process.log_path()).unwrap_or_default()
     }
 
     /// Envoy's process id (`None` once it was stopped).
     pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(Child::id)
+        self.process.pid()
     }
 
     /// The listener address.
     pub fn listen_addr(&self) -> SocketAddr {
-        self.listen
+        self.process.listen_addr()
     }
 
     /// The admin address.
     pub fn admin_addr(&self) -> SocketAddr {
-        self.admin
+        self.process.admin_addr()
     }
 
     /// The `.wasm` Envoy runs.
@@ -331,12 +169,12 @@ impl Envoy {
 
     /// A keep-alive client for the listener sending `host: app.test`.
     pub fn client(&self) -> Client {
-        Client::new(self.listen, "app.test")
+        Client::new(self.listen_addr(), "app.test")
     }
 
     /// `GET path` on the admin port.
     pub fn admin_get(&self, path: &str) -> Result<Response> {
-        let mut client = Client::new(self.admin, "localhost");
+        let mut client = Client::new(self.admin_addr(), "localhost");
         client.set_timeout(Duration::from_secs(10));
         client.get(path, &[(b"connection", b"close")])
     }
@@ -387,7 +225,8 @@ impl Envoy {
         let n = self.pushes.fetch_add(1, Ordering::SeqCst);
         let temp = self.dir.path().join(format!(".ecds-{n}.yaml.tmp"));
         fs::write(&temp, text)?;
-        fs::rename(&temp, &self.ecds).context(|| format!("renaming over {}", self.ecds.display()))
+        let ecds = self.process.ecds_path();
+        fs::rename(&temp, ecds).context(|| format!("renaming over {}", ecds.display()))
     }
 
     /// Pushes `config` and waits until Envoy counts it as accepted or rejected; returns which,
@@ -422,9 +261,11 @@ impl Drop for Envoy {
         if std::thread::panicking() {
             eprintln!("Envoy log of the failed test:\n{}", self.log_tail(80));
         }
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
+        // Inside another runtime, blocking would panic; dropping the process kills it unwaited.
+        if tokio::runtime::Handle::try_current().is_err() {
+            if let Ok(runtime) = runtime() {
+                runtime.block_on(self.process.stop());
+            }
         }
     }
 }
@@ -455,36 +296,5 @@ mod tests {
         if let Err(errors) = cohort_core::config::parse(EXAMPLE_CONFIG.as_bytes()) {
             panic!("cohort-config.example.json: {errors}");
         }
-    }
-
-    #[test]
-    fn render_fills_placeholders_and_refuses_leftovers() {
-        let ecds = render_ecds(Path::new("/x/cohort_filter.wasm"), r#"{"a":"it's"}"#).unwrap();
-        assert!(ecds.contains(r#"value: '{"a":"it''s"}'"#), "{ecds}");
-        assert!(ecds.contains("filename: /x/cohort_filter.wasm"), "{ecds}");
-        let error = render(BOOTSTRAP_TEMPLATE, &[("LISTEN_PORT", "1")]).unwrap_err();
-        assert!(error.0.contains("placeholder left unset"), "{error}");
-        // Placeholders in comments are documentation, not left-overs.
-        assert_eq!(render("# ${X}\na: 1\n", &[]).unwrap(), "# ${X}\na: 1\n");
-    }
-
-    #[test]
-    fn the_filterless_bootstrap_keeps_only_the_router() {
-        let bootstrap = without_wasm_filter(BOOTSTRAP_TEMPLATE).unwrap();
-        assert!(!bootstrap.contains("- name: cohort\n"), "{bootstrap}");
-        assert!(!bootstrap.contains("config_discovery"), "{bootstrap}");
-        assert!(bootstrap.contains("http_filters:\n          - name: envoy.filters.http.router\n"));
-        // The cohort entry's six lines go, nothing else.
-        let removed: Vec<&str> = BOOTSTRAP_TEMPLATE
-            .lines()
-            .filter(|line| !bootstrap.lines().any(|kept| kept == *line))
-            .map(str::trim)
-            .collect();
-        assert_eq!(removed.len(), 6, "{removed:?}");
-        assert_eq!(removed[0], "- name: cohort");
-        assert_eq!(
-            bootstrap.lines().count() + 6,
-            BOOTSTRAP_TEMPLATE.lines().count()
-        );
     }
 }

@@ -1,8 +1,8 @@
 //! Test harness: real Envoy with the built filter, upstream servers, a raw HTTP client.
 //!
-//! - [`locate`]: finds the Envoy binary and builds / finds the filter's `.wasm`.
-//! - [`envoy`]: renders `manifests/envoy/*.yaml`, runs Envoy, pushes configs, reads its stats.
-//! - [`upstream`]: the `stable` and `canary` HTTP/1.1 servers behind Envoy, steerable at run time.
+//! - [`locate`]: finds the Envoy binary and builds the filter's `.wasm` (the lab's locator).
+//! - [`envoy`]: runs the lab's Envoy from `manifests/envoy/*.yaml`, pushes configs, reads stats.
+//! - [`upstream`]: the lab's `stable` and `canary` HTTP/1.1 servers, steerable at run time.
 //! - [`client`]: a raw HTTP/1.1 client that sends any bytes (non-UTF-8, huge headers).
 //! - [`prom`]: parses Prometheus text output.
 //! - [`prometheus_server`]: a real Prometheus scraping Envoy's admin every second.
@@ -57,6 +57,12 @@ impl From<&str> for Error {
     }
 }
 
+impl From<cohort_controller::lab::LabError> for Error {
+    fn from(error: cohort_controller::lab::LabError) -> Self {
+        Error(error.to_string())
+    }
+}
+
 /// The harness's result type.
 pub type Result<T> = std::result::Result<T, Error>;
 
@@ -69,6 +75,25 @@ impl<T, E: fmt::Display> Context<T> for std::result::Result<T, E> {
     fn context(self, what: impl FnOnce() -> String) -> Result<T> {
         self.map_err(|error| Error(format!("{}: {error}", what())))
     }
+}
+
+/// The runtime the harness's async parts (the lab's Envoy launcher and upstreams) run on: one
+/// for the test process, with worker threads of its own, so upstreams keep answering while the
+/// test's thread sends requests.
+pub(crate) fn runtime() -> Result<&'static tokio::runtime::Runtime> {
+    static RUNTIME: std::sync::OnceLock<std::result::Result<tokio::runtime::Runtime, String>> =
+        std::sync::OnceLock::new();
+    RUNTIME
+        .get_or_init(|| {
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .thread_name("harness")
+                .enable_all()
+                .build()
+                .map_err(|error| error.to_string())
+        })
+        .as_ref()
+        .map_err(|error| Error(format!("cannot start the harness's async runtime: {error}")))
 }
 
 /// The workspace root (the directory above this crate).

