@@ -56,12 +56,11 @@ pub enum Call {
     /// GET the WasmPlugin; 404.
     WasmPluginMissing,
     /// Server-side apply on the WasmPlugin with our field manager, not forced, whose body is
-    /// exactly `body` (and fits Istio's schema); the WasmPlugin then has `answer` as its
-    /// `pluginConfig`.
+    /// exactly `body` (and fits Istio's schema); the answer is the WasmPlugin `answer`.
     ApplyWasmPluginExactly {
         /// The whole body expected.
         body: Value,
-        /// `spec.pluginConfig` of the answer.
+        /// The WasmPlugin after the apply.
         answer: Value,
     },
     /// A JSON patch of the CanaryRollout (no field manager) that is exactly `patch`.
@@ -203,7 +202,7 @@ impl Call {
                 if let Some(schema) = wasm_plugin_schema() {
                     check_schema(schema, &body, "");
                 }
-                ok(wasm_plugin(answer))
+                ok(answer)
             }
             Call::PatchRollout(expected) => {
                 assert_eq!(

@@ -1214,3 +1214,338 @@ async fn a_new_controller_never_undoes_an_unrecorded_rollback() {
     .await
     .unwrap();
 }
+
+// The finalizer: added before the first push without touching other finalizers; on deletion the
+// rollout's entry leaves the WasmPlugin, an Event says so, and only then the finalizer goes.
+
+const WASM_PLUGIN_PATH: &str =
+    "/apis/extensions.istio.io/v1alpha1/namespaces/shop/wasmplugins/cohort";
+/// Another controller's finalizer, which ours must never disturb.
+const OTHER_FINALIZER: &str = "backup.example.com/snapshot";
+
+fn with_finalizers(mut rollout: CanaryRollout, finalizers: &[&str]) -> CanaryRollout {
+    rollout.metadata.finalizers = Some(finalizers.iter().map(|f| (*f).to_owned()).collect());
+    rollout
+}
+
+/// A rollout marked for deletion, holding our finalizer second (after another controller's).
+fn deleted(status: Option<CanaryRolloutStatus>) -> CanaryRollout {
+    let mut rollout = with_finalizers(rollout(spec(), status), &[OTHER_FINALIZER, FINALIZER]);
+    rollout.metadata.deletion_timestamp = Some(Time(t(NOW - 5)));
+    rollout
+}
+
+/// The JSON patch that takes our finalizer (at index 1) off, if it still is there.
+fn remove_finalizer() -> Call {
+    Call::PatchRollout(json!([
+        {"op": "test", "path": "/metadata/finalizers/1", "value": FINALIZER},
+        {"op": "remove", "path": "/metadata/finalizers/1"}
+    ]))
+}
+
+/// A managedFields entry owning these `spec.pluginConfig` fields.
+fn managed(manager: &str, operation: &str, plugin_config: Value) -> Value {
+    json!({
+        "manager": manager, "operation": operation,
+        "apiVersion": "extensions.istio.io/v1alpha1", "time": "2027-01-15T08:00:00Z",
+        "fieldsType": "FieldsV1",
+        "fieldsV1": {"f:spec": {"f:pluginConfig": plugin_config}}
+    })
+}
+
+fn owned_entry() -> Value {
+    json!({"f:hosts": {}, "f:weightBp": {}, "f:stableVersion": {}, "f:canaryVersion": {}})
+}
+
+/// The WasmPlugin as the API server returns it, with the managers that wrote it: its author
+/// (client-side kubectl, owning `version`) when `authored`, `search`'s rollout, and ours.
+fn plugin_with_owners(plugin_config: Value, authored: bool) -> Value {
+    let shared = |rollout: &str| {
+        json!({
+            "f:version": {},
+            "f:anonymous": {"f:mode": {}, "f:cookieName": {}, "f:maxAgeSeconds": {}},
+            "f:rollouts": {format!("f:{rollout}"): owned_entry()}
+        })
+    };
+    let mut managed_fields = Vec::new();
+    if authored {
+        managed_fields.push(managed(
+            "kubectl-client-side-apply",
+            "Update",
+            json!({"f:version": {}, "f:routingHeader": {}}),
+        ));
+    }
+    managed_fields.push(managed("cohort.dev/shop.search", "Apply", shared("search")));
+    managed_fields.push(managed(
+        "cohort.dev/shop.checkout",
+        "Apply",
+        shared(ROLLOUT),
+    ));
+    let mut plugin = crate::fixtures::wasm_plugin(plugin_config);
+    plugin["metadata"]["managedFields"] = Value::Array(managed_fields);
+    plugin
+}
+
+/// The release: our manager applies nothing, so the API server drops every field only it
+/// owned; the resourceVersion read pins the apply to that WasmPlugin.
+fn release_body() -> Value {
+    json!({
+        "apiVersion": "extensions.istio.io/v1alpha1",
+        "kind": "WasmPlugin",
+        "metadata": {"name": "cohort", "namespace": "shop", "resourceVersion": "7"}
+    })
+}
+
+#[tokio::test]
+async fn the_first_reconcile_adds_the_finalizer_and_pushes_nothing() {
+    let mut harness = Harness::new(healthy());
+    let action = harness
+        .reconcile(
+            with_finalizers(rollout(spec(), None), &[]),
+            vec![Call::PatchRollout(json!([
+                {"op": "test", "path": "/metadata/finalizers", "value": null},
+                {"op": "add", "path": "/metadata/finalizers", "value": [FINALIZER]}
+            ]))],
+        )
+        .await
+        .unwrap();
+    // The patch comes back through the watch, and that reconcile pushes.
+    assert_eq!(action, Action::await_change());
+    assert_eq!(harness.source.calls(), 0);
+}
+
+#[tokio::test]
+async fn the_finalizer_joins_other_finalizers_without_replacing_them() {
+    let mut harness = Harness::new(healthy());
+    harness
+        .reconcile(
+            with_finalizers(rollout(spec(), None), &[OTHER_FINALIZER]),
+            // The test fails (and the retry re-reads) if the list changed since it was read.
+            vec![Call::PatchRollout(json!([
+                {"op": "test", "path": "/metadata/finalizers", "value": [OTHER_FINALIZER]},
+                {"op": "add", "path": "/metadata/finalizers/-", "value": FINALIZER}
+            ]))],
+        )
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_deleted_rollout_leaves_the_wasm_plugin_before_its_finalizer_goes() {
+    let mut harness = Harness::new(healthy());
+    let action = harness
+        .reconcile(
+            deleted(Some(progressing(1, 500, 10))),
+            vec![
+                Call::GetWasmPluginObject(plugin_with_owners(live(Some(500)), true)),
+                Call::ApplyWasmPluginExactly {
+                    body: release_body(),
+                    answer: crate::fixtures::wasm_plugin(live(None)),
+                },
+                Call::Event("Normal", "TrafficReleased"),
+                remove_finalizer(),
+            ],
+        )
+        .await
+        .unwrap();
+    assert_eq!(action, Action::await_change());
+    assert_eq!(
+        harness.source.calls(),
+        0,
+        "a deleted rollout is not analysed"
+    );
+    let requests = harness.server.as_ref().unwrap().requests();
+    let event = requests
+        .iter()
+        .find(|r| r.starts_with("POST /apis/events.k8s.io/"))
+        .unwrap();
+    assert!(
+        event.contains("removed spec.pluginConfig.rollouts.checkout from WasmPlugin shop/cohort"),
+        "{event}"
+    );
+}
+
+/// The last rollout on a WasmPlugin whose author set no `version`: the release keeps applying
+/// `version`, since without it the filter would refuse the config and keep serving the old one,
+/// entry included.
+#[tokio::test]
+async fn a_release_keeps_version_when_no_one_else_holds_it() {
+    let only_ours = json!({
+        "version": 1,
+        "rollouts": {ROLLOUT: live(Some(500))["rollouts"][ROLLOUT].clone()}
+    });
+    let mut plugin = plugin_with_owners(only_ours, false);
+    let ours = plugin["metadata"]["managedFields"][1].clone();
+    plugin["metadata"]["managedFields"] = json!([ours]);
+    let mut body = release_body();
+    body["spec"] = json!({"pluginConfig": {"version": 1}});
+    let mut harness = Harness::new(healthy());
+    harness
+        .reconcile(
+            deleted(Some(progressing(1, 500, 10))),
+            vec![
+                Call::GetWasmPluginObject(plugin),
+                Call::ApplyWasmPluginExactly {
+                    body,
+                    answer: crate::fixtures::wasm_plugin(json!({"version": 1, "rollouts": {}})),
+                },
+                Call::Event("Normal", "TrafficReleased"),
+                remove_finalizer(),
+            ],
+        )
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_deleted_rollout_whose_wasm_plugin_is_gone_is_let_go() {
+    let mut harness = Harness::new(healthy());
+    harness
+        .reconcile(
+            deleted(Some(progressing(1, 500, 10))),
+            vec![
+                Call::WasmPluginMissing,
+                Call::Event("Normal", "TrafficReleased"),
+                remove_finalizer(),
+            ],
+        )
+        .await
+        .unwrap();
+    // And one whose WasmPlugin holds nothing of it: no apply.
+    let mut harness = Harness::new(healthy());
+    let mut plugin = plugin_with_owners(live(None), true);
+    plugin["metadata"]["managedFields"]
+        .as_array_mut()
+        .unwrap()
+        .pop();
+    harness
+        .reconcile(
+            deleted(None),
+            vec![
+                Call::GetWasmPluginObject(plugin),
+                Call::Event("Normal", "TrafficReleased"),
+                remove_finalizer(),
+            ],
+        )
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_failed_release_keeps_the_finalizer_and_is_retried() {
+    let mut harness = Harness::new(healthy());
+    let stored = deleted(Some(progressing(1, 500, 10)));
+    let error = harness
+        .reconcile(
+            stored.clone(),
+            vec![
+                Call::GetWasmPluginObject(plugin_with_owners(live(Some(500)), true)),
+                Call::ServerError(http::Method::PATCH, WASM_PLUGIN_PATH),
+                Call::status(|status| {
+                    // Still where it was: nothing but the condition changes.
+                    assert_eq!((status.step_index, status.weight_bp), (Some(1), 500));
+                    let degraded = condition(status, CONDITION_DEGRADED);
+                    assert_eq!(
+                        (degraded.status.as_str(), degraded.reason.as_str()),
+                        ("True", "TargetUnavailable")
+                    );
+                    assert!(
+                        degraded.message.contains("the deletion waits"),
+                        "{}",
+                        degraded.message
+                    );
+                }),
+                Call::Event("Warning", "TargetUnavailable"),
+            ],
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(error, Error::Release(TargetError::Unavailable(_))),
+        "{error}"
+    );
+    assert_eq!(error.metric_label(), "release");
+    assert_eq!(
+        error_policy(Arc::new(stored.clone()), &error, harness.ctx.clone()),
+        Action::requeue(Duration::from_secs(5))
+    );
+    assert_eq!(
+        error_policy(Arc::new(stored.clone()), &error, harness.ctx.clone()),
+        Action::requeue(Duration::from_secs(10))
+    );
+    // The retry: the API server is back.
+    harness
+        .reconcile(
+            stored,
+            vec![
+                Call::GetWasmPluginObject(plugin_with_owners(live(Some(500)), true)),
+                Call::ApplyWasmPluginExactly {
+                    body: release_body(),
+                    answer: crate::fixtures::wasm_plugin(live(None)),
+                },
+                Call::Event("Normal", "TrafficReleased"),
+                remove_finalizer(),
+            ],
+        )
+        .await
+        .unwrap();
+}
+
+/// Someone edited the entry by hand (so their manager owns part of it): the release cannot
+/// remove it without taking their fields, so it says who and how to fix it, and waits.
+#[tokio::test]
+async fn an_entry_another_manager_holds_is_named_and_the_deletion_waits() {
+    let edited = managed(
+        "kubectl-edit",
+        "Update",
+        json!({"f:rollouts": {"f:checkout": {"f:weightBp": {}}}}),
+    );
+    let mut plugin = plugin_with_owners(live(Some(500)), true);
+    plugin["metadata"]["managedFields"]
+        .as_array_mut()
+        .unwrap()
+        .push(edited.clone());
+    // What the API server leaves: the field the other manager owns, and its ownership.
+    let mut remaining = live(None);
+    remaining["rollouts"][ROLLOUT] = json!({"weightBp": 500});
+    let mut after = plugin_with_owners(remaining, true);
+    let fields = after["metadata"]["managedFields"].as_array_mut().unwrap();
+    fields.pop();
+    fields.push(edited);
+    let mut harness = Harness::new(healthy());
+    let error = harness
+        .reconcile(
+            deleted(Some(progressing(1, 500, 10))),
+            vec![
+                Call::GetWasmPluginObject(plugin),
+                Call::ApplyWasmPluginExactly {
+                    body: release_body(),
+                    answer: after,
+                },
+                Call::status(|status| {
+                    let degraded = condition(status, CONDITION_DEGRADED);
+                    assert_eq!(degraded.reason, "TargetConflict");
+                }),
+                Call::Event("Warning", "TargetConflict"),
+            ],
+        )
+        .await
+        .unwrap_err();
+    let Error::Release(TargetError::Conflict(message)) = &error else {
+        panic!("expected a release conflict, got {error}");
+    };
+    assert!(message.contains("(kubectl-edit)"), "{message}");
+    assert!(
+        message.contains("kubectl edit wasmplugin -n shop cohort"),
+        "{message}"
+    );
+}
+
+#[tokio::test]
+async fn a_deleted_rollout_without_our_finalizer_is_left_alone() {
+    let mut harness = Harness::new(healthy());
+    let mut gone = deleted(None);
+    gone.metadata.finalizers = Some(vec![OTHER_FINALIZER.to_owned()]);
+    let action = harness.reconcile(gone, Vec::new()).await.unwrap();
+    assert_eq!(action, Action::await_change());
+}

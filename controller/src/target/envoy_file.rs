@@ -525,6 +525,81 @@ mod tests {
         }
     }
 
+    /// The `configuration.value` string of a file's text.
+    fn configuration(text: &str) -> String {
+        let document: Value = serde_saphyr::from_str(text).unwrap();
+        document["resources"][0]["typed_config"]["config"]["configuration"]["value"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+
+    #[test]
+    fn a_release_removes_one_entry_and_leaves_every_other_byte() {
+        let dir = Dir::new("release");
+        let path = dir.0.join("ecds.yaml");
+        fs::write(&path, ecds(EXISTING)).unwrap();
+        let file = EnvoyEcdsFile::new(&path, "cohort");
+        let mut checkout = pushed(&["checkout"], 2500);
+        let entry = checkout.rollouts.remove("web").unwrap();
+        checkout.rollouts.insert("checkout".into(), entry);
+        file.apply_blocking("checkout", &checkout).unwrap();
+        let before = fs::read_to_string(&path).unwrap();
+
+        assert_eq!(
+            file.release_blocking("checkout").unwrap(),
+            Released::Removed
+        );
+        let after = fs::read_to_string(&path).unwrap();
+        // Exactly the entry's bytes are gone from the config; the rest of the file is as it was.
+        let removed = format!(
+            "\"checkout\":{},",
+            serde_json::to_string(&checkout.rollouts["checkout"]).unwrap()
+        );
+        let (old, new) = (configuration(&before), configuration(&after));
+        assert!(old.contains(&removed), "{old}");
+        assert_eq!(new, old.replacen(&removed, "", 1));
+        let quoted = |text: &str| serde_json::to_string(text).unwrap();
+        assert_eq!(after, before.replacen(&quoted(&old), &quoted(&new), 1));
+        let config = file.read_config().unwrap();
+        assert_eq!(config.rollouts.keys().collect::<Vec<_>>(), ["api", "web"]);
+        assert_eq!(config.force_token.as_deref(), Some("0123456789abcdef0123"));
+
+        // Again: nothing to remove, and the file is not rewritten.
+        assert_eq!(
+            file.release_blocking("checkout").unwrap(),
+            Released::Nothing
+        );
+        assert_eq!(fs::read_to_string(&path).unwrap(), after);
+        let names: Vec<_> = fs::read_dir(&dir.0)
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name())
+            .collect();
+        assert_eq!(names, vec!["ecds.yaml"], "no temp file is left behind");
+    }
+
+    #[tokio::test]
+    async fn a_missing_file_serves_no_entry_and_releases_through_the_trait() {
+        let dir = Dir::new("release-missing");
+        let path = dir.0.join("ecds.yaml");
+        let target: Box<dyn Target> = Box::new(EnvoyEcdsFile::new(&path, "cohort"));
+        assert_eq!(
+            target.release("web").await.unwrap(),
+            Released::TargetMissing
+        );
+        assert!(!path.exists());
+        fs::write(&path, ecds(EXISTING)).unwrap();
+        assert_eq!(target.release("web").await.unwrap(), Released::Removed);
+        let config = EnvoyEcdsFile::new(&path, "cohort").read_config().unwrap();
+        assert_eq!(config.rollouts.keys().collect::<Vec<_>>(), ["api"]);
+        // An unreadable document is an error, not "nothing to remove": Envoy may serve it.
+        fs::write(&path, "resources: [\n").unwrap();
+        assert!(matches!(
+            target.release("api").await,
+            Err(TargetError::Unavailable(_))
+        ));
+    }
+
     #[tokio::test]
     async fn applies_through_the_trait() {
         let dir = Dir::new("trait");

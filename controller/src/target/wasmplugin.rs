@@ -651,6 +651,96 @@ mod tests {
         );
     }
 
+    fn plugin(plugin_config: Value, managed: Value) -> DynamicObject {
+        serde_json::from_value(json!({
+            "apiVersion": "extensions.istio.io/v1alpha1", "kind": "WasmPlugin",
+            "metadata": {"name": "cohort", "namespace": "shop", "resourceVersion": "7",
+                         "managedFields": managed},
+            "spec": {"url": "oci://example/cohort:1", "pluginConfig": plugin_config}
+        }))
+        .unwrap()
+    }
+
+    fn owns(manager: &str, operation: &str, plugin_config: Value) -> Value {
+        json!({"manager": manager, "operation": operation, "fieldsType": "FieldsV1",
+               "fieldsV1": {"f:spec": {"f:pluginConfig": plugin_config}}})
+    }
+
+    #[test]
+    fn a_release_gives_up_everything_but_a_version_no_one_else_holds() {
+        const OURS: &str = "cohort.dev/shop.checkout";
+        let config = json!({"version": 1, "anonymous": {"mode": "stable"},
+            "rollouts": {"checkout": {"hosts": ["checkout"], "weightBp": 500}}});
+        let ours = owns(
+            OURS,
+            "Apply",
+            json!({"f:version": {}, "f:anonymous": {"f:mode": {}},
+                   "f:rollouts": {"f:checkout": {"f:hosts": {}, "f:weightBp": {}}}}),
+        );
+        // The WasmPlugin's author holds version: nothing is kept.
+        let authored = plugin(
+            config.clone(),
+            json!([owns("kubectl", "Update", json!({"f:version": {}})), ours]),
+        );
+        assert_eq!(
+            release_fields(&authored, OURS, "checkout"),
+            Some(Map::new())
+        );
+        // No one else does: version stays applied, or the filter would refuse what is left.
+        let alone = plugin(config.clone(), json!([ours]));
+        let kept = release_fields(&alone, OURS, "checkout").unwrap();
+        assert_eq!(Value::Object(kept), json!({"version": 1}));
+        // Our name on an update is not our apply: it does not hold version for us.
+        let updated = plugin(
+            config.clone(),
+            json!([owns(OURS, "Update", json!({"f:version": {}})), ours]),
+        );
+        assert_eq!(release_fields(&updated, OURS, "checkout"), Some(Map::new()));
+        // Nothing of ours at all: nothing to apply.
+        let other = plugin(json!({"version": 1, "rollouts": {}}), json!([]));
+        assert_eq!(release_fields(&other, OURS, "checkout"), None);
+        // No entry, but fields we still hold: released too.
+        let leftover = plugin(
+            json!({"version": 1, "anonymous": {"mode": "stable"}}),
+            json!([
+                owns("kubectl", "Update", json!({"f:version": {}})),
+                owns(
+                    OURS,
+                    "Apply",
+                    json!({"f:version": {}, "f:anonymous": {"f:mode": {}}})
+                )
+            ]),
+        );
+        assert_eq!(
+            release_fields(&leftover, OURS, "checkout"),
+            Some(Map::new())
+        );
+    }
+
+    #[test]
+    fn a_release_body_carries_the_resource_version_and_no_empty_spec() {
+        let resource = wasm_plugin_resource();
+        assert_eq!(
+            release_body(&resource, "shop", "cohort", Some("7"), Map::new()),
+            json!({
+                "apiVersion": "extensions.istio.io/v1alpha1",
+                "kind": "WasmPlugin",
+                "metadata": {"name": "cohort", "namespace": "shop", "resourceVersion": "7"}
+            })
+        );
+        let mut kept = Map::new();
+        kept.insert("version".to_owned(), json!(1));
+        assert_eq!(
+            release_body(&resource, "shop", "cohort", Some("7"), kept)["spec"],
+            json!({"pluginConfig": {"version": 1}})
+        );
+        let live = json!({"version": 1, "rollouts": {"a": {"weightBp": 1}, "b": {"weightBp": 2}}});
+        assert_eq!(
+            without_entry(&live, "a"),
+            json!({"version": 1, "rollouts": {"b": {"weightBp": 2}}})
+        );
+    }
+
     #[test]
     fn apply_body_names_the_plugin_and_carries_only_plugin_config() {
         let body = apply_body(
