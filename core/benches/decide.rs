@@ -31,10 +31,10 @@ struct Request {
 }
 
 impl RequestView for Request {
-    fn header(&self, name: &str) -> Option<Vec<u8>> {
+    fn header(&self, name: &str) -> Option<&[u8]> {
         match name {
-            "x-user-id" => self.user.map(<[u8]>::to_vec),
-            "cookie" => self.cookie.map(<[u8]>::to_vec),
+            "x-user-id" => self.user,
+            "cookie" => self.cookie,
             _ => None,
         }
     }

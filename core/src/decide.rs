@@ -10,7 +10,7 @@ use crate::config::{Anonymous, Compiled, HostPattern, Identity, Rollout, MAX_KEY
 /// Read access to the request headers.
 pub trait RequestView {
     /// The value of a request header (lowercase name) as raw bytes.
-    fn header(&self, name: &str) -> Option<Vec<u8>>;
+    fn header(&self, name: &str) -> Option<&[u8]>;
 }
 
 /// The two versions of a rollout.
@@ -98,7 +98,7 @@ pub fn decide<'c>(
     };
     let mut force_denied = false;
     if let Some(value) = force {
-        match forced_side(config, rollout, &value) {
+        match forced_side(config, rollout, value) {
             Some(side) => {
                 decision.side = side;
                 decision.reason = Reason::Forced;
@@ -111,15 +111,10 @@ pub fn decide<'c>(
         }
     }
 
-    let key = user_key(&rollout.identity, &config.anonymous, request);
-    let key = match (key, &config.anonymous) {
+    let mut issued_id = None;
+    let key = match (user_key(&rollout.identity, &config.anonymous, request), &config.anonymous) {
         (Some(key), _) => key,
-        (None, Anonymous::Cookie { .. }) => {
-            let id = new_id();
-            let key = id.as_bytes().to_vec();
-            decision.issued_id = Some(id);
-            key
-        }
+        (None, Anonymous::Cookie { .. }) => issued_id.insert(new_id()).as_bytes(),
         (None, Anonymous::Stable) => {
             decision.reason = Reason::Anonymous;
             return Outcome {
@@ -128,12 +123,15 @@ pub fn decide<'c>(
             };
         }
     };
-    let placement = place(&rollout.salt, &key);
+    let placement = place(&rollout.salt, key);
     decision.placement = Some(placement);
     (decision.side, decision.reason) = if rollout.weight_bp == 0 {
         (Side::Stable, Reason::CanaryOff)
     } else if rollout.allow_cohorts & (1u128 << placement.cohort) != 0
-        || rollout.allow_keys.binary_search(&key).is_ok()
+        || rollout
+            .allow_keys
+            .binary_search_by(|allowed| allowed.as_slice().cmp(key))
+            .is_ok()
     {
         (Side::Canary, Reason::AllowListed)
     } else if placement.is_canary(rollout.weight_bp) {
@@ -141,6 +139,7 @@ pub fn decide<'c>(
     } else {
         (Side::Stable, Reason::Bucketed)
     };
+    decision.issued_id = issued_id;
     Outcome {
         decision: Some(decision),
         force_denied,
@@ -234,30 +233,23 @@ fn forced_side(config: &Compiled, rollout: &Rollout, value: &[u8]) -> Option<Sid
 }
 
 /// The first usable key among the identity sources, then the anonymous cookie.
-fn user_key(
+fn user_key<'r>(
     identity: &[Identity],
     anonymous: &Anonymous,
-    request: &dyn RequestView,
-) -> Option<Vec<u8>> {
-    let mut cookies: Option<Option<Vec<u8>>> = None;
-    let mut cookie_header = |request: &dyn RequestView| {
-        cookies
-            .get_or_insert_with(|| request.header("cookie"))
-            .clone()
-    };
+    request: &'r dyn RequestView,
+) -> Option<&'r [u8]> {
+    let cookies = || request.header("cookie");
     for source in identity {
         let key = match source {
             Identity::Header(name) => request.header(name).filter(|value| usable_key(value)),
-            Identity::Cookie(name) => cookie_header(request)
-                .and_then(|h| cookie_value(&h, name.as_bytes()).map(<[u8]>::to_vec)),
+            Identity::Cookie(name) => cookies().and_then(|h| cookie_value(h, name.as_bytes())),
         };
         if key.is_some() {
             return key;
         }
     }
     match anonymous {
-        Anonymous::Cookie { name, .. } => cookie_header(request)
-            .and_then(|h| cookie_value(&h, name.as_bytes()).map(<[u8]>::to_vec)),
+        Anonymous::Cookie { name, .. } => cookies().and_then(|h| cookie_value(h, name.as_bytes())),
         Anonymous::Stable => None,
     }
 }
@@ -301,8 +293,8 @@ mod tests {
     struct Headers(BTreeMap<&'static str, Vec<u8>>);
 
     impl RequestView for Headers {
-        fn header(&self, name: &str) -> Option<Vec<u8>> {
-            self.0.get(name).cloned()
+        fn header(&self, name: &str) -> Option<&[u8]> {
+            self.0.get(name).map(Vec::as_slice)
         }
     }
 

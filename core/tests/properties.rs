@@ -82,11 +82,11 @@ proptest! {
 struct Request(Vec<(&'static str, Vec<u8>)>);
 
 impl RequestView for Request {
-    fn header(&self, name: &str) -> Option<Vec<u8>> {
+    fn header(&self, name: &str) -> Option<&[u8]> {
         self.0
             .iter()
             .find(|(n, _)| *n == name)
-            .map(|(_, v)| v.clone())
+            .map(|(_, v)| v.as_slice())
     }
 }
 

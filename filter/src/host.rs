@@ -1,20 +1,52 @@
 //! Every call into the proxy goes through this module. The SDK's convenience methods unwrap
 //! results and decode headers as UTF-8 (a panic on hostile bytes), so only the raw `_bytes`
 //! hostcalls are used here, and every failure becomes `None` or is ignored.
+//!
+//! Crossing into the host is what a request costs the filter (the decision itself is about
+//! 0.1 µs), so headers are read as whole maps: one call per direction instead of one per name.
 
 use proxy_wasm::hostcalls;
-use proxy_wasm::types::{BufferType, LogLevel, MapType, MetricType};
+use proxy_wasm::types::{BufferType, LogLevel, MapType, MetricType, Status};
 
-use cohort_core::decide::RequestView;
+/// A header map serialized by the host; read it with
+/// [`HeaderPairs::parse`](cohort_core::header_pairs::HeaderPairs::parse). Empty on any failure.
+pub fn request_headers() -> Vec<u8> {
+    header_map_pairs(MapType::HttpRequestHeaders)
+}
 
-/// The current request's headers, read from the host.
-pub struct RequestHeaders;
+/// The response's headers, serialized like [`request_headers`].
+pub fn response_headers() -> Vec<u8> {
+    header_map_pairs(MapType::HttpResponseHeaders)
+}
 
-impl RequestView for RequestHeaders {
-    fn header(&self, name: &str) -> Option<Vec<u8>> {
-        hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, name)
-            .ok()
-            .flatten()
+#[link(wasm_import_module = "env")]
+extern "C" {
+    fn proxy_get_header_map_pairs(
+        map_type: MapType,
+        return_map_data: *mut *mut u8,
+        return_map_size: *mut usize,
+    ) -> Status;
+}
+
+/// `proxy_get_header_map_pairs` without the SDK's wrapper, which panics on a header name that is
+/// not UTF-8 and on a layout it does not expect; the bytes are checked by `HeaderPairs` instead.
+#[allow(unsafe_code)]
+fn header_map_pairs(map_type: MapType) -> Vec<u8> {
+    let mut data: *mut u8 = std::ptr::null_mut();
+    let mut size: usize = 0;
+    // SAFETY: the host writes a pointer and a size into the two locals. A non-null pointer is a
+    // block of exactly `size` bytes that the host obtained from this module's
+    // `proxy_on_memory_allocate` (the SDK's allocator: a boxed `[u8]` of that length), so the
+    // Vec takes ownership with length = capacity = `size`, as the SDK's own wrappers do.
+    unsafe {
+        if !matches!(
+            proxy_get_header_map_pairs(map_type, &mut data, &mut size),
+            Status::Ok
+        ) || data.is_null()
+        {
+            return Vec::new();
+        }
+        Vec::from_raw_parts(data, size, size)
     }
 }
 
@@ -26,13 +58,6 @@ pub fn set_request_header(name: &str, value: &[u8]) {
 /// Removes a request header.
 pub fn remove_request_header(name: &str) {
     let _ = hostcalls::set_map_value_bytes(MapType::HttpRequestHeaders, name, None);
-}
-
-/// A response header as raw bytes.
-pub fn response_header(name: &str) -> Option<Vec<u8>> {
-    hostcalls::get_map_value_bytes(MapType::HttpResponseHeaders, name)
-        .ok()
-        .flatten()
 }
 
 /// Adds a response header (keeps existing ones of the same name).

@@ -9,10 +9,11 @@ use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action;
 
 use cohort_core::config::{Anonymous, DEFAULT_FORCE_HEADER, DEFAULT_ROUTING_HEADER};
-use cohort_core::decide::{decide, set_cookie_value, RequestView, Side};
+use cohort_core::decide::{decide, set_cookie_value, Side};
+use cohort_core::header_pairs::HeaderPairs;
 use cohort_core::telemetry::code_class;
 
-use crate::host::{self, RequestHeaders};
+use crate::host;
 use crate::metrics::VmMetrics;
 use crate::root::Active;
 
@@ -53,30 +54,39 @@ impl Context for Stream {}
 impl HttpContext for Stream {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
         self.started_ns = host::now_nanos();
+        let serialized = host::request_headers();
+        let headers = HeaderPairs::parse(&serialized);
         let Some(active) = self.active.clone() else {
             // No good config yet: still never let a client pick its version.
-            host::remove_request_header(DEFAULT_ROUTING_HEADER);
-            host::remove_request_header(DEFAULT_FORCE_HEADER);
+            for name in [DEFAULT_ROUTING_HEADER, DEFAULT_FORCE_HEADER] {
+                if headers.contains(name) {
+                    host::remove_request_header(name);
+                }
+            }
             return Action::Continue;
         };
         let config = &active.config;
-        let authority = RequestHeaders.header(":authority").unwrap_or_default();
-        let outcome = decide(config, &authority, &RequestHeaders, &mut new_anonymous_id);
+        let authority = headers.get(":authority").unwrap_or_default();
+        let outcome = decide(config, authority, &headers, &mut new_anonymous_id);
         if outcome.force_denied {
             host::increment(self.vm.force_denied, 1);
         }
-        host::remove_request_header(&config.force_header);
+        if headers.contains(&config.force_header) {
+            host::remove_request_header(&config.force_header);
+        }
 
-        let client_sent = RequestHeaders.header(&config.routing_header);
+        let client_sent = headers.get(&config.routing_header);
         let chosen = outcome
             .decision
             .as_ref()
             .map(|decision| decision.version().as_bytes());
-        if client_sent.is_some() && client_sent.as_deref() != chosen {
+        if client_sent.is_some() && client_sent != chosen {
             host::increment(self.vm.overwritten, 1);
         }
         let Some(decision) = outcome.decision else {
-            host::remove_request_header(&config.routing_header);
+            if client_sent.is_some() {
+                host::remove_request_header(&config.routing_header);
+            }
             return Action::Continue;
         };
         host::set_request_header(&config.routing_header, decision.version().as_bytes());
@@ -95,8 +105,11 @@ impl HttpContext for Stream {
     }
 
     fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        self.status = host::response_header(":status")
-            .and_then(|status| std::str::from_utf8(&status).ok()?.parse().ok())
+        let serialized = host::response_headers();
+        let headers = HeaderPairs::parse(&serialized);
+        self.status = headers
+            .get(":status")
+            .and_then(|status| std::str::from_utf8(status).ok()?.parse().ok())
             .unwrap_or(0);
         if let Some(cookie) = self.set_cookie.take() {
             host::add_response_header("set-cookie", cookie.as_bytes());
@@ -105,13 +118,10 @@ impl HttpContext for Stream {
             return Action::Continue;
         };
         let config = &active.config;
-        if config.events.is_empty() {
-            return Action::Continue;
-        }
         let Some(ids) = active.metrics.get(rollout).map(|m| m.side(side)) else {
             return Action::Continue;
         };
-        if let Some(reported) = host::response_header(&config.events_header) {
+        if let Some(reported) = headers.get(&config.events_header) {
             for name in reported.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
                 if let Some(index) = config
                     .events

@@ -7,6 +7,7 @@
 //! - [`decide`]: the decision is deterministic and explained by its reason; a forced version
 //!   needs the exact `VERSION:TOKEN`; placements stay inside their ranges.
 //! - [`cookie`]: a found value is a non-empty, bounded slice of the header, under the asked name.
+//! - [`header_map`]: the host's serialized header map reads without trusting its sizes.
 //! - [`place`]: the placement is the documented formula of the murmur3 hash, raising the weight
 //!   only adds users, and whole percentages agree with Unleash.
 
@@ -20,6 +21,7 @@ use cohort_core::config::{
     MIN_FORCE_TOKEN_BYTES,
 };
 use cohort_core::decide::{cookie_value, decide as decide_request, Reason, RequestView, Side};
+use cohort_core::header_pairs::{self, HeaderPairs};
 
 /// Config parsing and validation of arbitrary bytes.
 pub fn config(data: &[u8]) {
@@ -209,11 +211,11 @@ pub struct DecideInput<'a> {
 struct Headers(Vec<(String, Vec<u8>)>);
 
 impl RequestView for Headers {
-    fn header(&self, name: &str) -> Option<Vec<u8>> {
+    fn header(&self, name: &str) -> Option<&[u8]> {
         self.0
             .iter()
             .find(|(n, _)| n == name)
-            .map(|(_, v)| v.clone())
+            .map(|(_, v)| v.as_slice())
     }
 }
 
@@ -264,7 +266,14 @@ pub fn decide(input: &DecideInput<'_>) {
         headers.push((config.force_header.clone(), value));
     }
     headers.extend(input.headers.iter().map(|(n, v)| (name(n), v.to_vec())));
-    let request = Headers(headers);
+    // The filter reads the headers as the host serializes them.
+    let pairs: Vec<(&[u8], &[u8])> = headers
+        .iter()
+        .map(|(n, v)| (n.as_bytes(), v.as_slice()))
+        .collect();
+    let serialized = header_pairs::serialize(&pairs);
+    let request = HeaderPairs::parse(&serialized);
+    assert!(request.iter().eq(pairs.iter().copied()), "header map round trip");
 
     let mut issued = 0;
     let outcome = decide_request(&config, input.authority, &request, &mut || {
@@ -312,7 +321,7 @@ pub fn decide(input: &DecideInput<'_>) {
             };
             let expected = [decision.version().as_bytes(), b":", token].concat();
             assert_eq!(
-                force.as_deref(),
+                force,
                 Some(expected.as_slice()),
                 "forced by {force:?}"
             );
@@ -417,4 +426,28 @@ pub fn place(input: &PlaceInput<'_>) {
     assert!(!placement.is_canary(0) && placement.is_canary(FULL_WEIGHT_BP));
     let percent = high / 100;
     assert_eq!(placement.is_canary(percent * 100), hash % 100 < percent);
+}
+
+/// The host's serialized header map, as arbitrary bytes: read without panicking, every pair a
+/// slice of the input, and what it reads serializes back to a map that reads the same.
+pub fn header_map(data: &[u8]) {
+    let map = HeaderPairs::parse(data);
+    let pairs: Vec<(&[u8], &[u8])> = map.iter().collect();
+    let within = |slice: &[u8]| {
+        let (start, end) = (slice.as_ptr() as usize, slice.as_ptr() as usize + slice.len());
+        let (lo, hi) = (data.as_ptr() as usize, data.as_ptr() as usize + data.len());
+        slice.is_empty() || (lo <= start && end <= hi)
+    };
+    assert!(pairs.iter().all(|(n, v)| within(n) && within(v)));
+    let again = header_pairs::serialize(&pairs);
+    assert!(HeaderPairs::parse(&again).iter().eq(pairs.iter().copied()));
+    for (name, _) in &pairs {
+        if let Ok(name) = std::str::from_utf8(name) {
+            let first = pairs
+                .iter()
+                .find(|(n, _)| n.eq_ignore_ascii_case(name.as_bytes()))
+                .map(|(_, v)| *v);
+            assert_eq!(map.get(name), first, "lookup of {name:?}");
+        }
+    }
 }

@@ -122,3 +122,29 @@ fn place_inputs() {
     let checked = replay("place", |bytes| decoded(bytes, cohort_fuzz::place));
     assert!(checked >= 1_000, "only {checked} inputs decoded");
 }
+
+#[test]
+fn header_map_inputs() {
+    replay("header_map", |bytes| {
+        cohort_fuzz::header_map(bytes);
+        true
+    });
+    // Every truncation and every single-byte change of a well-formed map.
+    let good = cohort_core::header_pairs::serialize(&[
+        (b":authority", b"shop"),
+        (b"X-User-Id", b"alice"),
+        (b"x-user-id", b"bob"),
+        (b"cookie", b"uid=\xff"),
+    ]);
+    cohort_fuzz::header_map(&good);
+    for end in 0..good.len() {
+        cohort_fuzz::header_map(&good[..end]);
+    }
+    for at in 0..good.len() {
+        for byte in [0, 1, 0x7f, 0xff] {
+            let mut bytes = good.clone();
+            bytes[at] = byte;
+            cohort_fuzz::header_map(&bytes);
+        }
+    }
+}
