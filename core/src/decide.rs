@@ -112,7 +112,10 @@ pub fn decide<'c>(
     }
 
     let mut issued_id = None;
-    let key = match (user_key(&rollout.identity, &config.anonymous, request), &config.anonymous) {
+    let key = match (
+        user_key(&rollout.identity, &config.anonymous, request),
+        &config.anonymous,
+    ) {
         (Some(key), _) => key,
         (None, Anonymous::Cookie { .. }) => issued_id.insert(new_id()).as_bytes(),
         (None, Anonymous::Stable) => {

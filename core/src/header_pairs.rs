@@ -113,7 +113,11 @@ mod tests {
         let map = HeaderPairs::parse(&bytes);
         assert_eq!(map.iter().collect::<Vec<_>>(), PAIRS);
         assert_eq!(map.get(":authority"), Some(&b"shop.example"[..]));
-        assert_eq!(map.get("X-User-Id"), Some(&b"alice"[..]), "first value wins");
+        assert_eq!(
+            map.get("X-User-Id"),
+            Some(&b"alice"[..]),
+            "first value wins"
+        );
         assert_eq!(map.get("x-empty"), Some(&b""[..]));
         assert_eq!(map.get("x-raw"), Some(&b"\xff\x00\xfe"[..]));
         assert_eq!(map.get("x-missing"), None);

@@ -273,7 +273,10 @@ pub fn decide(input: &DecideInput<'_>) {
         .collect();
     let serialized = header_pairs::serialize(&pairs);
     let request = HeaderPairs::parse(&serialized);
-    assert!(request.iter().eq(pairs.iter().copied()), "header map round trip");
+    assert!(
+        request.iter().eq(pairs.iter().copied()),
+        "header map round trip"
+    );
 
     let mut issued = 0;
     let outcome = decide_request(&config, input.authority, &request, &mut || {
@@ -320,11 +323,7 @@ pub fn decide(input: &DecideInput<'_>) {
                 panic!("forced without a configured token")
             };
             let expected = [decision.version().as_bytes(), b":", token].concat();
-            assert_eq!(
-                force,
-                Some(expected.as_slice()),
-                "forced by {force:?}"
-            );
+            assert_eq!(force, Some(expected.as_slice()), "forced by {force:?}");
         }
         Reason::CanaryOff => {
             assert_eq!((decision.side, rollout.weight_bp), (Side::Stable, 0));
@@ -434,7 +433,10 @@ pub fn header_map(data: &[u8]) {
     let map = HeaderPairs::parse(data);
     let pairs: Vec<(&[u8], &[u8])> = map.iter().collect();
     let within = |slice: &[u8]| {
-        let (start, end) = (slice.as_ptr() as usize, slice.as_ptr() as usize + slice.len());
+        let (start, end) = (
+            slice.as_ptr() as usize,
+            slice.as_ptr() as usize + slice.len(),
+        );
         let (lo, hi) = (data.as_ptr() as usize, data.as_ptr() as usize + data.len());
         slice.is_empty() || (lo <= start && end <= hi)
     };
