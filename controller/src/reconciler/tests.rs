@@ -1282,17 +1282,22 @@ fn plugin_with_owners(plugin_config: Value, authored: bool) -> Value {
         shared(ROLLOUT),
     ));
     let mut plugin = crate::fixtures::wasm_plugin(plugin_config);
+    plugin["metadata"]["uid"] = json!(PLUGIN_UID);
     plugin["metadata"]["managedFields"] = Value::Array(managed_fields);
     plugin
 }
 
+const PLUGIN_UID: &str = "5f0c9a7e-2b1d-4e8f-9c3a-6d2e1f0b7a45";
+
 /// The release: our manager applies nothing, so the API server drops every field only it
-/// owned; the resourceVersion read pins the apply to that WasmPlugin.
+/// owned; the uid and resourceVersion read pin the apply to that WasmPlugin (and keep it from
+/// creating one).
 fn release_body() -> Value {
     json!({
         "apiVersion": "extensions.istio.io/v1alpha1",
         "kind": "WasmPlugin",
-        "metadata": {"name": "cohort", "namespace": "shop", "resourceVersion": "7"}
+        "metadata": {"name": "cohort", "namespace": "shop", "uid": PLUGIN_UID,
+                     "resourceVersion": "7"}
     })
 }
 

@@ -27,10 +27,13 @@
 //! fields stay exactly while another rollout (or the WasmPlugin's author) still holds them. One
 //! exception: `version` is kept when no other manager owns it, because a config without it is
 //! refused by the filter, which would then keep serving the old config, entry included. The
-//! release carries the `resourceVersion` it was computed from, so it applies to exactly that
-//! WasmPlugin (a change in between is a conflict, retried) and can never create one.
+//! release carries the `uid` and `resourceVersion` of the WasmPlugin it was computed from: a
+//! change in between is a conflict (retried from a fresh read), and since the body has no
+//! `spec.url` to stop it, the `uid` is what keeps an apply to a vanished WasmPlugin from creating
+//! one (the API server refuses an apply naming a uid it cannot find; a `resourceVersion` alone
+//! does not stop a create).
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ManagedFieldsEntry;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ManagedFieldsEntry, ObjectMeta};
 use kube::api::{Api, Patch, PatchParams};
 use kube::core::{ApiResource, DynamicObject, GroupVersionKind};
 use kube::Client;
@@ -171,7 +174,7 @@ impl WasmPluginTarget {
             &self.resource,
             &self.namespace,
             &self.plugin,
-            plugin.metadata.resource_version.as_deref(),
+            &plugin.metadata,
             kept,
         );
         let params = PatchParams::apply(&self.field_manager);
@@ -184,7 +187,8 @@ impl WasmPluginTarget {
             Err(kube::Error::Api(status)) if status.is_not_found() => {
                 return Ok(Released::TargetMissing)
             }
-            // Nothing in a release can conflict on a value: this is the resourceVersion.
+            // Nothing in a release can conflict on a value: the WasmPlugin changed or vanished
+            // (the uid or the resourceVersion no longer match).
             Err(kube::Error::Api(status)) if status.is_conflict() => {
                 return Err(TargetError::Conflict(format!(
                     "{}: {}; it changed between the read and the release, which is retried \
@@ -369,14 +373,14 @@ fn other_owners_of_entry(plugin: &DynamicObject, manager: &str, name: &str) -> V
     owners
 }
 
-/// The server-side apply body of a release: type, name, the `resourceVersion` the release was
-/// computed from, and `spec.pluginConfig` only when `kept` has fields (an empty one would keep
-/// this manager owning `pluginConfig` itself).
+/// The server-side apply body of a release: type, name, the `uid` and `resourceVersion` of the
+/// WasmPlugin it was computed from (`read`), and `spec.pluginConfig` only when `kept` has
+/// fields (an empty one would keep this manager owning `pluginConfig` itself).
 pub fn release_body(
     resource: &ApiResource,
     namespace: &str,
     plugin: &str,
-    resource_version: Option<&str>,
+    read: &ObjectMeta,
     kept: Map<String, Value>,
 ) -> Value {
     let mut body = apply_body(resource, namespace, plugin, Value::Object(kept.clone()));
@@ -384,11 +388,15 @@ pub fn release_body(
         if kept.is_empty() {
             body.remove("spec");
         }
-        if let (Some(version), Some(metadata)) = (
-            resource_version,
-            body.get_mut("metadata").and_then(Value::as_object_mut),
-        ) {
-            metadata.insert("resourceVersion".to_owned(), Value::from(version));
+        if let Some(metadata) = body.get_mut("metadata").and_then(Value::as_object_mut) {
+            for (key, value) in [
+                ("uid", &read.uid),
+                ("resourceVersion", &read.resource_version),
+            ] {
+                if let Some(value) = value {
+                    metadata.insert(key.to_owned(), Value::from(value.as_str()));
+                }
+            }
         }
     }
     body
@@ -718,20 +726,26 @@ mod tests {
     }
 
     #[test]
-    fn a_release_body_carries_the_resource_version_and_no_empty_spec() {
+    fn a_release_body_names_the_plugin_read_and_has_no_empty_spec() {
         let resource = wasm_plugin_resource();
+        let read = ObjectMeta {
+            uid: Some("5f0c".into()),
+            resource_version: Some("7".into()),
+            ..ObjectMeta::default()
+        };
         assert_eq!(
-            release_body(&resource, "shop", "cohort", Some("7"), Map::new()),
+            release_body(&resource, "shop", "cohort", &read, Map::new()),
             json!({
                 "apiVersion": "extensions.istio.io/v1alpha1",
                 "kind": "WasmPlugin",
-                "metadata": {"name": "cohort", "namespace": "shop", "resourceVersion": "7"}
+                "metadata": {"name": "cohort", "namespace": "shop", "uid": "5f0c",
+                             "resourceVersion": "7"}
             })
         );
         let mut kept = Map::new();
         kept.insert("version".to_owned(), json!(1));
         assert_eq!(
-            release_body(&resource, "shop", "cohort", Some("7"), kept)["spec"],
+            release_body(&resource, "shop", "cohort", &read, kept)["spec"],
             json!({"pluginConfig": {"version": 1}})
         );
         let live = json!({"version": 1, "rollouts": {"a": {"weightBp": 1}, "b": {"weightBp": 2}}});
