@@ -1,10 +1,12 @@
 //! The Envoy overhead benchmark behind `scripts/bench-envoy`: one Envoy bootstrap
-//! (`manifests/envoy/bootstrap.yaml`, one worker) and the same two upstreams in three set-ups,
+//! (`manifests/envoy/bootstrap.yaml`, one worker) and the same two upstreams in four set-ups,
 //! driven by `wrk` at a fixed number of connections.
 //!
 //! - (a) [`Setup::None`]: no wasm filter, the router alone;
 //! - (b) [`Setup::Noop`]: `bench/noop-filter`, a wasm filter that reads one header;
-//! - (c) [`Setup::Cohort`]: cohort's filter with [`CONFIG`]'s three rollouts, metrics on.
+//! - (c) [`Setup::Cohort`]: cohort's filter with [`CONFIG`]'s three rollouts, metrics on;
+//! - (d) [`Setup::SetsHeader`]: the same no-op filter that also sets the routing header, so
+//!   Envoy matches the route again: what routing by a header set in wasm costs at the least.
 //!
 //! Every request carries a fresh `x-user-id` and one of the three rollouts' hosts, so cohort
 //! really buckets (about a quarter of the requests go to the canary), and both upstreams report
@@ -31,6 +33,9 @@ pub const CONFIG: &str = r#"{"version": 1,
   "checkout": {"hosts": ["checkout"], "weightBp": 500, "allowKeys": ["alice", "bob"]},
   "search": {"hosts": ["search"], "weightBp": 5000}
  }}"#;
+
+/// The no-op filter's configuration that makes it set `x-cohort-version: stable` (set-up (d)).
+pub use cohort_bench_noop_filter::SET_ROUTING_HEADER as NOOP_SETS_ROUTING_HEADER;
 
 /// The hosts requests rotate through, one per rollout.
 pub const HOSTS: [&str; 3] = ["cart", "checkout", "search"];
@@ -63,11 +68,13 @@ pub enum Setup {
     Noop,
     /// (c) cohort's filter.
     Cohort,
+    /// (d) the no-op wasm filter setting the routing header.
+    SetsHeader,
 }
 
 impl Setup {
-    /// (a), (b), (c), in the order each repetition runs them.
-    pub const ALL: [Setup; 3] = [Setup::None, Setup::Noop, Setup::Cohort];
+    /// (a), (b), (c), (d), in the order each repetition runs them.
+    pub const ALL: [Setup; 4] = [Setup::None, Setup::Noop, Setup::Cohort, Setup::SetsHeader];
 
     /// A short label.
     pub fn label(self) -> &'static str {
@@ -75,6 +82,7 @@ impl Setup {
             Setup::None => "(a) no wasm filter",
             Setup::Noop => "(b) no-op wasm filter",
             Setup::Cohort => "(c) cohort, 3 rollouts",
+            Setup::SetsHeader => "(d) no-op + routing header",
         }
     }
 
@@ -85,6 +93,12 @@ impl Setup {
             Setup::None => Filter::None,
             Setup::Noop => Filter::Wasm(noop_wasm()?),
             Setup::Cohort => Filter::Cohort,
+            Setup::SetsHeader => Filter::Wasm(noop_wasm()?),
+        };
+        // The no-op filter ignores any other configuration.
+        let config = match self {
+            Setup::SetsHeader => NOOP_SETS_ROUTING_HEADER,
+            _ => CONFIG,
         };
         let options = Options {
             concurrency: workers,
@@ -93,7 +107,7 @@ impl Setup {
             filter,
             ..Options::default()
         };
-        let envoy = Envoy::start_with(CONFIG, &options)?;
+        let envoy = Envoy::start_with(config, &options)?;
         envoy.stable.events(Some("checkout"));
         envoy.canary.events(Some("checkout"));
         Ok(envoy)

@@ -1,6 +1,7 @@
 //! The Envoy overhead benchmark's three set-ups route as they claim (`scripts/bench-envoy`
 //! times them; this only checks them, with no timing): (a) and (b) send everyone to stable
-//! untouched, (c) routes each user by cohort's placement for the host's rollout.
+//! untouched, (d) sets the routing header to stable, (c) routes each user by cohort's placement
+//! for the host's rollout.
 
 // Test code: a failed expectation panics with its message.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -37,6 +38,28 @@ fn without_cohort_everyone_reaches_stable_untouched() {
                 "{setup} sets no routing header"
             );
         }
+    }
+}
+
+#[test]
+fn the_header_setting_baseline_routes_everyone_to_stable_by_its_header() {
+    let envoy = Setup::SetsHeader.start(1).unwrap_or_else(|e| panic!("{e}"));
+    let mut client = envoy.client();
+    for (i, host) in HOSTS.iter().enumerate() {
+        // A client's own value is replaced, as cohort would.
+        let response = client
+            .get(
+                "/",
+                &[
+                    (b"host", host.as_bytes()),
+                    (b"x-user-id", format!("user-{i}").as_bytes()),
+                    (b"x-cohort-version", b"canary"),
+                ],
+            )
+            .unwrap();
+        assert_eq!(response.status, 200, "{response:?}");
+        assert_eq!(response.upstream().as_deref(), Some("stable"));
+        assert_eq!(response.header("x-seen-version").as_deref(), Some("stable"));
     }
 }
 

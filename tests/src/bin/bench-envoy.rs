@@ -4,11 +4,11 @@
 //! scripts/bench-envoy [--reps 15] [--duration 2] [--connections 1] [--warmup 3] [--pin 1,0]
 //! ```
 //!
-//! Starts the three set-ups of [`cohort_tests::bench`] side by side (one Envoy worker each),
-//! warms each up, then runs `wrk` against (a), (b), (c) in turn, `--reps` times, and prints every
-//! run, the medians per set-up, and what (b) and (c) add over (a). Short runs, many times over:
-//! on a shared machine the speed of the cores drifts within seconds, so what (b) and (c) add is
-//! taken within each repetition (the three runs of one repetition follow each other) and the
+//! Starts the four set-ups of [`cohort_tests::bench`] side by side (one Envoy worker each),
+//! warms each up, then runs `wrk` against (a), (b), (c), (d) in turn, `--reps` times, and prints
+//! every run, the medians per set-up, and what (b), (c) and (d) add over (a). Short runs, many times over:
+//! on a shared machine the speed of the cores drifts within seconds, so what the filters add is
+//! taken within each repetition (the runs of one repetition follow each other) and the
 //! median over repetitions is reported. A benchmark, not a test: it asserts nothing about timing.
 
 use std::process::{Command, ExitCode};
@@ -119,6 +119,14 @@ fn print_run(rep: usize, setup: Setup, run: &Run) {
     );
 }
 
+/// Where `setup`'s runs are kept: its place in [`Setup::ALL`].
+fn index_of(setup: Setup) -> usize {
+    Setup::ALL
+        .iter()
+        .position(|s| *s == setup)
+        .unwrap_or_default()
+}
+
 fn main() -> ExitCode {
     match bench() {
         Ok(()) => ExitCode::SUCCESS,
@@ -182,20 +190,27 @@ fn bench() -> Result<()> {
     let load_after = load_average();
 
     let medians: Vec<Medians> = runs.iter().map(|runs| Medians::of(runs)).collect();
-    // What (b) and (c) add over (a), within each repetition, then the median over repetitions.
-    let added = |setup: usize, f: fn(&Run) -> f64| -> f64 {
-        let differences: Vec<f64> = runs[setup]
+    // What each set-up adds over (a), within each repetition, then the median over repetitions.
+    let added = |setup: Setup, f: fn(&Run) -> f64| -> f64 {
+        let differences: Vec<f64> = runs[index_of(setup)]
             .iter()
-            .zip(&runs[0])
+            .zip(&runs[index_of(Setup::None)])
             .map(|(run, baseline)| f(run) - f(baseline))
             .collect();
         median(&differences)
     };
-    let p50 = |r: &Run| r.p50_us;
-    let p99 = |r: &Run| r.p99_us;
-    let cpu = |r: &Run| r.cpu_per_request_us();
-    let added_b = [added(1, p50), added(1, p99), added(1, cpu)];
-    let added_c = [added(2, p50), added(2, p99), added(2, cpu)];
+    let added_all = |setup: Setup| {
+        [
+            added(setup, |r| r.p50_us),
+            added(setup, |r| r.p99_us),
+            added(setup, Run::cpu_per_request_us),
+        ]
+    };
+    let (noop, cohort, sets_header) = (
+        added_all(Setup::Noop),
+        added_all(Setup::Cohort),
+        added_all(Setup::SetsHeader),
+    );
     println!();
     println!(
         "## Medians of {} runs (load average after: {load_after})",
@@ -218,27 +233,48 @@ fn bench() -> Result<()> {
     println!();
     println!("| added over (a), median of the repetitions' differences | p50 µs | p99 µs | Envoy CPU µs/req |");
     println!("|---|---:|---:|---:|");
-    for (label, added) in [("(b) no-op wasm filter", added_b), ("(c) cohort", added_c)] {
+    for (setup, added) in [
+        (Setup::Noop, noop),
+        (Setup::SetsHeader, sets_header),
+        (Setup::Cohort, cohort),
+    ] {
         println!(
-            "| {label} | {:+.1} | {:+.1} | {:+.1} |",
-            added[0], added[1], added[2]
+            "| {} | {:+.1} | {:+.1} | {:+.1} |",
+            setup.label(),
+            added[0],
+            added[1],
+            added[2]
         );
     }
     println!();
+    let ratios = |over: [f64; 3], base: [f64; 3]| {
+        format!(
+            "CPU per request {:.2}×, p50 {:.2}×, p99 {:.2}×",
+            over[2] / base[2],
+            over[0] / base[0],
+            over[1] / base[1]
+        )
+    };
     println!(
-        "cohort's added cost ÷ the no-op filter's: CPU per request {:.2}×, p50 {:.2}×, p99 {:.2}× \
-         (target ≤ {TARGET_RATIO}×)",
-        added_c[2] / added_b[2],
-        added_c[0] / added_b[0],
-        added_c[1] / added_b[1]
+        "cohort's added cost ÷ the no-op filter's: {} (target ≤ {TARGET_RATIO}×)",
+        ratios(cohort, noop)
+    );
+    println!(
+        "(d)'s added cost ÷ the no-op filter's: {} (setting the routing header alone)",
+        ratios(sets_header, noop)
+    );
+    println!(
+        "cohort's added cost ÷ (d)'s: {}",
+        ratios(cohort, sets_header)
     );
     println!(
         "cohort's added p50: {:.1} µs (target ≤ {TARGET_ADDED_P50_US} µs)",
-        added_c[0]
+        cohort[0]
     );
-    let c = medians[2];
+    let c = medians[index_of(Setup::Cohort)];
     println!(
-        "cohort's canary share {:.1}% (expected about {:.1}%; (a) and (b) send everyone to stable)",
+        "cohort's canary share {:.1}% (expected about {:.1}%; (a), (b) and (d) send everyone to \
+         stable)",
         c.canary_share * 100.0,
         EXPECTED_CANARY_SHARE * 100.0
     );
