@@ -5,13 +5,16 @@
 //! - (a) [`Setup::None`]: no wasm filter, the router alone;
 //! - (b) [`Setup::Noop`]: `bench/noop-filter`, a wasm filter that reads one header;
 //! - (c) [`Setup::Cohort`]: cohort's filter with [`CONFIG`]'s three rollouts, metrics on;
-//! - (d) [`Setup::SetsHeader`]: the same no-op filter that also sets the routing header, so
-//!   Envoy matches the route again: what routing by a header set in wasm costs at the least.
+//! - (d) [`Setup::SetsHeader`]: the same no-op filter that also sets the routing header (canary
+//!   for 30% of the users, by the last digit of their id), so Envoy matches the route again and
+//!   splits the traffic as in (c): what routing by a header set in wasm costs at the least;
+//! - (e) [`Setup::Compare`], only when `$COHORT_COMPARE_WASM` names a `.wasm`: another build of
+//!   cohort's filter with (c)'s config, to judge a change to the filter within one run.
 //!
 //! Every request carries a fresh `x-user-id` and one of the three rollouts' hosts, so cohort
 //! really buckets (about a quarter of the requests go to the canary), and both upstreams report
-//! a `checkout` event, so cohort also counts events. Envoy's CPU time comes from
-//! `/proc/PID/stat` (user + system, all threads) over the run.
+//! a `checkout` event, so cohort also counts events. Envoy's CPU time is the scheduler's count
+//! for all its threads over the run ([`cpu_time`]).
 
 use std::fmt;
 use std::fs;
@@ -70,11 +73,22 @@ pub enum Setup {
     Cohort,
     /// (d) the no-op wasm filter setting the routing header.
     SetsHeader,
+    /// (e) another build of cohort's filter (`$COHORT_COMPARE_WASM`).
+    Compare,
 }
 
 impl Setup {
     /// (a), (b), (c), (d), in the order each repetition runs them.
     pub const ALL: [Setup; 4] = [Setup::None, Setup::Noop, Setup::Cohort, Setup::SetsHeader];
+
+    /// The set-ups to run: [`Setup::ALL`], and (e) when `$COHORT_COMPARE_WASM` is set.
+    pub fn selected() -> Vec<Setup> {
+        let mut setups = Setup::ALL.to_vec();
+        if std::env::var_os(COMPARE_WASM_VAR).is_some() {
+            setups.push(Setup::Compare);
+        }
+        setups
+    }
 
     /// A short label.
     pub fn label(self) -> &'static str {
@@ -83,6 +97,7 @@ impl Setup {
             Setup::Noop => "(b) no-op wasm filter",
             Setup::Cohort => "(c) cohort, 3 rollouts",
             Setup::SetsHeader => "(d) no-op + routing header",
+            Setup::Compare => "(e) cohort, compared build",
         }
     }
 
@@ -94,6 +109,7 @@ impl Setup {
             Setup::Noop => Filter::Wasm(noop_wasm()?),
             Setup::Cohort => Filter::Cohort,
             Setup::SetsHeader => Filter::Wasm(noop_wasm()?),
+            Setup::Compare => Filter::Wasm(compare_wasm()?),
         };
         // The no-op filter ignores any other configuration.
         let config = match self {
@@ -129,6 +145,23 @@ pub fn noop_wasm() -> Result<PathBuf> {
             Path::new(&path).display()
         ))),
         None => build_wasm("cohort-bench-noop-filter"),
+    }
+}
+
+/// The environment variable naming set-up (e)'s `.wasm`.
+pub const COMPARE_WASM_VAR: &str = "COHORT_COMPARE_WASM";
+
+/// Set-up (e)'s `.wasm`: `$COHORT_COMPARE_WASM`.
+pub fn compare_wasm() -> Result<PathBuf> {
+    match std::env::var_os(COMPARE_WASM_VAR) {
+        Some(path) if Path::new(&path).is_file() => Ok(PathBuf::from(path)),
+        Some(path) => Err(Error(format!(
+            "{COMPARE_WASM_VAR}={} is not a file",
+            Path::new(&path).display()
+        ))),
+        None => Err(Error(format!(
+            "set-up (e) needs {COMPARE_WASM_VAR}: the path of a cohort_filter.wasm to compare"
+        ))),
     }
 }
 
@@ -285,9 +318,27 @@ fn pin(pid: u32, cpus: &str) -> Result<()> {
     }
 }
 
-/// User + system CPU time of process `pid`, all threads (`/proc/PID/stat` fields 14 and 15,
-/// in clock ticks of 10 ms).
+/// CPU time of process `pid`, all threads: the scheduler's own count in nanoseconds
+/// (`/proc/PID/task/*/schedstat`, first field), else user + system from `/proc/PID/stat`.
+///
+/// The scheduler's count is exact; `/proc/PID/stat` samples at the timer tick, and on an
+/// otherwise idle machine, where the cores sleep between requests, those samples are biased by
+/// when the cores wake: differences of a few µs per request drown in it.
 pub fn cpu_time(pid: u32) -> Result<Duration> {
+    scheduled_time(pid).map_or_else(|| ticked_time(pid), Ok)
+}
+
+fn scheduled_time(pid: u32) -> Option<Duration> {
+    let mut nanos: u64 = 0;
+    for task in fs::read_dir(format!("/proc/{pid}/task")).ok()? {
+        let schedstat = fs::read_to_string(task.ok()?.path().join("schedstat")).ok()?;
+        nanos += schedstat.split_whitespace().next()?.parse::<u64>().ok()?;
+    }
+    Some(Duration::from_nanos(nanos))
+}
+
+/// User + system CPU time from `/proc/PID/stat` (fields 14 and 15, in clock ticks).
+fn ticked_time(pid: u32) -> Result<Duration> {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat"))
         .context(|| format!("reading /proc/{pid}/stat"))?;
     // The command name is in parentheses and may hold spaces: count fields after it, where the
@@ -389,9 +440,24 @@ mod tests {
     }
 
     #[test]
-    fn this_process_has_a_cpu_time() {
-        let spent = cpu_time(std::process::id()).unwrap();
-        assert!(spent < Duration::from_secs(3600));
+    fn this_process_has_a_cpu_time_that_grows_with_work() {
+        let pid = std::process::id();
+        let before = cpu_time(pid).unwrap();
+        assert!(before < Duration::from_secs(3600));
+        let started = Instant::now();
+        let mut x = 0u64;
+        // Spin until the count has grown by 20 ms: it must, however loaded the machine is.
+        while cpu_time(pid).unwrap() - before < Duration::from_millis(20) {
+            for _ in 0..100_000 {
+                x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "the CPU time never grew"
+            );
+        }
+        // The fallback reads the same process.
+        assert!(ticked_time(pid).unwrap() < Duration::from_secs(3600));
     }
 
     #[test]

@@ -3,9 +3,11 @@
 //! - set-up (b), any configuration: it reads one request header (`x-user-id`, the header cohort
 //!   buckets on in set-up (c)) and lets the request through, so what it adds over no filter is
 //!   the wasm VM, the context per stream and one host call: the floor any wasm filter pays;
-//! - set-up (d), configuration [`SET_ROUTING_HEADER`]: it also sets `x-cohort-version: stable`,
-//!   which makes Envoy clear its route cache and match the route again: the floor any filter
-//!   pays that routes by a header it sets, as cohort does.
+//! - set-up (d), configuration [`SET_ROUTING_HEADER`]: it also sets `x-cohort-version`, to
+//!   `canary` when the header's value ends in 0, 1 or 2 (30% of the bench's users, near the 27%
+//!   cohort sends there) and to `stable` otherwise. Envoy then clears its route cache, matches
+//!   the route again and splits the traffic over both upstreams as cohort does: the floor any
+//!   filter pays that routes by a header it sets.
 //!
 //! Not shipped. Build it like the real filter:
 //! `cargo build -p cohort-bench-noop-filter --target wasm32-wasip1 --profile wasm`.
@@ -19,8 +21,16 @@ pub const HEADER: &str = "x-user-id";
 /// The configuration that turns on setting the routing header.
 pub const SET_ROUTING_HEADER: &str = "set-routing-header";
 
-/// The header set in that mode, and its value.
-pub const ROUTING_HEADER: (&str, &str) = ("x-cohort-version", "stable");
+/// The header set in that mode.
+pub const ROUTING_HEADER: &str = "x-cohort-version";
+
+/// The version (d) routes a request to, by the last byte of its [`HEADER`].
+pub fn version_for(value: Option<&[u8]>) -> &'static str {
+    match value.and_then(<[u8]>::last) {
+        Some(b'0'..=b'2') => "canary",
+        _ => "stable",
+    }
+}
 
 /// Makes one [`Stream`] per request.
 #[derive(Debug, Default)]
@@ -59,10 +69,10 @@ impl Context for Stream {}
 
 impl HttpContext for Stream {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        std::hint::black_box(self.get_http_request_header_bytes(HEADER));
+        let value = std::hint::black_box(self.get_http_request_header_bytes(HEADER));
         if self.sets_routing_header {
-            let (name, value) = ROUTING_HEADER;
-            self.set_http_request_header_bytes(name, Some(value.as_bytes()));
+            let version = version_for(value.as_deref());
+            self.set_http_request_header_bytes(ROUTING_HEADER, Some(version.as_bytes()));
         }
         Action::Continue
     }

@@ -119,14 +119,6 @@ fn print_run(rep: usize, setup: Setup, run: &Run) {
     );
 }
 
-/// Where `setup`'s runs are kept: its place in [`Setup::ALL`].
-fn index_of(setup: Setup) -> usize {
-    Setup::ALL
-        .iter()
-        .position(|s| *s == setup)
-        .unwrap_or_default()
-}
-
 fn main() -> ExitCode {
     match bench() {
         Ok(()) => ExitCode::SUCCESS,
@@ -165,7 +157,10 @@ fn bench() -> Result<()> {
             )),
     );
 
-    let envoys = Setup::ALL
+    let setups = Setup::selected();
+    // Where a set-up's runs are kept: its place in `setups`.
+    let index_of = |setup: Setup| setups.iter().position(|s| *s == setup).unwrap_or_default();
+    let envoys = setups
         .iter()
         .map(|setup| setup.start(args.workers))
         .collect::<Result<Vec<_>>>()?;
@@ -179,9 +174,9 @@ fn bench() -> Result<()> {
         }
     }
 
-    let mut runs: Vec<Vec<Run>> = vec![Vec::new(); Setup::ALL.len()];
+    let mut runs: Vec<Vec<Run>> = vec![Vec::new(); setups.len()];
     for rep in 1..=args.reps {
-        for (index, (setup, envoy)) in Setup::ALL.iter().zip(&envoys).enumerate() {
+        for (index, (setup, envoy)) in setups.iter().zip(&envoys).enumerate() {
             let run = drive(envoy, &args.load)?;
             print_run(rep, *setup, &run);
             runs[index].push(run);
@@ -219,7 +214,7 @@ fn bench() -> Result<()> {
     println!();
     println!("| set-up | req/s | p50 µs | p99 µs | Envoy CPU µs/req | canary share |");
     println!("|---|---:|---:|---:|---:|---:|");
-    for (setup, m) in Setup::ALL.iter().zip(&medians) {
+    for (setup, m) in setups.iter().zip(&medians) {
         println!(
             "| {} | {:.0} | {:.1} | {:.1} | {:.1} | {:.1}% |",
             setup.label(),
@@ -233,11 +228,16 @@ fn bench() -> Result<()> {
     println!();
     println!("| added over (a), median of the repetitions' differences | p50 µs | p99 µs | Envoy CPU µs/req |");
     println!("|---|---:|---:|---:|");
-    for (setup, added) in [
+    let compared = setups
+        .contains(&Setup::Compare)
+        .then(|| added_all(Setup::Compare));
+    let mut rows = vec![
         (Setup::Noop, noop),
         (Setup::SetsHeader, sets_header),
         (Setup::Cohort, cohort),
-    ] {
+    ];
+    rows.extend(compared.map(|added| (Setup::Compare, added)));
+    for (setup, added) in rows {
         println!(
             "| {} | {:+.1} | {:+.1} | {:+.1} |",
             setup.label(),
@@ -267,14 +267,24 @@ fn bench() -> Result<()> {
         "cohort's added cost ÷ (d)'s: {}",
         ratios(cohort, sets_header)
     );
+    if let Some(compared) = compared {
+        println!(
+            "the compared build's added cost ÷ the no-op filter's: {}",
+            ratios(compared, noop)
+        );
+        println!(
+            "cohort's added cost ÷ the compared build's: {}",
+            ratios(cohort, compared)
+        );
+    }
     println!(
         "cohort's added p50: {:.1} µs (target ≤ {TARGET_ADDED_P50_US} µs)",
         cohort[0]
     );
     let c = medians[index_of(Setup::Cohort)];
     println!(
-        "cohort's canary share {:.1}% (expected about {:.1}%; (a), (b) and (d) send everyone to \
-         stable)",
+        "cohort's canary share {:.1}% (expected about {:.1}%; (a) and (b) send everyone to \
+         stable, (d) 30% to the canary)",
         c.canary_share * 100.0,
         EXPECTED_CANARY_SHARE * 100.0
     );
