@@ -753,7 +753,7 @@ impl Errors {
                 );
             }
         }
-        if !rollout.namespace.is_empty() && !is_rollout_name(&rollout.namespace) {
+        if !is_namespace(&rollout.namespace) {
             self.push(
                 &format!("{field}.namespace"),
                 format!(
@@ -856,6 +856,13 @@ fn is_token(name: &str) -> bool {
         && name
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+/// Whether `namespace` is one a rollout entry may carry: empty (none), or a Kubernetes
+/// namespace name (1-63 characters of a-z, 0-9 and '-', starting and ending with a letter or
+/// digit).
+pub fn is_namespace(namespace: &str) -> bool {
+    namespace.is_empty() || is_rollout_name(namespace)
 }
 
 /// A Kubernetes object name as an RFC 1123 label: rollout names and namespaces.
