@@ -481,8 +481,7 @@ async fn reconcile_rollout(rollout: &CanaryRollout, ctx: &Context) -> Result<Act
             &target,
             live.as_ref(),
             &rollout.spec,
-            &namespace,
-            &name,
+            (&namespace, &name),
             &plan,
             served_bp,
             token,
@@ -602,15 +601,14 @@ async fn force_token(
     }
 }
 
-/// Makes the filter serve the plan's weight (and the force token, when the spec names one). A
-/// spec too broken to build the filter entry from holds what is served (the plan says
-/// `InvalidSpec`), except for an abort, which sets the live entry to 0.
+/// Makes the filter serve the plan's weight (and the force token, when the spec names one) for
+/// the rollout `(namespace, name)`. A spec too broken to build the filter entry from holds what
+/// is served (the plan says `InvalidSpec`), except for an abort, which sets the live entry to 0.
 async fn push(
     target: &WasmPluginTarget,
     live: Option<&serde_json::Value>,
     spec: &CanaryRolloutSpec,
-    namespace: &str,
-    name: &str,
+    (namespace, name): (&str, &str),
     plan: &Plan,
     served_bp: u32,
     force_token: Option<String>,

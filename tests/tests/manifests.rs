@@ -876,18 +876,43 @@ fn grafana_dashboard_queries_only_metrics_we_emit() {
             }
         }
     }
-    // Grafana's `label_values(METRIC, LABEL)` lists the rollouts.
-    let variable = dashboard["templating"]["list"][1]["definition"]
-        .as_str()
-        .unwrap();
-    let metric = variable
-        .strip_prefix("label_values(")
-        .and_then(|rest| rest.split(',').next())
-        .unwrap();
-    assert!(
-        emitted.contains(metric),
-        "the rollout variable reads {metric}"
+    // Grafana's `label_values(METRIC{SELECTOR}, LABEL)` lists the namespaces and the rollouts
+    // (a rollout is its namespace and name: `cohort_namespace` and `cohort_rollout`).
+    let mut listed = BTreeSet::new();
+    for variable in dashboard["templating"]["list"].as_array().unwrap() {
+        let Some(definition) = variable["definition"].as_str() else {
+            continue;
+        };
+        let (selector, label) = definition
+            .strip_prefix("label_values(")
+            .and_then(|rest| rest.strip_suffix(')'))
+            .and_then(|rest| rest.rsplit_once(','))
+            .unwrap_or_else(|| panic!("variable {}: {definition}", variable["name"]));
+        let metric = selector.split('{').next().unwrap();
+        assert!(
+            emitted.contains(metric),
+            "the {} variable reads {metric}",
+            variable["name"]
+        );
+        listed.insert(label.trim().to_owned());
+    }
+    assert_eq!(
+        listed,
+        BTreeSet::from(["cohort_namespace".to_owned(), "cohort_rollout".to_owned()])
     );
+    // Every panel that picks rollouts by name picks their namespace too.
+    for panel in panels {
+        for target in panel["targets"].as_array().into_iter().flatten() {
+            let expr = target["expr"].as_str().unwrap();
+            if expr.contains("$rollout") {
+                assert!(
+                    expr.matches("$namespace").count() == expr.matches("$rollout").count(),
+                    "panel {:?} selects $rollout without $namespace: {expr}",
+                    panel["title"]
+                );
+            }
+        }
+    }
     for wanted in [
         "cohort_requests_total",
         "cohort_request_duration_milliseconds_bucket",
