@@ -65,6 +65,10 @@ fn check_compiled(wire: &FilterConfig, compiled: &Compiled) {
     let mut hosts = std::collections::BTreeSet::new();
     for (rollout, (name, entry)) in compiled.rollouts.iter().zip(&wire.rollouts) {
         assert_eq!(&rollout.name, name);
+        assert_eq!(rollout.namespace, entry.namespace);
+        assert!(cohort_core::config::is_namespace(&rollout.namespace));
+        // The namespace is a metric tag: nothing in it can end the tag or start another.
+        assert!(!rollout.namespace.contains(";.;") && !rollout.namespace.contains("=.="));
         assert_eq!(rollout.weight_bp, entry.weight_bp);
         assert!(rollout.weight_bp <= FULL_WEIGHT_BP);
         assert_eq!(rollout.allow_cohorts >> 100, 0, "a cohort above 99");
