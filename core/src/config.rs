@@ -15,6 +15,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::json::{join, Reader};
+use crate::sort::sort_by;
 
 use crate::bucket::FULL_WEIGHT_BP;
 
@@ -811,7 +812,7 @@ impl Errors {
             .iter()
             .map(|k| k.as_bytes().to_vec())
             .collect();
-        allow_keys.sort_unstable();
+        sort_by(&mut allow_keys, |a, b| a < b);
         allow_keys.dedup();
         Some(Rollout {
             name: name.to_owned(),

@@ -14,4 +14,5 @@ pub mod config;
 pub mod decide;
 pub mod header_pairs;
 mod json;
+mod sort;
 pub mod telemetry;
