@@ -395,15 +395,16 @@ pub fn parse_wire(document: &[u8]) -> Result<FilterConfig, ConfigErrors> {
             Some(value) => r
                 .object(value, "rollouts")
                 .map(|rollouts| {
-                    rollouts
-                        .iter()
-                        .filter_map(|(name, value)| {
-                            Some((
-                                name.clone(),
-                                rollout_config(&mut r, value, &join("rollouts", name))?,
-                            ))
-                        })
-                        .collect()
+                    // Inserted one by one: `collect` into a map sorts, and brings its sort code.
+                    let mut map = BTreeMap::new();
+                    for (name, value) in rollouts {
+                        if let Some(rollout) =
+                            rollout_config(&mut r, value, &join("rollouts", name))
+                        {
+                            map.insert(name.clone(), rollout);
+                        }
+                    }
+                    map
                 })
                 .unwrap_or_default(),
         },
