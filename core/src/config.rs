@@ -12,9 +12,8 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use serde::Serialize;
-use serde_json::Value;
 
-use crate::json::{join, Reader};
+use crate::json::{self, join, Reader, Value};
 use crate::sort::sort_by;
 
 use crate::bucket::FULL_WEIGHT_BP;
@@ -344,7 +343,7 @@ pub fn parse(document: &[u8]) -> Result<Compiled, ConfigErrors> {
 /// Parses a config document without validating it; type errors name the field. Absent fields
 /// take their defaults; unknown fields are ignored.
 pub fn parse_wire(document: &[u8]) -> Result<FilterConfig, ConfigErrors> {
-    let value: Value = serde_json::from_slice(document).map_err(|error| {
+    let value = json::parse(document).map_err(|error| {
         ConfigErrors(vec![ConfigError {
             field: "(document)".to_owned(),
             problem: format!("not valid JSON ({error}); the config must be one JSON object"),
