@@ -14,7 +14,7 @@ use std::fmt;
 use serde::Serialize;
 
 use crate::json::{self, join, Reader, Value};
-use crate::sort::sort_by;
+use crate::sort::{sort_by, stable_order};
 
 use crate::bucket::FULL_WEIGHT_BP;
 
@@ -524,7 +524,7 @@ pub fn validate(config: &FilterConfig) -> Result<Compiled, ConfigErrors> {
     errors.event_names(&config.events);
 
     let mut rollouts = Vec::with_capacity(config.rollouts.len());
-    let mut seen_hosts: BTreeMap<&str, &str> = BTreeMap::new();
+    let mut claims = earlier_claims(&config.rollouts).into_iter();
     for (name, rollout) in &config.rollouts {
         let field = format!("rollouts.{name}");
         if !is_rollout_name(name) {
@@ -536,7 +536,7 @@ pub fn validate(config: &FilterConfig) -> Result<Compiled, ConfigErrors> {
             );
         }
         for (i, host) in rollout.hosts.iter().enumerate() {
-            if let Some(other) = seen_hosts.insert(host.as_str(), name.as_str()) {
+            if let Some(other) = claims.next().flatten() {
                 errors.push(
                     &format!("{field}.hosts[{i}]"),
                     format!("host \"{host}\" is already claimed by rollout \"{other}\"; each host belongs to one rollout"),
@@ -568,6 +568,30 @@ pub fn validate(config: &FilterConfig) -> Result<Compiled, ConfigErrors> {
         }
         _ => Err(ConfigErrors(errors.0)),
     }
+}
+
+/// For each host of each rollout (in map order, then list order), the rollout that listed the same
+/// host last before it, if any. One sort instead of a map per config.
+fn earlier_claims(rollouts: &BTreeMap<String, RolloutConfig>) -> Vec<Option<&str>> {
+    let mut hosts = Vec::new();
+    let mut names = Vec::new();
+    for (name, rollout) in rollouts {
+        for host in &rollout.hosts {
+            hosts.push(host.as_str());
+            names.push(name.as_str());
+        }
+    }
+    let mut claims = vec![None; hosts.len()];
+    for pair in stable_order(&hosts).windows(2) {
+        if let [earlier, later] = *pair {
+            if hosts.get(earlier) == hosts.get(later) {
+                if let Some(claim) = claims.get_mut(later) {
+                    *claim = names.get(earlier).copied();
+                }
+            }
+        }
+    }
+    claims
 }
 
 #[derive(Default)]
@@ -1062,6 +1086,29 @@ mod tests {
                 "config {document}\n wanted an error containing {want:?}\n got {errors:?}"
             );
         }
+    }
+
+    #[test]
+    fn a_host_is_claimed_by_the_rollout_that_listed_it_last_before() {
+        let errors = errors_of(
+            r#"{"version": 1, "rollouts": {"c": {"hosts": ["x"]}, "b": {"hosts": ["y", "x"]},
+                                           "a": {"hosts": ["x", "x"]}}}"#,
+        );
+        let claimed = "; each host belongs to one rollout";
+        assert_eq!(
+            errors,
+            [
+                format!(
+                    "rollouts.a.hosts[1]: host \"x\" is already claimed by rollout \"a\"{claimed}"
+                ),
+                format!(
+                    "rollouts.b.hosts[1]: host \"x\" is already claimed by rollout \"a\"{claimed}"
+                ),
+                format!(
+                    "rollouts.c.hosts[0]: host \"x\" is already claimed by rollout \"b\"{claimed}"
+                ),
+            ]
+        );
     }
 
     #[test]

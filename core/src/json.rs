@@ -14,7 +14,7 @@
 use std::fmt;
 
 use crate::config::ConfigError;
-use crate::sort::sort_by;
+use crate::sort::stable_order;
 
 /// A JSON value.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -289,9 +289,9 @@ impl Parser<'_> {
             }
         }
         // Key order, and of equal keys the last written, like a map filled in document order.
-        let mut order: Vec<usize> = (0..entries.len()).collect();
-        let key = |i: usize| entries.get(i).map(|(key, _)| key.as_str());
-        sort_by(&mut order, |&a, &b| (key(a), a) < (key(b), b));
+        let keys: Vec<&str> = entries.iter().map(|(key, _)| key.as_str()).collect();
+        let key = |i: usize| keys.get(i);
+        let order = stable_order(&keys);
         let mut keep = Vec::with_capacity(order.len());
         for (n, &i) in order.iter().enumerate() {
             let shadowed = order.get(n + 1).is_some_and(|&next| key(next) == key(i));

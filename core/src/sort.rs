@@ -20,6 +20,15 @@ pub(crate) fn sort_by<T>(v: &mut [T], mut less: impl FnMut(&T, &T) -> bool) {
     }
 }
 
+/// The indices of `keys` in key order, equal keys in index order (the order a stable sort
+/// leaves them in).
+pub(crate) fn stable_order(keys: &[&str]) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..keys.len()).collect();
+    let key = |i: usize| keys.get(i);
+    sort_by(&mut order, |&a, &b| (key(a), a) < (key(b), b));
+    order
+}
+
 /// Moves `v[node]` down the max-heap `v` until both its children are not greater.
 fn sift_down<T>(v: &mut [T], mut node: usize, less: &mut impl FnMut(&T, &T) -> bool) {
     loop {
@@ -59,6 +68,13 @@ mod tests {
             sort_by(&mut v, |a, b| a < b);
             assert_eq!(v, want);
         }
+    }
+
+    #[test]
+    fn stable_order_keeps_equal_keys_in_index_order() {
+        let keys = ["b", "a", "b", "c", "a", "b"];
+        assert_eq!(super::stable_order(&keys), [1, 4, 0, 2, 5, 3]);
+        assert!(super::stable_order(&[]).is_empty());
     }
 
     #[test]
