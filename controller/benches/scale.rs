@@ -51,7 +51,7 @@ use cohort_controller::reconciler::{
     reconcile, Clock, Context, MAX_CONCURRENT_RECONCILES, SHARED_ANSWER_FRESHNESS,
 };
 use cohort_controller::source::shared::SharedCycle;
-use cohort_controller::source::{BoxFuture, MetricSource, SeriesRequest};
+use cohort_controller::source::{BoxFuture, MetricSource, SamplesByRollout, SeriesRequest};
 use cohort_controller::target::wasmplugin::merge;
 
 /// The committed example rollout every bench rollout is made from.
@@ -223,11 +223,11 @@ impl MetricSource for FakeSource {
         &'a self,
         _window: Duration,
         rollouts: &'a [SeriesRequest],
-    ) -> BoxFuture<'a, BTreeMap<String, Samples>> {
+    ) -> BoxFuture<'a, SamplesByRollout> {
         self.calls.fetch_add(1, Ordering::SeqCst);
         let answer = rollouts
             .iter()
-            .map(|request| (request.rollout.clone(), self.samples.clone()))
+            .map(|request| (request.key(), self.samples.clone()))
             .collect();
         Box::pin(async move { answer })
     }

@@ -174,7 +174,7 @@ async fn evaluate_at(
         .at(at.as_second())
         .samples(window, std::slice::from_ref(&request))
         .await;
-    let samples = samples.remove(&rollout.name).unwrap_or_default();
+    let samples = samples.remove(&request.key()).unwrap_or_default();
     Row {
         at,
         evaluation: evaluate_window(

@@ -9,27 +9,32 @@ use cohort_core::config::{
 use crate::crd::{AnonymousMode, CanaryRolloutSpec, IdentityKind};
 use crate::validate::{SpecError, SpecErrors};
 
-/// The filter's entry for this rollout (the value under `rollouts.<name>`) at `weight_bp`.
+/// The filter's entry for the rollout `namespace/name` (the value under `rollouts.<name>`) at
+/// `weight_bp`. It carries the namespace, which the filter puts on the rollout's metrics.
 ///
 /// It is checked inside a whole config (see [`spec_to_filter_config`]), so what is returned is
 /// known to pass the filter's validation.
 pub fn spec_to_filter_rollout(
     spec: &CanaryRolloutSpec,
+    namespace: &str,
     name: &str,
     weight_bp: u32,
 ) -> Result<RolloutConfig, SpecErrors> {
-    let mut config = spec_to_filter_config(spec, name, weight_bp)?;
+    let mut config = spec_to_filter_config(spec, namespace, name, weight_bp)?;
     config
         .rollouts
         .remove(name)
         .ok_or_else(|| SpecErrors(vec![SpecError::new("metadata.name", "is empty")]))
 }
 
-/// A whole filter config carrying this one rollout at `weight_bp`: what a standalone Envoy's
-/// ECDS file gets. Filter-wide settings come from the spec too: the anonymous policy and the
-/// business events the gates need counted. Rollouts sharing one target must agree on those.
+/// A whole filter config carrying this one rollout, `namespace/name`, at `weight_bp`: what a
+/// standalone Envoy's ECDS file gets. Filter-wide settings come from the spec too: the anonymous
+/// policy and the business events the gates need counted. Rollouts sharing one target must agree
+/// on those. `namespace` is the CanaryRollout's own (not its target's): the filter tags the
+/// rollout's metrics with it, so same-named rollouts of two namespaces read their own series.
 pub fn spec_to_filter_config(
     spec: &CanaryRolloutSpec,
+    namespace: &str,
     name: &str,
     weight_bp: u32,
 ) -> Result<FilterConfig, SpecErrors> {
@@ -47,7 +52,7 @@ pub fn spec_to_filter_config(
     config.events = events.iter().map(|(event, _)| event.clone()).collect();
     config
         .rollouts
-        .insert(name.to_owned(), rollout_entry(spec, weight_bp));
+        .insert(name.to_owned(), rollout_entry(spec, namespace, weight_bp));
     match config::validate(&config) {
         Ok(_) => Ok(config),
         Err(errors) => Err(SpecErrors(
@@ -74,8 +79,9 @@ pub fn counted_events(spec: &CanaryRolloutSpec) -> Vec<(String, usize)> {
     events
 }
 
-fn rollout_entry(spec: &CanaryRolloutSpec, weight_bp: u32) -> RolloutConfig {
+fn rollout_entry(spec: &CanaryRolloutSpec, namespace: &str, weight_bp: u32) -> RolloutConfig {
     let mut rollout = RolloutConfig::new(spec.hosts.clone(), weight_bp);
+    rollout.namespace = namespace.to_owned();
     rollout.salt = spec.salt.clone();
     rollout.stable_version = spec.stable_version.clone();
     rollout.canary_version = spec.canary_version.clone();
@@ -109,6 +115,7 @@ fn to_spec_error(error: &ConfigError, name: &str, events: &[(String, usize)]) ->
     let field = if let Some(rest) = error.field.strip_prefix(&format!("{rollout_prefix}.")) {
         match rest {
             "weightBp" => "spec.steps".to_owned(),
+            "namespace" => "metadata.namespace".to_owned(),
             _ => format!("spec.{rest}"),
         }
     } else if let Some(rest) = error.field.strip_prefix("anonymous.") {
@@ -156,9 +163,10 @@ mod tests {
                 name: "session".into(),
             },
         ];
-        let rollout = spec_to_filter_rollout(&spec, "checkout", 2500).unwrap();
+        let rollout = spec_to_filter_rollout(&spec, "shop", "checkout", 2500).unwrap();
         assert_eq!(rollout.hosts, vec!["checkout".to_owned()]);
         assert_eq!(rollout.weight_bp, 2500);
+        assert_eq!(rollout.namespace, "shop");
         assert_eq!(rollout.salt.as_deref(), Some("spring-sale"));
         assert_eq!(
             (
@@ -176,7 +184,7 @@ mod tests {
             vec![("header", "x-user-id"), ("cookie", "session")]
         );
         // Without identity sources the filter's own apply.
-        let plain = spec_to_filter_rollout(&minimal_spec(), "checkout", 0).unwrap();
+        let plain = spec_to_filter_rollout(&minimal_spec(), "shop", "checkout", 0).unwrap();
         assert_eq!(plain.identity, None);
         assert_eq!(plain.salt, None);
     }
@@ -196,17 +204,19 @@ mod tests {
                     max_drop: 0.1,
                 })));
         }
-        let config = spec_to_filter_config(&spec, "checkout", 100).unwrap();
+        let config = spec_to_filter_config(&spec, "shop", "checkout", 100).unwrap();
         assert_eq!(config.anonymous.mode, "stable");
         assert_eq!(
             config.events,
             vec!["checkout".to_owned(), "signup".to_owned()]
         );
         assert_eq!(config.rollouts["checkout"].weight_bp, 100);
+        assert_eq!(config.rollouts["checkout"].namespace, "shop");
         // What we produce is exactly what the filter accepts after a JSON round trip.
         let json = serde_json::to_vec(&config).unwrap();
         let compiled = config::parse(&json).unwrap();
         assert_eq!(compiled.rollouts[0].weight_bp, 100);
+        assert_eq!(compiled.rollouts[0].namespace, "shop");
         assert_eq!(compiled.events, config.events);
     }
 
@@ -245,7 +255,7 @@ mod tests {
         for (name, edit, expected) in table {
             let mut spec = minimal_spec();
             edit(&mut spec);
-            let errors = spec_to_filter_config(&spec, name, 100)
+            let errors = spec_to_filter_config(&spec, "shop", name, 100)
                 .unwrap_err()
                 .to_string();
             assert!(
@@ -255,9 +265,41 @@ mod tests {
         }
     }
 
+    /// The entry names the CanaryRollout's own namespace, so `shop/checkout` and
+    /// `billing/checkout` differ in it (and only in it); a rollout file without a namespace
+    /// writes none; a namespace the filter would refuse points at metadata.namespace.
+    #[test]
+    fn the_entry_carries_the_rollouts_namespace() {
+        let spec = minimal_spec();
+        let shop = spec_to_filter_rollout(&spec, "shop", "checkout", 100).unwrap();
+        let billing = spec_to_filter_rollout(&spec, "billing", "checkout", 100).unwrap();
+        assert_eq!(
+            (shop.namespace.as_str(), billing.namespace.as_str()),
+            ("shop", "billing")
+        );
+        assert_eq!(
+            RolloutConfig {
+                namespace: "shop".into(),
+                ..billing
+            },
+            shop
+        );
+        let json = serde_json::to_value(&shop).unwrap();
+        assert_eq!(json["namespace"], "shop");
+        let bare = spec_to_filter_config(&spec, "", "checkout", 100).unwrap();
+        let json = serde_json::to_string(&bare).unwrap();
+        assert!(!json.contains("namespace"), "{json}");
+        let errors = spec_to_filter_config(&spec, "Not A Namespace", "checkout", 100)
+            .unwrap_err()
+            .0;
+        assert_eq!(errors.len(), 1);
+        assert_eq!(errors[0].field, "metadata.namespace");
+    }
+
     #[test]
     fn weight_out_of_range_points_at_the_steps() {
-        let errors = spec_to_filter_rollout(&minimal_spec(), "checkout", 10_001).unwrap_err();
+        let errors =
+            spec_to_filter_rollout(&minimal_spec(), "shop", "checkout", 10_001).unwrap_err();
         assert_eq!(errors.0.len(), 1);
         assert_eq!(errors.0[0].field, "spec.steps");
     }
@@ -265,11 +307,14 @@ mod tests {
     #[test]
     fn target_does_not_change_the_filter_config() {
         let mut spec = minimal_spec();
-        let wasm = spec_to_filter_config(&spec, "checkout", 100).unwrap();
+        let wasm = spec_to_filter_config(&spec, "shop", "checkout", 100).unwrap();
         spec.target = Target::EnvoyEcds(EnvoyEcdsTarget {
             path: "/etc/envoy/ecds.yaml".into(),
             filter_name: "cohort".into(),
         });
-        assert_eq!(spec_to_filter_config(&spec, "checkout", 100).unwrap(), wasm);
+        assert_eq!(
+            spec_to_filter_config(&spec, "shop", "checkout", 100).unwrap(),
+            wasm
+        );
     }
 }

@@ -9,7 +9,6 @@
 // Scripts are short lists built once per test: variant size does not matter.
 #![allow(clippy::large_enum_variant)]
 
-use std::collections::BTreeMap;
 use std::io::Write;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -27,7 +26,7 @@ use tower_test::mock::{self, Handle};
 use crate::crd::{CanaryRollout, CanaryRolloutStatus};
 use crate::evaluate::Samples;
 use crate::reconciler::Clock;
-use crate::source::{BoxFuture, MetricSource, SeriesRequest};
+use crate::source::{BoxFuture, MetricSource, SamplesByRollout, SeriesRequest};
 
 /// Namespace of the test rollout and its WasmPlugin.
 pub const NAMESPACE: &str = "shop";
@@ -661,7 +660,7 @@ impl MetricSource for CannedSource {
         &'a self,
         window: Duration,
         rollouts: &'a [SeriesRequest],
-    ) -> BoxFuture<'a, BTreeMap<String, Samples>> {
+    ) -> BoxFuture<'a, SamplesByRollout> {
         self.calls.fetch_add(1, Ordering::Relaxed);
         if let Ok(mut windows) = self.windows.lock() {
             windows.push(window);
@@ -670,7 +669,7 @@ impl MetricSource for CannedSource {
             .iter()
             .map(|request| {
                 let samples = self.samples.lock().unwrap().clone();
-                (request.rollout.clone(), samples)
+                (request.key(), samples)
             })
             .collect();
         Box::pin(async move { answer })

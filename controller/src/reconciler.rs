@@ -429,7 +429,7 @@ async fn reconcile_rollout(rollout: &CanaryRollout, ctx: &Context) -> Result<Act
     // The live config, read once (the push merges into it) when the filter entry can be built:
     // it also shows what a controller that stopped between the apply and the status write
     // pushed, which this one then takes as done rather than undo.
-    let live = if spec_to_filter_config(&rollout.spec, &name, 0).is_ok() {
+    let live = if spec_to_filter_config(&rollout.spec, &namespace, &name, 0).is_ok() {
         match target.live().await {
             Ok(live) => Some(live),
             Err(error) => {
@@ -481,6 +481,7 @@ async fn reconcile_rollout(rollout: &CanaryRollout, ctx: &Context) -> Result<Act
             &target,
             live.as_ref(),
             &rollout.spec,
+            &namespace,
             &name,
             &plan,
             served_bp,
@@ -577,7 +578,7 @@ async fn analyse(
         .samples(window, std::slice::from_ref(&request))
         .await;
     // No entry: no series for this rollout at all, which the gates judge as no data.
-    let samples = samples.remove(name).unwrap_or_default();
+    let samples = samples.remove(&request.key()).unwrap_or_default();
     evaluate_window(&analysis.gates, analysis.min_samples, &samples, window)
 }
 
@@ -608,12 +609,13 @@ async fn push(
     target: &WasmPluginTarget,
     live: Option<&serde_json::Value>,
     spec: &CanaryRolloutSpec,
+    namespace: &str,
     name: &str,
     plan: &Plan,
     served_bp: u32,
     force_token: Option<String>,
 ) -> Result<(), TargetError> {
-    match spec_to_filter_config(spec, name, plan.weight_bp) {
+    match spec_to_filter_config(spec, namespace, name, plan.weight_bp) {
         Ok(mut config) => {
             config.force_token = force_token;
             match live {

@@ -281,7 +281,8 @@ pub async fn run(args: &RunArgs, shutdown: impl Future<Output = ()>) -> Result<O
 pub struct LoadedRollout {
     /// `metadata.name`: the filter's rollout key and metric label.
     pub name: String,
-    /// `metadata.namespace`, `default` when absent (custom query templates use it).
+    /// `metadata.namespace`, empty when absent: the filter tags the rollout's metrics with it
+    /// (`cohort_namespace`), and custom query templates get it as `{{namespace}}`.
     pub namespace: String,
     /// `metadata.generation`, if the file has one.
     pub generation: Option<i64>,
@@ -309,12 +310,16 @@ pub fn parse_rollout(text: &str) -> Result<LoadedRollout, String> {
         .name
         .filter(|name| !name.is_empty())
         .ok_or("metadata.name is missing; it names the rollout in the filter config and metrics")?;
+    let namespace = rollout.metadata.namespace.unwrap_or_default();
+    if !cohort_core::config::is_namespace(&namespace) {
+        return Err(format!(
+            "metadata.namespace {namespace:?} is not a namespace name; use 1-63 characters of \
+             a-z, 0-9 and '-', starting and ending with a letter or digit, or leave it out"
+        ));
+    }
     Ok(LoadedRollout {
         name,
-        namespace: rollout
-            .metadata
-            .namespace
-            .unwrap_or_else(|| "default".to_owned()),
+        namespace,
         generation: rollout.metadata.generation,
         spec: rollout.spec,
     })
@@ -602,14 +607,19 @@ impl Runner {
                 if validate_spec(&rollout.spec, &rollout.name).is_ok() {
                     self.valid_spec = rollout.spec.clone();
                 }
-                // The name keys the filter entry and the metrics: it cannot change under a run.
-                if rollout.name == self.rollout.name {
+                // The name keys the filter entry, and with the namespace the metrics: neither can
+                // change under a run.
+                if (&rollout.namespace, &rollout.name)
+                    == (&self.rollout.namespace, &self.rollout.name)
+                {
                     self.rollout = rollout;
                 } else {
                     tracing::warn!(
-                        "the rollout file now names {:?}; cohort run keeps driving {:?} (restart it to switch)",
+                        "the rollout file now names {:?} in namespace {:?}; cohort run keeps driving {:?} in {:?} (restart it to switch)",
                         rollout.name,
-                        self.rollout.name
+                        rollout.namespace,
+                        self.rollout.name,
+                        self.rollout.namespace
                     );
                 }
             }
@@ -653,7 +663,7 @@ impl Runner {
             .source
             .samples(window, std::slice::from_ref(&request))
             .await;
-        let samples = all.remove(&self.rollout.name).unwrap_or_default();
+        let samples = all.remove(&request.key()).unwrap_or_default();
         Some(evaluate_window(
             gates,
             spec.analysis.min_samples,
@@ -665,11 +675,16 @@ impl Runner {
     /// Writes `weight_bp` (and the force token, if any) into the ECDS file and, with an admin
     /// URL, waits for Envoy to count it.
     async fn push(&self, weight_bp: u32, force_token: Option<String>) -> Result<(), RunError> {
-        let mut config = spec_to_filter_config(&self.valid_spec, &self.rollout.name, weight_bp)
-            .map_err(|errors| RunError::InvalidSpec {
-                path: self.rollout_path.clone(),
-                errors,
-            })?;
+        let mut config = spec_to_filter_config(
+            &self.valid_spec,
+            &self.rollout.namespace,
+            &self.rollout.name,
+            weight_bp,
+        )
+        .map_err(|errors| RunError::InvalidSpec {
+            path: self.rollout_path.clone(),
+            errors,
+        })?;
         config.force_token = force_token;
         let before = match &self.admin {
             Some(admin) => match admin.ecds_updates(self.target.filter_name()).await {
@@ -810,9 +825,8 @@ mod tests {
     use super::*;
     use crate::crd::{GateResult, Verdict};
     use crate::evaluate::{Observed, VersionSamples};
-    use crate::source::BoxFuture;
+    use crate::source::{BoxFuture, SamplesByRollout};
     use k8s_openapi::jiff::Timestamp;
-    use std::collections::BTreeMap;
     use std::sync::{Arc, Mutex};
 
     const ROLLOUT: &str = r#"
@@ -858,8 +872,19 @@ spec:
             let error = parse_rollout(&text).unwrap_err();
             assert!(error.contains(expected), "{expected:?} not in {error}");
         }
+        // Without a namespace the metrics carry an empty one (a plain Envoy's rollout).
         let no_namespace = parse_rollout(&ROLLOUT.replace(", namespace: shop", "")).unwrap();
-        assert_eq!(no_namespace.namespace, "default");
+        assert_eq!(no_namespace.namespace, "");
+        let filter = spec_to_filter_config(&no_namespace.spec, &no_namespace.namespace, "web", 0);
+        assert_eq!(filter.unwrap().rollouts["web"].namespace, "");
+        let shop = parse_rollout(ROLLOUT).unwrap();
+        let filter = spec_to_filter_config(&shop.spec, &shop.namespace, "web", 0).unwrap();
+        assert_eq!(filter.rollouts["web"].namespace, "shop");
+        for bad in ["Shop", "a\\\"b", "-x"] {
+            let text = ROLLOUT.replace("namespace: shop", &format!("namespace: {bad:?}"));
+            let error = parse_rollout(&text).unwrap_err();
+            assert!(error.contains("metadata.namespace"), "{bad:?}: {error}");
+        }
     }
 
     #[test]
@@ -947,12 +972,12 @@ spec:
             &'a self,
             _window: Duration,
             rollouts: &'a [SeriesRequest],
-        ) -> BoxFuture<'a, BTreeMap<String, Samples>> {
+        ) -> BoxFuture<'a, SamplesByRollout> {
             let samples = self.0.lock().unwrap().clone();
             Box::pin(async move {
                 rollouts
                     .iter()
-                    .map(|r| (r.rollout.clone(), samples.clone()))
+                    .map(|r| (r.key(), samples.clone()))
                     .collect()
             })
         }

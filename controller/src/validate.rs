@@ -78,7 +78,10 @@ pub fn validate_spec(spec: &CanaryRolloutSpec, name: &str) -> Result<(), Vec<Spe
     );
     // The filter's own validation covers hosts, versions, salt, identity, anonymous and events.
     let first_weight = spec.steps.first().map_or(0, |step| step.weight_bp());
-    if let Err(filter_errors) = spec_to_filter_config(spec, name, first_weight.min(FULL_WEIGHT_BP))
+    // The namespace plays no part in the spec's validity (Kubernetes checks it; `cohort run`
+    // checks a file's when it reads it).
+    if let Err(filter_errors) =
+        spec_to_filter_config(spec, "", name, first_weight.min(FULL_WEIGHT_BP))
     {
         errors.extend(filter_errors.0);
     }

@@ -106,6 +106,11 @@ impl Default for AnonymousPolicy {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct RolloutConfig {
+    /// Namespace of the CanaryRollout that owns this entry (the `cohort_namespace` metric tag),
+    /// so same-named rollouts of different namespaces keep their metrics apart. Empty (absent
+    /// on the wire) for a plain Envoy with no namespaces.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub namespace: String,
     /// Destination hosts (`:authority` without port); `*` matches any host.
     pub hosts: Vec<String>,
     /// Bucketing salt; defaults to the rollout name. Changing it reshuffles every user.
@@ -132,6 +137,7 @@ impl RolloutConfig {
     /// A rollout for `hosts` with every other field at its default.
     pub fn new(hosts: Vec<String>, weight_bp: u32) -> Self {
         RolloutConfig {
+            namespace: String::new(),
             hosts,
             salt: None,
             weight_bp,
@@ -262,6 +268,8 @@ pub enum HostPattern {
 pub struct Rollout {
     /// Rollout name (the `cohort_rollout` metric tag).
     pub name: String,
+    /// Namespace of its CanaryRollout (the `cohort_namespace` metric tag); may be empty.
+    pub namespace: String,
     /// Bucketing salt.
     pub salt: String,
     /// Canary share in basis points.
@@ -461,6 +469,9 @@ fn rollout_config(r: &mut Reader, value: &Value, field: &str) -> Option<RolloutC
         );
     }
     let mut rollout = RolloutConfig::new(hosts.unwrap_or_default(), 0);
+    if let Some(namespace) = r.string(object, field, "namespace") {
+        rollout.namespace = namespace;
+    }
     rollout.salt = r.string(object, field, "salt");
     if let Some(weight) = r.whole_number(object, field, "weightBp", u64::from(u32::MAX)) {
         rollout.weight_bp = weight as u32;
@@ -767,6 +778,16 @@ impl Errors {
                 );
             }
         }
+        if !is_namespace(&rollout.namespace) {
+            self.push(
+                &format!("{field}.namespace"),
+                format!(
+                    "\"{}\" is not a namespace name; use 1-63 characters of a-z, 0-9 and '-', \
+                     starting and ending with a letter or digit, or omit it outside Kubernetes",
+                    rollout.namespace
+                ),
+            );
+        }
         let salt = rollout.salt.clone().unwrap_or_else(|| name.to_owned());
         if salt.is_empty() || salt.len() > 256 {
             self.push(
@@ -840,6 +861,7 @@ impl Errors {
         allow_keys.dedup();
         Some(Rollout {
             name: name.to_owned(),
+            namespace: rollout.namespace.clone(),
             salt,
             weight_bp: rollout.weight_bp,
             stable_version: rollout.stable_version.clone(),
@@ -861,6 +883,14 @@ fn is_token(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
+/// Whether `namespace` is one a rollout entry may carry: empty (none), or a Kubernetes
+/// namespace name (1-63 characters of a-z, 0-9 and '-', starting and ending with a letter or
+/// digit).
+pub fn is_namespace(namespace: &str) -> bool {
+    namespace.is_empty() || is_rollout_name(namespace)
+}
+
+/// A Kubernetes object name as an RFC 1123 label: rollout names and namespaces.
 fn is_rollout_name(name: &str) -> bool {
     let bytes = name.as_bytes();
     !bytes.is_empty()
@@ -914,6 +944,7 @@ mod tests {
         );
         let rollout = &compiled.rollouts[0];
         assert_eq!((rollout.salt.as_str(), rollout.weight_bp), ("checkout", 0));
+        assert_eq!(rollout.namespace, "", "no namespace: plain Envoy");
         assert_eq!(
             (
                 rollout.stable_version.as_str(),
@@ -933,7 +964,7 @@ mod tests {
             "events": ["checkout", "signup"],
             "someFutureField": {"ignored": true},
             "rollouts": {
-                "cart": {"hosts": ["cart", "*"], "weightBp": 2500, "salt": "s1",
+                "cart": {"namespace": "shop", "hosts": ["cart", "*"], "weightBp": 2500, "salt": "s1",
                          "stableVersion": "v1", "canaryVersion": "v2",
                          "identity": [{"kind": "cookie", "name": "session"}],
                          "allowCohorts": [0, 99], "allowKeys": ["bob", "alice", "bob"]}
@@ -946,6 +977,7 @@ mod tests {
         assert_eq!(compiled.routing_header, "x-route");
         assert_eq!(compiled.anonymous, Anonymous::Stable);
         let rollout = &compiled.rollouts[0];
+        assert_eq!(rollout.namespace, "shop");
         assert_eq!(rollout.identity, vec![Identity::Cookie("session".into())]);
         assert_eq!(rollout.allow_cohorts, 1 | (1u128 << 99));
         assert_eq!(rollout.allow_keys, vec![b"alice".to_vec(), b"bob".to_vec()]);
@@ -1071,6 +1103,14 @@ mod tests {
                 "rollouts.a.allowKeys[0]: keys are",
             ),
             (
+                r#"{"version": 1, "rollouts": {"a": {"hosts": ["a"], "namespace": 7}}}"#,
+                "rollouts.a.namespace: expected a string, found a number",
+            ),
+            (
+                r#"{"version": 1, "rollouts": {"a": {"hosts": ["a"], "namespace": "Shop_1"}}}"#,
+                "rollouts.a.namespace: \"Shop_1\" is not a namespace name; use 1-63 characters",
+            ),
+            (
                 r#"{"version": 1, "rollouts": {"a": {"hosts": ["a"], "salt": ""}}}"#,
                 "rollouts.a.salt: must be 1-256",
             ),
@@ -1109,6 +1149,59 @@ mod tests {
                 ),
             ]
         );
+    }
+
+    #[test]
+    fn namespaces_are_kubernetes_names_or_absent() {
+        let long = "n".repeat(63);
+        let too_long = "n".repeat(64);
+        let table: &[(Option<&str>, Result<&str, ()>)] = &[
+            (None, Ok("")),
+            (Some(""), Ok("")),
+            (Some("shop"), Ok("shop")),
+            (Some("team-a-2"), Ok("team-a-2")),
+            (Some("0"), Ok("0")),
+            (Some(&long), Ok(&long)),
+            (Some(&too_long), Err(())),
+            (Some("-shop"), Err(())),
+            (Some("shop-"), Err(())),
+            (Some("Shop"), Err(())),
+            (Some("shop.prod"), Err(())),
+            (Some("a\"}"), Err(())),
+            (Some("a;.;b"), Err(())),
+            (Some("a=.=b"), Err(())),
+            (Some(" shop"), Err(())),
+        ];
+        for (namespace, expected) in table {
+            let mut entry = serde_json::json!({"hosts": ["a"]});
+            if let Some(namespace) = namespace {
+                entry["namespace"] = serde_json::Value::from(*namespace);
+            }
+            let document = serde_json::json!({"version": 1, "rollouts": {"a": entry}});
+            let got = parse(document.to_string().as_bytes());
+            match (expected, got) {
+                (Ok(want), Ok(compiled)) => assert_eq!(compiled.rollouts[0].namespace, *want),
+                (Err(()), Err(ConfigErrors(errors))) => {
+                    assert_eq!(errors.len(), 1, "{namespace:?}: {errors:?}");
+                    assert_eq!(errors[0].field, "rollouts.a.namespace");
+                    assert!(errors[0].problem.contains("omit it"), "{errors:?}");
+                }
+                (expected, got) => panic!("{namespace:?}: wanted {expected:?}, got {got:?}"),
+            }
+        }
+        // Absent and empty read the same, and an empty namespace is not written back.
+        let mut config = FilterConfig::new();
+        config
+            .rollouts
+            .insert("a".into(), RolloutConfig::new(vec!["a".into()], 0));
+        let json = serde_json::to_string(&config).unwrap_or_default();
+        assert!(!json.contains("namespace"), "{json}");
+        if let Some(rollout) = config.rollouts.get_mut("a") {
+            rollout.namespace = "shop".into();
+        }
+        let json = serde_json::to_string(&config).unwrap_or_default();
+        assert!(json.contains(r#""namespace":"shop""#), "{json}");
+        assert_eq!(parse_wire(json.as_bytes()), Ok(config));
     }
 
     #[test]

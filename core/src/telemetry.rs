@@ -1,9 +1,16 @@
 //! Metric names and the tag encoding Envoy's tag extraction turns into Prometheus labels.
 //!
-//! A wasm metric named `cohort_rollout=.=checkout;.;cohort_version=.=canary;.;cohort_requests_total`
-//! shows in `/stats/prometheus` as `cohort_requests_total{cohort_rollout="checkout",cohort_version="canary"}`
+//! A wasm metric named
+//! `cohort_namespace=.=shop;.;cohort_rollout=.=checkout;.;cohort_version=.=canary;.;cohort_requests_total`
+//! shows in `/stats/prometheus` as
+//! `cohort_requests_total{cohort_namespace="shop",cohort_rollout="checkout",cohort_version="canary"}`
 //! once the bootstrap declares each tag with the regex from [`tag_regex`] (plain Envoy:
 //! `stats_config.stats_tags`; Istio: the `extraStatTags` proxy config).
+//!
+//! A rollout is named by its namespace and name together: two CanaryRollouts called `checkout`
+//! in `shop` and `billing` have series of their own. Without a namespace (a plain Envoy's config)
+//! the tag is empty, `cohort_namespace=.=;.;`, which Envoy exports as `cohort_namespace=""`: to
+//! Prometheus the same as no label.
 
 use std::fmt::Write as _;
 
@@ -24,6 +31,8 @@ pub const ROUTING_HEADER_OVERWRITTEN_TOTAL: &str = "cohort_routing_header_overwr
 /// Force headers ignored for a missing or wrong token or an unknown version (counter).
 pub const FORCE_DENIED_TOTAL: &str = "cohort_force_denied_total";
 
+/// Tag: namespace of the rollout's CanaryRollout (empty without one).
+pub const TAG_NAMESPACE: &str = "cohort_namespace";
 /// Tag: rollout name.
 pub const TAG_ROLLOUT: &str = "cohort_rollout";
 /// Tag: version name (the routing header value).
@@ -33,7 +42,13 @@ pub const TAG_CODE_CLASS: &str = "cohort_code_class";
 /// Tag: business event name.
 pub const TAG_EVENT: &str = "cohort_event";
 /// Every tag the filter emits, for bootstrap `stats_tags` and Istio `extraStatTags`.
-pub const TAGS: [&str; 4] = [TAG_ROLLOUT, TAG_VERSION, TAG_CODE_CLASS, TAG_EVENT];
+pub const TAGS: [&str; 5] = [
+    TAG_NAMESPACE,
+    TAG_ROLLOUT,
+    TAG_VERSION,
+    TAG_CODE_CLASS,
+    TAG_EVENT,
+];
 
 /// Code classes, in the order [`code_class`] indexes them.
 pub const CODE_CLASSES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "reset"];
@@ -104,5 +119,35 @@ mod tests {
             "cohort_config_generation"
         );
         assert_eq!(tag_regex(TAG_VERSION), r"(cohort_version=\.=(.*?);\.;)");
+    }
+
+    #[test]
+    fn namespace_tag_encoding() {
+        let table: &[(&str, &str)] = &[
+            (
+                "shop",
+                "cohort_namespace=.=shop;.;cohort_rollout=.=checkout;.;cohort_rollout_weight_bp",
+            ),
+            (
+                "billing",
+                "cohort_namespace=.=billing;.;cohort_rollout=.=checkout;.;cohort_rollout_weight_bp",
+            ),
+            // No namespace: the tag is still there, empty (Envoy exports cohort_namespace="").
+            (
+                "",
+                "cohort_namespace=.=;.;cohort_rollout=.=checkout;.;cohort_rollout_weight_bp",
+            ),
+        ];
+        for (namespace, expected) in table {
+            assert_eq!(
+                tagged_name(
+                    ROLLOUT_WEIGHT_BP,
+                    &[(TAG_NAMESPACE, namespace), (TAG_ROLLOUT, "checkout")]
+                ),
+                *expected
+            );
+        }
+        assert_eq!(tag_regex(TAG_NAMESPACE), r"(cohort_namespace=\.=(.*?);\.;)");
+        assert_eq!(TAGS[0], "cohort_namespace");
     }
 }

@@ -196,17 +196,21 @@ fn rollout(hosts: BTreeSet<String>) -> impl Strategy<Value = RolloutConfig> {
         proptest::option::of(identity()),
         proptest::collection::vec(0u32..100, 0..6),
         proptest::collection::vec("\\PC{1,40}", 0..6),
+        proptest::option::of("[a-z0-9]([a-z0-9-]{0,20}[a-z0-9])?"),
     )
         .prop_map(
-            move |(weight_bp, salt, (stable, canary), identity, cohorts, keys)| RolloutConfig {
-                hosts: hosts.iter().cloned().collect(),
-                salt,
-                weight_bp,
-                stable_version: stable,
-                canary_version: canary,
-                identity,
-                allow_cohorts: cohorts,
-                allow_keys: keys,
+            move |(weight_bp, salt, (stable, canary), identity, cohorts, keys, namespace)| {
+                RolloutConfig {
+                    namespace: namespace.unwrap_or_default(),
+                    hosts: hosts.iter().cloned().collect(),
+                    salt,
+                    weight_bp,
+                    stable_version: stable,
+                    canary_version: canary,
+                    identity,
+                    allow_cohorts: cohorts,
+                    allow_keys: keys,
+                }
             },
         )
 }

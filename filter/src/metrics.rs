@@ -7,7 +7,8 @@ use cohort_core::decide::Side;
 use cohort_core::telemetry::{
     tagged_name, CODE_CLASSES, CONFIG_GENERATION, CONFIG_REJECTED_TOTAL, EVENTS_TOTAL,
     FORCE_DENIED_TOTAL, REQUESTS_TOTAL, REQUEST_DURATION_MS, ROLLOUT_WEIGHT_BP,
-    ROUTING_HEADER_OVERWRITTEN_TOTAL, TAG_CODE_CLASS, TAG_EVENT, TAG_ROLLOUT, TAG_VERSION,
+    ROUTING_HEADER_OVERWRITTEN_TOTAL, TAG_CODE_CLASS, TAG_EVENT, TAG_NAMESPACE, TAG_ROLLOUT,
+    TAG_VERSION,
 };
 
 /// Defines a metric by kind and full (tagged) name; `None` when the host refused.
@@ -74,16 +75,21 @@ pub fn define_rollouts(config: &Compiled, define: Define<'_>) -> Vec<RolloutMetr
         .rollouts
         .iter()
         .map(|rollout| {
-            let rollout_tag = (TAG_ROLLOUT, rollout.name.as_str());
+            // Namespace and name together name the rollout: same-named rollouts of two
+            // namespaces keep separate series.
+            let rollout_tags = [
+                (TAG_NAMESPACE, rollout.namespace.as_str()),
+                (TAG_ROLLOUT, rollout.name.as_str()),
+            ];
             let mut version = |name: &str| {
-                let tags = [rollout_tag, (TAG_VERSION, name)];
+                let tags = [rollout_tags[0], rollout_tags[1], (TAG_VERSION, name)];
                 VersionMetrics {
                     requests: CODE_CLASSES.map(|class| {
                         define(
                             MetricType::Counter,
                             &tagged_name(
                                 REQUESTS_TOTAL,
-                                &[tags[0], tags[1], (TAG_CODE_CLASS, class)],
+                                &[tags[0], tags[1], tags[2], (TAG_CODE_CLASS, class)],
                             ),
                         )
                     }),
@@ -97,7 +103,10 @@ pub fn define_rollouts(config: &Compiled, define: Define<'_>) -> Vec<RolloutMetr
                         .map(|event| {
                             define(
                                 MetricType::Counter,
-                                &tagged_name(EVENTS_TOTAL, &[tags[0], tags[1], (TAG_EVENT, event)]),
+                                &tagged_name(
+                                    EVENTS_TOTAL,
+                                    &[tags[0], tags[1], tags[2], (TAG_EVENT, event)],
+                                ),
                             )
                         })
                         .collect(),
@@ -110,7 +119,7 @@ pub fn define_rollouts(config: &Compiled, define: Define<'_>) -> Vec<RolloutMetr
             RolloutMetrics {
                 weight_bp: define(
                     MetricType::Gauge,
-                    &tagged_name(ROLLOUT_WEIGHT_BP, &[rollout_tag]),
+                    &tagged_name(ROLLOUT_WEIGHT_BP, &rollout_tags),
                 ),
                 versions,
             }
@@ -122,11 +131,21 @@ pub fn define_rollouts(config: &Compiled, define: Define<'_>) -> Vec<RolloutMetr
 mod tests {
     use super::*;
 
+    fn names_of(document: &[u8]) -> Vec<(MetricType, String)> {
+        let config = cohort_core::config::parse(document).unwrap();
+        let mut names = Vec::new();
+        define_rollouts(&config, &mut |kind, name| {
+            names.push((kind, name.to_owned()));
+            Some(names.len() as u32)
+        });
+        names
+    }
+
     #[test]
     fn ids_per_rollout_version_class_and_event() {
         let config = cohort_core::config::parse(
             br#"{"version": 1, "events": ["checkout", "signup"],
-                 "rollouts": {"web": {"hosts": ["web"], "canaryVersion": "v2"}}}"#,
+                 "rollouts": {"web": {"namespace": "shop", "hosts": ["web"], "canaryVersion": "v2"}}}"#,
         )
         .unwrap();
         let mut names = Vec::new();
@@ -139,23 +158,58 @@ mod tests {
         assert_eq!(names.len(), 2 * (6 + 1 + 2) + 1);
         assert!(names.contains(&(
             MetricType::Counter,
-            "cohort_rollout=.=web;.;cohort_version=.=v2;.;cohort_code_class=.=5xx;.;cohort_requests_total".into()
+            "cohort_namespace=.=shop;.;cohort_rollout=.=web;.;cohort_version=.=v2;.;cohort_code_class=.=5xx;.;cohort_requests_total".into()
         )));
         assert!(names.contains(&(
             MetricType::Histogram,
-            "cohort_rollout=.=web;.;cohort_version=.=stable;.;cohort_request_duration_milliseconds"
+            "cohort_namespace=.=shop;.;cohort_rollout=.=web;.;cohort_version=.=stable;.;cohort_request_duration_milliseconds"
                 .into()
         )));
         assert!(names.contains(&(
             MetricType::Counter,
-            "cohort_rollout=.=web;.;cohort_version=.=v2;.;cohort_event=.=signup;.;cohort_events_total".into()
+            "cohort_namespace=.=shop;.;cohort_rollout=.=web;.;cohort_version=.=v2;.;cohort_event=.=signup;.;cohort_events_total".into()
         )));
         assert!(names.contains(&(
             MetricType::Gauge,
-            "cohort_rollout=.=web;.;cohort_rollout_weight_bp".into()
+            "cohort_namespace=.=shop;.;cohort_rollout=.=web;.;cohort_rollout_weight_bp".into()
         )));
+        // Every per-rollout metric carries the namespace.
+        assert!(
+            names
+                .iter()
+                .all(|(_, name)| name
+                    .starts_with("cohort_namespace=.=shop;.;cohort_rollout=.=web;.;"))
+        );
         let canary = metrics[0].side(Side::Canary);
         assert_eq!(canary.events.len(), 2);
         assert!(canary.requests.iter().all(Option::is_some));
+    }
+
+    #[test]
+    fn without_a_namespace_the_tag_is_empty() {
+        let names = names_of(br#"{"version": 1, "rollouts": {"web": {"hosts": ["web"]}}}"#);
+        assert_eq!(names.len(), 2 * (6 + 1) + 1);
+        assert!(names.contains(&(
+            MetricType::Gauge,
+            "cohort_namespace=.=;.;cohort_rollout=.=web;.;cohort_rollout_weight_bp".into()
+        )));
+        assert!(names
+            .iter()
+            .all(|(_, name)| name.starts_with("cohort_namespace=.=;.;cohort_rollout=.=web;.;")));
+    }
+
+    #[test]
+    fn same_named_rollouts_of_two_namespaces_get_distinct_ids() {
+        let shop = names_of(
+            br#"{"version": 1, "rollouts": {"checkout": {"namespace": "shop", "hosts": ["checkout"]}}}"#,
+        );
+        let billing = names_of(
+            br#"{"version": 1, "rollouts": {"checkout": {"namespace": "billing", "hosts": ["checkout"]}}}"#,
+        );
+        assert_eq!(shop.len(), billing.len());
+        for ((_, a), (_, b)) in shop.iter().zip(&billing) {
+            assert_ne!(a, b);
+            assert_eq!(a.replacen("=shop;", "=billing;", 1), *b);
+        }
     }
 }

@@ -3,14 +3,17 @@
 
 pub use cohort_controller::source::envoy_admin::{parse_exposition as parse, Sample};
 
-/// The value of the sample named `name` whose labels are exactly `labels`.
+/// The value of the sample named `name` whose labels are exactly `labels`. As in Prometheus, a
+/// label with an empty value is no label: Envoy exports the empty `cohort_namespace` of a config
+/// without namespaces as `cohort_namespace=""`, which `labels` may leave out or give as `""`.
 pub fn value(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    let wanted: Vec<&(&str, &str)> = labels.iter().filter(|(_, v)| !v.is_empty()).collect();
     samples
         .iter()
         .find(|s| {
             s.name == name
-                && s.labels.len() == labels.len()
-                && labels
+                && s.labels.values().filter(|v| !v.is_empty()).count() == wanted.len()
+                && wanted
                     .iter()
                     .all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v))
         })
@@ -56,6 +59,25 @@ mod tests {
             Some(7.0)
         );
         assert_eq!(value(&samples, "cohort_config_generation", &[]), Some(2.0));
+        // An empty label is no label.
+        let empty = parse("x{cohort_namespace=\"\",cohort_rollout=\"web\"} 5\n");
+        assert_eq!(value(&empty, "x", &[("cohort_rollout", "web")]), Some(5.0));
+        assert_eq!(
+            value(
+                &empty,
+                "x",
+                &[("cohort_namespace", ""), ("cohort_rollout", "web")]
+            ),
+            Some(5.0)
+        );
+        assert_eq!(
+            value(
+                &empty,
+                "x",
+                &[("cohort_namespace", "shop"), ("cohort_rollout", "web")]
+            ),
+            None
+        );
         assert_eq!(value(&samples, "plain", &[]), Some(3.5));
         assert_eq!(
             value(

@@ -1152,3 +1152,114 @@ fn committed_example_config_serves() {
     let r = as_user(&mut envoy.client(), id.as_bytes());
     assert_eq!(served_by(&r), "canary");
 }
+
+/// The rollout's namespace reaches Prometheus as the `cohort_namespace` label on every
+/// per-rollout series. A config without one exports the tag empty: Envoy's tag extraction
+/// (`(cohort_namespace=\.=(.*?);\.;)`) still cuts `cohort_namespace=.=;.;` out of the name and
+/// exports `cohort_namespace=""`, which Prometheus reads as no label. The same rollout name with
+/// and without a namespace keeps two sets of series, and the controller's Envoy-admin reading
+/// tells them apart.
+#[test]
+fn metrics_carry_the_rollout_namespace() {
+    use cohort_controller::evaluate::Observed;
+    use cohort_controller::source::envoy_admin::{answers, counters};
+    use cohort_controller::source::series::to_samples;
+    use cohort_controller::source::{RolloutKey, SeriesRequest};
+
+    let mut shop = config(10_000);
+    shop["rollouts"]["web"]["namespace"] = "shop".into();
+    let envoy = Envoy::start(&shop.to_string()).unwrap_or_else(|e| panic!("{e}"));
+    let mut client = envoy.client();
+    served_by(&as_user(&mut client, b"in-shop"));
+    // The same rollout without a namespace, as a plain Envoy's config has it.
+    let (result, _) = envoy
+        .push_config_and_wait(&config(10_000).to_string())
+        .unwrap();
+    assert_eq!(result, PushResult::Accepted);
+    for id in ["bare-1", "bare-2"] {
+        served_by(&as_user(&mut client, id.as_bytes()));
+    }
+    fn canary_2xx(samples: &[Sample], namespace: &str) -> Option<f64> {
+        prom::value(
+            samples,
+            "cohort_requests_total",
+            &[
+                ("cohort_namespace", namespace),
+                ("cohort_rollout", "web"),
+                ("cohort_version", "canary"),
+                ("cohort_code_class", "2xx"),
+            ],
+        )
+    }
+    let samples = prometheus_until(&envoy, |s| {
+        canary_2xx(s, "shop") == Some(1.0) && canary_2xx(s, "") == Some(2.0)
+    });
+    assert_eq!(canary_2xx(&samples, "shop"), Some(1.0));
+    assert_eq!(canary_2xx(&samples, ""), Some(2.0));
+
+    let text = envoy.prometheus_text().unwrap();
+    // Every tag was cut out of the names, the empty one too.
+    assert!(!text.contains("=.="), "a tag left in a name:\n{text}");
+    let per_rollout = [
+        "cohort_requests_total",
+        "cohort_request_duration_milliseconds_bucket",
+        "cohort_request_duration_milliseconds_count",
+        "cohort_events_total",
+        "cohort_rollout_weight_bp",
+    ];
+    for family in per_rollout {
+        let series = prom::matching(&samples, family, &[("cohort_rollout", "web")]);
+        assert!(!series.is_empty(), "no {family}");
+        for namespace in ["shop", ""] {
+            assert!(
+                series.iter().any(
+                    |s| s.labels.get("cohort_namespace").map(String::as_str) == Some(namespace)
+                ),
+                "{family} lacks cohort_namespace={namespace:?}"
+            );
+        }
+        assert!(
+            series
+                .iter()
+                .all(|s| s.labels.contains_key("cohort_namespace")),
+            "a {family} series without cohort_namespace"
+        );
+    }
+    assert!(
+        text.contains(
+            r#"cohort_rollout_weight_bp{cohort_namespace="",cohort_rollout="web"} 10000"#
+        ),
+        "the empty namespace as Envoy exports it:\n{text}"
+    );
+    assert!(
+        text.contains(
+            r#"cohort_rollout_weight_bp{cohort_namespace="shop",cohort_rollout="web"} 10000"#
+        ),
+        "{text}"
+    );
+    // VM-wide metrics carry no rollout tags.
+    assert_eq!(
+        prom::value(&samples, "cohort_config_generation", &[]),
+        Some(2.0)
+    );
+
+    // The controller's Envoy-admin reading keeps the two apart (here over the whole count).
+    let request = |namespace: &str| SeriesRequest {
+        rollout: "web".to_owned(),
+        namespace: namespace.to_owned(),
+        stable_version: "stable".to_owned(),
+        canary_version: "canary".to_owned(),
+        gates: Vec::new(),
+    };
+    let rollouts = [request("shop"), request(""), request("billing")];
+    let read = to_samples(&rollouts, &answers(&counters(&samples), &rollouts));
+    let canary = |namespace: &str| {
+        read[&RolloutKey::new(namespace, "web")]
+            .canary
+            .requests
+            .clone()
+    };
+    assert_eq!(canary("shop"), Observed::Value(1.0));
+    assert_eq!(canary(""), Observed::Value(2.0));
+    assert_eq!(canary("billing"), Observed::NoData);
+}

@@ -185,6 +185,8 @@ fn each_rollout_s_wasm_plugin_accepts_its_entry() {
         let Target::WasmPlugin(target) = &rollout.spec.target else {
             continue;
         };
+        // The entry carries the rollout's own namespace, which may differ from its WasmPlugin's.
+        let own_namespace = rollout.metadata.namespace.as_deref().unwrap_or("");
         let namespace = target
             .namespace
             .as_deref()
@@ -202,7 +204,10 @@ fn each_rollout_s_wasm_plugin_accepts_its_entry() {
             "failStrategy unset"
         );
         for step in &rollout.spec.steps {
-            let entry = spec_to_filter_rollout(&rollout.spec, name, step.weight_bp()).unwrap();
+            let entry =
+                spec_to_filter_rollout(&rollout.spec, own_namespace, name, step.weight_bp())
+                    .unwrap();
+            assert_eq!(entry.namespace, own_namespace);
             let merged = with(
                 plugin,
                 &format!("/spec/pluginConfig/rollouts/{name}"),
@@ -213,7 +218,8 @@ fn each_rollout_s_wasm_plugin_accepts_its_entry() {
                 panic!("{} merged with {name}: {errors}", describe(plugin));
             }
         }
-        let own = cohort_controller::spec_to_filter_config(&rollout.spec, name, 0).unwrap();
+        let own = cohort_controller::spec_to_filter_config(&rollout.spec, own_namespace, name, 0)
+            .unwrap();
         let own = serde_json::to_value(own).unwrap();
         let config = &plugin["spec"]["pluginConfig"];
         assert_eq!(config["anonymous"], own["anonymous"], "anonymous policy");

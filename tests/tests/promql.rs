@@ -1,7 +1,8 @@
 //! PromQL escaping against a real Prometheus: series whose rollout and namespace labels hold
 //! quotes, braces, `=~`, regex metacharacters, backslashes and newlines, scraped from a fake
 //! exporter; the controller's shared queries and rendered custom queries must parse and select
-//! exactly the series of the names they were built for, never a neighbour's.
+//! exactly the series of the names they were built for, never a neighbour's: not another name's,
+//! and not the same name's in another namespace.
 
 // Test code: a failed expectation panics with its message.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -50,6 +51,9 @@ const DECOYS: &[&str] = &[
     "web", "a", "ab", "axb", "aab", "x", "b", "other", "AB", "acb",
 ];
 
+/// A namespace every name also has series in; no request asks for it.
+const NEIGHBOUR: &str = "neighbour";
+
 /// A label value in the text exposition format.
 fn exposition_value(value: &str) -> String {
     value
@@ -63,10 +67,14 @@ fn exposition() -> String {
         String::from("# TYPE cohort_requests_total counter\n# TYPE cohort_custom gauge\n");
     for (i, name) in HOSTILE.iter().chain(DECOYS).enumerate() {
         let value = exposition_value(name);
-        for class in ["2xx", "5xx"] {
-            text.push_str(&format!(
-                "cohort_requests_total{{cohort_rollout=\"{value}\",cohort_version=\"canary\",cohort_code_class=\"{class}\"}} {i}\n"
-            ));
+        // Each name's series in the namespace of the same name, and the same name's in a
+        // neighbouring namespace, which its queries must leave out.
+        for namespace in [value.clone(), NEIGHBOUR.to_owned()] {
+            for class in ["2xx", "5xx"] {
+                text.push_str(&format!(
+                    "cohort_requests_total{{cohort_namespace=\"{namespace}\",cohort_rollout=\"{value}\",cohort_version=\"canary\",cohort_code_class=\"{class}\"}} {i}\n"
+                ));
+            }
         }
         text.push_str(&format!(
             "cohort_custom{{ns=\"{value}\",r=\"{value}\",v=\"canary\"}} {i}\n"
@@ -131,6 +139,19 @@ fn request(rollout: &str) -> SeriesRequest {
     }
 }
 
+/// The (namespace, rollout) label pairs of a query's answer.
+fn rollout_keys(result: &serde_json::Value) -> BTreeSet<(String, String)> {
+    result
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|series| {
+            let label = |name: &str| series["metric"][name].as_str().unwrap_or("").to_owned();
+            (label("cohort_namespace"), label("cohort_rollout"))
+        })
+        .collect()
+}
+
 /// The `label` values of a query's answer.
 fn label_values(result: &serde_json::Value, label: &str) -> BTreeSet<String> {
     result
@@ -181,13 +202,30 @@ fn hostile_names_select_exactly_their_own_series() {
         // The shared queries for this rollout and `web`: exactly those two rollouts answer.
         let rollouts = [request(name), request("web")];
         let shared = queries(&rollouts, Duration::from_secs(30));
-        let expected: BTreeSet<String> = [name.to_string(), "web".to_owned()].into();
+        let expected: BTreeSet<(String, String)> = [
+            (name.to_string(), name.to_string()),
+            ("web".to_owned(), "web".to_owned()),
+        ]
+        .into();
         for query in [&shared.requests, &shared.server_errors] {
             let result = prometheus
                 .query(query)
                 .unwrap_or_else(|e| panic!("{name:?}: {e}"));
-            assert_eq!(label_values(&result, "cohort_rollout"), expected, "{query}");
+            assert_eq!(rollout_keys(&result), expected, "{query}");
         }
+        // The same name in the neighbouring namespace: only that namespace's series.
+        let mut neighbour = request(name);
+        neighbour.namespace = NEIGHBOUR.to_owned();
+        let shared = queries(&[neighbour], Duration::from_secs(30));
+        let result = prometheus
+            .query(&shared.requests)
+            .unwrap_or_else(|e| panic!("{name:?}: {e}"));
+        assert_eq!(
+            rollout_keys(&result),
+            BTreeSet::from([(NEIGHBOUR.to_owned(), name.to_string())]),
+            "{}",
+            shared.requests
+        );
 
         // A custom query in double and single quotes: exactly this name's series.
         for template in [

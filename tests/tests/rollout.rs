@@ -52,6 +52,9 @@ struct Lab {
     dir: TempDir,
 }
 
+/// The rollout's namespace: its metrics carry it as `cohort_namespace`.
+const NAMESPACE: &str = "lab";
+
 /// Where `cohort run` reads its samples.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Source {
@@ -61,7 +64,11 @@ enum Source {
 
 impl Lab {
     fn start(source: Source) -> Lab {
-        let envoy = Envoy::start(&config(0).to_string()).unwrap_or_else(|e| panic!("{e}"));
+        // The rollout `lab/web` at 0, as `cohort run` writes it: its series are the ones the
+        // run reads and pushes to (`cohort_namespace="lab"`).
+        let mut initial = config(0);
+        initial["rollouts"]["web"]["namespace"] = NAMESPACE.into();
+        let envoy = Envoy::start(&initial.to_string()).unwrap_or_else(|e| panic!("{e}"));
         let prometheus = (source == Source::Prometheus).then(|| {
             let prometheus =
                 Prometheus::start(envoy.admin_addr()).unwrap_or_else(|e| panic!("{e}"));
@@ -103,7 +110,7 @@ impl Lab {
         load_status(&self.status_file()).unwrap()
     }
 
-    /// The weight Envoy's filter serves for `web` (its `cohort_rollout_weight_bp` gauge).
+    /// The weight Envoy's filter serves for `lab/web` (its `cohort_rollout_weight_bp` gauge).
     fn weight(&self) -> Option<u32> {
         let response = self
             .envoy
@@ -113,7 +120,7 @@ impl Lab {
         prom::value(
             &samples,
             "cohort_rollout_weight_bp",
-            &[("cohort_rollout", "web")],
+            &[("cohort_namespace", NAMESPACE), ("cohort_rollout", "web")],
         )
         .map(|value| value as u32)
     }
@@ -182,7 +189,7 @@ fn rollout(steps: &[f64], gates: &str, min_samples: u64, failure_policy: &str) -
     format!(
         "apiVersion: cohort.dev/v1alpha1\n\
          kind: CanaryRollout\n\
-         metadata: {{name: web, namespace: lab}}\n\
+         metadata: {{name: web, namespace: {NAMESPACE}}}\n\
          spec:\n  \
            target: {{envoyEcds: {{path: /unused/by/the/tests.yaml}}}}\n  \
            hosts: [\"*\"]\n  \

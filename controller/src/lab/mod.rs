@@ -40,6 +40,8 @@ use upstream::{Behaviour, Upstream};
 
 /// The lab's rollout name: the filter's rollout key and the metrics' `cohort_rollout` label.
 pub const ROLLOUT: &str = "checkout";
+/// The lab's rollout namespace: the metrics' `cohort_namespace` label.
+pub const NAMESPACE: &str = "lab";
 /// Longest the rollout may take before the lab gives up on it.
 const ROLLOUT_DEADLINE: Duration = Duration::from_secs(100);
 /// Load keeps running this long after the rollout settles, so the plots show what followed.
@@ -317,7 +319,7 @@ apiVersion: cohort.dev/v1alpha1
 kind: CanaryRollout
 metadata:
   name: {ROLLOUT}
-  namespace: lab
+  namespace: {NAMESPACE}
 spec:
   target:
     envoyEcds:
@@ -411,7 +413,7 @@ pub async fn run(args: &LabArgs, shutdown: impl Future<Output = ()>) -> Result<L
     let rollout_text = rollout_yaml(&ecds);
     std::fs::write(&rollout_file, &rollout_text).map_err(|e| setup("writing rollout.yaml", &e))?;
     let rollout = parse_rollout(&rollout_text).map_err(|e| setup("the lab's rollout", &e))?;
-    let filter_config = spec_to_filter_config(&rollout.spec, &rollout.name, 0)
+    let filter_config = spec_to_filter_config(&rollout.spec, &rollout.namespace, &rollout.name, 0)
         .map_err(|e| setup("the lab's filter config", &e))
         .and_then(|config| {
             serde_json::to_string(&config).map_err(|e| setup("the lab's filter config", &e))
@@ -637,7 +639,7 @@ fn admin_client() -> reqwest::Client {
         .unwrap_or_default()
 }
 
-/// Records the weight Envoy serves for the lab's rollout (its `cohort_rollout_weight_bp`
+/// Records the weight Envoy serves for the lab's rollout, `lab/checkout` (its `cohort_rollout_weight_bp`
 /// gauge); a failed read records nothing.
 async fn read_weight(http: &reqwest::Client, admin_url: &str, recorder: &Recorder, epoch: Instant) {
     let url = format!(
@@ -654,11 +656,10 @@ async fn read_weight(http: &reqwest::Client, admin_url: &str, recorder: &Recorde
     let weight = crate::source::envoy_admin::parse_exposition(&text)
         .into_iter()
         .find(|sample| {
+            let label = |tag: &str| sample.labels.get(tag).map_or("", String::as_str);
             sample.name == cohort_core::telemetry::ROLLOUT_WEIGHT_BP
-                && sample
-                    .labels
-                    .get(cohort_core::telemetry::TAG_ROLLOUT)
-                    .is_some_and(|rollout| rollout == ROLLOUT)
+                && label(cohort_core::telemetry::TAG_NAMESPACE) == NAMESPACE
+                && label(cohort_core::telemetry::TAG_ROLLOUT) == ROLLOUT
         })
         .map(|sample| sample.value);
     if let Some(weight) = weight {
@@ -749,8 +750,12 @@ mod tests {
         let rollout = parse_rollout(&rollout_yaml(Path::new("/lab/ecds.yaml"))).unwrap();
         assert_eq!(rollout.name, ROLLOUT);
         assert_eq!(validate_spec(&rollout.spec, &rollout.name), Ok(()));
-        let config = spec_to_filter_config(&rollout.spec, &rollout.name, 0).unwrap();
+        let config =
+            spec_to_filter_config(&rollout.spec, &rollout.namespace, &rollout.name, 0).unwrap();
         assert_eq!(config.events, vec![upstream::EVENT.to_owned()]);
+        // The metrics it reads (and the weight it plots) are `lab/checkout`'s.
+        assert_eq!(rollout.namespace, NAMESPACE);
+        assert_eq!(config.rollouts[ROLLOUT].namespace, NAMESPACE);
         let weights: Vec<u32> = rollout.spec.steps.iter().map(|s| s.weight_bp()).collect();
         assert_eq!(weights, [500, 1000, 2500, 5000, 10_000]);
     }

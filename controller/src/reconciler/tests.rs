@@ -8,7 +8,8 @@ use super::*;
 use crate::crd::{EnvoyEcdsTarget, ErrorRateGate, GateCheck, GateSpec, Step, Verdict};
 use crate::evaluate::{Observed, VersionSamples};
 use crate::fixtures::{
-    finished, mock_client, rollout, ApiServer, Call, CannedSource, FixedClock, ROLLOUT, TIMEOUT,
+    finished, mock_client, rollout, ApiServer, Call, CannedSource, FixedClock, NAMESPACE, ROLLOUT,
+    TIMEOUT,
 };
 use crate::plan::{CONDITION_PAUSED, CONDITION_READY};
 use crate::target::wasmplugin::owned_fields;
@@ -96,7 +97,7 @@ fn live(weight_bp: Option<u32>) -> Value {
     if let Some(weight_bp) = weight_bp {
         let ours = owned_fields(
             ROLLOUT,
-            &spec_to_filter_config(&spec(), ROLLOUT, weight_bp).unwrap(),
+            &spec_to_filter_config(&spec(), NAMESPACE, ROLLOUT, weight_bp).unwrap(),
         )
         .unwrap();
         config = crate::target::wasmplugin::merge(&config, &ours);

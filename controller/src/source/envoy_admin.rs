@@ -19,12 +19,11 @@ use std::time::{Duration, Instant};
 use cohort_core::telemetry::{EVENTS_TOTAL, REQUESTS_TOTAL, REQUEST_DURATION_MS};
 
 use crate::crd::GateCheck;
-use crate::evaluate::Samples;
 use crate::source::series::{
     error_chain, needed_kinds, server_errors_of, to_samples, Answer, Answers, CustomKey, Series,
     SourceError,
 };
-use crate::source::{BoxFuture, MetricSource, SeriesRequest};
+use crate::source::{BoxFuture, MetricSource, SamplesByRollout, SeriesRequest};
 
 /// Snapshots kept at most. A sliding window needs only the last few; a sequential gate's window
 /// (everything since the step began) can span many calls, so a full ring is thinned evenly
@@ -92,7 +91,7 @@ impl EnvoyAdmin {
     }
 
     /// `/stats/prometheus`, only the families the gates read. Envoy matches the filter against
-    /// the stat's full name (`wasmcustom.cohort_rollout=.=web;.;…cohort_requests_total`), so
+    /// the stat's full name (`wasmcustom.cohort_namespace=.=shop;.;…cohort_requests_total`), so
     /// the family name is matched where it ends, not anchored at the start.
     pub async fn cohort_stats(&self) -> Result<String, String> {
         let filter = format!("({REQUESTS_TOTAL}|{REQUEST_DURATION_MS}|{EVENTS_TOTAL})$");
@@ -157,7 +156,7 @@ impl MetricSource for EnvoyAdminSource {
         &'a self,
         window: Duration,
         rollouts: &'a [SeriesRequest],
-    ) -> BoxFuture<'a, BTreeMap<String, Samples>> {
+    ) -> BoxFuture<'a, SamplesByRollout> {
         Box::pin(async move {
             let scrape = self.admin.cohort_stats().await;
             let now = Instant::now();
@@ -384,7 +383,7 @@ fn custom_unsupported(
             }
             for version in [&rollout.canary_version, &rollout.stable_version] {
                 let key = CustomKey {
-                    rollout: rollout.rollout.clone(),
+                    rollout: rollout.key(),
                     gate: gate.name(),
                     version: version.clone(),
                 };
@@ -492,7 +491,8 @@ fn parse_value(text: &str) -> Option<f64> {
 mod tests {
     use super::*;
     use crate::evaluate::{Bucket, Observed};
-    use crate::source::series::tests::{all_gates, request};
+    use crate::source::series::tests::{all_gates, request, shop};
+    use crate::source::RolloutKey;
 
     fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
         pairs
@@ -507,10 +507,11 @@ mod tests {
         type Expected = Option<(&'static str, &'static [(&'static str, &'static str)], f64)>;
         let table: &[(&str, Expected)] = &[
             (
-                r#"cohort_requests_total{cohort_rollout="web",cohort_version="canary",cohort_code_class="5xx"} 7"#,
+                r#"cohort_requests_total{cohort_namespace="shop",cohort_rollout="web",cohort_version="canary",cohort_code_class="5xx"} 7"#,
                 Some((
                     "cohort_requests_total",
                     &[
+                        ("cohort_namespace", "shop"),
                         ("cohort_rollout", "web"),
                         ("cohort_version", "canary"),
                         ("cohort_code_class", "5xx"),
@@ -555,16 +556,16 @@ mod tests {
     }
 
     const PAGE: &str = r#"# TYPE cohort_requests_total counter
-cohort_requests_total{cohort_rollout="web",cohort_version="canary",cohort_code_class="2xx"} 90
-cohort_requests_total{cohort_rollout="web",cohort_version="canary",cohort_code_class="5xx"} 10
-cohort_requests_total{cohort_rollout="web",cohort_version="stable",cohort_code_class="2xx"} 900
-cohort_events_total{cohort_rollout="web",cohort_version="stable",cohort_event="checkout"} 30
-cohort_rollout_weight_bp{cohort_rollout="web"} 500
+cohort_requests_total{cohort_namespace="shop",cohort_rollout="web",cohort_version="canary",cohort_code_class="2xx"} 90
+cohort_requests_total{cohort_namespace="shop",cohort_rollout="web",cohort_version="canary",cohort_code_class="5xx"} 10
+cohort_requests_total{cohort_namespace="shop",cohort_rollout="web",cohort_version="stable",cohort_code_class="2xx"} 900
+cohort_events_total{cohort_namespace="shop",cohort_rollout="web",cohort_version="stable",cohort_event="checkout"} 30
+cohort_rollout_weight_bp{cohort_namespace="shop",cohort_rollout="web"} 500
 # TYPE cohort_request_duration_milliseconds histogram
-cohort_request_duration_milliseconds_bucket{cohort_rollout="web",cohort_version="canary",le="10"} 60
-cohort_request_duration_milliseconds_bucket{cohort_rollout="web",cohort_version="canary",le="+Inf"} 100
-cohort_request_duration_milliseconds_sum{cohort_rollout="web",cohort_version="canary"} 800
-cohort_request_duration_milliseconds_count{cohort_rollout="web",cohort_version="canary"} 100
+cohort_request_duration_milliseconds_bucket{cohort_namespace="shop",cohort_rollout="web",cohort_version="canary",le="10"} 60
+cohort_request_duration_milliseconds_bucket{cohort_namespace="shop",cohort_rollout="web",cohort_version="canary",le="+Inf"} 100
+cohort_request_duration_milliseconds_sum{cohort_namespace="shop",cohort_rollout="web",cohort_version="canary"} 800
+cohort_request_duration_milliseconds_count{cohort_namespace="shop",cohort_rollout="web",cohort_version="canary"} 100
 "#;
 
     fn key(name: &str, pairs: &[(&str, &str)]) -> (String, BTreeMap<String, String>) {
@@ -655,9 +656,9 @@ cohort_request_duration_milliseconds_count{cohort_rollout="web",cohort_version="
 
     fn page(canary_2xx: u64, canary_5xx: u64, stable_2xx: u64) -> String {
         format!(
-            "cohort_requests_total{{cohort_rollout=\"web\",cohort_version=\"canary\",cohort_code_class=\"2xx\"}} {canary_2xx}\n\
-             cohort_requests_total{{cohort_rollout=\"web\",cohort_version=\"canary\",cohort_code_class=\"5xx\"}} {canary_5xx}\n\
-             cohort_requests_total{{cohort_rollout=\"web\",cohort_version=\"stable\",cohort_code_class=\"2xx\"}} {stable_2xx}\n"
+            "cohort_requests_total{{cohort_namespace=\"shop\",cohort_rollout=\"web\",cohort_version=\"canary\",cohort_code_class=\"2xx\"}} {canary_2xx}\n\
+             cohort_requests_total{{cohort_namespace=\"shop\",cohort_rollout=\"web\",cohort_version=\"canary\",cohort_code_class=\"5xx\"}} {canary_5xx}\n\
+             cohort_requests_total{{cohort_namespace=\"shop\",cohort_rollout=\"web\",cohort_version=\"stable\",cohort_code_class=\"2xx\"}} {stable_2xx}\n"
         )
     }
 
@@ -674,18 +675,18 @@ cohort_request_duration_milliseconds_count{cohort_rollout="web",cohort_version="
             &rollouts,
             &ring.observe(at(0), Ok(page(10, 0, 100)), window, &rollouts),
         );
-        assert_eq!(first["web"].canary.requests, Observed::NoData);
-        assert_eq!(first["web"].stable.latency_ms, Observed::NoData);
+        assert_eq!(first[&shop("web")].canary.requests, Observed::NoData);
+        assert_eq!(first[&shop("web")].stable.latency_ms, Observed::NoData);
         // Custom gates cannot run on Envoy stats: an Error, with the way out.
         assert!(
-            matches!(&first["web"].canary.custom["cpu"], Observed::Failed(reason) if reason.contains("--prometheus"))
+            matches!(&first[&shop("web")].canary.custom["cpu"], Observed::Failed(reason) if reason.contains("--prometheus"))
         );
 
         let second = to_samples(
             &rollouts,
             &ring.observe(at(2), Ok(page(100, 10, 1000)), window, &rollouts),
         );
-        let web = &second["web"];
+        let web = &second[&shop("web")];
         assert_eq!(web.canary.requests, Observed::Value(100.0));
         assert_eq!(web.canary.server_errors, Observed::Value(10.0));
         assert_eq!(web.stable.requests, Observed::Value(900.0));
@@ -697,7 +698,7 @@ cohort_request_duration_milliseconds_count{cohort_rollout="web",cohort_version="
             &ring.observe(at(3), Err("refused".into()), window, &rollouts),
         );
         assert_eq!(
-            failed["web"].canary.requests,
+            failed[&shop("web")].canary.requests,
             Observed::Failed("refused".into())
         );
         assert_eq!(ring.len(), 2);
@@ -707,19 +708,19 @@ cohort_request_duration_milliseconds_count{cohort_rollout="web",cohort_version="
             &rollouts,
             &ring.observe(at(4), Ok(page(5, 0, 50)), window, &rollouts),
         );
-        assert_eq!(restarted["web"].canary.requests, Observed::NoData);
+        assert_eq!(restarted[&shop("web")].canary.requests, Observed::NoData);
         let after = to_samples(
             &rollouts,
             &ring.observe(at(6), Ok(page(25, 0, 250)), window, &rollouts),
         );
-        assert_eq!(after["web"].canary.requests, Observed::Value(20.0));
+        assert_eq!(after[&shop("web")].canary.requests, Observed::Value(20.0));
 
         // Old snapshots are dropped, the newest is always kept.
         let late = to_samples(
             &rollouts,
             &ring.observe(at(600), Ok(page(30, 0, 300)), window, &rollouts),
         );
-        assert_eq!(late["web"].canary.requests, Observed::NoData);
+        assert_eq!(late[&shop("web")].canary.requests, Observed::NoData);
         assert_eq!(ring.len(), 1);
     }
 
@@ -763,7 +764,7 @@ cohort_request_duration_milliseconds_count{cohort_rollout="web",cohort_version="
         let later = counters(&parse_exposition(&later_page));
         let increases = difference(&earlier, &later).unwrap();
         let samples = to_samples(&rollouts, &answers(&increases, &rollouts));
-        let web = &samples["web"];
+        let web = &samples[&shop("web")];
         assert_eq!(
             web.canary.latency_ms,
             Observed::Value(vec![
@@ -785,13 +786,48 @@ cohort_request_duration_milliseconds_count{cohort_rollout="web",cohort_version="
         assert_eq!((plain.latency, plain.events), (None, None));
     }
 
+    /// Envoy's page as it shows two same-named rollouts of two namespaces and one without a
+    /// namespace (an empty tag, exported as `cohort_namespace=""`): each reads its own.
+    #[test]
+    fn the_namespace_label_keeps_same_named_rollouts_apart() {
+        let page = |shop: u64, billing: u64, bare: u64| {
+            format!(
+                "cohort_requests_total{{cohort_namespace=\"shop\",cohort_rollout=\"checkout\",cohort_version=\"canary\",cohort_code_class=\"5xx\"}} {shop}\n\
+                 cohort_requests_total{{cohort_namespace=\"billing\",cohort_rollout=\"checkout\",cohort_version=\"canary\",cohort_code_class=\"5xx\"}} {billing}\n\
+                 cohort_requests_total{{cohort_namespace=\"\",cohort_rollout=\"checkout\",cohort_version=\"canary\",cohort_code_class=\"5xx\"}} {bare}\n"
+            )
+        };
+        let mut billing = request("checkout", Vec::new());
+        billing.namespace = "billing".into();
+        let mut bare = request("checkout", Vec::new());
+        bare.namespace = String::new();
+        let rollouts = [request("checkout", Vec::new()), billing, bare];
+        let start = Instant::now();
+        let window = Duration::from_secs(2);
+        let mut ring = Ring::default();
+        ring.observe(start, Ok(page(0, 0, 0)), window, &rollouts);
+        let samples = to_samples(
+            &rollouts,
+            &ring.observe(start + window, Ok(page(1, 20, 300)), window, &rollouts),
+        );
+        let errors = |namespace: &str| {
+            samples[&RolloutKey::new(namespace, "checkout")]
+                .canary
+                .server_errors
+                .clone()
+        };
+        assert_eq!(errors("shop"), Observed::Value(1.0));
+        assert_eq!(errors("billing"), Observed::Value(20.0));
+        assert_eq!(errors(""), Observed::Value(300.0));
+    }
+
     #[tokio::test]
     async fn an_unreachable_admin_fails_the_samples() {
         let source = EnvoyAdminSource::new("http://127.0.0.1:9", Duration::from_secs(2)).unwrap();
         let rollouts = [request("web", Vec::new())];
         let samples = source.samples(Duration::from_secs(2), &rollouts).await;
         assert!(
-            matches!(&samples["web"].canary.requests, Observed::Failed(reason) if reason.contains("127.0.0.1:9"))
+            matches!(&samples[&shop("web")].canary.requests, Observed::Failed(reason) if reason.contains("127.0.0.1:9"))
         );
         assert!(EnvoyAdmin::new("ftp://x", Duration::from_secs(1)).is_err());
         assert!(EnvoyAdmin::new("127.0.0.1:9901", Duration::from_secs(1)).is_err());

@@ -19,12 +19,44 @@ pub mod shared;
 /// A boxed future, so sources and targets can be chosen at run time (`dyn MetricSource`).
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
+/// Which rollout a series belongs to: the CanaryRollout's namespace and name, the
+/// `cohort_namespace` and `cohort_rollout` labels. The name alone is not enough: `shop/checkout`
+/// and `billing/checkout` are two rollouts with two sets of series.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct RolloutKey {
+    /// The `cohort_namespace` label value; empty for a rollout file without one (an absent
+    /// label reads as empty, as in Prometheus).
+    pub namespace: String,
+    /// The `cohort_rollout` label value.
+    pub name: String,
+}
+
+impl RolloutKey {
+    /// The key of `namespace/name`.
+    pub fn new(namespace: &str, name: &str) -> Self {
+        RolloutKey {
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+        }
+    }
+}
+
+impl std::fmt::Display for RolloutKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+/// Samples by rollout, as a source answers them.
+pub type SamplesByRollout = BTreeMap<RolloutKey, Samples>;
+
 /// One rollout whose series a source should read.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SeriesRequest {
     /// The `cohort_rollout` label value: the CanaryRollout's name.
     pub rollout: String,
-    /// The CanaryRollout's namespace (for custom query templates).
+    /// The `cohort_namespace` label value: the CanaryRollout's namespace (also what custom
+    /// query templates get as `{{namespace}}`).
     pub namespace: String,
     /// The `cohort_version` label value of stable.
     pub stable_version: String,
@@ -34,14 +66,21 @@ pub struct SeriesRequest {
     pub gates: Vec<GateSpec>,
 }
 
+impl SeriesRequest {
+    /// The rollout's key: its namespace and name.
+    pub fn key(&self) -> RolloutKey {
+        RolloutKey::new(&self.namespace, &self.rollout)
+    }
+}
+
 /// A source of canary-versus-stable samples.
 pub trait MetricSource: Send + Sync {
     /// Samples of every requested rollout over the `window` that ends now, keyed by rollout
-    /// name. A query that fails marks what it would have filled as `Observed::Failed` (the gate
+    /// namespace and name. A query that fails marks what it would have filled as `Observed::Failed` (the gate
     /// then says Error); a query that finds no series leaves `Observed::NoData`.
     fn samples<'a>(
         &'a self,
         window: Duration,
         rollouts: &'a [SeriesRequest],
-    ) -> BoxFuture<'a, BTreeMap<String, Samples>>;
+    ) -> BoxFuture<'a, SamplesByRollout>;
 }

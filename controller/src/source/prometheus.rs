@@ -1,14 +1,22 @@
 //! Samples from a Prometheus server that scrapes the proxies' `/stats/prometheus`.
 //!
-//! One instant query per series kind serves every rollout (`sum by (cohort_rollout,
-//! cohort_version, …)`), so the queries per cycle do not grow with the number of rollouts:
+//! One instant query per series kind serves every rollout (`sum by (cohort_namespace,
+//! cohort_rollout, cohort_version, …)`), so the queries per cycle do not grow with the number of
+//! rollouts. A rollout is its namespace and name together (`shop/web` and `billing/web` are two),
+//! so each namespace gets one selector naming exactly its rollouts, and the selectors are joined
+//! with `or`:
 //!
 //! ```promql
-//! sum by (cohort_rollout, cohort_version) (increase(cohort_requests_total{cohort_rollout=~"web|api"}[30s]))
-//! sum by (cohort_rollout, cohort_version) (increase(cohort_requests_total{cohort_rollout=~"web|api",cohort_code_class="5xx"}[30s]))
-//! sum by (cohort_rollout, cohort_version, le) (increase(cohort_request_duration_milliseconds_bucket{…}[30s]))   # latency gates only
-//! sum by (cohort_rollout, cohort_version, cohort_event) (increase(cohort_events_total{…}[30s]))             # business gates only
+//! sum by (cohort_namespace, cohort_rollout, cohort_version) (increase(cohort_requests_total{cohort_namespace="billing",cohort_rollout=~"web"}[30s]) or increase(cohort_requests_total{cohort_namespace="shop",cohort_rollout=~"web|api"}[30s]))
+//! sum by (…) (increase(cohort_requests_total{cohort_namespace="billing",cohort_rollout=~"web",cohort_code_class="5xx"}[30s]) or …)
+//! sum by (…, le) (increase(cohort_request_duration_milliseconds_bucket{…}[30s]) or …)   # latency gates only
+//! sum by (…, cohort_event) (increase(cohort_events_total{…}[30s]) or …)                 # business gates only
 //! ```
+//!
+//! Pod labels such as Prometheus' `namespace` cannot stand in for `cohort_namespace`: in Istio
+//! the filter runs in the caller's sidecar, so they name the caller's namespace. A rollout
+//! without a namespace (a rollout file for `cohort run` without `metadata.namespace`) matches
+//! `cohort_namespace=""`, which Prometheus also takes for an absent label.
 //!
 //! Custom gates are the exception: their PromQL is the user's, so each runs once per rollout and
 //! version. `increase()` needs two scrapes inside the window: keep the analysis interval at least
@@ -22,18 +30,17 @@ use prometheus_http_query::response::Data;
 use prometheus_http_query::Client;
 
 use cohort_core::telemetry::{
-    EVENTS_TOTAL, REQUESTS_TOTAL, REQUEST_DURATION_MS, TAG_CODE_CLASS, TAG_EVENT, TAG_ROLLOUT,
-    TAG_VERSION,
+    EVENTS_TOTAL, REQUESTS_TOTAL, REQUEST_DURATION_MS, TAG_CODE_CLASS, TAG_EVENT, TAG_NAMESPACE,
+    TAG_ROLLOUT, TAG_VERSION,
 };
 
 use crate::crd::GateCheck;
-use crate::evaluate::Samples;
 use crate::query::{escape_label_value, promql_duration, render_query, QueryContext};
 use crate::source::series::{
     error_chain, needed_kinds, to_samples, Answer, Answers, CustomKey, Series, SourceError, LE,
     SERVER_ERROR_CLASS,
 };
-use crate::source::{BoxFuture, MetricSource, SeriesRequest};
+use crate::source::{BoxFuture, MetricSource, SamplesByRollout, SeriesRequest};
 
 /// A [`MetricSource`] reading a Prometheus server's HTTP API.
 #[derive(Clone)]
@@ -146,7 +153,7 @@ impl MetricSource for PrometheusSource {
         &'a self,
         window: Duration,
         rollouts: &'a [SeriesRequest],
-    ) -> BoxFuture<'a, BTreeMap<String, Samples>> {
+    ) -> BoxFuture<'a, SamplesByRollout> {
         Box::pin(async move {
             if rollouts.is_empty() {
                 return BTreeMap::new();
@@ -173,35 +180,61 @@ pub struct Queries {
 /// The shared queries for `rollouts` over `window`.
 pub fn queries(rollouts: &[SeriesRequest], window: Duration) -> Queries {
     let (latency, events) = needed_kinds(rollouts);
-    let names = rollouts
-        .iter()
-        .map(|rollout| regex_escape(&rollout.rollout))
-        .collect::<Vec<_>>()
-        .join("|");
-    let only_ours = format!("{TAG_ROLLOUT}=~\"{}\"", escape_label_value(&names));
+    let selectors = selectors(rollouts);
     let range = promql_duration(window);
     let by = |extra: &str| {
-        let mut labels = format!("{TAG_ROLLOUT}, {TAG_VERSION}");
+        let mut labels = format!("{TAG_NAMESPACE}, {TAG_ROLLOUT}, {TAG_VERSION}");
         if !extra.is_empty() {
             labels.push_str(", ");
             labels.push_str(extra);
         }
         labels
     };
-    let increase = |labels: String, metric: &str, selector: &str| {
-        format!("sum by ({labels}) (increase({metric}{{{selector}}}[{range}]))")
+    let increase = |labels: String, metric: &str, more: &str| {
+        let each: Vec<String> = selectors
+            .iter()
+            .map(|selector| format!("increase({metric}{{{selector}{more}}}[{range}])"))
+            .collect();
+        format!("sum by ({labels}) ({})", each.join(" or "))
     };
     Queries {
-        requests: increase(by(""), REQUESTS_TOTAL, &only_ours),
+        requests: increase(by(""), REQUESTS_TOTAL, ""),
         server_errors: increase(
             by(""),
             REQUESTS_TOTAL,
-            &format!("{only_ours},{TAG_CODE_CLASS}=\"{SERVER_ERROR_CLASS}\""),
+            &format!(",{TAG_CODE_CLASS}=\"{SERVER_ERROR_CLASS}\""),
         ),
-        latency: latency
-            .then(|| increase(by(LE), &format!("{REQUEST_DURATION_MS}_bucket"), &only_ours)),
-        events: events.then(|| increase(by(TAG_EVENT), EVENTS_TOTAL, &only_ours)),
+        latency: latency.then(|| increase(by(LE), &format!("{REQUEST_DURATION_MS}_bucket"), "")),
+        events: events.then(|| increase(by(TAG_EVENT), EVENTS_TOTAL, "")),
     }
+}
+
+/// One label selector (without braces) per namespace, matching exactly the rollouts asked for
+/// in it: `cohort_namespace="shop",cohort_rollout=~"web|api"`. The namespace is an escaped
+/// string literal; each name is regex-escaped, then escaped as a literal. No rollouts: one
+/// selector that matches none of cohort's series (every one has a rollout name).
+fn selectors(rollouts: &[SeriesRequest]) -> Vec<String> {
+    let mut by_namespace: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+    for rollout in rollouts {
+        let names = by_namespace.entry(rollout.namespace.as_str()).or_default();
+        let name = regex_escape(&rollout.rollout);
+        if !names.contains(&name) {
+            names.push(name);
+        }
+    }
+    if by_namespace.is_empty() {
+        by_namespace.insert("", Vec::new());
+    }
+    by_namespace
+        .iter()
+        .map(|(namespace, names)| {
+            format!(
+                "{TAG_NAMESPACE}=\"{}\",{TAG_ROLLOUT}=~\"{}\"",
+                escape_label_value(namespace),
+                escape_label_value(&names.join("|"))
+            )
+        })
+        .collect()
 }
 
 /// Every custom gate's query, rendered per rollout and version (or why it cannot be).
@@ -225,7 +258,7 @@ pub fn custom_queries(
                 let rendered = render_query(&custom.query, &context)
                     .map_err(|error| format!("the query template {error}"));
                 let key = CustomKey {
-                    rollout: rollout.rollout.clone(),
+                    rollout: rollout.key(),
                     gate: gate.name(),
                     version: version.clone(),
                 };
@@ -293,7 +326,15 @@ mod tests {
     use super::*;
     use crate::crd::{CustomGate, GateSpec};
     use crate::evaluate::Observed;
-    use crate::source::series::tests::{all_gates, request};
+    use crate::source::series::tests::{all_gates, request, shop};
+    use crate::source::RolloutKey;
+
+    fn request_in(namespace: &str, rollout: &str, gates: Vec<GateSpec>) -> SeriesRequest {
+        SeriesRequest {
+            namespace: namespace.to_owned(),
+            ..request(rollout, gates)
+        }
+    }
 
     #[test]
     fn shared_queries_cover_all_rollouts_at_once() {
@@ -301,24 +342,77 @@ mod tests {
         let q = queries(&rollouts, Duration::from_secs(30));
         assert_eq!(
             q.requests,
-            r#"sum by (cohort_rollout, cohort_version) (increase(cohort_requests_total{cohort_rollout=~"web|api"}[30s]))"#
+            r#"sum by (cohort_namespace, cohort_rollout, cohort_version) (increase(cohort_requests_total{cohort_namespace="shop",cohort_rollout=~"web|api"}[30s]))"#
         );
         assert_eq!(
             q.server_errors,
-            r#"sum by (cohort_rollout, cohort_version) (increase(cohort_requests_total{cohort_rollout=~"web|api",cohort_code_class="5xx"}[30s]))"#
+            r#"sum by (cohort_namespace, cohort_rollout, cohort_version) (increase(cohort_requests_total{cohort_namespace="shop",cohort_rollout=~"web|api",cohort_code_class="5xx"}[30s]))"#
         );
         assert_eq!(
             q.latency.as_deref(),
             Some(
-                r#"sum by (cohort_rollout, cohort_version, le) (increase(cohort_request_duration_milliseconds_bucket{cohort_rollout=~"web|api"}[30s]))"#
+                r#"sum by (cohort_namespace, cohort_rollout, cohort_version, le) (increase(cohort_request_duration_milliseconds_bucket{cohort_namespace="shop",cohort_rollout=~"web|api"}[30s]))"#
             )
         );
         assert_eq!(
             q.events.as_deref(),
             Some(
-                r#"sum by (cohort_rollout, cohort_version, cohort_event) (increase(cohort_events_total{cohort_rollout=~"web|api"}[30s]))"#
+                r#"sum by (cohort_namespace, cohort_rollout, cohort_version, cohort_event) (increase(cohort_events_total{cohort_namespace="shop",cohort_rollout=~"web|api"}[30s]))"#
             )
         );
+    }
+
+    #[test]
+    fn each_namespace_gets_a_selector_of_its_own() {
+        let rollouts = [
+            request_in("shop", "web", Vec::new()),
+            request_in("billing", "web", Vec::new()),
+            request_in("shop", "api", Vec::new()),
+            request_in("", "web", Vec::new()),
+            // Asked twice: named once.
+            request_in("shop", "web", Vec::new()),
+        ];
+        let q = queries(&rollouts, Duration::from_secs(30));
+        assert_eq!(
+            q.requests,
+            r#"sum by (cohort_namespace, cohort_rollout, cohort_version) (increase(cohort_requests_total{cohort_namespace="",cohort_rollout=~"web"}[30s]) or increase(cohort_requests_total{cohort_namespace="billing",cohort_rollout=~"web"}[30s]) or increase(cohort_requests_total{cohort_namespace="shop",cohort_rollout=~"web|api"}[30s]))"#
+        );
+        assert_eq!(
+            q.server_errors,
+            r#"sum by (cohort_namespace, cohort_rollout, cohort_version) (increase(cohort_requests_total{cohort_namespace="",cohort_rollout=~"web",cohort_code_class="5xx"}[30s]) or increase(cohort_requests_total{cohort_namespace="billing",cohort_rollout=~"web",cohort_code_class="5xx"}[30s]) or increase(cohort_requests_total{cohort_namespace="shop",cohort_rollout=~"web|api",cohort_code_class="5xx"}[30s]))"#
+        );
+        // Never an empty `sum by (…) ()`: with nothing asked, a selector that matches nothing.
+        assert_eq!(
+            queries(&[], Duration::from_secs(30)).requests,
+            r#"sum by (cohort_namespace, cohort_rollout, cohort_version) (increase(cohort_requests_total{cohort_namespace="",cohort_rollout=~""}[30s]))"#
+        );
+    }
+
+    /// `shop/checkout` and `billing/checkout`: their queries are the same but for the
+    /// namespace matcher.
+    #[test]
+    fn same_named_rollouts_differ_only_by_the_namespace_matcher() {
+        let window = Duration::from_secs(30);
+        let shop_q = queries(&[request_in("shop", "checkout", all_gates())], window);
+        let billing_q = queries(&[request_in("billing", "checkout", all_gates())], window);
+        let pairs = [
+            (Some(shop_q.requests), Some(billing_q.requests)),
+            (Some(shop_q.server_errors), Some(billing_q.server_errors)),
+            (shop_q.latency, billing_q.latency),
+            (shop_q.events, billing_q.events),
+        ];
+        for (shop_query, billing_query) in pairs {
+            let (shop_query, billing_query) = (shop_query.unwrap(), billing_query.unwrap());
+            assert_ne!(shop_query, billing_query);
+            assert_eq!(shop_query.matches(r#"cohort_namespace="shop""#).count(), 1);
+            assert_eq!(
+                shop_query.replace(
+                    r#"cohort_namespace="shop""#,
+                    r#"cohort_namespace="billing""#
+                ),
+                billing_query
+            );
+        }
     }
 
     #[test]
@@ -326,7 +420,7 @@ mod tests {
         let q = queries(&[request("a.b", Vec::new())], Duration::from_millis(2500));
         assert_eq!(
             q.requests,
-            r#"sum by (cohort_rollout, cohort_version) (increase(cohort_requests_total{cohort_rollout=~"a\\.b"}[2500ms]))"#
+            r#"sum by (cohort_namespace, cohort_rollout, cohort_version) (increase(cohort_requests_total{cohort_namespace="shop",cohort_rollout=~"a\\.b"}[2500ms]))"#
         );
         assert_eq!((q.latency, q.events), (None, None));
         assert_eq!(regex_escape("x|y.*"), r"x\|y\.\*");
@@ -346,8 +440,8 @@ mod tests {
             let rollouts = [request(name, all_gates()), request("web", Vec::new())];
             let q = queries(&rollouts, Duration::from_secs(30));
             let shapes = [
-                (&q.requests, "sum by (cohort_rollout, cohort_version) (increase(cohort_requests_total{cohort_rollout=~$}[30s]))", 1),
-                (&q.server_errors, "sum by (cohort_rollout, cohort_version) (increase(cohort_requests_total{cohort_rollout=~$,cohort_code_class=$}[30s]))", 2),
+                (&q.requests, "sum by (cohort_namespace, cohort_rollout, cohort_version) (increase(cohort_requests_total{cohort_namespace=$,cohort_rollout=~$}[30s]))", 2),
+                (&q.server_errors, "sum by (cohort_namespace, cohort_rollout, cohort_version) (increase(cohort_requests_total{cohort_namespace=$,cohort_rollout=~$,cohort_code_class=$}[30s]))", 3),
             ];
             let mut regexes = Vec::new();
             for (query, shape, literals) in shapes {
@@ -355,12 +449,18 @@ mod tests {
                     .unwrap_or_else(|e| panic!("{name:?}: Prometheus refuses {query}: {e}"));
                 assert_eq!(lexed.shape, shape, "{name:?} changed the query: {query}");
                 assert_eq!(lexed.strings.len(), literals);
-                regexes.push(lexed.strings[0].clone());
+                assert_eq!(lexed.strings[0], "shop");
+                regexes.push(lexed.strings[1].clone());
             }
             for query in [q.latency.unwrap(), q.events.unwrap()] {
                 let lexed = lex(&query).unwrap();
-                assert!(lexed.shape.contains("{cohort_rollout=~$}[30s]"), "{query}");
-                assert_eq!(lexed.strings, regexes[..1]);
+                assert!(
+                    lexed
+                        .shape
+                        .contains("{cohort_namespace=$,cohort_rollout=~$}[30s]"),
+                    "{query}"
+                );
+                assert_eq!(lexed.strings[1..], regexes[..1]);
             }
             let matcher = regex::Regex::new(&format!("^(?:{})$", regexes[0]))
                 .unwrap_or_else(|e| panic!("{name:?}: {e}"));
@@ -385,6 +485,156 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// Whatever a namespace holds (a rollout file for `cohort run` can say anything), it stays
+    /// one string literal of an `=` matcher that reads back as the namespace: quotes, braces,
+    /// `=~`, backslashes and regex metacharacters neither end the selector nor widen it.
+    #[test]
+    fn hostile_namespaces_cannot_alter_the_shared_queries() {
+        use crate::query::lexer::lex;
+        let mut namespaces: Vec<&str> = crate::query::tests::HOSTILE.to_vec();
+        namespaces.extend([".*", "a|b", "x\\", "\"} or vector(1) or {a=\""]);
+        for namespace in namespaces {
+            let rollouts = [
+                request_in(namespace, "web", all_gates()),
+                request_in("zzz", "api", Vec::new()),
+            ];
+            let q = queries(&rollouts, Duration::from_secs(30));
+            let one = "increase(cohort_requests_total{cohort_namespace=$,cohort_rollout=~$}[30s])";
+            let shape = format!(
+                "sum by (cohort_namespace, cohort_rollout, cohort_version) ({one} or {one})"
+            );
+            // The selectors come in namespace order: compare them as a set.
+            let selectors = |strings: Vec<String>, per_selector: usize| {
+                let mut chunks: Vec<Vec<String>> = strings
+                    .chunks(per_selector)
+                    .map(<[String]>::to_vec)
+                    .collect();
+                chunks.sort();
+                chunks
+            };
+            let expected = |extra: &[&str]| {
+                let mut chunks: Vec<Vec<String>> = [[namespace, "web"], ["zzz", "api"]]
+                    .iter()
+                    .map(|pair| pair.iter().chain(extra).map(|s| (*s).to_owned()).collect())
+                    .collect();
+                chunks.sort();
+                chunks
+            };
+            let lexed = lex(&q.requests).unwrap_or_else(|e| {
+                panic!("{namespace:?}: Prometheus refuses {}: {e}", q.requests)
+            });
+            assert_eq!(lexed.shape, shape, "{namespace:?} changed {}", q.requests);
+            assert_eq!(selectors(lexed.strings, 2), expected(&[]), "{}", q.requests);
+            let lexed = lex(&q.server_errors).unwrap();
+            assert_eq!(selectors(lexed.strings, 3), expected(&["5xx"]));
+            for query in [q.latency.unwrap(), q.events.unwrap()] {
+                let lexed = lex(&query).unwrap();
+                assert_eq!(selectors(lexed.strings, 2), expected(&[]), "{query}");
+            }
+        }
+    }
+
+    /// One shared cycle, through the real Prometheus source (a fake server answers every query
+    /// with the series of both namespaces, as Prometheus would for the joint query):
+    /// `shop/checkout` and `billing/checkout` each get their own samples, from one query per kind.
+    #[tokio::test]
+    async fn same_named_rollouts_get_their_own_samples_from_one_shared_cycle() {
+        use crate::source::shared::SharedCycle;
+        use std::sync::{Arc, Mutex};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+        let series = |namespace: &str, version: &str, value: u32| {
+            serde_json::json!({
+                "metric": {"cohort_namespace": namespace, "cohort_rollout": "checkout", "cohort_version": version},
+                "value": [1.7e9, value.to_string()]
+            })
+        };
+        let body =
+            serde_json::json!({"status": "success", "data": {"resultType": "vector", "result": [
+                series("shop", "canary", 100), series("shop", "stable", 1000),
+                series("billing", "canary", 7), series("billing", "stable", 70),
+            ]}})
+            .to_string();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let asked: Arc<Mutex<Vec<String>>> = Arc::default();
+        let log = asked.clone();
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let mut request = vec![0u8; 64 * 1024];
+                let n = stream.read(&mut request).await.unwrap_or(0);
+                let request = String::from_utf8_lossy(&request[..n]).into_owned();
+                let target = request.split_whitespace().nth(1).unwrap_or("").to_owned();
+                let query = reqwest::Url::parse(&format!("http://x{target}"))
+                    .ok()
+                    .and_then(|url| {
+                        url.query_pairs()
+                            .find(|(key, _)| key == "query")
+                            .map(|(_, value)| value.into_owned())
+                    })
+                    .unwrap_or(target);
+                log.lock().unwrap().push(query);
+                let response = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = stream.write_all(response.as_bytes()).await;
+            }
+        });
+
+        let source = PrometheusSource::new(&url, Duration::from_secs(5)).unwrap();
+        let shared = SharedCycle::new(source, Duration::from_secs(600));
+        let window = Duration::from_secs(30);
+        let shop_checkout = request_in("shop", "checkout", Vec::new());
+        let billing_checkout = request_in("billing", "checkout", Vec::new());
+        // Both become known; the next cycle asks for both at once.
+        shared
+            .samples(window, std::slice::from_ref(&shop_checkout))
+            .await;
+        shared
+            .samples(window, std::slice::from_ref(&billing_checkout))
+            .await;
+        let first_cycle = asked.lock().unwrap().len();
+        assert_eq!(first_cycle, 2, "requests and 5xx for shop/checkout");
+        shared.forget_answers().await;
+        let shop_samples = shared
+            .samples(window, std::slice::from_ref(&shop_checkout))
+            .await;
+        let billing_samples = shared
+            .samples(window, std::slice::from_ref(&billing_checkout))
+            .await;
+        let queries_sent = asked.lock().unwrap()[first_cycle..].to_vec();
+        assert_eq!(
+            queries_sent.len(),
+            2,
+            "one query per kind for both: {queries_sent:?}"
+        );
+        let joint = queries(&[billing_checkout.clone(), shop_checkout.clone()], window);
+        assert_eq!(queries_sent, [joint.requests, joint.server_errors]);
+
+        let shop_key = RolloutKey::new("shop", "checkout");
+        let billing_key = RolloutKey::new("billing", "checkout");
+        assert_eq!(shop_samples.keys().collect::<Vec<_>>(), [&shop_key]);
+        assert_eq!(billing_samples.keys().collect::<Vec<_>>(), [&billing_key]);
+        assert_eq!(
+            shop_samples[&shop_key].canary.requests,
+            Observed::Value(100.0)
+        );
+        assert_eq!(
+            shop_samples[&shop_key].stable.requests,
+            Observed::Value(1000.0)
+        );
+        assert_eq!(
+            billing_samples[&billing_key].canary.requests,
+            Observed::Value(7.0)
+        );
+        assert_eq!(
+            billing_samples[&billing_key].stable.requests,
+            Observed::Value(70.0)
+        );
+        assert_ne!(shop_samples[&shop_key], billing_samples[&billing_key]);
     }
 
     #[test]
@@ -438,8 +688,8 @@ mod tests {
         let vector = data(serde_json::json!({
             "resultType": "vector",
             "result": [
-                {"metric": {"cohort_rollout": "web", "cohort_version": "canary"}, "value": [1.7e9, "12.5"]},
-                {"metric": {"__name__": "x", "cohort_rollout": "web", "cohort_version": "stable"}, "value": [1.7e9, "300"]}
+                {"metric": {"cohort_namespace": "shop", "cohort_rollout": "web", "cohort_version": "canary"}, "value": [1.7e9, "12.5"]},
+                {"metric": {"__name__": "x", "cohort_namespace": "shop", "cohort_rollout": "web", "cohort_version": "stable"}, "value": [1.7e9, "300"]}
             ]
         }));
         let series = series_of(&vector).unwrap();
@@ -447,7 +697,11 @@ mod tests {
         assert_eq!(
             series[0],
             Series::new(
-                &[("cohort_rollout", "web"), ("cohort_version", "canary")],
+                &[
+                    ("cohort_namespace", "shop"),
+                    ("cohort_rollout", "web"),
+                    ("cohort_version", "canary")
+                ],
                 12.5
             )
         );
@@ -473,9 +727,12 @@ mod tests {
             custom: BTreeMap::new(),
         };
         let samples = to_samples(&[request("web", Vec::new())], &answers);
-        assert_eq!(samples["web"].canary.requests, Observed::Value(12.5));
-        assert_eq!(samples["web"].stable.requests, Observed::Value(300.0));
-        assert_eq!(samples["web"].canary.server_errors, Observed::NoData);
+        assert_eq!(samples[&shop("web")].canary.requests, Observed::Value(12.5));
+        assert_eq!(
+            samples[&shop("web")].stable.requests,
+            Observed::Value(300.0)
+        );
+        assert_eq!(samples[&shop("web")].canary.server_errors, Observed::NoData);
     }
 
     #[tokio::test]
@@ -484,7 +741,7 @@ mod tests {
         let source = PrometheusSource::new("http://127.0.0.1:9", Duration::from_secs(2)).unwrap();
         let rollouts = [request("web", all_gates())];
         let samples = source.samples(Duration::from_secs(30), &rollouts).await;
-        let web = &samples["web"];
+        let web = &samples[&shop("web")];
         let Observed::Failed(reason) = &web.canary.requests else {
             panic!("expected a failure, got {:?}", web.canary.requests);
         };

@@ -7,11 +7,11 @@
 
 use std::collections::BTreeMap;
 
-use cohort_core::telemetry::{TAG_CODE_CLASS, TAG_EVENT, TAG_ROLLOUT, TAG_VERSION};
+use cohort_core::telemetry::{TAG_CODE_CLASS, TAG_EVENT, TAG_NAMESPACE, TAG_ROLLOUT, TAG_VERSION};
 
 use crate::crd::{GateCheck, GateSpec};
 use crate::evaluate::{Bucket, Observed, Samples, VersionSamples};
-use crate::source::SeriesRequest;
+use crate::source::{RolloutKey, SamplesByRollout, SeriesRequest};
 
 /// The code class counted as a server error.
 pub const SERVER_ERROR_CLASS: &str = "5xx";
@@ -60,8 +60,12 @@ impl Series {
         self.labels.get(name).map(String::as_str)
     }
 
-    fn is_of(&self, rollout: &str, version: &str) -> bool {
-        self.label(TAG_ROLLOUT) == Some(rollout) && self.label(TAG_VERSION) == Some(version)
+    /// Whether the series is `rollout`'s, of `version`. An absent `cohort_namespace` label is
+    /// the empty namespace, as Prometheus has it (Envoy exports an empty tag as `""`).
+    fn is_of(&self, rollout: &RolloutKey, version: &str) -> bool {
+        self.label(TAG_NAMESPACE).unwrap_or("") == rollout.namespace
+            && self.label(TAG_ROLLOUT) == Some(rollout.name.as_str())
+            && self.label(TAG_VERSION) == Some(version)
     }
 }
 
@@ -71,8 +75,8 @@ pub type Answer = Result<Vec<Series>, String>;
 /// Identifies one custom query result: rollout, gate name, version.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct CustomKey {
-    /// The rollout (`cohort_rollout`).
-    pub rollout: String,
+    /// The rollout (`cohort_namespace`, `cohort_rollout`).
+    pub rollout: RolloutKey,
     /// The gate's name.
     pub gate: String,
     /// The version the query was rendered for.
@@ -104,8 +108,9 @@ pub fn needed_kinds(rollouts: &[SeriesRequest]) -> (bool, bool) {
     (latency, events)
 }
 
-/// Every rollout's samples from what the source read.
-pub fn to_samples(rollouts: &[SeriesRequest], answers: &Answers) -> BTreeMap<String, Samples> {
+/// Every rollout's samples from what the source read, keyed by namespace and name: a series
+/// counts for a rollout only when both labels match.
+pub fn to_samples(rollouts: &[SeriesRequest], answers: &Answers) -> SamplesByRollout {
     rollouts
         .iter()
         .map(|rollout| {
@@ -113,35 +118,35 @@ pub fn to_samples(rollouts: &[SeriesRequest], answers: &Answers) -> BTreeMap<Str
                 canary: version_samples(rollout, &rollout.canary_version, answers),
                 stable: version_samples(rollout, &rollout.stable_version, answers),
             };
-            (rollout.rollout.clone(), samples)
+            (rollout.key(), samples)
         })
         .collect()
 }
 
 fn version_samples(rollout: &SeriesRequest, version: &str, answers: &Answers) -> VersionSamples {
-    let name = rollout.rollout.as_str();
+    let key = rollout.key();
     let mut samples = VersionSamples {
-        requests: total(&answers.requests, |s| s.is_of(name, version)),
-        server_errors: total(&answers.server_errors, |s| s.is_of(name, version)),
+        requests: total(&answers.requests, |s| s.is_of(&key, version)),
+        server_errors: total(&answers.server_errors, |s| s.is_of(&key, version)),
         ..VersionSamples::default()
     };
     // By what each gate reads, not by its kind: a sequential gate reads the same series as the
     // threshold gate of its metric.
     for gate in &rollout.gates {
         if gate.check.reads_latency() {
-            samples.latency_ms = histogram(answers.latency.as_ref(), name, version);
+            samples.latency_ms = histogram(answers.latency.as_ref(), &key, version);
         }
         if let Some(event) = gate.check.business_event() {
             let observed = match &answers.events {
                 Some(answer) => total(answer, |s| {
-                    s.is_of(name, version) && s.label(TAG_EVENT) == Some(event)
+                    s.is_of(&key, version) && s.label(TAG_EVENT) == Some(event)
                 }),
                 None => not_read("business event"),
             };
             samples.events.insert(event.to_owned(), observed);
         }
         if matches!(gate.check, GateCheck::Custom(_)) {
-            let observed = custom(answers, name, gate, version);
+            let observed = custom(answers, &key, gate, version);
             samples.custom.insert(gate.name(), observed);
         }
     }
@@ -164,7 +169,11 @@ fn total(answer: &Answer, matches: impl Fn(&Series) -> bool) -> Observed<f64> {
 }
 
 /// The buckets of one version's histogram, equal bounds summed, in bound order.
-fn histogram(answer: Option<&Answer>, rollout: &str, version: &str) -> Observed<Vec<Bucket>> {
+fn histogram(
+    answer: Option<&Answer>,
+    rollout: &RolloutKey,
+    version: &str,
+) -> Observed<Vec<Bucket>> {
     let series = match answer {
         None => return not_read("latency"),
         Some(Err(reason)) => return Observed::Failed(reason.clone()),
@@ -195,9 +204,14 @@ pub fn parse_le(text: &str) -> Option<f64> {
     }
 }
 
-fn custom(answers: &Answers, rollout: &str, gate: &GateSpec, version: &str) -> Observed<f64> {
+fn custom(
+    answers: &Answers,
+    rollout: &RolloutKey,
+    gate: &GateSpec,
+    version: &str,
+) -> Observed<f64> {
     let key = CustomKey {
-        rollout: rollout.to_owned(),
+        rollout: rollout.clone(),
         gate: gate.name(),
         version: version.to_owned(),
     };
@@ -243,6 +257,11 @@ pub(crate) mod tests {
     use super::*;
     use crate::crd::{BusinessEventGate, CustomGate, ErrorRateGate, LatencyGate};
 
+    /// The key of rollout `name` in `shop`, the namespace of [`request`].
+    pub(crate) fn shop(name: &str) -> RolloutKey {
+        RolloutKey::new("shop", name)
+    }
+
     pub(crate) fn request(rollout: &str, gates: Vec<GateSpec>) -> SeriesRequest {
         SeriesRequest {
             rollout: rollout.into(),
@@ -281,12 +300,24 @@ pub(crate) mod tests {
     }
 
     fn rv(rollout: &str, version: &str, value: f64) -> Series {
-        Series::new(&[(TAG_ROLLOUT, rollout), (TAG_VERSION, version)], value)
+        Series::new(
+            &[
+                (TAG_NAMESPACE, "shop"),
+                (TAG_ROLLOUT, rollout),
+                (TAG_VERSION, version),
+            ],
+            value,
+        )
     }
 
     fn bucket(version: &str, le: &str, value: f64) -> Series {
         Series::new(
-            &[(TAG_ROLLOUT, "web"), (TAG_VERSION, version), (LE, le)],
+            &[
+                (TAG_NAMESPACE, "shop"),
+                (TAG_ROLLOUT, "web"),
+                (TAG_VERSION, version),
+                (LE, le),
+            ],
             value,
         )
     }
@@ -295,7 +326,7 @@ pub(crate) mod tests {
     fn maps_every_kind_to_its_rollout_and_version() {
         let rollouts = [request("web", all_gates()), request("api", Vec::new())];
         let key = |version: &str| CustomKey {
-            rollout: "web".into(),
+            rollout: shop("web"),
             gate: "cpu".into(),
             version: version.into(),
         };
@@ -318,6 +349,7 @@ pub(crate) mod tests {
             events: Some(Ok(vec![
                 Series::new(
                     &[
+                        (TAG_NAMESPACE, "shop"),
                         (TAG_ROLLOUT, "web"),
                         (TAG_VERSION, "stable"),
                         (TAG_EVENT, "checkout"),
@@ -326,6 +358,7 @@ pub(crate) mod tests {
                 ),
                 Series::new(
                     &[
+                        (TAG_NAMESPACE, "shop"),
                         (TAG_ROLLOUT, "web"),
                         (TAG_VERSION, "stable"),
                         (TAG_EVENT, "signup"),
@@ -340,7 +373,7 @@ pub(crate) mod tests {
         };
         let samples = to_samples(&rollouts, &answers);
         assert_eq!(samples.len(), 2);
-        let web = &samples["web"];
+        let web = &samples[&shop("web")];
         assert_eq!(web.canary.requests, Observed::Value(100.0));
         assert_eq!(web.stable.requests, Observed::Value(900.0));
         assert_eq!(web.canary.server_errors, Observed::Value(3.0));
@@ -372,11 +405,53 @@ pub(crate) mod tests {
             Observed::Failed("bad query".into())
         );
         // A rollout without latency, event or custom gates gets only request counts.
-        let api = &samples["api"];
+        let api = &samples[&shop("api")];
         assert_eq!(api.stable.requests, Observed::Value(50.0));
         assert_eq!(api.canary.requests, Observed::NoData);
         assert_eq!(api.canary.latency_ms, Observed::NoData);
         assert!(api.canary.events.is_empty() && api.canary.custom.is_empty());
+    }
+
+    /// Same-named rollouts of two namespaces each read their own series; a rollout without a
+    /// namespace reads the series without the label or with it empty, and no one else's.
+    #[test]
+    fn series_belong_to_a_namespace_and_a_name() {
+        let with_namespace = |namespace: Option<&str>, version: &str, value: f64| {
+            let mut labels = vec![(TAG_ROLLOUT, "checkout"), (TAG_VERSION, version)];
+            if let Some(namespace) = namespace {
+                labels.push((TAG_NAMESPACE, namespace));
+            }
+            Series::new(&labels, value)
+        };
+        let mut billing = request("checkout", Vec::new());
+        billing.namespace = "billing".into();
+        let mut bare = request("checkout", Vec::new());
+        bare.namespace = String::new();
+        let rollouts = [request("checkout", Vec::new()), billing, bare];
+        let answers = Answers {
+            requests: Ok(vec![
+                with_namespace(Some("shop"), "canary", 10.0),
+                with_namespace(Some("billing"), "canary", 200.0),
+                with_namespace(Some(""), "canary", 3000.0),
+                with_namespace(None, "canary", 40000.0),
+                with_namespace(Some("other"), "canary", 500000.0),
+            ]),
+            server_errors: Ok(vec![with_namespace(Some("billing"), "canary", 7.0)]),
+            latency: None,
+            events: None,
+            custom: BTreeMap::new(),
+        };
+        let samples = to_samples(&rollouts, &answers);
+        assert_eq!(samples.len(), 3);
+        let shop_checkout = &samples[&shop("checkout")];
+        let billing_checkout = &samples[&RolloutKey::new("billing", "checkout")];
+        let bare_checkout = &samples[&RolloutKey::new("", "checkout")];
+        assert_eq!(shop_checkout.canary.requests, Observed::Value(10.0));
+        assert_eq!(shop_checkout.canary.server_errors, Observed::NoData);
+        assert_eq!(billing_checkout.canary.requests, Observed::Value(200.0));
+        assert_eq!(billing_checkout.canary.server_errors, Observed::Value(7.0));
+        // An empty label and an absent one are the same namespace, "".
+        assert_eq!(bare_checkout.canary.requests, Observed::Value(43000.0));
     }
 
     #[test]
@@ -389,7 +464,7 @@ pub(crate) mod tests {
             events: None,
             custom: BTreeMap::new(),
         };
-        let web = &to_samples(&rollouts, &answers)["web"];
+        let web = &to_samples(&rollouts, &answers)[&shop("web")];
         assert_eq!(
             web.canary.requests,
             Observed::Failed("connection refused".into())
@@ -421,6 +496,7 @@ pub(crate) mod tests {
             latency: Some(Ok(vec![bucket("canary", "+Inf", 10.0)])),
             events: Some(Ok(vec![Series::new(
                 &[
+                    (TAG_NAMESPACE, "shop"),
                     (TAG_ROLLOUT, "web"),
                     (TAG_VERSION, "canary"),
                     (TAG_EVENT, "checkout"),
@@ -429,7 +505,7 @@ pub(crate) mod tests {
             )])),
             custom: BTreeMap::new(),
         };
-        let web = &to_samples(&rollouts, &answers)["web"];
+        let web = &to_samples(&rollouts, &answers)[&shop("web")];
         assert_eq!(
             web.canary.latency_ms,
             Observed::Value(vec![Bucket {

@@ -12,8 +12,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::Mutex;
 
-use crate::evaluate::Samples;
-use crate::source::{BoxFuture, MetricSource, SeriesRequest};
+use crate::source::{BoxFuture, MetricSource, RolloutKey, SamplesByRollout, SeriesRequest};
 
 /// A rollout not asked about for this many of its windows is forgotten (deleted or settled).
 const FORGET_AFTER_WINDOWS: u32 = 4;
@@ -27,10 +26,10 @@ pub struct SharedCycle<S> {
 
 #[derive(Default)]
 struct State {
-    /// Every rollout asked about, by window, with when it last asked.
-    known: BTreeMap<Duration, BTreeMap<String, (SeriesRequest, Instant)>>,
+    /// Every rollout asked about (by namespace and name), by window, with when it last asked.
+    known: BTreeMap<Duration, BTreeMap<RolloutKey, (SeriesRequest, Instant)>>,
     /// The last answer per window and when it was fetched.
-    answers: BTreeMap<Duration, (Instant, BTreeMap<String, Samples>)>,
+    answers: BTreeMap<Duration, (Instant, SamplesByRollout)>,
 }
 
 impl<S: MetricSource> SharedCycle<S> {
@@ -43,18 +42,24 @@ impl<S: MetricSource> SharedCycle<S> {
         }
     }
 
+    /// Drops every kept answer: the next call asks the inner source (tests start a cycle so).
+    #[cfg(test)]
+    pub(crate) async fn forget_answers(&self) {
+        self.state.lock().await.answers.clear();
+    }
+
     async fn shared_samples(
         &self,
         window: Duration,
         rollouts: &[SeriesRequest],
-    ) -> BTreeMap<String, Samples> {
+    ) -> SamplesByRollout {
         // Held across the inner query: concurrent reconciles wait for the one query in flight
         // instead of each sending their own.
         let mut state = self.state.lock().await;
         let now = Instant::now();
         let known = state.known.entry(window).or_default();
         for request in rollouts {
-            known.insert(request.rollout.clone(), (request.clone(), now));
+            known.insert(request.key(), (request.clone(), now));
         }
         let forget_before = now.checked_sub(window.saturating_mul(FORGET_AFTER_WINDOWS));
         known.retain(|_, (_, asked)| forget_before.is_none_or(|limit| *asked >= limit));
@@ -81,10 +86,9 @@ impl<S: MetricSource> SharedCycle<S> {
         rollouts
             .iter()
             .filter_map(|request| {
-                Some((
-                    request.rollout.clone(),
-                    answer.get(&request.rollout)?.clone(),
-                ))
+                let key = request.key();
+                let samples = answer.get(&key)?.clone();
+                Some((key, samples))
             })
             .collect()
     }
@@ -95,7 +99,7 @@ impl<S: MetricSource> MetricSource for SharedCycle<S> {
         &'a self,
         window: Duration,
         rollouts: &'a [SeriesRequest],
-    ) -> BoxFuture<'a, BTreeMap<String, Samples>> {
+    ) -> BoxFuture<'a, SamplesByRollout> {
         Box::pin(self.shared_samples(window, rollouts))
     }
 }
@@ -106,6 +110,7 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
+    use crate::evaluate::Samples;
 
     /// Counts its calls and answers every requested rollout with an empty sample.
     #[derive(Default)]
@@ -119,13 +124,13 @@ mod tests {
             &'a self,
             _window: Duration,
             rollouts: &'a [SeriesRequest],
-        ) -> BoxFuture<'a, BTreeMap<String, Samples>> {
+        ) -> BoxFuture<'a, SamplesByRollout> {
             self.calls.fetch_add(1, Ordering::SeqCst);
             self.largest_batch
                 .fetch_max(rollouts.len(), Ordering::SeqCst);
             let answer = rollouts
                 .iter()
-                .map(|r| (r.rollout.clone(), Samples::default()))
+                .map(|r| (r.key(), Samples::default()))
                 .collect();
             Box::pin(async move { answer })
         }
@@ -155,10 +160,10 @@ mod tests {
             }
             assert_eq!(inner.calls.load(Ordering::SeqCst), 1, "{rollouts} rollouts");
             // After a refresh, one query answers every rollout.
-            shared.state.lock().await.answers.clear();
+            shared.forget_answers().await;
             for r in &requests {
                 let answer = shared.samples(window, std::slice::from_ref(r)).await;
-                assert!(answer.contains_key(&r.rollout));
+                assert!(answer.contains_key(&r.key()));
             }
             assert_eq!(inner.calls.load(Ordering::SeqCst), 2, "{rollouts} rollouts");
             assert_eq!(inner.largest_batch.load(Ordering::SeqCst), rollouts);
@@ -173,13 +178,36 @@ mod tests {
         shared.samples(window, &[request("a")]).await;
         shared.samples(window, &[request("b")]).await;
         let answer = shared.samples(window, &[request("a")]).await;
-        assert!(answer.contains_key("a"));
+        assert!(answer.contains_key(&RolloutKey::new("shop", "a")));
         assert_eq!(inner.calls.load(Ordering::SeqCst), 3);
         assert_eq!(
             inner.largest_batch.load(Ordering::SeqCst),
             2,
             "the refresh asks for a and b together"
         );
+    }
+
+    /// `shop/checkout` and `billing/checkout` are two rollouts: both are asked for in the next
+    /// cycle, and each gets only its own answer.
+    #[tokio::test]
+    async fn same_named_rollouts_of_two_namespaces_are_two_rollouts() {
+        let inner = Arc::new(CountingSource::default());
+        let shared = SharedCycle::new(inner.clone(), Duration::from_secs(60));
+        let window = Duration::from_secs(30);
+        let shop = request("checkout");
+        let billing = SeriesRequest {
+            namespace: "billing".to_owned(),
+            ..request("checkout")
+        };
+        shared.samples(window, std::slice::from_ref(&shop)).await;
+        shared.samples(window, std::slice::from_ref(&billing)).await;
+        shared.forget_answers().await;
+        let answer = shared.samples(window, std::slice::from_ref(&billing)).await;
+        assert_eq!(
+            answer.keys().collect::<Vec<_>>(),
+            [&RolloutKey::new("billing", "checkout")]
+        );
+        assert_eq!(inner.largest_batch.load(Ordering::SeqCst), 2);
     }
 
     #[tokio::test]
@@ -192,7 +220,7 @@ mod tests {
         let answer = shared
             .samples(Duration::from_secs(60), &[request("a")])
             .await;
-        assert!(answer.contains_key("a"));
+        assert!(answer.contains_key(&RolloutKey::new("shop", "a")));
         assert_eq!(inner.calls.load(Ordering::SeqCst), 2);
     }
 }

@@ -3,7 +3,6 @@
 //! but before the cycle finished. Across every restart the served weight never goes down
 //! except to 0 by a rollback, no step is entered twice, and none is skipped.
 
-use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -16,7 +15,7 @@ use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use super::*;
 use crate::evaluate::{Observed, VersionSamples};
 use crate::fixtures::Captured;
-use crate::source::BoxFuture;
+use crate::source::{BoxFuture, SamplesByRollout};
 
 const ROLLOUT: &str = r#"
 apiVersion: cohort.dev/v1alpha1
@@ -44,7 +43,7 @@ impl MetricSource for Chaos {
         &'a self,
         _window: Duration,
         rollouts: &'a [SeriesRequest],
-    ) -> BoxFuture<'a, BTreeMap<String, Samples>> {
+    ) -> BoxFuture<'a, SamplesByRollout> {
         if self.hang.load(Ordering::SeqCst) {
             return Box::pin(std::future::pending());
         }
@@ -52,7 +51,7 @@ impl MetricSource for Chaos {
         Box::pin(async move {
             rollouts
                 .iter()
-                .map(|r| (r.rollout.clone(), samples.clone()))
+                .map(|r| (r.key(), samples.clone()))
                 .collect()
         })
     }

@@ -140,14 +140,20 @@ fn bench() -> Result<()> {
         envoy_path.display()
     );
     println!("wrk: {}", command_line("wrk", &["--version"]));
+    let setups = Setup::selected();
+    let labels: Vec<&str> = setups
+        .iter()
+        .map(|setup| setup.label().split(' ').next().unwrap_or_default())
+        .collect();
     println!(
         "{cpus} CPUs; load average before: {}; Envoy --concurrency {}; wrk -t1 -c{}; {} s per run, \
-         {} repetitions of (a) (b) (c), {} s warm-up each; pinning: {}",
+         {} repetitions of {}, {} s warm-up each; pinning: {}",
         load_average(),
         args.workers,
         args.load.connections,
         args.load.duration.as_secs(),
         args.reps,
+        labels.join(" "),
         args.warmup.as_secs(),
         args.load
             .pin
@@ -157,7 +163,6 @@ fn bench() -> Result<()> {
             )),
     );
 
-    let setups = Setup::selected();
     // Where a set-up's runs are kept: its place in `setups`.
     let index_of = |setup: Setup| setups.iter().position(|s| *s == setup).unwrap_or_default();
     let envoys = setups

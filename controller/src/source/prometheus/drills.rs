@@ -18,7 +18,7 @@ use crate::crd::{
 };
 use crate::evaluate::{evaluate, Observed};
 use crate::plan::{plan, PlanInput};
-use crate::source::series::tests::request;
+use crate::source::series::tests::{request, shop};
 use crate::validate::tests::minimal_spec;
 
 /// How the fake Prometheus answers.
@@ -41,15 +41,15 @@ const GARBAGE: &[(u16, &str)] = &[
     ),
     (
         200,
-        r#"{"status": "success", "data": {"resultType": "vector", "result": [{"metric": {"cohort_rollout": "web", "cohort_version": "canary"}, "value": [1, "NaN"]}, {"metric": {"cohort_rollout": "web", "cohort_version": "stable"}, "value": [1, "NaN"]}]}}"#,
+        r#"{"status": "success", "data": {"resultType": "vector", "result": [{"metric": {"cohort_namespace": "shop", "cohort_rollout": "web", "cohort_version": "canary"}, "value": [1, "NaN"]}, {"metric": {"cohort_namespace": "shop", "cohort_rollout": "web", "cohort_version": "stable"}, "value": [1, "NaN"]}]}}"#,
     ),
     (
         200,
-        r#"{"status": "success", "data": {"resultType": "vector", "result": [{"metric": {"cohort_rollout": "web", "cohort_version": "canary"}, "value": [1, "+Inf"]}, {"metric": {"cohort_rollout": "web", "cohort_version": "stable"}, "value": [1, "-Inf"]}]}}"#,
+        r#"{"status": "success", "data": {"resultType": "vector", "result": [{"metric": {"cohort_namespace": "shop", "cohort_rollout": "web", "cohort_version": "canary"}, "value": [1, "+Inf"]}, {"metric": {"cohort_namespace": "shop", "cohort_rollout": "web", "cohort_version": "stable"}, "value": [1, "-Inf"]}]}}"#,
     ),
     (
         200,
-        r#"{"status": "success", "data": {"resultType": "vector", "result": [{"metric": {"cohort_rollout": "web", "cohort_version": "canary"}, "value": [1, "-5"]}, {"metric": {"cohort_rollout": "web", "cohort_version": "stable"}, "value": [1, "-7"]}]}}"#,
+        r#"{"status": "success", "data": {"resultType": "vector", "result": [{"metric": {"cohort_namespace": "shop", "cohort_rollout": "web", "cohort_version": "canary"}, "value": [1, "-5"]}, {"metric": {"cohort_namespace": "shop", "cohort_rollout": "web", "cohort_version": "stable"}, "value": [1, "-7"]}]}}"#,
     ),
     (
         400,
@@ -134,7 +134,7 @@ async fn prometheus_down_slow_or_garbage_holds_and_never_promotes() {
         let samples = source
             .samples(Duration::from_secs(30), &rollouts)
             .await
-            .remove("web")
+            .remove(&shop("web"))
             .unwrap_or_default();
         assert!(
             started.elapsed() < Duration::from_secs(3),
