@@ -12,9 +12,9 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use serde::Serialize;
-use serde_json::Value;
 
-use crate::json::{join, Reader};
+use crate::json::{self, join, Reader, Value};
+use crate::sort::{sort_by, stable_order};
 
 use crate::bucket::FULL_WEIGHT_BP;
 
@@ -351,7 +351,7 @@ pub fn parse(document: &[u8]) -> Result<Compiled, ConfigErrors> {
 /// Parses a config document without validating it; type errors name the field. Absent fields
 /// take their defaults; unknown fields are ignored.
 pub fn parse_wire(document: &[u8]) -> Result<FilterConfig, ConfigErrors> {
-    let value: Value = serde_json::from_slice(document).map_err(|error| {
+    let value = json::parse(document).map_err(|error| {
         ConfigErrors(vec![ConfigError {
             field: "(document)".to_owned(),
             problem: format!("not valid JSON ({error}); the config must be one JSON object"),
@@ -402,15 +402,16 @@ pub fn parse_wire(document: &[u8]) -> Result<FilterConfig, ConfigErrors> {
             Some(value) => r
                 .object(value, "rollouts")
                 .map(|rollouts| {
-                    rollouts
-                        .iter()
-                        .filter_map(|(name, value)| {
-                            Some((
-                                name.clone(),
-                                rollout_config(&mut r, value, &join("rollouts", name))?,
-                            ))
-                        })
-                        .collect()
+                    // Inserted one by one: `collect` into a map sorts, and brings its sort code.
+                    let mut map = BTreeMap::new();
+                    for (name, value) in rollouts {
+                        if let Some(rollout) =
+                            rollout_config(&mut r, value, &join("rollouts", name))
+                        {
+                            map.insert(name.clone(), rollout);
+                        }
+                    }
+                    map
                 })
                 .unwrap_or_default(),
         },
@@ -534,7 +535,7 @@ pub fn validate(config: &FilterConfig) -> Result<Compiled, ConfigErrors> {
     errors.event_names(&config.events);
 
     let mut rollouts = Vec::with_capacity(config.rollouts.len());
-    let mut seen_hosts: BTreeMap<&str, &str> = BTreeMap::new();
+    let mut claims = earlier_claims(&config.rollouts).into_iter();
     for (name, rollout) in &config.rollouts {
         let field = format!("rollouts.{name}");
         if !is_rollout_name(name) {
@@ -546,7 +547,7 @@ pub fn validate(config: &FilterConfig) -> Result<Compiled, ConfigErrors> {
             );
         }
         for (i, host) in rollout.hosts.iter().enumerate() {
-            if let Some(other) = seen_hosts.insert(host.as_str(), name.as_str()) {
+            if let Some(other) = claims.next().flatten() {
                 errors.push(
                     &format!("{field}.hosts[{i}]"),
                     format!("host \"{host}\" is already claimed by rollout \"{other}\"; each host belongs to one rollout"),
@@ -578,6 +579,30 @@ pub fn validate(config: &FilterConfig) -> Result<Compiled, ConfigErrors> {
         }
         _ => Err(ConfigErrors(errors.0)),
     }
+}
+
+/// For each host of each rollout (in map order, then list order), the rollout that listed the same
+/// host last before it, if any. One sort instead of a map per config.
+fn earlier_claims(rollouts: &BTreeMap<String, RolloutConfig>) -> Vec<Option<&str>> {
+    let mut hosts = Vec::new();
+    let mut names = Vec::new();
+    for (name, rollout) in rollouts {
+        for host in &rollout.hosts {
+            hosts.push(host.as_str());
+            names.push(name.as_str());
+        }
+    }
+    let mut claims = vec![None; hosts.len()];
+    for pair in stable_order(&hosts).windows(2) {
+        if let [earlier, later] = *pair {
+            if hosts.get(earlier) == hosts.get(later) {
+                if let Some(claim) = claims.get_mut(later) {
+                    *claim = names.get(earlier).copied();
+                }
+            }
+        }
+    }
+    claims
 }
 
 #[derive(Default)]
@@ -832,7 +857,7 @@ impl Errors {
             .iter()
             .map(|k| k.as_bytes().to_vec())
             .collect();
-        allow_keys.sort_unstable();
+        sort_by(&mut allow_keys, |a, b| a < b);
         allow_keys.dedup();
         Some(Rollout {
             name: name.to_owned(),
@@ -1101,6 +1126,29 @@ mod tests {
                 "config {document}\n wanted an error containing {want:?}\n got {errors:?}"
             );
         }
+    }
+
+    #[test]
+    fn a_host_is_claimed_by_the_rollout_that_listed_it_last_before() {
+        let errors = errors_of(
+            r#"{"version": 1, "rollouts": {"c": {"hosts": ["x"]}, "b": {"hosts": ["y", "x"]},
+                                           "a": {"hosts": ["x", "x"]}}}"#,
+        );
+        let claimed = "; each host belongs to one rollout";
+        assert_eq!(
+            errors,
+            [
+                format!(
+                    "rollouts.a.hosts[1]: host \"x\" is already claimed by rollout \"a\"{claimed}"
+                ),
+                format!(
+                    "rollouts.b.hosts[1]: host \"x\" is already claimed by rollout \"a\"{claimed}"
+                ),
+                format!(
+                    "rollouts.c.hosts[0]: host \"x\" is already claimed by rollout \"b\"{claimed}"
+                ),
+            ]
+        );
     }
 
     #[test]
