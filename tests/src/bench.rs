@@ -321,6 +321,9 @@ fn pin(pid: u32, cpus: &str) -> Result<()> {
 /// CPU time of process `pid`, all threads: the scheduler's own count in nanoseconds
 /// (`/proc/PID/task/*/schedstat`, first field), else user + system from `/proc/PID/stat`.
 ///
+/// A thread that exits leaves the sum, so this is for processes whose threads live as long as
+/// they do, as Envoy's workers do.
+///
 /// The scheduler's count is exact; `/proc/PID/stat` samples at the timer tick, and on an
 /// otherwise idle machine, where the cores sleep between requests, those samples are biased by
 /// when the cores wake: differences of a few µs per request drown in it.
@@ -447,7 +450,8 @@ mod tests {
         let started = Instant::now();
         let mut x = 0u64;
         // Spin until the count has grown by 20 ms: it must, however loaded the machine is.
-        while cpu_time(pid).unwrap() - before < Duration::from_millis(20) {
+        // Other test threads may exit meanwhile and leave the sum: hence saturating.
+        while cpu_time(pid).unwrap().saturating_sub(before) < Duration::from_millis(20) {
             for _ in 0..100_000 {
                 x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
             }
