@@ -350,7 +350,8 @@ impl Judge for CustomGate {
 }
 
 impl GateResult {
-    fn blank(name: &str) -> Self {
+    /// An Inconclusive result of gate `name` with nothing measured yet.
+    pub(crate) fn blank(name: &str) -> Self {
         GateResult {
             gate: name.to_owned(),
             verdict: Verdict::Inconclusive,

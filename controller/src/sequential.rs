@@ -458,16 +458,7 @@ impl SequentialGate {
         samples: &Samples,
         window: Option<Duration>,
     ) -> GateResult {
-        let mut result = GateResult {
-            gate: name.to_owned(),
-            verdict: Verdict::Inconclusive,
-            canary: None,
-            stable: None,
-            threshold: None,
-            canary_samples: 0.0,
-            stable_samples: 0.0,
-            reason: String::new(),
-        };
+        let mut result = GateResult::blank(name);
         let counted = match self.metric {
             SequentialMetric::ErrorRate => error_counts(samples),
             SequentialMetric::Latency => slow_counts(samples, self.quantile()),
