@@ -180,23 +180,7 @@ impl Call {
                 body: expected,
                 answer,
             } => {
-                assert_eq!(
-                    (method, path.as_str()),
-                    (Method::PATCH, WASM_PLUGIN_PATH),
-                    "{seen}"
-                );
-                assert!(
-                    query.contains("fieldManager=cohort.dev%2Fshop.checkout"),
-                    "{seen}"
-                );
-                assert!(
-                    !query.contains("force"),
-                    "WasmPlugin applies are never forced: {seen}"
-                );
-                assert_eq!(
-                    parts.headers.get(http::header::CONTENT_TYPE).unwrap(),
-                    "application/apply-patch+yaml"
-                );
+                assert_wasm_plugin_apply(&parts, &seen);
                 assert_eq!(body, expected, "{seen}");
                 if let Some(schema) = wasm_plugin_schema() {
                     check_schema(schema, &body, "");
@@ -233,23 +217,7 @@ impl Call {
                 weight_bp,
                 conflict,
             } => {
-                assert_eq!(
-                    (method, path.as_str()),
-                    (Method::PATCH, WASM_PLUGIN_PATH),
-                    "{seen}"
-                );
-                assert!(
-                    query.contains("fieldManager=cohort.dev%2Fshop.checkout"),
-                    "{seen}"
-                );
-                assert!(
-                    !query.contains("force"),
-                    "WasmPlugin applies are never forced: {seen}"
-                );
-                assert_eq!(
-                    parts.headers.get(http::header::CONTENT_TYPE).unwrap(),
-                    "application/apply-patch+yaml"
-                );
+                assert_wasm_plugin_apply(&parts, &seen);
                 check_wasm_plugin_apply(&body, weight_bp);
                 if conflict {
                     failure(
@@ -504,6 +472,29 @@ fn rollout_json() -> Value {
         "metadata": {"name": ROLLOUT, "namespace": NAMESPACE},
         "spec": {"target": {"wasmPlugin": {"name": PLUGIN}}, "hosts": ["checkout"]}
     })
+}
+
+/// A server-side apply of the WasmPlugin, as the rollout `shop/checkout` sends it: its own field
+/// manager, never forced.
+fn assert_wasm_plugin_apply(parts: &http::request::Parts, seen: &str) {
+    let query = parts.uri.query().unwrap_or_default();
+    assert_eq!(
+        (&parts.method, parts.uri.path()),
+        (&Method::PATCH, WASM_PLUGIN_PATH),
+        "{seen}"
+    );
+    assert!(
+        query.contains("fieldManager=cohort.dev%2Fshop.checkout"),
+        "{seen}"
+    );
+    assert!(
+        !query.contains("force"),
+        "WasmPlugin applies are never forced: {seen}"
+    );
+    assert_eq!(
+        parts.headers.get(http::header::CONTENT_TYPE).unwrap(),
+        "application/apply-patch+yaml"
+    );
 }
 
 /// The apply body carries type, name and our `pluginConfig` fields only, at `weight_bp`, and
