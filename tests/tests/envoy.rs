@@ -788,27 +788,19 @@ fn version_name(version: String) -> &'static str {
     }
 }
 
-/// f. Bad configs are refused, the last good one keeps serving, and no request fails meanwhile.
-#[test]
-fn bad_config_pushes_are_rejected_without_failing_requests() {
-    let envoy = start(500);
-    let ids = user_ids("load", 50);
+/// Runs `pushes` while two clients send each of `ids` in turn, every answer checked against
+/// core's placement at `weight_bp`; returns how many requests were sent and what failed.
+fn under_load(
+    envoy: &Envoy,
+    ids: &[String],
+    weight_bp: u32,
+    pushes: impl FnOnce(),
+) -> (u64, Vec<String>) {
     let stop = AtomicBool::new(false);
-    let bad_configs = [
-        "{\"version\": 1, \"rollouts\": {".to_owned(),
-        config(20_000).to_string(),
-        {
-            let mut c = config(500);
-            c["identity"] = serde_json::json!([{"kind": "query", "name": "user"}]);
-            c.to_string()
-        },
-        "[]".to_owned(),
-        String::new(),
-    ];
-    let (served, failures) = std::thread::scope(|scope| {
+    std::thread::scope(|scope| {
         let loaders: Vec<_> = (0..2)
             .map(|_| {
-                let (ids, stop, envoy) = (&ids, &stop, &envoy);
+                let stop = &stop;
                 scope.spawn(move || {
                     let mut client = envoy.client();
                     let (mut served, mut failures) = (0u64, Vec::new());
@@ -819,7 +811,8 @@ fn bad_config_pushes_are_rejected_without_failing_requests() {
                                 Ok(r)
                                     if r.status == 200
                                         && r.upstream().as_deref()
-                                            == Some(expected_version(id.as_bytes(), 500)) => {}
+                                            == Some(expected_version(id.as_bytes(), weight_bp)) => {
+                                }
                                 Ok(r) => {
                                     failures.push(format!("{id}: {} {:?}", r.status, r.upstream()))
                                 }
@@ -831,6 +824,44 @@ fn bad_config_pushes_are_rejected_without_failing_requests() {
                 })
             })
             .collect();
+        // Stop the clients however `pushes` ends, a failed assertion included.
+        struct StopOnDrop<'a>(&'a AtomicBool);
+        impl Drop for StopOnDrop<'_> {
+            fn drop(&mut self) {
+                self.0.store(true, Ordering::SeqCst);
+            }
+        }
+        {
+            let _stop = StopOnDrop(&stop);
+            pushes();
+        }
+        loaders.into_iter().map(|h| h.join().unwrap()).fold(
+            (0, Vec::new()),
+            |(n, mut all), (served, failures)| {
+                all.extend(failures);
+                (n + served, all)
+            },
+        )
+    })
+}
+
+/// f. Bad configs are refused, the last good one keeps serving, and no request fails meanwhile.
+#[test]
+fn bad_config_pushes_are_rejected_without_failing_requests() {
+    let envoy = start(500);
+    let ids = user_ids("load", 50);
+    let bad_configs = [
+        "{\"version\": 1, \"rollouts\": {".to_owned(),
+        config(20_000).to_string(),
+        {
+            let mut c = config(500);
+            c["identity"] = serde_json::json!([{"kind": "query", "name": "user"}]);
+            c.to_string()
+        },
+        "[]".to_owned(),
+        String::new(),
+    ];
+    let (served, failures) = under_load(&envoy, &ids, 500, || {
         for (i, bad) in bad_configs.iter().enumerate() {
             let rejected_before = prom::value(
                 &envoy.prometheus().unwrap(),
@@ -869,14 +900,6 @@ fn bad_config_pushes_are_rejected_without_failing_requests() {
             );
             std::thread::sleep(Duration::from_millis(100));
         }
-        stop.store(true, Ordering::SeqCst);
-        loaders.into_iter().map(|h| h.join().unwrap()).fold(
-            (0, Vec::new()),
-            |(n, mut all), (served, failures)| {
-                all.extend(failures);
-                (n + served, all)
-            },
-        )
     });
     eprintln!("{served} requests during {} bad pushes", bad_configs.len());
     assert!(
@@ -920,38 +943,12 @@ fn bad_config_pushes_are_rejected_without_failing_requests() {
 fn ecds_refusals_and_push_bursts_fail_no_request() {
     let envoy = start(500);
     let ids = user_ids("burst", 50);
-    let stop = AtomicBool::new(false);
     let good = |n: usize| {
         let mut c = config(500);
         c["burst"] = serde_json::json!(n);
         c.to_string()
     };
-    let (served, failures) = std::thread::scope(|scope| {
-        let loaders: Vec<_> = (0..2)
-            .map(|_| {
-                let (ids, stop, envoy) = (&ids, &stop, &envoy);
-                scope.spawn(move || {
-                    let mut client = envoy.client();
-                    let (mut served, mut failures) = (0u64, Vec::new());
-                    while !stop.load(Ordering::SeqCst) {
-                        for id in ids {
-                            served += 1;
-                            match client.get("/", &[(b"x-user-id", id.as_bytes())]) {
-                                Ok(r)
-                                    if r.status == 200
-                                        && r.upstream().as_deref()
-                                            == Some(expected_version(id.as_bytes(), 500)) => {}
-                                Ok(r) => {
-                                    failures.push(format!("{id}: {} {:?}", r.status, r.upstream()))
-                                }
-                                Err(e) => failures.push(format!("{id}: {e}")),
-                            }
-                        }
-                    }
-                    (served, failures)
-                })
-            })
-            .collect();
+    let (served, failures) = under_load(&envoy, &ids, 500, || {
         // Refused by Envoy before the filter sees anything.
         let ecds = cohort_tests::envoy::render_ecds(envoy.wasm(), &good(0)).unwrap();
         let truncated = &ecds[..ecds.len() / 2];
@@ -982,14 +979,6 @@ fn ecds_refusals_and_push_bursts_fail_no_request() {
         let (result, _) = envoy.push_config_and_wait(&good(99)).unwrap();
         assert_eq!(result, PushResult::Accepted);
         std::thread::sleep(Duration::from_millis(300));
-        stop.store(true, Ordering::SeqCst);
-        loaders.into_iter().map(|h| h.join().unwrap()).fold(
-            (0, Vec::new()),
-            |(n, mut all), (served, failures)| {
-                all.extend(failures);
-                (n + served, all)
-            },
-        )
     });
     eprintln!("{served} requests during the refused pushes and the burst");
     assert!(
