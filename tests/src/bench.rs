@@ -18,7 +18,7 @@
 
 use std::fmt;
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -138,14 +138,7 @@ impl fmt::Display for Setup {
 
 /// The no-op filter's `.wasm`: `$COHORT_NOOP_WASM`, else built with the `wasm` profile.
 pub fn noop_wasm() -> Result<PathBuf> {
-    match std::env::var_os("COHORT_NOOP_WASM") {
-        Some(path) if Path::new(&path).is_file() => Ok(PathBuf::from(path)),
-        Some(path) => Err(Error(format!(
-            "COHORT_NOOP_WASM={} is not a file",
-            Path::new(&path).display()
-        ))),
-        None => build_wasm("cohort-bench-noop-filter"),
-    }
+    wasm_from_env("COHORT_NOOP_WASM").unwrap_or_else(|| build_wasm("cohort-bench-noop-filter"))
 }
 
 /// The environment variable naming set-up (e)'s `.wasm`.
@@ -153,16 +146,22 @@ pub const COMPARE_WASM_VAR: &str = "COHORT_COMPARE_WASM";
 
 /// Set-up (e)'s `.wasm`: `$COHORT_COMPARE_WASM`.
 pub fn compare_wasm() -> Result<PathBuf> {
-    match std::env::var_os(COMPARE_WASM_VAR) {
-        Some(path) if Path::new(&path).is_file() => Ok(PathBuf::from(path)),
-        Some(path) => Err(Error(format!(
-            "{COMPARE_WASM_VAR}={} is not a file",
-            Path::new(&path).display()
-        ))),
-        None => Err(Error(format!(
+    wasm_from_env(COMPARE_WASM_VAR).unwrap_or_else(|| {
+        Err(Error(format!(
             "set-up (e) needs {COMPARE_WASM_VAR}: the path of a cohort_filter.wasm to compare"
-        ))),
-    }
+        )))
+    })
+}
+
+/// The `.wasm` environment variable `var` names (an error when it is not a file), or `None`
+/// when it is unset.
+fn wasm_from_env(var: &str) -> Option<Result<PathBuf>> {
+    let path = PathBuf::from(std::env::var_os(var)?);
+    Some(if path.is_file() {
+        Ok(path)
+    } else {
+        Err(Error(format!("{var}={} is not a file", path.display())))
+    })
 }
 
 /// How `wrk` drives Envoy.
