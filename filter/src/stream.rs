@@ -17,6 +17,11 @@ use crate::host;
 use crate::metrics::VmMetrics;
 use crate::root::Active;
 
+/// With the `request-side-only` feature (a bench build, never shipped) the filter decides, routes
+/// and hands out cookies, but skips its clock reads, response headers and metrics: what Envoy
+/// pays for the decision alone, whatever the gates' inputs cost (BENCHMARKS.md, "Envoy overhead").
+const REQUEST_SIDE_ONLY: bool = cfg!(feature = "request-side-only");
+
 /// Per-stream state.
 pub struct Stream {
     active: Option<Rc<Active>>,
@@ -53,7 +58,9 @@ impl Context for Stream {}
 
 impl HttpContext for Stream {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        self.started_ns = host::now_nanos();
+        if !REQUEST_SIDE_ONLY {
+            self.started_ns = host::now_nanos();
+        }
         let serialized = host::request_headers();
         let headers = HeaderPairs::parse(&serialized);
         let Some(active) = self.active.clone() else {
@@ -105,15 +112,18 @@ impl HttpContext for Stream {
     }
 
     fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        if let Some(cookie) = self.set_cookie.take() {
+            host::add_response_header("set-cookie", cookie.as_bytes());
+        }
+        if REQUEST_SIDE_ONLY {
+            return Action::Continue;
+        }
         let serialized = host::response_headers();
         let headers = HeaderPairs::parse(&serialized);
         self.status = headers
             .get(":status")
             .and_then(|status| std::str::from_utf8(status).ok()?.parse().ok())
             .unwrap_or(0);
-        if let Some(cookie) = self.set_cookie.take() {
-            host::add_response_header("set-cookie", cookie.as_bytes());
-        }
         let (Some(active), Some((rollout, side))) = (&self.active, self.routed) else {
             return Action::Continue;
         };
@@ -136,6 +146,9 @@ impl HttpContext for Stream {
     }
 
     fn on_log(&mut self) {
+        if REQUEST_SIDE_ONLY {
+            return;
+        }
         let (Some(active), Some((rollout, side))) = (&self.active, self.routed) else {
             return;
         };

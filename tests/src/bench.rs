@@ -78,7 +78,7 @@ pub enum Setup {
 }
 
 impl Setup {
-    /// (a), (b), (c), (d), in the order each repetition runs them.
+    /// (a), (b), (c), (d): the order of the first repetition (each later one starts one further).
     pub const ALL: [Setup; 4] = [Setup::None, Setup::Noop, Setup::Cohort, Setup::SetsHeader];
 
     /// The set-ups to run: [`Setup::ALL`], and (e) when `$COHORT_COMPARE_WASM` is set.

@@ -5,11 +5,12 @@
 //! ```
 //!
 //! Starts the four set-ups of [`cohort_tests::bench`] side by side (one Envoy worker each),
-//! warms each up, then runs `wrk` against (a), (b), (c), (d) in turn, `--reps` times, and prints
-//! every run, the medians per set-up, and what (b), (c) and (d) add over (a). Short runs, many times over:
-//! on a shared machine the speed of the cores drifts within seconds, so what the filters add is
-//! taken within each repetition (the runs of one repetition follow each other) and the
-//! median over repetitions is reported. A benchmark, not a test: it asserts nothing about timing.
+//! warms each up, then runs `wrk` against each set-up in turn, `--reps` times (each repetition
+//! starting one set-up later), and prints every run, the medians per set-up, and what (b), (c)
+//! and (d) add over (a). Short runs, many times over: on a shared machine the speed of the cores
+//! drifts within seconds, so what the filters add is taken within each repetition (the runs of
+//! one repetition follow each other) and the median over repetitions is reported. A benchmark,
+//! not a test: it asserts nothing about timing.
 
 use std::process::{Command, ExitCode};
 use std::time::Duration;
@@ -181,9 +182,12 @@ fn bench() -> Result<()> {
 
     let mut runs: Vec<Vec<Run>> = vec![Vec::new(); setups.len()];
     for rep in 1..=args.reps {
-        for (index, (setup, envoy)) in setups.iter().zip(&envoys).enumerate() {
-            let run = drive(envoy, &args.load)?;
-            print_run(rep, *setup, &run);
+        // Each repetition starts one set-up later than the one before, so no set-up always runs
+        // first (after the idle print) or right after a given other one.
+        for offset in 0..setups.len() {
+            let index = (rep - 1 + offset) % setups.len();
+            let run = drive(&envoys[index], &args.load)?;
+            print_run(rep, setups[index], &run);
             runs[index].push(run);
         }
     }
