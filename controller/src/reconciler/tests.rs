@@ -645,6 +645,36 @@ async fn a_merged_config_the_filter_would_reject_is_not_pushed() {
 }
 
 #[tokio::test]
+async fn a_same_named_rollout_of_another_namespace_keeps_its_entry() {
+    // `billing/checkout` already serves through the same WasmPlugin.
+    let mut taken = live(Some(100));
+    taken["rollouts"][ROLLOUT]["namespace"] = json!("billing");
+    let mut harness = Harness::new(healthy());
+    let error = harness
+        .reconcile(
+            rollout(spec(), Some(progressing(0, 100, 120))),
+            vec![
+                Call::GetWasmPlugin(taken),
+                Call::status(|status| {
+                    assert_eq!(status.weight_bp, 100);
+                    let condition = condition(status, CONDITION_DEGRADED);
+                    assert_eq!(condition.reason, "TargetConflict");
+                    for part in ["CanaryRollout billing/checkout", "metadata.name"] {
+                        assert!(condition.message.contains(part), "{}", condition.message);
+                    }
+                }),
+                Call::Event("Warning", "TargetConflict"),
+            ],
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(error, Error::Target(TargetError::Conflict(_))),
+        "{error}"
+    );
+}
+
+#[tokio::test]
 async fn an_invalid_spec_sets_the_condition_and_pushes_nothing() {
     let mut invalid = spec();
     invalid.hosts = vec!["Bad Host".into()];

@@ -8,7 +8,8 @@
 //! reads a half-written file. An invalid merge leaves the file untouched.
 //!
 //! What the merge takes from the pushed config, and why:
-//! - `rollouts.<name>`: replaced; every other rollout stays as it is.
+//! - `rollouts.<name>`: replaced; every other rollout stays as it is. An entry recording another
+//!   namespace belongs to a same-named rollout there and is not replaced (a conflict).
 //! - `anonymous`: set. It is filter-wide and comes from the spec, so rollouts sharing one file
 //!   must agree on it (the CRD says so).
 //! - `events`: the union of the file's and the pushed ones, because another rollout's business
@@ -41,7 +42,7 @@ use cohort_core::config::{self, ConfigError, ConfigErrors, FilterConfig};
 use serde_json::Value;
 
 use crate::source::BoxFuture;
-use crate::target::{Released, Target, TargetError};
+use crate::target::{check_entry_namespace, Released, Target, TargetError};
 
 /// The ECDS file of one HTTP filter.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -190,6 +191,15 @@ pub fn merge(
             problem: "the pushed config has no entry for this rollout".to_owned(),
         }])));
     };
+    check_entry_namespace(
+        "the ECDS file",
+        name,
+        existing
+            .rollouts
+            .get(name)
+            .map(|entry| entry.namespace.as_str()),
+        &rollout.namespace,
+    )?;
     existing.version = pushed.version;
     existing.anonymous = pushed.anonymous.clone();
     if pushed.force_token.is_some() {
@@ -477,6 +487,32 @@ mod tests {
             .unwrap_err();
         assert!(matches!(error, TargetError::Invalid(_)), "{error:?}");
         assert_eq!(fs::read_to_string(&path).unwrap(), original);
+    }
+
+    #[test]
+    fn a_same_named_rollout_of_another_namespace_leaves_the_file_byte_identical() {
+        let dir = Dir::new("namespace");
+        let path = dir.0.join("ecds.yaml");
+        let original = ecds(&EXISTING.replace(
+            r#""web": {"hosts""#,
+            r#""web": {"namespace": "shop", "hosts""#,
+        ));
+        fs::write(&path, &original).unwrap();
+        let file = EnvoyEcdsFile::new(&path, "cohort");
+        let mut blog = pushed(&["web"], 500);
+        blog.rollouts.get_mut("web").unwrap().namespace = "blog".into();
+        let error = file.apply_blocking("web", &blog).unwrap_err();
+        assert!(matches!(error, TargetError::Conflict(_)), "{error:?}");
+        assert!(
+            error.to_string().contains("CanaryRollout shop/web"),
+            "{error}"
+        );
+        assert_eq!(fs::read_to_string(&path).unwrap(), original);
+        // Its own namespace's rollout writes it.
+        let mut shop = blog.clone();
+        shop.rollouts.get_mut("web").unwrap().namespace = "shop".into();
+        file.apply_blocking("web", &shop).unwrap();
+        assert_eq!(file.read_config().unwrap().rollouts["web"].weight_bp, 500);
     }
 
     #[test]

@@ -28,6 +28,33 @@ pub enum TargetError {
     Unavailable(String),
 }
 
+/// A filter config holds one entry per rollout name, and the entry records its rollout's
+/// namespace. Writing `rollouts.<name>` for the rollout of namespace `ours` over the entry of
+/// another namespace's same-named rollout would take over that rollout's users, so it is
+/// refused. An entry without a namespace (written before entries carried one) is taken over.
+pub fn check_entry_namespace(
+    target: &str,
+    name: &str,
+    existing: Option<&str>,
+    ours: &str,
+) -> Result<(), TargetError> {
+    match existing {
+        Some(theirs) if !theirs.is_empty() && theirs != ours => {
+            let ours = if ours.is_empty() {
+                "(no namespace)"
+            } else {
+                ours
+            };
+            Err(TargetError::Conflict(format!(
+                "{target}: rollouts.{name} is the entry of CanaryRollout {theirs}/{name}, and a \
+                 filter config holds one entry per rollout name; rename one of the two rollouts \
+                 (metadata.name) or give the one in {ours} another target (spec.target)"
+            )))
+        }
+        _ => Ok(()),
+    }
+}
+
 /// What releasing a rollout's entry did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Released {
@@ -54,4 +81,39 @@ pub trait Target: Send + Sync {
     /// stable to everyone that entry sent to the canary. A missing target is not an error:
     /// it serves no entry.
     fn release<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<Released, TargetError>>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_entry_is_written_only_for_its_own_namespace() {
+        // (the entry's namespace, the writing rollout's, refused)
+        let table = [
+            (None, "shop", false),
+            (Some("shop"), "shop", false),
+            (Some(""), "shop", false),
+            (Some(""), "", false),
+            (Some("shop"), "blog", true),
+            (Some("shop"), "", true),
+        ];
+        for (existing, ours, refused) in table {
+            let result = check_entry_namespace("WasmPlugin mesh/cohort", "web", existing, ours);
+            assert_eq!(result.is_err(), refused, "{existing:?} written by {ours:?}");
+            if let Err(error) = result {
+                let message = error.to_string();
+                assert!(matches!(error, TargetError::Conflict(_)), "{message}");
+                for part in [
+                    "WasmPlugin mesh/cohort",
+                    "rollouts.web",
+                    "CanaryRollout shop/web",
+                    "metadata.name",
+                    "spec.target",
+                ] {
+                    assert!(message.contains(part), "{part:?} missing from {message}");
+                }
+            }
+        }
+    }
 }

@@ -17,8 +17,10 @@
 //!
 //! Before applying, the WasmPlugin is read, our fields merged into its live `pluginConfig` the
 //! way the API server will merge them, and the result checked by the filter's own
-//! `cohort_core::config::parse`: a config the filter would reject is never pushed. When the live
-//! config already carries our fields, nothing is written.
+//! `cohort_core::config::parse`: a config the filter would reject is never pushed. Nor is an
+//! entry over a same-named rollout's of another namespace (entries are keyed by name and record
+//! their namespace): that is a [`TargetError::Conflict`] naming the rollout that holds it. When
+//! the live config already carries our fields, nothing is written.
 //!
 //! Releasing ([`WasmPluginTarget::release`], when the CanaryRollout is deleted) is an apply with
 //! the same field manager that omits what it applied before: the API server then removes every
@@ -41,7 +43,7 @@ use serde_json::{Map, Value};
 
 use cohort_core::config::{self, ConfigError, ConfigErrors, FilterConfig, CONFIG_VERSION};
 
-use super::{Released, Target, TargetError};
+use super::{check_entry_namespace, Released, Target, TargetError};
 use crate::source::BoxFuture;
 
 /// WasmPlugin's API group (Istio 1.30 serves `v1alpha1` only).
@@ -230,6 +232,7 @@ impl WasmPluginTarget {
         if includes(live, &applied) {
             return Ok(Pushed::Unchanged);
         }
+        self.check_entry_namespaces(live, &applied)?;
         check_merged(live, &applied)?;
         let body = apply_body(&self.resource, &self.namespace, &self.plugin, applied);
         // No force: see the module documentation.
@@ -239,6 +242,25 @@ impl WasmPluginTarget {
             .await
             .map_err(|error| self.target_error(error))?;
         Ok(Pushed::Applied)
+    }
+
+    /// [`check_entry_namespace`] for each entry `applied` writes.
+    fn check_entry_namespaces(&self, live: &Value, applied: &Value) -> Result<(), TargetError> {
+        let namespace = |entry: &Value| {
+            let namespace = entry.get("namespace").and_then(Value::as_str);
+            namespace.unwrap_or_default().to_owned()
+        };
+        let written = applied.get("rollouts").and_then(Value::as_object);
+        for (name, ours) in written.into_iter().flatten() {
+            let existing = live.get("rollouts").and_then(|entries| entries.get(name));
+            check_entry_namespace(
+                &self.describe(),
+                name,
+                existing.map(namespace).as_deref(),
+                &namespace(ours),
+            )?;
+        }
+        Ok(())
     }
 
     /// The live `spec.pluginConfig` (an empty object when it has none).
