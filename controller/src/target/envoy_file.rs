@@ -38,11 +38,11 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use cohort_core::config::{self, ConfigError, ConfigErrors, FilterConfig};
+use cohort_core::config::{self, ConfigError, ConfigErrors, FilterConfig, RolloutConfig};
 use serde_json::Value;
 
 use crate::source::BoxFuture;
-use crate::target::{check_entry_namespace, Released, Target, TargetError};
+use crate::target::{check_entry_namespace, entry_belongs_to, Released, Target, TargetError};
 
 /// The ECDS file of one HTTP filter.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -84,12 +84,15 @@ impl EnvoyEcdsFile {
             .map(|_| ())
     }
 
-    /// [`Target::release`] without a runtime: rollout `name`'s entry removed from the file.
-    pub fn release_blocking(&self, name: &str) -> Result<Released, TargetError> {
+    /// [`Target::release`] without a runtime: the entry of rollout `namespace/name` removed
+    /// from the file. An entry recording another namespace is a same-named rollout's and stays.
+    pub fn release_blocking(&self, namespace: &str, name: &str) -> Result<Released, TargetError> {
         let rewritten = self.rewrite(|mut existing| {
-            if existing.rollouts.remove(name).is_none() {
+            let ours = |entry: &RolloutConfig| entry_belongs_to(&entry.namespace, namespace);
+            if !existing.rollouts.get(name).is_some_and(ours) {
                 return Ok(None);
             }
+            existing.rollouts.remove(name);
             config::validate(&existing)?;
             Ok(Some(existing))
         });
@@ -164,11 +167,15 @@ impl Target for EnvoyEcdsFile {
         })
     }
 
-    fn release<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<Released, TargetError>> {
+    fn release<'a>(
+        &'a self,
+        namespace: &'a str,
+        name: &'a str,
+    ) -> BoxFuture<'a, Result<Released, TargetError>> {
         Box::pin(async move {
             let file = self.clone();
-            let name = name.to_owned();
-            tokio::task::spawn_blocking(move || file.release_blocking(&name))
+            let (namespace, name) = (namespace.to_owned(), name.to_owned());
+            tokio::task::spawn_blocking(move || file.release_blocking(&namespace, &name))
                 .await
                 .unwrap_or_else(|error| {
                     Err(TargetError::Unavailable(format!(
@@ -335,7 +342,6 @@ fn create_private(path: &Path) -> std::io::Result<fs::File> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use cohort_core::config::RolloutConfig;
 
     /// A temp directory removed on drop.
     struct Dir(PathBuf);
@@ -490,7 +496,7 @@ mod tests {
     }
 
     #[test]
-    fn a_same_named_rollout_of_another_namespace_leaves_the_file_byte_identical() {
+    fn a_same_named_rollout_of_another_namespace_neither_writes_nor_releases_the_entry() {
         let dir = Dir::new("namespace");
         let path = dir.0.join("ecds.yaml");
         let original = ecds(&EXISTING.replace(
@@ -508,11 +514,22 @@ mod tests {
             "{error}"
         );
         assert_eq!(fs::read_to_string(&path).unwrap(), original);
-        // Its own namespace's rollout writes it.
+        // Nor does releasing blog/web remove it.
+        assert_eq!(
+            file.release_blocking("blog", "web").unwrap(),
+            Released::Nothing
+        );
+        assert_eq!(fs::read_to_string(&path).unwrap(), original);
+        // Its own namespace's rollout writes it, and releases it.
         let mut shop = blog.clone();
         shop.rollouts.get_mut("web").unwrap().namespace = "shop".into();
         file.apply_blocking("web", &shop).unwrap();
         assert_eq!(file.read_config().unwrap().rollouts["web"].weight_bp, 500);
+        assert_eq!(
+            file.release_blocking("shop", "web").unwrap(),
+            Released::Removed
+        );
+        assert!(!file.read_config().unwrap().rollouts.contains_key("web"));
     }
 
     #[test]
@@ -583,7 +600,7 @@ mod tests {
         let before = fs::read_to_string(&path).unwrap();
 
         assert_eq!(
-            file.release_blocking("checkout").unwrap(),
+            file.release_blocking("", "checkout").unwrap(),
             Released::Removed
         );
         let after = fs::read_to_string(&path).unwrap();
@@ -603,7 +620,7 @@ mod tests {
 
         // Again: nothing to remove, and the file is not rewritten.
         assert_eq!(
-            file.release_blocking("checkout").unwrap(),
+            file.release_blocking("", "checkout").unwrap(),
             Released::Nothing
         );
         assert_eq!(fs::read_to_string(&path).unwrap(), after);
@@ -620,18 +637,18 @@ mod tests {
         let path = dir.0.join("ecds.yaml");
         let target: Box<dyn Target> = Box::new(EnvoyEcdsFile::new(&path, "cohort"));
         assert_eq!(
-            target.release("web").await.unwrap(),
+            target.release("", "web").await.unwrap(),
             Released::TargetMissing
         );
         assert!(!path.exists());
         fs::write(&path, ecds(EXISTING)).unwrap();
-        assert_eq!(target.release("web").await.unwrap(), Released::Removed);
+        assert_eq!(target.release("", "web").await.unwrap(), Released::Removed);
         let config = EnvoyEcdsFile::new(&path, "cohort").read_config().unwrap();
         assert_eq!(config.rollouts.keys().collect::<Vec<_>>(), ["api"]);
         // An unreadable document is an error, not "nothing to remove": Envoy may serve it.
         fs::write(&path, "resources: [\n").unwrap();
         assert!(matches!(
-            target.release("api").await,
+            target.release("", "api").await,
             Err(TargetError::Unavailable(_))
         ));
     }

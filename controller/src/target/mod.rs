@@ -39,7 +39,7 @@ pub fn check_entry_namespace(
     ours: &str,
 ) -> Result<(), TargetError> {
     match existing {
-        Some(theirs) if !theirs.is_empty() && theirs != ours => {
+        Some(theirs) if !entry_belongs_to(theirs, ours) => {
             let ours = if ours.is_empty() {
                 "(no namespace)"
             } else {
@@ -53,6 +53,12 @@ pub fn check_entry_namespace(
         }
         _ => Ok(()),
     }
+}
+
+/// Whether an entry recording namespace `entry` is the rollout of namespace `ours`'s to write
+/// or remove (an entry without a namespace is anyone's of that name).
+pub fn entry_belongs_to(entry: &str, ours: &str) -> bool {
+    entry.is_empty() || entry == ours
 }
 
 /// What releasing a rollout's entry did.
@@ -77,10 +83,14 @@ pub trait Target: Send + Sync {
         config: &'a FilterConfig,
     ) -> BoxFuture<'a, Result<(), TargetError>>;
 
-    /// Removes rollout `name`'s entry, keeping every other rollout's; the filter then serves
-    /// stable to everyone that entry sent to the canary. A missing target is not an error:
-    /// it serves no entry.
-    fn release<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<Released, TargetError>>;
+    /// Removes the entry of rollout `namespace/name`, keeping every other rollout's; the filter
+    /// then serves stable to everyone that entry sent to the canary. A missing target is not an
+    /// error: it serves no entry.
+    fn release<'a>(
+        &'a self,
+        namespace: &'a str,
+        name: &'a str,
+    ) -> BoxFuture<'a, Result<Released, TargetError>>;
 }
 
 #[cfg(test)]

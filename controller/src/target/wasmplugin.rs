@@ -302,7 +302,12 @@ impl Target for WasmPluginTarget {
         Box::pin(async move { self.push(name, config).await.map(|_| ()) })
     }
 
-    fn release<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<Released, TargetError>> {
+    fn release<'a>(
+        &'a self,
+        _namespace: &'a str,
+        name: &'a str,
+    ) -> BoxFuture<'a, Result<Released, TargetError>> {
+        // The field manager names the namespace: only this rollout's own fields go.
         Box::pin(self.release(name))
     }
 }
