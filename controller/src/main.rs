@@ -40,6 +40,9 @@ enum Command {
     /// Drives one CanaryRollout against a plain Envoy (ECDS file), without Kubernetes. Exits 0
     /// when promoted, 3 when rolled back or aborted.
     Run(cohort_controller::standalone::RunArgs),
+    /// Takes a rollout's entry out of a plain Envoy's ECDS file, so all of its users are served
+    /// stable (what deleting a CanaryRollout does in a cluster). Stop `cohort run` first.
+    Release(cohort_controller::standalone::release::ReleaseArgs),
     /// Runs a whole rollout on this machine: real Envoy with the filter, a stable and a canary
     /// upstream, many users, live progress, an HTML report. Exits 0 when it ends as the
     /// scenario expects (healthy: promoted; errors, slow, business-drop: rolled back).
@@ -84,6 +87,9 @@ fn main() -> Result<()> {
         Command::Resume(args) => block_on(cli::gesture(Gesture::Resume, args))?,
         Command::Retry(args) => block_on(cli::gesture(Gesture::Retry, args))?,
         Command::Run(args) => std::process::exit(cohort_controller::standalone::main(&args)),
+        Command::Release(args) => {
+            std::process::exit(cohort_controller::standalone::release::main(&args))
+        }
         Command::Lab(args) => std::process::exit(cohort_controller::lab::main(&args)),
         Command::Analyze(args) => std::process::exit(cohort_controller::analyze::main(&args)),
         Command::Controller(args) => cohort_controller::reconciler::main(&args)?,

@@ -176,6 +176,9 @@ pub enum RunError {
     /// The ECDS file could not be written; retried.
     #[error("pushing the filter config failed: {0}")]
     Push(#[from] TargetError),
+    /// `cohort release` could not take the entry out; the file is as it was.
+    #[error("removing the rollout's entry failed: {0}")]
+    Release(TargetError),
     /// Envoy refused the pushed config (the previous one keeps serving); retried.
     #[error("Envoy rejected the pushed filter config (update_rejected went up); see Envoy's log")]
     Rejected,
@@ -208,6 +211,7 @@ impl RunError {
             | RunError::ForceToken(_) => 2,
             RunError::Source(_)
             | RunError::Push(_)
+            | RunError::Release(_)
             | RunError::Rejected
             | RunError::Runtime(_)
             | RunError::SaveStatus { .. } => 1,
@@ -816,6 +820,8 @@ fn percent(weight_bp: u32) -> String {
 fn seconds(duration: Duration) -> String {
     format!("{:.1}s", duration.as_secs_f64())
 }
+
+pub mod release;
 
 #[cfg(test)]
 mod kill_tests;

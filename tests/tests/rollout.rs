@@ -17,7 +17,9 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use cohort_controller::crd::{CanaryRolloutStatus, Phase, Verdict};
+use cohort_controller::standalone::release::{release, ReleaseArgs};
 use cohort_controller::standalone::{self, load_status, Outcome, RunArgs};
+use cohort_controller::target::envoy_file::EnvoyEcdsFile;
 use cohort_tests::prometheus_server::Prometheus;
 use cohort_tests::{config, expected_version, prom, Client, Envoy, TempDir};
 
@@ -388,6 +390,10 @@ fn healthy_canary_is_promoted_through_every_step_from_envoy_admin_stats() {
                  {latency: {quantile: 0.9, tolerance: 0.5, slackMs: 50}}]";
     let mut args = lab.args(&rollout(&steps, gates, 5, "{}"));
     args.prometheus = None;
+    let release_args = ReleaseArgs {
+        rollout: args.rollout.clone(),
+        envoy_ecds: args.envoy_ecds.clone(),
+    };
     let load = Load::start(&lab.envoy, 4, 100, ROLLOUT_DEADLINE);
     let run = CohortRun::start(args);
 
@@ -421,6 +427,25 @@ fn healthy_canary_is_promoted_through_every_step_from_envoy_admin_stats() {
         Some("Promoted")
     );
     assert_eq!(load.stats.server_errors.load(Ordering::Relaxed), 0);
+
+    // `cohort release` takes the entry out of the ECDS file: Envoy drops the rollout (its
+    // weight gauge reads 0) and serves stable to every probe user again.
+    let line = release(&release_args).unwrap();
+    assert!(line.starts_with("removed rollouts.web from"), "{line}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while lab.weight() != Some(0) {
+        assert!(
+            Instant::now() < deadline,
+            "Envoy still serves {:?}",
+            lab.weight()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(lab.check_routing(0), 0);
+    let config = EnvoyEcdsFile::new(lab.ecds(), "cohort")
+        .read_config()
+        .unwrap();
+    assert!(!config.rollouts.contains_key("web"), "{config:?}");
     eprintln!(
         "healthy rollout (Envoy admin source): {} steps in {:.1}s, {} requests",
         steps.len(),
