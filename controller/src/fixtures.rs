@@ -727,6 +727,35 @@ pub fn rollout(
     rollout
 }
 
+/// A fresh directory under the system temp dir, removed on drop.
+pub struct TempDir(pub std::path::PathBuf);
+
+impl TempDir {
+    /// A directory named after `tag`, this process and the time.
+    pub fn new(tag: &str) -> TempDir {
+        let path = std::env::temp_dir().join(format!(
+            "cohort-{tag}-{}-{}",
+            std::process::id(),
+            Timestamp::now().as_nanosecond()
+        ));
+        std::fs::create_dir_all(&path).unwrap();
+        TempDir(path)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// manifests/envoy/ecds.yaml with `config` as the cohort filter's configuration.
+pub fn ecds_document(config: &str) -> String {
+    include_str!("../../manifests/envoy/ecds.yaml")
+        .replace("${WASM_PATH}", "/opt/cohort_filter.wasm")
+        .replace("${COHORT_CONFIG}", &config.replace('\'', "''"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -831,8 +831,8 @@ mod tests {
     use super::*;
     use crate::crd::{GateResult, Verdict};
     use crate::evaluate::{Observed, VersionSamples};
+    use crate::fixtures::TempDir;
     use crate::source::{BoxFuture, SamplesByRollout};
-    use k8s_openapi::jiff::Timestamp;
     use std::sync::{Arc, Mutex};
 
     const ROLLOUT: &str = r#"
@@ -997,22 +997,9 @@ spec:
         }
     }
 
-    struct Dir(PathBuf);
-
-    impl Drop for Dir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-
     #[tokio::test]
     async fn starts_holds_rolls_back_and_resumes_from_the_status_file() {
-        let dir = Dir(std::env::temp_dir().join(format!(
-            "cohort-standalone-{}-{}",
-            std::process::id(),
-            Timestamp::now().as_nanosecond()
-        )));
-        std::fs::create_dir_all(&dir.0).unwrap();
+        let dir = TempDir::new("standalone");
         let ecds = dir.0.join("ecds.yaml");
         std::fs::write(
             &ecds,
@@ -1092,12 +1079,7 @@ spec:
 
     #[tokio::test]
     async fn custom_gates_need_prometheus_and_shutdown_interrupts() {
-        let dir = Dir(std::env::temp_dir().join(format!(
-            "cohort-standalone-custom-{}-{}",
-            std::process::id(),
-            Timestamp::now().as_nanosecond()
-        )));
-        std::fs::create_dir_all(&dir.0).unwrap();
+        let dir = TempDir::new("standalone-custom");
         let rollout_file = dir.0.join("rollout.yaml");
         let custom = ROLLOUT.replace(
             "gates: [{errorRate: {maxIncrease: 0.02}}]",

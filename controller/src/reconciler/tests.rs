@@ -613,65 +613,41 @@ async fn a_conflict_is_reported_then_the_retry_succeeds() {
 }
 
 #[tokio::test]
-async fn a_merged_config_the_filter_would_reject_is_not_pushed() {
-    // Another rollout already claims host "checkout".
+async fn a_write_the_target_would_refuse_is_not_pushed() {
+    // Another rollout already claims host "checkout": the filter would reject the merge.
     let mut clash = live(Some(100));
     clash["rollouts"]["search"]["hosts"] = json!(["checkout"]);
-    let mut harness = Harness::new(healthy());
-    let error = harness
-        .reconcile(
-            rollout(spec(), Some(progressing(0, 100, 120))),
-            vec![
-                Call::GetWasmPlugin(clash),
-                Call::status(|status| {
-                    assert_eq!(status.weight_bp, 100);
-                    let condition = condition(status, CONDITION_DEGRADED);
-                    assert_eq!(condition.reason, "InvalidFilterConfig");
-                    assert!(
-                        condition.message.contains("already claimed"),
-                        "{}",
-                        condition.message
-                    );
-                }),
-                Call::Event("Warning", "InvalidFilterConfig"),
-            ],
-        )
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(error, Error::Target(TargetError::Invalid(_))),
-        "{error}"
-    );
-}
-
-#[tokio::test]
-async fn a_same_named_rollout_of_another_namespace_keeps_its_entry() {
     // `billing/checkout` already serves through the same WasmPlugin.
     let mut taken = live(Some(100));
     taken["rollouts"][ROLLOUT]["namespace"] = json!("billing");
-    let mut harness = Harness::new(healthy());
-    let error = harness
-        .reconcile(
-            rollout(spec(), Some(progressing(0, 100, 120))),
-            vec![
-                Call::GetWasmPlugin(taken),
-                Call::status(|status| {
-                    assert_eq!(status.weight_bp, 100);
-                    let condition = condition(status, CONDITION_DEGRADED);
-                    assert_eq!(condition.reason, "TargetConflict");
-                    for part in ["CanaryRollout billing/checkout", "metadata.name"] {
-                        assert!(condition.message.contains(part), "{}", condition.message);
-                    }
-                }),
-                Call::Event("Warning", "TargetConflict"),
-            ],
-        )
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(error, Error::Target(TargetError::Conflict(_))),
-        "{error}"
-    );
+    let table = [
+        (clash, "InvalidFilterConfig", "already claimed"),
+        (taken, "TargetConflict", "CanaryRollout billing/checkout"),
+    ];
+    for (live, reason, message) in table {
+        let mut harness = Harness::new(healthy());
+        let error = harness
+            .reconcile(
+                rollout(spec(), Some(progressing(0, 100, 120))),
+                vec![
+                    Call::GetWasmPlugin(live),
+                    Call::status(move |status| {
+                        assert_eq!(status.weight_bp, 100);
+                        let condition = condition(status, CONDITION_DEGRADED);
+                        assert_eq!(condition.reason, reason);
+                        assert!(condition.message.contains(message), "{}", condition.message);
+                    }),
+                    Call::Event("Warning", reason),
+                ],
+            )
+            .await
+            .unwrap_err();
+        let refused = match reason {
+            "InvalidFilterConfig" => matches!(error, Error::Target(TargetError::Invalid(_))),
+            _ => matches!(error, Error::Target(TargetError::Conflict(_))),
+        };
+        assert!(refused, "{reason}: {error}");
+    }
 }
 
 #[tokio::test]

@@ -75,35 +75,8 @@ mod tests {
     use std::fs;
     use std::path::Path;
 
+    use crate::fixtures::{ecds_document as ecds, TempDir};
     use crate::target::envoy_file::EnvoyEcdsFile;
-
-    /// A fresh directory under the system temp dir, removed on drop.
-    struct Dir(PathBuf);
-
-    impl Dir {
-        fn new(tag: &str) -> Dir {
-            let path = std::env::temp_dir().join(format!(
-                "cohort-release-{tag}-{}-{:?}",
-                std::process::id(),
-                std::thread::current().id()
-            ));
-            let _ = fs::remove_dir_all(&path);
-            fs::create_dir_all(&path).unwrap();
-            Dir(path)
-        }
-    }
-
-    impl Drop for Dir {
-        fn drop(&mut self) {
-            let _ = fs::remove_dir_all(&self.0);
-        }
-    }
-
-    fn ecds(config: &str) -> String {
-        include_str!("../../../manifests/envoy/ecds.yaml")
-            .replace("${WASM_PATH}", "/opt/cohort_filter.wasm")
-            .replace("${COHORT_CONFIG}", &config.replace('\'', "''"))
-    }
 
     fn rollout_file(dir: &Path, metadata: &str, spec_target: &str) -> PathBuf {
         let path = dir.join("rollout.yaml");
@@ -129,7 +102,7 @@ mod tests {
 
     #[test]
     fn removes_the_rollouts_entry_once_and_keeps_the_others() {
-        let dir = Dir::new("removes");
+        let dir = TempDir::new("release-removes");
         let ecds_path = dir.0.join("ecds.yaml");
         fs::write(&ecds_path, ecds(CONFIG)).unwrap();
         // The file comes from the spec.
@@ -149,7 +122,7 @@ mod tests {
 
     #[test]
     fn another_namespaces_entry_and_a_missing_file_are_left_alone() {
-        let dir = Dir::new("others");
+        let dir = TempDir::new("release-others");
         let ecds_path = dir.0.join("ecds.yaml");
         fs::write(&ecds_path, ecds(CONFIG)).unwrap();
         let original = fs::read_to_string(&ecds_path).unwrap();
@@ -177,7 +150,7 @@ mod tests {
 
     #[test]
     fn unusable_input_names_the_problem_and_its_exit_code() {
-        let dir = Dir::new("unusable");
+        let dir = TempDir::new("release-unusable");
         // No ECDS file anywhere.
         let args = ReleaseArgs {
             rollout: rollout_file(&dir.0, "{name: web}", "{wasmPlugin: {name: cohort}}"),

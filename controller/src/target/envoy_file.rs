@@ -343,36 +343,7 @@ fn create_private(path: &Path) -> std::io::Result<fs::File> {
 mod tests {
     use super::*;
 
-    /// A temp directory removed on drop.
-    struct Dir(PathBuf);
-
-    impl Dir {
-        fn new(tag: &str) -> Dir {
-            let path = std::env::temp_dir().join(format!(
-                "cohort-envoy-file-{tag}-{}-{}",
-                std::process::id(),
-                std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .unwrap()
-                    .as_nanos()
-            ));
-            fs::create_dir_all(&path).unwrap();
-            Dir(path)
-        }
-    }
-
-    impl Drop for Dir {
-        fn drop(&mut self) {
-            let _ = fs::remove_dir_all(&self.0);
-        }
-    }
-
-    /// manifests/envoy/ecds.yaml, rendered as the tests render it.
-    fn ecds(config: &str) -> String {
-        include_str!("../../../manifests/envoy/ecds.yaml")
-            .replace("${WASM_PATH}", "/opt/cohort_filter.wasm")
-            .replace("${COHORT_CONFIG}", &config.replace('\'', "''"))
-    }
+    use crate::fixtures::{ecds_document as ecds, TempDir};
 
     const EXISTING: &str = r#"{"version": 1, "forceToken": "0123456789abcdef0123",
         "identity": [{"kind": "header", "name": "x-user-id"}], "events": ["signup"],
@@ -392,7 +363,7 @@ mod tests {
 
     #[test]
     fn replaces_one_rollout_and_keeps_the_rest() {
-        let dir = Dir::new("keep");
+        let dir = TempDir::new("envoy-file-keep");
         let path = dir.0.join("ecds.yaml");
         fs::write(&path, ecds(EXISTING)).unwrap();
         let file = EnvoyEcdsFile::new(&path, "cohort");
@@ -450,7 +421,7 @@ mod tests {
 
     #[test]
     fn a_new_rollout_is_added() {
-        let dir = Dir::new("add");
+        let dir = TempDir::new("envoy-file-add");
         let path = dir.0.join("ecds.json");
         let existing = r#"{"version": 1, "rollouts": {"api": {"hosts": ["api"], "weightBp": 1}}}"#;
         fs::write(
@@ -473,7 +444,7 @@ mod tests {
 
     #[test]
     fn an_invalid_merge_leaves_the_file_byte_identical() {
-        let dir = Dir::new("invalid");
+        let dir = TempDir::new("envoy-file-invalid");
         let path = dir.0.join("ecds.yaml");
         let original = ecds(EXISTING);
         fs::write(&path, &original).unwrap();
@@ -497,7 +468,7 @@ mod tests {
 
     #[test]
     fn a_same_named_rollout_of_another_namespace_neither_writes_nor_releases_the_entry() {
-        let dir = Dir::new("namespace");
+        let dir = TempDir::new("envoy-file-namespace");
         let path = dir.0.join("ecds.yaml");
         let original = ecds(&EXISTING.replace(
             r#""web": {"hosts""#,
@@ -534,7 +505,7 @@ mod tests {
 
     #[test]
     fn missing_things_are_not_found() {
-        let dir = Dir::new("missing");
+        let dir = TempDir::new("envoy-file-missing");
         let path = dir.0.join("ecds.yaml");
         let file = EnvoyEcdsFile::new(&path, "cohort");
         let error = file
@@ -589,7 +560,7 @@ mod tests {
 
     #[test]
     fn a_release_removes_one_entry_and_leaves_every_other_byte() {
-        let dir = Dir::new("release");
+        let dir = TempDir::new("envoy-file-release");
         let path = dir.0.join("ecds.yaml");
         fs::write(&path, ecds(EXISTING)).unwrap();
         let file = EnvoyEcdsFile::new(&path, "cohort");
@@ -633,7 +604,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_missing_file_serves_no_entry_and_releases_through_the_trait() {
-        let dir = Dir::new("release-missing");
+        let dir = TempDir::new("envoy-file-release-missing");
         let path = dir.0.join("ecds.yaml");
         let target: Box<dyn Target> = Box::new(EnvoyEcdsFile::new(&path, "cohort"));
         assert_eq!(
@@ -655,7 +626,7 @@ mod tests {
 
     #[tokio::test]
     async fn applies_through_the_trait() {
-        let dir = Dir::new("trait");
+        let dir = TempDir::new("envoy-file-trait");
         let path = dir.0.join("ecds.yaml");
         fs::write(&path, ecds(EXISTING)).unwrap();
         let target: Box<dyn Target> = Box::new(EnvoyEcdsFile::new(&path, "cohort"));
