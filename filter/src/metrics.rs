@@ -131,28 +131,27 @@ pub fn define_rollouts(config: &Compiled, define: Define<'_>) -> Vec<RolloutMetr
 mod tests {
     use super::*;
 
-    fn names_of(document: &[u8]) -> Vec<(MetricType, String)> {
+    /// The metrics `document`'s rollouts get, and every name defined for them, in order.
+    fn define_all(document: &[u8]) -> (Vec<RolloutMetrics>, Vec<(MetricType, String)>) {
         let config = cohort_core::config::parse(document).unwrap();
-        let mut names = Vec::new();
-        define_rollouts(&config, &mut |kind, name| {
-            names.push((kind, name.to_owned()));
-            Some(names.len() as u32)
-        });
-        names
-    }
-
-    #[test]
-    fn ids_per_rollout_version_class_and_event() {
-        let config = cohort_core::config::parse(
-            br#"{"version": 1, "events": ["checkout", "signup"],
-                 "rollouts": {"web": {"namespace": "shop", "hosts": ["web"], "canaryVersion": "v2"}}}"#,
-        )
-        .unwrap();
         let mut names = Vec::new();
         let metrics = define_rollouts(&config, &mut |kind, name| {
             names.push((kind, name.to_owned()));
             Some(names.len() as u32)
         });
+        (metrics, names)
+    }
+
+    fn names_of(document: &[u8]) -> Vec<(MetricType, String)> {
+        define_all(document).1
+    }
+
+    #[test]
+    fn ids_per_rollout_version_class_and_event() {
+        let (metrics, names) = define_all(
+            br#"{"version": 1, "events": ["checkout", "signup"],
+                 "rollouts": {"web": {"namespace": "shop", "hosts": ["web"], "canaryVersion": "v2"}}}"#,
+        );
         assert_eq!(metrics.len(), 1);
         // 2 versions × (6 classes + 1 histogram + 2 events) + 1 weight gauge
         assert_eq!(names.len(), 2 * (6 + 1 + 2) + 1);
