@@ -10,7 +10,7 @@ use crate::decide::RequestView;
 /// A serialized header map, checked once on construction and read without copying.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct HeaderPairs<'a> {
-    count: usize,
+    /// The (name size, value size) pairs, 8 bytes each.
     sizes: &'a [u8],
     data: &'a [u8],
 }
@@ -31,24 +31,21 @@ impl<'a> HeaderPairs<'a> {
             let size = usize::try_from(split_u32(size)?.0).ok()?;
             needed = needed.checked_add(size)?.checked_add(1)?;
         }
-        (needed <= data.len()).then_some(HeaderPairs { count, sizes, data })
+        (needed <= data.len()).then_some(HeaderPairs { sizes, data })
     }
 
     /// Every (name, value) pair in the order the host gave them.
     pub fn iter(&self) -> impl Iterator<Item = (&'a [u8], &'a [u8])> {
         let mut data = self.data;
-        self.sizes
-            .chunks_exact(8)
-            .take(self.count)
-            .map_while(move |sizes| {
-                let name_size = usize::try_from(split_u32(sizes)?.0).ok()?;
-                let value_size = usize::try_from(split_u32(sizes.get(4..)?)?.0).ok()?;
-                let name = data.get(..name_size)?;
-                data = data.get(name_size.checked_add(1)?..)?;
-                let value = data.get(..value_size)?;
-                data = data.get(value_size.checked_add(1)?..)?;
-                Some((name, value))
-            })
+        self.sizes.chunks_exact(8).map_while(move |sizes| {
+            let name_size = usize::try_from(split_u32(sizes)?.0).ok()?;
+            let value_size = usize::try_from(split_u32(sizes.get(4..)?)?.0).ok()?;
+            let name = data.get(..name_size)?;
+            data = data.get(name_size.checked_add(1)?..)?;
+            let value = data.get(..value_size)?;
+            data = data.get(value_size.checked_add(1)?..)?;
+            Some((name, value))
+        })
     }
 
     /// The first value of header `name` (ASCII case-insensitive).
