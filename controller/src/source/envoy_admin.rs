@@ -491,7 +491,7 @@ fn parse_value(text: &str) -> Option<f64> {
 mod tests {
     use super::*;
     use crate::evaluate::{Bucket, Observed};
-    use crate::source::series::tests::{all_gates, request, shop};
+    use crate::source::series::tests::{all_gates, request, request_in, shop};
     use crate::source::RolloutKey;
 
     fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
@@ -797,11 +797,11 @@ cohort_request_duration_milliseconds_count{cohort_namespace="shop",cohort_rollou
                  cohort_requests_total{{cohort_namespace=\"\",cohort_rollout=\"checkout\",cohort_version=\"canary\",cohort_code_class=\"5xx\"}} {bare}\n"
             )
         };
-        let mut billing = request("checkout", Vec::new());
-        billing.namespace = "billing".into();
-        let mut bare = request("checkout", Vec::new());
-        bare.namespace = String::new();
-        let rollouts = [request("checkout", Vec::new()), billing, bare];
+        let rollouts = [
+            request("checkout", Vec::new()),
+            request_in("billing", "checkout", Vec::new()),
+            request_in("", "checkout", Vec::new()),
+        ];
         let start = Instant::now();
         let window = Duration::from_secs(2);
         let mut ring = Ring::default();

@@ -326,15 +326,8 @@ mod tests {
     use super::*;
     use crate::crd::{CustomGate, GateSpec};
     use crate::evaluate::Observed;
-    use crate::source::series::tests::{all_gates, request, shop};
+    use crate::source::series::tests::{all_gates, request, request_in, shop};
     use crate::source::RolloutKey;
-
-    fn request_in(namespace: &str, rollout: &str, gates: Vec<GateSpec>) -> SeriesRequest {
-        SeriesRequest {
-            namespace: namespace.to_owned(),
-            ..request(rollout, gates)
-        }
-    }
 
     #[test]
     fn shared_queries_cover_all_rollouts_at_once() {

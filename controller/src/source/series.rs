@@ -263,9 +263,17 @@ pub(crate) mod tests {
     }
 
     pub(crate) fn request(rollout: &str, gates: Vec<GateSpec>) -> SeriesRequest {
+        request_in("shop", rollout, gates)
+    }
+
+    pub(crate) fn request_in(
+        namespace: &str,
+        rollout: &str,
+        gates: Vec<GateSpec>,
+    ) -> SeriesRequest {
         SeriesRequest {
             rollout: rollout.into(),
-            namespace: "shop".into(),
+            namespace: namespace.into(),
             stable_version: "stable".into(),
             canary_version: "canary".into(),
             gates,
@@ -423,11 +431,11 @@ pub(crate) mod tests {
             }
             Series::new(&labels, value)
         };
-        let mut billing = request("checkout", Vec::new());
-        billing.namespace = "billing".into();
-        let mut bare = request("checkout", Vec::new());
-        bare.namespace = String::new();
-        let rollouts = [request("checkout", Vec::new()), billing, bare];
+        let rollouts = [
+            request("checkout", Vec::new()),
+            request_in("billing", "checkout", Vec::new()),
+            request_in("", "checkout", Vec::new()),
+        ];
         let answers = Answers {
             requests: Ok(vec![
                 with_namespace(Some("shop"), "canary", 10.0),
