@@ -379,7 +379,7 @@ async fn release(rollout: &CanaryRollout, ctx: &Context) -> Result<Action> {
             .to_owned(),
         Some(target) => {
             let plugin = target.describe();
-            match target.release(&name).await {
+            match target.release(&namespace, &name).await {
                 Ok(Released::Removed) => format!(
                     "removed spec.pluginConfig.rollouts.{name} from {plugin}: the filter serves \
                      stable to all of this rollout's users"

@@ -43,7 +43,7 @@ use serde_json::{Map, Value};
 
 use cohort_core::config::{self, ConfigError, ConfigErrors, FilterConfig, CONFIG_VERSION};
 
-use super::{check_entry_namespace, Released, Target, TargetError};
+use super::{check_entry_namespace, entry_belongs_to, Released, Target, TargetError};
 use crate::source::BoxFuture;
 
 /// WasmPlugin's API group (Istio 1.30 serves `v1alpha1` only).
@@ -153,9 +153,11 @@ impl WasmPluginTarget {
         self.apply_checked(live, applied).await
     }
 
-    /// Removes rollout `name`'s entry (and gives up every field only it held): what a deleted
-    /// CanaryRollout leaves. A missing WasmPlugin serves no entry: [`Released::TargetMissing`].
-    pub async fn release(&self, name: &str) -> Result<Released, TargetError> {
+    /// Removes the entry of rollout `namespace/name` (and gives up every field only it held):
+    /// what a deleted CanaryRollout leaves. A missing WasmPlugin serves no entry:
+    /// [`Released::TargetMissing`]; an entry recording another namespace is a same-named
+    /// rollout's, not this one's.
+    pub async fn release(&self, namespace: &str, name: &str) -> Result<Released, TargetError> {
         let plugin = match self.api.get(&self.plugin).await {
             Ok(plugin) => plugin,
             Err(kube::Error::Api(status)) if status.is_not_found() => {
@@ -163,7 +165,7 @@ impl WasmPluginTarget {
             }
             Err(error) => return Err(self.target_error(error)),
         };
-        let Some(kept) = release_fields(&plugin, &self.field_manager, name) else {
+        let Some(kept) = release_fields(&plugin, &self.field_manager, namespace, name) else {
             return Ok(Released::Nothing);
         };
         let live = plugin_config(&plugin);
@@ -201,10 +203,7 @@ impl WasmPluginTarget {
             }
             Err(error) => return Err(self.target_error(error)),
         };
-        if plugin_config(&after)
-            .pointer(&entry_pointer(name))
-            .is_some()
-        {
+        if holds_entry(&plugin_config(&after), namespace, name) {
             let owners = other_owners_of_entry(&after, &self.field_manager, name);
             return Err(TargetError::Conflict(format!(
                 "{} still has spec.pluginConfig.rollouts.{name} after the release: other field \
@@ -304,11 +303,10 @@ impl Target for WasmPluginTarget {
 
     fn release<'a>(
         &'a self,
-        _namespace: &'a str,
+        namespace: &'a str,
         name: &'a str,
     ) -> BoxFuture<'a, Result<Released, TargetError>> {
-        // The field manager names the namespace: only this rollout's own fields go.
-        Box::pin(self.release(name))
+        Box::pin(self.release(namespace, name))
     }
 }
 
@@ -323,6 +321,14 @@ fn plugin_config(plugin: &DynamicObject) -> Value {
 
 fn entry_pointer(name: &str) -> String {
     format!("/rollouts/{}", name.replace('~', "~0").replace('/', "~1"))
+}
+
+/// Whether `config` holds the entry of rollout `namespace/name` ([`entry_belongs_to`]).
+fn holds_entry(config: &Value, namespace: &str, name: &str) -> bool {
+    config.pointer(&entry_pointer(name)).is_some_and(|entry| {
+        let recorded = entry.get("namespace").and_then(Value::as_str);
+        entry_belongs_to(recorded.unwrap_or_default(), namespace)
+    })
 }
 
 /// `live` without rollout `name`'s entry.
@@ -350,13 +356,14 @@ fn owned_node<'e>(entry: &'e ManagedFieldsEntry, path: &[&str]) -> Option<&'e Va
         })
 }
 
-/// What the release of rollout `name` applies with `manager`: `None` when the WasmPlugin holds
-/// nothing of it (no entry, no field owned by that manager), else the `pluginConfig` fields to
-/// keep applying, usually none. `version` is kept while no other manager owns it: dropped, it
-/// would leave a config the filter refuses.
+/// What the release of rollout `namespace/name` applies with `manager`: `None` when the
+/// WasmPlugin holds nothing of it (no entry of it, no field owned by that manager), else the
+/// `pluginConfig` fields to keep applying, usually none. `version` is kept while no other
+/// manager owns it: dropped, it would leave a config the filter refuses.
 pub fn release_fields(
     plugin: &DynamicObject,
     manager: &str,
+    namespace: &str,
     name: &str,
 ) -> Option<Map<String, Value>> {
     let live = plugin_config(plugin);
@@ -365,9 +372,8 @@ pub fn release_fields(
         .managed_fields
         .as_deref()
         .unwrap_or_default();
-    let holds_entry = live.pointer(&entry_pointer(name)).is_some();
     let holds_fields = managed.iter().any(|entry| is_own_apply(entry, manager));
-    if !holds_entry && !holds_fields {
+    if !holds_entry(&live, namespace, name) && !holds_fields {
         return None;
     }
     let mut kept = Map::new();
@@ -718,22 +724,43 @@ mod tests {
             json!([owns("kubectl", "Update", json!({"f:version": {}})), ours]),
         );
         assert_eq!(
-            release_fields(&authored, OURS, "checkout"),
+            release_fields(&authored, OURS, "shop", "checkout"),
             Some(Map::new())
         );
         // No one else does: version stays applied, or the filter would refuse what is left.
         let alone = plugin(config.clone(), json!([ours]));
-        let kept = release_fields(&alone, OURS, "checkout").unwrap();
+        let kept = release_fields(&alone, OURS, "shop", "checkout").unwrap();
         assert_eq!(Value::Object(kept), json!({"version": 1}));
         // Our name on an update is not our apply: it does not hold version for us.
         let updated = plugin(
             config.clone(),
             json!([owns(OURS, "Update", json!({"f:version": {}})), ours]),
         );
-        assert_eq!(release_fields(&updated, OURS, "checkout"), Some(Map::new()));
+        assert_eq!(
+            release_fields(&updated, OURS, "shop", "checkout"),
+            Some(Map::new())
+        );
         // Nothing of ours at all: nothing to apply.
         let other = plugin(json!({"version": 1, "rollouts": {}}), json!([]));
-        assert_eq!(release_fields(&other, OURS, "checkout"), None);
+        assert_eq!(release_fields(&other, OURS, "shop", "checkout"), None);
+        // Nor when the entry is a same-named rollout's of another namespace.
+        let billing = plugin(
+            json!({"version": 1, "rollouts": {"checkout": {"namespace": "billing",
+                   "hosts": ["checkout"], "weightBp": 500}}}),
+            json!([owns(
+                "cohort.dev/billing.checkout",
+                "Apply",
+                json!({"f:version": {}})
+            )]),
+        );
+        assert_eq!(release_fields(&billing, OURS, "shop", "checkout"), None);
+        assert!(release_fields(
+            &billing,
+            "cohort.dev/billing.checkout",
+            "billing",
+            "checkout"
+        )
+        .is_some());
         // No entry, but fields we still hold: released too.
         let leftover = plugin(
             json!({"version": 1, "anonymous": {"mode": "stable"}}),
@@ -747,7 +774,7 @@ mod tests {
             ]),
         );
         assert_eq!(
-            release_fields(&leftover, OURS, "checkout"),
+            release_fields(&leftover, OURS, "shop", "checkout"),
             Some(Map::new())
         );
     }
