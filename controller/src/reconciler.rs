@@ -443,7 +443,7 @@ async fn reconcile_rollout(rollout: &CanaryRollout, ctx: &Context) -> Result<Act
     };
     if let (false, Some(live), Some(status)) = (remembered, &live, &base) {
         let generation = rollout.metadata.generation;
-        let live_bp = live_weight(live, &name);
+        let live_bp = live_weight(live, &namespace, &name);
         if let Some(adopted) =
             adopt_unrecorded(&rollout.spec, status, live_bp, &name, generation, now)
         {

@@ -203,7 +203,7 @@ impl WasmPluginTarget {
             }
             Err(error) => return Err(self.target_error(error)),
         };
-        if holds_entry(&plugin_config(&after), namespace, name) {
+        if own_entry(&plugin_config(&after), namespace, name).is_some() {
             let owners = other_owners_of_entry(&after, &self.field_manager, name);
             return Err(TargetError::Conflict(format!(
                 "{} still has spec.pluginConfig.rollouts.{name} after the release: other field \
@@ -323,9 +323,10 @@ fn entry_pointer(name: &str) -> String {
     format!("/rollouts/{}", name.replace('~', "~0").replace('/', "~1"))
 }
 
-/// Whether `config` holds the entry of rollout `namespace/name` ([`entry_belongs_to`]).
-fn holds_entry(config: &Value, namespace: &str, name: &str) -> bool {
-    config.pointer(&entry_pointer(name)).is_some_and(|entry| {
+/// The entry of rollout `namespace/name` in `config` ([`entry_belongs_to`]): `None` without one,
+/// or when the entry of that name records another namespace.
+fn own_entry<'c>(config: &'c Value, namespace: &str, name: &str) -> Option<&'c Value> {
+    config.pointer(&entry_pointer(name)).filter(|entry| {
         let recorded = entry.get("namespace").and_then(Value::as_str);
         entry_belongs_to(recorded.unwrap_or_default(), namespace)
     })
@@ -373,7 +374,7 @@ pub fn release_fields(
         .as_deref()
         .unwrap_or_default();
     let holds_fields = managed.iter().any(|entry| is_own_apply(entry, manager));
-    if !holds_entry(&live, namespace, name) && !holds_fields {
+    if own_entry(&live, namespace, name).is_none() && !holds_fields {
         return None;
     }
     let mut kept = Map::new();
@@ -463,9 +464,10 @@ pub fn owned_fields(name: &str, config: &FilterConfig) -> Result<Value, TargetEr
     Ok(Value::Object(owned))
 }
 
-/// The weight rollout `name`'s live entry serves (`None` without an entry).
-pub fn live_weight(live: &Value, name: &str) -> Option<u32> {
-    live.pointer(&entry_pointer(name))
+/// The weight the live entry of rollout `namespace/name` serves (`None` without an entry of
+/// it: a same-named rollout's of another namespace is not).
+pub fn live_weight(live: &Value, namespace: &str, name: &str) -> Option<u32> {
+    own_entry(live, namespace, name)
         .map(|entry| entry.get("weightBp").and_then(Value::as_u64).unwrap_or(0))
         .and_then(|weight| u32::try_from(weight).ok())
 }
@@ -761,6 +763,10 @@ mod tests {
             "checkout"
         )
         .is_some());
+        // Nor is its weight this rollout's.
+        let live = plugin_config(&billing);
+        assert_eq!(live_weight(&live, "shop", "checkout"), None);
+        assert_eq!(live_weight(&live, "billing", "checkout"), Some(500));
         // No entry, but fields we still hold: released too.
         let leftover = plugin(
             json!({"version": 1, "anonymous": {"mode": "stable"}}),
