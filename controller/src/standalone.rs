@@ -317,8 +317,8 @@ pub fn parse_rollout(text: &str) -> Result<LoadedRollout, String> {
     let namespace = rollout.metadata.namespace.unwrap_or_default();
     if !cohort_core::config::is_namespace(&namespace) {
         return Err(format!(
-            "metadata.namespace {namespace:?} is not a namespace name; use 1-63 characters of \
-             a-z, 0-9 and '-', starting and ending with a letter or digit, or leave it out"
+            "metadata.namespace {namespace:?} is not a namespace name; use {}, or leave it out",
+            cohort_core::config::NAMESPACE_RULE
         ));
     }
     Ok(LoadedRollout {

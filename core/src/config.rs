@@ -782,8 +782,8 @@ impl Errors {
             self.push(
                 &format!("{field}.namespace"),
                 format!(
-                    "\"{}\" is not a namespace name; use 1-63 characters of a-z, 0-9 and '-', \
-                     starting and ending with a letter or digit, or omit it outside Kubernetes",
+                    "\"{}\" is not a namespace name; use {NAMESPACE_RULE}, or omit it outside \
+                     Kubernetes",
                     rollout.namespace
                 ),
             );
@@ -883,9 +883,12 @@ fn is_token(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
+/// What a namespace name is made of, for the messages that refuse one.
+pub const NAMESPACE_RULE: &str =
+    "1-63 characters of a-z, 0-9 and '-', starting and ending with a letter or digit";
+
 /// Whether `namespace` is one a rollout entry may carry: empty (none), or a Kubernetes
-/// namespace name (1-63 characters of a-z, 0-9 and '-', starting and ending with a letter or
-/// digit).
+/// namespace name ([`NAMESPACE_RULE`]).
 pub fn is_namespace(namespace: &str) -> bool {
     namespace.is_empty() || is_rollout_name(namespace)
 }
