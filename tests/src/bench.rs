@@ -1,5 +1,5 @@
 //! The Envoy overhead benchmark behind `scripts/bench-envoy`: one Envoy bootstrap
-//! (`manifests/envoy/bootstrap.yaml`, one worker) and the same two upstreams in four set-ups,
+//! (`manifests/envoy/bootstrap.yaml`, one worker) and the same two upstreams in four set-ups (five with (e)),
 //! driven by `wrk` at a fixed number of connections.
 //!
 //! - (a) [`Setup::None`]: no wasm filter, the router alone;
@@ -37,7 +37,7 @@ pub const CONFIG: &str = r#"{"version": 1,
   "search": {"hosts": ["search"], "weightBp": 5000}
  }}"#;
 
-/// The no-op filter's configuration that makes it set `x-cohort-version: stable` (set-up (d)).
+/// The no-op filter's configuration that makes it set `x-cohort-version` as well (set-up (d)).
 pub use cohort_bench_noop_filter::SET_ROUTING_HEADER as NOOP_SETS_ROUTING_HEADER;
 
 /// The hosts requests rotate through, one per rollout.
