@@ -1,6 +1,6 @@
 //! The Envoy overhead benchmark behind `scripts/bench-envoy`: one Envoy bootstrap
-//! (`manifests/envoy/bootstrap.yaml`, one worker) and the same two upstreams in four set-ups (five with (e)),
-//! driven by `wrk` at a fixed number of connections.
+//! (`manifests/envoy/bootstrap.yaml`, one worker) and the same two upstreams in four set-ups
+//! (five with (e)), driven by `wrk` at a fixed number of connections.
 //!
 //! - (a) [`Setup::None`]: no wasm filter, the router alone;
 //! - (b) [`Setup::Noop`]: `bench/noop-filter`, a wasm filter that reads one header;
