@@ -90,6 +90,17 @@ impl Setup {
         setups
     }
 
+    /// The set-up's letter: `a` for (a) and so on.
+    pub fn letter(self) -> char {
+        match self {
+            Setup::None => 'a',
+            Setup::Noop => 'b',
+            Setup::Cohort => 'c',
+            Setup::SetsHeader => 'd',
+            Setup::Compare => 'e',
+        }
+    }
+
     /// A short label.
     pub fn label(self) -> &'static str {
         match self {
@@ -104,6 +115,17 @@ impl Setup {
     /// Starts Envoy (`workers` worker threads) in this set-up, with upstreams that report a
     /// `checkout` event on every answer.
     pub fn start(self, workers: u32) -> Result<Envoy> {
+        self.start_under(workers, &[], None)
+    }
+
+    /// [`Setup::start`] with Envoy run under `run_under` (a program and its arguments, e.g.
+    /// valgrind), given `start_deadline` to come up.
+    pub fn start_under(
+        self,
+        workers: u32,
+        run_under: &[String],
+        start_deadline: Option<Duration>,
+    ) -> Result<Envoy> {
         let filter = match self {
             Setup::None => Filter::None,
             Setup::Noop => Filter::Wasm(noop_wasm()?),
@@ -121,6 +143,8 @@ impl Setup {
             // The committed bootstrap's own interval.
             stats_flush_interval: "5s".to_owned(),
             filter,
+            run_under: run_under.to_vec(),
+            start_deadline,
             ..Options::default()
         };
         let envoy = Envoy::start_with(config, &options)?;
@@ -461,6 +485,22 @@ mod tests {
         }
         // The fallback reads the same process.
         assert!(ticked_time(pid).unwrap() < Duration::from_secs(3600));
+    }
+
+    #[test]
+    fn each_setup_is_named_by_its_letter() {
+        for setup in [
+            Setup::None,
+            Setup::Noop,
+            Setup::Cohort,
+            Setup::SetsHeader,
+            Setup::Compare,
+        ] {
+            assert!(
+                setup.label().starts_with(&format!("({})", setup.letter())),
+                "{setup}"
+            );
+        }
     }
 
     #[test]

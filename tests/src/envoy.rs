@@ -43,6 +43,10 @@ pub struct Options {
     pub log_level: String,
     /// What runs in the bootstrap's `cohort` filter slot.
     pub filter: Filter,
+    /// A program and its arguments Envoy runs under (e.g. valgrind); empty runs Envoy itself.
+    pub run_under: Vec<String>,
+    /// How long Envoy gets to start with the filter loaded; `None` is the launcher's default.
+    pub start_deadline: Option<Duration>,
 }
 
 /// What runs in the bootstrap's `cohort` HTTP filter slot (the benchmark compares these).
@@ -64,6 +68,8 @@ impl Default for Options {
             stats_flush_interval: "1s".to_owned(),
             log_level: "warn".to_owned(),
             filter: Filter::Cohort,
+            run_under: Vec::new(),
+            start_deadline: None,
         }
     }
 }
@@ -115,11 +121,14 @@ impl Envoy {
             stable: stable.addr(),
             canary: canary.addr(),
         };
+        let defaults = Launch::new(&binary, wasm.as_deref(), config, ports);
         let launch = Launch {
             concurrency: options.concurrency,
             log_level: options.log_level.clone(),
             stats_flush_interval: options.stats_flush_interval.clone(),
-            ..Launch::new(&binary, wasm.as_deref(), config, ports)
+            run_under: options.run_under.clone(),
+            start_deadline: options.start_deadline.unwrap_or(defaults.start_deadline),
+            ..defaults
         };
         let process = runtime()?.block_on(LabEnvoy::start(&launch, dir.path()))?;
         Ok(Envoy {

@@ -83,6 +83,11 @@ pub struct Launch {
     pub log_level: String,
     /// `stats_flush_interval`, e.g. `1s` (histograms appear after a flush).
     pub stats_flush_interval: String,
+    /// A program and its arguments that Envoy runs under (the instruction-count benchmark's
+    /// `valgrind --tool=callgrind`); empty runs Envoy itself.
+    pub run_under: Vec<String>,
+    /// How long Envoy gets to write its admin address and load the filter.
+    pub start_deadline: Duration,
 }
 
 impl Launch {
@@ -97,6 +102,8 @@ impl Launch {
             concurrency: 2,
             log_level: "warn".to_owned(),
             stats_flush_interval: STATS_FLUSH_INTERVAL.to_owned(),
+            run_under: Vec::new(),
+            start_deadline: START_DEADLINE,
         }
     }
 
@@ -194,7 +201,15 @@ impl LabEnvoy {
             .try_clone()
             .map_err(|e| setup("creating envoy.stdio", &e))?;
         let binary = &launch.binary;
-        let child = tokio::process::Command::new(binary)
+        let mut command = match launch.run_under.split_first() {
+            Some((program, args)) => {
+                let mut command = tokio::process::Command::new(program);
+                command.args(args).arg(binary);
+                command
+            }
+            None => tokio::process::Command::new(binary),
+        };
+        let child = command
             .arg("-c")
             .arg(&bootstrap)
             .args(["--concurrency", &launch.concurrency.to_string()])
@@ -220,8 +235,12 @@ impl LabEnvoy {
             log,
             stdio,
         };
-        envoy.admin = envoy.wait_for_admin(&admin_path).await?;
-        envoy.wait_until_ready(launch.wasm.is_some()).await?;
+        envoy.admin = envoy
+            .wait_for_admin(&admin_path, launch.start_deadline)
+            .await?;
+        envoy
+            .wait_until_ready(launch.wasm.is_some(), launch.start_deadline)
+            .await?;
         Ok(envoy)
     }
 
@@ -255,7 +274,11 @@ impl LabEnvoy {
         self.child.id()
     }
 
-    async fn wait_for_admin(&mut self, path: &Path) -> Result<SocketAddr, LabError> {
+    async fn wait_for_admin(
+        &mut self,
+        path: &Path,
+        deadline: Duration,
+    ) -> Result<SocketAddr, LabError> {
         let started = Instant::now();
         loop {
             if let Ok(text) = std::fs::read_to_string(path) {
@@ -264,14 +287,18 @@ impl LabEnvoy {
                 }
             }
             self.check_running("starting")?;
-            if started.elapsed() > START_DEADLINE {
+            if started.elapsed() > deadline {
                 return Err(self.failure("Envoy wrote no admin address"));
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 
-    async fn wait_until_ready(&mut self, with_filter: bool) -> Result<(), LabError> {
+    async fn wait_until_ready(
+        &mut self,
+        with_filter: bool,
+        deadline: Duration,
+    ) -> Result<(), LabError> {
         let admin = EnvoyAdmin::new(&self.admin_url(), Duration::from_secs(2))
             .map_err(|error| LabError::Setup(error.to_string()))?;
         let http = reqwest::Client::builder()
@@ -304,7 +331,7 @@ impl LabEnvoy {
                     return Ok(());
                 }
             }
-            if started.elapsed() > START_DEADLINE {
+            if started.elapsed() > deadline {
                 return Err(self.failure("Envoy did not become ready with the filter loaded"));
             }
             tokio::time::sleep(Duration::from_millis(20)).await;

@@ -1,0 +1,188 @@
+//! `bench-instructions`: the instructions Envoy executes per request in each of the benchmark's
+//! set-ups, counted by callgrind (see [`cohort_tests::instructions`]).
+//!
+//! ```sh
+//! scripts/bench-envoy --instructions [--requests 3000] [--warmup 1000]
+//! ```
+//!
+//! One run is enough: the counts repeat to within a fraction of a percent (they move only with
+//! Envoy's own randomness, e.g. request ids and timers). Instructions are not time: a host call
+//! that waits on memory costs more than its count says. The CPU-time bench is the reference;
+//! this one tells apart changes too small for its noise.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use cohort_tests::bench::Setup;
+use cohort_tests::instructions::{Count, Counted};
+use cohort_tests::{Error, Result};
+
+const USAGE: &str = "usage: bench-instructions [--requests N] [--warmup N] [--idle SECONDS] \
+                     [--keep DIR] [--setups abcde]";
+
+/// cohort's added instructions over the no-op filter's, at most (the CPU target's ratio).
+const TARGET_RATIO: f64 = 1.3;
+
+#[derive(Debug)]
+struct Args {
+    requests: u64,
+    warmup: u64,
+    idle: Duration,
+    /// Where each set-up's profile of the measured requests is kept.
+    keep: Option<PathBuf>,
+    /// The set-ups to run, by letter.
+    setups: Vec<Setup>,
+}
+
+fn parse_args() -> Result<Args> {
+    let mut args = Args {
+        requests: 3000,
+        warmup: 1000,
+        idle: Duration::from_secs(5),
+        keep: None,
+        setups: Setup::selected(),
+    };
+    let mut argv = std::env::args().skip(1);
+    while let Some(flag) = argv.next() {
+        if flag == "-h" || flag == "--help" {
+            return Err(Error(USAGE.to_owned()));
+        }
+        let value = argv
+            .next()
+            .ok_or_else(|| Error(format!("{flag} needs a value\n{USAGE}")))?;
+        let number = || -> Result<u64> {
+            value
+                .parse()
+                .map_err(|_| Error(format!("{flag} {value}: not a number\n{USAGE}")))
+        };
+        match flag.as_str() {
+            "--requests" => args.requests = number()?.max(1),
+            "--warmup" => args.warmup = number()?,
+            "--idle" => args.idle = Duration::from_secs(number()?),
+            "--keep" => args.keep = Some(PathBuf::from(&value)),
+            "--setups" => {
+                args.setups = value
+                    .chars()
+                    .map(|letter| {
+                        Setup::selected()
+                            .into_iter()
+                            .find(|setup| setup.letter() == letter)
+                            .ok_or_else(|| {
+                                Error(format!(
+                                    "--setups {value}: no set-up ({letter}) (set-up (e) needs \
+                                     COHORT_COMPARE_WASM)\n{USAGE}"
+                                ))
+                            })
+                    })
+                    .collect::<Result<_>>()?;
+            }
+            _ => return Err(Error(format!("unknown flag {flag}\n{USAGE}"))),
+        }
+    }
+    Ok(args)
+}
+
+/// One set-up's measurement: the requests, and an idle stretch to take the timers out.
+struct Measured {
+    setup: Setup,
+    busy: Count,
+    idle: Count,
+}
+
+impl Measured {
+    /// Instructions per request, less what the idle timers ran over the same wall time.
+    fn per_request(&self) -> f64 {
+        let idle_per_second = self.idle.instructions as f64 / self.idle.wall.as_secs_f64();
+        let idle_share = idle_per_second * self.busy.wall.as_secs_f64();
+        (self.busy.instructions as f64 - idle_share) / self.busy.requests as f64
+    }
+}
+
+fn run(args: &Args) -> Result<Vec<Measured>> {
+    let mut measured = Vec::new();
+    for &setup in &args.setups {
+        eprintln!("{setup}: starting Envoy under callgrind");
+        let counted = Counted::start(setup)?;
+        let busy = counted.measure(args.warmup, args.requests)?;
+        if let Some(dir) = &args.keep {
+            std::fs::create_dir_all(dir)?;
+            let path = dir.join(format!("callgrind.{}", setup.letter()));
+            counted.save_last_dump(&path)?;
+            eprintln!("{setup}: profile kept in {}", path.display());
+        }
+        let idle = counted.idle(args.idle)?;
+        eprintln!(
+            "{setup}: {} instructions for {} requests in {:.1} s; idle {} in {:.1} s",
+            busy.instructions,
+            busy.requests,
+            busy.wall.as_secs_f64(),
+            idle.instructions,
+            idle.wall.as_secs_f64()
+        );
+        measured.push(Measured { setup, busy, idle });
+    }
+    Ok(measured)
+}
+
+fn report(measured: &[Measured]) {
+    println!("| set-up | instructions per request | raw (no idle correction) | added over (a) |");
+    println!("|---|---:|---:|---:|");
+    let of = |setup: Setup| {
+        measured
+            .iter()
+            .find(|m| m.setup == setup)
+            .map(Measured::per_request)
+    };
+    let base = of(Setup::None);
+    for m in measured {
+        let per_request = m.per_request();
+        let added = base.map_or(String::from("-"), |base| {
+            format!("{:+.0}", per_request - base)
+        });
+        println!(
+            "| {} | {per_request:.0} | {:.0} | {added} |",
+            m.setup,
+            m.busy.per_request()
+        );
+    }
+    let (Some(base), Some(noop)) = (base, of(Setup::Noop)) else {
+        return;
+    };
+    let noop_added = noop - base;
+    for setup in [Setup::Cohort, Setup::SetsHeader, Setup::Compare] {
+        if let Some(value) = of(setup) {
+            let ratio = (value - base) / noop_added;
+            let verdict = if setup == Setup::Cohort {
+                if ratio <= TARGET_RATIO {
+                    " (target ≤ 1.3×: met)"
+                } else {
+                    " (target ≤ 1.3×: not met)"
+                }
+            } else {
+                ""
+            };
+            println!("{setup} added ÷ (b) added: {ratio:.2}×{verdict}");
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let args = match parse_args() {
+        Ok(args) => args,
+        Err(error) => {
+            eprintln!("{error}");
+            return ExitCode::from(2);
+        }
+    };
+    match run(&args) {
+        Ok(measured) => {
+            report(&measured);
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("bench-instructions: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
