@@ -8,6 +8,10 @@
 //! - (d) [`Setup::SetsHeader`]: the same no-op filter that also sets the routing header (canary
 //!   for 30% of the users, by the last digit of their id), so Envoy matches the route again and
 //!   splits the traffic as in (c): what routing by a header set in wasm costs at the least;
+//! - (f) [`Setup::ContractCalls`]: the no-op filter making the host calls cohort makes per
+//!   request in (c) (clock, both header maps, routing header, two counters, one histogram
+//!   sample) without cohort's computation: the floor for any filter keeping DESIGN.md's metric
+//!   contract;
 //! - (e) [`Setup::Compare`], only when `$COHORT_COMPARE_WASM` names a `.wasm`: another build of
 //!   cohort's filter with (c)'s config, to judge a change to the filter within one run.
 //!
@@ -39,6 +43,9 @@ pub const CONFIG: &str = r#"{"version": 1,
 
 /// The no-op filter's configuration that makes it set `x-cohort-version` as well (set-up (d)).
 pub use cohort_bench_noop_filter::SET_ROUTING_HEADER as NOOP_SETS_ROUTING_HEADER;
+
+/// The no-op filter's configuration that makes it make cohort's host calls (set-up (f)).
+pub use cohort_bench_noop_filter::CONTRACT_HOST_CALLS as NOOP_CONTRACT_HOST_CALLS;
 
 /// The hosts requests rotate through, one per rollout.
 pub const HOSTS: [&str; 3] = ["cart", "checkout", "search"];
@@ -73,13 +80,22 @@ pub enum Setup {
     Cohort,
     /// (d) the no-op wasm filter setting the routing header.
     SetsHeader,
+    /// (f) the no-op wasm filter making cohort's host calls.
+    ContractCalls,
     /// (e) another build of cohort's filter (`$COHORT_COMPARE_WASM`).
     Compare,
 }
 
 impl Setup {
-    /// (a), (b), (c), (d): the order of the first repetition (each later one starts one further).
-    pub const ALL: [Setup; 4] = [Setup::None, Setup::Noop, Setup::Cohort, Setup::SetsHeader];
+    /// (a), (b), (c), (d), (f): the order of the first repetition (each later one starts one
+    /// further).
+    pub const ALL: [Setup; 5] = [
+        Setup::None,
+        Setup::Noop,
+        Setup::Cohort,
+        Setup::SetsHeader,
+        Setup::ContractCalls,
+    ];
 
     /// The set-ups to run: [`Setup::ALL`], and (e) when `$COHORT_COMPARE_WASM` is set.
     pub fn selected() -> Vec<Setup> {
@@ -97,6 +113,7 @@ impl Setup {
             Setup::Noop => 'b',
             Setup::Cohort => 'c',
             Setup::SetsHeader => 'd',
+            Setup::ContractCalls => 'f',
             Setup::Compare => 'e',
         }
     }
@@ -108,6 +125,7 @@ impl Setup {
             Setup::Noop => "(b) no-op wasm filter",
             Setup::Cohort => "(c) cohort, 3 rollouts",
             Setup::SetsHeader => "(d) no-op + routing header",
+            Setup::ContractCalls => "(f) no-op + cohort's host calls",
             Setup::Compare => "(e) cohort, compared build",
         }
     }
@@ -130,12 +148,13 @@ impl Setup {
             Setup::None => Filter::None,
             Setup::Noop => Filter::Wasm(noop_wasm()?),
             Setup::Cohort => Filter::Cohort,
-            Setup::SetsHeader => Filter::Wasm(noop_wasm()?),
+            Setup::SetsHeader | Setup::ContractCalls => Filter::Wasm(noop_wasm()?),
             Setup::Compare => Filter::Wasm(compare_wasm()?),
         };
         // The no-op filter ignores any other configuration.
         let config = match self {
             Setup::SetsHeader => NOOP_SETS_ROUTING_HEADER,
+            Setup::ContractCalls => NOOP_CONTRACT_HOST_CALLS,
             _ => CONFIG,
         };
         let options = Options {

@@ -1,10 +1,12 @@
-//! The Envoy overhead benchmark's three set-ups route as they claim (`scripts/bench-envoy`
-//! times them; this only checks them, with no timing): (a) and (b) send everyone to stable
-//! untouched, (d) routes by the last digit of the user id, (c) routes each user by cohort's
-//! placement for the host's rollout.
+//! The Envoy overhead benchmark's set-ups route as they claim (`scripts/bench-envoy` times
+//! them; this only checks them, with no timing): (a) and (b) send everyone to stable untouched,
+//! (d) and (f) route by the last digit of the user id and (f) counts as cohort does, (c) routes
+//! each user by cohort's placement for the host's rollout.
 
 // Test code: a failed expectation panics with its message.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::time::{Duration, Instant};
 
 use cohort_core::bucket::place;
 use cohort_tests::bench::{Setup, HOSTS};
@@ -42,8 +44,28 @@ fn without_cohort_everyone_reaches_stable_untouched() {
 }
 
 #[test]
-fn the_header_setting_baseline_routes_by_the_last_digit_of_the_user() {
-    let envoy = Setup::SetsHeader.start(1).unwrap_or_else(|e| panic!("{e}"));
+fn the_header_setting_baselines_route_by_the_last_digit_of_the_user() {
+    for setup in [Setup::SetsHeader, Setup::ContractCalls] {
+        let envoy = setup.start(1).unwrap_or_else(|e| panic!("{setup}: {e}"));
+        routes_by_the_last_digit(&envoy);
+        if setup == Setup::ContractCalls {
+            // It counts as cohort does: every request, and the event every answer reports.
+            // The last request is logged after its answer went out: wait for it.
+            for counter in ["bench_requests_total", "bench_events_total"] {
+                let name = format!("wasmcustom.{counter}");
+                let deadline = Instant::now() + Duration::from_secs(10);
+                let mut count = envoy.stat(&name).unwrap();
+                while count != Some(10) && Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(20));
+                    count = envoy.stat(&name).unwrap();
+                }
+                assert_eq!(count, Some(10), "{name}");
+            }
+        }
+    }
+}
+
+fn routes_by_the_last_digit(envoy: &cohort_tests::envoy::Envoy) {
     let mut client = envoy.client();
     for i in 0..10 {
         let host = HOSTS[i % HOSTS.len()];

@@ -7,13 +7,21 @@
 //!   `canary` when the header's value ends in 0, 1 or 2 (30% of the bench's users, near the 27%
 //!   cohort sends there) and to `stable` otherwise. Envoy then clears its route cache, matches
 //!   the route again and splits the traffic over both upstreams as cohort does: the floor any
-//!   filter pays that routes by a header it sets.
+//!   filter pays that routes by a header it sets;
+//! - set-up (f), configuration [`CONTRACT_HOST_CALLS`]: it makes the host calls cohort makes per
+//!   request in set-up (c), and nothing else: the clock, the request's header map (one call), the
+//!   routing header as in (d), the response's header map (status and events header, one call),
+//!   the clock again, the requests and events counters and the duration histogram. What (f)
+//!   adds is the floor for any filter that keeps DESIGN.md's metric contract; what (c) adds
+//!   over (f) is cohort's own computation.
 //!
 //! Not shipped. Build it like the real filter:
 //! `cargo build -p cohort-bench-noop-filter --target wasm32-wasip1 --profile wasm`.
 
+use cohort_core::header_pairs::HeaderPairs;
+use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, ContextType};
+use proxy_wasm::types::{Action, ContextType, MapType, MetricType, Status};
 
 /// The header read per request.
 pub const HEADER: &str = "x-user-id";
@@ -23,6 +31,40 @@ pub const SET_ROUTING_HEADER: &str = "set-routing-header";
 
 /// The header set in that mode.
 pub const ROUTING_HEADER: &str = "x-cohort-version";
+
+/// The configuration that makes cohort's per-request host calls (set-up (f)).
+pub const CONTRACT_HOST_CALLS: &str = "contract-host-calls";
+
+/// What the filter does per request.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Mode {
+    /// (b): read one header.
+    #[default]
+    ReadHeader,
+    /// (d): also set the routing header.
+    SetRoutingHeader,
+    /// (f): cohort's host calls.
+    ContractHostCalls(Metrics),
+}
+
+/// The metric ids (f) writes, defined once per configuration as cohort's are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Metrics {
+    requests: u32,
+    events: u32,
+    duration_ms: u32,
+}
+
+impl Metrics {
+    fn define() -> Option<Metrics> {
+        Some(Metrics {
+            requests: hostcalls::define_metric(MetricType::Counter, "bench_requests_total").ok()?,
+            events: hostcalls::define_metric(MetricType::Counter, "bench_events_total").ok()?,
+            duration_ms: hostcalls::define_metric(MetricType::Histogram, "bench_duration_ms")
+                .ok()?,
+        })
+    }
+}
 
 /// The version (d) routes a request to, by the last byte of its [`HEADER`].
 pub fn version_for(value: Option<&[u8]>) -> &'static str {
@@ -35,22 +77,31 @@ pub fn version_for(value: Option<&[u8]>) -> &'static str {
 /// Makes one [`Stream`] per request.
 #[derive(Debug, Default)]
 pub struct Root {
-    sets_routing_header: bool,
+    mode: Mode,
 }
 
 impl Context for Root {}
 
 impl RootContext for Root {
     fn on_configure(&mut self, _plugin_configuration_size: usize) -> bool {
-        self.sets_routing_header = self
-            .get_plugin_configuration()
-            .is_some_and(|config| config == SET_ROUTING_HEADER.as_bytes());
+        let config = self.get_plugin_configuration().unwrap_or_default();
+        self.mode = if config == SET_ROUTING_HEADER.as_bytes() {
+            Mode::SetRoutingHeader
+        } else if config == CONTRACT_HOST_CALLS.as_bytes() {
+            match Metrics::define() {
+                Some(metrics) => Mode::ContractHostCalls(metrics),
+                None => return false,
+            }
+        } else {
+            Mode::ReadHeader
+        };
         true
     }
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
         Some(Box::new(Stream {
-            sets_routing_header: self.sets_routing_header,
+            mode: self.mode,
+            started_ns: 0,
         }))
     }
 
@@ -59,22 +110,88 @@ impl RootContext for Root {
     }
 }
 
-/// One request: read the header, maybe set the routing header, continue.
+/// One request: read the header, maybe set the routing header, continue; in (f), also what
+/// cohort reads and counts.
 #[derive(Debug, Default)]
 pub struct Stream {
-    sets_routing_header: bool,
+    mode: Mode,
+    started_ns: u64,
 }
 
 impl Context for Stream {}
 
 impl HttpContext for Stream {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        let value = std::hint::black_box(self.get_http_request_header_bytes(HEADER));
-        if self.sets_routing_header {
-            let version = version_for(value.as_deref());
-            self.set_http_request_header_bytes(ROUTING_HEADER, Some(version.as_bytes()));
+        match self.mode {
+            Mode::ReadHeader => {
+                std::hint::black_box(self.get_http_request_header_bytes(HEADER));
+            }
+            Mode::SetRoutingHeader => {
+                let value = self.get_http_request_header_bytes(HEADER);
+                let version = version_for(value.as_deref());
+                self.set_http_request_header_bytes(ROUTING_HEADER, Some(version.as_bytes()));
+            }
+            Mode::ContractHostCalls(_) => {
+                self.started_ns = now_nanos();
+                let map = header_map_pairs(MapType::HttpRequestHeaders);
+                let version = version_for(HeaderPairs::parse(&map).get(HEADER));
+                self.set_http_request_header_bytes(ROUTING_HEADER, Some(version.as_bytes()));
+            }
         }
         Action::Continue
+    }
+
+    fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        if let Mode::ContractHostCalls(_) = self.mode {
+            std::hint::black_box(header_map_pairs(MapType::HttpResponseHeaders));
+        }
+        Action::Continue
+    }
+
+    fn on_log(&mut self) {
+        if let Mode::ContractHostCalls(metrics) = self.mode {
+            let _ = hostcalls::increment_metric(metrics.requests, 1);
+            let _ = hostcalls::increment_metric(metrics.events, 1);
+            let elapsed_ms = now_nanos().saturating_sub(self.started_ns) / 1_000_000;
+            let _ = hostcalls::record_metric(metrics.duration_ms, elapsed_ms);
+        }
+    }
+}
+
+/// Host time in nanoseconds (0 if unavailable).
+fn now_nanos() -> u64 {
+    hostcalls::get_current_time()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+}
+
+#[link(wasm_import_module = "env")]
+extern "C" {
+    fn proxy_get_header_map_pairs(
+        map_type: MapType,
+        return_map_data: *mut *mut u8,
+        return_map_size: *mut usize,
+    ) -> Status;
+}
+
+/// One header map in one host call, as cohort's filter reads it (`filter/src/host.rs`); the
+/// SDK's own `get_map_bytes` would also copy every pair into owned strings.
+#[allow(unsafe_code)]
+fn header_map_pairs(map_type: MapType) -> Vec<u8> {
+    let mut data: *mut u8 = std::ptr::null_mut();
+    let mut size: usize = 0;
+    // SAFETY: as in filter/src/host.rs: a non-null pointer is a block of exactly `size` bytes
+    // from this module's `proxy_on_memory_allocate` (a boxed `[u8]` of that length).
+    unsafe {
+        if !matches!(
+            proxy_get_header_map_pairs(map_type, &mut data, &mut size),
+            Status::Ok
+        ) || data.is_null()
+        {
+            return Vec::new();
+        }
+        Vec::from_raw_parts(data, size, size)
     }
 }
 

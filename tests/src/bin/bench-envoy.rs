@@ -4,10 +4,10 @@
 //! scripts/bench-envoy [--reps 15] [--duration 2] [--connections 1] [--warmup 3] [--pin 1,0]
 //! ```
 //!
-//! Starts the four set-ups of [`cohort_tests::bench`] side by side (one Envoy worker each),
+//! Starts the five set-ups of [`cohort_tests::bench`] side by side (one Envoy worker each),
 //! warms each up, then runs `wrk` against each set-up in turn, `--reps` times (each repetition
-//! starting one set-up later), and prints every run, the medians per set-up, and what (b), (c)
-//! and (d) add over (a). Short runs, many times over: on a shared machine the speed of the cores
+//! starting one set-up later), and prints every run, the medians per set-up, and what (b), (c),
+//! (d) and (f) add over (a). Short runs, many times over: on a shared machine the speed of the cores
 //! drifts within seconds, so what the filters add is taken within each repetition (the runs of
 //! one repetition follow each other) and the median over repetitions is reported. A benchmark,
 //! not a test: it asserts nothing about timing.
@@ -210,10 +210,11 @@ fn bench() -> Result<()> {
             added(setup, Run::cpu_per_request_us),
         ]
     };
-    let (noop, cohort, sets_header) = (
+    let (noop, cohort, sets_header, contract_calls) = (
         added_all(Setup::Noop),
         added_all(Setup::Cohort),
         added_all(Setup::SetsHeader),
+        added_all(Setup::ContractCalls),
     );
     println!();
     println!(
@@ -243,6 +244,7 @@ fn bench() -> Result<()> {
     let mut rows = vec![
         (Setup::Noop, noop),
         (Setup::SetsHeader, sets_header),
+        (Setup::ContractCalls, contract_calls),
         (Setup::Cohort, cohort),
     ];
     rows.extend(compared.map(|added| (Setup::Compare, added)));
@@ -276,6 +278,14 @@ fn bench() -> Result<()> {
         "cohort's added cost ÷ (d)'s: {}",
         ratios(cohort, sets_header)
     );
+    println!(
+        "(f)'s added cost ÷ the no-op filter's: {} (cohort's host calls alone)",
+        ratios(contract_calls, noop)
+    );
+    println!(
+        "cohort's added cost ÷ (f)'s: {} (cohort's own computation)",
+        ratios(cohort, contract_calls)
+    );
     if let Some(compared) = compared {
         println!(
             "the compared build's added cost ÷ the no-op filter's: {}",
@@ -293,7 +303,7 @@ fn bench() -> Result<()> {
     let c = medians[index_of(Setup::Cohort)];
     println!(
         "cohort's canary share {:.1}% (expected about {:.1}%; (a) and (b) send everyone to \
-         stable, (d) 30% to the canary)",
+         stable, (d) and (f) 30% to the canary)",
         c.canary_share * 100.0,
         EXPECTED_CANARY_SHARE * 100.0
     );

@@ -19,7 +19,7 @@ use cohort_tests::instructions::{Count, Counted};
 use cohort_tests::{Error, Result};
 
 const USAGE: &str = "usage: bench-instructions [--requests N] [--warmup N] [--idle SECONDS] \
-                     [--keep DIR] [--setups abcde]";
+                     [--keep DIR] [--setups abcdef]";
 
 /// cohort's added instructions over the no-op filter's, at most (the CPU target's ratio).
 const TARGET_RATIO: f64 = 1.3;
@@ -150,7 +150,12 @@ fn report(measured: &[Measured]) {
         return;
     };
     let noop_added = noop - base;
-    for setup in [Setup::Cohort, Setup::SetsHeader, Setup::Compare] {
+    for setup in [
+        Setup::Cohort,
+        Setup::SetsHeader,
+        Setup::ContractCalls,
+        Setup::Compare,
+    ] {
         if let Some(value) = of(setup) {
             let ratio = (value - base) / noop_added;
             let verdict = if setup == Setup::Cohort {
