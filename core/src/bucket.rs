@@ -26,17 +26,68 @@ impl Placement {
 
 /// murmur3 x86 32-bit of `data` with seed 0.
 pub fn murmur3_32(data: &[u8]) -> u32 {
-    // Reading from an in-memory slice cannot fail; the fallback only satisfies the io::Result.
-    murmur3::murmur3_32(&mut std::io::Cursor::new(data), 0).unwrap_or(0)
+    murmur3_32_of(&[data])
+}
+
+/// murmur3 x86 32-bit, seed 0, of the concatenation of `parts`, hashed as they are: placing a
+/// user needs no `salt:key` buffer.
+pub fn murmur3_32_of(parts: &[&[u8]]) -> u32 {
+    let mut hash: u32 = 0;
+    // Bytes not yet mixed, little-endian, as the reference reads each 4-byte block.
+    let mut block: u32 = 0;
+    let mut filled: u32 = 0;
+    // The reference mixes in the length modulo 2^32.
+    let mut len: u32 = 0;
+    for part in parts {
+        let mut rest = *part;
+        // Whole blocks straight from the slice once the pending bytes of earlier parts are mixed.
+        if filled == 0 {
+            while let Some((chunk, tail)) = rest.split_first_chunk::<4>() {
+                hash = mix_block(hash, u32::from_le_bytes(*chunk));
+                rest = tail;
+            }
+        }
+        for &byte in rest {
+            block |= u32::from(byte) << (8 * filled);
+            filled += 1;
+            if filled == 4 {
+                hash = mix_block(hash, block);
+                (block, filled) = (0, 0);
+            }
+        }
+        len = len.wrapping_add(part.len() as u32);
+    }
+    if filled > 0 {
+        hash ^= scramble(block);
+    }
+    finalize(hash ^ len)
+}
+
+fn scramble(block: u32) -> u32 {
+    block
+        .wrapping_mul(0xcc9e_2d51)
+        .rotate_left(15)
+        .wrapping_mul(0x1b87_3593)
+}
+
+fn mix_block(hash: u32, block: u32) -> u32 {
+    (hash ^ scramble(block))
+        .rotate_left(13)
+        .wrapping_mul(5)
+        .wrapping_add(0xe654_6b64)
+}
+
+fn finalize(mut hash: u32) -> u32 {
+    hash ^= hash >> 16;
+    hash = hash.wrapping_mul(0x85eb_ca6b);
+    hash ^= hash >> 13;
+    hash = hash.wrapping_mul(0xc2b2_ae35);
+    hash ^ (hash >> 16)
 }
 
 /// Places `key` (taken as bytes, never re-encoded) for `salt`.
 pub fn place(salt: &str, key: &[u8]) -> Placement {
-    let mut input = Vec::with_capacity(salt.len() + 1 + key.len());
-    input.extend_from_slice(salt.as_bytes());
-    input.push(b':');
-    input.extend_from_slice(key);
-    placement_of_hash(murmur3_32(&input))
+    placement_of_hash(murmur3_32_of(&[salt.as_bytes(), b":", key]))
 }
 
 /// The placement of a precomputed hash.

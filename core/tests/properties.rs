@@ -1,4 +1,5 @@
-//! Property tests of the contract: raising the weight only adds users (placement and the whole
+//! Property tests of the contract: core's murmur3 equals the `murmur3` crate's for any bytes
+//! split anywhere, raising the weight only adds users (placement and the whole
 //! decision), buckets are uniform (chi-square over the 100 cohorts and the 100 sub-buckets),
 //! and `validate` accepts what serde serializes from a valid config, which `parse_wire` reads
 //! back unchanged.
@@ -13,7 +14,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, RngSeed};
 
-use cohort_core::bucket::{place, FULL_WEIGHT_BP};
+use cohort_core::bucket::{murmur3_32, murmur3_32_of, place, FULL_WEIGHT_BP};
 use cohort_core::config::{
     parse, parse_wire, validate, AnonymousPolicy, Compiled, FilterConfig, IdentitySource,
     RolloutConfig,
@@ -107,6 +108,30 @@ fn one_rollout(
     rollout.allow_keys = allow_keys.to_vec();
     config.rollouts.insert("web".into(), rollout);
     validate(&config).unwrap()
+}
+
+proptest! {
+    #![proptest_config(Config { cases: 4096, ..Config::default() })]
+
+    /// core's own murmur3 (streamed over the parts, no buffer) is the reference algorithm: the
+    /// `murmur3` crate's over the parts put together, wherever they are split.
+    #[test]
+    fn murmur3_matches_the_reference_crate(
+        data in proptest::collection::vec(any::<u8>(), 0..64),
+        cuts in proptest::collection::vec(any::<usize>(), 0..4),
+    ) {
+        let reference = murmur3::murmur3_32(&mut std::io::Cursor::new(&data), 0).unwrap();
+        prop_assert_eq!(murmur3_32(&data), reference);
+        let mut cuts: Vec<usize> = cuts.iter().map(|cut| cut % (data.len() + 1)).collect();
+        cuts.sort_unstable();
+        let mut parts = Vec::new();
+        let mut start = 0;
+        for cut in cuts.into_iter().chain([data.len()]) {
+            parts.push(&data[start..cut]);
+            start = cut;
+        }
+        prop_assert_eq!(murmur3_32_of(&parts), reference);
+    }
 }
 
 proptest! {

@@ -9,8 +9,9 @@
 //!   needs the exact `VERSION:TOKEN`; placements stay inside their ranges.
 //! - [`cookie`]: a found value is a non-empty, bounded slice of the header, under the asked name.
 //! - [`header_map`]: the host's serialized header map reads without trusting its sizes.
-//! - [`place`]: the placement is the documented formula of the murmur3 hash, raising the weight
-//!   only adds users, and whole percentages agree with Unleash.
+//! - [`place`]: the placement is the documented formula of the murmur3 hash, core's murmur3
+//!   equals the `murmur3` crate's, raising the weight only adds users, and whole percentages
+//!   agree with Unleash.
 
 use std::sync::OnceLock;
 
@@ -480,7 +481,10 @@ pub struct PlaceInput<'a> {
 /// Bucketing of arbitrary salts and keys.
 pub fn place(input: &PlaceInput<'_>) {
     let placement = place_key(input.salt, input.key);
-    let hash = murmur3_32(&[input.salt.as_bytes(), b":", input.key].concat());
+    let joined = [input.salt.as_bytes(), b":", input.key].concat();
+    let hash = murmur3_32(&joined);
+    let reference = murmur3::murmur3_32(&mut std::io::Cursor::new(&joined), 0).unwrap_or(!hash);
+    assert_eq!(hash, reference, "core's murmur3 differs from the reference crate's");
     assert_eq!(placement, placement_of_hash(hash));
     assert_eq!(u32::from(placement.cohort), hash % 100);
     assert_eq!(
