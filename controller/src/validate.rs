@@ -5,6 +5,7 @@ use std::fmt;
 use std::time::Duration;
 
 use cohort_core::bucket::FULL_WEIGHT_BP;
+use cohort_core::config::{is_dns_label, NAMESPACE_RULE};
 
 use crate::crd::{
     CanaryRolloutSpec, GateCheck, GateSpec, SequentialGate, SequentialMetric, Target, MAX_GATES,
@@ -149,7 +150,7 @@ fn check_target(target: &Target, errors: &mut Vec<SpecError>) {
                     errors.push(SpecError::new(
                         "spec.target.wasmPlugin.namespace",
                         &format!(
-                            "{namespace:?} is not a namespace name; use 1-63 lowercase letters, digits and '-', or omit it for the rollout's namespace"
+                            "{namespace:?} is not a namespace name; use {NAMESPACE_RULE}, or omit it for the rollout's namespace"
                         ),
                     ));
                 }
@@ -464,16 +465,6 @@ fn is_gate_name(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
 }
 
-fn is_dns_label(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 63
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !name.starts_with('-')
-        && !name.ends_with('-')
-}
-
 fn is_dns_subdomain(name: &str) -> bool {
     !name.is_empty() && name.len() <= 253 && name.split('.').all(is_dns_label)
 }
@@ -574,7 +565,7 @@ pub(crate) mod tests {
             ),
             (
                 |s| s.target = Target::WasmPlugin(WasmPluginTarget { name: "cohort".into(), namespace: Some("a.b".into()) }),
-                "spec.target.wasmPlugin.namespace:",
+                "spec.target.wasmPlugin.namespace: \"a.b\" is not a namespace name; use 1-63 characters of a-z, 0-9 and '-'",
             ),
             (
                 |s| s.target = Target::EnvoyEcds(EnvoyEcdsTarget { path: "ecds.yaml".into(), filter_name: "cohort".into() }),

@@ -538,7 +538,7 @@ pub fn validate(config: &FilterConfig) -> Result<Compiled, ConfigErrors> {
     let mut claims = earlier_claims(&config.rollouts).into_iter();
     for (name, rollout) in &config.rollouts {
         let field = format!("rollouts.{name}");
-        if !is_rollout_name(name) {
+        if !is_dns_label(name) {
             errors.push(
                 &field,
                 "rollout names are 1-63 characters of a-z, 0-9 and '-', starting and ending \
@@ -890,11 +890,12 @@ pub const NAMESPACE_RULE: &str =
 /// Whether `namespace` is one a rollout entry may carry: empty (none), or a Kubernetes
 /// namespace name ([`NAMESPACE_RULE`]).
 pub fn is_namespace(namespace: &str) -> bool {
-    namespace.is_empty() || is_rollout_name(namespace)
+    namespace.is_empty() || is_dns_label(namespace)
 }
 
-/// A Kubernetes object name as an RFC 1123 label: rollout names and namespaces.
-fn is_rollout_name(name: &str) -> bool {
+/// Whether `name` is an RFC 1123 label, as Kubernetes names rollouts and namespaces
+/// ([`NAMESPACE_RULE`]).
+pub fn is_dns_label(name: &str) -> bool {
     let bytes = name.as_bytes();
     !bytes.is_empty()
         && bytes.len() <= 63
