@@ -314,6 +314,53 @@ pub fn drive(envoy: &Envoy, load: &Load) -> Result<Run> {
     })
 }
 
+/// One `--name value` pair from a bench binary's command line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Flag {
+    /// The flag, e.g. `--reps`.
+    pub name: String,
+    /// Its value.
+    pub value: String,
+    usage: &'static str,
+}
+
+impl Flag {
+    /// The value as a number.
+    pub fn number(&self) -> Result<u64> {
+        self.value.parse().map_err(|_| {
+            Error(format!(
+                "{} {}: not a number\n{}",
+                self.name, self.value, self.usage
+            ))
+        })
+    }
+
+    /// The error for a flag the binary does not know, or a value it cannot use (`why`).
+    pub fn refused(&self, why: &str) -> Error {
+        Error(format!(
+            "{} {}: {why}\n{}",
+            self.name, self.value, self.usage
+        ))
+    }
+}
+
+/// `args` as `--name value` pairs; `-h`, `--help` and a flag without a value are errors that
+/// carry `usage`.
+pub fn flags(args: impl IntoIterator<Item = String>, usage: &'static str) -> Result<Vec<Flag>> {
+    let mut args = args.into_iter();
+    let mut flags = Vec::new();
+    while let Some(name) = args.next() {
+        if name == "-h" || name == "--help" {
+            return Err(Error(usage.to_owned()));
+        }
+        let value = args
+            .next()
+            .ok_or_else(|| Error(format!("{name} needs a value\n{usage}")))?;
+        flags.push(Flag { name, value, usage });
+    }
+    Ok(flags)
+}
+
 /// The line the Lua script prints.
 #[derive(Debug, Clone, PartialEq)]
 struct Summary {
@@ -475,6 +522,29 @@ mod tests {
             }
         );
         assert!(parse_summary("no line").is_err());
+    }
+
+    #[test]
+    fn flags_come_in_pairs() {
+        let args = |list: &[&str]| list.iter().map(|a| a.to_string()).collect::<Vec<_>>();
+        let parsed = flags(args(&["--reps", "3", "--pin", "1,0"]), "usage").unwrap();
+        assert_eq!(parsed.len(), 2);
+        assert_eq!(
+            (parsed[0].name.as_str(), parsed[0].number().unwrap()),
+            ("--reps", 3)
+        );
+        assert_eq!(parsed[1].value, "1,0");
+        let error = parsed[1].number().unwrap_err().to_string();
+        assert!(
+            error.starts_with("--pin 1,0: not a number\nusage"),
+            "{error}"
+        );
+        let error = flags(args(&["--reps"]), "usage").unwrap_err().to_string();
+        assert!(error.starts_with("--reps needs a value"), "{error}");
+        let error = flags(args(&["--reps", "1", "-h"]), "usage")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(error, "usage");
     }
 
     #[test]

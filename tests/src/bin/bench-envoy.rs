@@ -15,9 +15,9 @@
 use std::process::{Command, ExitCode};
 use std::time::Duration;
 
-use cohort_tests::bench::{drive, median, Load, Medians, Run, Setup, EXPECTED_CANARY_SHARE};
+use cohort_tests::bench::{drive, flags, median, Load, Medians, Run, Setup, EXPECTED_CANARY_SHARE};
 use cohort_tests::locate::envoy_binary;
-use cohort_tests::{Error, Result};
+use cohort_tests::Result;
 
 const USAGE: &str = "usage: bench-envoy [--reps N] [--duration SECONDS] [--connections N] \
                      [--warmup SECONDS] [--workers N] [--pin ENVOY_CPUS,WRK_CPUS]";
@@ -46,34 +46,21 @@ fn parse_args() -> Result<Args> {
             pin: None,
         },
     };
-    let mut argv = std::env::args().skip(1);
-    while let Some(flag) = argv.next() {
-        if flag == "-h" || flag == "--help" {
-            return Err(Error(USAGE.to_owned()));
-        }
-        let value = argv
-            .next()
-            .ok_or_else(|| Error(format!("{flag} needs a value\n{USAGE}")))?;
-        let number = || -> Result<u64> {
-            value
-                .parse()
-                .map_err(|_| Error(format!("{flag} {value}: not a number\n{USAGE}")))
-        };
-        match flag.as_str() {
-            "--reps" => args.reps = number()?.max(1) as usize,
-            "--duration" => args.load.duration = Duration::from_secs(number()?.max(1)),
-            "--connections" => args.load.connections = number()?.max(1) as u32,
-            "--warmup" => args.warmup = Duration::from_secs(number()?),
-            "--workers" => args.workers = number()?.max(1) as u32,
+    for flag in flags(std::env::args().skip(1), USAGE)? {
+        match flag.name.as_str() {
+            "--reps" => args.reps = flag.number()?.max(1) as usize,
+            "--duration" => args.load.duration = Duration::from_secs(flag.number()?.max(1)),
+            "--connections" => args.load.connections = flag.number()?.max(1) as u32,
+            "--warmup" => args.warmup = Duration::from_secs(flag.number()?),
+            "--workers" => args.workers = flag.number()?.max(1) as u32,
             "--pin" => {
-                let (envoy, wrk) = value.split_once(',').ok_or_else(|| {
-                    Error(format!(
-                        "--pin {value}: expected ENVOY_CPUS,WRK_CPUS\n{USAGE}"
-                    ))
-                })?;
+                let (envoy, wrk) = flag
+                    .value
+                    .split_once(',')
+                    .ok_or_else(|| flag.refused("expected ENVOY_CPUS,WRK_CPUS"))?;
                 args.load.pin = Some((envoy.to_owned(), wrk.to_owned()));
             }
-            _ => return Err(Error(format!("unknown flag {flag}\n{USAGE}"))),
+            _ => return Err(flag.refused("unknown flag")),
         }
     }
     Ok(args)

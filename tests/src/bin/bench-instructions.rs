@@ -14,9 +14,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use cohort_tests::bench::Setup;
+use cohort_tests::bench::{flags, Setup};
 use cohort_tests::instructions::{Count, Counted};
-use cohort_tests::{Error, Result};
+use cohort_tests::Result;
 
 const USAGE: &str = "usage: bench-instructions [--requests N] [--warmup N] [--idle SECONDS] \
                      [--keep DIR] [--setups abcdef]";
@@ -43,41 +43,29 @@ fn parse_args() -> Result<Args> {
         keep: None,
         setups: Setup::selected(),
     };
-    let mut argv = std::env::args().skip(1);
-    while let Some(flag) = argv.next() {
-        if flag == "-h" || flag == "--help" {
-            return Err(Error(USAGE.to_owned()));
-        }
-        let value = argv
-            .next()
-            .ok_or_else(|| Error(format!("{flag} needs a value\n{USAGE}")))?;
-        let number = || -> Result<u64> {
-            value
-                .parse()
-                .map_err(|_| Error(format!("{flag} {value}: not a number\n{USAGE}")))
-        };
-        match flag.as_str() {
-            "--requests" => args.requests = number()?.max(1),
-            "--warmup" => args.warmup = number()?,
-            "--idle" => args.idle = Duration::from_secs(number()?),
-            "--keep" => args.keep = Some(PathBuf::from(&value)),
+    for flag in flags(std::env::args().skip(1), USAGE)? {
+        match flag.name.as_str() {
+            "--requests" => args.requests = flag.number()?.max(1),
+            "--warmup" => args.warmup = flag.number()?,
+            "--idle" => args.idle = Duration::from_secs(flag.number()?),
+            "--keep" => args.keep = Some(PathBuf::from(&flag.value)),
             "--setups" => {
-                args.setups = value
+                args.setups = flag
+                    .value
                     .chars()
                     .map(|letter| {
                         Setup::selected()
                             .into_iter()
                             .find(|setup| setup.letter() == letter)
                             .ok_or_else(|| {
-                                Error(format!(
-                                    "--setups {value}: no set-up ({letter}) (set-up (e) needs \
-                                     COHORT_COMPARE_WASM)\n{USAGE}"
+                                flag.refused(&format!(
+                                    "no set-up ({letter}); (e) needs COHORT_COMPARE_WASM"
                                 ))
                             })
                     })
                     .collect::<Result<_>>()?;
             }
-            _ => return Err(Error(format!("unknown flag {flag}\n{USAGE}"))),
+            _ => return Err(flag.refused("unknown flag")),
         }
     }
     Ok(args)
@@ -189,5 +177,27 @@ fn main() -> ExitCode {
             eprintln!("bench-instructions: {error}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_idle_timers_share_is_taken_out() {
+        let count = |requests, instructions, seconds| Count {
+            requests,
+            instructions,
+            wall: Duration::from_secs(seconds),
+        };
+        let measured = Measured {
+            setup: Setup::Cohort,
+            // 2 s of requests; idle, the timers run 1,000 instructions a second.
+            busy: count(100, 1_002_000, 2),
+            idle: count(0, 5_000, 5),
+        };
+        assert_eq!(measured.per_request(), 10_000.0);
+        assert_eq!(measured.busy.per_request(), 10_020.0);
     }
 }
