@@ -175,8 +175,10 @@ extern "C" {
     ) -> Status;
 }
 
-/// One header map in one host call, as cohort's filter reads it (`filter/src/host.rs`); the
-/// SDK's own `get_map_bytes` would also copy every pair into owned strings.
+/// One header map in one host call, as cohort's filter reads it: a copy of `filter/src/host.rs`'s
+/// reader, since this crate cannot link the filter crate (both export the module's entry
+/// points), and the SDK's own `get_map_bytes` would also copy every pair into owned strings,
+/// making (f) dearer than cohort's calls.
 #[allow(unsafe_code)]
 fn header_map_pairs(map_type: MapType) -> Vec<u8> {
     let mut data: *mut u8 = std::ptr::null_mut();
