@@ -226,7 +226,13 @@ impl LabEnvoy {
             .stderr(stderr_file)
             .kill_on_drop(true)
             .spawn()
-            .map_err(|e| setup(&format!("starting {}", binary.display()), &e))?;
+            .map_err(|e| {
+                let program = launch.run_under.first().map_or_else(
+                    || binary.display().to_string(),
+                    |program| format!("{program} (to run {})", binary.display()),
+                );
+                setup(&format!("starting {program}"), &e)
+            })?;
         let mut envoy = LabEnvoy {
             child,
             listen: SocketAddr::from(([127, 0, 0, 1], launch.ports.listen)),
