@@ -76,11 +76,6 @@ impl Counted {
         Ok(counted)
     }
 
-    /// The Envoy being counted.
-    pub fn envoy(&self) -> &Envoy {
-        &self.envoy
-    }
-
     /// Sends `warmup` requests (V8 tiers the hot wasm functions up meanwhile), then counts the
     /// instructions of `requests` more: request `n` goes to `HOSTS[n % 3]` as user `user-n`,
     /// as in the `wrk` script.
@@ -195,14 +190,16 @@ fn is_dump(path: &Path) -> bool {
         .is_some_and(|name| name.starts_with("callgrind.out"))
 }
 
-/// The instruction count of a callgrind dump: its `totals:` line (older dumps: `summary:`).
+/// The instruction count of a callgrind dump: its `summary:` line, which `callgrind_annotate`
+/// reports as the program's total (the closing `totals:` line, which sums only the cost lines
+/// written, when there is no summary).
 fn totals(dump: &str) -> Option<u64> {
-    dump.lines()
-        .find_map(|line| {
-            line.strip_prefix("totals:")
-                .or_else(|| line.strip_prefix("summary:"))
-        })
-        .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
+    let count = |prefix: &str| {
+        dump.lines()
+            .find_map(|line| line.strip_prefix(prefix))
+            .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
+    };
+    count("summary:").or_else(|| count("totals:"))
 }
 
 #[cfg(test)]
@@ -215,6 +212,7 @@ mod tests {
                     3 20\nsummary: 1234567\ntotals: 7654321\n";
         assert_eq!(totals(dump), Some(1234567));
         assert_eq!(totals("events: Ir\ntotals: 42\n"), Some(42));
+        assert_eq!(totals("totals: 5\nsummary: 6\n"), Some(6));
         assert_eq!(totals("events: Ir\n"), None);
         assert_eq!(totals("totals: many\n"), None);
         assert!(is_dump(Path::new("/x/callgrind.out.1")));

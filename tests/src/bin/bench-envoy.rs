@@ -15,7 +15,9 @@
 use std::process::{Command, ExitCode};
 use std::time::Duration;
 
-use cohort_tests::bench::{drive, flags, median, Load, Medians, Run, Setup, EXPECTED_CANARY_SHARE};
+use cohort_tests::bench::{
+    drive, flags, median, Load, Medians, Run, Setup, EXPECTED_CANARY_SHARE, TARGET_RATIO,
+};
 use cohort_tests::locate::envoy_binary;
 use cohort_tests::Result;
 
@@ -24,8 +26,6 @@ const USAGE: &str = "usage: bench-envoy [--reps N] [--duration SECONDS] [--conne
 
 /// cohort's added p50 target, µs.
 const TARGET_ADDED_P50_US: f64 = 20.0;
-/// cohort's added cost over the no-op filter's, at most.
-const TARGET_RATIO: f64 = 1.3;
 
 #[derive(Debug)]
 struct Args {

@@ -14,15 +14,12 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use cohort_tests::bench::{flags, Setup};
+use cohort_tests::bench::{flags, Setup, TARGET_RATIO};
 use cohort_tests::instructions::{Count, Counted};
 use cohort_tests::Result;
 
 const USAGE: &str = "usage: bench-instructions [--requests N] [--warmup N] [--idle SECONDS] \
                      [--keep DIR] [--setups abcdef]";
-
-/// cohort's added instructions over the no-op filter's, at most (the CPU target's ratio).
-const TARGET_RATIO: f64 = 1.3;
 
 #[derive(Debug)]
 struct Args {
@@ -146,14 +143,10 @@ fn report(measured: &[Measured]) {
     ] {
         if let Some(value) = of(setup) {
             let ratio = (value - base) / noop_added;
-            let verdict = if setup == Setup::Cohort {
-                if ratio <= TARGET_RATIO {
-                    " (target ≤ 1.3×: met)"
-                } else {
-                    " (target ≤ 1.3×: not met)"
-                }
-            } else {
-                ""
+            let verdict = match (setup, ratio <= TARGET_RATIO) {
+                (Setup::Cohort, true) => format!(" (target ≤ {TARGET_RATIO}×: met)"),
+                (Setup::Cohort, false) => format!(" (target ≤ {TARGET_RATIO}×: not met)"),
+                _ => String::new(),
             };
             println!("{setup} added ÷ (b) added: {ratio:.2}×{verdict}");
         }
