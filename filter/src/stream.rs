@@ -58,9 +58,6 @@ impl Context for Stream {}
 
 impl HttpContext for Stream {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        if !REQUEST_SIDE_ONLY {
-            self.started_ns = host::now_nanos();
-        }
         let serialized = host::request_headers();
         let headers = HeaderPairs::parse(&serialized);
         let Some(active) = self.active.clone() else {
@@ -96,6 +93,11 @@ impl HttpContext for Stream {
             }
             return Action::Continue;
         };
+        // The clock, like the response's headers, is read only for a routed request: a host
+        // without a rollout pays for none of it.
+        if !REQUEST_SIDE_ONLY {
+            self.started_ns = host::now_nanos();
+        }
         host::set_request_header(&config.routing_header, decision.version().as_bytes());
         self.routed = Some((decision.rollout_index, decision.side));
         if let (
@@ -118,15 +120,15 @@ impl HttpContext for Stream {
         if REQUEST_SIDE_ONLY {
             return Action::Continue;
         }
+        let (Some(active), Some((rollout, side))) = (&self.active, self.routed) else {
+            return Action::Continue;
+        };
         let serialized = host::response_headers();
         let headers = HeaderPairs::parse(&serialized);
         self.status = headers
             .get(":status")
             .and_then(|status| std::str::from_utf8(status).ok()?.parse().ok())
             .unwrap_or(0);
-        let (Some(active), Some((rollout, side))) = (&self.active, self.routed) else {
-            return Action::Continue;
-        };
         let config = &active.config;
         let Some(ids) = active.metrics.get(rollout).map(|m| m.side(side)) else {
             return Action::Continue;
