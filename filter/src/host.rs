@@ -19,12 +19,26 @@ pub fn response_headers() -> Vec<u8> {
     header_map_pairs(MapType::HttpResponseHeaders)
 }
 
+/// One response header's value, for when only one is needed: reading a whole map costs about
+/// as much again as one value (BENCHMARKS.md, "Instructions per request"). `None` when absent
+/// or on any failure.
+pub fn response_header(name: &str) -> Option<Vec<u8>> {
+    header_map_value(MapType::HttpResponseHeaders, name)
+}
+
 #[link(wasm_import_module = "env")]
 extern "C" {
     fn proxy_get_header_map_pairs(
         map_type: MapType,
         return_map_data: *mut *mut u8,
         return_map_size: *mut usize,
+    ) -> Status;
+    fn proxy_get_header_map_value(
+        map_type: MapType,
+        key_data: *const u8,
+        key_size: usize,
+        return_value_data: *mut *mut u8,
+        return_value_size: *mut usize,
     ) -> Status;
 }
 
@@ -47,6 +61,29 @@ fn header_map_pairs(map_type: MapType) -> Vec<u8> {
             return Vec::new();
         }
         Vec::from_raw_parts(data, size, size)
+    }
+}
+
+/// `proxy_get_header_map_value` without the SDK's wrapper, which panics on a value that is not
+/// UTF-8 and on an unexpected status.
+#[allow(unsafe_code)]
+fn header_map_value(map_type: MapType, name: &str) -> Option<Vec<u8>> {
+    let mut data: *mut u8 = std::ptr::null_mut();
+    let mut size: usize = 0;
+    // SAFETY: as in `header_map_pairs`: the host reads `name` within its length and writes a
+    // pointer and a size into the two locals; a non-null pointer is a block of exactly `size`
+    // bytes from this module's `proxy_on_memory_allocate`, which the Vec takes over.
+    unsafe {
+        if !matches!(
+            proxy_get_header_map_value(map_type, name.as_ptr(), name.len(), &mut data, &mut size),
+            Status::Ok
+        ) {
+            return None;
+        }
+        if data.is_null() {
+            return Some(Vec::new());
+        }
+        Some(Vec::from_raw_parts(data, size, size))
     }
 }
 

@@ -54,6 +54,13 @@ fn new_anonymous_id() -> String {
     format!("{high:016x}{low:016x}")
 }
 
+/// The response's status code; 0 (counted as a reset) when it is missing or not a number.
+fn parse_status(value: Option<&[u8]>) -> u32 {
+    value
+        .and_then(|status| std::str::from_utf8(status).ok()?.parse().ok())
+        .unwrap_or(0)
+}
+
 impl Context for Stream {}
 
 impl HttpContext for Stream {
@@ -123,13 +130,15 @@ impl HttpContext for Stream {
         let (Some(active), Some((rollout, side))) = (&self.active, self.routed) else {
             return Action::Continue;
         };
+        let config = &active.config;
+        if config.events.is_empty() {
+            // Only the status is needed: one value costs less to read than the whole map.
+            self.status = parse_status(host::response_header(":status").as_deref());
+            return Action::Continue;
+        }
         let serialized = host::response_headers();
         let headers = HeaderPairs::parse(&serialized);
-        self.status = headers
-            .get(":status")
-            .and_then(|status| std::str::from_utf8(status).ok()?.parse().ok())
-            .unwrap_or(0);
-        let config = &active.config;
+        self.status = parse_status(headers.get(":status"));
         let Some(ids) = active.metrics.get(rollout).map(|m| m.side(side)) else {
             return Action::Continue;
         };

@@ -621,7 +621,21 @@ fn reset_midway(envoy: &Envoy, id: &str) {
 /// e. The filter's metrics in /stats/prometheus count exactly what was sent.
 #[test]
 fn metrics_count_requests_codes_durations_and_events() {
-    let envoy = start(5_000);
+    metrics_count_what_was_sent(config(5_000));
+}
+
+/// e, without configured events: the filter then reads only the response's status, and still
+/// counts every code class, reset and duration; no event series appears.
+#[test]
+fn metrics_count_requests_codes_and_durations_without_events() {
+    let mut without_events = config(5_000);
+    without_events.as_object_mut().unwrap().remove("events");
+    metrics_count_what_was_sent(without_events);
+}
+
+fn metrics_count_what_was_sent(filter_config: serde_json::Value) {
+    let events_configured = filter_config.get("events").is_some();
+    let envoy = Envoy::start(&filter_config.to_string()).unwrap_or_else(|e| panic!("{e}"));
     let mut client = envoy.client();
     let ids = user_ids("metrics", 200);
     let mut sent: BTreeMap<(&str, &str), u64> = BTreeMap::new();
@@ -717,8 +731,15 @@ fn metrics_count_requests_codes_durations_and_events() {
             ],
         )
     };
-    assert_eq!(events("stable"), Some(14.0), "stable checkout events");
-    assert_eq!(events("canary"), Some(3.0), "canary checkout events");
+    if events_configured {
+        assert_eq!(events("stable"), Some(14.0), "stable checkout events");
+        assert_eq!(events("canary"), Some(3.0), "canary checkout events");
+    } else {
+        assert!(
+            prom::matching(&samples, "cohort_events_total", &[]).is_empty(),
+            "an event series without configured events"
+        );
+    }
     assert!(
         prom::matching(
             &samples,
