@@ -48,20 +48,13 @@ extern "C" {
 fn header_map_pairs(map_type: MapType) -> Vec<u8> {
     let mut data: *mut u8 = std::ptr::null_mut();
     let mut size: usize = 0;
-    // SAFETY: the host writes a pointer and a size into the two locals. A non-null pointer is a
-    // block of exactly `size` bytes that the host obtained from this module's
-    // `proxy_on_memory_allocate` (the SDK's allocator: a boxed `[u8]` of that length), so the
-    // Vec takes ownership with length = capacity = `size`, as the SDK's own wrappers do.
-    unsafe {
-        if !matches!(
-            proxy_get_header_map_pairs(map_type, &mut data, &mut size),
-            Status::Ok
-        ) || data.is_null()
-        {
-            return Vec::new();
-        }
-        Vec::from_raw_parts(data, size, size)
+    // SAFETY: the host writes a pointer and a size into the two locals.
+    let status = unsafe { proxy_get_header_map_pairs(map_type, &mut data, &mut size) };
+    if !matches!(status, Status::Ok) {
+        return Vec::new();
     }
+    // SAFETY: `data` and `size` are what the successful call returned.
+    unsafe { take_host_bytes(data, size) }
 }
 
 /// `proxy_get_header_map_value` without the SDK's wrapper, which panics on a value that is not
@@ -70,21 +63,33 @@ fn header_map_pairs(map_type: MapType) -> Vec<u8> {
 fn header_map_value(map_type: MapType, name: &str) -> Option<Vec<u8>> {
     let mut data: *mut u8 = std::ptr::null_mut();
     let mut size: usize = 0;
-    // SAFETY: as in `header_map_pairs`: the host reads `name` within its length and writes a
-    // pointer and a size into the two locals; a non-null pointer is a block of exactly `size`
-    // bytes from this module's `proxy_on_memory_allocate`, which the Vec takes over.
-    unsafe {
-        if !matches!(
-            proxy_get_header_map_value(map_type, name.as_ptr(), name.len(), &mut data, &mut size),
-            Status::Ok
-        ) {
-            return None;
-        }
-        if data.is_null() {
-            return Some(Vec::new());
-        }
-        Some(Vec::from_raw_parts(data, size, size))
+    // SAFETY: the host reads `name` within its length and writes a pointer and a size into the
+    // two locals.
+    let status = unsafe {
+        proxy_get_header_map_value(map_type, name.as_ptr(), name.len(), &mut data, &mut size)
+    };
+    if !matches!(status, Status::Ok) {
+        return None;
     }
+    // SAFETY: `data` and `size` are what the successful call returned.
+    Some(unsafe { take_host_bytes(data, size) })
+}
+
+/// Takes ownership of the bytes a successful host call returned in `data` and `size` (empty
+/// when `data` is null).
+///
+/// # Safety
+/// A non-null `data` must be what the host returned: a block of exactly `size` bytes that it
+/// obtained from this module's `proxy_on_memory_allocate` (the SDK's allocator: a boxed `[u8]`
+/// of that length), owned by no one else. The Vec then takes ownership with length = capacity
+/// = `size`, as the SDK's own wrappers do.
+#[allow(unsafe_code)]
+unsafe fn take_host_bytes(data: *mut u8, size: usize) -> Vec<u8> {
+    if data.is_null() {
+        return Vec::new();
+    }
+    // SAFETY: the caller's contract above.
+    unsafe { Vec::from_raw_parts(data, size, size) }
 }
 
 /// Sets (replaces) a request header.
