@@ -582,13 +582,7 @@ mod tests {
 
     #[test]
     fn each_setup_is_named_by_its_letter() {
-        for setup in [
-            Setup::None,
-            Setup::Noop,
-            Setup::Cohort,
-            Setup::SetsHeader,
-            Setup::Compare,
-        ] {
+        for setup in Setup::ALL.into_iter().chain([Setup::Compare]) {
             assert!(
                 setup.label().starts_with(&format!("({})", setup.letter())),
                 "{setup}"
