@@ -13,7 +13,8 @@
 //!   routing header as in (d), the response's header map (status and events header, one call),
 //!   the clock again, the requests and events counters and the duration histogram. What (f)
 //!   adds is the floor for any filter that keeps DESIGN.md's metric contract; what (c) adds
-//!   over (f) is cohort's own computation.
+//!   over (f) is cohort's own computation, less what cohort saves by exporting only the
+//!   callbacks it implements (this module keeps the SDK's full set).
 //!
 //! Not shipped. Build it like the real filter:
 //! `cargo build -p cohort-bench-noop-filter --target wasm32-wasip1 --profile wasm`.

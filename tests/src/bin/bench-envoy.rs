@@ -270,7 +270,7 @@ fn bench() -> Result<()> {
         ratios(contract_calls, noop)
     );
     println!(
-        "cohort's added cost ÷ (f)'s: {} (cohort's own computation)",
+        "cohort's added cost ÷ (f)'s: {} (cohort's own computation, less its trimmed exports' saving)",
         ratios(cohort, contract_calls)
     );
     if let Some(compared) = compared {
