@@ -41,7 +41,7 @@ use crate::force_token::{self, ForceTokenError};
 use crate::plan::{plan, EventKind, PlanInput};
 use crate::reconciler::{Clock, SystemClock};
 use crate::sequential::analysis_window;
-use crate::source::envoy_admin::{EcdsUpdates, EnvoyAdmin, EnvoyAdminSource};
+use crate::source::envoy_admin::{EcdsUpdates, EnvoyAdmin, EnvoyAdminSource, UpdateSeen};
 use crate::source::prometheus::PrometheusSource;
 use crate::source::series::SourceError;
 use crate::source::{MetricSource, SeriesRequest};
@@ -51,7 +51,7 @@ use crate::validate::{validate_spec, SpecErrors};
 use crate::{crd, duration};
 
 /// Each HTTP read (a Prometheus query, an admin scrape) gives up after this.
-const HTTP_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const HTTP_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a push waits for Envoy to count the ECDS update.
 const CONFIRM_TIMEOUT: Duration = Duration::from_secs(2);
 /// First wait after a failed cycle; it doubles up to the analysis interval.
@@ -179,6 +179,9 @@ pub enum RunError {
     /// `cohort release` could not take the entry out; the file is as it was.
     #[error("removing the rollout's entry failed: {0}")]
     Release(TargetError),
+    /// `cohort release` took the entry out of the file, but could not see Envoy apply it.
+    #[error("{0}")]
+    ReleaseUnconfirmed(String),
     /// Envoy refused the pushed config (the previous one keeps serving); retried.
     #[error("Envoy rejected the pushed filter config (update_rejected went up); see Envoy's log")]
     Rejected,
@@ -212,6 +215,7 @@ impl RunError {
             RunError::Source(_)
             | RunError::Push(_)
             | RunError::Release(_)
+            | RunError::ReleaseUnconfirmed(_)
             | RunError::Rejected
             | RunError::Runtime(_)
             | RunError::SaveStatus { .. } => 1,
@@ -714,30 +718,29 @@ impl Runner {
     /// only logged: Envoy does not count a file whose config did not change.
     async fn confirm(&self, admin: &EnvoyAdmin, before: EcdsUpdates) -> Result<(), RunError> {
         let started = Instant::now();
-        loop {
-            match admin.ecds_updates(self.target.filter_name()).await {
-                Ok(now) if now.rejected > before.rejected => return Err(RunError::Rejected),
-                Ok(now) if now.success > before.success => {
-                    tracing::debug!(
-                        after_ms = started.elapsed().as_millis(),
-                        "Envoy applied the update"
-                    );
-                    return Ok(());
-                }
-                Ok(_) => {}
-                Err(error) => {
-                    tracing::warn!("cannot confirm the push: {error}");
-                    return Ok(());
-                }
+        match admin
+            .await_ecds_update(self.target.filter_name(), before, CONFIRM_TIMEOUT)
+            .await
+        {
+            UpdateSeen::Applied => {
+                tracing::debug!(
+                    after_ms = started.elapsed().as_millis(),
+                    "Envoy applied the update"
+                );
+                Ok(())
             }
-            if started.elapsed() >= CONFIRM_TIMEOUT {
+            UpdateSeen::Rejected => Err(RunError::Rejected),
+            UpdateSeen::NotSeen => {
                 tracing::info!(
                     "Envoy did not count an ECDS update within {} (unchanged config?)",
                     seconds(CONFIRM_TIMEOUT)
                 );
-                return Ok(());
+                Ok(())
             }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            UpdateSeen::Unreadable(error) => {
+                tracing::warn!("cannot confirm the push: {error}");
+                Ok(())
+            }
         }
     }
 }

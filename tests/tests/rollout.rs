@@ -393,6 +393,7 @@ fn healthy_canary_is_promoted_through_every_step_from_envoy_admin_stats() {
     let release_args = ReleaseArgs {
         rollout: args.rollout.clone(),
         envoy_ecds: args.envoy_ecds.clone(),
+        envoy_admin: args.envoy_admin.clone(),
     };
     let load = Load::start(&lab.envoy, 4, 100, ROLLOUT_DEADLINE);
     let run = CohortRun::start(args);
@@ -428,10 +429,12 @@ fn healthy_canary_is_promoted_through_every_step_from_envoy_admin_stats() {
     );
     assert_eq!(load.stats.server_errors.load(Ordering::Relaxed), 0);
 
-    // `cohort release` takes the entry out of the ECDS file: Envoy drops the rollout (its
-    // weight gauge reads 0) and serves stable to every probe user again.
+    // `cohort release` takes the entry out of the ECDS file and sees Envoy apply it: Envoy
+    // drops the rollout (its weight gauge reads 0) and serves stable to every probe user again.
+    assert!(release_args.envoy_admin.is_some());
     let line = release(&release_args).unwrap();
     assert!(line.starts_with("removed rollouts.web from"), "{line}");
+    assert!(line.contains("Envoy applied it after"), "{line}");
     let deadline = Instant::now() + Duration::from_secs(10);
     while lab.weight() != Some(0) {
         assert!(

@@ -120,6 +120,45 @@ impl EnvoyAdmin {
     }
 }
 
+impl EnvoyAdmin {
+    /// Polls the ECDS counters of `filter_name` until one has moved past `before` (read before
+    /// the file was written), for at most `wait`.
+    pub async fn await_ecds_update(
+        &self,
+        filter_name: &str,
+        before: EcdsUpdates,
+        wait: Duration,
+    ) -> UpdateSeen {
+        let started = Instant::now();
+        loop {
+            match self.ecds_updates(filter_name).await {
+                Ok(now) if now.rejected > before.rejected => return UpdateSeen::Rejected,
+                Ok(now) if now.success > before.success => return UpdateSeen::Applied,
+                Ok(_) => {}
+                Err(error) => return UpdateSeen::Unreadable(error),
+            }
+            if started.elapsed() >= wait {
+                return UpdateSeen::NotSeen;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// What Envoy's ECDS counters say became of one update of the filter's config file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UpdateSeen {
+    /// `update_success` rose: Envoy serves the new config.
+    Applied,
+    /// `update_rejected` rose: Envoy or the filter refused it, and the previous config serves on.
+    Rejected,
+    /// Neither rose in time. Envoy counts nothing for a file whose config did not change, and
+    /// nothing for a file it does not watch.
+    NotSeen,
+    /// The counters could not be read.
+    Unreadable(String),
+}
+
 /// Envoy's ECDS counters for one filter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct EcdsUpdates {
