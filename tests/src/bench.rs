@@ -188,6 +188,21 @@ pub fn noop_wasm() -> Result<PathBuf> {
     wasm_from_env("COHORT_NOOP_WASM").unwrap_or_else(|| build_wasm("cohort-bench-noop-filter"))
 }
 
+/// Which `.wasm` each set-up runs, as one line for the bench's header: the options of
+/// `scripts/bench-envoy` swap the no-op filter and (e).
+pub fn modules_line(setups: &[Setup]) -> Result<String> {
+    let noop = noop_wasm()?;
+    let mut line = format!(
+        "modules: (b) (d) (f) {}; (c) {}",
+        noop.display(),
+        crate::locate::filter_wasm()?.display()
+    );
+    if setups.contains(&Setup::Compare) {
+        line += &format!("; (e) {}", compare_wasm()?.display());
+    }
+    Ok(line)
+}
+
 /// The environment variable naming set-up (e)'s `.wasm`.
 pub const COMPARE_WASM_VAR: &str = "COHORT_COMPARE_WASM";
 

@@ -16,7 +16,8 @@ use std::process::{Command, ExitCode};
 use std::time::Duration;
 
 use cohort_tests::bench::{
-    drive, flags, median, Load, Medians, Run, Setup, EXPECTED_CANARY_SHARE, TARGET_RATIO,
+    self as bench, drive, flags, median, Load, Medians, Run, Setup, EXPECTED_CANARY_SHARE,
+    TARGET_RATIO,
 };
 use cohort_tests::locate::envoy_binary;
 use cohort_tests::Result;
@@ -129,6 +130,7 @@ fn bench() -> Result<()> {
     );
     println!("wrk: {}", command_line("wrk", &["--version"]));
     let setups = Setup::selected();
+    println!("{}", bench::modules_line(&setups)?);
     let labels: Vec<&str> = setups
         .iter()
         .map(|setup| setup.label().split(' ').next().unwrap_or_default())

@@ -14,7 +14,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use cohort_tests::bench::{flags, Setup, TARGET_RATIO};
+use cohort_tests::bench::{self, flags, Setup, TARGET_RATIO};
 use cohort_tests::instructions::{Count, Counted};
 use cohort_tests::Result;
 
@@ -161,8 +161,16 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let modules = match bench::modules_line(&args.setups) {
+        Ok(line) => line,
+        Err(error) => {
+            eprintln!("{error}");
+            return ExitCode::FAILURE;
+        }
+    };
     match run(&args) {
         Ok(measured) => {
+            println!("{modules}");
             report(&measured);
             ExitCode::SUCCESS
         }
