@@ -48,25 +48,23 @@ pub struct ReleaseArgs {
 pub fn release(args: &ReleaseArgs) -> Result<String, RunError> {
     let rollout = load_rollout(&args.rollout)?;
     let target = ecds_target(args.envoy_ecds.as_deref(), &rollout.spec)?;
-    let admin = args
+    let confirm_with = args
         .envoy_admin
         .as_deref()
-        .map(|url| EnvoyAdmin::new(url, HTTP_TIMEOUT))
-        .transpose()?;
-    let runtime = match admin {
-        Some(_) => Some(
-            tokio::runtime::Builder::new_current_thread()
+        .map(|url| {
+            let admin = EnvoyAdmin::new(url, HTTP_TIMEOUT)?;
+            let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
-                .map_err(RunError::Runtime)?,
-        ),
-        None => None,
-    };
+                .map_err(RunError::Runtime)?;
+            Ok::<_, RunError>((admin, runtime))
+        })
+        .transpose()?;
     let filter = target.filter_name();
-    let counters_before = match (&admin, &runtime) {
-        (Some(admin), Some(runtime)) => Some(runtime.block_on(admin.ecds_updates(filter))),
-        _ => None,
-    };
+    // Read before the write, so that a rise afterwards is this update.
+    let counters_before = confirm_with
+        .as_ref()
+        .map(|(admin, runtime)| runtime.block_on(admin.ecds_updates(filter)));
 
     let file = target.path().display();
     let who = if rollout.namespace.is_empty() {
@@ -92,7 +90,7 @@ pub fn release(args: &ReleaseArgs) -> Result<String, RunError> {
         }
         Released::Removed => {}
     }
-    let (Some(admin), Some(runtime), Some(before)) = (admin, runtime, counters_before) else {
+    let (Some((admin, runtime)), Some(before)) = (confirm_with, counters_before) else {
         return Ok(format!(
             "{removed}: once Envoy reads the file, all of {who}'s users are served stable"
         ));
