@@ -1,6 +1,10 @@
 //! The in-cluster controller: kube-runtime's `Controller` watching CanaryRollouts, and a thin
 //! [`reconcile`] that fetches, calls the pure core, and applies the result.
 //!
+//! A reconcile starts when a rollout's spec, finalizers or deletion mark change, and when the
+//! requeue its last plan asked for comes due; never because a reconcile wrote status
+//! ([`reconcile_trigger`]), so a rollout is analysed once per interval.
+//!
 //! One reconcile:
 //! 1. fetch samples from the [`MetricSource`] and [`evaluate`] them, when the rollout is at a
 //!    step where the plan reads them;
@@ -29,8 +33,10 @@
 //! remove. Any other failure keeps the finalizer (deletion waits) and is retried with backoff
 //! under a `Degraded` condition and a Warning Event, like a failed push.
 
+use std::collections::hash_map::DefaultHasher;
 use std::collections::HashMap;
 use std::future::Future;
+use std::hash::{Hash, Hasher};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -42,8 +48,8 @@ use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::finalizer::{self, finalizer};
-use kube::runtime::reflector::ObjectRef;
-use kube::runtime::watcher;
+use kube::runtime::reflector::{self, reflector, ObjectRef};
+use kube::runtime::{watcher, PredicateConfig, WatchStreamExt};
 use kube::{Client, Resource, ResourceExt};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -1066,6 +1072,25 @@ pub async fn run_controller(
     Ok(())
 }
 
+/// What a watched change must alter to start a reconcile: the spec (its generation, which the
+/// API server also raises when it marks a rollout for deletion), the finalizers (kube-runtime's
+/// helper waits for its own patch to come back) or the deletion mark. Not status: every
+/// reconcile that writes status would start the next one at once, which would analyse again
+/// within the same interval and count one failed query as several consecutive errors. The
+/// reconciles a rollout needs between spec changes come from the requeue its plan asks for.
+pub fn reconcile_trigger(rollout: &CanaryRollout) -> Option<u64> {
+    let meta = rollout.meta();
+    let mut hasher = DefaultHasher::new();
+    meta.generation.hash(&mut hasher);
+    if meta.generation.is_none() {
+        // Without a generation, nothing tells a spec change from a status one: take them all.
+        meta.resource_version.hash(&mut hasher);
+    }
+    meta.finalizers.hash(&mut hasher);
+    meta.deletion_timestamp.is_some().hash(&mut hasher);
+    Some(hasher.finish())
+}
+
 /// Watches CanaryRollouts and reconciles them until `until` completes (then lets in-flight
 /// reconciles finish).
 async fn watch_rollouts(
@@ -1075,15 +1100,21 @@ async fn watch_rollouts(
     metrics: &Metrics,
     until: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
-    let controller = Controller::new(
-        Api::<CanaryRollout>::all(client.clone()),
-        watcher::Config::default(),
+    let (store, writer) = reflector::store();
+    let triggers = reflector(
+        writer,
+        watcher(
+            Api::<CanaryRollout>::all(client.clone()),
+            watcher::Config::default(),
+        ),
     )
-    .with_config(
-        kube::runtime::controller::Config::default().concurrency(MAX_CONCURRENT_RECONCILES),
-    )
-    .graceful_shutdown_on(until);
-    let store = controller.store();
+    .applied_objects()
+    .predicate_filter(reconcile_trigger, PredicateConfig::default());
+    let controller = Controller::for_stream(triggers, store.clone())
+        .with_config(
+            kube::runtime::controller::Config::default().concurrency(MAX_CONCURRENT_RECONCILES),
+        )
+        .graceful_shutdown_on(until);
     let ready = {
         let (store, health) = (store.clone(), health.clone());
         tokio::spawn(async move {

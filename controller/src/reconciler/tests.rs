@@ -1563,3 +1563,63 @@ async fn a_deleted_rollout_without_our_finalizer_is_left_alone() {
     let action = harness.reconcile(gone, Vec::new()).await.unwrap();
     assert_eq!(action, Action::await_change());
 }
+
+// What starts a reconcile: the watch is filtered by `reconcile_trigger`, so the status a
+// reconcile writes does not start the next one.
+
+#[test]
+fn status_writes_do_not_start_a_reconcile_but_spec_finalizer_and_deletion_changes_do() {
+    let stored = rollout(spec(), Some(progressing(1, 500, 30)));
+    let trigger = reconcile_trigger(&stored);
+    let changed = |change: fn(&mut CanaryRollout)| {
+        let mut rollout = stored.clone();
+        change(&mut rollout);
+        reconcile_trigger(&rollout)
+    };
+    // A reconcile's own writes: the status (one more error counted, a new analysis time) and
+    // the resourceVersion the API server gives it.
+    type Change = (&'static str, fn(&mut CanaryRollout));
+    let quiet: [Change; 3] = [
+        ("status", |r| {
+            let status = r.status.as_mut().unwrap();
+            status.consecutive_errors += 1;
+            status.last_analysis_at = Some(Time(t(NOW)));
+        }),
+        ("resourceVersion", |r| {
+            r.metadata.resource_version = Some("8".into())
+        }),
+        ("annotations", |r| {
+            r.metadata.annotations = Some([("note".into(), "x".into())].into())
+        }),
+    ];
+    for (what, change) in quiet {
+        assert_eq!(changed(change), trigger, "{what} started a reconcile");
+    }
+    let triggering: [Change; 4] = [
+        // `cohort pause` and every other gesture edit the spec.
+        ("generation", |r| r.metadata.generation = Some(4)),
+        ("our finalizer added", |r| {
+            r.metadata.finalizers = None;
+        }),
+        ("another finalizer", |r| {
+            r.metadata
+                .finalizers
+                .as_mut()
+                .unwrap()
+                .push(OTHER_FINALIZER.into())
+        }),
+        ("deletion", |r| {
+            r.metadata.deletion_timestamp = Some(Time(t(NOW)))
+        }),
+    ];
+    for (what, change) in triggering {
+        assert_ne!(changed(change), trigger, "{what} started no reconcile");
+    }
+
+    // Without a generation every change counts.
+    let mut no_generation = stored.clone();
+    no_generation.metadata.generation = None;
+    let before = reconcile_trigger(&no_generation);
+    no_generation.metadata.resource_version = Some("9".into());
+    assert_ne!(reconcile_trigger(&no_generation), before);
+}
