@@ -318,12 +318,14 @@ impl Judge for CustomGate {
         if let Observed::Value(stable) = samples.stable.custom.get(name).unwrap_or(&none) {
             result.stable = stable.is_finite().then_some(*stable);
         }
+        // An infinite value is a number to judge (a ratio over zero successes is a canary
+        // failing every request); only NaN is none. Status stores finite numbers alone.
         let canary = match samples.canary.custom.get(name).unwrap_or(&none) {
             Observed::Failed(reason) => return result.error(format!("query failed: {reason}")),
             Observed::NoData => None,
-            Observed::Value(value) => value.is_finite().then_some(*value),
+            Observed::Value(value) => (!value.is_nan()).then_some(*value),
         };
-        result.canary = canary;
+        result.canary = canary.filter(|value| value.is_finite());
         if let Some(reason) = thin(min_samples, canary_requests, stable_requests, "requests") {
             return result.inconclusive(reason);
         }
@@ -456,6 +458,10 @@ fn rate(count: f64, requests: f64) -> Option<f64> {
 
 /// `value > limit`, ignoring float rounding noise so a value exactly at its limit passes.
 fn exceeds(value: f64, limit: f64) -> bool {
+    if limit.is_infinite() {
+        // The tolerance of an infinite limit is NaN, which nothing exceeds.
+        return value > limit;
+    }
     value > limit + 1e-9 * limit.abs().max(1.0)
 }
 
@@ -981,6 +987,22 @@ mod tests {
                 Value(f64::NAN),
                 Verdict::Inconclusive,
             ),
+            // errors / successes when every canary request fails
+            (
+                None,
+                Some(0.05),
+                1000.0,
+                Value(f64::INFINITY),
+                Verdict::Fail,
+            ),
+            (
+                Some(0.0),
+                None,
+                1000.0,
+                Value(f64::NEG_INFINITY),
+                Verdict::Fail,
+            ),
+            (Some(0.0), None, 1000.0, Value(f64::INFINITY), Verdict::Pass),
             (
                 Some(0.0),
                 Some(1.0),
