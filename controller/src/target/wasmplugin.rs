@@ -20,7 +20,8 @@
 //! `cohort_core::config::parse`: a config the filter would reject is never pushed. Nor is an
 //! entry over a same-named rollout's of another namespace (entries are keyed by name and record
 //! their namespace): that is a [`TargetError::Conflict`] naming the rollout that holds it. When
-//! the live config already carries our fields, nothing is written.
+//! the live config already is what the apply would make it ([`already_served`]), nothing is
+//! written.
 //!
 //! Releasing ([`WasmPluginTarget::release`], when the CanaryRollout is deleted) is an apply with
 //! the same field manager that omits what it applied before: the API server then removes every
@@ -228,7 +229,7 @@ impl WasmPluginTarget {
     }
 
     async fn apply_checked(&self, live: &Value, applied: Value) -> Result<Pushed, TargetError> {
-        if includes(live, &applied) {
+        if already_served(live, &applied) {
             return Ok(Pushed::Unchanged);
         }
         self.check_entry_namespaces(live, &applied)?;
@@ -526,6 +527,27 @@ pub fn includes(live: &Value, applied: &Value) -> bool {
     }
 }
 
+/// Filter-wide fields a rollout applies only when its spec asks for them.
+const OPTIONAL_SHARED_FIELDS: [&str; 2] = ["events", "forceToken"];
+
+/// Whether the live config already is what applying `applied` would make it, so the apply can
+/// be skipped. Live values must include the applied ones, and beyond that: the entries applied
+/// must be live exactly as applied, and a filter-wide field `applied` leaves out must be absent
+/// live. A field this rollout applied before and no longer does (an `allowKeys`, the
+/// `forceToken` of a Secret the spec stopped naming) goes only by an apply without it.
+pub fn already_served(live: &Value, applied: &Value) -> bool {
+    let entries_exact = applied
+        .get("rollouts")
+        .and_then(Value::as_object)
+        .into_iter()
+        .flatten()
+        .all(|(name, entry)| live.pointer(&format!("/rollouts/{name}")) == Some(entry));
+    let nothing_dropped = OPTIONAL_SHARED_FIELDS
+        .iter()
+        .all(|field| applied.get(field).is_some() || live.get(field).is_none());
+    includes(live, applied) && entries_exact && nothing_dropped
+}
+
 /// The config the filter would get after the apply, checked by the filter's own parser.
 pub fn check_merged(live: &Value, applied: &Value) -> Result<(), TargetError> {
     let merged = merge(live, applied);
@@ -641,6 +663,44 @@ mod tests {
             &json!({"events": ["a", "b"]}),
             &json!({"events": ["a"]})
         ));
+    }
+
+    #[test]
+    fn an_apply_is_skipped_only_when_it_would_change_nothing() {
+        let applied = json!({"version": 1, "forceToken": "t0ken-0123456789",
+            "rollouts": {"checkout": {"weightBp": 500}}});
+        let table = [
+            // Another rollout's entry and fields the WasmPlugin's author set stay as they are.
+            (
+                json!({"version": 1, "forceToken": "t0ken-0123456789", "routingHeader": "x-v",
+                    "rollouts": {"checkout": {"weightBp": 500}, "search": {"weightBp": 100}}}),
+                true,
+            ),
+            (
+                json!({"version": 1, "forceToken": "t0ken-0123456789",
+                    "rollouts": {"checkout": {"weightBp": 2500}}}),
+                false,
+            ),
+            // A field of the entry the spec no longer has.
+            (
+                json!({"version": 1, "forceToken": "t0ken-0123456789",
+                    "rollouts": {"checkout": {"weightBp": 500, "allowKeys": ["qa"]}}}),
+                false,
+            ),
+            (
+                json!({"version": 1, "rollouts": {"checkout": {"weightBp": 500}}}),
+                false,
+            ),
+        ];
+        for (live, served) in table {
+            assert_eq!(already_served(&live, &applied), served, "{live}");
+        }
+        // The spec stopped naming a token Secret: the live token goes only by an apply.
+        let without_token = json!({"version": 1, "rollouts": {"checkout": {"weightBp": 500}}});
+        let live = json!({"version": 1, "forceToken": "t0ken-0123456789", "events": ["c"],
+            "rollouts": {"checkout": {"weightBp": 500}}});
+        assert!(includes(&live, &without_token));
+        assert!(!already_served(&live, &without_token));
     }
 
     #[test]
