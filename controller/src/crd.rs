@@ -38,7 +38,10 @@ pub const HISTORY_LIMIT: usize = 20;
 #[serde(rename_all = "camelCase")]
 #[x_kube(
     validation = Rule::new("self.steps.all(s, self.steps.exists_one(t, t.weight == s.weight)) && self.steps.map(s, s.weight).isSorted()").message("steps must have strictly increasing weights"),
-    validation = Rule::new("self.steps[size(self.steps) - 1].weight == 100.0").message("the last step must have weight 100: reaching it is the promotion")
+    validation = Rule::new("self.steps[size(self.steps) - 1].weight == 100.0").message("the last step must have weight 100: reaching it is the promotion"),
+    // The controller serves and releases only the target the spec names now: an entry left in
+    // an old target would keep sending its users to the canary, unmanaged.
+    validation = Rule::new("self.target == oldSelf.target").message("spec.target cannot change: delete the CanaryRollout (its entry leaves the old target) and create it again with the new target")
 )]
 pub struct CanaryRolloutSpec {
     /// Where the filter config goes: an Istio WasmPlugin or a plain Envoy ECDS file.
@@ -923,9 +926,10 @@ mod tests {
             .iter()
             .map(|rule| rule["rule"].as_str().unwrap())
             .collect();
-        assert_eq!(rules.len(), 2);
+        assert_eq!(rules.len(), 3);
         assert!(rules[0].contains("exists_one") && rules[0].contains("isSorted()"));
         assert!(rules[1].contains("== 100.0"));
+        assert_eq!(rules[2], "self.target == oldSelf.target");
         let steps = &spec["properties"]["steps"];
         assert_eq!(steps["maxItems"], 20);
         assert_eq!(steps["items"]["properties"]["weight"]["minimum"], 0.01);
