@@ -111,7 +111,8 @@ pub struct RolloutConfig {
     /// on the wire) for a plain Envoy with no namespaces.
     #[serde(skip_serializing_if = "String::is_empty")]
     pub namespace: String,
-    /// Destination hosts (`:authority` without port); `*` matches any host.
+    /// Destination hosts (`:authority` without port), as [`HostPattern`] matches them; `*`
+    /// matches any host no other rollout claims.
     pub hosts: Vec<String>,
     /// Bucketing salt; defaults to the rollout name. Changing it reshuffles every user.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -257,7 +258,12 @@ pub enum Anonymous {
 /// A destination host pattern.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HostPattern {
-    /// Matches the name itself and its Kubernetes forms (`name.ns`, `name.ns.svc[.domain]`).
+    /// Matches the name itself and its Kubernetes service forms, case-insensitively. A one-label
+    /// name is read relative to the rollout's namespace, as Istio reads a short host name:
+    /// `name.NS`, `name.NS.svc` and `name.NS.svc.DOMAIN` with NS the rollout's namespace, or any
+    /// namespace when the rollout has none (plain Envoy). `name.ns` also matches
+    /// `name.ns.svc[.DOMAIN]`, `name.ns.svc` also matches `name.ns.svc.DOMAIN`; a longer name
+    /// matches only itself.
     Name(String),
     /// Matches any host; used only when no named host matches.
     Any,

@@ -156,7 +156,9 @@ pub fn find_rollout<'c>(config: &'c Compiled, authority: &[u8]) -> Option<(usize
     for (index, rollout) in config.rollouts.iter().enumerate() {
         for pattern in &rollout.hosts {
             match pattern {
-                HostPattern::Name(name) if host_matches(name.as_bytes(), host) => {
+                HostPattern::Name(name)
+                    if host_matches(name.as_bytes(), rollout.namespace.as_bytes(), host) =>
+                {
                     return Some((index, rollout))
                 }
                 HostPattern::Any if wildcard.is_none() => wildcard = Some((index, rollout)),
@@ -186,9 +188,19 @@ fn host_of(authority: &[u8]) -> &[u8] {
     host.strip_suffix(b".").unwrap_or(host)
 }
 
-/// Whether `host` is `name` or one of its Kubernetes service forms: `name.ns`,
-/// `name.ns.svc`, `name.ns.svc.cluster.local` (any cluster domain). Case-insensitive.
-fn host_matches(name: &[u8], host: &[u8]) -> bool {
+/// Whether `host` is `name` or one of its Kubernetes service forms. Case-insensitive.
+///
+/// A one-label `name` is read as Istio reads a short host name: relative to the namespace of the
+/// object naming it, here the rollout's `namespace`. It matches `name`, `name.namespace`,
+/// `name.namespace.svc` and `name.namespace.svc.DOMAIN` (any cluster domain), so a rollout never
+/// claims the same-named service of another namespace or a public domain. With no namespace
+/// (plain Envoy, no Kubernetes) there is nothing to read it relative to, so any non-empty
+/// namespace label is taken.
+///
+/// A qualified `name` carries its own namespace, whatever the rollout's: `name.ns` also matches
+/// `name.ns.svc[.DOMAIN]`, `name.ns.svc` also matches `name.ns.svc.DOMAIN`, and any other name
+/// matches only itself.
+fn host_matches(name: &[u8], namespace: &[u8], host: &[u8]) -> bool {
     if host.len() < name.len() || !host[..name.len()].eq_ignore_ascii_case(name) {
         return false;
     }
@@ -199,13 +211,20 @@ fn host_matches(name: &[u8], host: &[u8]) -> bool {
     let Some(rest) = rest.strip_prefix(b".") else {
         return false;
     };
+    let is_rollout_namespace = |ns: &[u8]| {
+        if namespace.is_empty() {
+            !ns.is_empty()
+        } else {
+            ns.eq_ignore_ascii_case(namespace)
+        }
+    };
     let name_labels = name.iter().filter(|&&b| b == b'.').count() + 1;
     let mut labels = rest.split(|&b| b == b'.');
     match name_labels {
         // `name` + `ns` [+ `svc` [+ domain]]
         1 => match (labels.next(), labels.next()) {
-            (Some(ns), None) => !ns.is_empty(),
-            (Some(ns), Some(svc)) => !ns.is_empty() && svc.eq_ignore_ascii_case(b"svc"),
+            (Some(ns), None) => is_rollout_namespace(ns),
+            (Some(ns), Some(svc)) => is_rollout_namespace(ns) && svc.eq_ignore_ascii_case(b"svc"),
             _ => false,
         },
         // `name.ns` + `svc` [+ domain]
@@ -325,46 +344,97 @@ mod tests {
 
     #[test]
     fn hosts() {
-        let table: &[(&[u8], &str)] = &[
-            (b"checkout", "checkout"),
-            (b"checkout:8080", "checkout"),
-            (b"CHECKOUT.", "checkout"),
-            (b"checkout.shop", "checkout"),
-            (b"checkout.shop.svc", "checkout"),
-            (b"checkout.shop.svc.cluster.local", "checkout"),
-            (b"checkout.shop.svc.cluster.local:80", "checkout"),
-            (b"checkout.example.com", "other"),
-            (b"checkoutx", "other"),
-            (b"[::1]:8080", "other"),
-            (b"", "other"),
-            (b"\xff\xfe:99", "other"),
+        // (namespace of the "checkout" rollout, authority, rollout that claims it)
+        let table: &[(&str, &[u8], &str)] = &[
+            // Plain Envoy: no namespace to read `checkout` relative to, so any one will do.
+            ("", b"checkout", "checkout"),
+            ("", b"checkout:8080", "checkout"),
+            ("", b"CHECKOUT.", "checkout"),
+            ("", b"checkout.shop", "checkout"),
+            ("", b"checkout.billing", "checkout"),
+            ("", b"checkout.io", "checkout"),
+            ("", b"checkout.shop.svc", "checkout"),
+            ("", b"checkout.shop.svc.cluster.local", "checkout"),
+            ("", b"checkout.shop.svc.cluster.local:80", "checkout"),
+            ("", b"checkout.shop.other", "other"),
+            ("", b"checkout.example.com", "other"),
+            ("", b"checkoutx", "other"),
+            ("", b"checkout..svc", "other"),
+            ("", b"[::1]:8080", "other"),
+            ("", b"", "other"),
+            ("", b"\xff\xfe:99", "other"),
+            // Kubernetes: `checkout` is the service of the rollout's own namespace.
+            ("shop", b"checkout", "checkout"),
+            ("shop", b"checkout:8080", "checkout"),
+            ("shop", b"CHECKOUT.", "checkout"),
+            ("shop", b"checkout.shop", "checkout"),
+            ("shop", b"Checkout.SHOP.Svc", "checkout"),
+            ("shop", b"checkout.shop.svc.cluster.local", "checkout"),
+            ("shop", b"checkout.shop.svc.cluster.local.:80", "checkout"),
+            ("shop", b"checkout.shop.svc.corp.internal", "checkout"),
+            ("shop", b"checkout.billing", "other"),
+            ("shop", b"checkout.billing.svc", "other"),
+            ("shop", b"checkout.billing.svc.cluster.local:8080", "other"),
+            ("shop", b"checkout.io", "other"),
+            ("shop", b"checkout.com:443", "other"),
+            ("shop", b"checkout.shops", "other"),
+            ("shop", b"checkout.sho", "other"),
+            ("shop", b"checkout.shop.other", "other"),
+            ("shop", b"checkoutx.shop", "other"),
         ];
-        let config = config("", "");
-        for (authority, want) in table {
+        for (namespace, authority, want) in table {
+            let config = config("", &format!(r#", "namespace": "{namespace}""#));
             let got = find_rollout(&config, authority).map(|(_, r)| r.name.as_str());
-            assert_eq!(got, Some(*want), "{}", String::from_utf8_lossy(authority));
+            assert_eq!(
+                got,
+                Some(*want),
+                "namespace {namespace:?}, authority {}",
+                String::from_utf8_lossy(authority)
+            );
         }
     }
 
     #[test]
     fn qualified_host_names() {
-        let table: &[(&[u8], &[u8], bool)] = &[
-            (b"checkout.shop", b"checkout.shop.svc.cluster.local", true),
-            (b"checkout.shop", b"checkout.shop.other", false),
+        // A qualified name carries its own namespace, whatever the rollout's.
+        // (host name, rollout namespace, host, matches)
+        type Row = (&'static [u8], &'static [u8], &'static [u8], bool);
+        let table: &[Row] = &[
+            (b"checkout.shop", b"", b"checkout.shop", true),
+            (
+                b"checkout.shop",
+                b"",
+                b"checkout.shop.svc.cluster.local",
+                true,
+            ),
+            (b"checkout.shop", b"", b"checkout.shop.other", false),
+            (b"checkout.shop", b"billing", b"checkout.shop", true),
+            (b"checkout.shop", b"billing", b"checkout.shop.svc", true),
+            (b"checkout.shop", b"billing", b"checkout.billing", false),
             (
                 b"checkout.shop.svc",
+                b"",
                 b"checkout.shop.svc.corp.internal",
                 true,
             ),
-            (b"api.example.com", b"api.example.com", true),
-            (b"api.example.com", b"api.example.com.evil", false),
+            (
+                b"checkout.shop.svc",
+                b"billing",
+                b"checkout.shop.svc.cluster.local",
+                true,
+            ),
+            (b"api.example.com", b"", b"api.example.com", true),
+            (b"api.example.com", b"shop", b"api.example.com", true),
+            (b"api.example.com", b"", b"api.example.com.evil", false),
+            (b"api.example.com", b"shop", b"api.example.com.shop", false),
         ];
-        for (name, host, want) in table {
+        for (name, namespace, host, want) in table {
             assert_eq!(
-                host_matches(name, host),
+                host_matches(name, namespace, host),
                 *want,
-                "{} vs {}",
+                "{} in namespace {} vs {}",
                 String::from_utf8_lossy(name),
+                String::from_utf8_lossy(namespace),
                 String::from_utf8_lossy(host)
             );
         }
