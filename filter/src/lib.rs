@@ -14,7 +14,8 @@ pub mod stream;
 // The exported entry point only exists in the .wasm; native builds (clippy, unit tests) skip it.
 #[cfg(target_arch = "wasm32")]
 proxy_wasm::main! {{
-    // Also installs the SDK's panic hook, so a panic would at least be logged before the VM dies.
-    proxy_wasm::set_log_level(proxy_wasm::types::LogLevel::Info);
+    // So a panic is at least logged before the VM dies. Not the SDK's hook (`set_log_level`): it
+    // unwraps its log call, so a failing log would panic again inside the hook.
+    std::panic::set_hook(Box::new(|panic| host::log(proxy_wasm::types::LogLevel::Critical, &panic.to_string())));
     proxy_wasm::set_root_context(|_| -> Box<dyn proxy_wasm::traits::RootContext> { Box::new(root::Root::default()) });
 }}
