@@ -1,4 +1,4 @@
-//! The Kubernetes manifests: `kubectl kustomize manifests/` renders them; every Istio object fits
+//! The Kubernetes manifests: `kubectl kustomize` renders them; every Istio object fits
 //! Istio 1.30's CRD schema and every CanaryRollout ours; the filter configs they embed pass the
 //! filter's own validation; the pieces agree with each other; the committed CRD is current.
 //!
@@ -11,7 +11,7 @@
 // only `#[test]` functions, not this file's helpers).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
@@ -33,10 +33,19 @@ fn manifests_dir() -> PathBuf {
     workspace_root().join("manifests")
 }
 
-/// `kubectl kustomize manifests/`, rendered once for all tests.
+/// The kustomizations a user applies, in order, under `manifests/`: the CRD and the controller,
+/// then (the CRD established) the example.
+const APPLIED: [&str; 2] = [".", "examples"];
+
+/// `kubectl kustomize manifests/DIR` for each of [`APPLIED`], rendered once for all tests.
 fn rendered() -> &'static [Value] {
     static RENDERED: OnceLock<Vec<Value>> = OnceLock::new();
-    RENDERED.get_or_init(|| kustomize(&manifests_dir()).unwrap_or_else(|e| panic!("{e}")))
+    RENDERED.get_or_init(|| {
+        APPLIED
+            .iter()
+            .flat_map(|dir| kustomize(&manifests_dir().join(dir)).unwrap_or_else(|e| panic!("{e}")))
+            .collect()
+    })
 }
 
 fn of_kind(kind: &str) -> Vec<&'static Value> {
@@ -77,20 +86,44 @@ fn committed_crd_matches_what_cohort_crd_prints() {
 
 #[test]
 fn kustomize_renders_every_manifest_file() {
-    let kustomization = read_yaml(&manifests_dir().join("kustomization.yaml")).unwrap();
-    let listed: BTreeSet<String> = kustomization[0]["resources"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r.as_str().unwrap().to_owned())
-        .collect();
+    // Each kustomization's resources: YAML files, or folders holding another kustomization.
+    let mut listed = Vec::new();
+    let mut included = BTreeSet::new();
+    for dir in kustomization_dirs() {
+        let kustomization =
+            read_yaml(&manifests_dir().join(&dir).join("kustomization.yaml")).unwrap();
+        for resource in kustomization[0]["resources"].as_array().unwrap() {
+            let path = normalize(&Path::new(&dir).join(resource.as_str().unwrap()));
+            if manifests_dir().join(&path).is_dir() {
+                assert!(included.insert(path), "{dir}: {resource} is included twice");
+            } else {
+                listed.push(path);
+            }
+        }
+    }
     // Every YAML file outside envoy/ (plain-Envoy templates) and prometheus/ (Prometheus
-    // configs, checked by promtool below) is part of the kustomization, so no manifest escapes
-    // the checks below.
+    // configs, checked by promtool below) is in exactly one kustomization, and each kustomization
+    // is applied or included once, so no manifest escapes the checks below.
     let mut files = BTreeSet::new();
     collect_yaml(&manifests_dir(), &manifests_dir(), &mut files);
-    files.remove("kustomization.yaml");
-    assert_eq!(listed, files, "kustomization.yaml resources vs files");
+    files.retain(|file| !is_kustomization(file));
+    let unique: BTreeSet<String> = listed.iter().cloned().collect();
+    assert_eq!(
+        unique.len(),
+        listed.len(),
+        "a file in two kustomizations: {listed:?}"
+    );
+    assert_eq!(unique, files, "kustomizations' resources vs files");
+    let applied: BTreeSet<String> = APPLIED.iter().map(|dir| (*dir).to_owned()).collect();
+    assert!(
+        applied.is_disjoint(&included),
+        "{applied:?} vs {included:?}"
+    );
+    assert_eq!(
+        kustomization_dirs(),
+        applied.union(&included).cloned().collect(),
+        "kustomizations neither applied nor included"
+    );
     let documents: usize = files
         .iter()
         .map(|file| read_yaml(&manifests_dir().join(file)).unwrap().len())
@@ -102,6 +135,85 @@ fn kustomize_renders_every_manifest_file() {
             .chain(&["CanaryRollout", "CustomResourceDefinition", "Deployment"])
     {
         assert!(!of_kind(kind).is_empty(), "no {kind} rendered");
+    }
+}
+
+/// `kubectl apply -k` maps every object to its API when it starts, so on a fresh cluster it
+/// refuses an object whose CRD is in the same run ("ensure CRDs are installed first"): such
+/// objects belong in a kustomization applied once the CRD is established.
+#[test]
+fn no_kustomization_holds_a_crd_and_objects_of_its_kind() {
+    let mut crds = 0;
+    for dir in kustomization_dirs() {
+        let objects = kustomize(&manifests_dir().join(&dir)).unwrap_or_else(|e| panic!("{e}"));
+        let defined: BTreeSet<(&str, &str)> = objects
+            .iter()
+            .filter(|o| o["kind"] == "CustomResourceDefinition")
+            .map(|crd| {
+                let spec = &crd["spec"];
+                (
+                    spec["group"].as_str().unwrap(),
+                    spec["names"]["kind"].as_str().unwrap(),
+                )
+            })
+            .collect();
+        crds += defined.len();
+        for object in &objects {
+            let kind = (
+                api_group(object),
+                object["kind"].as_str().unwrap_or_default(),
+            );
+            assert!(
+                !defined.contains(&kind),
+                "manifests/{dir} holds {} and its CRD: a first `kubectl apply -k` fails",
+                describe(object)
+            );
+        }
+    }
+    assert!(crds > 0, "no kustomization holds a CRD");
+}
+
+/// The folders under `manifests/` (relative, `.` for itself) holding a `kustomization.yaml`.
+fn kustomization_dirs() -> BTreeSet<String> {
+    let mut files = BTreeSet::new();
+    collect_yaml(&manifests_dir(), &manifests_dir(), &mut files);
+    files
+        .iter()
+        .filter(|file| is_kustomization(file))
+        .map(|file| {
+            let dir = file
+                .trim_end_matches("kustomization.yaml")
+                .trim_end_matches('/');
+            if dir.is_empty() { "." } else { dir }.to_owned()
+        })
+        .collect()
+}
+
+fn is_kustomization(file: &str) -> bool {
+    Path::new(file).file_name() == Some("kustomization.yaml".as_ref())
+}
+
+/// `path` without `.` and `dir/..` steps, `/`-separated (`.` when nothing is left).
+fn normalize(path: &Path) -> String {
+    use std::path::Component;
+    let mut parts: Vec<String> = Vec::new();
+    for component in path.components() {
+        match component {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                assert!(
+                    parts.pop().is_some(),
+                    "{} leaves manifests/",
+                    path.display()
+                );
+            }
+            other => parts.push(other.as_os_str().to_string_lossy().into_owned()),
+        }
+    }
+    if parts.is_empty() {
+        ".".to_owned()
+    } else {
+        parts.join("/")
     }
 }
 
@@ -707,11 +819,195 @@ fn promtool_check(path: &Path) {
     );
 }
 
+/// Prometheus puts a job's target labels on every series it scrapes; when a series has a label of
+/// the same name, the target's wins and the series' own is renamed `exported_<name>`, unless the
+/// job sets `honor_labels: true`. The controller's series carry the rollout's `namespace`, which
+/// the dashboard's controller panels filter on, so no job that scrapes the controller may set a
+/// label its series carry without honoring theirs.
+#[test]
+fn prometheus_jobs_keep_the_controller_s_own_labels() {
+    let pod = controller_pod_discovery_labels();
+    let own = controller_metric_labels();
+    assert!(own.contains("namespace"), "controller labels: {own:?}");
+    let mut scraping = 0;
+    for entry in std::fs::read_dir(manifests_dir().join("prometheus")).unwrap() {
+        let path = entry.unwrap().path();
+        let config = read_yaml(&path).unwrap();
+        for job in config[0]["scrape_configs"].as_array().unwrap() {
+            if !scrapes_controller(job, &pod) {
+                continue;
+            }
+            scraping += 1;
+            // The evaluation is real: a keep rule the controller's Pods fail drops them.
+            let refusing = json!({
+                "source_labels": ["__meta_kubernetes_namespace"],
+                "regex": "elsewhere",
+                "action": "keep",
+            });
+            let mut narrowed = job.clone();
+            narrowed["relabel_configs"]
+                .as_array_mut()
+                .unwrap()
+                .push(refusing);
+            assert!(!scrapes_controller(&narrowed, &pod));
+            if job["honor_labels"] == true {
+                continue;
+            }
+            let clashing: Vec<String> = target_labels(job).intersection(&own).cloned().collect();
+            assert!(
+                clashing.is_empty(),
+                "{}, job {}: sets {clashing:?} on the controller's series, which carry labels of \
+                 those names (Prometheus would rename theirs exported_*); honor them \
+                 (honor_labels: true) or do not set them",
+                path.display(),
+                job["job_name"]
+            );
+        }
+    }
+    assert!(
+        scraping > 0,
+        "no Prometheus job scrapes the controller, whose series the dashboard shows"
+    );
+}
+
+/// The label names of the controller's series.
+fn controller_metric_labels() -> BTreeSet<String> {
+    cohort_tests::prom::parse(&controller_metrics_page())
+        .into_iter()
+        .flat_map(|sample| sample.labels.into_keys())
+        .collect()
+}
+
+/// The labels Prometheus's Kubernetes discovery (`role: pod`) gives the controller's Pods, from
+/// the rendered Deployment: what a job's keep and drop rules read. A label left out reads as
+/// empty, as in Prometheus.
+fn controller_pod_discovery_labels() -> BTreeMap<String, String> {
+    let deployment = of_kind("Deployment")
+        .into_iter()
+        .find(|d| d["metadata"]["name"] == "cohort-controller")
+        .unwrap();
+    let template = &deployment["spec"]["template"];
+    let container = &template["spec"]["containers"][0];
+    let text = |value: &Value| {
+        value
+            .as_str()
+            .map_or_else(|| value.to_string(), str::to_owned)
+    };
+    let mut labels: BTreeMap<String, String> = [
+        ("namespace", text(&deployment["metadata"]["namespace"])),
+        ("pod_container_name", text(&container["name"])),
+        (
+            "pod_container_port_name",
+            text(&container["ports"][0]["name"]),
+        ),
+        (
+            "pod_container_port_number",
+            text(&container["ports"][0]["containerPort"]),
+        ),
+        ("pod_phase", "Running".to_owned()),
+        ("pod_ready", "true".to_owned()),
+    ]
+    .into_iter()
+    .map(|(name, value)| (format!("__meta_kubernetes_{name}"), value))
+    .collect();
+    let sanitize = |name: &str| -> String {
+        name.chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+            .collect()
+    };
+    for (kind, map) in [
+        ("label", &template["metadata"]["labels"]),
+        ("annotation", &template["metadata"]["annotations"]),
+    ] {
+        for (name, value) in map.as_object().into_iter().flatten() {
+            let name = sanitize(name);
+            labels.insert(format!("__meta_kubernetes_pod_{kind}_{name}"), text(value));
+            labels.insert(
+                format!("__meta_kubernetes_pod_{kind}present_{name}"),
+                "true".to_owned(),
+            );
+        }
+    }
+    labels
+}
+
+/// Whether a scrape job scrapes the controller: it discovers Pods, and its keep and drop rules
+/// keep the controller's. (Static targets are addresses written down: Envoy's admin here.)
+/// Rules that rewrite labels are assumed not to rewrite those later keep or drop rules read.
+fn scrapes_controller(job: &Value, pod: &BTreeMap<String, String>) -> bool {
+    let Some(discovery) = job["kubernetes_sd_configs"].as_array() else {
+        return false;
+    };
+    assert!(
+        discovery.iter().all(|d| d["role"] == "pod"),
+        "job {}: this test knows only role: pod",
+        job["job_name"]
+    );
+    for rule in job["relabel_configs"].as_array().into_iter().flatten() {
+        let action = rule["action"].as_str().unwrap_or("replace");
+        if action != "keep" && action != "drop" {
+            continue;
+        }
+        let value: Vec<&str> = rule["source_labels"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|label| pod.get(label.as_str().unwrap()).map_or("", String::as_str))
+            .collect();
+        let value = value.join(rule["separator"].as_str().unwrap_or(";"));
+        let regex = match &rule["regex"] {
+            Value::Null => "(.*)".to_owned(),
+            Value::String(regex) => regex.clone(),
+            other => other.to_string(),
+        };
+        if full_match(&regex, &value) != (action == "keep") {
+            return false;
+        }
+    }
+    true
+}
+
+/// Whether a relabel `regex` (anchored at both ends in Prometheus) matches all of `value`, by the
+/// JSON Schema validator's `pattern` (unanchored, hence the anchors added).
+fn full_match(regex: &str, value: &str) -> bool {
+    jsonschema::is_valid(
+        &json!({"type": "string", "pattern": format!("^(?:{regex})$")}),
+        &json!(value),
+    )
+}
+
+/// The labels a job puts on every series it scrapes: `job`, `instance`, static targets'
+/// `labels`, and relabel rules' `target_label`s (those starting with `__` never reach storage).
+fn target_labels(job: &Value) -> BTreeSet<String> {
+    let mut labels = BTreeSet::from(["job".to_owned(), "instance".to_owned()]);
+    for targets in job["static_configs"].as_array().into_iter().flatten() {
+        labels.extend(
+            targets["labels"]
+                .as_object()
+                .into_iter()
+                .flatten()
+                .map(|(name, _)| name.clone()),
+        );
+    }
+    for rule in job["relabel_configs"].as_array().into_iter().flatten() {
+        assert_ne!(
+            rule["action"], "labelmap",
+            "job {}: this test does not work out labelmap's labels",
+            job["job_name"]
+        );
+        if let Some(label) = rule["target_label"].as_str() {
+            if !label.starts_with("__") {
+                labels.insert(label.to_owned());
+            }
+        }
+    }
+    labels
+}
+
 /// Every metric name the filter and the controller export: the filter's from
 /// `cohort_core::telemetry` (histograms as their `_bucket`, `_sum` and `_count` series), the
 /// controller's as its `/metrics` renders them.
 fn emitted_metrics() -> BTreeSet<String> {
-    use cohort_controller::crd::{CanaryRolloutStatus, GateResult, Verdict};
     use cohort_core::telemetry::*;
     let mut names: BTreeSet<String> = [
         REQUESTS_TOTAL,
@@ -728,6 +1024,20 @@ fn emitted_metrics() -> BTreeSet<String> {
     for suffix in ["_bucket", "_sum", "_count"] {
         names.insert(format!("{REQUEST_DURATION_MS}{suffix}"));
     }
+    for line in controller_metrics_page()
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+    {
+        let name = line.split(['{', ' ']).next().unwrap();
+        names.insert(name.to_owned());
+    }
+    names
+}
+
+/// The controller's `/metrics` page with every family it has filled in: a rollout with a gate,
+/// a reconcile, a reconcile error and the leader flag.
+fn controller_metrics_page() -> String {
+    use cohort_controller::crd::{CanaryRolloutStatus, GateResult, Verdict};
     let metrics = cohort_controller::metrics::Metrics::default();
     let status = CanaryRolloutStatus {
         gates: vec![GateResult {
@@ -746,11 +1056,7 @@ fn emitted_metrics() -> BTreeSet<String> {
     metrics.observe_reconcile(std::time::Duration::from_millis(5));
     metrics.count_reconcile_error("target");
     metrics.set_leader(true);
-    for line in metrics.render().lines().filter(|l| !l.starts_with('#')) {
-        let name = line.split(['{', ' ']).next().unwrap();
-        names.insert(name.to_owned());
-    }
-    names
+    metrics.render()
 }
 
 /// PromQL words that are not metric names.
@@ -959,6 +1265,87 @@ fn images_fit_the_manifests() {
     let filter = std::fs::read_to_string(workspace_root().join("filter/Dockerfile")).unwrap();
     assert!(filter.contains("FROM scratch"));
     assert!(filter.contains("COPY cohort_filter.wasm ./plugin.wasm"));
+}
+
+/// `scripts/publish-wasm` pushes with oras the *oci* Wasm image variant as Istio's fetcher reads
+/// it (istio/istio pkg/wasm/imagefetcher.go, `extractOCIArtifactImage`): exactly two layers, one
+/// of them `application/vnd.module.wasm.content.layer.v1+wasm` holding the module as built, and
+/// no `--config` (config.json as the manifest's config would leave one layer). Stub `oras` and
+/// `docker` first on PATH record what oras was given, and make sure no real push happens.
+#[test]
+fn publish_wasm_pushes_the_two_layers_istio_reads() {
+    use std::os::unix::fs::PermissionsExt;
+    const WASM_LAYER: &str = "application/vnd.module.wasm.content.layer.v1+wasm";
+    const CONFIG_LAYER: &str = "application/vnd.module.wasm.config.v1+json";
+    let temp = cohort_tests::TempDir::new("publish-wasm").unwrap();
+    let (bin, record) = (temp.path().join("bin"), temp.path().join("record"));
+    std::fs::create_dir_all(&bin).unwrap();
+    std::fs::create_dir_all(&record).unwrap();
+    let stub = |name: &str, body: &str| {
+        let path = bin.join(name);
+        std::fs::write(&path, format!("#!/bin/sh\n{body}")).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    };
+    // publish-wasm runs oras in a folder it removes on exit: keep a copy of each file named.
+    stub(
+        "oras",
+        r#"printf '%s\n' "$@" >"$RECORD/argv"
+for arg in "$@"; do
+  if [ -f "${arg%:*}" ]; then cp "${arg%:*}" "$RECORD/"; fi
+done
+"#,
+    );
+    // With oras found first this never runs; it stands in for a real docker on PATH.
+    stub(
+        "docker",
+        "echo 'stub docker: publish-wasm chose docker over oras' >&2\nexit 1\n",
+    );
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let path =
+        std::env::join_paths(std::iter::once(bin.clone()).chain(std::env::split_paths(&path)))
+            .unwrap();
+    let output = std::process::Command::new(workspace_root().join("scripts/publish-wasm"))
+        .arg("oci://registry.example/cohort-filter:test")
+        .env("PATH", path)
+        .env("RECORD", &record)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "scripts/publish-wasm: {}\n{}{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let argv = std::fs::read_to_string(record.join("argv")).unwrap();
+    let argv: Vec<&str> = argv.lines().collect();
+    assert_eq!(
+        argv[..2],
+        ["push", "registry.example/cohort-filter:test"],
+        "{argv:?}"
+    );
+    assert!(
+        !argv.iter().any(|arg| arg.starts_with("--config")),
+        "--config makes config.json the manifest's config, leaving one layer: {argv:?}"
+    );
+    let layers: Vec<(&str, &str)> = argv[2..]
+        .iter()
+        .map(|arg| {
+            arg.rsplit_once(':')
+                .unwrap_or_else(|| panic!("{arg}: not FILE:MEDIATYPE ({argv:?})"))
+        })
+        .collect();
+    assert_eq!(layers.len(), 2, "Istio needs exactly two layers: {argv:?}");
+    let media_types: BTreeSet<&str> = layers.iter().map(|(_, media_type)| *media_type).collect();
+    assert_eq!(media_types, BTreeSet::from([CONFIG_LAYER, WASM_LAYER]));
+    let (file, _) = layers.iter().find(|(_, t)| *t == WASM_LAYER).unwrap();
+    let pushed = std::fs::read(record.join(file)).unwrap();
+    let built = std::fs::read(workspace_root().join("target/cohort_filter.wasm")).unwrap();
+    assert!(pushed.starts_with(b"\0asm"), "{file} is not a Wasm module");
+    assert!(
+        pushed == built,
+        "{file} differs from target/cohort_filter.wasm"
+    );
 }
 
 /// The Envoy quickstart's rollout fits our CRD, passes `validate_spec`, and drives a rollout
