@@ -637,7 +637,10 @@ async fn push(
 /// live entry serves the next step's weight (an advance) or 0 (a rollback) while the status still
 /// records the step before. Planned as that transition now, so the step is neither repeated nor
 /// undone; `None` when the live weight is what the status records, or is not explained by one
-/// transition from it.
+/// transition from it. Planned as the stopped controller planned it, without the pause or
+/// promotion asked for since: a person who set one saw the old status, and the gesture applies
+/// to the adopted one in this same reconcile (a promotion then waits for a retry after a
+/// rollback, as after any rollback).
 fn adopt_unrecorded(
     spec: &CanaryRolloutSpec,
     status: &CanaryRolloutStatus,
@@ -650,11 +653,15 @@ fn adopt_unrecorded(
     let step = usize::try_from(status.step_index?).ok()?;
     if live_bp == status.weight_bp
         || spec.abort
-        || spec.promote
         || !matches!(status.phase, Phase::Progressing | Phase::Paused)
     {
         return None;
     }
+    let as_planned = CanaryRolloutSpec {
+        paused: false,
+        promote: false,
+        ..spec.clone()
+    };
     let evaluation = if live_bp == 0 {
         Evaluation {
             verdict: Verdict::Fail,
@@ -671,7 +678,7 @@ fn adopt_unrecorded(
                     .to_owned(),
             }],
         }
-    } else if spec.steps.get(step + 1).map(|next| next.weight_bp()) == Some(live_bp) {
+    } else if as_planned.steps.get(step + 1).map(|next| next.weight_bp()) == Some(live_bp) {
         Evaluation {
             verdict: Verdict::Pass,
             results: status.gates.clone(),
@@ -684,7 +691,7 @@ fn adopt_unrecorded(
         generation,
         evaluation: Some(evaluation),
     };
-    let adopted = plan(spec, Some(status), &input, now);
+    let adopted = plan(&as_planned, Some(status), &input, now);
     (adopted.weight_bp == live_bp).then_some(adopted)
 }
 

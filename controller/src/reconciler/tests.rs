@@ -1224,6 +1224,50 @@ async fn a_new_controller_never_undoes_an_unrecorded_rollback() {
     .unwrap();
 }
 
+/// A gesture made while the transition was unrecorded (the person saw the old status) applies
+/// after it, never instead of it: a pause keeps the weight the filter serves, and a promotion
+/// does not lift an unrecorded rollback.
+#[tokio::test]
+async fn gestures_made_before_an_unrecorded_transition_was_recorded_apply_after_it() {
+    let mut paused = spec();
+    paused.paused = true;
+    let mut harness = Harness::new(thin());
+    harness
+        .reconcile(
+            rollout(paused, Some(progressing(0, 100, 120))),
+            vec![
+                Call::GetWasmPlugin(live(Some(500))),
+                Call::status(|status| {
+                    assert_eq!(
+                        (status.phase, status.step_index, status.weight_bp),
+                        (Phase::Paused, Some(1), 500)
+                    );
+                }),
+                Call::Event("Normal", "StepAdvanced"),
+                Call::Event("Normal", "Paused"),
+            ],
+        )
+        .await
+        .unwrap();
+
+    let mut promoted = spec();
+    promoted.promote = true;
+    let mut harness = Harness::new(healthy());
+    harness
+        .reconcile(
+            rollout(promoted, Some(progressing(1, 500, 120))),
+            vec![
+                Call::GetWasmPlugin(live(Some(0))),
+                Call::status(|status| {
+                    assert_eq!((status.phase, status.weight_bp), (Phase::RolledBack, 0));
+                }),
+                Call::Event("Warning", "RolledBack"),
+            ],
+        )
+        .await
+        .unwrap();
+}
+
 // The finalizer: added before the first push without touching other finalizers; on deletion the
 // rollout's entry leaves the WasmPlugin, an Event says so, and only then the finalizer goes.
 
