@@ -14,7 +14,7 @@ use std::fmt;
 use serde::Serialize;
 
 use crate::json::{self, join, Reader, Value};
-use crate::sort::{sort_by, stable_order};
+use crate::sort::sort_by;
 
 use crate::bucket::FULL_WEIGHT_BP;
 
@@ -513,8 +513,16 @@ pub fn validate(config: &FilterConfig) -> Result<Compiled, ConfigErrors> {
             ),
         );
     }
-    let routing_header = errors.header_name("routingHeader", &config.routing_header);
-    let force_header = errors.header_name("forceHeader", &config.force_header);
+    let routing_header = errors.rewritten_header(
+        "routingHeader",
+        &config.routing_header,
+        "overwrites or removes this header on",
+    );
+    let force_header = errors.rewritten_header(
+        "forceHeader",
+        &config.force_header,
+        "removes this header from",
+    );
     if routing_header.is_some() && routing_header == force_header {
         errors.push(
             "forceHeader",
@@ -535,13 +543,17 @@ pub fn validate(config: &FilterConfig) -> Result<Compiled, ConfigErrors> {
             Some(token.as_bytes().to_vec())
         }
     });
-    let identity = errors.identity("identity", &config.identity);
+    let rewritten = [
+        ("routingHeader", routing_header.as_deref(), "overwrites"),
+        ("forceHeader", force_header.as_deref(), "removes"),
+    ];
+    let identity = errors.identity("identity", &config.identity, &rewritten);
     let anonymous = errors.anonymous(&config.anonymous);
     let events_header = errors.header_name("eventsHeader", &config.events_header);
     errors.event_names(&config.events);
 
     let mut rollouts = Vec::with_capacity(config.rollouts.len());
-    let mut claims = earlier_claims(&config.rollouts).into_iter();
+    let mut clashes = host_clashes(&config.rollouts).into_iter();
     for (name, rollout) in &config.rollouts {
         let field = format!("rollouts.{name}");
         if !is_dns_label(name) {
@@ -552,15 +564,12 @@ pub fn validate(config: &FilterConfig) -> Result<Compiled, ConfigErrors> {
                     .to_owned(),
             );
         }
-        for (i, host) in rollout.hosts.iter().enumerate() {
-            if let Some(other) = claims.next().flatten() {
-                errors.push(
-                    &format!("{field}.hosts[{i}]"),
-                    format!("host \"{host}\" is already claimed by rollout \"{other}\"; each host belongs to one rollout"),
-                );
+        for i in 0..rollout.hosts.len() {
+            if let Some(problem) = clashes.next().flatten() {
+                errors.push(&format!("{field}.hosts[{i}]"), problem);
             }
         }
-        if let Some(compiled) = errors.rollout(&field, name, rollout, &identity) {
+        if let Some(compiled) = errors.rollout(&field, name, rollout, &identity, &rewritten) {
             rollouts.push(compiled);
         }
     }
@@ -587,29 +596,133 @@ pub fn validate(config: &FilterConfig) -> Result<Compiled, ConfigErrors> {
     }
 }
 
-/// For each host of each rollout (in map order, then list order), the rollout that listed the same
-/// host last before it, if any. One sort instead of a map per config.
-fn earlier_claims(rollouts: &BTreeMap<String, RolloutConfig>) -> Vec<Option<&str>> {
-    let mut hosts = Vec::new();
-    let mut names = Vec::new();
-    for (name, rollout) in rollouts {
-        for host in &rollout.hosts {
-            hosts.push(host.as_str());
-            names.push(name.as_str());
+/// What a host pattern claims, `[name, namespace, cluster domain]`, `""` standing for any. The
+/// forms `host_matches` (decide.rs) gives one service share its name and namespace, so two
+/// patterns match a common host of two or more labels exactly when their names are equal and
+/// their namespaces, and their domains, are equal or one is any. A one-label name takes the
+/// rollout's namespace. Any other name (and `*`) matches only itself: it stands whole as the
+/// name, which no one-label name can equal.
+type ServiceKey<'a> = [&'a str; 3];
+
+fn service_key<'a>(host: &'a str, namespace: &'a str) -> ServiceKey<'a> {
+    let mut labels = host.split('.');
+    match (labels.next(), labels.next(), labels.next()) {
+        (Some(name), None, _) if host != "*" => [name, namespace, ""],
+        (Some(name), Some(ns), None) => [name, ns, ""],
+        (Some(name), Some(ns), Some("svc")) => {
+            // `name.ns.svc.` is 6 bytes longer than its name and namespace.
+            let domain = host.get(name.len() + ns.len() + 6..).unwrap_or("");
+            [name, ns, domain]
         }
+        _ => [host, "", ""],
     }
-    let mut claims = vec![None; hosts.len()];
-    for pair in stable_order(&hosts).windows(2) {
-        if let [earlier, later] = *pair {
-            if hosts.get(earlier) == hosts.get(later) {
-                if let Some(claim) = claims.get_mut(later) {
-                    *claim = names.get(earlier).copied();
-                }
+}
+
+/// One host as a rollout lists it.
+#[derive(Clone, Copy)]
+struct Listing<'a> {
+    rollout: &'a str,
+    host: &'a str,
+    namespace: &'a str,
+    key: ServiceKey<'a>,
+}
+
+/// For each host of each rollout (in map order, then list order), why it clashes with one
+/// listed before it, if it does: the first other rollout matching a host it matches (that one
+/// gets the traffic: `find_rollout` takes the first), else the same host listed twice in its
+/// own rollout. Other forms of one service in one rollout are let be: they route alike.
+/// Pairwise: a config lists tens of hosts, and this runs once per config, not per request.
+fn host_clashes(rollouts: &BTreeMap<String, RolloutConfig>) -> Vec<Option<String>> {
+    let mut listings = Vec::new();
+    for (name, rollout) in rollouts {
+        let namespace = rollout.namespace.as_str();
+        for host in &rollout.hosts {
+            // An invalid host is refused on its own; it claims nothing.
+            if host == "*" || is_host_name(host) {
+                listings.push(Some(Listing {
+                    rollout: name,
+                    host,
+                    namespace,
+                    key: service_key(host, namespace),
+                }));
+            } else {
+                listings.push(None);
             }
         }
     }
-    claims
+    let valid: Vec<(usize, &Listing<'_>)> = listings
+        .iter()
+        .enumerate()
+        .filter_map(|(i, listing)| Some((i, listing.as_ref()?)))
+        .collect();
+    listings
+        .iter()
+        .enumerate()
+        .map(|(i, this)| {
+            let this = this.as_ref()?;
+            let earlier = valid.iter().take_while(|(j, _)| *j < i).map(|(_, l)| *l);
+            let other = earlier
+                .clone()
+                .find(|other| {
+                    other.rollout != this.rollout && claims_overlap(&other.key, &this.key)
+                })
+                .or_else(|| {
+                    earlier
+                        .clone()
+                        .find(|other| other.rollout == this.rollout && other.host == this.host)
+                })?;
+            Some(clash_problem(this, other))
+        })
+        .collect()
 }
+
+/// Whether two host patterns match a common host: the same name, and namespaces and domains
+/// equal or one of them any.
+fn claims_overlap(a: &ServiceKey<'_>, b: &ServiceKey<'_>) -> bool {
+    let agree = |x: &str, y: &str| x == y || x.is_empty() || y.is_empty();
+    a[0] == b[0] && agree(a[1], b[1]) && agree(a[2], b[2])
+}
+
+/// Names the listing `this` clashes with, one host the two share, and the fix.
+fn clash_problem(this: &Listing<'_>, other: &Listing<'_>) -> String {
+    let (host, rollout) = (this.host, other.rollout);
+    let fix = "each host belongs to one rollout";
+    if this.host == other.host && this.key == other.key {
+        return format!("host \"{host}\" is already claimed by rollout \"{rollout}\"; {fix}");
+    }
+    let ([name, ns, domain], [_, other_ns, other_domain]) = (this.key, other.key);
+    let ns = if ns.is_empty() { other_ns } else { ns };
+    let domain = if domain.is_empty() {
+        other_domain
+    } else {
+        domain
+    };
+    let dot = if domain.is_empty() { "" } else { "." };
+    let scope = match (other.host.contains('.'), other.namespace) {
+        (true, _) => String::new(),
+        (false, "") => " in any namespace".to_owned(),
+        (false, namespace) => format!(" in namespace \"{namespace}\""),
+    };
+    format!(
+        "host \"{host}\" is already claimed by rollout \"{rollout}\" as \"{}\"{scope}: both \
+         match {name}.{ns}.svc{dot}{domain}; {fix}, so list the service in one of them",
+        other.host
+    )
+}
+
+/// Headers a request needs as the client sent them. The routing header is overwritten or removed
+/// and the force header removed on every request, so neither may be one of these (nor one of the
+/// headers [`Errors::header_name`] refuses for any use).
+const KEPT_REQUEST_HEADERS: [&str; 8] = [
+    "authorization",
+    "proxy-authorization",
+    "content-type",
+    "te",
+    "trailer",
+    "upgrade",
+    "keep-alive",
+    "proxy-connection",
+];
 
 #[derive(Default)]
 struct Errors(Vec<ConfigError>);
@@ -646,14 +759,55 @@ impl Errors {
         Some(lower)
     }
 
-    fn identity(&mut self, field: &str, sources: &[IdentitySource]) -> Vec<Identity> {
+    /// A request header the filter rewrites (`action`, e.g. "removes this header from") on
+    /// every request it sees: besides [`Errors::header_name`]'s, none the request needs as sent.
+    fn rewritten_header(&mut self, field: &str, name: &str, action: &str) -> Option<String> {
+        let lower = self.header_name(field, name)?;
+        if KEPT_REQUEST_HEADERS.contains(&lower.as_str()) {
+            self.push(
+                field,
+                format!(
+                    "\"{name}\" is reserved: the filter {action} every request, and the request \
+                     needs it as sent; use a header of your own such as x-cohort-..."
+                ),
+            );
+            return None;
+        }
+        Some(lower)
+    }
+
+    /// `rewritten`: (field, header, what the filter does to it) of the headers no user key may
+    /// come from.
+    fn identity(
+        &mut self,
+        field: &str,
+        sources: &[IdentitySource],
+        rewritten: &[(&str, Option<&str>, &str)],
+    ) -> Vec<Identity> {
         let mut out = Vec::with_capacity(sources.len());
         for (i, source) in sources.iter().enumerate() {
             let field = format!("{field}[{i}]");
             match source.kind.as_str() {
                 "header" => {
-                    if let Some(name) = self.header_name(&format!("{field}.name"), &source.name) {
-                        out.push(Identity::Header(name));
+                    let Some(name) = self.header_name(&format!("{field}.name"), &source.name)
+                    else {
+                        continue;
+                    };
+                    match rewritten
+                        .iter()
+                        .find(|(_, header, _)| *header == Some(&name))
+                    {
+                        // Its value is the client's pick, and users without it look anonymous.
+                        Some((other, _, action)) => self.push(
+                            &format!("{field}.name"),
+                            format!(
+                                "\"{}\" is the {other}, which the client sends and the filter \
+                                 {action}; read the user key from another header, one your \
+                                 authentication layer sets",
+                                source.name
+                            ),
+                        ),
+                        None => out.push(Identity::Header(name)),
                     }
                 }
                 "cookie" => {
@@ -683,12 +837,29 @@ impl Errors {
             "stable" => Some(Anonymous::Stable),
             "cookie" => {
                 let mut ok = true;
-                if !is_token(&policy.cookie_name) {
+                let name = &policy.cookie_name;
+                // Browsers match these prefixes in any case and drop a Set-Cookie so named unless
+                // it has Secure (and, for __Host-, Path=/ and no Domain). The filter's has no
+                // Secure: it may serve plain http.
+                let prefix = ["__Host-", "__Secure-"].into_iter().find(|prefix| {
+                    name.get(..prefix.len())
+                        .is_some_and(|start| start.eq_ignore_ascii_case(prefix))
+                });
+                if !is_token(name) {
                     self.push(
                         "anonymous.cookieName",
                         format!(
-                            "\"{}\" is not a valid cookie name; use letters, digits, '-' and '_'",
-                            policy.cookie_name
+                            "\"{name}\" is not a valid cookie name; use letters, digits, '-' and '_'"
+                        ),
+                    );
+                    ok = false;
+                } else if let Some(prefix) = prefix {
+                    self.push(
+                        "anonymous.cookieName",
+                        format!(
+                            "\"{name}\" starts with {prefix}: browsers drop a Set-Cookie of that name \
+                             without Secure, which this cookie lacks, so every request would get a \
+                             new id and may switch version; use a name without the prefix"
                         ),
                     );
                     ok = false;
@@ -754,6 +925,7 @@ impl Errors {
         name: &str,
         rollout: &RolloutConfig,
         default_identity: &[Identity],
+        rewritten: &[(&str, Option<&str>, &str)],
     ) -> Option<Rollout> {
         let before = self.0.len();
         if rollout.weight_bp > FULL_WEIGHT_BP {
@@ -824,7 +996,7 @@ impl Errors {
             );
         }
         let identity = match &rollout.identity {
-            Some(sources) => self.identity(&format!("{field}.identity"), sources),
+            Some(sources) => self.identity(&format!("{field}.identity"), sources, rewritten),
             None => default_identity.to_vec(),
         };
         let mut allow_cohorts = 0u128;
@@ -1097,6 +1269,32 @@ mod tests {
                 "rollouts.b.hosts[0]: host \"x\" is already claimed by rollout \"a\"",
             ),
             (
+                r#"{"version": 1, "rollouts": {"a": {"namespace": "shop", "hosts": ["web"]},
+                                               "b": {"hosts": ["web.shop"]}}}"#,
+                "rollouts.b.hosts[0]: host \"web.shop\" is already claimed by rollout \"a\" as \"web\" \
+                 in namespace \"shop\": both match web.shop.svc; each host belongs to one rollout",
+            ),
+            (
+                r#"{"version": 1, "rollouts": {"a": {"namespace": "shop", "hosts": ["web"]},
+                                               "b": {"hosts": ["web.shop.svc.cluster.local"]}}}"#,
+                "rollouts.b.hosts[0]: host \"web.shop.svc.cluster.local\" is already claimed by \
+                 rollout \"a\" as \"web\" in namespace \"shop\": both match \
+                 web.shop.svc.cluster.local;",
+            ),
+            (
+                r#"{"version": 1, "rollouts": {"a": {"hosts": ["web.shop.svc"]},
+                                               "b": {"namespace": "billing", "hosts": ["web"]},
+                                               "c": {"hosts": ["api", "web"]}}}"#,
+                "rollouts.c.hosts[1]: host \"web\" is already claimed by rollout \"a\" as \
+                 \"web.shop.svc\": both match web.shop.svc;",
+            ),
+            (
+                r#"{"version": 1, "rollouts": {"a": {"hosts": ["web"]},
+                                               "b": {"namespace": "shop", "hosts": ["web"]}}}"#,
+                "rollouts.b.hosts[0]: host \"web\" is already claimed by rollout \"a\" as \"web\" \
+                 in any namespace: both match web.shop.svc;",
+            ),
+            (
                 r#"{"version": 1, "rollouts": {"a": {"hosts": ["a"], "canaryVersion": "stable"}}}"#,
                 "rollouts.a.canaryVersion: equals stableVersion",
             ),
@@ -1128,18 +1326,79 @@ mod tests {
                 r#"{"version": 1, "rollouts": {"a": {"hosts": ["a"], "identity": [{"kind": "jwt", "name": "sub"}]}}}"#,
                 "rollouts.a.identity[0].kind: unknown identity kind",
             ),
+            (
+                r#"{"version": 1, "identity": [{"kind": "header", "name": "X-Cohort-Version"}]}"#,
+                "identity[0].name: \"X-Cohort-Version\" is the routingHeader, which the client \
+                 sends and the filter overwrites; read the user key from another header",
+            ),
+            (
+                r#"{"version": 1, "forceHeader": "x-force",
+                    "identity": [{"kind": "cookie", "name": "u"}, {"kind": "header", "name": "x-force"}]}"#,
+                "identity[1].name: \"x-force\" is the forceHeader, which the client sends and the \
+                 filter removes;",
+            ),
+            (
+                r#"{"version": 1, "routingHeader": "x-route", "rollouts": {"a": {"hosts": ["a"],
+                    "identity": [{"kind": "header", "name": "x-route"}]}}}"#,
+                "rollouts.a.identity[0].name: \"x-route\" is the routingHeader",
+            ),
+            (
+                r#"{"version": 1, "forceHeader": "Authorization"}"#,
+                "forceHeader: \"Authorization\" is reserved: the filter removes this header from \
+                 every request",
+            ),
+            (
+                r#"{"version": 1, "routingHeader": "authorization"}"#,
+                "routingHeader: \"authorization\" is reserved: the filter overwrites or removes",
+            ),
+            (
+                r#"{"version": 1, "forceHeader": "te"}"#,
+                "forceHeader: \"te\" is reserved",
+            ),
+            (
+                r#"{"version": 1, "forceHeader": "upgrade"}"#,
+                "forceHeader: \"upgrade\" is reserved",
+            ),
+            (
+                r#"{"version": 1, "forceHeader": "keep-alive"}"#,
+                "forceHeader: \"keep-alive\" is reserved",
+            ),
+            (
+                r#"{"version": 1, "forceHeader": "proxy-connection"}"#,
+                "forceHeader: \"proxy-connection\" is reserved",
+            ),
+            (
+                r#"{"version": 1, "forceHeader": "Content-Type"}"#,
+                "forceHeader: \"Content-Type\" is reserved",
+            ),
+            (
+                r#"{"version": 1, "routingHeader": "upgrade"}"#,
+                "routingHeader: \"upgrade\" is reserved",
+            ),
+            (
+                r#"{"version": 1, "anonymous": {"cookieName": "__Host-cohort"}}"#,
+                "anonymous.cookieName: \"__Host-cohort\" starts with __Host-: browsers drop a \
+                 Set-Cookie of that name without Secure",
+            ),
+            (
+                r#"{"version": 1, "anonymous": {"cookieName": "__secure-id"}}"#,
+                "anonymous.cookieName: \"__secure-id\" starts with __Secure-",
+            ),
         ];
+        let mut failures = Vec::new();
         for (document, want) in table {
             let errors = errors_of(document);
-            assert!(
-                errors.iter().any(|e| e.contains(want)),
-                "config {document}\n wanted an error containing {want:?}\n got {errors:?}"
-            );
+            if !errors.iter().any(|e| e.contains(want)) {
+                failures.push(format!(
+                    "config {document}\n wanted an error containing {want:?}\n got {errors:?}"
+                ));
+            }
         }
+        assert!(failures.is_empty(), "{}", failures.join("\n"));
     }
 
     #[test]
-    fn a_host_is_claimed_by_the_rollout_that_listed_it_last_before() {
+    fn a_host_is_claimed_by_the_first_rollout_that_lists_it() {
         let errors = errors_of(
             r#"{"version": 1, "rollouts": {"c": {"hosts": ["x"]}, "b": {"hosts": ["y", "x"]},
                                            "a": {"hosts": ["x", "x"]}}}"#,
@@ -1155,10 +1414,186 @@ mod tests {
                     "rollouts.b.hosts[1]: host \"x\" is already claimed by rollout \"a\"{claimed}"
                 ),
                 format!(
-                    "rollouts.c.hosts[0]: host \"x\" is already claimed by rollout \"b\"{claimed}"
+                    "rollouts.c.hosts[0]: host \"x\" is already claimed by rollout \"a\"{claimed}"
                 ),
             ]
         );
+    }
+
+    #[test]
+    fn rollouts_of_different_services_are_accepted() {
+        let table = [
+            // A mesh-wide WasmPlugin holding shop/checkout and billing/checkout.
+            r#"{"shop-checkout": {"namespace": "shop", "hosts": ["checkout"]},
+                "billing-checkout": {"namespace": "billing", "hosts": ["checkout"]}}"#,
+            r#"{"a": {"namespace": "shop", "hosts": ["web"]}, "b": {"hosts": ["web.billing"]}}"#,
+            r#"{"a": {"hosts": ["web.shop.svc.cluster.local"]},
+                "b": {"hosts": ["web.shop.svc.corp.example"]}}"#,
+            r#"{"a": {"hosts": ["web"]}, "b": {"hosts": ["web.example.com", "web.a.b"]}}"#,
+            r#"{"a": {"hosts": ["*"]}, "b": {"hosts": ["web"]}}"#,
+            // One rollout may name one service in several forms: its own traffic either way.
+            r#"{"a": {"namespace": "shop", "hosts": ["web", "web.shop", "web.shop.svc.cluster.local"]}}"#,
+            r#"{"a": {"namespace": "shop", "hosts": ["web.shop.svc.web", "web"]}}"#,
+        ];
+        for rollouts in table {
+            let document = format!(r#"{{"version": 1, "rollouts": {rollouts}}}"#);
+            assert_eq!(errors_of(&document), Vec::<String>::new(), "{rollouts}");
+        }
+    }
+
+    /// Host patterns and rollout namespaces, and authorities of two or more labels made of the
+    /// same names. A one-label authority is left out: Istio reads it in the caller's namespace,
+    /// which the filter cannot see, so shop's and billing's `checkout` both match it by design.
+    fn clash_fixtures() -> (Vec<(&'static str, &'static str)>, Vec<String>) {
+        let patterns = vec![
+            ("web", "shop"),
+            ("web", "billing"),
+            ("web", ""),
+            ("web.shop", ""),
+            ("web.shop", "billing"),
+            ("web.billing", "shop"),
+            ("web.shop.svc", ""),
+            ("web.billing.svc", "shop"),
+            ("web.shop.svc.cluster.local", ""),
+            ("web.shop.svc.corp", "billing"),
+            ("web.billing.svc.cluster.local", ""),
+            ("web.io", ""),
+            ("web.example.com", ""),
+            ("web.shop.x", ""),
+            ("web.shop.x.svc", ""),
+            ("web.x.svc.y.z", "shop"),
+            ("shop", "web"),
+            ("svc", "shop"),
+            ("api", "shop"),
+            ("api.shop.svc", ""),
+        ];
+        let names = ["web", "api", "shop", "svc", "io", "x"];
+        let namespaces = ["shop", "billing", "web", "io", "svc", "example", "x"];
+        let domains = ["cluster.local", "corp", "y.z", "com"];
+        let mut authorities = Vec::new();
+        for name in names {
+            for ns in namespaces {
+                authorities.push(format!("{name}.{ns}"));
+                authorities.push(format!("{name}.{ns}.svc"));
+                for domain in domains {
+                    authorities.push(format!("{name}.{ns}.svc.{domain}"));
+                    authorities.push(format!("{name}.{ns}.{domain}"));
+                }
+            }
+        }
+        authorities.extend(patterns.iter().map(|(host, _)| host.to_string()));
+        authorities.retain(|authority| authority.contains('.'));
+        (patterns, authorities)
+    }
+
+    /// Which of `authorities` a rollout with this one host pattern matches.
+    fn matched(host: &str, namespace: &str, authorities: &[String]) -> Vec<bool> {
+        let document = serde_json::json!({"version": 1, "rollouts": {
+            "r": {"namespace": namespace, "hosts": [host]}}});
+        let compiled = parse(document.to_string().as_bytes());
+        let Ok(compiled) = compiled else {
+            unreachable!("{host} in {namespace:?}: {compiled:?}")
+        };
+        authorities
+            .iter()
+            .map(|authority| crate::decide::find_rollout(&compiled, authority.as_bytes()).is_some())
+            .collect()
+    }
+
+    #[test]
+    fn two_rollouts_clash_exactly_when_some_host_matches_both() {
+        let (patterns, authorities) = clash_fixtures();
+        let matches: Vec<Vec<bool>> = patterns
+            .iter()
+            .map(|(host, ns)| matched(host, ns, &authorities))
+            .collect();
+        for (p, (host_a, ns_a)) in patterns.iter().enumerate() {
+            for (q, (host_b, ns_b)) in patterns.iter().enumerate() {
+                let shared = authorities
+                    .iter()
+                    .zip(matches[p].iter().zip(&matches[q]))
+                    .find(|(_, (a, b))| **a && **b)
+                    .map(|(authority, _)| authority);
+                let document = serde_json::json!({"version": 1, "rollouts": {
+                    "a": {"namespace": ns_a, "hosts": [host_a]},
+                    "b": {"namespace": ns_b, "hosts": [host_b]}}});
+                let errors = errors_of(&document.to_string());
+                let clash = errors
+                    .iter()
+                    .any(|e| e.starts_with("rollouts.b.hosts[0]: ") && e.contains("claimed"));
+                assert_eq!(
+                    clash,
+                    shared.is_some(),
+                    "a: {host_a} in {ns_a:?}, b: {host_b} in {ns_b:?}: shared {shared:?}, \
+                     errors {errors:?}"
+                );
+                assert!(errors.len() <= 1, "{errors:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn every_clash_names_the_first_rollout_that_gets_its_traffic() {
+        let (patterns, authorities) = clash_fixtures();
+        let matches: Vec<Vec<bool>> = patterns
+            .iter()
+            .map(|(host, ns)| matched(host, ns, &authorities))
+            .collect();
+        let overlap =
+            |p: usize, q: usize| matches[p].iter().zip(&matches[q]).any(|(a, b)| *a && *b);
+        let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut next = |below: usize| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state % below as u64) as usize
+        };
+        let names = ["a", "b", "c", "d", "e"];
+        for _ in 0..400 {
+            // (rollout, namespace, its patterns), in name order.
+            let mut rollouts = Vec::new();
+            for name in &names[..2 + next(4)] {
+                let ns = ["", "shop", "billing"][next(3)];
+                let listed: Vec<usize> = (0..1 + next(3))
+                    .map(|_| next(patterns.len()))
+                    .filter(|&p| patterns[p].1 == ns || patterns[p].0.contains('.'))
+                    .collect();
+                if !listed.is_empty() {
+                    rollouts.push((*name, ns, listed));
+                }
+            }
+            let mut want = Vec::new();
+            for (r, (name, _, listed)) in rollouts.iter().enumerate() {
+                for (i, &p) in listed.iter().enumerate() {
+                    let other = rollouts[..r]
+                        .iter()
+                        .find(|(_, _, earlier)| earlier.iter().any(|&q| overlap(p, q)))
+                        .map(|(other, _, _)| *other)
+                        .or_else(|| {
+                            let host = patterns[p].0;
+                            let twice = listed[..i].iter().any(|&q| patterns[q].0 == host);
+                            twice.then_some(*name)
+                        });
+                    if let Some(other) = other {
+                        want.push(format!("rollouts.{name}.hosts[{i}]: claimed by {other}"));
+                    }
+                }
+            }
+            let mut document = serde_json::json!({"version": 1, "rollouts": {}});
+            for (name, ns, listed) in &rollouts {
+                let hosts: Vec<&str> = listed.iter().map(|&p| patterns[p].0).collect();
+                document["rollouts"][*name] = serde_json::json!({"namespace": ns, "hosts": hosts});
+            }
+            let got: Vec<String> = errors_of(&document.to_string())
+                .iter()
+                .map(|e| {
+                    let (field, problem) = e.split_once(' ').unwrap_or_default();
+                    let other = problem.split('"').nth(3).unwrap_or_default();
+                    format!("{field} claimed by {other}")
+                })
+                .collect();
+            assert_eq!(got, want, "{document}");
+        }
     }
 
     #[test]

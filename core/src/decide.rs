@@ -200,6 +200,9 @@ fn host_of(authority: &[u8]) -> &[u8] {
 /// A qualified `name` carries its own namespace, whatever the rollout's: `name.ns` also matches
 /// `name.ns.svc[.DOMAIN]`, `name.ns.svc` also matches `name.ns.svc.DOMAIN`, and any other name
 /// matches only itself.
+///
+/// Config validation refuses two rollouts matching one host through `service_key` (config.rs),
+/// which reads names by these rules: change both together (its tests compare the two).
 fn host_matches(name: &[u8], namespace: &[u8], host: &[u8]) -> bool {
     if host.len() < name.len() || !host[..name.len()].eq_ignore_ascii_case(name) {
         return false;

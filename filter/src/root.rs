@@ -28,8 +28,8 @@ pub struct Active {
 #[derive(Default)]
 struct VmState {
     accepted_configs: u64,
-    /// Each served rollout's name and weight gauge, to zero the gauges of rollouts that leave.
-    weight_gauges: Vec<(String, Option<u32>)>,
+    /// The served rollouts' weight gauges, to zero those the next config does not define.
+    weight_gauges: Vec<u32>,
 }
 
 thread_local! {
@@ -80,18 +80,11 @@ impl RootContext for Root {
             summary.push_str(&format!(" {}={}bp", rollout.name, rollout.weight_bp));
         }
         let accepted = VM_STATE.with_borrow_mut(|state| {
-            for (name, gauge) in &state.weight_gauges {
-                if !config.rollouts.iter().any(|r| &r.name == name) {
-                    // A rollout that left the config serves nobody any more.
-                    host::record(*gauge, 0);
-                }
+            let gauges: Vec<u32> = metrics.iter().filter_map(|ids| ids.weight_bp).collect();
+            for gauge in retired_gauges(&state.weight_gauges, &gauges) {
+                host::record(Some(gauge), 0);
             }
-            state.weight_gauges = config
-                .rollouts
-                .iter()
-                .zip(&metrics)
-                .map(|(r, ids)| (r.name.clone(), ids.weight_bp))
-                .collect();
+            state.weight_gauges = gauges;
             state.accepted_configs += 1;
             state.accepted_configs
         });
@@ -113,5 +106,87 @@ impl RootContext for Root {
 
     fn get_type(&self) -> Option<ContextType> {
         Some(ContextType::HttpContext)
+    }
+}
+
+/// The gauges of `previous` that `current` does not define again. Envoy gives a metric name the
+/// id it had, so these are series no rollout reports any more: rollouts that left, and those
+/// whose tags changed (a new namespace is a new series, same rollout name or not).
+fn retired_gauges<'a>(previous: &'a [u32], current: &'a [u32]) -> impl Iterator<Item = u32> + 'a {
+    previous
+        .iter()
+        .copied()
+        .filter(|gauge| !current.contains(gauge))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::metrics::define_rollouts;
+
+    /// The weight gauges of each config in turn, ids given per name as Envoy gives them.
+    fn weight_gauges(documents: &[&str]) -> Vec<Vec<u32>> {
+        let mut ids = BTreeMap::new();
+        let mut define = |_, name: &str| {
+            let next = ids.len() as u32 + 1;
+            Some(*ids.entry(name.to_owned()).or_insert(next))
+        };
+        documents
+            .iter()
+            .map(|rollouts| {
+                let document = format!(r#"{{"version": 1, "rollouts": {rollouts}}}"#);
+                let config = config::parse(document.as_bytes()).unwrap();
+                define_rollouts(&config, &mut define)
+                    .iter()
+                    .filter_map(|ids| ids.weight_bp)
+                    .collect()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_gauges_of_series_that_end_are_zeroed() {
+        let web = r#""web": {"namespace": "shop", "hosts": ["web"], "weightBp": 500}"#;
+        let api = r#""api": {"hosts": ["api"], "weightBp": 100}"#;
+        // (config before, config after, how many gauges go to 0)
+        let table = [
+            (format!("{{{web}}}"), format!("{{{web}}}"), 0),
+            (
+                format!("{{{web}}}"),
+                format!("{{{}}}", web.replace("500", "900")),
+                0,
+            ),
+            (format!("{{{web}, {api}}}"), format!("{{{web}}}"), 1),
+            (format!("{{{web}, {api}}}"), "{}".to_owned(), 2),
+            (format!("{{{web}}}"), format!("{{{web}, {api}}}"), 0),
+            (
+                format!("{{{web}}}"),
+                format!("{{{}}}", web.replace("\"shop\"", "\"billing\"")),
+                1,
+            ),
+            (
+                format!("{{{web}}}"),
+                format!("{{{}}}", web.replace(r#""namespace": "shop", "#, "")),
+                1,
+            ),
+            (
+                format!("{{{web}}}"),
+                format!("{{{}}}", web.replace("\"web\": ", "\"www\": ")),
+                1,
+            ),
+        ];
+        for (before, after, zeroed) in table {
+            let gauges = weight_gauges(&[&before, &after]);
+            let retired: Vec<u32> = retired_gauges(&gauges[0], &gauges[1]).collect();
+            assert_eq!(retired.len(), zeroed, "{before} -> {after}: {gauges:?}");
+            assert!(
+                retired
+                    .iter()
+                    .all(|id| gauges[0].contains(id) && !gauges[1].contains(id)),
+                "{before} -> {after}: {gauges:?}"
+            );
+        }
     }
 }
