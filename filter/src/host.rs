@@ -221,7 +221,7 @@ pub fn log(level: LogLevel, message: &str) {
     let _ = unsafe { proxy_log(level, message.as_ptr(), message.len()) };
 }
 
-/// Defines (or looks up) a metric; Envoy returns the same id for the same name. `None` on any
+/// Defines a metric: a fresh id for every call, the same series for the same name. `None` on any
 /// failure: the metric is then not updated.
 #[allow(unsafe_code)]
 pub fn define_metric(kind: MetricType, name: &str) -> Option<u32> {

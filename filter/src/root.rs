@@ -28,8 +28,9 @@ pub struct Active {
 #[derive(Default)]
 struct VmState {
     accepted_configs: u64,
-    /// The served rollouts' weight gauges, to zero those the next config does not define.
-    weight_gauges: Vec<u32>,
+    /// The served rollouts' weight gauges by (namespace, rollout), the series' tags, to zero
+    /// those the next config does not serve.
+    weight_gauges: Vec<(SeriesKey, Option<u32>)>,
 }
 
 thread_local! {
@@ -80,9 +81,14 @@ impl RootContext for Root {
             summary.push_str(&format!(" {}={}bp", rollout.name, rollout.weight_bp));
         }
         let accepted = VM_STATE.with_borrow_mut(|state| {
-            let gauges: Vec<u32> = metrics.iter().filter_map(|ids| ids.weight_bp).collect();
+            let gauges: Vec<(SeriesKey, Option<u32>)> = config
+                .rollouts
+                .iter()
+                .zip(&metrics)
+                .map(|(r, ids)| ((r.namespace.clone(), r.name.clone()), ids.weight_bp))
+                .collect();
             for gauge in retired_gauges(&state.weight_gauges, &gauges) {
-                host::record(Some(gauge), 0);
+                host::record(gauge, 0);
             }
             state.weight_gauges = gauges;
             state.accepted_configs += 1;
@@ -109,41 +115,53 @@ impl RootContext for Root {
     }
 }
 
-/// The gauges of `previous` that `current` does not define again. Envoy gives a metric name the
-/// id it had, so these are series no rollout reports any more: rollouts that left, and those
-/// whose tags changed (a new namespace is a new series, same rollout name or not).
-fn retired_gauges<'a>(previous: &'a [u32], current: &'a [u32]) -> impl Iterator<Item = u32> + 'a {
+/// A rollout's series: its namespace and name, the tags of its weight gauge.
+type SeriesKey = (String, String);
+
+/// The gauges of `previous` whose series `current` does not serve: rollouts that left, and
+/// those whose tags changed (a new namespace is a new series, same rollout name or not). Keyed
+/// by series, not id: Envoy gives every definition a fresh id, also for a name it knows, so a
+/// served rollout's old id is the same series as its new one.
+fn retired_gauges<'a>(
+    previous: &'a [(SeriesKey, Option<u32>)],
+    current: &'a [(SeriesKey, Option<u32>)],
+) -> impl Iterator<Item = Option<u32>> + 'a {
     previous
         .iter()
-        .copied()
-        .filter(|gauge| !current.contains(gauge))
+        .filter(|(series, _)| !current.iter().any(|(served, _)| served == series))
+        .map(|(_, gauge)| *gauge)
 }
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
-
     use super::*;
     use crate::metrics::define_rollouts;
 
-    /// The weight gauges of each config in turn, ids given per name as Envoy gives them.
-    fn weight_gauges(documents: &[&str]) -> Vec<Vec<u32>> {
-        let mut ids = BTreeMap::new();
+    type Gauges = Vec<(SeriesKey, Option<u32>)>;
+
+    /// The weight gauges of each config in turn, with the metric name of every id. Ids are
+    /// handed out as Envoy hands them out: a fresh one per definition, also for a known name.
+    fn weight_gauges(documents: &[&str]) -> (Vec<Gauges>, Vec<String>) {
+        let mut names = Vec::new();
         let mut define = |_, name: &str| {
-            let next = ids.len() as u32 + 1;
-            Some(*ids.entry(name.to_owned()).or_insert(next))
+            names.push(name.to_owned());
+            u32::try_from(names.len() - 1).ok()
         };
-        documents
+        let gauges = documents
             .iter()
             .map(|rollouts| {
                 let document = format!(r#"{{"version": 1, "rollouts": {rollouts}}}"#);
                 let config = config::parse(document.as_bytes()).unwrap();
-                define_rollouts(&config, &mut define)
+                let metrics = define_rollouts(&config, &mut define);
+                config
+                    .rollouts
                     .iter()
-                    .filter_map(|ids| ids.weight_bp)
+                    .zip(&metrics)
+                    .map(|(r, ids)| ((r.namespace.clone(), r.name.clone()), ids.weight_bp))
                     .collect()
             })
-            .collect()
+            .collect();
+        (gauges, names)
     }
 
     #[test]
@@ -178,15 +196,20 @@ mod tests {
             ),
         ];
         for (before, after, zeroed) in table {
-            let gauges = weight_gauges(&[&before, &after]);
-            let retired: Vec<u32> = retired_gauges(&gauges[0], &gauges[1]).collect();
+            let (gauges, names) = weight_gauges(&[&before, &after]);
+            let name = |id: Option<u32>| id.and_then(|id| names.get(id as usize));
+            let served: Vec<_> = gauges[1].iter().map(|(_, id)| name(*id)).collect();
+            let retired: Vec<_> = retired_gauges(&gauges[0], &gauges[1]).collect();
             assert_eq!(retired.len(), zeroed, "{before} -> {after}: {gauges:?}");
-            assert!(
-                retired
-                    .iter()
-                    .all(|id| gauges[0].contains(id) && !gauges[1].contains(id)),
-                "{before} -> {after}: {gauges:?}"
-            );
+            // Zeroing an old id zeroes its series: never one the new config serves.
+            for id in retired {
+                assert!(id.is_some(), "{before} -> {after}");
+                assert!(
+                    !served.contains(&name(id)),
+                    "{before} -> {after}: zeroes the served {:?}",
+                    name(id)
+                );
+            }
         }
     }
 }
