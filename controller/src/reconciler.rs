@@ -1098,14 +1098,13 @@ pub fn reconcile_trigger(rollout: &CanaryRollout) -> Option<u64> {
     Some(hasher.finish())
 }
 
-/// Watches CanaryRollouts and reconciles them until `until` completes (then lets in-flight
-/// reconciles finish).
-async fn watch_rollouts(
+/// Every CanaryRollout as the watch last saw it, and the changes among them that start a
+/// reconcile ([`reconcile_trigger`]).
+fn rollout_triggers(
     client: &Client,
-    context: Arc<Context>,
-    health: &Arc<Health>,
-    metrics: &Metrics,
-    until: impl Future<Output = ()> + Send + Sync + 'static,
+) -> (
+    reflector::Store<CanaryRollout>,
+    impl futures::Stream<Item = Result<CanaryRollout, watcher::Error>> + Send + 'static,
 ) {
     let (store, writer) = reflector::store();
     let triggers = reflector(
@@ -1117,6 +1116,19 @@ async fn watch_rollouts(
     )
     .applied_objects()
     .predicate_filter(reconcile_trigger, PredicateConfig::default());
+    (store, triggers)
+}
+
+/// Watches CanaryRollouts and reconciles them until `until` completes (then lets in-flight
+/// reconciles finish).
+async fn watch_rollouts(
+    client: &Client,
+    context: Arc<Context>,
+    health: &Arc<Health>,
+    metrics: &Metrics,
+    until: impl Future<Output = ()> + Send + Sync + 'static,
+) {
+    let (store, triggers) = rollout_triggers(client);
     let controller = Controller::for_stream(triggers, store.clone())
         .with_config(
             kube::runtime::controller::Config::default().concurrency(MAX_CONCURRENT_RECONCILES),

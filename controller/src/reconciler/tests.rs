@@ -1667,3 +1667,62 @@ fn status_writes_do_not_start_a_reconcile_but_spec_finalizer_and_deletion_change
     no_generation.metadata.resource_version = Some("9".into());
     assert_ne!(reconcile_trigger(&no_generation), before);
 }
+
+/// The trigger stream the controller runs on, against an API server that lists one rollout and
+/// then watches it change: the status write a reconcile makes starts no reconcile, a spec
+/// change does.
+#[tokio::test]
+async fn the_watch_starts_a_reconcile_for_a_spec_change_not_for_a_status_write() {
+    use http::{Request, Response};
+    use kube::client::Body;
+
+    let with_version = |rollout: &mut CanaryRollout, version: &str| {
+        rollout.metadata.resource_version = Some(version.to_owned());
+        serde_json::to_value(&*rollout).unwrap()
+    };
+    let mut stored = rollout(spec(), Some(progressing(1, 500, 30)));
+    let listed = with_version(&mut stored, "1");
+    stored.status.as_mut().unwrap().consecutive_errors = 1;
+    let status_written = with_version(&mut stored, "2");
+    stored.metadata.generation = Some(4);
+    let spec_changed = with_version(&mut stored, "3");
+
+    let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let server = tokio::spawn(async move {
+        let (list, answer) = handle.next_request().await.unwrap();
+        assert!(
+            !list.uri().to_string().contains("watch=true"),
+            "{}",
+            list.uri()
+        );
+        let page = json!({"apiVersion": "cohort.dev/v1alpha1", "kind": "CanaryRolloutList",
+            "metadata": {"resourceVersion": "1"}, "items": [listed]});
+        answer.send_response(Response::new(Body::from(page.to_string().into_bytes())));
+        let (watch, answer) = handle.next_request().await.unwrap();
+        assert!(
+            watch.uri().to_string().contains("watch=true"),
+            "{}",
+            watch.uri()
+        );
+        let events: String = [status_written, spec_changed]
+            .into_iter()
+            .map(|object| json!({"type": "MODIFIED", "object": object}).to_string() + "\n")
+            .collect();
+        answer.send_response(Response::new(Body::from(events.into_bytes())));
+        // Hold any later watch open: the test has what it needs by then.
+        std::future::pending::<()>().await;
+    });
+    let (_store, triggers) = rollout_triggers(&Client::new(service, "default"));
+    let triggered: Vec<CanaryRollout> = tokio::time::timeout(
+        TIMEOUT,
+        triggers.take(2).map(|rollout| rollout.unwrap()).collect(),
+    )
+    .await
+    .expect("the watch never delivered the spec change");
+    server.abort();
+    let seen: Vec<_> = triggered
+        .iter()
+        .map(|r| r.metadata.resource_version.as_deref())
+        .collect();
+    assert_eq!(seen, [Some("1"), Some("3")]);
+}
