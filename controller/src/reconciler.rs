@@ -636,11 +636,10 @@ async fn push(
 /// What a controller that stopped between the WasmPlugin apply and the status write left: the
 /// live entry serves the next step's weight (an advance) or 0 (a rollback) while the status still
 /// records the step before. Planned as that transition now, so the step is neither repeated nor
-/// undone; `None` when the live weight is what the status records, or is not explained by one
-/// transition from it. Planned as the stopped controller planned it, without the pause or
-/// promotion asked for since: a person who set one saw the old status, and the gesture applies
-/// to the adopted one in this same reconcile (a promotion then waits for a retry after a
-/// rollback, as after any rollback).
+/// undone, and as the stopped controller planned it: without a pause or promotion set since,
+/// which its author set seeing the old status and which applies to the adopted one in this same
+/// reconcile (after a rollback, a promotion waits for a retry, as after any rollback). `None`
+/// when the live weight is what the status records, or is not explained by one transition.
 fn adopt_unrecorded(
     spec: &CanaryRolloutSpec,
     status: &CanaryRolloutStatus,
