@@ -331,8 +331,11 @@ mod tests {
         value_size: usize,
     ) -> u32 {
         // SAFETY: the wrapper passes a name and a value it holds.
-        let (key, value) = unsafe { (text(key_data, key_size), text(value_data, value_size)) };
-        answer(format!("replace {map_type:?} {key}: {value}"))
+        unsafe {
+            header_write(
+                "replace", map_type, key_data, key_size, value_data, value_size,
+            )
+        }
     }
 
     #[no_mangle]
@@ -355,8 +358,24 @@ mod tests {
         value_size: usize,
     ) -> u32 {
         // SAFETY: the wrapper passes a name and a value it holds.
+        unsafe { header_write("add", map_type, key_data, key_size, value_data, value_size) }
+    }
+
+    /// Notes a header write, `verb MAP name: value`, and answers.
+    ///
+    /// # Safety
+    /// `key_data` and `value_data` point to `key_size` and `value_size` readable bytes.
+    unsafe fn header_write(
+        verb: &str,
+        map_type: MapType,
+        key_data: *const u8,
+        key_size: usize,
+        value_data: *const u8,
+        value_size: usize,
+    ) -> u32 {
+        // SAFETY: the caller's contract above.
         let (key, value) = unsafe { (text(key_data, key_size), text(value_data, value_size)) };
-        answer(format!("add {map_type:?} {key}: {value}"))
+        answer(format!("{verb} {map_type:?} {key}: {value}"))
     }
 
     #[no_mangle]
