@@ -650,26 +650,18 @@ fn host_clashes(rollouts: &BTreeMap<String, RolloutConfig>) -> Vec<Option<String
             }
         }
     }
-    let valid: Vec<(usize, &Listing<'_>)> = listings
-        .iter()
-        .enumerate()
-        .filter_map(|(i, listing)| Some((i, listing.as_ref()?)))
-        .collect();
     listings
         .iter()
         .enumerate()
         .map(|(i, this)| {
             let this = this.as_ref()?;
-            let earlier = valid.iter().take_while(|(j, _)| *j < i).map(|(_, l)| *l);
-            let other = earlier
-                .clone()
+            let earlier = || listings.get(..i).into_iter().flatten().flatten();
+            let other = earlier()
                 .find(|other| {
                     other.rollout != this.rollout && claims_overlap(&other.key, &this.key)
                 })
                 .or_else(|| {
-                    earlier
-                        .clone()
-                        .find(|other| other.rollout == this.rollout && other.host == this.host)
+                    earlier().find(|other| other.rollout == this.rollout && other.host == this.host)
                 })?;
             Some(clash_problem(this, other))
         })
