@@ -81,12 +81,7 @@ impl RootContext for Root {
             summary.push_str(&format!(" {}={}bp", rollout.name, rollout.weight_bp));
         }
         let accepted = VM_STATE.with_borrow_mut(|state| {
-            let gauges: Vec<(SeriesKey, Option<u32>)> = config
-                .rollouts
-                .iter()
-                .zip(&metrics)
-                .map(|(r, ids)| ((r.namespace.clone(), r.name.clone()), ids.weight_bp))
-                .collect();
+            let gauges = weight_gauges_by_series(&config, &metrics);
             for gauge in retired_gauges(&state.weight_gauges, &gauges) {
                 host::record(gauge, 0);
             }
@@ -117,6 +112,19 @@ impl RootContext for Root {
 
 /// A rollout's series: its namespace and name, the tags of its weight gauge.
 type SeriesKey = (String, String);
+
+/// Each rollout's weight gauge with its series, `metrics` being indexed like the rollouts.
+fn weight_gauges_by_series(
+    config: &Compiled,
+    metrics: &[RolloutMetrics],
+) -> Vec<(SeriesKey, Option<u32>)> {
+    config
+        .rollouts
+        .iter()
+        .zip(metrics)
+        .map(|(r, ids)| ((r.namespace.clone(), r.name.clone()), ids.weight_bp))
+        .collect()
+}
 
 /// The gauges of `previous` whose series `current` does not serve: rollouts that left, and
 /// those whose tags changed (a new namespace is a new series, same rollout name or not). Keyed
@@ -152,13 +160,7 @@ mod tests {
             .map(|rollouts| {
                 let document = format!(r#"{{"version": 1, "rollouts": {rollouts}}}"#);
                 let config = config::parse(document.as_bytes()).unwrap();
-                let metrics = define_rollouts(&config, &mut define);
-                config
-                    .rollouts
-                    .iter()
-                    .zip(&metrics)
-                    .map(|(r, ids)| ((r.namespace.clone(), r.name.clone()), ids.weight_bp))
-                    .collect()
+                weight_gauges_by_series(&config, &define_rollouts(&config, &mut define))
             })
             .collect();
         (gauges, names)
