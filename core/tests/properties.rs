@@ -184,6 +184,13 @@ fn header_name() -> impl Strategy<Value = String> {
 fn cookie_name() -> impl Strategy<Value = String> {
     proptest::string::string_regex(&format!("[a-zA-Z0-9{}]{{1,24}}", regex_class(TOKEN_MARKS)))
         .unwrap()
+        .prop_filter(
+            "browsers drop __Host- and __Secure- cookies without Secure",
+            |name| {
+                let name = name.to_ascii_lowercase();
+                !name.starts_with("__host-") && !name.starts_with("__secure-")
+            },
+        )
 }
 
 fn regex_class(chars: &str) -> String {
@@ -314,6 +321,25 @@ fn valid_config() -> impl Strategy<Value = FilterConfig> {
                 events_header,
                 events: events.into_iter().collect(),
                 rollouts,
+            },
+        )
+        .prop_filter(
+            "no user key comes from the routing or force header",
+            |config| {
+                let rewritten = [&config.routing_header, &config.force_header];
+                let sources = config.identity.iter().chain(
+                    config
+                        .rollouts
+                        .values()
+                        .flat_map(|rollout| rollout.identity.iter().flatten()),
+                );
+                sources
+                    .filter(|source| source.kind == "header")
+                    .all(|source| {
+                        !rewritten
+                            .iter()
+                            .any(|header| header.eq_ignore_ascii_case(&source.name))
+                    })
             },
         )
 }
