@@ -10,8 +10,8 @@
 //!   splits the traffic as in (c): what routing by a header set in wasm costs at the least;
 //! - (f) [`Setup::ContractCalls`]: the no-op filter making the host calls cohort makes per
 //!   request in (c) (clock, both header maps, routing header, two counters, one histogram
-//!   sample) without cohort's computation: the floor for any filter keeping DESIGN.md's metric
-//!   contract;
+//!   sample) without cohort's computation: the floor for any filter keeping the metric contract
+//!   (ARCHITECTURE.md, Contracts);
 //! - (e) [`Setup::Compare`], only when `$COHORT_COMPARE_WASM` names a `.wasm`: another build of
 //!   cohort's filter with (c)'s config, to judge a change to the filter within one run.
 //!

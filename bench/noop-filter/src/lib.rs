@@ -12,9 +12,9 @@
 //!   request in set-up (c), and nothing else: the clock, the request's header map (one call), the
 //!   routing header as in (d), the response's header map (status and events header, one call),
 //!   the clock again, the requests and events counters and the duration histogram. What (f)
-//!   adds is the floor for any filter that keeps DESIGN.md's metric contract; what (c) adds
-//!   over (f) is cohort's own computation, less what cohort saves by exporting only the
-//!   callbacks it implements (this module keeps the SDK's full set).
+//!   adds is the floor for any filter that keeps the metric contract (ARCHITECTURE.md,
+//!   Contracts); what (c) adds over (f) is cohort's own computation, less what cohort saves by
+//!   exporting only the callbacks it implements (this module keeps the SDK's full set).
 //!
 //! Not shipped. Build it like the real filter:
 //! `cargo build -p cohort-bench-noop-filter --target wasm32-wasip1 --profile wasm`.
