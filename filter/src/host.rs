@@ -2,12 +2,15 @@
 //! `hostcalls` wrappers panic on any status they do not expect (a host error, or one newer than
 //! the SDK), and with `panic = "abort"` that kills the VM in every worker; its convenience methods
 //! also decode headers as UTF-8 (a panic on hostile bytes). Here every failure becomes `None` or
-//! is ignored, and filter/clippy.toml keeps the SDK's wrappers out of this crate.
+//! is ignored, and filter/clippy.toml keeps the SDK's wrappers out of this crate. [`Envoy`] is
+//! the stream's [`Host`] made of these calls.
 //!
 //! Crossing into the host is what a request costs the filter (the decision itself is about
 //! 0.1 µs), so headers are read as whole maps: one call per direction instead of one per name.
 
 use proxy_wasm::types::{BufferType, LogLevel, MapType, MetricType, Status};
+
+use crate::stream_host::Host;
 
 /// The host's answer to a call, kept as the integer it is on the wire: the host may answer with
 /// a status the SDK's `Status` lacks (the ABI's `Unimplemented`, 12), and reading such a value as
@@ -138,10 +141,10 @@ unsafe fn take_host_bytes(data: *mut u8, size: usize) -> Vec<u8> {
     unsafe { Vec::from_raw_parts(data, size, size) }
 }
 
-/// Sets (replaces) a request header. Should the host refuse, the header is removed instead:
-/// this is how the routing header is set, and a value the client sent must never stay.
+/// Replaces a request header; `false` when the host refused. The stream sets its routing
+/// header through [`Host::set_request_header`], which removes the header on a refusal.
 #[allow(unsafe_code)]
-pub fn set_request_header(name: &str, value: &[u8]) {
+pub fn replace_request_header(name: &str, value: &[u8]) -> bool {
     // SAFETY: the host reads `name` and `value` within their lengths.
     let status = unsafe {
         proxy_replace_header_map_value(
@@ -152,9 +155,7 @@ pub fn set_request_header(name: &str, value: &[u8]) {
             value.len(),
         )
     };
-    if status != OK {
-        remove_request_header(name);
-    }
+    status == OK
 }
 
 /// Removes a request header. A failure is ignored: the request goes on as it is.
@@ -251,6 +252,48 @@ pub fn record(metric: Option<u32>, value: u64) {
     if let Some(id) = metric {
         // SAFETY: plain values, no memory shared with the host.
         let _ = unsafe { proxy_record_metric(id, value) };
+    }
+}
+
+/// The real host: the stream's host calls made through this module.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Envoy;
+
+impl Host for Envoy {
+    fn request_headers(&mut self) -> Vec<u8> {
+        request_headers()
+    }
+
+    fn replace_request_header(&mut self, name: &str, value: &[u8]) -> bool {
+        replace_request_header(name, value)
+    }
+
+    fn remove_request_header(&mut self, name: &str) {
+        remove_request_header(name);
+    }
+
+    fn response_headers(&mut self) -> Vec<u8> {
+        response_headers()
+    }
+
+    fn response_header(&mut self, name: &str) -> Option<Vec<u8>> {
+        response_header(name)
+    }
+
+    fn add_response_header(&mut self, name: &str, value: &[u8]) {
+        add_response_header(name, value);
+    }
+
+    fn now_nanos(&mut self) -> u64 {
+        now_nanos()
+    }
+
+    fn increment(&mut self, metric: Option<u32>, by: u64) {
+        increment(metric, by);
+    }
+
+    fn record(&mut self, metric: Option<u32>, value: u64) {
+        record(metric, value);
     }
 }
 
@@ -437,9 +480,12 @@ mod tests {
             (
                 "replace HttpRequestHeaders x-cohort-version: canary",
                 |_| {
-                    set_request_header("x-cohort-version", b"canary");
+                    Envoy.set_request_header("x-cohort-version", b"canary");
                 },
             ),
+            ("replace HttpRequestHeaders x-other: v", |ok| {
+                assert_eq!(replace_request_header("x-other", b"v"), ok);
+            }),
             ("remove HttpRequestHeaders x-cohort-force", |_| {
                 remove_request_header("x-cohort-force");
             }),

@@ -3,13 +3,18 @@
 //! version-tagged metrics.
 //!
 //! The decisions live in `cohort-core`; this crate is the thin shell around them:
-//! [`host`] wraps every host call, [`root`] owns the config lifecycle, [`stream`] handles one
-//! request, [`metrics`] defines metric ids once per config.
+//! [`host`] wraps every host call, [`root`] owns the config lifecycle and hands each stream the
+//! [`active`] config, [`stream`] handles one request over the [`stream_host::Host`] calls it
+//! makes, [`metrics`] defines metric ids once per config.
 
+pub mod active;
+#[cfg(test)]
+mod fake_host;
 pub mod host;
 pub mod metrics;
 pub mod root;
 pub mod stream;
+pub mod stream_host;
 
 // The exported entry point only exists in the .wasm; native builds (clippy, unit tests) skip it.
 #[cfg(target_arch = "wasm32")]

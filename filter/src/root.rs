@@ -10,18 +10,10 @@ use proxy_wasm::types::{ContextType, LogLevel};
 
 use cohort_core::config::{self, Compiled};
 
+use crate::active::Active;
 use crate::host;
 use crate::metrics::{define_rollouts, RolloutMetrics, VmMetrics};
 use crate::stream::Stream;
-
-/// A config in service, with its metric ids. Streams hold an `Rc` to the one they started with.
-#[derive(Debug)]
-pub struct Active {
-    /// The validated config.
-    pub config: Compiled,
-    /// Metric ids, indexed like `config.rollouts`.
-    pub metrics: Vec<RolloutMetrics>,
-}
 
 /// What outlives one plugin config in this VM. Envoy makes a new root context for every config
 /// it pushes into a running VM, so this cannot live in [`Root`].
@@ -100,6 +92,7 @@ impl RootContext for Root {
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
         Some(Box::new(Stream::new(
+            host::Envoy,
             self.active.clone(),
             self.vm.unwrap_or_default(),
         )))

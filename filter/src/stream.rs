@@ -1,5 +1,6 @@
 //! One HTTP stream: decide on request headers, hand out the anonymous cookie and count business
-//! events on response headers, count the request and its duration at the end.
+//! events on response headers, count the request and its duration at the end. Every host call
+//! goes through the stream's [`Host`], so these decisions are unit-tested with a fake host.
 
 use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
@@ -13,17 +14,18 @@ use cohort_core::decide::{decide, set_cookie_value, Side};
 use cohort_core::header_pairs::HeaderPairs;
 use cohort_core::telemetry::code_class;
 
-use crate::host;
+use crate::active::Active;
 use crate::metrics::VmMetrics;
-use crate::root::Active;
+use crate::stream_host::Host;
 
 /// With the `request-side-only` feature (a bench build, never shipped) the filter decides, routes
 /// and hands out cookies, but skips its clock reads, response headers and metrics: what Envoy
 /// pays for the decision alone, whatever the gates' inputs cost (BENCHMARKS.md, "Envoy overhead").
 const REQUEST_SIDE_ONLY: bool = cfg!(feature = "request-side-only");
 
-/// Per-stream state.
-pub struct Stream {
+/// Per-stream state, over the host `H` it calls ([`Envoy`](crate::host::Envoy) in the filter).
+pub struct Stream<H> {
+    host: H,
     active: Option<Rc<Active>>,
     vm: VmMetrics,
     started_ns: u64,
@@ -32,10 +34,11 @@ pub struct Stream {
     status: u32,
 }
 
-impl Stream {
-    /// A stream served by `active` (none before the first good config).
-    pub fn new(active: Option<Rc<Active>>, vm: VmMetrics) -> Self {
+impl<H: Host> Stream<H> {
+    /// A stream on `host` served by `active` (none before the first good config).
+    pub fn new(host: H, active: Option<Rc<Active>>, vm: VmMetrics) -> Self {
         Stream {
+            host,
             active,
             vm,
             started_ns: 0,
@@ -46,10 +49,11 @@ impl Stream {
     }
 }
 
-/// A fresh 128-bit id for an anonymous user. `RandomState` draws its keys from the host's
-/// `random_get` once per VM and changes them for every instance, so ids are unpredictable.
-fn new_anonymous_id() -> String {
-    let high = RandomState::new().hash_one(host::now_nanos());
+/// A fresh 128-bit id for an anonymous user, `now_nanos` being the host's clock. `RandomState`
+/// draws its keys from the host's `random_get` once per VM and changes them for every instance,
+/// so ids are unpredictable.
+fn new_anonymous_id(now_nanos: u64) -> String {
+    let high = RandomState::new().hash_one(now_nanos);
     let low = RandomState::new().hash_one(high);
     format!("{high:016x}{low:016x}")
 }
@@ -61,29 +65,32 @@ fn parse_status(value: Option<&[u8]>) -> u32 {
         .unwrap_or(0)
 }
 
-impl Context for Stream {}
+impl<H: Host> Context for Stream<H> {}
 
-impl HttpContext for Stream {
+impl<H: Host> HttpContext for Stream<H> {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        let serialized = host::request_headers();
+        let host = &mut self.host;
+        let serialized = host.request_headers();
         let headers = HeaderPairs::parse(&serialized);
         let Some(active) = self.active.clone() else {
             // No good config yet: still never let a client pick its version.
             for name in [DEFAULT_ROUTING_HEADER, DEFAULT_FORCE_HEADER] {
                 if headers.contains(name) {
-                    host::remove_request_header(name);
+                    host.remove_request_header(name);
                 }
             }
             return Action::Continue;
         };
         let config = &active.config;
         let authority = headers.get(":authority").unwrap_or_default();
-        let outcome = decide(config, authority, &headers, &mut new_anonymous_id);
+        let outcome = decide(config, authority, &headers, &mut || {
+            new_anonymous_id(host.now_nanos())
+        });
         if outcome.force_denied {
-            host::increment(self.vm.force_denied, 1);
+            host.increment(self.vm.force_denied, 1);
         }
         if headers.contains(&config.force_header) {
-            host::remove_request_header(&config.force_header);
+            host.remove_request_header(&config.force_header);
         }
 
         let client_sent = headers.get(&config.routing_header);
@@ -92,20 +99,20 @@ impl HttpContext for Stream {
             .as_ref()
             .map(|decision| decision.version().as_bytes());
         if client_sent.is_some() && client_sent != chosen {
-            host::increment(self.vm.overwritten, 1);
+            host.increment(self.vm.overwritten, 1);
         }
         let Some(decision) = outcome.decision else {
             if client_sent.is_some() {
-                host::remove_request_header(&config.routing_header);
+                host.remove_request_header(&config.routing_header);
             }
             return Action::Continue;
         };
         // The clock, like the response's headers, is read only for a routed request: a host
         // without a rollout pays for none of it.
         if !REQUEST_SIDE_ONLY {
-            self.started_ns = host::now_nanos();
+            self.started_ns = host.now_nanos();
         }
-        host::set_request_header(&config.routing_header, decision.version().as_bytes());
+        host.set_request_header(&config.routing_header, decision.version().as_bytes());
         self.routed = Some((decision.rollout_index, decision.side));
         if let (
             Some(id),
@@ -122,7 +129,8 @@ impl HttpContext for Stream {
 
     fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
         if let Some(cookie) = self.set_cookie.take() {
-            host::add_response_header("set-cookie", cookie.as_bytes());
+            self.host
+                .add_response_header("set-cookie", cookie.as_bytes());
         }
         if REQUEST_SIDE_ONLY {
             return Action::Continue;
@@ -133,10 +141,10 @@ impl HttpContext for Stream {
         let config = &active.config;
         if config.events.is_empty() {
             // Only the status is needed: one value costs less to read than the whole map.
-            self.status = parse_status(host::response_header(":status").as_deref());
+            self.status = parse_status(self.host.response_header(":status").as_deref());
             return Action::Continue;
         }
-        let serialized = host::response_headers();
+        let serialized = self.host.response_headers();
         let headers = HeaderPairs::parse(&serialized);
         self.status = parse_status(headers.get(":status"));
         let Some(ids) = active.metrics.get(rollout).map(|m| m.side(side)) else {
@@ -149,7 +157,8 @@ impl HttpContext for Stream {
                     .iter()
                     .position(|event| event.as_bytes() == name)
                 {
-                    host::increment(ids.events.get(index).copied().flatten(), 1);
+                    self.host
+                        .increment(ids.events.get(index).copied().flatten(), 1);
                 }
             }
         }
@@ -166,11 +175,619 @@ impl HttpContext for Stream {
         let Some(ids) = active.metrics.get(rollout).map(|m| m.side(side)) else {
             return;
         };
-        host::increment(
+        self.host.increment(
             ids.requests.get(code_class(self.status)).copied().flatten(),
             1,
         );
-        let elapsed_ms = host::now_nanos().saturating_sub(self.started_ns) / 1_000_000;
-        host::record(ids.duration_ms, elapsed_ms);
+        let elapsed_ms = self.host.now_nanos().saturating_sub(self.started_ns) / 1_000_000;
+        self.host.record(ids.duration_ms, elapsed_ms);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use cohort_core::bucket::place;
+    use cohort_core::config;
+    use cohort_core::telemetry::{
+        tagged_name, CODE_CLASSES, EVENTS_TOTAL, FORCE_DENIED_TOTAL, REQUESTS_TOTAL,
+        REQUEST_DURATION_MS, ROUTING_HEADER_OVERWRITTEN_TOTAL, TAG_CODE_CLASS, TAG_EVENT,
+        TAG_NAMESPACE, TAG_ROLLOUT, TAG_VERSION,
+    };
+
+    use super::*;
+    use crate::fake_host::FakeHost;
+    use crate::metrics::define_rollouts;
+
+    const TOKEN: &str = "0123456789abcdef";
+    const ROUTING: &str = DEFAULT_ROUTING_HEADER;
+    const FORCE: &str = DEFAULT_FORCE_HEADER;
+
+    /// A config whose one rollout, `web`, serves host `web`; `top` and `rollout` are extra
+    /// fields, each starting with a comma.
+    fn document(top: &str, rollout: &str) -> String {
+        format!(
+            r#"{{"version": 1, "forceToken": "{TOKEN}",
+                 "identity": [{{"kind": "header", "name": "x-user-id"}}] {top},
+                 "rollouts": {{"web": {{"hosts": ["web"] {rollout}}}}}}}"#
+        )
+    }
+
+    /// A stream on `host` served by `document` (none: before the first good config), with its
+    /// metric ids defined by the fake host, as `Root` defines them.
+    fn stream(document: Option<&str>, mut host: FakeHost) -> Stream<FakeHost> {
+        let vm = VmMetrics::define(&mut |kind, name| host.define(kind, name));
+        let active = document.map(|document| {
+            let config = config::parse(document.as_bytes()).unwrap();
+            let metrics = define_rollouts(&config, &mut |kind, name| host.define(kind, name));
+            Rc::new(Active { config, metrics })
+        });
+        Stream::new(host, active, vm)
+    }
+
+    /// Envoy's callbacks for a whole exchange, the upstream answering `response`.
+    fn exchange(stream: &mut Stream<FakeHost>, response: &[(&[u8], &[u8])]) {
+        assert_eq!(stream.on_http_request_headers(0, false), Action::Continue);
+        stream.host.response = response
+            .iter()
+            .map(|(name, value)| (name.to_vec(), value.to_vec()))
+            .collect();
+        assert_eq!(stream.on_http_response_headers(0, false), Action::Continue);
+        stream.on_log();
+    }
+
+    /// The request headers of a user on host `web`.
+    fn user(key: &'static [u8]) -> FakeHost {
+        FakeHost::with_request(&[(b":authority", b"web"), (b"x-user-id", key)])
+    }
+
+    /// The routing header the upstream gets, when exactly one.
+    fn routed(host: &FakeHost) -> Option<String> {
+        match host.request_header(ROUTING)[..] {
+            [] => None,
+            [value] => Some(String::from_utf8_lossy(value).into_owned()),
+            ref many => panic!("{} routing headers: {many:?}", many.len()),
+        }
+    }
+
+    fn web_metric(name: &str, version: &str, last: Option<(&str, &str)>) -> String {
+        let mut tags = vec![
+            (TAG_NAMESPACE, ""),
+            (TAG_ROLLOUT, "web"),
+            (TAG_VERSION, version),
+        ];
+        tags.extend(last);
+        tagged_name(name, &tags)
+    }
+
+    fn requests(version: &str, class: &str) -> String {
+        web_metric(REQUESTS_TOTAL, version, Some((TAG_CODE_CLASS, class)))
+    }
+
+    fn events(version: &str, event: &str) -> String {
+        web_metric(EVENTS_TOTAL, version, Some((TAG_EVENT, event)))
+    }
+
+    #[test]
+    fn keyed_users_are_routed_by_their_bucket() {
+        let users: [&[u8]; 8] = [
+            b"alice", b"bob", b"carol", b"dave", b"erin", b"frank", b"grace", b"heidi",
+        ];
+        let mut sides_at_half = Vec::new();
+        for weight in [0, 1, 2500, 5000, 9999, 10000] {
+            let document = document(
+                "",
+                &format!(r#", "weightBp": {weight}, "stableVersion": "v1", "canaryVersion": "v2""#),
+            );
+            for key in users {
+                let mut stream = stream(Some(&document), user(key));
+                exchange(&mut stream, &[(b":status", b"200")]);
+                let canary = place("web", key).is_canary(weight);
+                let want = if canary { "v2" } else { "v1" };
+                let who = format!("{} at {weight}bp", String::from_utf8_lossy(key));
+                assert_eq!(routed(&stream.host).as_deref(), Some(want), "{who}");
+                assert!(!stream.host.called("add set-cookie"), "{who}");
+                assert_eq!(stream.host.counter(&requests(want, "2xx")), 1, "{who}");
+                if weight == 5000 {
+                    sides_at_half.push(canary);
+                }
+            }
+        }
+        // The users land on both sides, so the table tells the bucket from a constant.
+        assert!(sides_at_half.contains(&true) && sides_at_half.contains(&false));
+    }
+
+    #[test]
+    fn allow_listed_keys_get_the_canary_unless_it_is_off() {
+        // (weight, key, version)
+        let table: &[(u32, &[u8], &str)] = &[
+            (1, b"alice", "canary"),
+            (0, b"alice", "stable"),
+            (10000, b"bob", "canary"),
+        ];
+        for (weight, key, want) in table {
+            let document = document(
+                "",
+                &format!(r#", "weightBp": {weight}, "allowKeys": ["alice"]"#),
+            );
+            let mut stream = stream(Some(&document), user(key));
+            exchange(&mut stream, &[]);
+            assert_eq!(routed(&stream.host).as_deref(), Some(*want), "{weight}bp");
+        }
+    }
+
+    #[test]
+    fn the_routing_header_a_client_sends_is_overwritten_or_removed() {
+        // (authority, routing headers the client sent, routing header forwarded, overwrites
+        // counted). Everyone on `web` gets the canary.
+        type Row = (
+            &'static [u8],
+            &'static [&'static [u8]],
+            Option<&'static str>,
+            u64,
+        );
+        let table: &[Row] = &[
+            (b"web", &[], Some("canary"), 0),
+            (b"web", &[b"canary"], Some("canary"), 0),
+            (b"web", &[b"stable"], Some("canary"), 1),
+            (b"web", &[b"evil"], Some("canary"), 1),
+            (b"web", &[b"stable", b"canary"], Some("canary"), 1),
+            (b"web", &[b"\xff\x00"], Some("canary"), 1),
+            // No rollout claims the host: whatever the client sent goes.
+            (b"elsewhere", &[b"canary"], None, 1),
+            (b"elsewhere", &[], None, 0),
+        ];
+        let document = document("", r#", "weightBp": 10000"#);
+        for (authority, sent, want, overwritten) in table {
+            let mut host =
+                FakeHost::with_request(&[(b":authority", authority), (b"x-user-id", b"alice")]);
+            for value in *sent {
+                host.request
+                    .push((b"X-Cohort-Version".to_vec(), value.to_vec()));
+            }
+            let mut stream = stream(Some(&document), host);
+            exchange(&mut stream, &[(b":status", b"200")]);
+            let row = format!("{} {sent:?}", String::from_utf8_lossy(authority));
+            assert_eq!(routed(&stream.host).as_deref(), *want, "{row}");
+            assert_eq!(
+                stream.host.counter(ROUTING_HEADER_OVERWRITTEN_TOTAL),
+                *overwritten,
+                "{row}"
+            );
+            // A header the request does not carry is not removed (a host call saved).
+            assert_eq!(
+                stream.host.called(&format!("remove {ROUTING}")),
+                want.is_none() && !sent.is_empty(),
+                "{row}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_request_no_rollout_routes_reads_neither_the_clock_nor_the_response() {
+        let document = document(r#", "events": ["checkout"]"#, r#", "weightBp": 10000"#);
+        let host =
+            FakeHost::with_request(&[(b":authority", b"elsewhere"), (b"x-user-id", b"alice")]);
+        let mut stream = stream(Some(&document), host);
+        exchange(
+            &mut stream,
+            &[(b":status", b"200"), (b"x-cohort-events", b"checkout")],
+        );
+        assert_eq!(stream.host.calls, ["request headers"]);
+    }
+
+    #[test]
+    fn the_force_header_with_the_right_token_forces_and_is_always_removed() {
+        let right_canary = format!("canary:{TOKEN}");
+        let right_stable = format!("stable:{TOKEN}");
+        let wrong = format!("canary:{}", TOKEN.replace('0', "1"));
+        let unknown_version = format!("nightly:{TOKEN}");
+        let token_only = format!(":{TOKEN}");
+        // (force header, whether the config has the token, weight, version forwarded, denials
+        // counted)
+        let table: &[(&str, bool, u32, &str, u64)] = &[
+            (&right_canary, true, 0, "canary", 0),
+            (&right_stable, true, 10000, "stable", 0),
+            (&wrong, true, 0, "stable", 1),
+            (&unknown_version, true, 0, "stable", 1),
+            (&token_only, true, 0, "stable", 1),
+            ("canary", true, 0, "stable", 1),
+            ("canary:", true, 0, "stable", 1),
+            ("", true, 0, "stable", 1),
+            (&right_canary, false, 0, "stable", 1),
+        ];
+        for (force, with_token, weight, want, denied) in table {
+            let mut document = document("", &format!(r#", "weightBp": {weight}"#));
+            if !with_token {
+                document = document.replace(&format!(r#""forceToken": "{TOKEN}","#), "");
+            }
+            let mut host = user(b"alice");
+            host.request
+                .push((FORCE.as_bytes().to_vec(), force.as_bytes().to_vec()));
+            let mut stream = stream(Some(&document), host);
+            exchange(&mut stream, &[(b":status", b"200")]);
+            let row = format!("{force:?}, token configured: {with_token}, {weight}bp");
+            assert_eq!(routed(&stream.host).as_deref(), Some(*want), "{row}");
+            assert_eq!(stream.host.counter(FORCE_DENIED_TOTAL), *denied, "{row}");
+            assert!(stream.host.request_header(FORCE).is_empty(), "{row}");
+        }
+    }
+
+    #[test]
+    fn a_force_header_on_a_host_no_rollout_claims_is_denied_and_removed() {
+        let document = document("", "");
+        let force = format!("canary:{TOKEN}");
+        let host = FakeHost::with_request(&[
+            (b":authority", b"elsewhere"),
+            (FORCE.as_bytes(), force.as_bytes()),
+        ]);
+        let mut stream = stream(Some(&document), host);
+        exchange(&mut stream, &[]);
+        assert_eq!(stream.host.counter(FORCE_DENIED_TOTAL), 1);
+        assert!(stream.host.request_header(FORCE).is_empty());
+        assert_eq!(routed(&stream.host), None);
+    }
+
+    #[test]
+    fn an_anonymous_user_gets_an_id_in_a_cookie_and_is_routed_by_it() {
+        // (anonymous policy, cookie header, cookie name and max-age handed out, if any)
+        type Row = (
+            &'static str,
+            Option<&'static [u8]>,
+            Option<(&'static str, u64)>,
+        );
+        let table: &[Row] = &[
+            ("", None, Some(("cohort-id", 30 * 24 * 3600))),
+            (
+                "",
+                Some(b"other=1; cohort-id="),
+                Some(("cohort-id", 30 * 24 * 3600)),
+            ),
+            (
+                r#", "anonymous": {"mode": "cookie", "cookieName": "sid", "maxAgeSeconds": 60}"#,
+                None,
+                Some(("sid", 60)),
+            ),
+            ("", Some(b"other=1; cohort-id=known-user"), None),
+            (r#", "anonymous": {"mode": "stable"}"#, None, None),
+        ];
+        for (anonymous, cookie, issued) in table {
+            let document = document(anonymous, r#", "weightBp": 5000"#);
+            let mut host = FakeHost::with_request(&[(b":authority", b"web")]);
+            host.request
+                .extend(cookie.map(|c| (b"cookie".to_vec(), c.to_vec())));
+            let mut stream = stream(Some(&document), host);
+            exchange(&mut stream, &[(b":status", b"200")]);
+            let row = format!("{anonymous} {cookie:?}");
+            let set_cookies = stream.host.response_header_values("set-cookie");
+            let side = |key: &[u8]| {
+                if place("web", key).is_canary(5000) {
+                    "canary"
+                } else {
+                    "stable"
+                }
+            };
+            let want = match (issued, set_cookies.as_slice()) {
+                (Some((name, max_age)), [set_cookie]) => {
+                    let set_cookie = std::str::from_utf8(set_cookie).unwrap();
+                    let (id, attributes) = set_cookie
+                        .strip_prefix(&format!("{name}="))
+                        .and_then(|rest| rest.split_once(';'))
+                        .unwrap_or_else(|| panic!("{row}: {set_cookie}"));
+                    assert!(
+                        id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()),
+                        "{row}: {id}"
+                    );
+                    assert_eq!(
+                        attributes,
+                        format!(" Path=/; Max-Age={max_age}; HttpOnly; SameSite=Lax"),
+                        "{row}"
+                    );
+                    side(id.as_bytes())
+                }
+                (None, []) if anonymous.contains("stable") => "stable",
+                (None, []) => side(b"known-user"),
+                (_, got) => panic!("{row}: set-cookie {got:?}"),
+            };
+            assert_eq!(routed(&stream.host).as_deref(), Some(want), "{row}");
+        }
+    }
+
+    #[test]
+    fn anonymous_ids_differ_per_request() {
+        let document = document("", "");
+        let ids: Vec<Vec<u8>> = (0..2)
+            .map(|_| {
+                let mut stream = stream(
+                    Some(&document),
+                    FakeHost::with_request(&[(b":authority", b"web")]),
+                );
+                exchange(&mut stream, &[]);
+                stream.host.response_header_values("set-cookie")[0].to_vec()
+            })
+            .collect();
+        assert_ne!(ids[0], ids[1]);
+    }
+
+    #[test]
+    fn before_the_first_config_requests_pass_with_the_clients_headers_removed() {
+        // (the request's headers, the host calls made)
+        type Row = (
+            &'static [(&'static [u8], &'static [u8])],
+            &'static [&'static str],
+        );
+        let table: &[Row] = &[
+            (
+                &[
+                    (b":authority", b"web"),
+                    (b"x-cohort-version", b"canary"),
+                    (b"x-cohort-force", b"canary:x"),
+                ],
+                &[
+                    "request headers",
+                    "remove x-cohort-version",
+                    "remove x-cohort-force",
+                ],
+            ),
+            (
+                &[(b":authority", b"web"), (b"x-user-id", b"alice")],
+                &["request headers"],
+            ),
+        ];
+        for (request, calls) in table {
+            let mut stream = stream(None, FakeHost::with_request(request));
+            exchange(&mut stream, &[(b":status", b"200")]);
+            assert_eq!(stream.host.calls, *calls);
+            // Everything else the client sent is forwarded as it was.
+            let kept: Vec<_> = request
+                .iter()
+                .filter(|(name, _)| *name != ROUTING.as_bytes() && *name != FORCE.as_bytes())
+                .map(|(name, value)| (name.to_vec(), value.to_vec()))
+                .collect();
+            assert_eq!(stream.host.request, kept);
+        }
+    }
+
+    #[test]
+    fn a_routing_header_the_host_refuses_to_set_is_removed() {
+        let document = document("", r#", "weightBp": 10000"#);
+        for sent in [None, Some(&b"canary"[..]), Some(b"evil")] {
+            let mut host = user(b"alice");
+            host.refuse_replace = true;
+            host.request
+                .extend(sent.map(|v| (ROUTING.as_bytes().to_vec(), v.to_vec())));
+            let mut stream = stream(Some(&document), host);
+            exchange(&mut stream, &[(b":status", b"200")]);
+            assert_eq!(routed(&stream.host), None, "{sent:?}");
+            let writes: Vec<&str> = stream
+                .host
+                .calls
+                .iter()
+                .map(String::as_str)
+                .filter(|call| call.contains(ROUTING))
+                .collect();
+            assert_eq!(
+                writes,
+                [
+                    "replace x-cohort-version: canary",
+                    "remove x-cohort-version"
+                ],
+                "{sent:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn business_events_are_counted_from_the_events_header() {
+        // (events header values, (event, count) for the canary)
+        type Row = (&'static [&'static [u8]], [u64; 2]);
+        let table: &[Row] = &[
+            (&[b"checkout"], [1, 0]),
+            (&[b" checkout, bogus,signup ,checkout,,"], [2, 1]),
+            (&[b"CHECKOUT"], [0, 0]),
+            (&[b"\xff, signup"], [0, 1]),
+            (&[b""], [0, 0]),
+            (&[], [0, 0]),
+            // Only the first header counts, as Envoy's map is read by name.
+            (&[b"signup", b"checkout"], [0, 1]),
+        ];
+        let document = document(
+            r#", "events": ["checkout", "signup"], "eventsHeader": "x-shop-events""#,
+            r#", "weightBp": 10000"#,
+        );
+        for (reported, [checkouts, signups]) in table {
+            let mut stream = stream(Some(&document), user(b"alice"));
+            let mut response: Vec<(&[u8], &[u8])> = vec![(b":status", b"201")];
+            response.extend(reported.iter().map(|value| (&b"x-shop-events"[..], *value)));
+            exchange(&mut stream, &response);
+            let row = format!("{reported:?}");
+            assert_eq!(
+                stream.host.counter(&events("canary", "checkout")),
+                *checkouts,
+                "{row}"
+            );
+            assert_eq!(
+                stream.host.counter(&events("canary", "signup")),
+                *signups,
+                "{row}"
+            );
+            assert_eq!(
+                stream.host.counter(&events("stable", "checkout")),
+                0,
+                "{row}"
+            );
+            assert_eq!(stream.host.counter(&requests("canary", "2xx")), 1, "{row}");
+        }
+    }
+
+    #[test]
+    fn without_configured_events_only_the_status_is_read() {
+        let document = document("", r#", "weightBp": 10000"#);
+        let mut stream = stream(Some(&document), user(b"alice"));
+        exchange(
+            &mut stream,
+            &[(b":status", b"404"), (b"x-cohort-events", b"checkout")],
+        );
+        assert!(stream.host.called("response header :status"));
+        assert!(!stream.host.called("response headers"));
+        assert_eq!(stream.host.counter(&requests("canary", "4xx")), 1);
+    }
+
+    #[test]
+    fn each_request_is_counted_by_status_class_with_its_duration() {
+        // (the response's status headers, code class)
+        let table: &[(&[&[u8]], &str)] = &[
+            (&[b"200"], "2xx"),
+            (&[b"101"], "1xx"),
+            (&[b"302"], "3xx"),
+            (&[b"404"], "4xx"),
+            (&[b"503"], "5xx"),
+            (&[], "reset"),
+            (&[b"abc"], "reset"),
+            (&[b"99"], "reset"),
+            (&[b"600"], "reset"),
+            (&[b"\xff"], "reset"),
+            (&[b"99999999999"], "reset"),
+            (&[b" 200"], "reset"),
+        ];
+        for events in ["", r#", "events": ["checkout"]"#] {
+            let document = document(events, r#", "weightBp": 0"#);
+            for (status, class) in table {
+                let mut stream = stream(Some(&document), user(b"alice"));
+                stream.host.now_nanos = 7_000_000_000;
+                assert_eq!(stream.on_http_request_headers(0, false), Action::Continue);
+                stream.host.response = status
+                    .iter()
+                    .map(|s| (b":status".to_vec(), s.to_vec()))
+                    .collect();
+                assert_eq!(stream.on_http_response_headers(0, false), Action::Continue);
+                stream.host.now_nanos = 7_250_999_999;
+                stream.on_log();
+                let row = format!("{events} {status:?}");
+                for (version, want) in [("stable", 1), ("canary", 0)] {
+                    for each in CODE_CLASSES {
+                        let counted = stream.host.counter(&requests(version, each));
+                        let want = if each == *class { want } else { 0 };
+                        assert_eq!(counted, want, "{row}: {version} {each}");
+                    }
+                }
+                assert_eq!(
+                    stream
+                        .host
+                        .samples(&web_metric(REQUEST_DURATION_MS, "stable", None)),
+                    [250],
+                    "{row}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_clock_that_goes_back_records_no_negative_duration() {
+        let document = document("", r#", "weightBp": 0"#);
+        let mut stream = stream(Some(&document), user(b"alice"));
+        stream.host.now_nanos = 7_000_000_000;
+        assert_eq!(stream.on_http_request_headers(0, false), Action::Continue);
+        stream.host.now_nanos = 6_000_000_000;
+        stream.on_log();
+        assert_eq!(
+            stream
+                .host
+                .samples(&web_metric(REQUEST_DURATION_MS, "stable", None)),
+            [0]
+        );
+    }
+
+    #[test]
+    fn hostile_headers_never_panic_nor_route_as_the_client_asks() {
+        let huge = vec![b'a'; 1 << 20];
+        let many_cookies = "c=1; ".repeat(50_000).into_bytes();
+        let commas = vec![b','; 1 << 20];
+        let mut many_headers = vec![(b":authority".to_vec(), b"web".to_vec())];
+        many_headers.extend((0..10_000).map(|i| (format!("x-h{i}").into_bytes(), vec![0xff; 16])));
+        // (name, request headers, response headers)
+        type Pairs = Vec<(Vec<u8>, Vec<u8>)>;
+        let pair = |name: &[u8], value: &[u8]| (name.to_vec(), value.to_vec());
+        let cases: Vec<(&str, Pairs, Pairs)> = vec![
+            (
+                "huge key",
+                vec![
+                    pair(b":authority", b"web"),
+                    pair(b"x-user-id", &huge),
+                    pair(ROUTING.as_bytes(), b"evil"),
+                ],
+                vec![pair(b":status", &huge)],
+            ),
+            (
+                "huge cookie header",
+                vec![pair(b":authority", b"web"), pair(b"cookie", &many_cookies)],
+                vec![pair(b":status", b"200"), pair(b"x-cohort-events", &commas)],
+            ),
+            (
+                "non-UTF-8 everywhere",
+                vec![
+                    pair(b":authority", b"w\xffeb"),
+                    pair(b"\xff\xfe", b"\x00\xff"),
+                    pair(b"x-user-id", b"\xc3\x28"),
+                    pair(ROUTING.as_bytes(), b"\xff"),
+                    pair(FORCE.as_bytes(), b"\xff:\xfe"),
+                ],
+                vec![
+                    pair(b":status", b"\xff\xfe"),
+                    pair(b"x-cohort-events", b"\xff,\xfe,checkout"),
+                ],
+            ),
+            (
+                "non-UTF-8 key on a claimed host",
+                vec![
+                    pair(b":authority", b"web:80"),
+                    pair(b"x-user-id", b"\xc3\x28\xff"),
+                    pair(FORCE.as_bytes(), b"canary:\xff"),
+                ],
+                vec![pair(b"\xff", b"\xff")],
+            ),
+            ("10,000 headers", many_headers, vec![]),
+            ("nothing at all", vec![], vec![]),
+        ];
+        for events in ["", r#", "events": ["checkout"]"#] {
+            let document = document(events, r#", "weightBp": 5000"#);
+            for (name, request, response) in &cases {
+                let mut host = FakeHost::default();
+                host.request = request.clone();
+                let mut stream = stream(Some(&document), host);
+                assert_eq!(stream.on_http_request_headers(0, false), Action::Continue);
+                stream.host.response = response.clone();
+                assert_eq!(stream.on_http_response_headers(0, false), Action::Continue);
+                stream.on_log();
+                let routed = routed(&stream.host);
+                assert!(
+                    matches!(routed.as_deref(), None | Some("stable" | "canary")),
+                    "{name}: {routed:?}"
+                );
+                assert!(stream.host.request_header(FORCE).is_empty(), "{name}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_header_map_the_host_garbles_reads_as_empty() {
+        let good = cohort_core::header_pairs::serialize(&[
+            (b":authority", b"web"),
+            (b"x-user-id", b"alice"),
+        ]);
+        let cases: Vec<Vec<u8>> = vec![
+            vec![],
+            vec![1, 0],
+            u32::MAX.to_le_bytes().to_vec(),
+            good[..good.len() - 1].to_vec(),
+            vec![0xff; 4096],
+        ];
+        for raw in cases {
+            let mut host = FakeHost::default();
+            host.raw_request = Some(raw.clone());
+            let mut stream = stream(Some(&document("", r#", "weightBp": 10000"#)), host);
+            exchange(&mut stream, &[(b":status", b"200")]);
+            // An empty map names no host, so no rollout routes it.
+            assert_eq!(stream.host.calls, ["request headers"], "{raw:?}");
+        }
     }
 }
