@@ -14,6 +14,8 @@
 //!   (read over salt, `:` and key in place) equals the `murmur3` crate's over them put together,
 //!   raising the weight only adds users, and whole percentages agree with Unleash.
 
+use std::sync::OnceLock;
+
 use arbitrary::Arbitrary;
 
 use cohort_core::bucket::{murmur3_32, place as place_key, placement_of_hash, FULL_WEIGHT_BP};
