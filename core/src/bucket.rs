@@ -5,6 +5,8 @@
 //! adds users, and at whole percentages the canary set equals Unleash's gradual rollout with
 //! `groupId = salt` (`murmur3("{groupId}:{userId}") % 100 + 1 <= percent`).
 
+use std::io::{self, Read};
+
 /// Basis points in 100%: weights and buckets range over `0..=10_000` and `0..10_000`.
 pub const FULL_WEIGHT_BP: u32 = 10_000;
 
@@ -29,65 +31,47 @@ pub fn murmur3_32(data: &[u8]) -> u32 {
     murmur3_32_of(&[data])
 }
 
-/// murmur3 x86 32-bit, seed 0, of the concatenation of `parts`, hashed as they are: placing a
-/// user needs no `salt:key` buffer.
+/// murmur3 x86 32-bit, seed 0, of the concatenation of `parts`, read as they are: no buffer
+/// holds them put together.
 pub fn murmur3_32_of(parts: &[&[u8]]) -> u32 {
-    let mut hash: u32 = 0;
-    // Bytes not yet mixed, little-endian, as the reference reads each 4-byte block.
-    let mut block: u32 = 0;
-    let mut filled: u32 = 0;
-    // The reference mixes in the length modulo 2^32.
-    let mut len: u32 = 0;
-    for part in parts {
-        let mut rest = *part;
-        // Whole blocks straight from the slice once the pending bytes of earlier parts are mixed.
-        if filled == 0 {
-            while let Some((chunk, tail)) = rest.split_first_chunk::<4>() {
-                hash = mix_block(hash, u32::from_le_bytes(*chunk));
-                rest = tail;
-            }
-        }
-        for &byte in rest {
-            block |= u32::from(byte) << (8 * filled);
-            filled += 1;
-            if filled == 4 {
-                hash = mix_block(hash, block);
-                (block, filled) = (0, 0);
-            }
-        }
-        len = len.wrapping_add(part.len() as u32);
-    }
-    if filled > 0 {
-        hash ^= scramble(block);
-    }
-    finalize(hash ^ len)
-}
-
-fn scramble(block: u32) -> u32 {
-    block
-        .wrapping_mul(0xcc9e_2d51)
-        .rotate_left(15)
-        .wrapping_mul(0x1b87_3593)
-}
-
-fn mix_block(hash: u32, block: u32) -> u32 {
-    (hash ^ scramble(block))
-        .rotate_left(13)
-        .wrapping_mul(5)
-        .wrapping_add(0xe654_6b64)
-}
-
-fn finalize(mut hash: u32) -> u32 {
-    hash ^= hash >> 16;
-    hash = hash.wrapping_mul(0x85eb_ca6b);
-    hash ^= hash >> 13;
-    hash = hash.wrapping_mul(0xc2b2_ae35);
-    hash ^ (hash >> 16)
+    hash(Parts {
+        current: &[],
+        rest: parts,
+    })
 }
 
 /// Places `key` (taken as bytes, never re-encoded) for `salt`.
 pub fn place(salt: &str, key: &[u8]) -> Placement {
-    placement_of_hash(murmur3_32_of(&[salt.as_bytes(), b":", key]))
+    // Read in place, chained: placing a user copies neither salt nor key.
+    placement_of_hash(hash(salt.as_bytes().chain(&b":"[..]).chain(key)))
+}
+
+/// The `murmur3` crate's hash, seed 0, of what `bytes` reads.
+fn hash(mut bytes: impl Read) -> u32 {
+    // The crate hashes any `Read` and so returns `io::Result`, but every reader here only copies
+    // from byte slices, which never fails: the `Err` arm cannot be taken. 0 stands in for it
+    // rather than a panic, which would abort the proxy's worker.
+    murmur3::murmur3_32(&mut bytes, 0).unwrap_or(0)
+}
+
+/// Byte slices read one after the other, as [`Read::chain`] reads two.
+struct Parts<'a> {
+    current: &'a [u8],
+    rest: &'a [&'a [u8]],
+}
+
+impl Read for Parts<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        // An empty part would read as 0 bytes, which a reader means as its end: skip to one
+        // that has bytes.
+        while self.current.is_empty() {
+            let Some((next, rest)) = self.rest.split_first() else {
+                return Ok(0);
+            };
+            (self.current, self.rest) = (next, rest);
+        }
+        self.current.read(buf)
+    }
 }
 
 /// The placement of a precomputed hash.

@@ -12,8 +12,8 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use serde::Serialize;
+use serde_json::{Map, Value};
 
-use crate::json::{self, join, Reader, Value};
 use crate::sort::sort_by;
 
 use crate::bucket::FULL_WEIGHT_BP;
@@ -357,7 +357,9 @@ pub fn parse(document: &[u8]) -> Result<Compiled, ConfigErrors> {
 /// Parses a config document without validating it; type errors name the field. Absent fields
 /// take their defaults; unknown fields are ignored.
 pub fn parse_wire(document: &[u8]) -> Result<FilterConfig, ConfigErrors> {
-    let value = json::parse(document).map_err(|error| {
+    // serde_json refuses nesting past 128 levels (its recursion limit), so a hostile document
+    // cannot exhaust the stack; the reading below never recurses into what it does not know.
+    let value = serde_json::from_slice::<Value>(document).map_err(|error| {
         ConfigErrors(vec![ConfigError {
             field: "(document)".to_owned(),
             problem: format!("not valid JSON ({error}); the config must be one JSON object"),
@@ -498,6 +500,119 @@ fn rollout_config(r: &mut Reader, value: &Value, field: &str) -> Option<RolloutC
         .list(object, field, "allowKeys", Reader::string_item)
         .unwrap_or_default();
     Some(rollout)
+}
+
+/// Collects type errors while fields are read.
+#[derive(Default)]
+struct Reader {
+    errors: Vec<ConfigError>,
+}
+
+/// `path.key`, or `key` at the top.
+fn join(path: &str, key: &str) -> String {
+    if path.is_empty() {
+        key.to_owned()
+    } else {
+        format!("{path}.{key}")
+    }
+}
+
+fn kind(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "a list",
+        Value::Object(_) => "an object",
+    }
+}
+
+impl Reader {
+    fn error(&mut self, field: &str, problem: String) {
+        self.errors.push(ConfigError {
+            field: field.to_owned(),
+            problem,
+        });
+    }
+
+    fn wrong_type(&mut self, field: &str, want: &str, got: &Value) {
+        self.error(field, format!("expected {want}, found {}", kind(got)));
+    }
+
+    /// The value as an object.
+    fn object<'v>(&mut self, value: &'v Value, field: &str) -> Option<&'v Map<String, Value>> {
+        match value {
+            Value::Object(map) => Some(map),
+            other => {
+                self.wrong_type(field, "an object", other);
+                None
+            }
+        }
+    }
+
+    /// An optional string field.
+    fn string(&mut self, object: &Map<String, Value>, path: &str, key: &str) -> Option<String> {
+        self.string_item(object.get(key)?, &join(path, key))
+    }
+
+    /// An optional whole-number field no larger than `max`.
+    fn whole_number(
+        &mut self,
+        object: &Map<String, Value>,
+        path: &str,
+        key: &str,
+        max: u64,
+    ) -> Option<u64> {
+        self.number_item(object.get(key)?, &join(path, key), max)
+    }
+
+    /// An optional list field, each element read by `item` with its own path.
+    fn list<T>(
+        &mut self,
+        object: &Map<String, Value>,
+        path: &str,
+        key: &str,
+        mut item: impl FnMut(&mut Self, &Value, &str) -> Option<T>,
+    ) -> Option<Vec<T>> {
+        let field = join(path, key);
+        match object.get(key)? {
+            Value::Array(values) => Some(
+                values
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, value)| item(self, value, &format!("{field}[{i}]")))
+                    .collect(),
+            ),
+            other => {
+                self.wrong_type(&field, "a list", other);
+                None
+            }
+        }
+    }
+
+    /// A value that must be a string.
+    fn string_item(&mut self, value: &Value, field: &str) -> Option<String> {
+        match value {
+            Value::String(s) => Some(s.clone()),
+            other => {
+                self.wrong_type(field, "a string", other);
+                None
+            }
+        }
+    }
+
+    /// A value that must be a whole number no larger than `max`. Like `as_u64`, a number
+    /// written with a fraction or exponent (`5.0`, `5e0`) is not whole.
+    fn number_item(&mut self, value: &Value, field: &str, max: u64) -> Option<u64> {
+        match value.as_u64() {
+            Some(n) if n <= max => Some(n),
+            _ => {
+                self.error(field, format!("expected a whole number from 0 to {max}"));
+                None
+            }
+        }
+    }
 }
 
 /// Validates a wire config into its compiled form, reporting every problem found.
@@ -1639,6 +1754,143 @@ mod tests {
         let json = serde_json::to_string(&config).unwrap_or_default();
         assert!(json.contains(r#""namespace":"shop""#), "{json}");
         assert_eq!(parse_wire(json.as_bytes()), Ok(config));
+    }
+
+    #[test]
+    fn json_errors_say_where() {
+        let errors = errors_of("{\n  \"version\": 1,\n  \"b\" 2\n}");
+        assert_eq!(
+            errors,
+            [
+                "(document): not valid JSON (expected `:` at line 3 column 7); the config must be \
+              one JSON object"
+            ]
+        );
+    }
+
+    #[test]
+    fn json_that_is_not_json_is_refused_whole() {
+        let documents: &[&[u8]] = &[
+            b"",
+            b"{\"version\": 1,}",
+            b"{\"version\": 1} {}",
+            b"{\"version\": 1, \"x\": \"\xff\"}",
+            br#"{"version": 1, "x": "\ud800"}"#,
+            br#"{"version": 1, "x": 1e400}"#,
+            b"\xef\xbb\xbf{\"version\": 1}",
+        ];
+        for document in documents {
+            let errors = match parse(document) {
+                Ok(compiled) => unreachable!("{compiled:?}"),
+                Err(ConfigErrors(errors)) => errors,
+            };
+            assert_eq!(errors.len(), 1, "{errors:?}");
+            assert_eq!(errors[0].field, "(document)");
+            assert!(
+                errors[0].problem.starts_with("not valid JSON ("),
+                "{errors:?}"
+            );
+        }
+    }
+
+    /// serde_json's recursion limit: 128 levels of lists and objects are refused, 127 read.
+    /// Hostile nesting is refused the same way, long before the stack could run out.
+    #[test]
+    fn nesting_past_the_recursion_limit_is_refused_without_a_panic() {
+        let nested = |lists: usize| {
+            format!(
+                r#"{{"version": 1, "future": {}{}}}"#,
+                "[".repeat(lists),
+                "]".repeat(lists)
+            )
+        };
+        assert_eq!(errors_of(&nested(126)), Vec::<String>::new());
+        for document in [
+            nested(127),
+            "[".repeat(1_000_000),
+            "{\"a\":".repeat(200_000),
+        ] {
+            let errors = errors_of(&document);
+            assert_eq!(errors.len(), 1, "{errors:?}");
+            assert!(
+                errors[0].starts_with("(document): not valid JSON (recursion limit exceeded"),
+                "{errors:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn unknown_fields_of_any_size_are_ignored() {
+        let document = format!(
+            r#"{{"version": 1, "huge": "{}", "many": [{}], "rollouts": {{"a": {{"hosts": ["a"],
+                "future": {{"nested": [null, true, -1.5e-3]}}}}}}}}"#,
+            "x".repeat(1 << 20),
+            ["{}"; 100_000].join(",")
+        );
+        assert_eq!(errors_of(&document), Vec::<String>::new());
+    }
+
+    #[test]
+    fn the_last_of_duplicate_keys_counts() {
+        let compiled = parse(
+            br#"{"version": 2, "rollouts": {"a": {"hosts": ["a"]}}, "version": 1,
+                 "rollouts": {"b": {"hosts": ["b"], "weightBp": 1}, "b": {"hosts": ["b"], "weightBp": 2}}}"#,
+        );
+        let Ok(compiled) = compiled else {
+            unreachable!("{compiled:?}")
+        };
+        let rollouts: Vec<(&str, u32)> = compiled
+            .rollouts
+            .iter()
+            .map(|rollout| (rollout.name.as_str(), rollout.weight_bp))
+            .collect();
+        assert_eq!(rollouts, [("b", 2)]);
+    }
+
+    /// Whole numbers are those written without fraction or exponent, from 0 to `u64::MAX`.
+    #[test]
+    fn numbers_are_whole_only_as_written_so() {
+        for weight in [
+            "7.0",
+            "7e0",
+            "-7",
+            "-0",
+            "18446744073709551616",
+            "\"7\"",
+            "null",
+        ] {
+            let document = format!(
+                r#"{{"version": 1, "rollouts": {{"a": {{"hosts": ["a"], "weightBp": {weight}}}}}}}"#
+            );
+            assert_eq!(
+                errors_of(&document),
+                ["rollouts.a.weightBp: expected a whole number from 0 to 4294967295"],
+                "{weight}"
+            );
+        }
+        let errors =
+            errors_of(r#"{"version": 1, "anonymous": {"maxAgeSeconds": 18446744073709551615}}"#);
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(
+            errors[0].starts_with("anonymous.maxAgeSeconds: 18446744073709551615 is out of range"),
+            "{errors:?}"
+        );
+    }
+
+    #[test]
+    fn strings_are_read_unescaped() {
+        let compiled = parse(
+            r#"{"version": 1, "rollouts": {"a": {"hosts": ["a"],
+                 "allowKeys": ["a\"\\\/\b\f\n\r\t\u00e9\ud83d\ude00", "é"]}}}"#
+                .as_bytes(),
+        );
+        let Ok(compiled) = compiled else {
+            unreachable!("{compiled:?}")
+        };
+        assert_eq!(
+            compiled.rollouts[0].allow_keys,
+            ["a\"\\/\u{8}\u{c}\n\r\té😀".as_bytes(), "é".as_bytes()]
+        );
     }
 
     #[test]

@@ -6,7 +6,6 @@
 //! - [`bucket`]: which cohort and basis-point bucket a user key falls in.
 //! - [`config`]: the filter's JSON wire format and its validation into a ready-to-use [`config::Compiled`].
 //! - [`decide`]: the per-request decision (which rollout, which user key, which version).
-//! - [`json`]: the config's JSON parser and its field-by-field reader.
 //! - [`header_pairs`]: reading a header map in the layout the proxy-wasm host serializes it.
 //! - [`telemetry`]: metric names and the tag encoding Envoy's tag extraction expects.
 
@@ -14,6 +13,5 @@ pub mod bucket;
 pub mod config;
 pub mod decide;
 pub mod header_pairs;
-pub mod json;
 mod sort;
 pub mod telemetry;

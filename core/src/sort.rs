@@ -1,9 +1,8 @@
 //! One small sort for the whole crate: a heapsort.
 //!
 //! The standard library's `sort`/`sort_unstable` (and `BTreeMap`'s `collect`, which sorts) bring
-//! several kilobytes of code per element type into the filter's .wasm; lists sorted here (the
-//! allow-list, a JSON object's keys) are read once per config, where O(n log n) without
-//! allocation is all that is needed.
+//! several kilobytes of code per element type into the filter's .wasm; the list sorted here (the
+//! allow-list) is read once per config, where O(n log n) without allocation is all it needs.
 
 /// Sorts `v` so that no element is `less` than the one before it. Not stable: elements that
 /// compare equal may be reordered.
@@ -18,15 +17,6 @@ pub(crate) fn sort_by<T>(v: &mut [T], mut less: impl FnMut(&T, &T) -> bool) {
             sift_down(heap, 0, &mut less);
         }
     }
-}
-
-/// The indices of `keys` in key order, equal keys in index order (the order a stable sort
-/// leaves them in).
-pub(crate) fn stable_order(keys: &[&str]) -> Vec<usize> {
-    let mut order: Vec<usize> = (0..keys.len()).collect();
-    let key = |i: usize| keys.get(i);
-    sort_by(&mut order, |&a, &b| (key(a), a) < (key(b), b));
-    order
 }
 
 /// Moves `v[node]` down the max-heap `v` until both its children are not greater.
@@ -68,13 +58,6 @@ mod tests {
             sort_by(&mut v, |a, b| a < b);
             assert_eq!(v, want);
         }
-    }
-
-    #[test]
-    fn stable_order_keeps_equal_keys_in_index_order() {
-        let keys = ["b", "a", "b", "c", "a", "b"];
-        assert_eq!(super::stable_order(&keys), [1, 4, 0, 2, 5, 3]);
-        assert!(super::stable_order(&[]).is_empty());
     }
 
     #[test]

@@ -1,8 +1,8 @@
-//! Property tests of the contract: core's murmur3 equals the `murmur3` crate's for any bytes
-//! split anywhere, raising the weight only adds users (placement and the whole
-//! decision), buckets are uniform (chi-square over the 100 cohorts and the 100 sub-buckets),
-//! and `validate` accepts what serde serializes from a valid config, which `parse_wire` reads
-//! back unchanged.
+//! Property tests of the contract: core's murmur3, read over parts in place, equals the
+//! `murmur3` crate's over the parts put together wherever the bytes are split, raising the
+//! weight only adds users (placement and the whole decision), buckets are uniform (chi-square
+//! over the 100 cohorts and the 100 sub-buckets), and `validate` accepts what serde serializes
+//! from a valid config, which `parse_wire` reads back unchanged.
 //!
 //! Native only (`cargo test -p cohort-core`); the wasm32 run covers the library's unit tests.
 
@@ -113,8 +113,8 @@ fn one_rollout(
 proptest! {
     #![proptest_config(Config { cases: 4096, ..Config::default() })]
 
-    /// core's own murmur3 (streamed over the parts, no buffer) is the reference algorithm: the
-    /// `murmur3` crate's over the parts put together, wherever they are split.
+    /// core's murmur3, read over the parts where they lie (no buffer), is the `murmur3` crate's
+    /// over the parts put together, wherever they are split.
     #[test]
     fn murmur3_matches_the_reference_crate(
         data in proptest::collection::vec(any::<u8>(), 0..64),

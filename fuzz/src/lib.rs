@@ -2,16 +2,17 @@
 //! call them, and `tests/replay.rs` runs the committed seeds through them on any toolchain.
 //!
 //! Beyond "no panic", every function asserts properties of the result:
-//! - [`config`]: core's JSON reader accepts exactly what `serde_json` accepts and reads the same
-//!   value; `parse` is `parse_wire` then `validate`; what serde serializes reads back as the same
-//!   config; an accepted config keeps its bounds; a refusal never echoes the force token.
+//! - [`config`]: a document that `serde_json` does not read as an object is refused as one
+//!   error naming the whole document, any other error names its field; `parse` is `parse_wire`
+//!   then `validate`; what serde serializes reads back as the same config; an accepted config
+//!   keeps its bounds; a refusal never echoes the force token.
 //! - [`decide`]: the decision is deterministic and explained by its reason; a forced version
 //!   needs the exact `VERSION:TOKEN`; placements stay inside their ranges.
 //! - [`cookie`]: a found value is a non-empty, bounded slice of the header, under the asked name.
 //! - [`header_map`]: the host's serialized header map reads without trusting its sizes.
 //! - [`place`]: the placement is the documented formula of the murmur3 hash, core's murmur3
-//!   equals the `murmur3` crate's, raising the weight only adds users, and whole percentages
-//!   agree with Unleash.
+//!   (read over salt, `:` and key in place) equals the `murmur3` crate's over them put together,
+//!   raising the weight only adds users, and whole percentages agree with Unleash.
 
 use std::sync::OnceLock;
 
@@ -24,12 +25,11 @@ use cohort_core::config::{
 };
 use cohort_core::decide::{cookie_value, decide as decide_request, Reason, RequestView, Side};
 use cohort_core::header_pairs::{self, HeaderPairs};
-use cohort_core::json;
 
 /// Config parsing and validation of arbitrary bytes.
 pub fn config(data: &[u8]) {
-    json_matches_serde_json(data);
     let wire = parse_wire(data);
+    refusal_names_the_document_only_when_it_is_no_object(data, &wire);
     let compiled = parse(data);
     let wire = match wire {
         Ok(wire) => wire,
@@ -55,67 +55,28 @@ pub fn config(data: &[u8]) {
     }
 }
 
-/// A differential check of the filter's JSON reader: where `serde_json` reads the document into a
-/// `Value`, the reader reads the same value; where `serde_json` refuses it, the reader does too.
-fn json_matches_serde_json(data: &[u8]) {
-    let ours = json::parse(data);
-    let theirs = serde_json::from_slice::<serde_json::Value>(data);
-    match (&ours, &theirs) {
-        (Ok(ours), Ok(theirs)) => assert_eq!(&to_serde(ours), theirs, "json reads another value"),
-        (Err(_), Err(_)) => {}
-        _ => panic!("json and serde_json disagree: {ours:?} against {theirs:?}"),
-    }
-}
-
-fn to_serde(value: &json::Value) -> serde_json::Value {
-    use serde_json::Value as V;
-    match value {
-        json::Value::Null => V::Null,
-        json::Value::Bool(b) => V::Bool(*b),
-        json::Value::Number(json::Number::Whole(n)) => V::from(*n),
-        json::Value::Number(json::Number::Negative(n)) => V::from(*n),
-        json::Value::Number(json::Number::Float {
-            negative,
-            significand,
-            exponent,
-        }) => {
-            let f = f64_from_parts(*significand, *exponent);
-            match serde_json::Number::from_f64(if *negative { -f } else { f }) {
-                Some(n) => V::Number(n),
-                None => panic!("json accepted a number that is not finite: {value:?}"),
-            }
-        }
-        json::Value::String(s) => V::String(s.clone()),
-        json::Value::Array(items) => V::Array(items.iter().map(to_serde).collect()),
-        json::Value::Object(object) => V::Object(
-            object
-                .iter()
-                .map(|(key, value)| (key.clone(), to_serde(value)))
-                .collect(),
+/// The whole document is refused, as one error, exactly when `serde_json` cannot read it or
+/// reads something other than an object; otherwise every error names a field.
+fn refusal_names_the_document_only_when_it_is_no_object(
+    data: &[u8],
+    wire: &Result<FilterConfig, ConfigErrors>,
+) {
+    let object = serde_json::from_slice::<serde_json::Value>(data).is_ok_and(|v| v.is_object());
+    match wire {
+        Ok(wire) => assert!(
+            object,
+            "a document that is no JSON object was read: {wire:?}"
         ),
-    }
-}
-
-/// serde_json's `f64_from_parts` (without `float_roundtrip`): the significand times a table of
-/// powers of ten, dividing by 1e308 while the exponent is below the table.
-fn f64_from_parts(significand: u64, mut exponent: i32) -> f64 {
-    static POW10: OnceLock<Vec<f64>> = OnceLock::new();
-    let pow10 = POW10.get_or_init(|| {
-        (0..=308)
-            .map(|i| format!("1e{i}").parse().unwrap_or(f64::NAN))
-            .collect()
-    });
-    let mut f = significand as f64;
-    loop {
-        match pow10.get(exponent.unsigned_abs() as usize) {
-            Some(&pow) if exponent >= 0 => return f * pow,
-            Some(&pow) => return f / pow,
-            None if f == 0.0 => return f,
-            None if exponent >= 0 => return f64::INFINITY,
-            None => {
-                f /= 1e308;
-                exponent += 308;
-            }
+        Err(errors) if object => assert!(
+            errors.0.iter().all(|error| error.field != "(document)"),
+            "{errors}"
+        ),
+        Err(errors) => {
+            assert_eq!(errors.0.len(), 1, "{errors}");
+            assert!(
+                errors.0.iter().all(|error| error.field == "(document)"),
+                "{errors}"
+            );
         }
     }
 }
@@ -484,7 +445,10 @@ pub fn place(input: &PlaceInput<'_>) {
     let joined = [input.salt.as_bytes(), b":", input.key].concat();
     let hash = murmur3_32(&joined);
     let reference = murmur3::murmur3_32(&mut std::io::Cursor::new(&joined), 0).unwrap_or(!hash);
-    assert_eq!(hash, reference, "core's murmur3 differs from the reference crate's");
+    assert_eq!(
+        hash, reference,
+        "core's murmur3 differs from the crate's over one buffer"
+    );
     assert_eq!(placement, placement_of_hash(hash));
     assert_eq!(u32::from(placement.cohort), hash % 100);
     assert_eq!(
