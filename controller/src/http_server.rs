@@ -19,7 +19,7 @@ use tokio::sync::watch;
 use crate::metrics::{self, Metrics};
 
 /// How long requests under way at shutdown may take to finish; a client that holds its
-/// connection longer is cut off rather than holding up the controller's exit.
+/// connection longer is left to the process's exit rather than holding that exit up.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 /// What `/readyz` reports, updated by the leader elector and the controller loop.
@@ -125,7 +125,7 @@ pub async fn serve(
             stopping.send_replace(true);
         });
     let grace_over = async move {
-        // An error means the server is gone, and `select!` has already returned its result.
+        // The sender goes away only after sending (or with the runtime): an error is a stop too.
         let _ = stopped.wait_for(|stopping| *stopping).await;
         tokio::time::sleep(SHUTDOWN_GRACE).await;
     };
