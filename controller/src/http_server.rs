@@ -1,23 +1,26 @@
 //! The controller's HTTP endpoints: `/metrics` (Prometheus text), `/healthz` (the process
 //! answers) and `/readyz` (it knows whether it leads and, if it does, its watch is established).
 //!
-//! A few lines of HTTP/1.1 over a tokio `TcpListener` are enough for three GETs from kubelet and
-//! Prometheus, and keep a web framework out of the binary. Every response closes the connection.
+//! An axum router on hyper's HTTP/1.1 server: kubelet and Prometheus only ever send GETs.
 
-use std::future::Future;
+use std::future::{Future, IntoFuture};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::Router;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
 
-use crate::metrics::Metrics;
+use crate::metrics::{self, Metrics};
 
-/// Longest request head read; probes and scrapers send a few hundred bytes.
-const MAX_REQUEST_HEAD: usize = 8 * 1024;
-/// A client that has not sent its request head by then is dropped.
-const READ_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long requests under way at shutdown may take to finish; a client that holds its
+/// connection longer is left to the process's exit rather than holding that exit up.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 /// What `/readyz` reports, updated by the leader elector and the controller loop.
 #[derive(Debug)]
@@ -66,131 +69,112 @@ impl Health {
     }
 }
 
-/// One HTTP response.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Reply {
-    /// Status code.
-    pub status: u16,
-    /// `Content-Type`.
-    pub content_type: &'static str,
-    /// Body.
-    pub body: String,
+/// What the handlers share.
+#[derive(Debug, Clone)]
+struct Shared {
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
 }
 
-impl Reply {
-    fn text(status: u16, body: impl Into<String>) -> Self {
-        let mut body = body.into();
-        body.push('\n');
-        Reply {
-            status,
-            content_type: "text/plain; charset=utf-8",
-            body,
-        }
+/// The three endpoints; anything else is a 404, a method other than GET (or HEAD) a 405. The
+/// query string is ignored.
+pub fn router(metrics: Arc<Metrics>, health: Arc<Health>) -> Router {
+    Router::new()
+        .route("/metrics", get(scrape).fallback(only_get))
+        .route("/healthz", get(|| async { "ok\n" }).fallback(only_get))
+        .route("/readyz", get(ready).fallback(only_get))
+        .fallback(|| async {
+            (
+                StatusCode::NOT_FOUND,
+                "not found; try /metrics, /healthz or /readyz\n",
+            )
+        })
+        .with_state(Shared { metrics, health })
+}
+
+async fn scrape(State(shared): State<Shared>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, metrics::CONTENT_TYPE)],
+        shared.metrics.render(),
+    )
+}
+
+async fn ready(State(shared): State<Shared>) -> (StatusCode, String) {
+    match shared.health.readiness() {
+        Ok(why) => (StatusCode::OK, format!("{why}\n")),
+        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n")),
     }
 }
 
-/// Answers one request line; the query string is ignored.
-pub fn route(method: &str, target: &str, metrics: &Metrics, health: &Health) -> Reply {
-    let path = target.split('?').next().unwrap_or_default();
-    if method != "GET" && method != "HEAD" {
-        return Reply::text(405, "only GET");
-    }
-    match path {
-        "/metrics" => Reply {
-            status: 200,
-            content_type: "text/plain; version=0.0.4; charset=utf-8",
-            body: metrics.render(),
-        },
-        "/healthz" => Reply::text(200, "ok"),
-        "/readyz" => match health.readiness() {
-            Ok(why) => Reply::text(200, why),
-            Err(why) => Reply::text(503, why),
-        },
-        _ => Reply::text(404, "not found; try /metrics, /healthz or /readyz"),
-    }
+async fn only_get() -> (StatusCode, &'static str) {
+    (StatusCode::METHOD_NOT_ALLOWED, "only GET\n")
 }
 
-/// Serves until `shutdown` completes. A failing connection is logged and dropped; only a
-/// failing listener ends the server.
+/// Serves until `shutdown` completes, then lets requests under way finish for at most
+/// [`SHUTDOWN_GRACE`]. A failing connection is dropped; the server itself goes on.
 pub async fn serve(
     listener: TcpListener,
     metrics: Arc<Metrics>,
     health: Arc<Health>,
-    shutdown: impl Future<Output = ()>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    tokio::pin!(shutdown);
-    loop {
-        let (stream, peer) = tokio::select! {
-            () = &mut shutdown => return Ok(()),
-            accepted = listener.accept() => accepted?,
-        };
-        let (metrics, health) = (metrics.clone(), health.clone());
-        tokio::spawn(async move {
-            if let Err(error) = answer(stream, &metrics, &health).await {
-                tracing::debug!(%peer, %error, "HTTP connection failed");
-            }
+    let (stopping, mut stopped) = watch::channel(false);
+    let server =
+        axum::serve(listener, router(metrics, health)).with_graceful_shutdown(async move {
+            shutdown.await;
+            stopping.send_replace(true);
         });
-    }
-}
-
-async fn answer(mut stream: TcpStream, metrics: &Metrics, health: &Health) -> std::io::Result<()> {
-    let head = tokio::time::timeout(READ_TIMEOUT, read_head(&mut stream))
-        .await
-        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "no request head"))??;
-    let mut parts = head.lines().next().unwrap_or_default().split(' ');
-    let (method, target) = (
-        parts.next().unwrap_or_default(),
-        parts.next().unwrap_or_default(),
-    );
-    let reply = route(method, target, metrics, health);
-    let reason = match reply.status {
-        200 => "OK",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        _ => "Service Unavailable",
+    let grace_over = async move {
+        // The sender goes away only after sending (or with the runtime): an error is a stop too.
+        let _ = stopped.wait_for(|stopping| *stopping).await;
+        tokio::time::sleep(SHUTDOWN_GRACE).await;
     };
-    let header = format!(
-        "HTTP/1.1 {} {reason}\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        reply.status,
-        reply.content_type,
-        reply.body.len()
-    );
-    stream.write_all(header.as_bytes()).await?;
-    if method != "HEAD" {
-        stream.write_all(reply.body.as_bytes()).await?;
-    }
-    stream.shutdown().await
-}
-
-/// Reads up to the blank line that ends the request head.
-async fn read_head(stream: &mut TcpStream) -> std::io::Result<String> {
-    let mut head = Vec::with_capacity(512);
-    let mut chunk = [0u8; 1024];
-    while !head.windows(4).any(|window| window == b"\r\n\r\n") {
-        if head.len() > MAX_REQUEST_HEAD {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::InvalidData,
-                "request head too long",
-            ));
+    tokio::select! {
+        served = server.into_future() => served,
+        () = grace_over => {
+            tracing::debug!("HTTP connections still open after the shutdown grace: dropped");
+            Ok(())
         }
-        let read = stream.read(&mut chunk).await?;
-        if read == 0 {
-            break;
-        }
-        head.extend_from_slice(&chunk[..read]);
     }
-    Ok(String::from_utf8_lossy(&head).into_owned())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use axum::body::Body;
+    use axum::http::Request;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+    use tower::ServiceExt;
 
-    #[test]
-    fn routes() {
-        let metrics = Metrics::default();
-        let health = Health::new(false);
+    /// Status, `Content-Type` and body of one request through the router.
+    async fn call(router: &Router, method: &str, target: &str) -> (u16, String, String) {
+        let request = Request::builder()
+            .method(method)
+            .uri(target)
+            .body(Body::empty())
+            .unwrap();
+        let response = router.clone().oneshot(request).await.unwrap();
+        let status = response.status().as_u16();
+        let content_type = response.headers()[header::CONTENT_TYPE]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        let body = axum::body::to_bytes(response.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        (
+            status,
+            content_type,
+            String::from_utf8(body.to_vec()).unwrap(),
+        )
+    }
+
+    #[tokio::test]
+    async fn routes() {
+        let health = Arc::new(Health::new(false));
         health.set_watching(true);
+        let router = router(Arc::new(Metrics::default()), health);
         let table = [
             ("GET", "/healthz", 200, "ok\n"),
             ("GET", "/readyz", 200, "leading: watching CanaryRollouts\n"),
@@ -207,24 +191,25 @@ mod tests {
                 "not found; try /metrics, /healthz or /readyz\n",
             ),
             ("POST", "/metrics", 405, "only GET\n"),
+            // HEAD answers as GET would, without the body.
+            ("HEAD", "/healthz", 200, ""),
         ];
         for (method, target, status, body) in table {
-            let reply = route(method, target, &metrics, &health);
+            let (got_status, content_type, got_body) = call(&router, method, target).await;
             assert_eq!(
-                (reply.status, reply.body.as_str()),
+                (got_status, got_body.as_str()),
                 (status, body),
                 "{method} {target}"
             );
+            assert_eq!(
+                content_type, "text/plain; charset=utf-8",
+                "{method} {target}"
+            );
         }
-        let reply = route("GET", "/metrics", &metrics, &health);
-        assert_eq!(reply.status, 200);
-        assert_eq!(
-            reply.content_type,
-            "text/plain; version=0.0.4; charset=utf-8"
-        );
-        assert!(reply
-            .body
-            .contains("# TYPE cohort_controller_rollout_phase gauge"));
+        let (status, content_type, body) = call(&router, "GET", "/metrics").await;
+        assert_eq!(status, 200);
+        assert_eq!(content_type, "text/plain; version=0.0.4; charset=utf-8");
+        assert!(body.contains("# TYPE cohort_controller_rollout_phase gauge"));
     }
 
     #[test]
@@ -262,7 +247,7 @@ mod tests {
         ));
         let mut stream = TcpStream::connect(address).await.unwrap();
         stream
-            .write_all(b"GET /readyz HTTP/1.1\r\nHost: x\r\n\r\n")
+            .write_all(b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
             .await
             .unwrap();
         let mut response = String::new();
@@ -271,9 +256,21 @@ mod tests {
             response.starts_with("HTTP/1.1 503 Service Unavailable\r\n"),
             "{response}"
         );
-        assert!(response.contains("Content-Length: 47\r\n"), "{response}");
+        // Header names are case-insensitive; hyper writes them in lower case.
+        assert!(
+            response
+                .to_ascii_lowercase()
+                .contains("\r\ncontent-length: 47\r\n"),
+            "{response}"
+        );
         assert!(response.ends_with("leadership unknown: no answer on the Lease yet\n"));
+        // A scraper's idle keep-alive connection does not hold the shutdown up.
+        let _idle = TcpStream::connect(address).await.unwrap();
         stop.send(()).unwrap();
-        server.await.unwrap().unwrap();
+        tokio::time::timeout(SHUTDOWN_GRACE / 2, server)
+            .await
+            .expect("the server stops promptly")
+            .unwrap()
+            .unwrap();
     }
 }

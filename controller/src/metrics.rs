@@ -1,16 +1,35 @@
-//! The controller's own metrics, rendered in the Prometheus text format (version 0.0.4) for
-//! `/metrics`: where each rollout stands (phase, weight, gate values and verdicts), how long
-//! reconciles take, how often they fail, and whether this replica leads.
+//! The controller's own metrics, served on `/metrics` in the Prometheus text format (version
+//! 0.0.4) by the official client, `prometheus-client`: where each rollout stands (phase, weight,
+//! gate values and verdicts), how long reconciles take, how often they fail, and whether this
+//! replica leads.
 //!
 //! Names start with `cohort_controller_` so they never mix with the filter's `cohort_*` series,
-//! which Prometheus scrapes from Envoy.
+//! which Prometheus scrapes from Envoy. The Grafana dashboard, the Prometheus manifests and the
+//! tests read these names; `exposition_of_a_known_state_is_pinned` holds them still.
+//!
+//! What happens (reconcile durations, failures) is counted by the client's live metrics. Where
+//! rollouts stand is a snapshot of the statuses just written: a [`Collector`] renders it at each
+//! scrape, so a deleted rollout or a dropped gate leaves no stale series behind.
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{
+    prometheus_text, DescriptorEncoder, EncodeLabelSet, EncodeMetric,
+};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::{Registry, Unit};
+
 use crate::crd::{CanaryRolloutStatus, GateResult, Phase, Verdict};
+
+/// `Content-Type` of [`Metrics::render`]'s text.
+pub const CONTENT_TYPE: &str = prometheus_text::CONTENT_TYPE;
 
 /// Upper bounds (seconds) of the reconcile duration histogram: a reconcile is a metrics query
 /// plus two or three API calls, so tens of milliseconds to a few seconds.
@@ -34,18 +53,29 @@ const VERDICTS: [Verdict; 4] = [
 ];
 
 /// The controller's metrics; shared by the reconciler, the leader elector and the HTTP server.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Metrics {
+    registry: Registry,
+    standing: Arc<Standing>,
+    reconcile_duration: Histogram,
+    reconcile_errors: Family<ErrorLabels, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ErrorLabels {
+    error: &'static str,
+}
+
+/// Where every rollout stands, and whether this replica leads.
+#[derive(Debug, Default)]
+struct Standing {
     state: Mutex<State>,
 }
 
 #[derive(Debug, Default)]
 struct State {
-    /// Keyed by (namespace, name).
+    /// Keyed by (namespace, name): the scrape lists rollouts in this order.
     rollouts: BTreeMap<(String, String), RolloutSeries>,
-    reconcile_duration: Histogram,
-    /// Keyed by error kind (a fixed, small set).
-    reconcile_errors: BTreeMap<&'static str, u64>,
     /// `None` until the leader elector (or its absence) has said.
     leader: Option<bool>,
 }
@@ -57,20 +87,31 @@ struct RolloutSeries {
     gates: Vec<GateResult>,
 }
 
-#[derive(Debug)]
-struct Histogram {
-    /// Per bucket of [`RECONCILE_DURATION_BUCKETS`]: observations at or below its bound.
-    cumulative: [u64; RECONCILE_DURATION_BUCKETS.len()],
-    count: u64,
-    sum_seconds: f64,
-}
-
-impl Default for Histogram {
+impl Default for Metrics {
     fn default() -> Self {
-        Histogram {
-            cumulative: [0; RECONCILE_DURATION_BUCKETS.len()],
-            count: 0,
-            sum_seconds: 0.0,
+        // Registered names leave out the prefix, the unit and a counter's `_total`, and help
+        // texts their final period: the client adds each of them back.
+        let mut registry = Registry::with_prefix("cohort_controller");
+        let reconcile_duration = Histogram::new(RECONCILE_DURATION_BUCKETS);
+        registry.register_with_unit(
+            "reconcile_duration",
+            "Time each reconcile took, failed ones included",
+            Unit::Seconds,
+            reconcile_duration.clone(),
+        );
+        let reconcile_errors = Family::<ErrorLabels, Counter>::default();
+        registry.register(
+            "reconcile_errors",
+            "Reconciles that failed, by kind (target, status, metadata, kube)",
+            reconcile_errors.clone(),
+        );
+        let standing = Arc::new(Standing::default());
+        registry.register_collector(Box::new(standing.clone()));
+        Metrics {
+            registry,
+            standing,
+            reconcile_duration,
+            reconcile_errors,
         }
     }
 }
@@ -78,7 +119,7 @@ impl Default for Histogram {
 impl Metrics {
     /// Records where a rollout stands, from the status just written.
     pub fn observe_rollout(&self, namespace: &str, name: &str, status: &CanaryRolloutStatus) {
-        self.state().rollouts.insert(
+        self.standing.state().rollouts.insert(
             (namespace.to_owned(), name.to_owned()),
             RolloutSeries {
                 phase: status.phase,
@@ -90,279 +131,169 @@ impl Metrics {
 
     /// Drops the series of rollouts for which `keep(namespace, name)` is false (deleted ones).
     pub fn retain_rollouts(&self, keep: impl Fn(&str, &str) -> bool) {
-        self.state()
+        self.standing
+            .state()
             .rollouts
             .retain(|(namespace, name), _| keep(namespace, name));
     }
 
     /// Records one reconcile's duration (successful or not).
     pub fn observe_reconcile(&self, duration: Duration) {
-        let seconds = duration.as_secs_f64();
-        let mut state = self.state();
-        let histogram = &mut state.reconcile_duration;
-        for (bound, count) in RECONCILE_DURATION_BUCKETS
-            .iter()
-            .zip(histogram.cumulative.iter_mut())
-        {
-            if seconds <= *bound {
-                *count += 1;
-            }
-        }
-        histogram.count += 1;
-        histogram.sum_seconds += seconds;
+        self.reconcile_duration.observe(duration.as_secs_f64());
     }
 
     /// Counts a failed reconcile by its kind (a short fixed label, e.g. `target`).
     pub fn count_reconcile_error(&self, kind: &'static str) {
-        *self.state().reconcile_errors.entry(kind).or_default() += 1;
+        self.reconcile_errors
+            .get_or_create(&ErrorLabels { error: kind })
+            .inc();
     }
 
     /// Records whether this replica leads.
     pub fn set_leader(&self, leading: bool) {
-        self.state().leader = Some(leading);
+        self.standing.state().leader = Some(leading);
     }
 
-    /// Everything, in the Prometheus text format.
+    /// Everything, in the Prometheus text format ([`CONTENT_TYPE`]).
     pub fn render(&self) -> String {
-        let state = self.state();
-        let mut out = String::new();
-
-        family(
-            &mut out,
-            "cohort_controller_rollout_phase",
-            "gauge",
-            "1 for the phase each CanaryRollout is in, 0 for the others.",
-        );
-        for ((namespace, name), rollout) in &state.rollouts {
-            for phase in PHASES {
-                let labels = [
-                    ("namespace", namespace.as_str()),
-                    ("rollout", name.as_str()),
-                    ("phase", phase.as_str()),
-                ];
-                sample(
-                    &mut out,
-                    "cohort_controller_rollout_phase",
-                    &labels,
-                    one_hot(rollout.phase == phase),
-                );
-            }
-        }
-
-        family(
-            &mut out,
-            "cohort_controller_rollout_weight_bp",
-            "gauge",
-            "Canary weight each CanaryRollout has pushed to the filter, in basis points.",
-        );
-        for ((namespace, name), rollout) in &state.rollouts {
-            let labels = [
-                ("namespace", namespace.as_str()),
-                ("rollout", name.as_str()),
-            ];
-            sample(
-                &mut out,
-                "cohort_controller_rollout_weight_bp",
-                &labels,
-                f64::from(rollout.weight_bp),
-            );
-        }
-
-        family(
-            &mut out,
-            "cohort_controller_gate_value",
-            "gauge",
-            "Each gate's last canary and stable values and the bound canary was held to.",
-        );
-        for ((namespace, name), rollout) in &state.rollouts {
-            for gate in &rollout.gates {
-                let values = [
-                    ("canary", gate.canary),
-                    ("stable", gate.stable),
-                    ("threshold", gate.threshold),
-                ];
-                for (series, value) in values {
-                    if let Some(value) = value {
-                        let labels = [
-                            ("namespace", namespace.as_str()),
-                            ("rollout", name.as_str()),
-                            ("gate", gate.gate.as_str()),
-                            ("series", series),
-                        ];
-                        sample(&mut out, "cohort_controller_gate_value", &labels, value);
-                    }
-                }
-            }
-        }
-
-        family(
-            &mut out,
-            "cohort_controller_gate_samples",
-            "gauge",
-            "Requests each version had in each gate's last analysis window.",
-        );
-        for ((namespace, name), rollout) in &state.rollouts {
-            for gate in &rollout.gates {
-                let counts = [
-                    ("canary", gate.canary_samples),
-                    ("stable", gate.stable_samples),
-                ];
-                for (version, count) in counts {
-                    let labels = [
-                        ("namespace", namespace.as_str()),
-                        ("rollout", name.as_str()),
-                        ("gate", gate.gate.as_str()),
-                        ("version", version),
-                    ];
-                    sample(&mut out, "cohort_controller_gate_samples", &labels, count);
-                }
-            }
-        }
-
-        family(
-            &mut out,
-            "cohort_controller_gate_verdict",
-            "gauge",
-            "1 for each gate's last verdict, 0 for the others.",
-        );
-        for ((namespace, name), rollout) in &state.rollouts {
-            for gate in &rollout.gates {
-                for verdict in VERDICTS {
-                    let labels = [
-                        ("namespace", namespace.as_str()),
-                        ("rollout", name.as_str()),
-                        ("gate", gate.gate.as_str()),
-                        ("verdict", verdict.as_str()),
-                    ];
-                    sample(
-                        &mut out,
-                        "cohort_controller_gate_verdict",
-                        &labels,
-                        one_hot(gate.verdict == verdict),
-                    );
-                }
-            }
-        }
-
-        let name = "cohort_controller_reconcile_duration_seconds";
-        family(
-            &mut out,
-            name,
-            "histogram",
-            "Time each reconcile took, failed ones included.",
-        );
-        let histogram = &state.reconcile_duration;
-        for (bound, count) in RECONCILE_DURATION_BUCKETS
-            .iter()
-            .zip(histogram.cumulative.iter())
-        {
-            let le = number(*bound);
-            sample(
-                &mut out,
-                &format!("{name}_bucket"),
-                &[("le", &le)],
-                *count as f64,
-            );
-        }
-        let count = histogram.count as f64;
-        sample(
-            &mut out,
-            &format!("{name}_bucket"),
-            &[("le", "+Inf")],
-            count,
-        );
-        sample(&mut out, &format!("{name}_sum"), &[], histogram.sum_seconds);
-        sample(&mut out, &format!("{name}_count"), &[], count);
-
-        family(
-            &mut out,
-            "cohort_controller_reconcile_errors_total",
-            "counter",
-            "Reconciles that failed, by kind (target, status, metadata, kube).",
-        );
-        for (kind, count) in &state.reconcile_errors {
-            sample(
-                &mut out,
-                "cohort_controller_reconcile_errors_total",
-                &[("error", kind)],
-                *count as f64,
-            );
-        }
-
-        family(
-            &mut out,
-            "cohort_controller_leader",
-            "gauge",
-            "1 while this replica holds the leader Lease (or runs without leader election).",
-        );
-        if let Some(leading) = state.leader {
-            sample(&mut out, "cohort_controller_leader", &[], one_hot(leading));
-        }
-        out
+        let mut text = String::new();
+        // Writing to a String cannot fail, and neither can `Standing::encode` but through it.
+        let _ = prometheus_text::encode(&mut text, &self.registry);
+        text
     }
+}
 
+impl Standing {
     /// A poisoned lock still holds usable numbers: a panic elsewhere must not blind `/metrics`.
     fn state(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
-fn family(out: &mut String, name: &str, kind: &str, help: &str) {
-    // Writing to a String cannot fail.
-    let _ = writeln!(out, "# HELP {name} {help}");
-    let _ = writeln!(out, "# TYPE {name} {kind}");
-}
+impl Collector for Standing {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> std::fmt::Result {
+        let state = self.state();
+        let rollouts = || {
+            state
+                .rollouts
+                .iter()
+                .map(|((namespace, name), rollout)| (namespace.as_str(), name.as_str(), rollout))
+        };
+        let gates = || {
+            rollouts().flat_map(|(namespace, name, rollout)| {
+                rollout
+                    .gates
+                    .iter()
+                    .map(move |gate| (namespace, name, gate))
+            })
+        };
 
-fn sample(out: &mut String, name: &str, labels: &[(&str, &str)], value: f64) {
-    out.push_str(name);
-    if !labels.is_empty() {
-        out.push('{');
-        for (i, (label, value)) in labels.iter().enumerate() {
-            if i > 0 {
-                out.push(',');
+        let mut family = encoder.encode_descriptor(
+            "rollout_phase",
+            "1 for the phase each CanaryRollout is in, 0 for the others.",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (namespace, name, rollout) in rollouts() {
+            for phase in PHASES {
+                let labels = [
+                    ("namespace", namespace),
+                    ("rollout", name),
+                    ("phase", phase.as_str()),
+                ];
+                let on = i64::from(rollout.phase == phase);
+                ConstGauge::new(on).encode(family.encode_family(&labels)?)?;
             }
-            out.push_str(label);
-            out.push_str("=\"");
-            escape_label_value(out, value);
-            out.push('"');
         }
-        out.push('}');
-    }
-    out.push(' ');
-    out.push_str(&number(value));
-    out.push('\n');
-}
 
-/// Label values escape backslash, double quote and newline, and nothing else.
-fn escape_label_value(out: &mut String, value: &str) {
-    for c in value.chars() {
-        match c {
-            '\\' => out.push_str("\\\\"),
-            '"' => out.push_str("\\\""),
-            '\n' => out.push_str("\\n"),
-            c => out.push(c),
+        let mut family = encoder.encode_descriptor(
+            "rollout_weight_bp",
+            "Canary weight each CanaryRollout has pushed to the filter, in basis points.",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (namespace, name, rollout) in rollouts() {
+            let labels = [("namespace", namespace), ("rollout", name)];
+            ConstGauge::new(rollout.weight_bp).encode(family.encode_family(&labels)?)?;
         }
-    }
-}
 
-/// A sample value as Prometheus reads it (`+Inf`, `-Inf`, `NaN`; Rust would write `inf`).
-fn number(value: f64) -> String {
-    if value.is_nan() {
-        "NaN".to_owned()
-    } else if value == f64::INFINITY {
-        "+Inf".to_owned()
-    } else if value == f64::NEG_INFINITY {
-        "-Inf".to_owned()
-    } else {
-        value.to_string()
-    }
-}
+        let mut family = encoder.encode_descriptor(
+            "gate_value",
+            "Each gate's last canary and stable values and the bound canary was held to.",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (namespace, name, gate) in gates() {
+            let values = [
+                ("canary", gate.canary),
+                ("stable", gate.stable),
+                ("threshold", gate.threshold),
+            ];
+            // An absent value (no threshold, say) is no series, not a zero.
+            for (series, value) in values {
+                if let Some(value) = value {
+                    let labels = [
+                        ("namespace", namespace),
+                        ("rollout", name),
+                        ("gate", gate.gate.as_str()),
+                        ("series", series),
+                    ];
+                    ConstGauge::new(value).encode(family.encode_family(&labels)?)?;
+                }
+            }
+        }
 
-fn one_hot(on: bool) -> f64 {
-    if on {
-        1.0
-    } else {
-        0.0
+        let mut family = encoder.encode_descriptor(
+            "gate_samples",
+            "Requests each version had in each gate's last analysis window.",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (namespace, name, gate) in gates() {
+            let counts = [
+                ("canary", gate.canary_samples),
+                ("stable", gate.stable_samples),
+            ];
+            for (version, count) in counts {
+                let labels = [
+                    ("namespace", namespace),
+                    ("rollout", name),
+                    ("gate", gate.gate.as_str()),
+                    ("version", version),
+                ];
+                ConstGauge::new(count).encode(family.encode_family(&labels)?)?;
+            }
+        }
+
+        let mut family = encoder.encode_descriptor(
+            "gate_verdict",
+            "1 for each gate's last verdict, 0 for the others.",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (namespace, name, gate) in gates() {
+            for verdict in VERDICTS {
+                let labels = [
+                    ("namespace", namespace),
+                    ("rollout", name),
+                    ("gate", gate.gate.as_str()),
+                    ("verdict", verdict.as_str()),
+                ];
+                let on = i64::from(gate.verdict == verdict);
+                ConstGauge::new(on).encode(family.encode_family(&labels)?)?;
+            }
+        }
+
+        let family = encoder.encode_descriptor(
+            "leader",
+            "1 while this replica holds the leader Lease (or runs without leader election).",
+            None,
+            MetricType::Gauge,
+        )?;
+        if let Some(leading) = state.leader {
+            ConstGauge::new(i64::from(leading)).encode(family)?;
+        }
+        Ok(())
     }
 }
 
@@ -419,7 +350,7 @@ mod tests {
             r#"cohort_controller_rollout_weight_bp{namespace="shop",rollout="checkout"} 500"#,
             r#"cohort_controller_gate_value{namespace="shop",rollout="checkout",gate="error-rate",series="canary"} 0.02"#,
             r#"cohort_controller_gate_value{namespace="shop",rollout="checkout",gate="error-rate",series="stable"} 0.01"#,
-            r#"cohort_controller_gate_samples{namespace="shop",rollout="checkout",gate="error-rate",version="canary"} 150"#,
+            r#"cohort_controller_gate_samples{namespace="shop",rollout="checkout",gate="error-rate",version="canary"} 150.0"#,
             r#"cohort_controller_gate_verdict{namespace="shop",rollout="checkout",gate="error-rate",verdict="Fail"} 1"#,
             r#"cohort_controller_gate_verdict{namespace="shop",rollout="checkout",gate="error-rate",verdict="Pass"} 0"#,
         ] {
@@ -431,7 +362,11 @@ mod tests {
 
     #[test]
     fn every_family_has_help_and_type_once() {
-        let text = Metrics::default().render();
+        let metrics = Metrics::default();
+        // The client declares a labelled counter once it has a series (as client_golang does);
+        // every other family is declared from the start.
+        metrics.count_reconcile_error("target");
+        let text = metrics.render();
         for family in [
             "cohort_controller_rollout_phase gauge",
             "cohort_controller_rollout_weight_bp gauge",
@@ -508,11 +443,103 @@ mod tests {
 
     #[test]
     fn label_values_and_numbers_are_escaped() {
-        let mut out = String::new();
-        sample(&mut out, "m", &[("gate", "a\"b\\c\nd")], f64::INFINITY);
-        assert_eq!(out, "m{gate=\"a\\\"b\\\\c\\nd\"} +Inf\n");
-        assert_eq!(number(f64::NAN), "NaN");
-        assert_eq!(number(f64::NEG_INFINITY), "-Inf");
-        assert_eq!(number(0.25), "0.25");
+        let metrics = Metrics::default();
+        let odd = GateResult {
+            canary: Some(f64::INFINITY),
+            stable: Some(f64::NEG_INFINITY),
+            threshold: Some(f64::NAN),
+            canary_samples: 0.25,
+            ..gate("a\"b\\c\nd", Verdict::Pass)
+        };
+        let status = CanaryRolloutStatus {
+            gates: vec![odd],
+            ..CanaryRolloutStatus::default()
+        };
+        metrics.observe_rollout("shop", "checkout", &status);
+        let text = metrics.render();
+        let samples = lines(&text);
+        let labels = r#"namespace="shop",rollout="checkout",gate="a\"b\\c\nd""#;
+        for expected in [
+            format!(r#"cohort_controller_gate_value{{{labels},series="canary"}} +Inf"#),
+            format!(r#"cohort_controller_gate_value{{{labels},series="stable"}} -Inf"#),
+            format!(r#"cohort_controller_gate_value{{{labels},series="threshold"}} NaN"#),
+            format!(r#"cohort_controller_gate_samples{{{labels},version="canary"}} 0.25"#),
+        ] {
+            assert!(
+                samples.contains(&expected.as_str()),
+                "missing {expected}\n{text}"
+            );
+        }
     }
+
+    /// The whole page for one known state: every name, type, help text, label set and bucket
+    /// bound that the dashboard, the Prometheus manifests and the tests read.
+    #[test]
+    fn exposition_of_a_known_state_is_pinned() {
+        let metrics = Metrics::default();
+        let status = CanaryRolloutStatus {
+            phase: Phase::Paused,
+            weight_bp: 2500,
+            gates: vec![GateResult {
+                threshold: Some(0.05),
+                ..gate("error-rate", Verdict::Inconclusive)
+            }],
+            ..CanaryRolloutStatus::default()
+        };
+        metrics.observe_rollout("shop", "checkout", &status);
+        metrics.observe_reconcile(Duration::from_millis(30));
+        metrics.count_reconcile_error("kube");
+        metrics.set_leader(false);
+        assert_eq!(metrics.render(), PINNED);
+    }
+
+    const PINNED: &str = r#"# HELP cohort_controller_reconcile_duration_seconds Time each reconcile took, failed ones included.
+# TYPE cohort_controller_reconcile_duration_seconds histogram
+cohort_controller_reconcile_duration_seconds_bucket{le="0.005"} 0
+cohort_controller_reconcile_duration_seconds_bucket{le="0.01"} 0
+cohort_controller_reconcile_duration_seconds_bucket{le="0.025"} 0
+cohort_controller_reconcile_duration_seconds_bucket{le="0.05"} 1
+cohort_controller_reconcile_duration_seconds_bucket{le="0.1"} 1
+cohort_controller_reconcile_duration_seconds_bucket{le="0.25"} 1
+cohort_controller_reconcile_duration_seconds_bucket{le="0.5"} 1
+cohort_controller_reconcile_duration_seconds_bucket{le="1"} 1
+cohort_controller_reconcile_duration_seconds_bucket{le="2.5"} 1
+cohort_controller_reconcile_duration_seconds_bucket{le="5"} 1
+cohort_controller_reconcile_duration_seconds_bucket{le="10"} 1
+cohort_controller_reconcile_duration_seconds_bucket{le="+Inf"} 1
+cohort_controller_reconcile_duration_seconds_sum 0.03
+cohort_controller_reconcile_duration_seconds_count 1
+# HELP cohort_controller_reconcile_errors_total Reconciles that failed, by kind (target, status, metadata, kube).
+# TYPE cohort_controller_reconcile_errors_total counter
+cohort_controller_reconcile_errors_total{error="kube"} 1
+# HELP cohort_controller_rollout_phase 1 for the phase each CanaryRollout is in, 0 for the others.
+# TYPE cohort_controller_rollout_phase gauge
+cohort_controller_rollout_phase{namespace="shop",rollout="checkout",phase="Pending"} 0
+cohort_controller_rollout_phase{namespace="shop",rollout="checkout",phase="Progressing"} 0
+cohort_controller_rollout_phase{namespace="shop",rollout="checkout",phase="Paused"} 1
+cohort_controller_rollout_phase{namespace="shop",rollout="checkout",phase="Promoted"} 0
+cohort_controller_rollout_phase{namespace="shop",rollout="checkout",phase="RolledBack"} 0
+cohort_controller_rollout_phase{namespace="shop",rollout="checkout",phase="Aborted"} 0
+# HELP cohort_controller_rollout_weight_bp Canary weight each CanaryRollout has pushed to the filter, in basis points.
+# TYPE cohort_controller_rollout_weight_bp gauge
+cohort_controller_rollout_weight_bp{namespace="shop",rollout="checkout"} 2500
+# HELP cohort_controller_gate_value Each gate's last canary and stable values and the bound canary was held to.
+# TYPE cohort_controller_gate_value gauge
+cohort_controller_gate_value{namespace="shop",rollout="checkout",gate="error-rate",series="canary"} 0.02
+cohort_controller_gate_value{namespace="shop",rollout="checkout",gate="error-rate",series="stable"} 0.01
+cohort_controller_gate_value{namespace="shop",rollout="checkout",gate="error-rate",series="threshold"} 0.05
+# HELP cohort_controller_gate_samples Requests each version had in each gate's last analysis window.
+# TYPE cohort_controller_gate_samples gauge
+cohort_controller_gate_samples{namespace="shop",rollout="checkout",gate="error-rate",version="canary"} 150.0
+cohort_controller_gate_samples{namespace="shop",rollout="checkout",gate="error-rate",version="stable"} 2000.0
+# HELP cohort_controller_gate_verdict 1 for each gate's last verdict, 0 for the others.
+# TYPE cohort_controller_gate_verdict gauge
+cohort_controller_gate_verdict{namespace="shop",rollout="checkout",gate="error-rate",verdict="Pass"} 0
+cohort_controller_gate_verdict{namespace="shop",rollout="checkout",gate="error-rate",verdict="Fail"} 0
+cohort_controller_gate_verdict{namespace="shop",rollout="checkout",gate="error-rate",verdict="Inconclusive"} 1
+cohort_controller_gate_verdict{namespace="shop",rollout="checkout",gate="error-rate",verdict="Error"} 0
+# HELP cohort_controller_leader 1 while this replica holds the leader Lease (or runs without leader election).
+# TYPE cohort_controller_leader gauge
+cohort_controller_leader 0
+"#;
 }
