@@ -7,11 +7,12 @@
 //!
 //! One reconcile is one [`driver::cycle`] over the rollout's WasmPlugin ([`WasmPluginTarget`]),
 //! the shared metric source (samples read only at a live step, [`Sampling::WhenPlanned`]), and
-//! its status subresource and Events ([`cluster::ClusterStore`]), which record after the push
+//! its status subresource and Events (`cluster::ClusterStore`), which record after the push
 //! ([`driver::Order::PushThenRecord`] says why and what a failure leaves). A reconcile that hangs
 //! (an API server that does not answer) is cut off after [`RECONCILE_TIMEOUT`]; failures are
-//! retried with backoff ([`error_policy`]). All Kubernetes I/O but the watch and the Lease is in
-//! [`cluster`].
+//! retried with backoff ([`error_policy`]). The rollout's own Kubernetes I/O (status, Events,
+//! the finalizer, the force token's Secret) is in the `cluster` submodule; the WasmPlugin's in
+//! [`crate::target::wasmplugin`].
 //!
 //! Deletion: every rollout gets the finalizer [`FINALIZER`] before its first push. A rollout
 //! marked for deletion has its entry removed from its WasmPlugin
@@ -178,7 +179,7 @@ pub struct Context {
     failures: Mutex<HashMap<(String, String), u32>>,
     /// Statuses whose weight was pushed but whose write failed, per rollout, with the status
     /// they replace: the retry plans from them, so it neither repeats the step nor serves a
-    /// lower weight than the one already pushed ([`cluster::ClusterStore`]).
+    /// lower weight than the one already pushed (`cluster::ClusterStore`).
     unrecorded: Mutex<HashMap<(String, String), cluster::Unrecorded>>,
     /// A reconcile taking longer (a hung API server) fails and is retried with backoff.
     reconcile_timeout: Duration,
