@@ -48,10 +48,11 @@ use serde_json::{json, Value};
 use tower_test::mock::{self, Handle};
 
 use cohort_controller::crd::{CanaryRollout, Phase};
+use cohort_controller::driver::Clock;
 use cohort_controller::evaluate::{Bucket, Observed, Samples, VersionSamples};
 use cohort_controller::metrics::Metrics;
 use cohort_controller::reconciler::{
-    reconcile, Clock, Context, MAX_CONCURRENT_RECONCILES, SHARED_ANSWER_FRESHNESS,
+    reconcile, Context, MAX_CONCURRENT_RECONCILES, SHARED_ANSWER_FRESHNESS,
 };
 use cohort_controller::source::shared::SharedCycle;
 use cohort_controller::source::{BoxFuture, MetricSource, SamplesByRollout, SeriesRequest};

@@ -24,8 +24,8 @@ use tokio::task::JoinHandle;
 use tower_test::mock::{self, Handle};
 
 use crate::crd::{CanaryRollout, CanaryRolloutStatus};
+use crate::driver::Clock;
 use crate::evaluate::Samples;
-use crate::reconciler::Clock;
 use crate::source::{BoxFuture, MetricSource, SamplesByRollout, SeriesRequest};
 
 /// Namespace of the test rollout and its WasmPlugin.

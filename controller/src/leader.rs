@@ -17,8 +17,6 @@ use kube::api::{Api, PostParams};
 use kube::Client;
 use tokio::sync::watch;
 
-use crate::reconciler::Result;
-
 /// How long a Lease holds without renewal.
 pub const DEFAULT_LEASE_DURATION: Duration = Duration::from_secs(15);
 /// How often the holder renews (and a candidate retries).
@@ -167,7 +165,7 @@ impl LeaderElector {
 
     /// One attempt on the Lease; returns whether this replica holds it afterwards. Losing a
     /// race (409 on create or replace) is not an error: someone else leads.
-    pub async fn try_acquire_or_renew(&self, now: Timestamp) -> Result<bool> {
+    pub async fn try_acquire_or_renew(&self, now: Timestamp) -> Result<bool, kube::Error> {
         let current = self.api.get_opt(&self.settings.name).await?;
         let decision = decide(current.as_ref(), &self.settings.identity, now);
         let written = match decision {
@@ -188,12 +186,12 @@ impl LeaderElector {
             Err(kube::Error::Api(status)) if status.is_conflict() || status.is_already_exists() => {
                 Ok(false)
             }
-            Err(error) => Err(error.into()),
+            Err(error) => Err(error),
         }
     }
 
     /// Gives the Lease up (if we hold it) so a successor need not wait for it to expire.
-    pub async fn release(&self, now: Timestamp) -> Result<()> {
+    pub async fn release(&self, now: Timestamp) -> Result<(), kube::Error> {
         let Some(mut lease) = self.api.get_opt(&self.settings.name).await? else {
             return Ok(());
         };
@@ -214,7 +212,7 @@ impl LeaderElector {
             Ok(_) => Ok(()),
             // Someone wrote it in between: it is not ours to release any more.
             Err(kube::Error::Api(status)) if status.is_conflict() => Ok(()),
-            Err(error) => Err(error.into()),
+            Err(error) => Err(error),
         }
     }
 

@@ -2,14 +2,15 @@
 //! sends everyone back to stable when one fails.
 //!
 //! A pure core decides: [`crd`] (the resource), [`evaluate()`] (gate verdicts), [`plan()`] (the
-//! state machine), [`filter_config`] and [`validate`]. A thin shell does the I/O, one module
-//! each: [`source`] (Prometheus, Envoy admin), [`target`] (WasmPlugin, ECDS file),
-//! [`reconciler`] (Kubernetes), [`standalone`] (`cohort run`), [`cli`] (operator verbs). The
-//! shell only fetches, calls the core, and applies the [`Plan`].
+//! state machine), [`filter_config`] and [`validate`]. One [`driver`] cycle fetches, calls the
+//! core, and applies the [`Plan`], for both [`reconciler`] (Kubernetes) and [`standalone`]
+//! (`cohort run`). The rest of the shell does the I/O, one module each: [`source`] (Prometheus,
+//! Envoy admin), [`target`] (WasmPlugin, ECDS file), [`cli`] (operator verbs).
 
 pub mod analyze;
 pub mod cli;
 pub mod crd;
+pub mod driver;
 pub mod duration;
 pub mod evaluate;
 pub mod filter_config;

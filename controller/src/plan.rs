@@ -38,7 +38,8 @@ use k8s_openapi::jiff::Timestamp;
 use cohort_core::bucket::FULL_WEIGHT_BP;
 
 use crate::crd::{
-    CanaryRolloutSpec, CanaryRolloutStatus, HistoryEntry, OnTrouble, Phase, Verdict, HISTORY_LIMIT,
+    CanaryRolloutSpec, CanaryRolloutStatus, GateResult, HistoryEntry, OnTrouble, Phase, Verdict,
+    HISTORY_LIMIT,
 };
 use crate::duration;
 use crate::evaluate::Evaluation;
@@ -133,6 +134,68 @@ pub fn plan(
     planner.status.observed_generation = input.generation.or(previous.observed_generation);
     planner.run(input.evaluation.as_ref());
     planner.finish(&previous)
+}
+
+/// What a controller that stopped between its push and its status write left: the target
+/// serves the next step's weight (an advance) or 0 (a rollback) while `status` still records the
+/// step before. Planned as that transition now, so the step is neither repeated nor undone, and
+/// as the stopped controller planned it: without a pause or promotion set since, which its
+/// author set seeing the old status and which applies to the adopted one in this same cycle
+/// (after a rollback, a promotion waits for a retry, as after any rollback). `None` when the live
+/// weight is what the status records, or is not explained by one transition. Pure, like
+/// [`plan`]: `live_bp` is the weight the target serves (`None` without an entry).
+pub fn adopt_unrecorded(
+    spec: &CanaryRolloutSpec,
+    status: &CanaryRolloutStatus,
+    live_bp: Option<u32>,
+    name: &str,
+    generation: Option<i64>,
+    now: Timestamp,
+) -> Option<Plan> {
+    let live_bp = live_bp?;
+    let step = usize::try_from(status.step_index?).ok()?;
+    if live_bp == status.weight_bp
+        || spec.abort
+        || !matches!(status.phase, Phase::Progressing | Phase::Paused)
+    {
+        return None;
+    }
+    let as_planned = CanaryRolloutSpec {
+        paused: false,
+        promote: false,
+        ..spec.clone()
+    };
+    let evaluation = if live_bp == 0 {
+        Evaluation {
+            verdict: Verdict::Fail,
+            results: vec![GateResult {
+                gate: "recovered".to_owned(),
+                verdict: Verdict::Fail,
+                canary: None,
+                stable: None,
+                threshold: None,
+                canary_samples: 0.0,
+                stable_samples: 0.0,
+                reason: "the filter serves weight 0, which only a rollback writes; the controller \
+                         that wrote it stopped before recording it"
+                    .to_owned(),
+            }],
+        }
+    } else if as_planned.steps.get(step + 1).map(|next| next.weight_bp()) == Some(live_bp) {
+        Evaluation {
+            verdict: Verdict::Pass,
+            results: status.gates.clone(),
+        }
+    } else {
+        return None;
+    };
+    let input = PlanInput {
+        rollout: name.to_owned(),
+        generation,
+        evaluation: Some(evaluation),
+    };
+    let adopted = plan(&as_planned, Some(status), &input, now);
+    (adopted.weight_bp == live_bp).then_some(adopted)
 }
 
 /// The spec's durations, parsed (with fallbacks when the spec is invalid and they are not).

@@ -70,8 +70,8 @@ pub const API_CALLS: &[ApiCall] = &[
         "canaryrollouts",
         "patch",
         Scope::Cluster,
-        "reconciler::reconcile_guarded (kube-runtime finalizer: a JSON patch adding, then \
-         removing, metadata.finalizers)",
+        "reconciler::cluster::with_finalizer (kube-runtime finalizer: a JSON patch adding, \
+         then removing, metadata.finalizers)",
     ),
     call(
         "",
@@ -99,21 +99,21 @@ pub const API_CALLS: &[ApiCall] = &[
         "canaryrollouts/status",
         "patch",
         Scope::Cluster,
-        "reconciler::write_status (server-side apply of status)",
+        "reconciler::cluster::write_status (server-side apply of status)",
     ),
     call(
         "events.k8s.io",
         "events",
         "create",
         Scope::Cluster,
-        "reconciler::publish (kube-runtime Recorder: a new Event)",
+        "reconciler::cluster::publish (kube-runtime Recorder: a new Event)",
     ),
     call(
         "events.k8s.io",
         "events",
         "patch",
         Scope::Cluster,
-        "reconciler::publish (kube-runtime Recorder: a repeated Event's series)",
+        "reconciler::cluster::publish (kube-runtime Recorder: a repeated Event's series)",
     ),
     call(
         "coordination.k8s.io",

@@ -1,33 +1,21 @@
 //! The in-cluster controller: kube-runtime's `Controller` watching CanaryRollouts, and a thin
-//! [`reconcile`] that fetches, calls the pure core, and applies the result.
+//! [`reconcile`] that runs the [`driver`] cycle on one of them.
 //!
 //! A reconcile starts when a rollout's spec, finalizers or deletion mark change, and when the
 //! requeue its last plan asked for comes due; never because a reconcile wrote status
 //! ([`reconcile_trigger`]), so a rollout is analysed once per interval.
 //!
-//! One reconcile:
-//! 1. fetch samples from the [`MetricSource`] and [`evaluate`] them, when the rollout is at a
-//!    step where the plan reads them;
-//! 2. [`plan`] the next status, weight, Events and requeue (with `now` from the [`Clock`]);
-//! 3. read the force token from the Secret the spec names, if any, and push the weight (and
-//!    the token) to the WasmPlugin ([`WasmPluginTarget`]);
-//! 4. write status by server-side apply on the status subresource;
-//! 5. publish the planned Events.
+//! One reconcile is one [`driver::cycle`] over the rollout's WasmPlugin ([`WasmPluginTarget`]),
+//! the shared metric source (samples read only at a live step, [`Sampling::WhenPlanned`]), and
+//! its status subresource and Events (`cluster::ClusterStore`), which record after the push
+//! ([`driver::Order::PushThenRecord`] says why and what a failure leaves). A reconcile that hangs
+//! (an API server that does not answer) is cut off after [`RECONCILE_TIMEOUT`]; failures are
+//! retried with backoff ([`error_policy`]). The rollout's own Kubernetes I/O (status, Events,
+//! the finalizer, the force token's Secret) is in the `cluster` submodule; the WasmPlugin's in
+//! [`crate::target::wasmplugin`].
 //!
-//! Status is the source of truth, so the weight goes out before the status that records it: a
-//! failed push leaves status where it was (plus a `Degraded` condition and a Warning Event) and
-//! the reconcile is retried with backoff ([`error_policy`]); a failed status write after a push
-//! is retried from the status that was pushed (kept in memory while the stored one is unchanged),
-//! so the retry neither repeats the step nor serves a lower weight; a reconcile that hangs (an API
-//! server that does not answer) is cut off after [`RECONCILE_TIMEOUT`] and retried the same way.
-//! A replica that stopped between the two writes has no memory to hand over: its successor reads
-//! the live entry before planning and records the transition it finds there (the next step, or a
-//! rollback) as done.
-//! A Fail therefore reaches the filter as weight 0 before anything else is written.
-//!
-//! Deletion: every rollout gets the finalizer [`FINALIZER`] before its first push (kube-runtime's
-//! [`finalizer`] helper: a JSON patch that tests the list it extends, so it never clobbers
-//! another finalizer). A rollout marked for deletion has its entry removed from its WasmPlugin
+//! Deletion: every rollout gets the finalizer [`FINALIZER`] before its first push. A rollout
+//! marked for deletion has its entry removed from its WasmPlugin
 //! ([`WasmPluginTarget::release`]), so its users are served stable, then an Event, then the
 //! finalizer goes and Kubernetes deletes it. A missing WasmPlugin serves no entry: nothing to
 //! remove. Any other failure keeps the finalizer (deletion waits) and is retried with backoff
@@ -42,38 +30,30 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
-use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::Api;
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
-use kube::runtime::finalizer::{self, finalizer};
+use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{self, reflector, ObjectRef};
 use kube::runtime::{watcher, PredicateConfig, WatchStreamExt};
 use kube::{Client, Resource, ResourceExt};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::crd::{
-    CanaryRollout, CanaryRolloutSpec, CanaryRolloutStatus, GateResult, Phase, Target, Verdict,
-};
-use crate::evaluate::{evaluate, evaluate_window, Evaluation, Samples};
-use crate::filter_config::spec_to_filter_config;
-use crate::force_token::{self, ForceTokenError};
+use crate::crd::{CanaryRollout, CanaryRolloutSpec, Target};
+use crate::driver::{self, Clock, Sampling, SystemClock};
+use crate::force_token::ForceTokenError;
 use crate::http_server::{self, Health};
 use crate::leader::{LeaderElector, LeaseSettings};
 use crate::metrics::Metrics;
-use crate::plan::{
-    plan, EventKind, Plan, PlanInput, PlannedEvent, CONDITION_DEGRADED, CONDITION_INVALID_SPEC,
-};
-use crate::sequential;
+use crate::plan::{EventKind, PlannedEvent};
 use crate::source::prometheus::PrometheusSource;
 use crate::source::series::SourceError;
 use crate::source::shared::SharedCycle;
-use crate::source::{MetricSource, SeriesRequest};
-use crate::target::wasmplugin::{field_manager, live_weight, WasmPluginTarget};
+use crate::source::MetricSource;
+use crate::target::wasmplugin::{field_manager, WasmPluginTarget};
 use crate::target::{Released, TargetError};
-use crate::validate::validate_spec;
+
+mod cluster;
 
 /// Default `--metrics-address`: the port manifests/controller/deployment.yaml names `metrics`.
 pub const DEFAULT_METRICS_ADDRESS: &str = "0.0.0.0:9090";
@@ -104,8 +84,6 @@ pub const RECONCILE_TIMEOUT: Duration = Duration::from_secs(60);
 /// The finalizer that holds a deleted CanaryRollout until its entry is gone from its target:
 /// without it, the entry would keep sending users to the canary with no rollout managing it.
 pub const FINALIZER: &str = "cohort.dev/remove-filter-entry";
-/// Event notes are capped at 1 kB by the API.
-const MAX_EVENT_NOTE: usize = 1024;
 
 /// Why a reconcile (or the controller around it) failed.
 #[derive(Debug, thiserror::Error)]
@@ -188,22 +166,6 @@ impl Error {
 /// The controller's result type.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// Where the reconciler reads the time; tests fix it.
-pub trait Clock: Send + Sync {
-    /// The current time.
-    fn now(&self) -> Timestamp;
-}
-
-/// The system clock.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct SystemClock;
-
-impl Clock for SystemClock {
-    fn now(&self) -> Timestamp {
-        Timestamp::now()
-    }
-}
-
 /// What every reconcile shares.
 pub struct Context {
     client: Client,
@@ -217,18 +179,10 @@ pub struct Context {
     failures: Mutex<HashMap<(String, String), u32>>,
     /// Statuses whose weight was pushed but whose write failed, per rollout, with the status
     /// they replace: the retry plans from them, so it neither repeats the step nor serves a
-    /// lower weight than the one already pushed.
-    unrecorded: Mutex<HashMap<(String, String), Unrecorded>>,
+    /// lower weight than the one already pushed (`cluster::ClusterStore`).
+    unrecorded: Mutex<HashMap<(String, String), cluster::Unrecorded>>,
     /// A reconcile taking longer (a hung API server) fails and is retried with backoff.
     reconcile_timeout: Duration,
-}
-
-/// A status that was served but not written, and the stored status it was planned from.
-struct Unrecorded {
-    stored: Option<CanaryRolloutStatus>,
-    planned: CanaryRolloutStatus,
-    /// Its Events, published once the status is written.
-    events: Vec<PlannedEvent>,
 }
 
 impl Context {
@@ -280,7 +234,9 @@ impl Context {
         self.failures.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn unrecorded(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), Unrecorded>> {
+    fn unrecorded(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<(String, String), cluster::Unrecorded>> {
         self.unrecorded
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -342,31 +298,14 @@ async fn reconcile_guarded(rollout: &Arc<CanaryRollout>, ctx: &Context) -> Resul
     let namespace = rollout
         .namespace()
         .ok_or_else(|| Error::MissingNamespace(name.clone()))?;
-    let api: Api<CanaryRollout> = Api::namespaced(ctx.client.clone(), &namespace);
-    finalizer(&api, FINALIZER, rollout.clone(), |event| async move {
-        match event {
-            finalizer::Event::Apply(rollout) => reconcile_rollout(&rollout, ctx).await,
-            finalizer::Event::Cleanup(rollout) => release(&rollout, ctx).await,
-        }
-    })
+    cluster::with_finalizer(
+        ctx,
+        rollout,
+        (&namespace, &name),
+        |rollout| async move { reconcile_rollout(&rollout, ctx).await },
+        |rollout| async move { release(&rollout, ctx).await },
+    )
     .await
-    .map_err(|error| finalizer_error(error, &namespace, &name))
-}
-
-fn finalizer_error(error: finalizer::Error<Error>, namespace: &str, name: &str) -> Error {
-    let failed = |action, detail: String| Error::Finalizer {
-        action,
-        rollout: format!("{namespace}/{name}"),
-        detail,
-    };
-    match error {
-        finalizer::Error::ApplyFailed(error) | finalizer::Error::CleanupFailed(error) => error,
-        finalizer::Error::AddFinalizer(error) => failed("add", error.to_string()),
-        finalizer::Error::RemoveFinalizer(error) => failed("remove", error.to_string()),
-        other @ (finalizer::Error::UnnamedObject | finalizer::Error::InvalidFinalizer) => {
-            failed("add or remove", other.to_string())
-        }
-    }
 }
 
 /// The deleted rollout's entry leaves its WasmPlugin (an Event says what was done); an error
@@ -398,8 +337,8 @@ async fn release(rollout: &CanaryRollout, ctx: &Context) -> Result<Action> {
                 }
                 Err(error) => {
                     let error = Error::Release(error);
-                    record_failure(rollout, ctx, &namespace, &name, &error, ctx.clock.now())
-                        .await?;
+                    let now = ctx.clock.now();
+                    cluster::record_failure(rollout, ctx, (&namespace, &name), &error, now).await?;
                     return Err(error);
                 }
             }
@@ -411,10 +350,11 @@ async fn release(rollout: &CanaryRollout, ctx: &Context) -> Result<Action> {
         reason: "TrafficReleased".to_owned(),
         message,
     };
-    publish(rollout, ctx, &event, "Release").await;
+    cluster::publish(rollout, ctx, &event, "Release").await;
     Ok(Action::await_change())
 }
 
+/// One [`driver::cycle`] of the rollout, then its metrics.
 async fn reconcile_rollout(rollout: &CanaryRollout, ctx: &Context) -> Result<Action> {
     let name = rollout.name_any();
     let namespace = rollout
@@ -422,99 +362,28 @@ async fn reconcile_rollout(rollout: &CanaryRollout, ctx: &Context) -> Result<Act
         .ok_or_else(|| Error::MissingNamespace(name.clone()))?;
     let now = ctx.clock.now();
     let Some(target) = wasm_plugin_target(ctx, &rollout.spec, &namespace, &name) else {
-        return refuse_target(rollout, ctx, &namespace, &name, now).await;
+        return cluster::refuse_target(rollout, ctx, (&namespace, &name), now).await;
     };
-
-    // A status pushed but not written by an earlier reconcile (its status write failed, or it
-    // timed out) is where this one starts, while the stored status is still the one it was
-    // planned from: the step it entered is neither repeated nor undone.
-    let (mut base, mut pending_events, remembered) = match ctx.unrecorded().remove(&key(rollout)) {
-        Some(entry) if entry.stored == rollout.status => (Some(entry.planned), entry.events, true),
-        _ => (rollout.status.clone(), Vec::new(), false),
-    };
-    // The live config, read once (the push merges into it) when the filter entry can be built:
-    // it also shows what a controller that stopped between the apply and the status write
-    // pushed, which this one then takes as done rather than undo.
-    let live = if spec_to_filter_config(&rollout.spec, &namespace, &name, 0).is_ok() {
-        match target.live().await {
-            Ok(live) => Some(live),
-            Err(error) => {
-                let error = Error::from(error);
-                record_failure(rollout, ctx, &namespace, &name, &error, now).await?;
-                return Err(error);
-            }
-        }
-    } else {
-        None
-    };
-    if let (false, Some(live), Some(status)) = (remembered, &live, &base) {
-        let generation = rollout.metadata.generation;
-        let live_bp = live_weight(live, &namespace, &name);
-        if let Some(adopted) =
-            adopt_unrecorded(&rollout.spec, status, live_bp, &name, generation, now)
-        {
-            tracing::info!(rollout = %name, namespace = %namespace, weight_bp = adopted.weight_bp, "the filter serves a weight the status does not record: taking it as done");
-            pending_events = adopted.events;
-            base = Some(adopted.status);
-        }
-    }
-    let evaluation = if needs_samples(&rollout.spec, base.as_ref(), &name) {
-        Some(analyse(ctx, &rollout.spec, base.as_ref(), &namespace, &name, now).await)
-    } else {
-        None
-    };
-    let input = PlanInput {
-        rollout: name.clone(),
+    let cycle = driver::Rollout {
+        namespace: &namespace,
+        name: &name,
         generation: rollout.metadata.generation,
-        evaluation,
+        spec: &rollout.spec,
+        entry_spec: &rollout.spec,
+        force_token: Box::pin(cluster::force_token(&ctx.client, &rollout.spec, &namespace)),
+        now,
     };
-    let plan = plan(&rollout.spec, base.as_ref(), &input, now);
-    pending_events.extend(plan.events.iter().cloned());
-
-    // From here until the status is written, the plan counts as served: a reconcile cut short
-    // (an error, a timeout) is retried from it.
-    ctx.unrecorded().insert(
-        key(rollout),
-        Unrecorded {
-            stored: rollout.status.clone(),
-            planned: plan.status.clone(),
-            events: pending_events.clone(),
-        },
-    );
-    let served_bp = base.as_ref().map_or(0, |status| status.weight_bp);
-    let pushed = match force_token(ctx, &rollout.spec, &namespace).await {
-        Ok(token) => push(
-            &target,
-            live.as_ref(),
-            &rollout.spec,
-            (&namespace, &name),
-            &plan,
-            served_bp,
-            token,
-        )
-        .await
-        .map_err(Error::from),
-        // Without the token the entry cannot be rebuilt, but a rollback must still reach the
-        // filter: set the live entry to 0, keeping the live token.
-        Err(_) if plan.weight_bp == 0 && served_bp > 0 => match &live {
-            Some(live) => target.withdraw_from(live, &name).await,
-            None => target.withdraw(&name).await,
-        }
-        .map(|_| ())
-        .map_err(Error::from),
-        Err(error) => Err(error.into()),
-    };
-    if let Err(error) = pushed {
-        // Nothing was served: the retry plans from the stored status again.
-        ctx.unrecorded().remove(&key(rollout));
-        record_failure(rollout, ctx, &namespace, &name, &error, now).await?;
-        return Err(error);
-    }
-    write_status(rollout, ctx, &namespace, &name, &plan.status).await?;
-    ctx.unrecorded().remove(&key(rollout));
-    for event in &pending_events {
-        publish(rollout, ctx, event, "Reconcile").await;
-    }
+    let mut store = cluster::ClusterStore::new(rollout, ctx, (&namespace, &name), now);
+    // Samples only where the plan reads them: with `SharedCycle`, queries per interval stay
+    // near one per series kind whatever the number of rollouts.
+    let plan = driver::cycle(
+        cycle,
+        &mut store,
+        ctx.source.as_ref(),
+        Sampling::WhenPlanned,
+        &target,
+    )
+    .await?;
     ctx.metrics.observe_rollout(&namespace, &name, &plan.status);
     Ok(Action::requeue(plan.requeue))
 }
@@ -535,353 +404,6 @@ fn wasm_plugin_target(
             field_manager(namespace, name),
         )),
         Target::EnvoyEcds(_) => None,
-    }
-}
-
-/// Whether the plan will read this cycle's evaluation: only at a step of a live rollout with a
-/// valid spec (abort, promote, start and settled phases decide without samples).
-fn needs_samples(
-    spec: &CanaryRolloutSpec,
-    status: Option<&CanaryRolloutStatus>,
-    name: &str,
-) -> bool {
-    let Some(status) = status else {
-        return false;
-    };
-    !spec.abort
-        && !spec.promote
-        && matches!(status.phase, Phase::Progressing | Phase::Paused)
-        && status.step_index.is_some()
-        && validate_spec(spec, name).is_ok()
-}
-
-/// Canary against stable over the analysis window: the last interval, or, when a gate is
-/// sequential, everything since the step started (an anytime-valid test needs all of it).
-async fn analyse(
-    ctx: &Context,
-    spec: &CanaryRolloutSpec,
-    status: Option<&CanaryRolloutStatus>,
-    namespace: &str,
-    name: &str,
-    now: Timestamp,
-) -> Evaluation {
-    let analysis = &spec.analysis;
-    if analysis.gates.is_empty() {
-        // Time-only rollouts: nothing to read.
-        return evaluate(&[], analysis.min_samples, &Samples::default());
-    }
-    let window = sequential::analysis_window(spec, status, now);
-    let request = SeriesRequest {
-        rollout: name.to_owned(),
-        namespace: namespace.to_owned(),
-        stable_version: spec.stable_version.clone(),
-        canary_version: spec.canary_version.clone(),
-        gates: analysis.gates.clone(),
-    };
-    let mut samples = ctx
-        .source
-        .samples(window, std::slice::from_ref(&request))
-        .await;
-    // No entry: no series for this rollout at all, which the gates judge as no data.
-    let samples = samples.remove(&request.key()).unwrap_or_default();
-    evaluate_window(&analysis.gates, analysis.min_samples, &samples, window)
-}
-
-/// The force token the spec names: a Secret's key (`None` when it names none). A token file is
-/// for `cohort run`; in a cluster it is an error.
-async fn force_token(
-    ctx: &Context,
-    spec: &CanaryRolloutSpec,
-    namespace: &str,
-) -> Result<Option<String>, ForceTokenError> {
-    match (&spec.force_token_secret_ref, &spec.force_token_file) {
-        (Some(reference), _) => force_token::from_secret(&ctx.client, namespace, reference)
-            .await
-            .map(Some),
-        (None, Some(_)) => Err(ForceTokenError::Unavailable(
-            "spec.forceTokenFile is read by `cohort run` next to Envoy; in a cluster, name a \
-             Secret in spec.forceTokenSecretRef"
-                .to_owned(),
-        )),
-        (None, None) => Ok(None),
-    }
-}
-
-/// Makes the filter serve the plan's weight (and the force token, when the spec names one) for
-/// the rollout `(namespace, name)`. A spec too broken to build the filter entry from holds what
-/// is served (the plan says `InvalidSpec`), except for an abort, which sets the live entry to 0.
-async fn push(
-    target: &WasmPluginTarget,
-    live: Option<&serde_json::Value>,
-    spec: &CanaryRolloutSpec,
-    (namespace, name): (&str, &str),
-    plan: &Plan,
-    served_bp: u32,
-    force_token: Option<String>,
-) -> Result<(), TargetError> {
-    match spec_to_filter_config(spec, namespace, name, plan.weight_bp) {
-        Ok(mut config) => {
-            config.force_token = force_token;
-            match live {
-                Some(live) => target.push_onto(live, name, &config).await,
-                None => target.push(name, &config).await,
-            }
-            .map(|_| ())
-        }
-        Err(_) if plan.weight_bp == 0 && served_bp > 0 => target.withdraw(name).await.map(|_| ()),
-        Err(_) => Ok(()),
-    }
-}
-
-/// What a controller that stopped between the WasmPlugin apply and the status write left: the
-/// live entry serves the next step's weight (an advance) or 0 (a rollback) while the status still
-/// records the step before. Planned as that transition now, so the step is neither repeated nor
-/// undone, and as the stopped controller planned it: without a pause or promotion set since,
-/// which its author set seeing the old status and which applies to the adopted one in this same
-/// reconcile (after a rollback, a promotion waits for a retry, as after any rollback). `None`
-/// when the live weight is what the status records, or is not explained by one transition.
-fn adopt_unrecorded(
-    spec: &CanaryRolloutSpec,
-    status: &CanaryRolloutStatus,
-    live_bp: Option<u32>,
-    name: &str,
-    generation: Option<i64>,
-    now: Timestamp,
-) -> Option<Plan> {
-    let live_bp = live_bp?;
-    let step = usize::try_from(status.step_index?).ok()?;
-    if live_bp == status.weight_bp
-        || spec.abort
-        || !matches!(status.phase, Phase::Progressing | Phase::Paused)
-    {
-        return None;
-    }
-    let as_planned = CanaryRolloutSpec {
-        paused: false,
-        promote: false,
-        ..spec.clone()
-    };
-    let evaluation = if live_bp == 0 {
-        Evaluation {
-            verdict: Verdict::Fail,
-            results: vec![GateResult {
-                gate: "recovered".to_owned(),
-                verdict: Verdict::Fail,
-                canary: None,
-                stable: None,
-                threshold: None,
-                canary_samples: 0.0,
-                stable_samples: 0.0,
-                reason: "the filter serves weight 0, which only a rollback writes; the controller \
-                         that wrote it stopped before recording it"
-                    .to_owned(),
-            }],
-        }
-    } else if as_planned.steps.get(step + 1).map(|next| next.weight_bp()) == Some(live_bp) {
-        Evaluation {
-            verdict: Verdict::Pass,
-            results: status.gates.clone(),
-        }
-    } else {
-        return None;
-    };
-    let input = PlanInput {
-        rollout: name.to_owned(),
-        generation,
-        evaluation: Some(evaluation),
-    };
-    let adopted = plan(&as_planned, Some(status), &input, now);
-    (adopted.weight_bp == live_bp).then_some(adopted)
-}
-
-/// Status stays where it was; a `Degraded` condition says why the push (or, for a deleted
-/// rollout, the release) failed, and a Warning Event announces it when the condition turns on
-/// or changes reason.
-async fn record_failure(
-    rollout: &CanaryRollout,
-    ctx: &Context,
-    namespace: &str,
-    name: &str,
-    error: &Error,
-    now: Timestamp,
-) -> Result<()> {
-    let (reason, detail) = match error {
-        Error::Target(error) | Error::Release(error) => (
-            match error {
-                TargetError::NotFound(_) => "TargetNotFound",
-                TargetError::Conflict(_) => "TargetConflict",
-                TargetError::Invalid(_) => "InvalidFilterConfig",
-                TargetError::Unavailable(_) => "TargetUnavailable",
-            },
-            error.to_string(),
-        ),
-        Error::ForceToken(error) => ("ForceTokenUnavailable", error.to_string()),
-        other => ("ReconcileFailed", other.to_string()),
-    };
-    let (message, action) = match error {
-        Error::Release(_) => (
-            format!(
-                "the entry was not removed from the target, so the deletion waits (retried): \
-                 {detail}"
-            ),
-            "Release",
-        ),
-        _ => (
-            format!("the weight was not pushed, status is unchanged: {detail}"),
-            "Push",
-        ),
-    };
-    let mut status = rollout.status.clone().unwrap_or_default();
-    let announce = set_condition(
-        &mut status.conditions,
-        CONDITION_DEGRADED,
-        reason,
-        &message,
-        rollout.metadata.generation,
-        now,
-    );
-    write_status(rollout, ctx, namespace, name, &status).await?;
-    if announce {
-        let event = PlannedEvent {
-            kind: EventKind::Warning,
-            reason: reason.to_owned(),
-            message,
-        };
-        publish(rollout, ctx, &event, action).await;
-    }
-    Ok(())
-}
-
-/// An ECDS file target in the cluster: `InvalidSpec` naming the field, once announced, and no
-/// further action until the spec changes.
-async fn refuse_target(
-    rollout: &CanaryRollout,
-    ctx: &Context,
-    namespace: &str,
-    name: &str,
-    now: Timestamp,
-) -> Result<Action> {
-    let message = "spec.target.envoyEcds: an Envoy ECDS file is served by `cohort run` next to \
-                   Envoy; in a cluster, target a WasmPlugin (spec.target.wasmPlugin)";
-    let mut status = rollout.status.clone().unwrap_or_default();
-    let announce = set_condition(
-        &mut status.conditions,
-        CONDITION_INVALID_SPEC,
-        "InvalidSpec",
-        message,
-        rollout.metadata.generation,
-        now,
-    );
-    status.message = Some(message.to_owned());
-    status.observed_generation = rollout.metadata.generation;
-    write_status(rollout, ctx, namespace, name, &status).await?;
-    if announce {
-        let event = PlannedEvent {
-            kind: EventKind::Warning,
-            reason: "InvalidSpec".to_owned(),
-            message: message.to_owned(),
-        };
-        publish(rollout, ctx, &event, "Reconcile").await;
-    }
-    ctx.metrics.observe_rollout(namespace, name, &status);
-    Ok(Action::await_change())
-}
-
-/// Sets condition `kind` to True with `reason`; returns whether it was not True with that reason
-/// before (so it is worth an Event).
-fn set_condition(
-    conditions: &mut Vec<Condition>,
-    kind: &str,
-    reason: &str,
-    message: &str,
-    generation: Option<i64>,
-    now: Timestamp,
-) -> bool {
-    let now = Time(Timestamp::from_second(now.as_second()).unwrap_or(now));
-    match conditions.iter_mut().find(|c| c.type_ == kind) {
-        Some(condition) => {
-            let news = condition.status != "True" || condition.reason != reason;
-            if condition.status != "True" {
-                condition.last_transition_time = now;
-            }
-            condition.status = "True".to_owned();
-            condition.reason = reason.to_owned();
-            condition.message = message.to_owned();
-            condition.observed_generation = generation;
-            news
-        }
-        None => {
-            conditions.push(Condition {
-                type_: kind.to_owned(),
-                status: "True".to_owned(),
-                reason: reason.to_owned(),
-                message: message.to_owned(),
-                last_transition_time: now,
-                observed_generation: generation,
-            });
-            true
-        }
-    }
-}
-
-/// Server-side applies `status` on the status subresource, unless it is what is stored. Forced:
-/// the controller is the only writer of status (the CLI's verbs set spec fields), so a stray
-/// manager that touched status must not wedge it.
-async fn write_status(
-    rollout: &CanaryRollout,
-    ctx: &Context,
-    namespace: &str,
-    name: &str,
-    status: &CanaryRolloutStatus,
-) -> Result<()> {
-    if rollout.status.as_ref() == Some(status) {
-        return Ok(());
-    }
-    let body = serde_json::json!({
-        "apiVersion": CanaryRollout::api_version(&()),
-        "kind": CanaryRollout::kind(&()),
-        "status": status,
-    });
-    let api: Api<CanaryRollout> = Api::namespaced(ctx.client.clone(), namespace);
-    let params = PatchParams::apply(STATUS_FIELD_MANAGER).force();
-    api.patch_status(name, &params, &Patch::Apply(&body))
-        .await
-        .map_err(|source| Error::Status {
-            rollout: format!("{namespace}/{name}"),
-            source,
-        })?;
-    Ok(())
-}
-
-/// Publishes an Event on the rollout. Events are best effort: a failure is logged, never fails
-/// the reconcile (a retry would re-plan from the new status and not plan the Event again).
-async fn publish(rollout: &CanaryRollout, ctx: &Context, event: &PlannedEvent, action: &str) {
-    let mut note = event.message.clone();
-    if note.len() > MAX_EVENT_NOTE {
-        let mut cut = MAX_EVENT_NOTE;
-        while !note.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        note.truncate(cut);
-    }
-    let published = ctx
-        .recorder
-        .publish(
-            &Event {
-                type_: match event.kind {
-                    EventKind::Normal => EventType::Normal,
-                    EventKind::Warning => EventType::Warning,
-                },
-                reason: event.reason.clone(),
-                note: Some(note),
-                action: action.to_owned(),
-                secondary: None,
-            },
-            &rollout.object_ref(&()),
-        )
-        .await;
-    if let Err(error) = published {
-        tracing::warn!(rollout = %rollout.name_any(), reason = %event.reason, %error, "cannot publish Event");
     }
 }
 

@@ -1,18 +1,15 @@
 //! `cohort run`: one CanaryRollout driven against a plain Envoy, without Kubernetes.
 //!
 //! Each cycle reads the rollout file again (so editing `paused`, `abort`, `promote` or
-//! `restartAt` in it acts at the next cycle), reads the window's samples (Prometheus when
-//! `--prometheus` is given, else Envoy's admin stats), calls the same [`evaluate`] and [`plan`]
-//! as the in-cluster controller, and pushes the plan's weight into the ECDS file when it changed
-//! (and on the first cycle, to re-assert it), then waits for Envoy to count the update.
-//!
-//! The status is kept in memory and, with `--status-file`, written as JSON after every cycle and
-//! loaded at start, so a restarted `cohort run` resumes the step it was in. The file is a
-//! journal: a cycle that changes the weight records the new status *before* it writes the ECDS
-//! file, and a failed save stops the push. A run killed between the two therefore restarts from
-//! the new step and re-asserts its weight, never re-deciding the step it already left (which
-//! could serve an earlier, lower weight, or undo a rollback); a push that fails is retried from
-//! the recorded status until Envoy takes it.
+//! `restartAt` in it acts at the next cycle) and runs the same [`driver::cycle`] as the
+//! in-cluster controller, over:
+//! - the samples of Prometheus when `--prometheus` is given, else of Envoy's admin stats, read
+//!   on every cycle of a live rollout ([`Sampling::EveryLiveCycle`] says why);
+//! - the ECDS file, written when the weight or the force token changed and on the first cycle
+//!   (to re-assert it), each write confirmed on Envoy's admin when `--envoy-admin` is given;
+//! - the status, kept in memory and, with `--status-file`, in that file, loaded at start so a
+//!   restarted `cohort run` resumes the step it was in. The file is a journal, written before the
+//!   push ([`driver::Order::RecordThenPush`] says why and what a failure leaves).
 //!
 //! The force token (`spec.forceTokenFile`, relative to the rollout file) is read every cycle and
 //! written into the ECDS file with the weight; a token that cannot be read keeps the one the
@@ -29,24 +26,22 @@
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+use cohort_core::config::FilterConfig;
 use kube::Resource as _;
 
 use crate::crd::{CanaryRollout, CanaryRolloutSpec, CanaryRolloutStatus, GateCheck, Phase};
-use crate::evaluate::{evaluate, evaluate_window, Evaluation, Samples};
-use crate::filter_config::spec_to_filter_config;
+use crate::driver::{self, Clock, Order, Sampling, Start, StatusStore, SystemClock};
 use crate::force_token::{self, ForceTokenError};
-use crate::plan::{plan, EventKind, PlanInput};
-use crate::reconciler::{Clock, SystemClock};
-use crate::sequential::analysis_window;
+use crate::plan::{EventKind, PlannedEvent};
 use crate::source::envoy_admin::{EcdsUpdates, EnvoyAdmin, EnvoyAdminSource, UpdateSeen};
 use crate::source::prometheus::PrometheusSource;
 use crate::source::series::SourceError;
-use crate::source::{MetricSource, SeriesRequest};
+use crate::source::{BoxFuture, MetricSource};
 use crate::target::envoy_file::{replace_file, EnvoyEcdsFile};
-use crate::target::{Target as _, TargetError};
+use crate::target::{Released, Target, TargetError};
 use crate::validate::{validate_spec, SpecErrors};
 use crate::{crd, duration};
 
@@ -175,7 +170,7 @@ pub enum RunError {
     Source(#[from] SourceError),
     /// The ECDS file could not be written; retried.
     #[error("pushing the filter config failed: {0}")]
-    Push(#[from] TargetError),
+    Push(TargetError),
     /// `cohort release` could not take the entry out; the file is as it was.
     #[error("removing the rollout's entry failed: {0}")]
     Release(TargetError),
@@ -199,6 +194,15 @@ pub enum RunError {
         /// Why.
         source: std::io::Error,
     },
+}
+
+impl From<TargetError> for RunError {
+    fn from(error: TargetError) -> Self {
+        match error {
+            TargetError::Rejected(_) => RunError::Rejected,
+            other => RunError::Push(other),
+        }
+    }
 }
 
 impl RunError {
@@ -398,12 +402,8 @@ pub struct Runner {
     /// plan then holds, but an abort must still reach Envoy).
     valid_spec: CanaryRolloutSpec,
     source: Box<dyn MetricSource>,
-    target: EnvoyEcdsFile,
-    admin: Option<EnvoyAdmin>,
-    status: Option<CanaryRolloutStatus>,
-    status_file: Option<PathBuf>,
-    /// The weight and force token last pushed (`None`: nothing yet).
-    pushed: Option<(u32, Option<String>)>,
+    target: EcdsTarget,
+    store: FileStore,
     clock: Arc<dyn Clock>,
 }
 
@@ -475,18 +475,22 @@ impl Runner {
             valid_spec: rollout.spec.clone(),
             rollout,
             source,
-            target,
-            admin,
-            status,
-            status_file: args.status_file.clone(),
-            pushed: None,
+            target: EcdsTarget {
+                file: target,
+                admin,
+                pushed: Mutex::new(None),
+            },
+            store: FileStore {
+                status,
+                path: args.status_file.clone(),
+            },
             clock: Arc::new(SystemClock),
         })
     }
 
     /// The status as of the last successful cycle.
     pub fn status(&self) -> Option<&CanaryRolloutStatus> {
-        self.status.as_ref()
+        self.store.status.as_ref()
     }
 
     /// Cycles until the rollout settles, `once` has run one cycle, or `shutdown` resolves.
@@ -528,8 +532,8 @@ impl Runner {
     }
 
     fn stopped(&self) -> Outcome {
-        match &self.status_file {
-            Some(path) if self.status.is_some() => tracing::info!(
+        match &self.store.path {
+            Some(path) if self.store.status.is_some() => tracing::info!(
                 "stopped; the status is in {}: run again to resume",
                 path.display()
             ),
@@ -538,71 +542,44 @@ impl Runner {
         Outcome::Interrupted
     }
 
-    /// One analysis: read, evaluate, plan, push, record.
+    /// One [`driver::cycle`], on the rollout file as it is now.
     pub async fn cycle(&mut self) -> Result<CycleReport, RunError> {
         self.reload_rollout();
-        let evaluation = self.analyse().await;
-        let input = PlanInput {
-            rollout: self.rollout.name.clone(),
-            generation: self.rollout.generation,
-            evaluation,
+        let rollout = &self.rollout;
+        let (valid_spec, rollout_path) = (&self.valid_spec, &self.rollout_path);
+        let cycle = driver::Rollout {
+            namespace: &rollout.namespace,
+            name: &rollout.name,
+            generation: rollout.generation,
+            spec: &rollout.spec,
+            entry_spec: valid_spec,
+            force_token: Box::pin(async move {
+                Ok(
+                    force_token_of(valid_spec, rollout_path).unwrap_or_else(|error| {
+                        tracing::warn!("{error}; the ECDS file keeps the force token it has");
+                        None
+                    }),
+                )
+            }),
+            now: self.clock.now(),
         };
-        let plan = plan(
-            &self.rollout.spec,
-            self.status.as_ref(),
-            &input,
-            self.clock.now(),
-        );
-        let token = match force_token_of(&self.valid_spec, &self.rollout_path) {
-            Ok(token) => token,
-            Err(error) => {
-                tracing::warn!("{error}; the ECDS file keeps the force token it has");
-                None
-            }
-        };
-        let wanted = (plan.weight_bp, token);
-        let pushing = self.pushed.as_ref() != Some(&wanted);
-        if pushing {
-            // The journal first: a run killed after the push resumes from this status.
-            if let Some(path) = &self.status_file {
-                save_status(path, &plan.status).map_err(|source| RunError::SaveStatus {
-                    path: path.clone(),
-                    source,
-                })?;
-            }
-            self.status = Some(plan.status.clone());
-        }
-        for event in &plan.events {
-            match event.kind {
-                EventKind::Normal => tracing::info!(reason = %event.reason, "{}", event.message),
-                EventKind::Warning => tracing::warn!(reason = %event.reason, "{}", event.message),
-            }
-        }
-        if pushing {
-            self.push(wanted.0, wanted.1.clone()).await?;
-            self.pushed = Some(wanted);
-        }
+        let plan = driver::cycle(
+            cycle,
+            &mut self.store,
+            self.source.as_ref(),
+            Sampling::EveryLiveCycle,
+            &self.target,
+        )
+        .await?;
         tracing::info!(
             "{}",
-            progress_line(
-                &self.rollout.name,
-                &self.rollout.spec,
-                &plan.status,
-                plan.requeue
-            )
+            progress_line(&rollout.name, &rollout.spec, &plan.status, plan.requeue)
         );
-        let report = CycleReport {
+        Ok(CycleReport {
             phase: plan.status.phase,
             weight_bp: plan.weight_bp,
             requeue: plan.requeue,
-        };
-        if let Some(path) = &self.status_file {
-            if let Err(error) = save_status(path, &plan.status) {
-                tracing::warn!("cannot save the status to {}: {error}", path.display());
-            }
-        }
-        self.status = Some(plan.status);
-        Ok(report)
+        })
     }
 
     /// Picks up edits of the rollout file; an unreadable file keeps the previous spec.
@@ -641,61 +618,99 @@ impl Runner {
             .filter(|interval| !interval.is_zero())
             .unwrap_or(Duration::from_secs(30))
     }
+}
 
-    /// This cycle's evaluation; `None` once the rollout is settled (nothing left to judge).
-    async fn analyse(&self) -> Option<Evaluation> {
-        let phase = self.status.as_ref().map_or(Phase::Pending, |s| s.phase);
-        if phase.is_terminal() {
-            return None;
-        }
-        let spec = &self.rollout.spec;
-        let gates = &spec.analysis.gates;
-        if gates.is_empty() {
-            return Some(evaluate(
-                gates,
-                spec.analysis.min_samples,
-                &Samples::default(),
-            ));
-        }
-        let request = SeriesRequest {
-            rollout: self.rollout.name.clone(),
-            namespace: self.rollout.namespace.clone(),
-            stable_version: spec.stable_version.clone(),
-            canary_version: spec.canary_version.clone(),
-            gates: gates.clone(),
-        };
-        // The analysis interval, or everything since the step began when a gate is sequential.
-        let window = analysis_window(spec, self.status.as_ref(), self.clock.now());
-        // Sampled even before the first step: the Envoy-admin source needs a baseline scrape.
-        let mut all = self
-            .source
-            .samples(window, std::slice::from_ref(&request))
-            .await;
-        let samples = all.remove(&request.key()).unwrap_or_default();
-        Some(evaluate_window(
-            gates,
-            spec.analysis.min_samples,
-            &samples,
-            window,
-        ))
+/// `cohort run`'s status: in memory, and with `--status-file` in that file too.
+struct FileStore {
+    status: Option<CanaryRolloutStatus>,
+    path: Option<PathBuf>,
+}
+
+impl StatusStore for FileStore {
+    type Error = RunError;
+
+    /// Only this run reads the file, and it must never re-decide a step it left.
+    fn order(&self) -> Order {
+        Order::RecordThenPush
     }
 
-    /// Writes `weight_bp` (and the force token, if any) into the ECDS file and, with an admin
-    /// URL, waits for Envoy to count it.
-    async fn push(&self, weight_bp: u32, force_token: Option<String>) -> Result<(), RunError> {
-        let mut config = spec_to_filter_config(
-            &self.valid_spec,
-            &self.rollout.namespace,
-            &self.rollout.name,
-            weight_bp,
-        )
-        .map_err(|errors| RunError::InvalidSpec {
-            path: self.rollout_path.clone(),
-            errors,
-        })?;
-        config.force_token = force_token;
+    fn start(&mut self) -> Start {
+        Start {
+            status: self.status.clone(),
+            ..Start::default()
+        }
+    }
+
+    /// A failed save stops the push, and the status stays where it was.
+    fn journal<'a>(
+        &'a mut self,
+        status: &'a CanaryRolloutStatus,
+    ) -> BoxFuture<'a, Result<(), RunError>> {
+        if let Some(path) = &self.path {
+            if let Err(source) = save_status(path, status) {
+                let path = path.clone();
+                return Box::pin(std::future::ready(Err(RunError::SaveStatus {
+                    path,
+                    source,
+                })));
+            }
+        }
+        self.status = Some(status.clone());
+        Box::pin(std::future::ready(Ok(())))
+    }
+
+    /// Best effort: Envoy serves the weight `status` records already, so a lost save costs a
+    /// restart only the cycles since the last one.
+    fn record<'a>(
+        &'a mut self,
+        status: &'a CanaryRolloutStatus,
+    ) -> BoxFuture<'a, Result<(), RunError>> {
+        if let Some(path) = &self.path {
+            if let Err(error) = save_status(path, status) {
+                tracing::warn!("cannot save the status to {}: {error}", path.display());
+            }
+        }
+        self.status = Some(status.clone());
+        Box::pin(std::future::ready(Ok(())))
+    }
+
+    fn publish<'a>(&'a mut self, events: &'a [PlannedEvent]) -> BoxFuture<'a, ()> {
+        for event in events {
+            match event.kind {
+                EventKind::Normal => tracing::info!(reason = %event.reason, "{}", event.message),
+                EventKind::Warning => tracing::warn!(reason = %event.reason, "{}", event.message),
+            }
+        }
+        Box::pin(std::future::ready(()))
+    }
+
+    /// The run logs the error and retries from the recorded status.
+    fn failed<'a>(&'a mut self, _error: &'a RunError) -> BoxFuture<'a, Result<(), RunError>> {
+        Box::pin(std::future::ready(Ok(())))
+    }
+}
+
+/// `cohort run`'s target: the ECDS file, each write confirmed on Envoy's admin when there is
+/// one, and the last push remembered.
+struct EcdsTarget {
+    file: EnvoyEcdsFile,
+    admin: Option<EnvoyAdmin>,
+    /// The weight and force token last pushed (`None`: nothing yet).
+    pushed: Mutex<Option<(u32, Option<String>)>>,
+}
+
+impl EcdsTarget {
+    fn pushed(&self) -> std::sync::MutexGuard<'_, Option<(u32, Option<String>)>> {
+        self.pushed.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Runs `write` and, with an admin URL, waits for Envoy to count it.
+    async fn confirmed(
+        &self,
+        write: BoxFuture<'_, Result<(), TargetError>>,
+    ) -> Result<(), TargetError> {
         let before = match &self.admin {
-            Some(admin) => match admin.ecds_updates(self.target.filter_name()).await {
+            Some(admin) => match admin.ecds_updates(self.file.filter_name()).await {
                 Ok(updates) => Some(updates),
                 Err(error) => {
                     tracing::warn!(
@@ -706,8 +721,8 @@ impl Runner {
             },
             None => None,
         };
-        self.target.apply(&self.rollout.name, &config).await?;
-        tracing::debug!(weight_bp, path = %self.target.path().display(), "ECDS file written");
+        write.await?;
+        tracing::debug!(path = %self.file.path().display(), "ECDS file written");
         if let (Some(admin), Some(before)) = (&self.admin, before) {
             self.confirm(admin, before).await?;
         }
@@ -716,10 +731,10 @@ impl Runner {
 
     /// Waits until Envoy counts the update: `Err` when it rejected it. No answer in time is
     /// only logged: Envoy does not count a file whose config did not change.
-    async fn confirm(&self, admin: &EnvoyAdmin, before: EcdsUpdates) -> Result<(), RunError> {
+    async fn confirm(&self, admin: &EnvoyAdmin, before: EcdsUpdates) -> Result<(), TargetError> {
         let started = Instant::now();
         match admin
-            .await_ecds_update(self.target.filter_name(), before, CONFIRM_TIMEOUT)
+            .await_ecds_update(self.file.filter_name(), before, CONFIRM_TIMEOUT)
             .await
         {
             UpdateSeen::Applied => {
@@ -729,7 +744,10 @@ impl Runner {
                 );
                 Ok(())
             }
-            UpdateSeen::Rejected => Err(RunError::Rejected),
+            UpdateSeen::Rejected => Err(TargetError::Rejected(
+                "Envoy rejected the pushed filter config (update_rejected went up); see Envoy's log"
+                    .to_owned(),
+            )),
             UpdateSeen::NotSeen => {
                 tracing::info!(
                     "Envoy did not count an ECDS update within {} (unchanged config?)",
@@ -742,6 +760,58 @@ impl Runner {
                 Ok(())
             }
         }
+    }
+}
+
+/// What a push of `config` serves for rollout `name`.
+fn served_by(name: &str, config: &FilterConfig) -> Option<(u32, Option<String>)> {
+    let entry = config.rollouts.get(name)?;
+    Some((entry.weight_bp, config.force_token.clone()))
+}
+
+impl Target for EcdsTarget {
+    fn apply<'a>(
+        &'a self,
+        name: &'a str,
+        config: &'a FilterConfig,
+    ) -> BoxFuture<'a, Result<(), TargetError>> {
+        Box::pin(async move {
+            self.confirmed(self.file.apply(name, config)).await?;
+            *self.pushed() = served_by(name, config);
+            Ok(())
+        })
+    }
+
+    fn release<'a>(
+        &'a self,
+        namespace: &'a str,
+        name: &'a str,
+    ) -> BoxFuture<'a, Result<Released, TargetError>> {
+        self.file.release(namespace, name)
+    }
+
+    fn live_weight<'a>(
+        &'a self,
+        namespace: &'a str,
+        name: &'a str,
+    ) -> BoxFuture<'a, Result<Option<u32>, TargetError>> {
+        self.file.live_weight(namespace, name)
+    }
+
+    fn withdraw<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<(), TargetError>> {
+        Box::pin(async move {
+            self.confirmed(self.file.withdraw(name)).await?;
+            *self.pushed() = None;
+            Ok(())
+        })
+    }
+
+    /// From the last push: this run is the file's only writer, so what it pushed last is what
+    /// the file serves. A run starts knowing nothing, so its first cycle writes, re-asserting
+    /// the weight of a run killed between its journal and its push.
+    fn serves(&self, name: &str, config: &FilterConfig) -> bool {
+        let wanted = served_by(name, config);
+        wanted.is_some() && *self.pushed() == wanted
     }
 }
 
@@ -833,9 +903,10 @@ mod kill_tests;
 mod tests {
     use super::*;
     use crate::crd::{GateResult, Verdict};
-    use crate::evaluate::{Observed, VersionSamples};
+    use crate::evaluate::{Observed, Samples, VersionSamples};
+    use crate::filter_config::spec_to_filter_config;
     use crate::fixtures::TempDir;
-    use crate::source::{BoxFuture, SamplesByRollout};
+    use crate::source::{SamplesByRollout, SeriesRequest};
     use std::sync::{Arc, Mutex};
 
     const ROLLOUT: &str = r#"

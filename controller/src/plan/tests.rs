@@ -812,3 +812,110 @@ fn formatting_helpers() {
         assert_eq!(human(Duration::from_millis(ms)), text);
     }
 }
+
+/// A controller that stopped between its push and its status write left the target one
+/// transition ahead of status: adopted only when that one transition explains the live weight.
+#[test]
+fn an_unrecorded_transition_is_adopted_only_when_one_transition_explains_it() {
+    // (case, spec edit, status, live weight, expected (phase, step, weight, events) or None)
+    type Adopted = Option<(Phase, Option<u32>, u32, &'static [&'static str])>;
+    let paused: fn(&mut CanaryRolloutSpec) = |spec| spec.paused = true;
+    let promoted: fn(&mut CanaryRolloutSpec) = |spec| spec.promote = true;
+    let aborted: fn(&mut CanaryRolloutSpec) = |spec| spec.abort = true;
+    type Case = (
+        &'static str,
+        fn(&mut CanaryRolloutSpec),
+        CanaryRolloutStatus,
+        Option<u32>,
+        Adopted,
+    );
+    let table: [Case; 10] = [
+        (
+            "the next step's weight: an advance",
+            keep,
+            progressing(0, 100, 0),
+            Some(500),
+            Some((Phase::Progressing, Some(1), 500, &["StepAdvanced"])),
+        ),
+        (
+            "weight 0: a rollback",
+            keep,
+            progressing(1, 500, 0),
+            Some(0),
+            Some((Phase::RolledBack, Some(1), 0, &["RolledBack"])),
+        ),
+        (
+            "a pause set since applies after the advance, in the same cycle's plan",
+            paused,
+            progressing(0, 100, 0),
+            Some(500),
+            Some((Phase::Progressing, Some(1), 500, &["StepAdvanced"])),
+        ),
+        (
+            "a promotion does not lift an unrecorded rollback",
+            promoted,
+            progressing(1, 500, 0),
+            Some(0),
+            Some((Phase::RolledBack, Some(1), 0, &["RolledBack"])),
+        ),
+        (
+            "what status records",
+            keep,
+            progressing(1, 500, 0),
+            Some(500),
+            None,
+        ),
+        ("no live entry", keep, progressing(1, 500, 0), None, None),
+        (
+            "two steps ahead",
+            keep,
+            progressing(0, 100, 0),
+            Some(2_500),
+            None,
+        ),
+        (
+            "the bake had not elapsed",
+            keep,
+            progressing(0, 100, 100),
+            Some(500),
+            None,
+        ),
+        (
+            "an abort decides by itself",
+            aborted,
+            progressing(1, 500, 0),
+            Some(0),
+            None,
+        ),
+        (
+            "a settled rollout",
+            keep,
+            settled(Phase::Promoted, 10_000),
+            Some(0),
+            None,
+        ),
+    ];
+    for (case, edit, status, live_bp, expected) in table {
+        let mut spec = spec();
+        edit(&mut spec);
+        let adopted = adopt_unrecorded(&spec, &status, live_bp, "checkout", Some(1), t(120));
+        let got = adopted.as_ref().map(|plan| {
+            (
+                plan.status.phase,
+                plan.status.step_index,
+                plan.weight_bp,
+                reasons(plan),
+            )
+        });
+        let expected =
+            expected.map(|(phase, step, weight, events)| (phase, step, weight, events.to_vec()));
+        assert_eq!(got, expected, "{case}");
+        if let Some(plan) = adopted.filter(|plan| plan.weight_bp == 0) {
+            let message = plan.status.message.unwrap_or_default();
+            assert!(
+                message.contains("stopped before recording"),
+                "{case}: {message}"
+            );
+        }
+    }
+}

@@ -2,15 +2,21 @@
 
 use std::sync::Mutex;
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::jiff::Timestamp;
 use serde_json::{json, Value};
 
 use super::*;
+use crate::crd::{CanaryRolloutStatus, Phase};
 use crate::crd::{EnvoyEcdsTarget, ErrorRateGate, GateCheck, GateSpec, Step, Verdict};
+use crate::evaluate::Samples;
 use crate::evaluate::{Observed, VersionSamples};
+use crate::filter_config::spec_to_filter_config;
 use crate::fixtures::{
     finished, mock_client, rollout, ApiServer, Call, CannedSource, FixedClock, NAMESPACE, ROLLOUT,
     TIMEOUT,
 };
+use crate::plan::{plan, PlanInput, CONDITION_DEGRADED, CONDITION_INVALID_SPEC};
 use crate::plan::{CONDITION_PAUSED, CONDITION_READY};
 use crate::target::wasmplugin::owned_fields;
 use crate::validate::tests::minimal_spec;

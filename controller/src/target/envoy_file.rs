@@ -104,6 +104,33 @@ impl EnvoyEcdsFile {
         }
     }
 
+    /// [`Target::live_weight`] without a runtime.
+    pub fn live_weight_blocking(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Option<u32>, TargetError> {
+        let config = self.read_config()?;
+        Ok(config
+            .rollouts
+            .get(name)
+            .filter(|entry| entry_belongs_to(&entry.namespace, namespace))
+            .map(|entry| entry.weight_bp))
+    }
+
+    /// [`Target::withdraw`] without a runtime: rollout `name`'s entry set to weight 0, the
+    /// rest of the file as it is; a file without the entry, or with it at 0, is not rewritten.
+    pub fn withdraw_blocking(&self, name: &str) -> Result<(), TargetError> {
+        self.rewrite(|mut existing| match existing.rollouts.get_mut(name) {
+            Some(entry) if entry.weight_bp != 0 => {
+                entry.weight_bp = 0;
+                Ok(Some(existing))
+            }
+            _ => Ok(None),
+        })
+        .map(|_| ())
+    }
+
     /// Reads the file, lets `change` turn its filter config into the one to write (`None`:
     /// leave the file as it is), and writes it back by temp file and rename. Returns whether
     /// the file was written.
@@ -153,18 +180,8 @@ impl Target for EnvoyEcdsFile {
         name: &'a str,
         config: &'a FilterConfig,
     ) -> BoxFuture<'a, Result<(), TargetError>> {
-        Box::pin(async move {
-            let file = self.clone();
-            let name = name.to_owned();
-            let config = config.clone();
-            tokio::task::spawn_blocking(move || file.apply_blocking(&name, &config))
-                .await
-                .unwrap_or_else(|error| {
-                    Err(TargetError::Unavailable(format!(
-                        "the file write did not finish: {error}"
-                    )))
-                })
-        })
+        let (name, config) = (name.to_owned(), config.clone());
+        self.blocking(move |file| file.apply_blocking(&name, &config))
     }
 
     fn release<'a>(
@@ -172,14 +189,38 @@ impl Target for EnvoyEcdsFile {
         namespace: &'a str,
         name: &'a str,
     ) -> BoxFuture<'a, Result<Released, TargetError>> {
+        let (namespace, name) = (namespace.to_owned(), name.to_owned());
+        self.blocking(move |file| file.release_blocking(&namespace, &name))
+    }
+
+    fn live_weight<'a>(
+        &'a self,
+        namespace: &'a str,
+        name: &'a str,
+    ) -> BoxFuture<'a, Result<Option<u32>, TargetError>> {
+        let (namespace, name) = (namespace.to_owned(), name.to_owned());
+        self.blocking(move |file| file.live_weight_blocking(&namespace, &name))
+    }
+
+    fn withdraw<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<(), TargetError>> {
+        let name = name.to_owned();
+        self.blocking(move |file| file.withdraw_blocking(&name))
+    }
+}
+
+impl EnvoyEcdsFile {
+    /// Runs `io` on this file off the async runtime's threads (file I/O blocks).
+    fn blocking<'a, T: Send + 'static>(
+        &self,
+        io: impl FnOnce(&EnvoyEcdsFile) -> Result<T, TargetError> + Send + 'static,
+    ) -> BoxFuture<'a, Result<T, TargetError>> {
+        let file = self.clone();
         Box::pin(async move {
-            let file = self.clone();
-            let (namespace, name) = (namespace.to_owned(), name.to_owned());
-            tokio::task::spawn_blocking(move || file.release_blocking(&namespace, &name))
+            tokio::task::spawn_blocking(move || io(&file))
                 .await
                 .unwrap_or_else(|error| {
                     Err(TargetError::Unavailable(format!(
-                        "the file write did not finish: {error}"
+                        "the file operation did not finish: {error}"
                     )))
                 })
         })
@@ -543,6 +584,7 @@ mod tests {
                 TargetError::Invalid(_) => "Invalid",
                 TargetError::Unavailable(_) => "Unavailable",
                 TargetError::Conflict(_) => "Conflict",
+                TargetError::Rejected(_) => "Rejected",
             };
             assert_eq!(got, kind, "{text:?}");
             assert_eq!(fs::read_to_string(&path).unwrap(), text);
@@ -633,5 +675,40 @@ mod tests {
         target.apply("web", &pushed(&["web"], 5000)).await.unwrap();
         let config = EnvoyEcdsFile::new(&path, "cohort").read_config().unwrap();
         assert_eq!(config.rollouts["web"].weight_bp, 5000);
+    }
+
+    /// What the driver's cycle reads and writes when a rollback cannot build its entry: the live
+    /// weight of the rollout's own entry, then that entry at 0 with everything else (the force
+    /// token included) as it was.
+    #[tokio::test]
+    async fn reads_the_live_weight_and_withdraws_through_the_trait() {
+        let dir = TempDir::new("envoy-file-withdraw");
+        let path = dir.0.join("ecds.yaml");
+        let target: Box<dyn Target> = Box::new(EnvoyEcdsFile::new(&path, "cohort"));
+        assert!(matches!(
+            target.live_weight("", "web").await,
+            Err(TargetError::NotFound(_))
+        ));
+        fs::write(&path, ecds(EXISTING)).unwrap();
+        assert_eq!(target.live_weight("", "web").await.unwrap(), Some(100));
+        assert_eq!(target.live_weight("", "search").await.unwrap(), None);
+        let mut shop = pushed(&["web"], 300);
+        shop.rollouts.get_mut("web").unwrap().namespace = "shop".into();
+        target.apply("web", &shop).await.unwrap();
+        assert_eq!(target.live_weight("shop", "web").await.unwrap(), Some(300));
+        // A same-named rollout's entry in another namespace is not this one's.
+        assert_eq!(target.live_weight("blog", "web").await.unwrap(), None);
+
+        target.withdraw("web").await.unwrap();
+        let config = EnvoyEcdsFile::new(&path, "cohort").read_config().unwrap();
+        assert_eq!(config.rollouts["web"].weight_bp, 0);
+        assert_eq!(config.rollouts["web"].hosts, ["web"]);
+        assert_eq!(config.rollouts["api"].weight_bp, 700);
+        assert_eq!(config.force_token.as_deref(), Some("0123456789abcdef0123"));
+        // At 0 already, or without an entry: the file is not rewritten.
+        let before = fs::read_to_string(&path).unwrap();
+        target.withdraw("web").await.unwrap();
+        target.withdraw("search").await.unwrap();
+        assert_eq!(fs::read_to_string(&path).unwrap(), before);
     }
 }

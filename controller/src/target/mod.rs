@@ -26,6 +26,10 @@ pub enum TargetError {
     /// A transient failure (I/O, API server, timeout): retry with backoff.
     #[error("{0}")]
     Unavailable(String),
+    /// The write was taken but the proxy reading it refused the config (Envoy counted an ECDS
+    /// update rejected); the config before keeps serving.
+    #[error("{0}")]
+    Rejected(String),
 }
 
 /// A filter config holds one entry per rollout name, and the entry records its rollout's
@@ -72,7 +76,9 @@ pub enum Released {
     TargetMissing,
 }
 
-/// A place the filter reads its config from.
+/// A place the filter reads its config from. The driver's cycle ([`crate::driver`]) calls it
+/// through this trait: [`Target::live_weight`], then [`Target::serves`] and [`Target::apply`] or
+/// [`Target::withdraw`]; a deleted rollout calls [`Target::release`].
 pub trait Target: Send + Sync {
     /// Makes the filter serve rollout `name` as `config` describes it (`config` carries that one
     /// rollout plus the filter-wide settings it needs), keeping every other rollout's entry.
@@ -91,6 +97,28 @@ pub trait Target: Send + Sync {
         namespace: &'a str,
         name: &'a str,
     ) -> BoxFuture<'a, Result<Released, TargetError>>;
+
+    /// The weight the live entry of rollout `namespace/name` serves now (`None` without one: a
+    /// same-named rollout's entry of another namespace is not this one's). A target that merges
+    /// its writes onto what it read (the WasmPlugin) keeps this read for the writes that follow.
+    fn live_weight<'a>(
+        &'a self,
+        namespace: &'a str,
+        name: &'a str,
+    ) -> BoxFuture<'a, Result<Option<u32>, TargetError>>;
+
+    /// Sets rollout `name`'s live entry to weight 0, keeping the rest of it (and the filter-wide
+    /// settings, the force token among them): how a rollback reaches the filter when the entry
+    /// cannot be built (a spec too broken, a force token that cannot be read). Nothing is written
+    /// when there is no entry or it is at 0 already.
+    fn withdraw<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<(), TargetError>>;
+
+    /// Whether the target is known, without I/O, to serve `config` for rollout `name` already
+    /// (from what it read or wrote before), so nothing needs writing. `false` when it cannot
+    /// tell.
+    fn serves(&self, _name: &str, _config: &FilterConfig) -> bool {
+        false
+    }
 }
 
 #[cfg(test)]

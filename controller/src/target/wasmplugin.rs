@@ -36,6 +36,8 @@
 //! one (the API server refuses an apply naming a uid it cannot find; a `resourceVersion` alone
 //! does not stop a create).
 
+use std::sync::{Mutex, PoisonError};
+
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ManagedFieldsEntry, ObjectMeta};
 use kube::api::{Api, Patch, PatchParams};
 use kube::core::{ApiResource, DynamicObject, GroupVersionKind};
@@ -91,14 +93,17 @@ pub enum Pushed {
     Applied,
 }
 
-/// One WasmPlugin, written on behalf of one CanaryRollout.
-#[derive(Clone)]
+/// One WasmPlugin, written on behalf of one CanaryRollout. Made for one reconcile: the live
+/// config [`Target::live_weight`] reads is kept for that reconcile's write.
 pub struct WasmPluginTarget {
     api: Api<DynamicObject>,
     resource: ApiResource,
     plugin: String,
     namespace: String,
     field_manager: String,
+    /// The live `pluginConfig` read by [`Target::live_weight`]: the write that follows merges
+    /// onto it, so a reconcile reads the WasmPlugin once. Taken by that write.
+    last_read: Mutex<Option<Value>>,
 }
 
 impl WasmPluginTarget {
@@ -111,7 +116,17 @@ impl WasmPluginTarget {
             plugin: plugin.to_owned(),
             namespace: namespace.to_owned(),
             field_manager,
+            last_read: Mutex::new(None),
         }
+    }
+
+    /// The live config [`Target::live_weight`] read, if it did: taken, since a write makes it
+    /// stale.
+    fn take_live(&self) -> Option<Value> {
+        self.last_read
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
     }
 
     /// Makes the live config serve rollout `name` as `config` describes it.
@@ -299,7 +314,13 @@ impl Target for WasmPluginTarget {
         name: &'a str,
         config: &'a FilterConfig,
     ) -> BoxFuture<'a, Result<(), TargetError>> {
-        Box::pin(async move { self.push(name, config).await.map(|_| ()) })
+        Box::pin(async move {
+            match self.take_live() {
+                Some(live) => self.push_onto(&live, name, config).await,
+                None => self.push(name, config).await,
+            }
+            .map(|_| ())
+        })
     }
 
     fn release<'a>(
@@ -308,6 +329,42 @@ impl Target for WasmPluginTarget {
         name: &'a str,
     ) -> BoxFuture<'a, Result<Released, TargetError>> {
         Box::pin(self.release(namespace, name))
+    }
+
+    fn live_weight<'a>(
+        &'a self,
+        namespace: &'a str,
+        name: &'a str,
+    ) -> BoxFuture<'a, Result<Option<u32>, TargetError>> {
+        Box::pin(async move {
+            let live = self.live().await?;
+            let weight = live_weight(&live, namespace, name);
+            *self
+                .last_read
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner) = Some(live);
+            Ok(weight)
+        })
+    }
+
+    fn withdraw<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<(), TargetError>> {
+        Box::pin(async move {
+            match self.take_live() {
+                Some(live) => self.withdraw_from(&live, name).await,
+                None => WasmPluginTarget::withdraw(self, name).await,
+            }
+            .map(|_| ())
+        })
+    }
+
+    fn serves(&self, name: &str, config: &FilterConfig) -> bool {
+        let live = self
+            .last_read
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        live.as_ref().is_some_and(|live| {
+            owned_fields(name, config).is_ok_and(|applied| already_served(live, &applied))
+        })
     }
 }
 

@@ -1,0 +1,349 @@
+//! One rollout cycle, the same for the in-cluster controller ([`crate::reconciler`]) and for
+//! `cohort run` ([`crate::standalone`]). Each calls [`cycle`] once per analysis interval:
+//!
+//! 1. **start** from the status the [`StatusStore`] holds;
+//! 2. **read what the [`Target`] serves**, when the store records after the push
+//!    ([`Order::PushThenRecord`]): a predecessor that stopped between its push and its record
+//!    left a transition live but unrecorded, and it is taken as done ([`adopt_unrecorded`]);
+//! 3. **fetch samples** from the [`MetricSource`] and [`evaluate`] them, when the cycle's
+//!    [`Sampling`] says so;
+//! 4. **plan** the next status, weight, Events and requeue ([`plan`]): pure, no I/O;
+//! 5. **apply**: push the weight (with the force token) to the target, record the status, and
+//!    publish the Events, in the [`Order`] the store declares.
+//!
+//! The cycle keeps nothing between calls: the store (status, and what was served but not yet
+//! recorded) and the target (what it serves) do. What differs between the two drivers is what
+//! they hand it: a Kubernetes status subresource with Events and a WasmPlugin, or a status file
+//! with log lines and an Envoy ECDS file.
+
+use cohort_core::config::FilterConfig;
+use k8s_openapi::jiff::Timestamp;
+
+use crate::crd::{CanaryRolloutSpec, CanaryRolloutStatus, Phase};
+use crate::evaluate::{evaluate, evaluate_window, Evaluation, Samples};
+use crate::filter_config::spec_to_filter_config;
+use crate::force_token::ForceTokenError;
+use crate::plan::{adopt_unrecorded, plan, Plan, PlanInput, PlannedEvent};
+use crate::sequential::analysis_window;
+use crate::source::{BoxFuture, MetricSource, SeriesRequest};
+use crate::target::{Target, TargetError};
+use crate::validate::validate_spec;
+
+/// Where a driver reads the time; tests fix it.
+pub trait Clock: Send + Sync {
+    /// The current time.
+    fn now(&self) -> Timestamp;
+}
+
+/// The system clock.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> Timestamp {
+        Timestamp::now()
+    }
+}
+
+/// Which write comes first when a cycle changes what the filter serves. A process can stop
+/// between the two; the order decides which of them the next process finds ahead.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Order {
+    /// Push the weight, then record the status: the in-cluster controller, whose status is the
+    /// source of truth everyone reads (`kubectl`, the CLI, a successor replica), so it never
+    /// claims a weight the filter does not serve. A failed push leaves the status as it was
+    /// (the store's [`StatusStore::failed`] says why). A failed record after a push is retried
+    /// from the status that was pushed, which the store keeps ([`StatusStore::serving`]). A
+    /// successor that finds the target ahead of the status adopts the transition (step 2).
+    PushThenRecord,
+    /// Record the status (a journal), then push: `cohort run`'s status file, which only it reads.
+    /// A failed journal write stops the push. A run killed between the two resumes from the new
+    /// step and pushes its weight again (the target's memory of its last push starts empty), so
+    /// it never re-decides a step it left, which could serve a lower weight or undo a rollback.
+    /// A failed push is retried from the recorded status until the target takes it.
+    RecordThenPush,
+}
+
+/// When a cycle reads samples. Only the plan at a step of a live rollout uses them; the other
+/// cycles decide without (abort, promote, the first step, a settled or invalid rollout).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sampling {
+    /// Only when the plan will read them: the in-cluster controller, which reads for up to
+    /// thousands of rollouts per interval.
+    WhenPlanned,
+    /// Every cycle of a rollout not settled yet, before its first step too: `cohort run`. Its
+    /// Envoy-admin source turns counters into a window by differencing against an earlier scrape,
+    /// so the first step's first analysis needs a scrape taken a cycle before it.
+    EveryLiveCycle,
+}
+
+impl Sampling {
+    /// Whether this cycle reads samples, at `status`.
+    fn reads(
+        self,
+        spec: &CanaryRolloutSpec,
+        status: Option<&CanaryRolloutStatus>,
+        name: &str,
+    ) -> bool {
+        match self {
+            Sampling::WhenPlanned => status.is_some_and(|status| {
+                !spec.abort
+                    && !spec.promote
+                    && matches!(status.phase, Phase::Progressing | Phase::Paused)
+                    && status.step_index.is_some()
+                    && validate_spec(spec, name).is_ok()
+            }),
+            Sampling::EveryLiveCycle => !status.is_some_and(|status| status.phase.is_terminal()),
+        }
+    }
+}
+
+/// Where a cycle starts.
+#[derive(Debug, Clone, Default)]
+pub struct Start {
+    /// The status to plan from (`None` for a rollout never cycled).
+    pub status: Option<CanaryRolloutStatus>,
+    /// Events planned with `status` and not published yet (it was served but not recorded).
+    pub events: Vec<PlannedEvent>,
+    /// Whether `status` is one this process served and has not recorded yet: it explains what the
+    /// target serves, so no transition is adopted over it.
+    pub remembered: bool,
+}
+
+/// Where a rollout's status lives, and who hears its Events: the Kubernetes status subresource
+/// and Events, or `cohort run`'s memory, status file and log.
+pub trait StatusStore: Send {
+    /// What fails in this store; the cycle's target and force-token failures convert into it.
+    type Error: From<TargetError> + From<ForceTokenError> + Send;
+
+    /// Whether the push or the record comes first: see [`Order`].
+    fn order(&self) -> Order;
+
+    /// The status this cycle starts from.
+    fn start(&mut self) -> Start;
+
+    /// The cycle is about to serve `planned` (and then publish `events`). A
+    /// [`Order::PushThenRecord`] store keeps them until [`StatusStore::record`] succeeds, so a
+    /// cycle cut short after the push (an error, a timeout) is retried from them.
+    fn serving(&mut self, _planned: &CanaryRolloutStatus, _events: &[PlannedEvent]) {}
+
+    /// A [`Order::RecordThenPush`] store's journal: `status` recorded before the push, which
+    /// happens only if this succeeds.
+    fn journal<'a>(
+        &'a mut self,
+        status: &'a CanaryRolloutStatus,
+    ) -> BoxFuture<'a, Result<(), Self::Error>> {
+        self.record(status)
+    }
+
+    /// Records `status` as the cycle's outcome.
+    fn record<'a>(
+        &'a mut self,
+        status: &'a CanaryRolloutStatus,
+    ) -> BoxFuture<'a, Result<(), Self::Error>>;
+
+    /// Announces the cycle's Events, once its status is recorded.
+    fn publish<'a>(&'a mut self, events: &'a [PlannedEvent]) -> BoxFuture<'a, ()>;
+
+    /// The cycle failed with `error` before its push took: nothing it planned is served. Says so
+    /// where people look (a condition, an Event), or nothing; `Err` when that fails too.
+    fn failed<'a>(&'a mut self, error: &'a Self::Error) -> BoxFuture<'a, Result<(), Self::Error>>;
+}
+
+/// One rollout as a cycle sees it.
+pub struct Rollout<'a> {
+    /// `metadata.namespace` (empty for a rollout file without one).
+    pub namespace: &'a str,
+    /// `metadata.name`: the filter's rollout key.
+    pub name: &'a str,
+    /// `metadata.generation`, recorded as `observedGeneration`.
+    pub generation: Option<i64>,
+    /// The spec as it is now: what the cycle plans from.
+    pub spec: &'a CanaryRolloutSpec,
+    /// The spec the filter entry is built from. The in-cluster controller builds it from `spec`;
+    /// `cohort run` from the last version of its file that validated, so an abort still reaches
+    /// Envoy after an edit broke the file.
+    pub entry_spec: &'a CanaryRolloutSpec,
+    /// Reads the force token the spec names (a Secret in the cluster, a file for `cohort run`);
+    /// awaited once the plan is made, just before the push.
+    pub force_token: BoxFuture<'a, Result<Option<String>, ForceTokenError>>,
+    /// This cycle's time.
+    pub now: Timestamp,
+}
+
+/// Runs one cycle of `rollout`: see the module docs. Returns the plan that was served and
+/// recorded; an error leaves the rollout as the store's [`Order`] says.
+pub async fn cycle<S: StatusStore>(
+    rollout: Rollout<'_>,
+    store: &mut S,
+    source: &dyn MetricSource,
+    sampling: Sampling,
+    target: &dyn Target,
+) -> Result<Plan, S::Error> {
+    let (namespace, name, now) = (rollout.namespace, rollout.name, rollout.now);
+    let order = store.order();
+    let Start {
+        mut status,
+        mut events,
+        remembered,
+    } = store.start();
+
+    // A store that records after the push can lag the target; a spec that cannot build the
+    // entry cannot have been pushed, so it is not read for.
+    let builds = spec_to_filter_config(rollout.entry_spec, namespace, name, 0).is_ok();
+    if order == Order::PushThenRecord && builds {
+        let live_bp = match target.live_weight(namespace, name).await {
+            Ok(live_bp) => live_bp,
+            Err(error) => return fail(store, error.into()).await,
+        };
+        let adopted = status.as_ref().filter(|_| !remembered).and_then(|status| {
+            adopt_unrecorded(rollout.spec, status, live_bp, name, rollout.generation, now)
+        });
+        if let Some(adopted) = adopted {
+            tracing::info!(rollout = %name, namespace = %namespace, weight_bp = adopted.weight_bp, "the filter serves a weight the status does not record: taking it as done");
+            events = adopted.events;
+            status = Some(adopted.status);
+        }
+    }
+
+    let evaluation = if sampling.reads(rollout.spec, status.as_ref(), name) {
+        Some(analyse(source, rollout.spec, status.as_ref(), namespace, name, now).await)
+    } else {
+        None
+    };
+    let input = PlanInput {
+        rollout: name.to_owned(),
+        generation: rollout.generation,
+        evaluation,
+    };
+    let plan = plan(rollout.spec, status.as_ref(), &input, now);
+    events.extend(plan.events.iter().cloned());
+
+    store.serving(&plan.status, &events);
+    let served_bp = status.as_ref().map_or(0, |status| status.weight_bp);
+    let token = rollout.force_token.await;
+    let push = match Push::of(
+        rollout.entry_spec,
+        (namespace, name),
+        &plan,
+        served_bp,
+        token,
+    ) {
+        Ok(push) => push,
+        Err(error) => return fail(store, error.into()).await,
+    };
+    let pushes = match &push {
+        Push::Entry(config) => !target.serves(name, config),
+        Push::Withdraw => true,
+        Push::Hold => false,
+    };
+    // The order each store needs (see `Order`), in one place.
+    match order {
+        Order::PushThenRecord => {
+            if pushes {
+                if let Err(error) = push.apply(target, name).await {
+                    return fail(store, error.into()).await;
+                }
+            }
+            store.record(&plan.status).await?;
+            store.publish(&events).await;
+        }
+        Order::RecordThenPush => {
+            if pushes {
+                store.journal(&plan.status).await?;
+            }
+            store.publish(&events).await;
+            if pushes {
+                if let Err(error) = push.apply(target, name).await {
+                    return fail(store, error.into()).await;
+                }
+            }
+            store.record(&plan.status).await?;
+        }
+    }
+    Ok(plan)
+}
+
+/// Tells the store, then returns `error` (or the store's own failure to say so).
+async fn fail<S: StatusStore>(store: &mut S, error: S::Error) -> Result<Plan, S::Error> {
+    store.failed(&error).await?;
+    Err(error)
+}
+
+/// What the cycle writes to the target.
+enum Push {
+    /// The rollout's entry at the plan's weight, with the force token.
+    Entry(Box<FilterConfig>),
+    /// The live entry set to 0: a rollback whose entry cannot be built.
+    Withdraw,
+    /// Nothing: a spec too broken to build the entry holds what is served (the plan says
+    /// `InvalidSpec`).
+    Hold,
+}
+
+impl Push {
+    /// The push for `plan`, with `served_bp` the weight served before it. Only a rollback may
+    /// go out without its entry: a Fail must reach the filter as weight 0 before anything else.
+    fn of(
+        entry_spec: &CanaryRolloutSpec,
+        (namespace, name): (&str, &str),
+        plan: &Plan,
+        served_bp: u32,
+        force_token: Result<Option<String>, ForceTokenError>,
+    ) -> Result<Push, ForceTokenError> {
+        let rollback = plan.weight_bp == 0 && served_bp > 0;
+        // Without the token the entry cannot be rebuilt; the withdrawal keeps the live one.
+        let token = match force_token {
+            Ok(token) => token,
+            Err(_) if rollback => return Ok(Push::Withdraw),
+            Err(error) => return Err(error),
+        };
+        Ok(
+            match spec_to_filter_config(entry_spec, namespace, name, plan.weight_bp) {
+                Ok(mut config) => {
+                    config.force_token = token;
+                    Push::Entry(Box::new(config))
+                }
+                Err(_) if rollback => Push::Withdraw,
+                Err(_) => Push::Hold,
+            },
+        )
+    }
+
+    async fn apply(&self, target: &dyn Target, name: &str) -> Result<(), TargetError> {
+        match self {
+            Push::Entry(config) => target.apply(name, config).await,
+            Push::Withdraw => target.withdraw(name).await,
+            Push::Hold => Ok(()),
+        }
+    }
+}
+
+/// Canary against stable over the analysis window: the last interval, or, when a gate is
+/// sequential, everything since the step started (an anytime-valid test needs all of it).
+async fn analyse(
+    source: &dyn MetricSource,
+    spec: &CanaryRolloutSpec,
+    status: Option<&CanaryRolloutStatus>,
+    namespace: &str,
+    name: &str,
+    now: Timestamp,
+) -> Evaluation {
+    let analysis = &spec.analysis;
+    if analysis.gates.is_empty() {
+        // Time-only rollouts: nothing to read.
+        return evaluate(&[], analysis.min_samples, &Samples::default());
+    }
+    let window = analysis_window(spec, status, now);
+    let request = SeriesRequest {
+        rollout: name.to_owned(),
+        namespace: namespace.to_owned(),
+        stable_version: spec.stable_version.clone(),
+        canary_version: spec.canary_version.clone(),
+        gates: analysis.gates.clone(),
+    };
+    let mut samples = source.samples(window, std::slice::from_ref(&request)).await;
+    // No entry: no series for this rollout at all, which the gates judge as no data.
+    let samples = samples.remove(&request.key()).unwrap_or_default();
+    evaluate_window(&analysis.gates, analysis.min_samples, &samples, window)
+}
