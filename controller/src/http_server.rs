@@ -1,9 +1,12 @@
 //! The controller's HTTP endpoints: `/metrics` (Prometheus text), `/healthz` (the process
 //! answers) and `/readyz` (it knows whether it leads and, if it does, its watch is established).
 //!
-//! An axum router on hyper's HTTP/1.1 server: kubelet and Prometheus only ever send GETs.
+//! An axum router on hyper's HTTP/1.1 server: kubelet and Prometheus only ever send GETs. The
+//! accept loop is our own rather than `axum::serve`, which cannot bound how long a client takes
+//! to send its request head.
 
-use std::future::{Future, IntoFuture};
+use std::future::Future;
+use std::pin::pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,15 +15,24 @@ use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::get;
+use axum::serve::Listener;
 use axum::Router;
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
 
 use crate::metrics::{self, Metrics};
 
 /// How long requests under way at shutdown may take to finish; a client that holds its
 /// connection longer is left to the process's exit rather than holding that exit up.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// How long a client may take to send a request head (on a new connection, or the next one on a
+/// kept-alive connection) before it is cut off, so that slow or stalled clients cannot hold
+/// connections open.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// What `/readyz` reports, updated by the leader elector and the controller loop.
 #[derive(Debug)]
@@ -111,30 +123,59 @@ async fn only_get() -> (StatusCode, &'static str) {
 }
 
 /// Serves until `shutdown` completes, then lets requests under way finish for at most
-/// [`SHUTDOWN_GRACE`]. A failing connection is dropped; the server itself goes on.
+/// [`SHUTDOWN_GRACE`]; idle connections close at once. A failing connection is dropped and a
+/// failed accept retried: the server itself goes on.
 pub async fn serve(
     listener: TcpListener,
     metrics: Arc<Metrics>,
     health: Arc<Health>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let (stopping, mut stopped) = watch::channel(false);
-    let server =
-        axum::serve(listener, router(metrics, health)).with_graceful_shutdown(async move {
-            shutdown.await;
-            stopping.send_replace(true);
+    serve_router(
+        listener,
+        router(metrics, health),
+        HEADER_READ_TIMEOUT,
+        shutdown,
+    )
+    .await;
+    Ok(())
+}
+
+/// The accept loop behind [`serve`], with the header timeout as a parameter so that tests need
+/// not wait out the real one.
+async fn serve_router(
+    mut listener: TcpListener,
+    router: Router,
+    header_read_timeout: Duration,
+    shutdown: impl Future<Output = ()>,
+) {
+    let mut http = http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(header_read_timeout);
+    let service = TowerToHyperService::new(router);
+    let graceful = GracefulShutdown::new();
+    let mut shutdown = pin!(shutdown);
+    loop {
+        // axum's `Listener` retries failed accepts, pausing on the ones that would recur at
+        // once (out of file descriptors).
+        let stream = tokio::select! {
+            (stream, _) = Listener::accept(&mut listener) => stream,
+            () = &mut shutdown => break,
+        };
+        let connection = http.serve_connection(TokioIo::new(stream), service.clone());
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            if let Err(error) = connection.await {
+                tracing::debug!(%error, "HTTP connection failed");
+            }
         });
-    let grace_over = async move {
-        // The sender goes away only after sending (or with the runtime): an error is a stop too.
-        let _ = stopped.wait_for(|stopping| *stopping).await;
-        tokio::time::sleep(SHUTDOWN_GRACE).await;
-    };
-    tokio::select! {
-        served = server.into_future() => served,
-        () = grace_over => {
-            tracing::debug!("HTTP connections still open after the shutdown grace: dropped");
-            Ok(())
-        }
+    }
+    drop(listener);
+    if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::debug!("HTTP connections still open after the shutdown grace: left to the exit");
     }
 }
 
@@ -230,6 +271,34 @@ mod tests {
         assert!(solo.readiness().is_err());
         solo.set_watching(true);
         assert!(solo.readiness().is_ok());
+    }
+
+    #[tokio::test]
+    async fn cuts_off_a_client_that_stalls_in_its_request_head() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let router = router(Arc::new(Metrics::default()), Arc::new(Health::new(false)));
+        tokio::spawn(serve_router(
+            listener,
+            router,
+            Duration::from_millis(200),
+            std::future::pending(),
+        ));
+        let started = tokio::time::Instant::now();
+        let mut stream = TcpStream::connect(address).await.unwrap();
+        stream
+            .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+            .await
+            .unwrap();
+        // The bound is far above the timeout so that a loaded machine does not fail the test;
+        // without a header timeout the read never ends.
+        let mut answer = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer))
+            .await
+            .expect("the stalled connection is closed");
+        // Closed (or reset) without an answer, and by the timeout rather than at once.
+        assert!(read.is_err() || answer.is_empty(), "{answer:?}");
+        assert!(started.elapsed() >= Duration::from_millis(200));
     }
 
     #[tokio::test]
