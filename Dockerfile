@@ -6,10 +6,11 @@ FROM docker.io/library/rust:1.95-bookworm AS build
 WORKDIR /src
 COPY . .
 # Cache mounts keep the registry and build outputs between builds; the binary is copied out of
-# the cached target directory.
+# the cached target directory. Without default features the binary leaves out the lab (`cohort
+# lab`, `simulate`, `analyze`): the controller image does not build it.
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
-    cargo build --locked --release -p cohort-controller --bin cohort \
+    cargo build --locked --release -p cohort --no-default-features --bin cohort \
  && install -D target/release/cohort /out/cohort
 
 # glibc and CA certificates, no shell, no package manager; "nonroot" is uid/gid 65532.

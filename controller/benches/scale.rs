@@ -47,9 +47,7 @@ use kube::Client;
 use serde_json::{json, Value};
 use tower_test::mock::{self, Handle};
 
-use cohort_controller::crd::{CanaryRollout, Phase};
 use cohort_controller::driver::Clock;
-use cohort_controller::evaluate::{Bucket, Observed, Samples, VersionSamples};
 use cohort_controller::metrics::Metrics;
 use cohort_controller::reconciler::{
     reconcile, Context, MAX_CONCURRENT_RECONCILES, SHARED_ANSWER_FRESHNESS,
@@ -57,6 +55,8 @@ use cohort_controller::reconciler::{
 use cohort_controller::source::shared::SharedCycle;
 use cohort_controller::source::{BoxFuture, MetricSource, SamplesByRollout, SeriesRequest};
 use cohort_controller::target::wasmplugin::merge;
+use cohort_rollout::crd::{CanaryRollout, Phase};
+use cohort_rollout::evaluate::{Bucket, Observed, Samples, VersionSamples};
 
 /// The committed example rollout every bench rollout is made from.
 const EXAMPLE: &str = include_str!("../../manifests/examples/canaryrollout.yaml");

@@ -1,39 +1,35 @@
 //! cohort's controller: it steps each `CanaryRollout`'s canary weight while its gates pass and
 //! sends everyone back to stable when one fails.
 //!
-//! A pure core decides: [`crd`] (the resource), [`evaluate()`] (gate verdicts), [`plan()`] (the
-//! state machine), [`filter_config`] and [`validate`]. One [`driver`] cycle fetches, calls the
-//! core, and applies the [`Plan`], for both [`reconciler`] (Kubernetes) and [`standalone`]
-//! (`cohort run`). The rest of the shell does the I/O, one module each: [`source`] (Prometheus,
-//! Envoy admin), [`target`] (WasmPlugin, ECDS file), [`cli`] (operator verbs).
+//! The decisions are cohort-rollout's (the resource, gate verdicts, the state machine, the filter
+//! entry); this crate does the I/O around them. One [`driver`] cycle fetches samples, calls
+//! cohort-rollout, and applies the [`Plan`], for both the [`reconciler`] (Kubernetes) and
+//! [`standalone`] (`cohort run`). The I/O sits one module each: [`source`] (Prometheus, Envoy
+//! admin), [`target`] (WasmPlugin, ECDS file), [`reconciler`] (Kubernetes), [`leader`] (leader
+//! election), [`metrics`] and [`http_server`] (the controller's own `/metrics`, `/healthz`,
+//! `/readyz`). The `cohort` binary (cohort's `cli/`) puts a command line on it.
 
-pub mod analyze;
-pub mod cli;
-pub mod crd;
+// Re-exported so `crate::crd::…` and the like keep naming the rollout modules inside this crate.
+// `evaluate` and `plan` bring the functions of those names along (cohort-rollout's root has both).
+pub use cohort_rollout::{
+    crd, duration, evaluate, filter_config, plan, query, sequential, validate,
+};
+
 pub mod driver;
-pub mod duration;
-pub mod evaluate;
-pub mod filter_config;
 #[cfg(test)]
 mod fixtures;
 pub mod force_token;
 pub mod http_server;
-pub mod lab;
 pub mod leader;
 pub mod metrics;
-pub mod plan;
-pub mod query;
 pub mod rbac;
 pub mod reconciler;
-pub mod sequential;
-pub mod simulate;
 pub mod source;
 pub mod standalone;
 pub mod target;
-pub mod validate;
 
-pub use crd::{crd_yaml, CanaryRollout, CanaryRolloutSpec, CanaryRolloutStatus, Phase, Verdict};
-pub use evaluate::{evaluate, evaluate_window, Evaluation, Samples};
-pub use filter_config::{spec_to_filter_config, spec_to_filter_rollout};
-pub use plan::{plan, Plan, PlanInput};
-pub use validate::{validate_spec, SpecError, SpecErrors};
+pub use cohort_rollout::{
+    crd_yaml, evaluate_window, spec_to_filter_config, spec_to_filter_rollout, validate_spec,
+    CanaryRollout, CanaryRolloutSpec, CanaryRolloutStatus, Evaluation, Phase, Plan, PlanInput,
+    Samples, SpecError, SpecErrors, Verdict,
+};

@@ -1,5 +1,5 @@
 //! A real Envoy in front of two [`Upstream`]s: the lab's launcher
-//! (`cohort_controller::lab::envoy`, which renders the committed templates in `manifests/envoy/`)
+//! (`cohort_lab::envoy`, which renders the committed templates in `manifests/envoy/`)
 //! on the harness's runtime, with what tests add: a choice of filter, config pushes that wait for
 //! Envoy's verdict, admin reads, and the log printed when a test fails.
 
@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use cohort_controller::lab::envoy::{LabEnvoy, Launch, Ports};
+use cohort_lab::envoy::{LabEnvoy, Launch, Ports};
 
 use crate::client::{Client, Response};
 use crate::locate::{envoy_binary, filter_wasm};
@@ -17,9 +17,7 @@ use crate::prom::{self, Sample};
 use crate::upstream::Upstream;
 use crate::{runtime, Context, Error, Result, TempDir};
 
-pub use cohort_controller::lab::envoy::{
-    free_port, render, render_ecds, BOOTSTRAP_TEMPLATE, ECDS_TEMPLATE,
-};
+pub use cohort_lab::envoy::{free_port, render, render_ecds, BOOTSTRAP_TEMPLATE, ECDS_TEMPLATE};
 
 /// `manifests/envoy/cohort-config.example.json`.
 pub const EXAMPLE_CONFIG: &str = include_str!("../../manifests/envoy/cohort-config.example.json");

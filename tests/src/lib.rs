@@ -58,8 +58,8 @@ impl From<&str> for Error {
     }
 }
 
-impl From<cohort_controller::lab::LabError> for Error {
-    fn from(error: cohort_controller::lab::LabError) -> Self {
+impl From<cohort_lab::LabError> for Error {
+    fn from(error: cohort_lab::LabError) -> Self {
         Error(error.to_string())
     }
 }

@@ -1,11 +1,11 @@
 //! The workspace's Envoy binary and filter, found by the lab's locator
-//! (`cohort_controller::lab::locate`) with the tests' policy: nothing missing is skipped, and the
+//! (`cohort_lab::locate`) with the tests' policy: nothing missing is skipped, and the
 //! filter is rebuilt (once per test process, a no-op when fresh) so a stale one never runs.
 
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
-use cohort_controller::lab::locate::{self, WasmBuild};
+use cohort_lab::locate::{self, WasmBuild};
 
 use crate::{workspace_root, Result};
 

@@ -1,10 +1,10 @@
 //! The `stable` and `canary` servers behind the harness's Envoy: the lab's upstream
-//! (`cohort_controller::lab::upstream`, which documents what each response carries) on the
+//! (`cohort_lab::upstream`, which documents what each response carries) on the
 //! harness's runtime, with the setters a test calls while it runs.
 
 use std::net::SocketAddr;
 
-use cohort_controller::lab::upstream as lab;
+use cohort_lab::upstream as lab;
 
 pub use lab::Behaviour;
 

@@ -1171,10 +1171,10 @@ fn committed_example_config_serves() {
 /// tells them apart.
 #[test]
 fn metrics_carry_the_rollout_namespace() {
-    use cohort_controller::evaluate::Observed;
     use cohort_controller::source::envoy_admin::{answers, counters};
     use cohort_controller::source::series::to_samples;
     use cohort_controller::source::{RolloutKey, SeriesRequest};
+    use cohort_rollout::evaluate::Observed;
 
     let mut shop = config(10_000);
     shop["rollouts"]["web"]["namespace"] = "shop".into();

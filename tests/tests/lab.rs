@@ -10,7 +10,7 @@
 
 use std::time::Duration;
 
-use cohort_controller::lab::{self, LabArgs, LabOutcome, LabRun, Scenario};
+use cohort_lab::{self as lab, LabArgs, LabOutcome, LabRun, Scenario};
 use cohort_tests::locate::{envoy_binary, filter_wasm};
 use cohort_tests::TempDir;
 

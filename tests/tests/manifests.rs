@@ -17,8 +17,8 @@ use std::sync::OnceLock;
 
 use serde_json::{json, Value};
 
-use cohort_controller::crd::Target;
-use cohort_controller::{crd_yaml, spec_to_filter_rollout, validate_spec, CanaryRollout};
+use cohort_rollout::crd::Target;
+use cohort_rollout::{crd_yaml, spec_to_filter_rollout, validate_spec, CanaryRollout};
 use cohort_tests::manifests::{
     api_group, cohort_crd_path, describe, istio_crd_path, kustomize, read_yaml, CRD_FILE,
 };
@@ -80,7 +80,7 @@ fn committed_crd_matches_what_cohort_crd_prints() {
     assert!(
         committed == current,
         "{CRD_FILE} differs from `cohort crd`; regenerate it: \
-         cargo run -p cohort-controller -- crd > {CRD_FILE}"
+         cargo run -p cohort -- crd > {CRD_FILE}"
     );
 }
 
@@ -330,8 +330,8 @@ fn each_rollout_s_wasm_plugin_accepts_its_entry() {
                 panic!("{} merged with {name}: {errors}", describe(plugin));
             }
         }
-        let own = cohort_controller::spec_to_filter_config(&rollout.spec, own_namespace, name, 0)
-            .unwrap();
+        let own =
+            cohort_rollout::spec_to_filter_config(&rollout.spec, own_namespace, name, 0).unwrap();
         let own = serde_json::to_value(own).unwrap();
         let config = &plugin["spec"]["pluginConfig"];
         assert_eq!(config["anonymous"], own["anonymous"], "anonymous policy");
@@ -1037,7 +1037,7 @@ fn emitted_metrics() -> BTreeSet<String> {
 /// The controller's `/metrics` page with every family it has filled in: a rollout with a gate,
 /// a reconcile, a reconcile error and the leader flag.
 fn controller_metrics_page() -> String {
-    use cohort_controller::crd::{CanaryRolloutStatus, GateResult, Verdict};
+    use cohort_rollout::crd::{CanaryRolloutStatus, GateResult, Verdict};
     let metrics = cohort_controller::metrics::Metrics::default();
     let status = CanaryRolloutStatus {
         gates: vec![GateResult {
@@ -1248,7 +1248,8 @@ fn images_fit_the_manifests() {
             .is_some_and(|s| s.contains("distroless") || s.contains("-slim")),
         "runtime stage: {stages:?}"
     );
-    assert!(dockerfile.contains("cargo build --locked --release -p cohort-controller"));
+    assert!(dockerfile
+        .contains("cargo build --locked --release -p cohort --no-default-features --bin cohort"));
     assert!(dockerfile.contains("/usr/local/bin/cohort"));
     let deployment = of_kind("Deployment")
         .into_iter()

@@ -14,9 +14,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cohort_controller::query::{render_query, QueryContext};
 use cohort_controller::source::prometheus::queries;
 use cohort_controller::source::SeriesRequest;
+use cohort_rollout::query::{render_query, QueryContext};
 use cohort_tests::prometheus_server::Prometheus;
 
 /// Names no Kubernetes object can have, but a rollout file for `cohort run` can.

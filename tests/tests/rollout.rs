@@ -16,10 +16,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use cohort_controller::crd::{CanaryRolloutStatus, Phase, Verdict};
 use cohort_controller::standalone::release::{release, ReleaseArgs};
 use cohort_controller::standalone::{self, load_status, Outcome, RunArgs};
 use cohort_controller::target::envoy_file::EnvoyEcdsFile;
+use cohort_rollout::crd::{CanaryRolloutStatus, Phase, Verdict};
 use cohort_tests::prometheus_server::Prometheus;
 use cohort_tests::{config, expected_version, prom, Client, Envoy, TempDir};
 

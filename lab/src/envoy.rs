@@ -6,13 +6,13 @@ use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use crate::lab::LabError;
-use crate::source::envoy_admin::EnvoyAdmin;
+use crate::LabError;
+use cohort_controller::source::envoy_admin::EnvoyAdmin;
 
 /// `manifests/envoy/bootstrap.yaml`.
-pub const BOOTSTRAP_TEMPLATE: &str = include_str!("../../../manifests/envoy/bootstrap.yaml");
+pub const BOOTSTRAP_TEMPLATE: &str = include_str!("../../manifests/envoy/bootstrap.yaml");
 /// `manifests/envoy/ecds.yaml`.
-pub const ECDS_TEMPLATE: &str = include_str!("../../../manifests/envoy/ecds.yaml");
+pub const ECDS_TEMPLATE: &str = include_str!("../../manifests/envoy/ecds.yaml");
 
 /// The HTTP filter's name in the bootstrap, and the ECDS resource's.
 pub const FILTER_NAME: &str = "cohort";

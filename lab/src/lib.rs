@@ -1,12 +1,18 @@
+//! cohort's lab: the commands that show what cohort does without a cluster or a real rollout.
+//! `cohort lab` (the crate's root) runs one on this machine; [`simulate`] compares cohort's gates
+//! with other styles of gate on simulated traffic; [`analyze`] runs a rollout's gates over past
+//! data in Prometheus. The controller image does not build this crate.
+//!
 //! `cohort lab`: a whole rollout on this machine in about a minute, to see what cohort does.
 //!
 //! It starts a real Envoy with the built filter ([`envoy`]), a stable and a canary upstream that
 //! behave as the scenario says ([`upstream`]), a load generator with many distinct users, some
 //! anonymous ([`load`]), and drives a CanaryRollout through short steps with the same code as
-//! `cohort run` ([`crate::standalone::Runner`], in-process), reading the gates from Envoy's admin
-//! stats or, with `--prometheus`, from Prometheus. Progress shows live on stderr ([`progress`]);
-//! the run ends with a line saying `promoted` or `rolled back` and why, and an HTML report with
-//! plots over time ([`report`]). Everything it started stops when it ends, Ctrl-C included.
+//! `cohort run` ([`cohort_controller::standalone::Runner`], in-process), reading the gates from
+//! Envoy's admin stats or, with `--prometheus`, from Prometheus. Progress shows live on stderr
+//! ([`progress`]); the run ends with a line saying `promoted` or `rolled back` and why, and an
+//! HTML report with plots over time ([`report`]). Everything it started stops when it ends, Ctrl-C
+//! included.
 //!
 //! Exit codes: 0 the rollout ended as the scenario expects (healthy: promoted; the others:
 //! rolled back), 1 it did not, 2 the lab could not start, 130 Ctrl-C or SIGTERM.
@@ -18,17 +24,19 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::jiff::Timestamp;
 
-use crate::crd::{CanaryRolloutStatus, Phase};
-use crate::filter_config::spec_to_filter_config;
-use crate::plan::percent;
-use crate::standalone::{parse_rollout, RunArgs, Runner};
+use cohort_controller::standalone::{parse_rollout, RunArgs, Runner};
+use cohort_rollout::crd::{CanaryRolloutStatus, Phase};
+use cohort_rollout::filter_config::spec_to_filter_config;
+use cohort_rollout::plan::percent;
 
+pub mod analyze;
 pub mod envoy;
 pub mod load;
 pub mod locate;
 pub mod progress;
 pub mod record;
 pub mod report;
+pub mod simulate;
 pub mod upstream;
 
 use envoy::{free_port, LabEnvoy, Launch, Ports};
@@ -617,7 +625,7 @@ async fn tick(
     admin_url: String,
     recorder: Arc<Recorder>,
     display: Arc<Display>,
-    spec: crate::crd::CanaryRolloutSpec,
+    spec: cohort_rollout::crd::CanaryRolloutSpec,
     epoch: Instant,
 ) {
     let http = admin_client();
@@ -653,7 +661,7 @@ async fn read_weight(http: &reqwest::Client, admin_url: &str, recorder: &Recorde
         return;
     };
     let at = epoch.elapsed().as_secs_f64();
-    let weight = crate::source::envoy_admin::parse_exposition(&text)
+    let weight = cohort_controller::source::envoy_admin::parse_exposition(&text)
         .into_iter()
         .find(|sample| {
             let label = |tag: &str| sample.labels.get(tag).map_or("", String::as_str);
@@ -743,7 +751,7 @@ fn summary_line(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::validate::validate_spec;
+    use cohort_rollout::validate::validate_spec;
 
     #[test]
     fn the_lab_rollout_is_valid_and_its_filter_config_counts_checkout() {

@@ -12,14 +12,14 @@ use std::time::Duration;
 
 use k8s_openapi::jiff::Timestamp;
 
-use crate::crd::{GateCheck, GateResult, Verdict};
-use crate::duration;
-use crate::evaluate::{evaluate_window, Evaluation};
-use crate::lab::progress::gate_value;
-use crate::source::prometheus::PrometheusSource;
-use crate::source::{MetricSource, SeriesRequest};
-use crate::standalone::{load_rollout, LoadedRollout};
-use crate::validate::{validate_spec, SpecErrors};
+use crate::progress::gate_value;
+use cohort_controller::source::prometheus::PrometheusSource;
+use cohort_controller::source::{MetricSource, SeriesRequest};
+use cohort_controller::standalone::{load_rollout, LoadedRollout};
+use cohort_rollout::crd::{GateCheck, GateResult, Verdict};
+use cohort_rollout::duration;
+use cohort_rollout::evaluate::{evaluate_window, Evaluation};
+use cohort_rollout::validate::{validate_spec, SpecErrors};
 
 /// Most intervals one run evaluates (each is a handful of queries).
 pub const MAX_INTERVALS: u64 = 2_000;
@@ -54,13 +54,13 @@ pub enum AnalyzeError {
     Usage(String),
     /// The rollout file is unusable.
     #[error(transparent)]
-    Rollout(#[from] crate::standalone::RunError),
+    Rollout(#[from] cohort_controller::standalone::RunError),
     /// The spec does not validate.
     #[error("the rollout's spec is invalid: {0}")]
     InvalidSpec(SpecErrors),
     /// The Prometheus URL is unusable.
     #[error(transparent)]
-    Source(#[from] crate::source::series::SourceError),
+    Source(#[from] cohort_controller::source::series::SourceError),
     /// The tokio runtime could not start.
     #[error("cannot start the async runtime: {0}")]
     Runtime(std::io::Error),

@@ -5,7 +5,7 @@
 use std::collections::HashSet;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
-use crate::crd::{GateResult, Phase};
+use cohort_rollout::crd::{GateResult, Phase};
 
 /// Which version answered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -10,10 +10,10 @@
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use crate::crd::{CanaryRolloutSpec, Verdict};
-use crate::lab::record::{quantile, Record, Version};
-use crate::lab::{LabOutcome, Scenario};
-use crate::plan::percent;
+use crate::record::{quantile, Record, Version};
+use crate::{LabOutcome, Scenario};
+use cohort_rollout::crd::{CanaryRolloutSpec, Verdict};
+use cohort_rollout::plan::percent;
 
 /// Plot size in SVG units (the page scales it to its width).
 const WIDTH: f64 = 900.0;
@@ -311,7 +311,7 @@ fn markers(input: &ReportInput<'_>) -> Vec<Marker> {
 /// A value per whole second, plotted at the middle of the second.
 fn per_second(
     record: &Record,
-    value: impl Fn(&crate::lab::record::Second) -> Option<f64>,
+    value: impl Fn(&crate::record::Second) -> Option<f64>,
 ) -> Vec<(f64, Option<f64>)> {
     record
         .seconds
@@ -641,10 +641,10 @@ fn escape(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::crd::{GateResult, Phase};
-    use crate::lab::record::{BadResponse, Cycle, Observation, Recorder};
-    use crate::lab::rollout_yaml;
-    use crate::standalone::parse_rollout;
+    use crate::record::{BadResponse, Cycle, Observation, Recorder};
+    use crate::rollout_yaml;
+    use cohort_controller::standalone::parse_rollout;
+    use cohort_rollout::crd::{GateResult, Phase};
     use std::path::Path;
 
     fn recorded() -> Record {

@@ -137,17 +137,20 @@ pub fn promql_duration(duration: Duration) -> String {
     }
 }
 
-#[cfg(test)]
-pub(crate) mod lexer;
+// Also built for cohort-controller's tests (feature `test-support`), which check the queries it
+// builds with the lexer and the hostile names.
+#[cfg(any(test, feature = "test-support"))]
+pub mod lexer;
 
-#[cfg(test)]
-pub(crate) mod tests {
+#[cfg(any(test, feature = "test-support"))]
+#[cfg_attr(not(test), allow(dead_code, unused_imports))]
+pub mod tests {
     use super::lexer::{lex, Lexed};
     use super::*;
 
     /// Names no Kubernetes object can have, but a rollout file for `cohort run` can: each must
     /// reach Prometheus as one string literal holding exactly the name.
-    pub(crate) const HOSTILE: &[&str] = &[
+    pub const HOSTILE: &[&str] = &[
         "shop",
         "",
         "a\"b",

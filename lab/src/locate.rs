@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::SystemTime;
 
-use crate::lab::LabError;
+use crate::LabError;
 
 /// How to get Envoy, said whenever it cannot be found.
 const INSTALL_ENVOY: &str = "cohort needs a real Envoy 1.40: run `scripts/setup` in the \

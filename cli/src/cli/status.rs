@@ -10,8 +10,8 @@ use kube::api::{Api, ListParams};
 use kube::Client;
 
 use crate::cli::{CliError, Scope};
-use crate::crd::{CanaryRollout, GateCheck, GateResult, Phase};
-use crate::plan::percent;
+use cohort_rollout::crd::{CanaryRollout, GateCheck, GateResult, Phase};
+use cohort_rollout::plan::percent;
 
 /// How often `--watch` renders again.
 pub const WATCH_INTERVAL: Duration = Duration::from_secs(2);
@@ -316,7 +316,7 @@ mod tests {
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
     use super::*;
-    use crate::crd::{CanaryRolloutStatus, Verdict};
+    use cohort_rollout::crd::{CanaryRolloutStatus, Verdict};
 
     const SPEC: &str = r#"
 apiVersion: cohort.dev/v1alpha1

@@ -7,7 +7,8 @@
 //! percentage point. Weights are percentages with 0.01 resolution, as people say them.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
-use kube::{CustomResource, CustomResourceExt, KubeSchema};
+use kube_core::CustomResourceExt;
+use kube_derive::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -21,7 +22,9 @@ pub const HISTORY_LIMIT: usize = 20;
 /// A per-user canary rollout: the canary's weight steps up while every gate stays green and drops
 /// to 0 when one goes red.
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+// The derives name `::kube::core` unless told otherwise; this crate has kube-core, not kube.
 #[kube(
+    crates(kube_core = "::kube_core"),
     group = "cohort.dev",
     version = "v1alpha1",
     kind = "CanaryRollout",
@@ -37,6 +40,7 @@ pub const HISTORY_LIMIT: usize = 20;
 )]
 #[serde(rename_all = "camelCase")]
 #[x_kube(
+    crates(kube_core = "::kube_core"),
     validation = Rule::new("self.steps.all(s, self.steps.exists_one(t, t.weight == s.weight)) && self.steps.map(s, s.weight).isSorted()").message("steps must have strictly increasing weights"),
     validation = Rule::new("self.steps[size(self.steps) - 1].weight == 100.0").message("the last step must have weight 100: reaching it is the promotion"),
     // The controller serves and releases only the target the spec names now: an entry left in

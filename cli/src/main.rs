@@ -1,11 +1,14 @@
-//! `cohort`: the controller and its command-line tool.
+//! `cohort`: the controller and its command-line tool. The `lab` feature (on by default) adds
+//! `cohort lab`, `simulate` and `analyze`; the controller image is built without it.
+
+mod cli;
 
 use std::io::Write;
 
 use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
 
-use cohort_controller::cli::{self, Gesture};
+use cli::Gesture;
 use cohort_core::bucket::{place, FULL_WEIGHT_BP};
 
 #[derive(Parser)]
@@ -46,16 +49,19 @@ enum Command {
     /// Runs a whole rollout on this machine: real Envoy with the filter, a stable and a canary
     /// upstream, many users, live progress, an HTML report. Exits 0 when it ends as the
     /// scenario expects (healthy: promoted; errors, slow, business-drop: rolled back).
-    Lab(cohort_controller::lab::LabArgs),
+    #[cfg(feature = "lab")]
+    Lab(cohort_lab::LabArgs),
     /// Runs a rollout's gates over past data in Prometheus: one verdict per analysis interval,
     /// to tune gates before trusting them.
-    Analyze(cohort_controller::analyze::AnalyzeArgs),
+    #[cfg(feature = "lab")]
+    Analyze(cohort_lab::analyze::AnalyzeArgs),
     /// Runs the in-cluster controller: watches CanaryRollouts, pushes their weights to
     /// WasmPlugins, serves /metrics, /healthz and /readyz; one leader among replicas.
     Controller(cohort_controller::reconciler::ControllerArgs),
     /// Simulates canary traffic and compares cohort's sequential gates with threshold
     /// (Flagger-style) and Mann-Whitney (Kayenta-style) gates: false rollbacks, detection times.
-    Simulate(cohort_controller::simulate::SimulateArgs),
+    #[cfg(feature = "lab")]
+    Simulate(cohort_lab::simulate::SimulateArgs),
 }
 
 #[derive(Args)]
@@ -79,7 +85,7 @@ fn main() -> Result<()> {
                 writeln!(out, "{}", bucket_line(&args.salt, args.weight_bp, key))?;
             }
         }
-        Command::Crd => print!("{}", cohort_controller::crd_yaml()?),
+        Command::Crd => print!("{}", cohort_rollout::crd_yaml()?),
         Command::Status(args) => block_on(cli::status(args))?,
         Command::Promote(args) => block_on(cli::gesture(Gesture::Promote, args))?,
         Command::Abort(args) => block_on(cli::gesture(Gesture::Abort, args))?,
@@ -90,10 +96,13 @@ fn main() -> Result<()> {
         Command::Release(args) => {
             std::process::exit(cohort_controller::standalone::release::main(&args))
         }
-        Command::Lab(args) => std::process::exit(cohort_controller::lab::main(&args)),
-        Command::Analyze(args) => std::process::exit(cohort_controller::analyze::main(&args)),
+        #[cfg(feature = "lab")]
+        Command::Lab(args) => std::process::exit(cohort_lab::main(&args)),
+        #[cfg(feature = "lab")]
+        Command::Analyze(args) => std::process::exit(cohort_lab::analyze::main(&args)),
         Command::Controller(args) => cohort_controller::reconciler::main(&args)?,
-        Command::Simulate(args) => cohort_controller::simulate::main(&args)?,
+        #[cfg(feature = "lab")]
+        Command::Simulate(args) => cohort_lab::simulate::main(&args)?,
     }
     Ok(())
 }

@@ -34,11 +34,11 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::crd::{
+use cohort_rollout::crd::{
     AnalysisSpec, CustomGate, ErrorRateGate, GateCheck, GateSpec, SequentialGate, SequentialMetric,
     Verdict,
 };
-use crate::evaluate::{
+use cohort_rollout::evaluate::{
     evaluate, evaluate_window, histogram_quantile, Bucket, Observed, Samples, VersionSamples,
 };
 

@@ -1,7 +1,6 @@
 //! What the CRD schema cannot check about a CanaryRollout spec. Each problem names the field and
 //! the fix; the controller shows them in the `InvalidSpec` condition, `cohort run` prints them.
 
-use std::fmt;
 use std::time::Duration;
 
 use cohort_core::bucket::FULL_WEIGHT_BP;
@@ -14,43 +13,7 @@ use crate::crd::{
 use crate::duration;
 use crate::filter_config::spec_to_filter_config;
 use crate::query;
-
-/// One problem with a spec: the field (a dotted path such as `spec.steps[2].weight`) and what is
-/// wrong with how to fix it.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{field}: {problem}")]
-pub struct SpecError {
-    /// Dotted path of the field.
-    pub field: String,
-    /// What is wrong and how to fix it.
-    pub problem: String,
-}
-
-impl SpecError {
-    /// A problem with `field`.
-    pub fn new(field: &str, problem: &str) -> Self {
-        SpecError {
-            field: field.to_owned(),
-            problem: problem.to_owned(),
-        }
-    }
-}
-
-/// Every problem found in one spec.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub struct SpecErrors(pub Vec<SpecError>);
-
-impl fmt::Display for SpecErrors {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, error) in self.0.iter().enumerate() {
-            if i > 0 {
-                f.write_str("; ")?;
-            }
-            write!(f, "{error}")?;
-        }
-        Ok(())
-    }
-}
+pub use crate::spec_error::{SpecError, SpecErrors};
 
 /// Checks everything the schema cannot, including that the filter would accept the config the
 /// spec produces. `name` is the CanaryRollout's name (the filter's rollout key and default salt).
@@ -469,8 +432,10 @@ fn is_dns_subdomain(name: &str) -> bool {
     !name.is_empty() && name.len() <= 253 && name.split('.').all(is_dns_label)
 }
 
-#[cfg(test)]
-pub(crate) mod tests {
+// Also built for cohort-controller's tests (feature `test-support`), which start from `minimal_spec`.
+#[cfg(any(test, feature = "test-support"))]
+#[cfg_attr(not(test), allow(dead_code, unused_imports))]
+pub mod tests {
     use super::*;
     use crate::crd::{
         default_gates, default_steps, AnalysisSpec, AnonymousSpec, BusinessEventGate, CustomGate,
@@ -479,7 +444,7 @@ pub(crate) mod tests {
     };
 
     /// The smallest valid spec: one host, every default.
-    pub(crate) fn minimal_spec() -> CanaryRolloutSpec {
+    pub fn minimal_spec() -> CanaryRolloutSpec {
         CanaryRolloutSpec {
             target: Target::WasmPlugin(WasmPluginTarget {
                 name: "cohort".into(),

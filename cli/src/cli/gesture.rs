@@ -8,8 +8,8 @@ use kube::Client;
 use serde_json::{json, Value};
 
 use crate::cli::CliError;
-use crate::crd::{CanaryRollout, Phase};
-use crate::plan::percent;
+use cohort_rollout::crd::{CanaryRollout, Phase};
+use cohort_rollout::plan::percent;
 
 /// The field manager the CLI's patches are recorded under.
 pub const FIELD_MANAGER: &str = "cohort-cli";
@@ -29,6 +29,8 @@ pub enum Gesture {
     Retry,
 }
 
+// Only the tests' failure messages name a gesture now that this is a binary's module.
+#[cfg(test)]
 impl Gesture {
     /// The verb, as typed on the command line.
     pub fn verb(self) -> &'static str {
@@ -151,7 +153,7 @@ pub async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::crd::CanaryRolloutStatus;
+    use cohort_rollout::crd::CanaryRolloutStatus;
 
     fn now() -> Timestamp {
         "2027-01-15T08:00:00.750Z".parse().unwrap()

@@ -7,7 +7,7 @@ use cohort_core::config::{
 };
 
 use crate::crd::{AnonymousMode, CanaryRolloutSpec, IdentityKind};
-use crate::validate::{SpecError, SpecErrors};
+use crate::spec_error::{SpecError, SpecErrors};
 
 /// The filter's entry for the rollout `namespace/name` (the value under `rollouts.<name>`) at
 /// `weight_bp`. It carries the namespace, which the filter puts on the rollout's metrics.

@@ -8,8 +8,7 @@ pub mod status;
 use clap::Args;
 use kube::Client;
 
-pub use gesture::{patch_body, report, Gesture};
-pub use status::{render_status_table, NamespaceColumn};
+pub use gesture::Gesture;
 
 /// Which rollouts a command looks at.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -247,7 +246,7 @@ mod tests {
                 "metadata": {"resourceVersion": "1"}, "items": items});
             (200, list)
         });
-        let names = |rollouts: Vec<crate::crd::CanaryRollout>| -> Vec<String> {
+        let names = |rollouts: Vec<cohort_rollout::crd::CanaryRollout>| -> Vec<String> {
             rollouts
                 .iter()
                 .map(|r| {

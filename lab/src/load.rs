@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::Semaphore;
 
-use crate::lab::record::{Observation, Recorder, Version};
-use crate::lab::upstream::{EVENT, UPSTREAM_HEADER};
+use crate::record::{Observation, Recorder, Version};
+use crate::upstream::{EVENT, UPSTREAM_HEADER};
 
 /// The identity header identified users send (the lab rollout's identity source).
 pub const USER_HEADER: &str = "x-user-id";

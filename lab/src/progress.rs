@@ -6,10 +6,10 @@
 use std::io::{IsTerminal, Write};
 use std::sync::{Mutex, PoisonError};
 
-use crate::crd::{CanaryRolloutSpec, CanaryRolloutStatus, GateResult, Phase};
-use crate::duration;
-use crate::lab::record::Record;
-use crate::plan::percent;
+use crate::record::Record;
+use cohort_rollout::crd::{CanaryRolloutSpec, CanaryRolloutStatus, GateResult, Phase};
+use cohort_rollout::duration;
+use cohort_rollout::plan::percent;
 
 /// Width of the progress bar, in characters.
 const BAR_WIDTH: usize = 30;
@@ -229,10 +229,10 @@ pub fn gate_line(gate: &GateResult, padded: bool) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::crd::Verdict;
-    use crate::lab::record::{BadResponse, Cycle, Observation, Recorder, Version};
-    use crate::lab::rollout_yaml;
-    use crate::standalone::parse_rollout;
+    use crate::record::{BadResponse, Cycle, Observation, Recorder, Version};
+    use crate::rollout_yaml;
+    use cohort_controller::standalone::parse_rollout;
+    use cohort_rollout::crd::Verdict;
     use std::path::Path;
 
     fn gate(name: &str, verdict: Verdict, canary: f64, stable: f64, limit: f64) -> GateResult {
