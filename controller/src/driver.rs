@@ -19,15 +19,15 @@
 use cohort_core::config::FilterConfig;
 use k8s_openapi::jiff::Timestamp;
 
-use crate::crd::{CanaryRolloutSpec, CanaryRolloutStatus, Phase};
-use crate::evaluate::{evaluate, evaluate_window, Evaluation, Samples};
-use crate::filter_config::spec_to_filter_config;
 use crate::force_token::ForceTokenError;
-use crate::plan::{adopt_unrecorded, plan, Plan, PlanInput, PlannedEvent};
-use crate::sequential::analysis_window;
 use crate::source::{BoxFuture, MetricSource, SeriesRequest};
 use crate::target::{Target, TargetError};
-use crate::validate::validate_spec;
+use cohort_rollout::crd::{CanaryRolloutSpec, CanaryRolloutStatus, Phase};
+use cohort_rollout::evaluate::{evaluate, evaluate_window, Evaluation, Samples};
+use cohort_rollout::filter_config::spec_to_filter_config;
+use cohort_rollout::plan::{adopt_unrecorded, plan, Plan, PlanInput, PlannedEvent};
+use cohort_rollout::sequential::analysis_window;
+use cohort_rollout::validate::validate_spec;
 
 /// Where a driver reads the time; tests fix it.
 pub trait Clock: Send + Sync {

@@ -23,10 +23,10 @@ use serde_json::{json, Value};
 use tokio::task::JoinHandle;
 use tower_test::mock::{self, Handle};
 
-use crate::crd::{CanaryRollout, CanaryRolloutStatus};
 use crate::driver::Clock;
-use crate::evaluate::Samples;
 use crate::source::{BoxFuture, MetricSource, SamplesByRollout, SeriesRequest};
+use cohort_rollout::crd::{CanaryRollout, CanaryRolloutStatus};
+use cohort_rollout::evaluate::Samples;
 
 /// Namespace of the test rollout and its WasmPlugin.
 pub const NAMESPACE: &str = "shop";
@@ -715,7 +715,7 @@ impl Clock for FixedClock {
 /// A test rollout in namespace `shop`, carrying the controller's finalizer (as every rollout
 /// does once the controller has seen it).
 pub fn rollout(
-    spec: crate::crd::CanaryRolloutSpec,
+    spec: cohort_rollout::crd::CanaryRolloutSpec,
     status: Option<CanaryRolloutStatus>,
 ) -> CanaryRollout {
     let mut rollout = CanaryRollout::new(ROLLOUT, spec);

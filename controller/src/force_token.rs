@@ -11,7 +11,7 @@ use kube::Client;
 
 use cohort_core::config::MIN_FORCE_TOKEN_BYTES;
 
-use crate::crd::SecretKeyRef;
+use cohort_rollout::crd::SecretKeyRef;
 
 /// Why the token could not be had. The messages never contain the token.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -3,13 +3,13 @@
 //!
 //! The decisions are cohort-rollout's (the resource, gate verdicts, the state machine, the filter
 //! entry); this crate does the I/O around them. One [`driver`] cycle fetches samples, calls
-//! cohort-rollout, and applies the [`Plan`], for both the [`reconciler`] (Kubernetes) and
+//! cohort-rollout, and applies the plan, for both the [`reconciler`] (Kubernetes) and
 //! [`standalone`] (`cohort run`). The I/O sits one module each: [`source`] (Prometheus, Envoy
 //! admin), [`target`] (WasmPlugin, ECDS file), [`reconciler`] (Kubernetes), [`leader`] (leader
 //! election), [`metrics`] and [`http_server`] (the controller's own `/metrics`, `/healthz`,
 //! `/readyz`). The `cohort` binary (cohort's `cli/`) puts a command line on it.
 
-// Re-exported so `crate::crd::…` and the like keep naming the rollout modules inside this crate.
+// Re-exported so `cohort_rollout::crd::…` and the like keep naming the rollout modules inside this crate.
 // `evaluate` and `plan` bring the functions of those names along (cohort-rollout's root has both).
 pub use cohort_rollout::{
     crd, duration, evaluate, filter_config, plan, query, sequential, validate,
@@ -27,9 +27,3 @@ pub mod reconciler;
 pub mod source;
 pub mod standalone;
 pub mod target;
-
-pub use cohort_rollout::{
-    crd_yaml, evaluate_window, spec_to_filter_config, spec_to_filter_rollout, validate_spec,
-    CanaryRollout, CanaryRolloutSpec, CanaryRolloutStatus, Evaluation, Phase, Plan, PlanInput,
-    Samples, SpecError, SpecErrors, Verdict,
-};

@@ -26,7 +26,7 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::{Registry, Unit};
 
-use crate::crd::{CanaryRolloutStatus, GateResult, Phase, Verdict};
+use cohort_rollout::crd::{CanaryRolloutStatus, GateResult, Phase, Verdict};
 
 /// `Content-Type` of [`Metrics::render`]'s text.
 pub const CONTENT_TYPE: &str = prometheus_text::CONTENT_TYPE;

@@ -39,19 +39,19 @@ use kube::{Client, Resource, ResourceExt};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::crd::{CanaryRollout, CanaryRolloutSpec, Target};
 use crate::driver::{self, Clock, Sampling, SystemClock};
 use crate::force_token::ForceTokenError;
 use crate::http_server::{self, Health};
 use crate::leader::{LeaderElector, LeaseSettings};
 use crate::metrics::Metrics;
-use crate::plan::{EventKind, PlannedEvent};
 use crate::source::prometheus::PrometheusSource;
 use crate::source::series::SourceError;
 use crate::source::shared::SharedCycle;
 use crate::source::MetricSource;
 use crate::target::wasmplugin::{field_manager, WasmPluginTarget};
 use crate::target::{Released, TargetError};
+use cohort_rollout::crd::{CanaryRollout, CanaryRolloutSpec, Target};
+use cohort_rollout::plan::{EventKind, PlannedEvent};
 
 mod cluster;
 

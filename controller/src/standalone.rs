@@ -32,18 +32,20 @@ use std::time::{Duration, Instant};
 use cohort_core::config::FilterConfig;
 use kube::Resource as _;
 
-use crate::crd::{CanaryRollout, CanaryRolloutSpec, CanaryRolloutStatus, GateCheck, Phase};
 use crate::driver::{self, Clock, Order, Sampling, Start, StatusStore, SystemClock};
 use crate::force_token::{self, ForceTokenError};
-use crate::plan::{EventKind, PlannedEvent};
 use crate::source::envoy_admin::{EcdsUpdates, EnvoyAdmin, EnvoyAdminSource, UpdateSeen};
 use crate::source::prometheus::PrometheusSource;
 use crate::source::series::SourceError;
 use crate::source::{BoxFuture, MetricSource};
 use crate::target::envoy_file::{replace_file, EnvoyEcdsFile};
 use crate::target::{Released, Target, TargetError};
-use crate::validate::{validate_spec, SpecErrors};
-use crate::{crd, duration};
+use cohort_rollout::crd::{
+    CanaryRollout, CanaryRolloutSpec, CanaryRolloutStatus, GateCheck, Phase,
+};
+use cohort_rollout::plan::{EventKind, PlannedEvent};
+use cohort_rollout::validate::{validate_spec, SpecErrors};
+use cohort_rollout::{crd, duration};
 
 /// Each HTTP read (a Prometheus query, an admin scrape) gives up after this.
 pub(crate) const HTTP_TIMEOUT: Duration = Duration::from_secs(5);
@@ -902,11 +904,11 @@ mod kill_tests;
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::crd::{GateResult, Verdict};
-    use crate::evaluate::{Observed, Samples, VersionSamples};
-    use crate::filter_config::spec_to_filter_config;
     use crate::fixtures::TempDir;
     use crate::source::{SamplesByRollout, SeriesRequest};
+    use cohort_rollout::crd::{GateResult, Verdict};
+    use cohort_rollout::evaluate::{Observed, Samples, VersionSamples};
+    use cohort_rollout::filter_config::spec_to_filter_config;
     use std::sync::{Arc, Mutex};
 
     const ROLLOUT: &str = r#"

@@ -14,12 +14,12 @@ use kube::runtime::finalizer::{self, finalizer};
 use kube::{Client, Resource, ResourceExt};
 
 use super::{key, Context, Error, Result, FINALIZER, STATUS_FIELD_MANAGER};
-use crate::crd::{CanaryRollout, CanaryRolloutSpec, CanaryRolloutStatus};
 use crate::driver::{Order, Start, StatusStore};
 use crate::force_token::{self, ForceTokenError};
-use crate::plan::{EventKind, PlannedEvent, CONDITION_DEGRADED, CONDITION_INVALID_SPEC};
 use crate::source::BoxFuture;
 use crate::target::TargetError;
+use cohort_rollout::crd::{CanaryRollout, CanaryRolloutSpec, CanaryRolloutStatus};
+use cohort_rollout::plan::{EventKind, PlannedEvent, CONDITION_DEGRADED, CONDITION_INVALID_SPEC};
 
 /// Event notes are capped at 1 kB by the API.
 const MAX_EVENT_NOTE: usize = 1024;

@@ -7,19 +7,19 @@ use k8s_openapi::jiff::Timestamp;
 use serde_json::{json, Value};
 
 use super::*;
-use crate::crd::{CanaryRolloutStatus, Phase};
-use crate::crd::{EnvoyEcdsTarget, ErrorRateGate, GateCheck, GateSpec, Step, Verdict};
-use crate::evaluate::Samples;
-use crate::evaluate::{Observed, VersionSamples};
-use crate::filter_config::spec_to_filter_config;
 use crate::fixtures::{
     finished, mock_client, rollout, ApiServer, Call, CannedSource, FixedClock, NAMESPACE, ROLLOUT,
     TIMEOUT,
 };
-use crate::plan::{plan, PlanInput, CONDITION_DEGRADED, CONDITION_INVALID_SPEC};
-use crate::plan::{CONDITION_PAUSED, CONDITION_READY};
 use crate::target::wasmplugin::owned_fields;
-use crate::validate::tests::minimal_spec;
+use cohort_rollout::crd::{CanaryRolloutStatus, Phase};
+use cohort_rollout::crd::{EnvoyEcdsTarget, ErrorRateGate, GateCheck, GateSpec, Step, Verdict};
+use cohort_rollout::evaluate::Samples;
+use cohort_rollout::evaluate::{Observed, VersionSamples};
+use cohort_rollout::filter_config::spec_to_filter_config;
+use cohort_rollout::plan::{plan, PlanInput, CONDITION_DEGRADED, CONDITION_INVALID_SPEC};
+use cohort_rollout::plan::{CONDITION_PAUSED, CONDITION_READY};
+use cohort_rollout::validate::tests::minimal_spec;
 
 /// The reconciles happen at `t(NOW)`.
 const NOW: i64 = 1_000;
@@ -248,7 +248,10 @@ async fn a_failing_gate_pushes_weight_zero_at_once() {
         )
         .await
         .unwrap();
-    assert_eq!(action, Action::requeue(crate::plan::SETTLED_REQUEUE));
+    assert_eq!(
+        action,
+        Action::requeue(cohort_rollout::plan::SETTLED_REQUEUE)
+    );
 }
 
 #[tokio::test]
@@ -823,7 +826,7 @@ fn controller_flags_default_to_the_deployment_manifest() {
 
 #[tokio::test]
 async fn a_sequential_gate_reads_everything_since_the_step_started() {
-    use crate::crd::{SequentialGate, SequentialMetric};
+    use cohort_rollout::crd::{SequentialGate, SequentialMetric};
     // Interval gates read the last interval (30s); a sequential gate reads the whole step so far
     // (120s here), since an anytime-valid test needs every observation since it began.
     let mut sequential = spec();
@@ -982,7 +985,7 @@ const TOKEN: &str = "c0h0rt-f0rce-7a1e9b2d4c6f8";
 
 fn spec_with_token() -> CanaryRolloutSpec {
     let mut spec = spec();
-    spec.force_token_secret_ref = Some(crate::crd::SecretKeyRef {
+    spec.force_token_secret_ref = Some(cohort_rollout::crd::SecretKeyRef {
         name: "checkout-force".into(),
         key: "token".into(),
     });

@@ -18,12 +18,12 @@ use std::time::{Duration, Instant};
 
 use cohort_core::telemetry::{EVENTS_TOTAL, REQUESTS_TOTAL, REQUEST_DURATION_MS};
 
-use crate::crd::GateCheck;
 use crate::source::series::{
     error_chain, needed_kinds, server_errors_of, to_samples, Answer, Answers, CustomKey, Series,
     SourceError,
 };
 use crate::source::{BoxFuture, MetricSource, SamplesByRollout, SeriesRequest};
+use cohort_rollout::crd::GateCheck;
 
 /// Snapshots kept at most. A sliding window needs only the last few; a sequential gate's window
 /// (everything since the step began) can span many calls, so a full ring is thinned evenly
@@ -529,9 +529,9 @@ fn parse_value(text: &str) -> Option<f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::evaluate::{Bucket, Observed};
     use crate::source::series::tests::{all_gates, request, request_in, shop};
     use crate::source::RolloutKey;
+    use cohort_rollout::evaluate::{Bucket, Observed};
 
     fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
         pairs

@@ -8,8 +8,8 @@ use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
 
-use crate::crd::GateSpec;
-use crate::evaluate::Samples;
+use cohort_rollout::crd::GateSpec;
+use cohort_rollout::evaluate::Samples;
 
 pub mod envoy_admin;
 pub mod prometheus;

@@ -34,13 +34,13 @@ use cohort_core::telemetry::{
     TAG_ROLLOUT, TAG_VERSION,
 };
 
-use crate::crd::GateCheck;
-use crate::query::{escape_label_value, promql_duration, render_query, QueryContext};
 use crate::source::series::{
     error_chain, needed_kinds, to_samples, Answer, Answers, CustomKey, Series, SourceError, LE,
     SERVER_ERROR_CLASS,
 };
 use crate::source::{BoxFuture, MetricSource, SamplesByRollout, SeriesRequest};
+use cohort_rollout::crd::GateCheck;
+use cohort_rollout::query::{escape_label_value, promql_duration, render_query, QueryContext};
 
 /// A [`MetricSource`] reading a Prometheus server's HTTP API.
 #[derive(Clone)]
@@ -324,10 +324,10 @@ mod drills;
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::crd::{CustomGate, GateSpec};
-    use crate::evaluate::Observed;
     use crate::source::series::tests::{all_gates, request, request_in, shop};
     use crate::source::RolloutKey;
+    use cohort_rollout::crd::{CustomGate, GateSpec};
+    use cohort_rollout::evaluate::Observed;
 
     #[test]
     fn shared_queries_cover_all_rollouts_at_once() {
@@ -424,8 +424,8 @@ mod tests {
     /// the rollouts asked for: no quote, brace or regex metacharacter in a name widens it.
     #[test]
     fn hostile_rollout_names_cannot_alter_the_shared_queries() {
-        use crate::query::lexer::lex;
-        let mut names: Vec<&str> = crate::query::tests::HOSTILE.to_vec();
+        use cohort_rollout::query::lexer::lex;
+        let mut names: Vec<&str> = cohort_rollout::query::tests::HOSTILE.to_vec();
         names.extend([
             "a.b", "a+", "(x)", "[ab]", "x{2}", "^a$", "a|b", "a\\d", "-",
         ]);
@@ -485,8 +485,8 @@ mod tests {
     /// `=~`, backslashes and regex metacharacters neither end the selector nor widen it.
     #[test]
     fn hostile_namespaces_cannot_alter_the_shared_queries() {
-        use crate::query::lexer::lex;
-        let mut namespaces: Vec<&str> = crate::query::tests::HOSTILE.to_vec();
+        use cohort_rollout::query::lexer::lex;
+        let mut namespaces: Vec<&str> = cohort_rollout::query::tests::HOSTILE.to_vec();
         namespaces.extend([".*", "a|b", "x\\", "\"} or vector(1) or {a=\""]);
         for namespace in namespaces {
             let rollouts = [

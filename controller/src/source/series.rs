@@ -9,9 +9,9 @@ use std::collections::BTreeMap;
 
 use cohort_core::telemetry::{TAG_CODE_CLASS, TAG_EVENT, TAG_NAMESPACE, TAG_ROLLOUT, TAG_VERSION};
 
-use crate::crd::{GateCheck, GateSpec};
-use crate::evaluate::{Bucket, Observed, Samples, VersionSamples};
 use crate::source::{RolloutKey, SamplesByRollout, SeriesRequest};
+use cohort_rollout::crd::{GateCheck, GateSpec};
+use cohort_rollout::evaluate::{Bucket, Observed, Samples, VersionSamples};
 
 /// The code class counted as a server error.
 pub const SERVER_ERROR_CLASS: &str = "5xx";
@@ -255,7 +255,7 @@ pub fn server_errors_of(requests: &[Series]) -> Vec<Series> {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::crd::{BusinessEventGate, CustomGate, ErrorRateGate, LatencyGate};
+    use cohort_rollout::crd::{BusinessEventGate, CustomGate, ErrorRateGate, LatencyGate};
 
     /// The key of rollout `name` in `shop`, the namespace of [`request`].
     pub(crate) fn shop(name: &str) -> RolloutKey {
@@ -487,7 +487,7 @@ pub(crate) mod tests {
 
     #[test]
     fn sequential_gates_read_the_series_of_their_metric() {
-        use crate::crd::{SequentialGate, SequentialMetric};
+        use cohort_rollout::crd::{SequentialGate, SequentialMetric};
         let mut event = SequentialGate::new(SequentialMetric::BusinessEvent);
         event.event = Some("checkout".into());
         let gates = vec![

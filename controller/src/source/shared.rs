@@ -110,7 +110,7 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::evaluate::Samples;
+    use cohort_rollout::evaluate::Samples;
 
     /// Counts its calls and answers every requested rollout with an empty sample.
     #[derive(Default)]
@@ -142,7 +142,7 @@ mod tests {
             namespace: "shop".to_owned(),
             stable_version: "stable".to_owned(),
             canary_version: "canary".to_owned(),
-            gates: crate::crd::default_gates(),
+            gates: cohort_rollout::crd::default_gates(),
         }
     }
 

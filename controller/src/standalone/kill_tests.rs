@@ -13,9 +13,9 @@ use std::time::Duration;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 
 use super::*;
-use crate::evaluate::{Observed, Samples, VersionSamples};
 use crate::fixtures::Captured;
 use crate::source::{BoxFuture, SamplesByRollout, SeriesRequest};
+use cohort_rollout::evaluate::{Observed, Samples, VersionSamples};
 
 const ROLLOUT: &str = r#"
 apiVersion: cohort.dev/v1alpha1

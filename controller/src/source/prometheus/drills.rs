@@ -12,14 +12,14 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
 use super::*;
-use crate::crd::{
+use crate::source::series::tests::{request, shop};
+use cohort_rollout::crd::{
     CanaryRolloutSpec, CanaryRolloutStatus, ErrorRateGate, GateSpec, OnTrouble, Phase, Step,
     Verdict,
 };
-use crate::evaluate::{evaluate, Observed};
-use crate::plan::{plan, PlanInput};
-use crate::source::series::tests::{request, shop};
-use crate::validate::tests::minimal_spec;
+use cohort_rollout::evaluate::{evaluate, Observed};
+use cohort_rollout::plan::{plan, PlanInput};
+use cohort_rollout::validate::tests::minimal_spec;
 
 /// How the fake Prometheus answers.
 #[derive(Debug, Clone, Copy)]
