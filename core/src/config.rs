@@ -288,7 +288,16 @@ impl fmt::Display for FieldPath {
 /// Compares the printed form, so tests and checks can name a path as it reads in a message.
 impl PartialEq<&str> for FieldPath {
     fn eq(&self, other: &&str) -> bool {
-        self.to_string() == *other
+        /// What is left of the expected text as the path prints; fails at the first difference.
+        struct Rest<'a>(&'a str);
+        impl fmt::Write for Rest<'_> {
+            fn write_str(&mut self, printed: &str) -> fmt::Result {
+                self.0 = self.0.strip_prefix(printed).ok_or(fmt::Error)?;
+                Ok(())
+            }
+        }
+        let mut rest = Rest(other);
+        fmt::write(&mut rest, format_args!("{self}")).is_ok() && rest.0.is_empty()
     }
 }
 
@@ -1842,7 +1851,17 @@ mod tests {
         assert_eq!(dotted(&path.segments()[2..]), "hosts[3]");
         assert_eq!(dotted(&path.segments()[3..]), "[3]");
         assert_eq!(dotted::<&str>(&[]), "");
-        assert!(path == "rollouts.a.hosts[3]" && path != "rollouts.a.hosts.3");
+        // Equal to its printed text only, not to a prefix, an extension or another spelling.
+        assert!(path == "rollouts.a.hosts[3]");
+        for other in [
+            "rollouts.a.hosts",
+            "rollouts.a.hosts[3]x",
+            "rollouts.a.hosts.3",
+            "",
+        ] {
+            assert!(path != other, "{other}");
+        }
+        assert!(FieldPath::root() == "(document)" && FieldPath::root() != "");
     }
 
     #[test]
