@@ -275,8 +275,9 @@ mod tests {
     #[test]
     fn each_path_shape_names_its_spec_field() {
         type Edit = fn(&mut CanaryRolloutSpec);
+        type Fields = &'static [&'static str];
         // (rollout name, namespace, weight, edit, the fields core names, the spec fields)
-        let table: &[(&str, &str, u32, Edit, &[&str], &[&str])] = &[
+        let table: &[(&str, &str, u32, Edit, Fields, Fields)] = &[
             (
                 "checkout",
                 "shop",
