@@ -199,11 +199,113 @@ fn default_canary_version() -> String {
     DEFAULT_CANARY_VERSION.to_owned()
 }
 
-/// One problem with a config: the field (a dotted path) and what is wrong with how to fix it.
+/// One step of a [`FieldPath`]: an object key or a list index. `K` is `String` in a stored path
+/// and `&str` in [`FieldPath::segments`]' borrowed view, where a slice pattern can match keys
+/// against string literals.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Segment<K = String> {
+    /// An object key, e.g. `rollouts` or a rollout's name.
+    Key(K),
+    /// A list index, e.g. the `2` of `events[2]`.
+    Index(usize),
+}
+
+/// Where in a config document a problem is, as the keys and indexes leading to it, so a caller
+/// can tell which field it is without parsing text (a rollout's name may itself hold a dot).
+///
+/// It prints as a dotted path: `rollouts.checkout.weightBp`, `events[2]`, and `(document)` for
+/// the whole document.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FieldPath(Vec<Segment>);
+
+impl FieldPath {
+    /// The whole document.
+    pub fn root() -> Self {
+        Self::default()
+    }
+
+    /// This path's field `key`.
+    #[must_use]
+    pub fn key(&self, key: &str) -> Self {
+        self.child(Segment::Key(key.to_owned()))
+    }
+
+    /// This path's list element `index`.
+    #[must_use]
+    pub fn index(&self, index: usize) -> Self {
+        self.child(Segment::Index(index))
+    }
+
+    fn child(&self, segment: Segment) -> Self {
+        let mut segments = Vec::with_capacity(self.0.len() + 1);
+        segments.extend_from_slice(&self.0);
+        segments.push(segment);
+        Self(segments)
+    }
+
+    /// The segments, borrowed, for slice patterns such as `[Key("events"), Index(i)]`.
+    pub fn segments(&self) -> Vec<Segment<&str>> {
+        self.0
+            .iter()
+            .map(|segment| match segment {
+                Segment::Key(key) => Segment::Key(key.as_str()),
+                Segment::Index(index) => Segment::Index(*index),
+            })
+            .collect()
+    }
+}
+
+/// The dotted form of `segments`, as [`FieldPath`] prints it below the root: keys joined by `.`,
+/// indexes as `[i]`. For naming part of a path, e.g. what follows a rollout's name.
+pub fn dotted<K: AsRef<str>>(segments: &[Segment<K>]) -> String {
+    let mut out = String::new();
+    // Writing to a String cannot fail.
+    let _ = write_dotted(&mut out, segments);
+    out
+}
+
+fn write_dotted<K: AsRef<str>>(out: &mut impl fmt::Write, segments: &[Segment<K>]) -> fmt::Result {
+    for (i, segment) in segments.iter().enumerate() {
+        match segment {
+            Segment::Key(key) if i == 0 => out.write_str(key.as_ref())?,
+            Segment::Key(key) => write!(out, ".{}", key.as_ref())?,
+            Segment::Index(index) => write!(out, "[{index}]")?,
+        }
+    }
+    Ok(())
+}
+
+impl fmt::Display for FieldPath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.0.is_empty() {
+            f.write_str("(document)")
+        } else {
+            write_dotted(f, &self.0)
+        }
+    }
+}
+
+/// Compares the printed form, so tests and checks can name a path as it reads in a message.
+impl PartialEq<&str> for FieldPath {
+    fn eq(&self, other: &&str) -> bool {
+        /// What is left of the expected text as the path prints; fails at the first difference.
+        struct Rest<'a>(&'a str);
+        impl fmt::Write for Rest<'_> {
+            fn write_str(&mut self, printed: &str) -> fmt::Result {
+                self.0 = self.0.strip_prefix(printed).ok_or(fmt::Error)?;
+                Ok(())
+            }
+        }
+        let mut rest = Rest(other);
+        fmt::write(&mut rest, format_args!("{self}")).is_ok() && rest.0.is_empty()
+    }
+}
+
+/// One problem with a config: the field and what is wrong with how to fix it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError {
-    /// Dotted path of the field, e.g. `rollouts.checkout.weightBp`.
-    pub field: String,
+    /// Where the problem is; prints as a dotted path, e.g. `rollouts.checkout.weightBp`.
+    pub field: FieldPath,
     /// What is wrong and how to fix it.
     pub problem: String,
 }
@@ -361,20 +463,21 @@ pub fn parse_wire(document: &[u8]) -> Result<FilterConfig, ConfigErrors> {
     // cannot exhaust the stack; the reading below never recurses into what it does not know.
     let value = serde_json::from_slice::<Value>(document).map_err(|error| {
         ConfigErrors(vec![ConfigError {
-            field: "(document)".to_owned(),
+            field: FieldPath::root(),
             problem: format!("not valid JSON ({error}); the config must be one JSON object"),
         }])
     })?;
     let mut r = Reader::default();
-    let Some(root) = r.object(&value, "(document)") else {
+    let top = FieldPath::root();
+    let Some(root) = r.object(&value, &top) else {
         return Err(ConfigErrors(r.errors));
     };
-    let version = match r.whole_number(root, "", "version", u64::from(u32::MAX)) {
+    let version = match r.whole_number(root, &top, "version", u64::from(u32::MAX)) {
         Some(version) => version as u32,
         None => {
             if !root.contains_key("version") {
                 r.error(
-                    "version",
+                    &top.key("version"),
                     format!("missing; add \"version\": {CONFIG_VERSION}"),
                 );
             }
@@ -385,14 +488,14 @@ pub fn parse_wire(document: &[u8]) -> Result<FilterConfig, ConfigErrors> {
     let config = FilterConfig {
         version,
         routing_header: r
-            .string(root, "", "routingHeader")
+            .string(root, &top, "routingHeader")
             .unwrap_or(defaults.routing_header),
         force_header: r
-            .string(root, "", "forceHeader")
+            .string(root, &top, "forceHeader")
             .unwrap_or(defaults.force_header),
-        force_token: r.string(root, "", "forceToken"),
+        force_token: r.string(root, &top, "forceToken"),
         identity: r
-            .list(root, "", "identity", identity_source)
+            .list(root, &top, "identity", identity_source)
             .unwrap_or_default(),
         anonymous: root
             .get("anonymous")
@@ -400,21 +503,21 @@ pub fn parse_wire(document: &[u8]) -> Result<FilterConfig, ConfigErrors> {
                 anonymous_policy(&mut r, value)
             }),
         events_header: r
-            .string(root, "", "eventsHeader")
+            .string(root, &top, "eventsHeader")
             .unwrap_or(defaults.events_header),
         events: r
-            .list(root, "", "events", Reader::string_item)
+            .list(root, &top, "events", Reader::string_item)
             .unwrap_or_default(),
         rollouts: match root.get("rollouts") {
             None => BTreeMap::new(),
             Some(value) => r
-                .object(value, "rollouts")
+                .object(value, &top.key("rollouts"))
                 .map(|rollouts| {
                     // Inserted one by one: `collect` into a map sorts, and brings its sort code.
                     let mut map = BTreeMap::new();
                     for (name, value) in rollouts {
                         if let Some(rollout) =
-                            rollout_config(&mut r, value, &join("rollouts", name))
+                            rollout_config(&mut r, value, &top.key("rollouts").key(name))
                         {
                             map.insert(name.clone(), rollout);
                         }
@@ -431,14 +534,14 @@ pub fn parse_wire(document: &[u8]) -> Result<FilterConfig, ConfigErrors> {
     }
 }
 
-fn identity_source(r: &mut Reader, value: &Value, field: &str) -> Option<IdentitySource> {
+fn identity_source(r: &mut Reader, value: &Value, field: &FieldPath) -> Option<IdentitySource> {
     let object = r.object(value, field)?;
     let kind = r.string(object, field, "kind");
     let name = r.string(object, field, "name");
     for (key, present) in [("kind", kind.is_some()), ("name", name.is_some())] {
         if !present && !object.contains_key(key) {
             r.error(
-                &join(field, key),
+                &field.key(key),
                 "missing; an identity source has a kind (header or cookie) and a name".to_owned(),
             );
         }
@@ -451,28 +554,27 @@ fn identity_source(r: &mut Reader, value: &Value, field: &str) -> Option<Identit
 
 fn anonymous_policy(r: &mut Reader, value: &Value) -> AnonymousPolicy {
     let defaults = AnonymousPolicy::default();
-    let Some(object) = r.object(value, "anonymous") else {
+    let field = FieldPath::root().key("anonymous");
+    let Some(object) = r.object(value, &field) else {
         return defaults;
     };
     AnonymousPolicy {
-        mode: r
-            .string(object, "anonymous", "mode")
-            .unwrap_or(defaults.mode),
+        mode: r.string(object, &field, "mode").unwrap_or(defaults.mode),
         cookie_name: r
-            .string(object, "anonymous", "cookieName")
+            .string(object, &field, "cookieName")
             .unwrap_or(defaults.cookie_name),
         max_age_seconds: r
-            .whole_number(object, "anonymous", "maxAgeSeconds", u64::MAX)
+            .whole_number(object, &field, "maxAgeSeconds", u64::MAX)
             .unwrap_or(defaults.max_age_seconds),
     }
 }
 
-fn rollout_config(r: &mut Reader, value: &Value, field: &str) -> Option<RolloutConfig> {
+fn rollout_config(r: &mut Reader, value: &Value, field: &FieldPath) -> Option<RolloutConfig> {
     let object = r.object(value, field)?;
     let hosts = r.list(object, field, "hosts", Reader::string_item);
     if hosts.is_none() && !object.contains_key("hosts") {
         r.error(
-            &join(field, "hosts"),
+            &field.key("hosts"),
             "missing; list the destination hosts this rollout splits".to_owned(),
         );
     }
@@ -508,15 +610,6 @@ struct Reader {
     errors: Vec<ConfigError>,
 }
 
-/// `path.key`, or `key` at the top.
-fn join(path: &str, key: &str) -> String {
-    if path.is_empty() {
-        key.to_owned()
-    } else {
-        format!("{path}.{key}")
-    }
-}
-
 fn kind(value: &Value) -> &'static str {
     match value {
         Value::Null => "null",
@@ -529,19 +622,23 @@ fn kind(value: &Value) -> &'static str {
 }
 
 impl Reader {
-    fn error(&mut self, field: &str, problem: String) {
+    fn error(&mut self, field: &FieldPath, problem: String) {
         self.errors.push(ConfigError {
-            field: field.to_owned(),
+            field: field.clone(),
             problem,
         });
     }
 
-    fn wrong_type(&mut self, field: &str, want: &str, got: &Value) {
+    fn wrong_type(&mut self, field: &FieldPath, want: &str, got: &Value) {
         self.error(field, format!("expected {want}, found {}", kind(got)));
     }
 
     /// The value as an object.
-    fn object<'v>(&mut self, value: &'v Value, field: &str) -> Option<&'v Map<String, Value>> {
+    fn object<'v>(
+        &mut self,
+        value: &'v Value,
+        field: &FieldPath,
+    ) -> Option<&'v Map<String, Value>> {
         match value {
             Value::Object(map) => Some(map),
             other => {
@@ -552,36 +649,41 @@ impl Reader {
     }
 
     /// An optional string field.
-    fn string(&mut self, object: &Map<String, Value>, path: &str, key: &str) -> Option<String> {
-        self.string_item(object.get(key)?, &join(path, key))
+    fn string(
+        &mut self,
+        object: &Map<String, Value>,
+        path: &FieldPath,
+        key: &str,
+    ) -> Option<String> {
+        self.string_item(object.get(key)?, &path.key(key))
     }
 
     /// An optional whole-number field no larger than `max`.
     fn whole_number(
         &mut self,
         object: &Map<String, Value>,
-        path: &str,
+        path: &FieldPath,
         key: &str,
         max: u64,
     ) -> Option<u64> {
-        self.number_item(object.get(key)?, &join(path, key), max)
+        self.number_item(object.get(key)?, &path.key(key), max)
     }
 
     /// An optional list field, each element read by `item` with its own path.
     fn list<T>(
         &mut self,
         object: &Map<String, Value>,
-        path: &str,
+        path: &FieldPath,
         key: &str,
-        mut item: impl FnMut(&mut Self, &Value, &str) -> Option<T>,
+        mut item: impl FnMut(&mut Self, &Value, &FieldPath) -> Option<T>,
     ) -> Option<Vec<T>> {
-        let field = join(path, key);
+        let field = path.key(key);
         match object.get(key)? {
             Value::Array(values) => Some(
                 values
                     .iter()
                     .enumerate()
-                    .filter_map(|(i, value)| item(self, value, &format!("{field}[{i}]")))
+                    .filter_map(|(i, value)| item(self, value, &field.index(i)))
                     .collect(),
             ),
             other => {
@@ -592,7 +694,7 @@ impl Reader {
     }
 
     /// A value that must be a string.
-    fn string_item(&mut self, value: &Value, field: &str) -> Option<String> {
+    fn string_item(&mut self, value: &Value, field: &FieldPath) -> Option<String> {
         match value {
             Value::String(s) => Some(s.clone()),
             other => {
@@ -604,7 +706,7 @@ impl Reader {
 
     /// A value that must be a whole number no larger than `max`. Like `as_u64`, a number
     /// written with a fraction or exponent (`5.0`, `5e0`) is not whole.
-    fn number_item(&mut self, value: &Value, field: &str, max: u64) -> Option<u64> {
+    fn number_item(&mut self, value: &Value, field: &FieldPath, max: u64) -> Option<u64> {
         match value.as_u64() {
             Some(n) if n <= max => Some(n),
             _ => {
@@ -618,10 +720,11 @@ impl Reader {
 /// Validates a wire config into its compiled form, reporting every problem found.
 pub fn validate(config: &FilterConfig) -> Result<Compiled, ConfigErrors> {
     let mut errors = Errors::default();
+    let top = FieldPath::root();
 
     if config.version != CONFIG_VERSION {
         errors.push(
-            "version",
+            &top.key("version"),
             format!(
                 "unsupported config version {}; this filter reads version {CONFIG_VERSION}",
                 config.version
@@ -629,25 +732,25 @@ pub fn validate(config: &FilterConfig) -> Result<Compiled, ConfigErrors> {
         );
     }
     let routing_header = errors.rewritten_header(
-        "routingHeader",
+        &top.key("routingHeader"),
         &config.routing_header,
         "overwrites or removes this header on",
     );
     let force_header = errors.rewritten_header(
-        "forceHeader",
+        &top.key("forceHeader"),
         &config.force_header,
         "removes this header from",
     );
     if routing_header.is_some() && routing_header == force_header {
         errors.push(
-            "forceHeader",
+            &top.key("forceHeader"),
             "must differ from routingHeader; pick another header name".to_owned(),
         );
     }
     let force_token = config.force_token.as_deref().and_then(|token| {
         if token.len() < MIN_FORCE_TOKEN_BYTES || !token.bytes().all(|b| b.is_ascii_graphic()) {
             errors.push(
-                "forceToken",
+                &top.key("forceToken"),
                 format!(
                     "must be at least {MIN_FORCE_TOKEN_BYTES} visible ASCII characters; \
                      generate one with `openssl rand -hex 16`, or remove the field to turn forcing off"
@@ -662,15 +765,15 @@ pub fn validate(config: &FilterConfig) -> Result<Compiled, ConfigErrors> {
         ("routingHeader", routing_header.as_deref(), "overwrites"),
         ("forceHeader", force_header.as_deref(), "removes"),
     ];
-    let identity = errors.identity("identity", &config.identity, &rewritten);
+    let identity = errors.identity(&top.key("identity"), &config.identity, &rewritten);
     let anonymous = errors.anonymous(&config.anonymous);
-    let events_header = errors.header_name("eventsHeader", &config.events_header);
+    let events_header = errors.header_name(&top.key("eventsHeader"), &config.events_header);
     errors.event_names(&config.events);
 
     let mut rollouts = Vec::with_capacity(config.rollouts.len());
     let mut clashes = host_clashes(&config.rollouts).into_iter();
     for (name, rollout) in &config.rollouts {
-        let field = format!("rollouts.{name}");
+        let field = top.key("rollouts").key(name);
         if !is_dns_label(name) {
             errors.push(
                 &field,
@@ -681,7 +784,7 @@ pub fn validate(config: &FilterConfig) -> Result<Compiled, ConfigErrors> {
         }
         for i in 0..rollout.hosts.len() {
             if let Some(problem) = clashes.next().flatten() {
-                errors.push(&format!("{field}.hosts[{i}]"), problem);
+                errors.push(&field.key("hosts").index(i), problem);
             }
         }
         if let Some(compiled) = errors.rollout(&field, name, rollout, &identity, &rewritten) {
@@ -835,14 +938,14 @@ const KEPT_REQUEST_HEADERS: [&str; 8] = [
 struct Errors(Vec<ConfigError>);
 
 impl Errors {
-    fn push(&mut self, field: &str, problem: String) {
+    fn push(&mut self, field: &FieldPath, problem: String) {
         self.0.push(ConfigError {
-            field: field.to_owned(),
+            field: field.clone(),
             problem,
         });
     }
 
-    fn header_name(&mut self, field: &str, name: &str) -> Option<String> {
+    fn header_name(&mut self, field: &FieldPath, name: &str) -> Option<String> {
         if !is_token(name) || name.starts_with(':') {
             self.push(
                 field,
@@ -868,7 +971,7 @@ impl Errors {
 
     /// A request header the filter rewrites (`action`, e.g. "removes this header from") on
     /// every request it sees: besides [`Errors::header_name`]'s, none the request needs as sent.
-    fn rewritten_header(&mut self, field: &str, name: &str, action: &str) -> Option<String> {
+    fn rewritten_header(&mut self, field: &FieldPath, name: &str, action: &str) -> Option<String> {
         let lower = self.header_name(field, name)?;
         if KEPT_REQUEST_HEADERS.contains(&lower.as_str()) {
             self.push(
@@ -887,17 +990,16 @@ impl Errors {
     /// come from.
     fn identity(
         &mut self,
-        field: &str,
+        field: &FieldPath,
         sources: &[IdentitySource],
         rewritten: &[(&str, Option<&str>, &str)],
     ) -> Vec<Identity> {
         let mut out = Vec::with_capacity(sources.len());
         for (i, source) in sources.iter().enumerate() {
-            let field = format!("{field}[{i}]");
+            let field = field.index(i);
             match source.kind.as_str() {
                 "header" => {
-                    let Some(name) = self.header_name(&format!("{field}.name"), &source.name)
-                    else {
+                    let Some(name) = self.header_name(&field.key("name"), &source.name) else {
                         continue;
                     };
                     match rewritten
@@ -906,7 +1008,7 @@ impl Errors {
                     {
                         // Its value is the client's pick, and users without it look anonymous.
                         Some((other, _, action)) => self.push(
-                            &format!("{field}.name"),
+                            &field.key("name"),
                             format!(
                                 "\"{}\" is the {other}, which the client sends and the filter \
                                  {action}; read the user key from another header, one your \
@@ -922,7 +1024,7 @@ impl Errors {
                         out.push(Identity::Cookie(source.name.clone()));
                     } else {
                         self.push(
-                            &format!("{field}.name"),
+                            &field.key("name"),
                             format!(
                                 "\"{}\" is not a valid cookie name; use letters, digits, '-' and '_'",
                                 source.name
@@ -931,7 +1033,7 @@ impl Errors {
                     }
                 }
                 other => self.push(
-                    &format!("{field}.kind"),
+                    &field.key("kind"),
                     format!("unknown identity kind \"{other}\"; use \"header\" or \"cookie\""),
                 ),
             }
@@ -940,6 +1042,7 @@ impl Errors {
     }
 
     fn anonymous(&mut self, policy: &AnonymousPolicy) -> Option<Anonymous> {
+        let field = FieldPath::root().key("anonymous");
         match policy.mode.as_str() {
             "stable" => Some(Anonymous::Stable),
             "cookie" => {
@@ -954,7 +1057,7 @@ impl Errors {
                 });
                 if !is_token(name) {
                     self.push(
-                        "anonymous.cookieName",
+                        &field.key("cookieName"),
                         format!(
                             "\"{name}\" is not a valid cookie name; use letters, digits, '-' and '_'"
                         ),
@@ -962,7 +1065,7 @@ impl Errors {
                     ok = false;
                 } else if let Some(prefix) = prefix {
                     self.push(
-                        "anonymous.cookieName",
+                        &field.key("cookieName"),
                         format!(
                             "\"{name}\" starts with {prefix}: browsers drop a Set-Cookie of that name \
                              without Secure, which this cookie lacks, so every request would get a \
@@ -973,7 +1076,7 @@ impl Errors {
                 }
                 if policy.max_age_seconds == 0 || policy.max_age_seconds > MAX_COOKIE_AGE_SECONDS {
                     self.push(
-                        "anonymous.maxAgeSeconds",
+                        &field.key("maxAgeSeconds"),
                         format!(
                             "{} is out of range; use 1..={MAX_COOKIE_AGE_SECONDS} seconds",
                             policy.max_age_seconds
@@ -988,7 +1091,7 @@ impl Errors {
             }
             other => {
                 self.push(
-                    "anonymous.mode",
+                    &field.key("mode"),
                     format!("unknown mode \"{other}\"; use \"cookie\" or \"stable\""),
                 );
                 None
@@ -997,9 +1100,10 @@ impl Errors {
     }
 
     fn event_names(&mut self, events: &[String]) {
+        let field = FieldPath::root().key("events");
         if events.len() > MAX_EVENTS {
             self.push(
-                "events",
+                &field,
                 format!(
                     "{} event names; at most {MAX_EVENTS} keep metric cardinality bounded",
                     events.len()
@@ -1014,12 +1118,12 @@ impl Errors {
                     .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
             if !valid {
                 self.push(
-                    &format!("events[{i}]"),
+                    &field.index(i),
                     format!("\"{event}\" is not a valid event name; use 1-64 characters of letters, digits, '_' and '-'"),
                 );
             } else if events[..i].contains(event) {
                 self.push(
-                    &format!("events[{i}]"),
+                    &field.index(i),
                     format!("\"{event}\" is listed twice; remove the duplicate"),
                 );
             }
@@ -1028,7 +1132,7 @@ impl Errors {
 
     fn rollout(
         &mut self,
-        field: &str,
+        field: &FieldPath,
         name: &str,
         rollout: &RolloutConfig,
         default_identity: &[Identity],
@@ -1037,7 +1141,7 @@ impl Errors {
         let before = self.0.len();
         if rollout.weight_bp > FULL_WEIGHT_BP {
             self.push(
-                &format!("{field}.weightBp"),
+                &field.key("weightBp"),
                 format!(
                     "{} is out of range; use 0..={FULL_WEIGHT_BP} basis points (500 = 5%)",
                     rollout.weight_bp
@@ -1046,7 +1150,7 @@ impl Errors {
         }
         if rollout.hosts.is_empty() {
             self.push(
-                &format!("{field}.hosts"),
+                &field.key("hosts"),
                 "is empty; list the destination hosts this rollout splits".to_owned(),
             );
         }
@@ -1058,14 +1162,14 @@ impl Errors {
                 hosts.push(HostPattern::Name(host.clone()));
             } else {
                 self.push(
-                    &format!("{field}.hosts[{i}]"),
+                    &field.key("hosts").index(i),
                     format!("\"{host}\" is not a host name; use lowercase DNS names without port or scheme, or \"*\""),
                 );
             }
         }
         if !is_namespace(&rollout.namespace) {
             self.push(
-                &format!("{field}.namespace"),
+                &field.key("namespace"),
                 format!(
                     "\"{}\" is not a namespace name; use {NAMESPACE_RULE}, or omit it outside \
                      Kubernetes",
@@ -1076,7 +1180,7 @@ impl Errors {
         let salt = rollout.salt.clone().unwrap_or_else(|| name.to_owned());
         if salt.is_empty() || salt.len() > 256 {
             self.push(
-                &format!("{field}.salt"),
+                &field.key("salt"),
                 "must be 1-256 characters; omit it to use the rollout name".to_owned(),
             );
         }
@@ -1091,19 +1195,19 @@ impl Errors {
                     .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
             if !valid {
                 self.push(
-                    &format!("{field}.{key}"),
+                    &field.key(key),
                     format!("\"{version}\" is not a valid version name; use 1-63 characters of letters, digits, '-', '_' and '.'"),
                 );
             }
         }
         if rollout.stable_version == rollout.canary_version {
             self.push(
-                &format!("{field}.canaryVersion"),
+                &field.key("canaryVersion"),
                 "equals stableVersion; the two versions need different names".to_owned(),
             );
         }
         let identity = match &rollout.identity {
-            Some(sources) => self.identity(&format!("{field}.identity"), sources, rewritten),
+            Some(sources) => self.identity(&field.key("identity"), sources, rewritten),
             None => default_identity.to_vec(),
         };
         let mut allow_cohorts = 0u128;
@@ -1112,14 +1216,14 @@ impl Errors {
                 allow_cohorts |= 1u128 << cohort;
             } else {
                 self.push(
-                    &format!("{field}.allowCohorts[{i}]"),
+                    &field.key("allowCohorts").index(i),
                     format!("{cohort} is not a cohort; cohorts are 0..=99"),
                 );
             }
         }
         if rollout.allow_keys.len() > MAX_ALLOW_KEYS {
             self.push(
-                &format!("{field}.allowKeys"),
+                &field.key("allowKeys"),
                 format!(
                     "{} keys; at most {MAX_ALLOW_KEYS} (use allowCohorts for larger groups)",
                     rollout.allow_keys.len()
@@ -1129,7 +1233,7 @@ impl Errors {
         for (i, key) in rollout.allow_keys.iter().enumerate() {
             if key.is_empty() || key.len() > MAX_KEY_BYTES {
                 self.push(
-                    &format!("{field}.allowKeys[{i}]"),
+                    &field.key("allowKeys").index(i),
                     format!("keys are 1-{MAX_KEY_BYTES} bytes"),
                 );
             }
@@ -1701,6 +1805,63 @@ mod tests {
                 .collect();
             assert_eq!(got, want, "{document}");
         }
+    }
+
+    /// Each error's path is its keys and indexes, whatever they hold (a rollout name with a
+    /// dot stays one key), and prints as the dotted text the messages above show.
+    #[test]
+    fn error_paths_are_segments_that_print_dotted() {
+        use Segment::{Index, Key};
+        let document = r#"{"version": 1, "events": ["ok", "not ok"],
+            "identity": [{"kind": "header", "name": "bad header"}],
+            "rollouts": {"a.b": {"hosts": ["a"], "weightBp": 10001}}}"#;
+        let errors = match parse(document.as_bytes()) {
+            Err(ConfigErrors(errors)) => errors,
+            Ok(compiled) => unreachable!("{compiled:?}"),
+        };
+        let paths: Vec<(Vec<Segment<&str>>, String)> = errors
+            .iter()
+            .map(|e| (e.field.segments(), e.field.to_string()))
+            .collect();
+        assert_eq!(
+            paths,
+            vec![
+                (
+                    vec![Key("identity"), Index(0), Key("name")],
+                    "identity[0].name".to_owned()
+                ),
+                (vec![Key("events"), Index(1)], "events[1]".to_owned()),
+                (vec![Key("rollouts"), Key("a.b")], "rollouts.a.b".to_owned()),
+                (
+                    vec![Key("rollouts"), Key("a.b"), Key("weightBp")],
+                    "rollouts.a.b.weightBp".to_owned()
+                ),
+            ]
+        );
+        let refused = parse(b"[]").map(|_| ()).unwrap_err().0;
+        assert_eq!(refused[0].field, FieldPath::root());
+        assert!(refused[0].field.segments().is_empty());
+        assert_eq!(refused[0].field.to_string(), "(document)");
+
+        let path = FieldPath::root()
+            .key("rollouts")
+            .key("a")
+            .key("hosts")
+            .index(3);
+        assert_eq!(dotted(&path.segments()[2..]), "hosts[3]");
+        assert_eq!(dotted(&path.segments()[3..]), "[3]");
+        assert_eq!(dotted::<&str>(&[]), "");
+        // Equal to its printed text only, not to a prefix, an extension or another spelling.
+        assert!(path == "rollouts.a.hosts[3]");
+        for other in [
+            "rollouts.a.hosts",
+            "rollouts.a.hosts[3]x",
+            "rollouts.a.hosts.3",
+            "",
+        ] {
+            assert!(path != other, "{other}");
+        }
+        assert!(FieldPath::root() == "(document)" && FieldPath::root() != "");
     }
 
     #[test]

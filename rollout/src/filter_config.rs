@@ -4,6 +4,7 @@
 
 use cohort_core::config::{
     self, AnonymousPolicy, ConfigError, FilterConfig, IdentitySource, RolloutConfig,
+    Segment::{Index, Key},
 };
 
 use crate::crd::{AnonymousMode, CanaryRolloutSpec, IdentityKind};
@@ -102,38 +103,34 @@ fn rollout_entry(spec: &CanaryRolloutSpec, namespace: &str, weight_bp: u32) -> R
     rollout
 }
 
-/// Renames a filter config error to the spec field that produced it.
+/// Renames a filter config error to the spec field that produced it, matching the path's
+/// segments (never its text: a rollout name may hold a dot).
 fn to_spec_error(error: &ConfigError, name: &str, events: &[(String, usize)]) -> SpecError {
-    let rollout_prefix = format!("rollouts.{name}");
-    if error.field == rollout_prefix {
-        return SpecError::new(
-            "metadata.name",
-            "the CanaryRollout's name is the filter's rollout key and metric label: use 1-63 \
-             characters of a-z, 0-9 and '-', starting and ending with a letter or digit",
-        );
-    }
-    let field = if let Some(rest) = error.field.strip_prefix(&format!("{rollout_prefix}.")) {
-        match rest {
-            "weightBp" => "spec.steps".to_owned(),
-            "namespace" => "metadata.namespace".to_owned(),
-            _ => format!("spec.{rest}"),
+    let rollout = |key: &str| key == name;
+    let field = match error.field.segments().as_slice() {
+        [Key("rollouts"), Key(key)] if rollout(key) => {
+            return SpecError::new(
+                "metadata.name",
+                "the CanaryRollout's name is the filter's rollout key and metric label: use 1-63 \
+                 characters of a-z, 0-9 and '-', starting and ending with a letter or digit",
+            );
         }
-    } else if let Some(rest) = error.field.strip_prefix("anonymous.") {
-        format!("spec.anonymous.{rest}")
-    } else if let Some(index) = error
-        .field
-        .strip_prefix("events[")
-        .and_then(|rest| rest.strip_suffix(']'))
-        .and_then(|index| index.parse::<usize>().ok())
-    {
-        match events.get(index) {
+        [Key("rollouts"), Key(key), Key("weightBp")] if rollout(key) => "spec.steps".to_owned(),
+        [Key("rollouts"), Key(key), Key("namespace")] if rollout(key) => {
+            "metadata.namespace".to_owned()
+        }
+        [Key("rollouts"), Key(key), rest @ ..] if rollout(key) => {
+            format!("spec.{}", config::dotted(rest))
+        }
+        [Key("anonymous"), rest @ ..] if !rest.is_empty() => {
+            format!("spec.anonymous.{}", config::dotted(rest))
+        }
+        [Key("events"), Index(index)] => match events.get(*index) {
             Some((_, gate)) => format!("spec.analysis.gates[{gate}].businessEvent.event"),
             None => "spec.analysis.gates".to_owned(),
-        }
-    } else if error.field == "events" {
-        "spec.analysis.gates".to_owned()
-    } else {
-        format!("filter.{}", error.field)
+        },
+        [Key("events")] => "spec.analysis.gates".to_owned(),
+        _ => format!("filter.{}", error.field),
     };
     SpecError::new(&field, &error.problem)
 }
@@ -146,6 +143,7 @@ mod tests {
         Target,
     };
     use crate::validate::tests::minimal_spec;
+    use cohort_core::config::FieldPath;
 
     #[test]
     fn builds_the_rollout_entry() {
@@ -261,6 +259,188 @@ mod tests {
             assert!(
                 errors.contains(expected),
                 "wanted {expected:?}\n got {errors}"
+            );
+        }
+    }
+
+    fn business_event_gate(event: &str) -> GateSpec {
+        GateSpec::new(GateCheck::BusinessEvent(BusinessEventGate {
+            event: event.into(),
+            max_drop: 0.1,
+        }))
+    }
+
+    /// Each shape of path core reports, from a real spec that makes the filter refuse its
+    /// config, to the one spec field a person edits, with core's problem carried over.
+    #[test]
+    fn each_path_shape_names_its_spec_field() {
+        type Edit = fn(&mut CanaryRolloutSpec);
+        type Fields = &'static [&'static str];
+        // (rollout name, namespace, weight, edit, the fields core names, the spec fields)
+        let table: &[(&str, &str, u32, Edit, Fields, Fields)] = &[
+            (
+                "checkout",
+                "shop",
+                10_001,
+                |_| {},
+                &["rollouts.checkout.weightBp"],
+                &["spec.steps"],
+            ),
+            (
+                "checkout",
+                "Not A Namespace",
+                100,
+                |_| {},
+                &["rollouts.checkout.namespace"],
+                &["metadata.namespace"],
+            ),
+            (
+                "Checkout.v2",
+                "shop",
+                100,
+                |_| {},
+                &["rollouts.Checkout.v2"],
+                &["metadata.name"],
+            ),
+            // A dot in the name is one key: what follows it is still the rollout's own field.
+            (
+                "a.b",
+                "shop",
+                100,
+                |s| s.salt = Some(String::new()),
+                &["rollouts.a.b", "rollouts.a.b.salt"],
+                &["metadata.name", "spec.salt"],
+            ),
+            (
+                "checkout",
+                "shop",
+                100,
+                |s| s.hosts = vec!["Bad Host".into()],
+                &["rollouts.checkout.hosts[0]"],
+                &["spec.hosts[0]"],
+            ),
+            (
+                "checkout",
+                "shop",
+                100,
+                |s| {
+                    s.identity = vec![IdentitySpec {
+                        kind: IdentityKind::Cookie,
+                        name: "a b".into(),
+                    }]
+                },
+                &["rollouts.checkout.identity[0].name"],
+                &["spec.identity[0].name"],
+            ),
+            (
+                "checkout",
+                "shop",
+                100,
+                |s| s.anonymous.max_age_seconds = 0,
+                &["anonymous.maxAgeSeconds"],
+                &["spec.anonymous.maxAgeSeconds"],
+            ),
+            (
+                "checkout",
+                "shop",
+                100,
+                |s| {
+                    s.analysis.gates.push(business_event_gate("fine"));
+                    s.analysis.gates.push(business_event_gate("fine"));
+                    s.analysis.gates.push(business_event_gate("not fine"));
+                },
+                &["events[1]"],
+                &["spec.analysis.gates[4].businessEvent.event"],
+            ),
+            (
+                "checkout",
+                "shop",
+                100,
+                |s| {
+                    for i in 0..=config::MAX_EVENTS {
+                        s.analysis
+                            .gates
+                            .push(business_event_gate(&format!("event-{i}")));
+                    }
+                },
+                &["events"],
+                &["spec.analysis.gates"],
+            ),
+        ];
+        for (name, namespace, weight, edit, core_fields, spec_fields) in table {
+            let mut spec = minimal_spec();
+            edit(&mut spec);
+            // The config spec_to_filter_config checks, to see the path core reports.
+            let mut wire = FilterConfig::new();
+            wire.anonymous.cookie_name = spec.anonymous.cookie_name.clone();
+            wire.anonymous.max_age_seconds = spec.anonymous.max_age_seconds;
+            wire.events = counted_events(&spec)
+                .into_iter()
+                .map(|(event, _)| event)
+                .collect();
+            wire.rollouts
+                .insert((*name).to_owned(), rollout_entry(&spec, namespace, *weight));
+            let core = config::validate(&wire).unwrap_err().0;
+            assert_eq!(
+                core.iter().map(|e| e.field.to_string()).collect::<Vec<_>>(),
+                *core_fields
+            );
+
+            let errors = spec_to_filter_config(&spec, namespace, name, *weight)
+                .unwrap_err()
+                .0;
+            assert_eq!(
+                errors.iter().map(|e| e.field.as_str()).collect::<Vec<_>>(),
+                *spec_fields,
+                "{core_fields:?}"
+            );
+            for (error, core) in errors.iter().zip(&core) {
+                if error.field != "metadata.name" {
+                    assert_eq!(error.problem, core.problem);
+                }
+            }
+        }
+    }
+
+    /// Paths no spec produces (the controller sets those fields itself, or sets them so core
+    /// cannot refuse them) still name the filter's own field, under `filter.`.
+    #[test]
+    fn paths_no_spec_produces_name_the_filter_field() {
+        let top = FieldPath::root();
+        let events = [("checkout".to_owned(), 2)];
+        let table = [
+            (
+                top.key("events").index(0),
+                "spec.analysis.gates[2].businessEvent.event",
+            ),
+            (top.key("events").index(1), "spec.analysis.gates"),
+            (top.key("routingHeader"), "filter.routingHeader"),
+            (
+                top.key("identity").index(0).key("kind"),
+                "filter.identity[0].kind",
+            ),
+            (
+                top.key("rollouts").key("other").key("weightBp"),
+                "filter.rollouts.other.weightBp",
+            ),
+            (
+                top.key("rollouts").key("checkout.weightBp"),
+                "filter.rollouts.checkout.weightBp",
+            ),
+            (top.key("anonymous"), "filter.anonymous"),
+            (top.clone(), "filter.(document)"),
+        ];
+        for (path, expected) in table {
+            let error = ConfigError {
+                field: path,
+                problem: "is wrong".to_owned(),
+            };
+            let renamed = to_spec_error(&error, "checkout", &events);
+            assert_eq!(
+                (renamed.field.as_str(), renamed.problem.as_str()),
+                (expected, "is wrong"),
+                "{}",
+                error.field
             );
         }
     }

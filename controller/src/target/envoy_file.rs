@@ -38,7 +38,9 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use cohort_core::config::{self, ConfigError, ConfigErrors, FilterConfig, RolloutConfig};
+use cohort_core::config::{
+    self, ConfigError, ConfigErrors, FieldPath, FilterConfig, RolloutConfig,
+};
 use serde_json::Value;
 
 use crate::source::BoxFuture;
@@ -235,7 +237,7 @@ pub fn merge(
 ) -> Result<FilterConfig, TargetError> {
     let Some(rollout) = pushed.rollouts.get(name) else {
         return Err(TargetError::Invalid(ConfigErrors(vec![ConfigError {
-            field: format!("rollouts.{name}"),
+            field: FieldPath::root().key("rollouts").key(name),
             problem: "the pushed config has no entry for this rollout".to_owned(),
         }])));
     };
@@ -297,12 +299,18 @@ fn locate_config<'d>(
             path.display()
         )));
     };
-    let field = format!("resources[{index}].typed_config.config.configuration.value");
+    let field = FieldPath::root()
+        .key("resources")
+        .index(index)
+        .key("typed_config")
+        .key("config")
+        .key("configuration")
+        .key("value");
     match resource
         .pointer_mut("/typed_config/config/configuration/value")
         .filter(|value| value.is_string())
     {
-        Some(value) => Ok((field, value)),
+        Some(value) => Ok((field.to_string(), value)),
         None => Err(TargetError::Invalid(ConfigErrors(vec![ConfigError {
             field,
             problem: format!(

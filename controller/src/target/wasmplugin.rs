@@ -44,7 +44,9 @@ use kube::core::{ApiResource, DynamicObject, GroupVersionKind};
 use kube::Client;
 use serde_json::{Map, Value};
 
-use cohort_core::config::{self, ConfigError, ConfigErrors, FilterConfig, CONFIG_VERSION};
+use cohort_core::config::{
+    self, ConfigError, ConfigErrors, FieldPath, FilterConfig, CONFIG_VERSION,
+};
 
 use super::{check_entry_namespace, entry_belongs_to, Released, Target, TargetError};
 use crate::source::BoxFuture;
@@ -503,7 +505,7 @@ fn to_bytes(value: &Value) -> Result<Vec<u8>, TargetError> {
 pub fn owned_fields(name: &str, config: &FilterConfig) -> Result<Value, TargetError> {
     let entry = config.rollouts.get(name).ok_or_else(|| {
         TargetError::Invalid(ConfigErrors(vec![ConfigError {
-            field: format!("rollouts.{name}"),
+            field: FieldPath::root().key("rollouts").key(name),
             problem: "missing from the config to push".to_owned(),
         }]))
     })?;
