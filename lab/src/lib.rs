@@ -27,7 +27,7 @@ use k8s_openapi::jiff::Timestamp;
 use cohort_controller::standalone::{parse_rollout, RunArgs, Runner};
 use cohort_rollout::crd::{CanaryRolloutStatus, Phase};
 use cohort_rollout::filter_config::spec_to_filter_config;
-use cohort_rollout::plan::percent;
+use cohort_rollout::format::weight_percent;
 
 pub mod analyze;
 pub mod envoy;
@@ -698,7 +698,7 @@ fn summary_line(
             format!(
                 "at step {} ({})",
                 status.step_index.map_or(0, |index| index + 1),
-                percent(status.weight_bp)
+                weight_percent(status.weight_bp)
             )
         },
     );
@@ -707,7 +707,7 @@ fn summary_line(
             let weights: Vec<String> = record
                 .weights
                 .iter()
-                .map(|(_, weight)| percent(*weight))
+                .map(|(_, weight)| weight_percent(*weight))
                 .filter(|weight| weight != "0%" && weight != "100%")
                 .collect();
             format!(

@@ -9,7 +9,7 @@ use std::sync::{Mutex, PoisonError};
 use crate::record::Record;
 use cohort_rollout::crd::{CanaryRolloutSpec, CanaryRolloutStatus, GateResult, Phase};
 use cohort_rollout::duration;
-use cohort_rollout::plan::percent;
+use cohort_rollout::format::{share_percent, weight_percent};
 
 /// Width of the progress bar, in characters.
 const BAR_WIDTH: usize = 30;
@@ -58,10 +58,10 @@ impl Display {
             "{at:>6.1}s  {} step {} at {}",
             status.phase,
             status.step_index.map_or(0, |index| index + 1),
-            percent(status.weight_bp)
+            weight_percent(status.weight_bp)
         );
         if let Some(share) = canary_users {
-            line.push_str(&format!(", canary users {:.1}%", share * 100.0));
+            line.push_str(&format!(", canary users {}", share_percent(share, 1)));
         }
         for gate in &status.gates {
             line.push_str(&format!(" | {}", gate_line(gate, false)));
@@ -144,7 +144,7 @@ pub fn live_block(spec: &CanaryRolloutSpec, record: &Record, now: f64) -> Vec<St
         phase.as_str(),
         step_index.map_or(0, |index| index + 1),
         spec.steps.len(),
-        percent(served),
+        weight_percent(served),
         in_step,
         bake,
         now
@@ -193,7 +193,7 @@ fn bar(fraction: f64) -> String {
 pub fn gate_value(gate: &str, value: Option<f64>) -> String {
     match value {
         None => "-".to_owned(),
-        Some(v) if gate.starts_with("error-rate") => format!("{:.2}%", v * 100.0),
+        Some(v) if gate.starts_with("error-rate") => share_percent(v, 2),
         Some(v) if gate.starts_with("latency") => format!("{v:.1} ms"),
         Some(v) => format!("{v:.3}"),
     }

@@ -13,7 +13,7 @@ use std::time::Duration;
 use crate::record::{quantile, Record, Version};
 use crate::{LabOutcome, Scenario};
 use cohort_rollout::crd::{CanaryRolloutSpec, Verdict};
-use cohort_rollout::plan::percent;
+use cohort_rollout::format::weight_percent;
 
 /// Plot size in SVG units (the page scales it to its width).
 const WIDTH: f64 = 900.0;
@@ -241,7 +241,7 @@ fn facts(input: &ReportInput<'_>) -> String {
             record
                 .weights
                 .iter()
-                .map(|(at, weight)| format!("{} at {at:.1} s", percent(*weight)))
+                .map(|(at, weight)| format!("{} at {at:.1} s", weight_percent(*weight)))
                 .collect::<Vec<_>>()
                 .join(", "),
         ),
@@ -289,7 +289,7 @@ fn markers(input: &ReportInput<'_>) -> Vec<Marker> {
             markers.push(Marker {
                 at,
                 class: "step-marker",
-                label: percent(weight),
+                label: weight_percent(weight),
                 colour: "#a0aec0",
             });
         }
@@ -588,7 +588,7 @@ fn cycle_table(input: &ReportInput<'_>) -> String {
             cycle.at,
             cycle.phase,
             cycle.step_index.map_or(0, |index| index + 1),
-            percent(cycle.weight_bp)
+            weight_percent(cycle.weight_bp)
         );
         if let Some(error) = &cycle.error {
             let _ = write!(

@@ -41,6 +41,7 @@ use cohort_rollout::crd::{
 use cohort_rollout::evaluate::{
     evaluate, evaluate_window, histogram_quantile, Bucket, Observed, Samples, VersionSamples,
 };
+use cohort_rollout::format::{or_dash, share_percent, whole_seconds};
 
 /// One analysis interval: the simulation's time step.
 pub const TICK_S: u64 = 30;
@@ -888,11 +889,11 @@ pub fn table(rows: &[Row]) -> String {
             [
                 row.scenario.clone(),
                 row.gate.clone(),
-                percent_cell(row.false_rollback_rate),
-                percent_cell(row.detection_rate),
-                seconds_cell(row.median_detect_s),
-                seconds_cell(row.p90_detect_s),
-                seconds_cell(row.median_promote_s),
+                or_dash(row.false_rollback_rate, |rate| share_percent(rate, 2)),
+                or_dash(row.detection_rate, |rate| share_percent(rate, 2)),
+                or_dash(row.median_detect_s, whole_seconds),
+                or_dash(row.p90_detect_s, whole_seconds),
+                or_dash(row.median_promote_s, whole_seconds),
             ]
         })
         .collect();
@@ -922,14 +923,6 @@ pub fn table(rows: &[Row]) -> String {
         out.push_str(&render(line));
     }
     out
-}
-
-fn percent_cell(rate: Option<f64>) -> String {
-    rate.map_or("-".to_owned(), |rate| format!("{:.2}%", rate * 100.0))
-}
-
-fn seconds_cell(seconds: Option<f64>) -> String {
-    seconds.map_or("-".to_owned(), |s| format!("{s:.0}s"))
 }
 
 /// `cohort simulate`'s command line.

@@ -16,6 +16,7 @@ use crate::crd::{
     BusinessEventGate, CustomGate, ErrorRateGate, GateCheck, GateResult, GateSpec, LatencyGate,
     Verdict,
 };
+use crate::format::share_percent;
 
 /// One number (or histogram) a metric source tried to read.
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -200,9 +201,9 @@ impl Judge for ErrorRateGate {
         result.threshold = Some(threshold);
         let comparison = format!(
             "canary 5xx rate {} vs stable {} (limit {})",
-            percent(canary_rate),
-            percent(stable_rate),
-            percent(threshold)
+            share_percent(canary_rate, 2),
+            share_percent(stable_rate, 2),
+            share_percent(threshold, 2)
         );
         if exceeds(canary_rate, threshold) {
             result.fail(comparison)
@@ -463,10 +464,6 @@ fn exceeds(value: f64, limit: f64) -> bool {
         return value > limit;
     }
     value > limit + 1e-9 * limit.abs().max(1.0)
-}
-
-fn percent(share: f64) -> String {
-    format!("{:.2}%", share * 100.0)
 }
 
 /// The `q` quantile of a cumulative histogram, as PromQL's `histogram_quantile` computes it:

@@ -1,15 +1,16 @@
 //! cohort's rollout logic, as pure functions over values: the `CanaryRollout` resource ([`crd`])
 //! and its checks ([`validate`], [`duration`], [`query`] for the PromQL templates), the filter
 //! entry a spec becomes ([`filter_config`]), the gates' verdicts ([`evaluate()`], with the
-//! sequential tests in [`sequential`]), and the state machine that turns a verdict into the next
-//! weight and status ([`plan()`]). It does no I/O: no tokio, no Kubernetes client, no HTTP. The
-//! controller (cohort-controller) fetches samples and status, calls this crate, and applies the
-//! [`Plan`] it returns.
+//! sequential tests in [`sequential`]), the state machine that turns a verdict into the next
+//! weight and status ([`plan()`]), and how numbers read in reasons and tables ([`mod@format`]).
+//! It does no I/O: no tokio, no Kubernetes client, no HTTP. The controller (cohort-controller)
+//! fetches samples and status, calls this crate, and applies the [`Plan`] it returns.
 
 pub mod crd;
 pub mod duration;
 pub mod evaluate;
 pub mod filter_config;
+pub mod format;
 pub mod plan;
 pub mod query;
 pub mod sequential;

@@ -43,6 +43,7 @@ use crate::crd::{
 };
 use crate::duration;
 use crate::evaluate::Evaluation;
+use crate::format::weight_percent as percent;
 use crate::validate::validate_spec;
 
 /// How often a finished (or stopped) rollout is looked at again, to re-assert its weight.
@@ -827,16 +828,6 @@ fn whole_second(now: Timestamp) -> Timestamp {
 fn millis_between(from: Timestamp, to: Timestamp) -> Duration {
     let millis = to.as_millisecond().saturating_sub(from.as_millisecond());
     Duration::from_millis(u64::try_from(millis).unwrap_or(0))
-}
-
-/// `2500` → `25%`, `50` → `0.5%`.
-pub fn percent(weight_bp: u32) -> String {
-    let whole = weight_bp / 100;
-    match weight_bp % 100 {
-        0 => format!("{whole}%"),
-        fraction if fraction % 10 == 0 => format!("{whole}.{}%", fraction / 10),
-        fraction => format!("{whole}.{fraction:02}%"),
-    }
 }
 
 /// `90s` → `1m30s`; sub-second parts are dropped unless that is all there is.

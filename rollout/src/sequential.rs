@@ -83,6 +83,7 @@ use crate::crd::{
 };
 use crate::duration;
 use crate::evaluate::{happenings, histogram, requests, Bucket, Judge, Samples};
+use crate::format::share_percent_or_unknown;
 
 /// The window when the interval is unreadable (the spec is then invalid anyway).
 const FALLBACK_INTERVAL: Duration = Duration::from_secs(30);
@@ -406,8 +407,8 @@ pub fn decide(
             format!(
                 "within the margin: canary's rate is {side} {} with {confidence} confidence, \
                  worse counts from {}",
-                percent(canary_bound),
-                percent(pass_bound)
+                share_percent_or_unknown(canary_bound),
+                share_percent_or_unknown(pass_bound)
             ),
         )
     } else if expired {
@@ -427,8 +428,8 @@ pub fn decide(
                  ({confidence}), worse counts from {}",
                 short(evidence),
                 short(needed),
-                percent(canary_bound),
-                percent(pass_bound)
+                share_percent_or_unknown(canary_bound),
+                share_percent_or_unknown(pass_bound)
             ),
         )
     };
@@ -497,8 +498,8 @@ impl SequentialGate {
             (Some(canary), Some(stable)) => {
                 format!(
                     "canary {what} {} vs stable {}",
-                    percent(canary),
-                    percent(stable)
+                    share_percent_or_unknown(canary),
+                    share_percent_or_unknown(stable)
                 )
             }
             _ => format!("{what}: canary {canary:?}, stable {stable:?}"),
@@ -630,14 +631,6 @@ fn short(value: f64) -> String {
 fn trim(value: f64) -> String {
     let text = format!("{value:.2}");
     text.trim_end_matches('0').trim_end_matches('.').to_owned()
-}
-
-fn percent(share: f64) -> String {
-    if share.is_finite() {
-        format!("{:.2}%", share * 100.0)
-    } else {
-        "unknown".to_owned()
-    }
 }
 
 #[cfg(test)]

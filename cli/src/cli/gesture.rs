@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 
 use crate::cli::CliError;
 use cohort_rollout::crd::{CanaryRollout, Phase};
-use cohort_rollout::plan::percent;
+use cohort_rollout::format::weight_percent;
 
 /// The field manager the CLI's patches are recorded under.
 pub const FIELD_MANAGER: &str = "cohort-cli";
@@ -86,7 +86,7 @@ pub fn report(gesture: Gesture, rollout: &CanaryRollout) -> String {
             spec.restart_at.as_deref().unwrap_or_default()
         ),
     }];
-    let now_at = format!("it is {phase} at {}", percent(status.weight_bp));
+    let now_at = format!("it is {phase} at {}", weight_percent(status.weight_bp));
     let next = match gesture {
         Gesture::Promote if spec.abort => {
             "spec.abort is also set and wins: clear it with `cohort retry` first".to_owned()

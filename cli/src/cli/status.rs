@@ -11,7 +11,7 @@ use kube::Client;
 
 use crate::cli::{CliError, Scope};
 use cohort_rollout::crd::{CanaryRollout, GateCheck, GateResult, Phase};
-use cohort_rollout::plan::percent;
+use cohort_rollout::format::{number, share_number_percent, weight_percent};
 
 /// How often `--watch` renders again.
 pub const WATCH_INTERVAL: Duration = Duration::from_secs(2);
@@ -150,7 +150,7 @@ pub fn weight_bar(weight_bp: u32) -> String {
     let bar: String = (0..BAR_WIDTH)
         .map(|i| if i < filled { '#' } else { '-' })
         .collect();
-    format!("[{bar}] {:>6}", percent(weight_bp))
+    format!("[{bar}] {:>6}", weight_percent(weight_bp))
 }
 
 /// `error-rate Pass: canary 0.12%, stable 0.1%, limit 0.6% (n 812/24310)`: the numbers in the
@@ -165,7 +165,7 @@ fn gate_text(rollout: &CanaryRollout, result: &GateResult) -> String {
         .map(|gate| &gate.check);
     let unit = |value: f64| match kind {
         Some(GateCheck::ErrorRate(_) | GateCheck::BusinessEvent(_) | GateCheck::Sequential(_)) => {
-            share(value)
+            share_number_percent(value)
         }
         Some(GateCheck::Latency(_)) => format!("{}ms", number(value)),
         Some(GateCheck::Custom(_)) | None => number(value),
@@ -189,31 +189,6 @@ fn gate_text(rollout: &CanaryRollout, result: &GateResult) -> String {
         number(result.stable_samples)
     );
     text
-}
-
-/// A fraction as a percentage: `0.0123` → `1.23%`.
-fn share(fraction: f64) -> String {
-    format!("{}%", number(fraction * 100.0))
-}
-
-/// A number with at most 4 significant digits and no trailing zeros: `1234.6` → `1235`,
-/// `0.012345` → `0.01235`, `3.0` → `3`.
-fn number(value: f64) -> String {
-    if !value.is_finite() {
-        return value.to_string();
-    }
-    if value == 0.0 {
-        return "0".to_owned();
-    }
-    // Digits after the point that keep 4 significant ones (none for values of 1000 and above).
-    let magnitude = value.abs().log10().floor() as i32;
-    let decimals = usize::try_from(3 - magnitude).unwrap_or(0).min(12);
-    let text = format!("{value:.decimals$}");
-    if text.contains('.') {
-        text.trim_end_matches('0').trim_end_matches('.').to_owned()
-    } else {
-        text
-    }
 }
 
 /// Time from `from` to `to`, zero if `to` is earlier (clock skew between hosts).
