@@ -13,6 +13,7 @@ use std::time::Duration;
 use k8s_openapi::jiff::Timestamp;
 
 use crate::progress::gate_value;
+use crate::Error;
 use cohort_controller::source::prometheus::PrometheusSource;
 use cohort_controller::source::{MetricSource, SeriesRequest};
 use cohort_controller::standalone::{load_rollout, LoadedRollout};
@@ -46,26 +47,6 @@ pub struct AnalyzeArgs {
     pub interval: Option<String>,
 }
 
-/// What can go wrong before the first query.
-#[derive(Debug, thiserror::Error)]
-pub enum AnalyzeError {
-    /// A flag is unusable.
-    #[error("{0}")]
-    Usage(String),
-    /// The rollout file is unusable.
-    #[error(transparent)]
-    Rollout(#[from] cohort_controller::standalone::RunError),
-    /// The spec does not validate.
-    #[error("the rollout's spec is invalid: {0}")]
-    InvalidSpec(SpecErrors),
-    /// The Prometheus URL is unusable.
-    #[error(transparent)]
-    Source(#[from] cohort_controller::source::series::SourceError),
-    /// The tokio runtime could not start.
-    #[error("cannot start the async runtime: {0}")]
-    Runtime(std::io::Error),
-}
-
 /// One evaluated interval.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Row {
@@ -81,7 +62,7 @@ pub fn main(args: &AnalyzeArgs) -> i32 {
     let result = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .map_err(AnalyzeError::Runtime)
+        .map_err(Error::Runtime)
         .and_then(|runtime| runtime.block_on(run(args, &mut std::io::stdout().lock())));
     match result {
         Ok(()) => 0,
@@ -94,15 +75,15 @@ pub fn main(args: &AnalyzeArgs) -> i32 {
 
 /// Reads the rollout, evaluates every interval and writes the table to `out`, one row as
 /// each interval is done.
-pub async fn run(args: &AnalyzeArgs, out: &mut impl std::io::Write) -> Result<(), AnalyzeError> {
+pub async fn run(args: &AnalyzeArgs, out: &mut impl std::io::Write) -> Result<(), Error> {
     let rollout = load_rollout(&args.rollout)?;
     validate_spec(&rollout.spec, &rollout.name)
-        .map_err(|errors| AnalyzeError::InvalidSpec(SpecErrors(errors)))?;
+        .map_err(|errors| Error::InvalidSpec(SpecErrors(errors)))?;
     // Whole seconds: Prometheus evaluates at them, and the table shows them.
     let now = Timestamp::now();
     let now = Timestamp::from_second(now.as_second()).unwrap_or(now);
-    let from = parse_time(&args.from, now).map_err(AnalyzeError::Usage)?;
-    let to = parse_time(&args.to, now).map_err(AnalyzeError::Usage)?;
+    let from = parse_time(&args.from, now).map_err(Error::Usage)?;
+    let to = parse_time(&args.to, now).map_err(Error::Usage)?;
     let interval_text = args
         .interval
         .clone()
@@ -110,10 +91,8 @@ pub async fn run(args: &AnalyzeArgs, out: &mut impl std::io::Write) -> Result<()
     let interval = duration::parse(&interval_text)
         .ok()
         .filter(|interval| interval.as_secs() >= 1)
-        .ok_or_else(|| {
-            AnalyzeError::Usage(format!("interval {interval_text:?}: use at least 1s"))
-        })?;
-    let ends = interval_ends(from, to, interval).map_err(AnalyzeError::Usage)?;
+        .ok_or_else(|| Error::Usage(format!("interval {interval_text:?}: use at least 1s")))?;
+    let ends = interval_ends(from, to, interval).map_err(Error::Usage)?;
     let source = PrometheusSource::new(&args.prometheus, HTTP_TIMEOUT)?;
     let gate_names: Vec<String> = rollout
         .spec
@@ -122,7 +101,7 @@ pub async fn run(args: &AnalyzeArgs, out: &mut impl std::io::Write) -> Result<()
         .iter()
         .map(|g| g.name())
         .collect();
-    let write_error = |error: std::io::Error| AnalyzeError::Usage(format!("writing: {error}"));
+    let write_error = |error: std::io::Error| Error::Usage(format!("writing: {error}"));
     writeln!(
         out,
         "{} {} from {} to {} every {}s; each cell: verdict canary/stable (limit)",

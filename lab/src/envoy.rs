@@ -6,7 +6,7 @@ use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use crate::LabError;
+use crate::Error;
 use cohort_controller::source::envoy_admin::EnvoyAdmin;
 
 /// `manifests/envoy/bootstrap.yaml`.
@@ -154,10 +154,10 @@ fn without_wasm_filter(bootstrap: &str) -> Result<String, String> {
 }
 
 /// A free port on 127.0.0.1 (bound, read, released).
-pub fn free_port() -> Result<u16, LabError> {
+pub fn free_port() -> Result<u16, Error> {
     let port = TcpListener::bind("127.0.0.1:0")
         .and_then(|listener| listener.local_addr())
-        .map_err(|error| LabError::Setup(format!("no free port on 127.0.0.1: {error}")))?
+        .map_err(|error| Error::Setup(format!("no free port on 127.0.0.1: {error}")))?
         .port();
     Ok(port)
 }
@@ -176,9 +176,9 @@ pub struct LabEnvoy {
 impl LabEnvoy {
     /// Writes the bootstrap and ECDS file into `dir`, starts Envoy on them, and waits until it
     /// is ready with the filter config loaded.
-    pub async fn start(launch: &Launch, dir: &Path) -> Result<LabEnvoy, LabError> {
+    pub async fn start(launch: &Launch, dir: &Path) -> Result<LabEnvoy, Error> {
         let setup =
-            |what: &str, error: &dyn std::fmt::Display| LabError::Setup(format!("{what}: {error}"));
+            |what: &str, error: &dyn std::fmt::Display| Error::Setup(format!("{what}: {error}"));
         let ecds = dir.join("ecds.yaml");
         // Written without a filter slot too: pushes to it then go nowhere, as they should.
         let wasm = launch.wasm.clone().unwrap_or_default();
@@ -284,7 +284,7 @@ impl LabEnvoy {
         &mut self,
         path: &Path,
         deadline: Duration,
-    ) -> Result<SocketAddr, LabError> {
+    ) -> Result<SocketAddr, Error> {
         let started = Instant::now();
         loop {
             if let Ok(text) = std::fs::read_to_string(path) {
@@ -304,14 +304,14 @@ impl LabEnvoy {
         &mut self,
         with_filter: bool,
         deadline: Duration,
-    ) -> Result<(), LabError> {
+    ) -> Result<(), Error> {
         let admin = EnvoyAdmin::new(&self.admin_url(), Duration::from_secs(2))
-            .map_err(|error| LabError::Setup(error.to_string()))?;
+            .map_err(|error| Error::Setup(error.to_string()))?;
         let http = reqwest::Client::builder()
             .no_proxy()
             .timeout(Duration::from_secs(2))
             .build()
-            .map_err(|error| LabError::Setup(error.to_string()))?;
+            .map_err(|error| Error::Setup(error.to_string()))?;
         let ready_url = format!("{}/ready", self.admin_url());
         let started = Instant::now();
         loop {
@@ -344,7 +344,7 @@ impl LabEnvoy {
         }
     }
 
-    fn check_running(&mut self, what: &str) -> Result<(), LabError> {
+    fn check_running(&mut self, what: &str) -> Result<(), Error> {
         match self.child.try_wait() {
             Ok(None) => Ok(()),
             Ok(Some(status)) => Err(self.failure(&format!("Envoy exited ({status}) while {what}"))),
@@ -353,8 +353,8 @@ impl LabEnvoy {
     }
 
     /// A setup error carrying `message` and the tail of Envoy's log and output.
-    fn failure(&self, message: &str) -> LabError {
-        LabError::Setup(format!("{message}\n{}", self.log_tail(FAILURE_LOG_LINES)))
+    fn failure(&self, message: &str) -> Error {
+        Error::Setup(format!("{message}\n{}", self.log_tail(FAILURE_LOG_LINES)))
     }
 
     /// The last `lines` lines of Envoy's log and of its stdout/stderr, each under a heading.

