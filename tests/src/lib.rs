@@ -58,8 +58,8 @@ impl From<&str> for Error {
     }
 }
 
-impl From<cohort_lab::LabError> for Error {
-    fn from(error: cohort_lab::LabError) -> Self {
+impl From<cohort_lab::Error> for Error {
+    fn from(error: cohort_lab::Error) -> Self {
         Error(error.to_string())
     }
 }
