@@ -9,8 +9,21 @@ use cohort_core::bucket::FULL_WEIGHT_BP;
 use cohort_core::config::FilterConfig;
 
 use crate::crd::CanaryRolloutSpec;
+use crate::duration;
 use crate::filter_config::spec_to_filter_config;
 use crate::spec_error::SpecErrors;
+
+/// The analysis interval of a spec that may not compile: the one it gives when that parses and
+/// is positive, else 30s. What runs for an invalid spec (a requeue, `cohort run`'s samples and
+/// backoff) keeps to the user's interval where it can.
+pub fn interval_or_fallback(spec: &CanaryRolloutSpec) -> Duration {
+    duration::parse(&spec.analysis.interval)
+        .ok()
+        .filter(|interval| !interval.is_zero())
+        .unwrap_or(FALLBACK_INTERVAL)
+}
+
+const FALLBACK_INTERVAL: Duration = Duration::from_secs(30);
 
 /// One step of a compiled rollout.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
