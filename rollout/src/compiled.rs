@@ -123,7 +123,142 @@ impl FilterEntry {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use crate::crd::{GateCheck, GateSpec, SequentialGate, SequentialMetric, Step};
     use crate::validate::tests::minimal_spec;
+    use crate::validate::{compile, validate_spec};
+
+    const fn secs(seconds: u64) -> Duration {
+        Duration::from_secs(seconds)
+    }
+
+    #[test]
+    fn compile_converts_durations_and_steps() {
+        type Edit = fn(&mut CanaryRolloutSpec);
+        let table: [(
+            &str,
+            Edit,
+            Vec<(u32, Duration)>,
+            Duration,
+            Duration,
+            Vec<Option<Duration>>,
+        ); 3] = [
+            (
+                "the defaults",
+                |_| {},
+                [100, 500, 2_500, 5_000, 7_500, 10_000]
+                    .map(|bp| (bp, secs(300)))
+                    .to_vec(),
+                secs(30),
+                secs(600),
+                vec![Some(secs(600)), None],
+            ),
+            (
+                "fractional weights and compound durations",
+                |spec| {
+                    spec.steps = vec![
+                        Step::new(0.25, "1.5m"),
+                        Step::new(12.5, "1h30m"),
+                        Step::new(100.0, "500ms"),
+                    ];
+                    spec.analysis.interval = "15s".into();
+                    spec.failure_policy.no_data_deadline = "2h".into();
+                },
+                vec![
+                    (25, secs(90)),
+                    (1_250, secs(5_400)),
+                    (10_000, Duration::from_millis(500)),
+                ],
+                secs(15),
+                secs(7_200),
+                vec![Some(secs(600)), None],
+            ),
+            (
+                "a time-only rollout, then a second sequential gate",
+                |spec| {
+                    spec.analysis.gates = Vec::new();
+                    let mut gate = SequentialGate::new(SequentialMetric::Latency);
+                    gate.max_duration = "90s".into();
+                    spec.analysis
+                        .gates
+                        .push(GateSpec::new(GateCheck::Sequential(gate)));
+                    spec.steps = vec![Step::new(100.0, "0s")];
+                },
+                vec![(10_000, Duration::ZERO)],
+                secs(30),
+                secs(600),
+                vec![Some(secs(90))],
+            ),
+        ];
+        for (case, edit, steps, interval, deadline, max_durations) in table {
+            let mut spec = minimal_spec();
+            edit(&mut spec);
+            let compiled = compile(&spec, "shop", "checkout").unwrap();
+            let got: Vec<(u32, Duration)> = compiled
+                .steps()
+                .iter()
+                .map(|step| (step.weight_bp, step.bake))
+                .collect();
+            assert_eq!(got, steps, "{case}");
+            assert_eq!(compiled.interval(), interval, "{case}");
+            assert_eq!(compiled.no_data_deadline(), deadline, "{case}");
+            assert_eq!(compiled.min_samples(), spec.analysis.min_samples, "{case}");
+            assert_eq!(compiled.sequential_max_durations(), max_durations, "{case}");
+            assert!(compiled.has_sequential(), "{case}");
+            assert_eq!(
+                compiled.entry().at(2_500),
+                Some(spec_to_filter_config(&spec, "shop", "checkout", 2_500).unwrap()),
+                "{case}"
+            );
+        }
+    }
+
+    #[test]
+    fn compile_refuses_what_validate_spec_refuses() {
+        type Edit = fn(&mut CanaryRolloutSpec);
+        let table: [(Edit, &[&str]); 6] = [
+            (
+                |spec| spec.analysis.interval = "0s".into(),
+                &["spec.analysis.interval"],
+            ),
+            (
+                |spec| spec.steps[2].bake = "soon".into(),
+                &["spec.steps[2].bake"],
+            ),
+            (
+                |spec| spec.failure_policy.no_data_deadline = "5m".into(),
+                &["spec.analysis.gates[0].sequential.maxDuration"],
+            ),
+            (
+                |spec| spec.failure_policy.no_data_deadline = "never".into(),
+                &["spec.failurePolicy.noDataDeadline"],
+            ),
+            (
+                |spec| {
+                    spec.steps[5].weight = 99.0;
+                    spec.hosts.clear();
+                },
+                &["spec.steps[5].weight", "spec.hosts"],
+            ),
+            (
+                |spec| spec.analysis.min_samples = 0,
+                &["spec.analysis.minSamples"],
+            ),
+        ];
+        for (edit, fields) in table {
+            let mut spec = minimal_spec();
+            edit(&mut spec);
+            let errors = compile(&spec, "", "checkout").unwrap_err().0;
+            let got: Vec<&str> = errors.iter().map(|error| error.field.as_str()).collect();
+            assert_eq!(got, fields);
+            assert_eq!(validate_spec(&spec, "checkout"), Err(errors));
+        }
+        // The namespace is the rollout's, checked where it is read: validate_spec leaves it out.
+        let spec = minimal_spec();
+        let errors = compile(&spec, "Not A Namespace", "checkout").unwrap_err().0;
+        assert_eq!(errors.len(), 1);
+        assert_eq!(errors[0].field, "metadata.namespace");
+        assert_eq!(validate_spec(&spec, "checkout"), Ok(()));
+    }
 
     #[test]
     fn the_entry_at_a_weight_is_what_the_spec_builds_at_that_weight() {
