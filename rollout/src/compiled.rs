@@ -134,14 +134,16 @@ mod tests {
     #[test]
     fn compile_converts_durations_and_steps() {
         type Edit = fn(&mut CanaryRolloutSpec);
-        let table: [(
-            &str,
+        // (case, edit, steps as (bp, bake), interval, no-data deadline, sequential maxDurations)
+        type Case = (
+            &'static str,
             Edit,
             Vec<(u32, Duration)>,
             Duration,
             Duration,
             Vec<Option<Duration>>,
-        ); 3] = [
+        );
+        let table: [Case; 3] = [
             (
                 "the defaults",
                 |_| {},
