@@ -22,12 +22,12 @@ use k8s_openapi::jiff::Timestamp;
 use crate::force_token::ForceTokenError;
 use crate::source::{BoxFuture, MetricSource, SeriesRequest};
 use crate::target::{Target, TargetError};
+use cohort_rollout::compiled::FilterEntry;
 use cohort_rollout::crd::{CanaryRolloutSpec, CanaryRolloutStatus, Phase};
 use cohort_rollout::evaluate::{evaluate, evaluate_window, Evaluation, Samples};
-use cohort_rollout::filter_config::spec_to_filter_config;
-use cohort_rollout::plan::{adopt_unrecorded, plan, Plan, PlanInput, PlannedEvent};
-use cohort_rollout::sequential::analysis_window;
-use cohort_rollout::validate::validate_spec;
+use cohort_rollout::plan::{adopt_unrecorded, plan_compiled, Plan, PlanInput, PlannedEvent};
+use cohort_rollout::sequential::{analysis_window, compiled_analysis_window};
+use cohort_rollout::validate::compile;
 
 /// Where a driver reads the time; tests fix it.
 pub trait Clock: Send + Sync {
@@ -79,11 +79,12 @@ pub enum Sampling {
 
 impl Sampling {
     /// Whether this cycle reads samples, at `status`.
+    /// `valid` says whether `spec` compiled.
     fn reads(
         self,
         spec: &CanaryRolloutSpec,
+        valid: bool,
         status: Option<&CanaryRolloutStatus>,
-        name: &str,
     ) -> bool {
         match self {
             Sampling::WhenPlanned => status.is_some_and(|status| {
@@ -91,7 +92,7 @@ impl Sampling {
                     && !spec.promote
                     && matches!(status.phase, Phase::Progressing | Phase::Paused)
                     && status.step_index.is_some()
-                    && validate_spec(spec, name).is_ok()
+                    && valid
             }),
             Sampling::EveryLiveCycle => !status.is_some_and(|status| status.phase.is_terminal()),
         }
@@ -188,16 +189,36 @@ pub async fn cycle<S: StatusStore>(
         remembered,
     } = store.start();
 
+    // Checked once for the whole cycle. The entry comes from the spec when it compiled and is
+    // the entry spec; otherwise it is built on its own, as a spec invalid elsewhere still has an
+    // entry (an abort must reach the filter).
+    let compiled = compile(rollout.spec, namespace, name);
+    let built;
+    let entry = match &compiled {
+        Ok(compiled) if rollout.entry_spec == rollout.spec => Some(compiled.entry()),
+        _ => {
+            built = FilterEntry::build(rollout.entry_spec, namespace, name).ok();
+            built.as_ref()
+        }
+    };
+
     // A store that records after the push can lag the target; a spec that cannot build the
     // entry cannot have been pushed, so it is not read for.
-    let builds = spec_to_filter_config(rollout.entry_spec, namespace, name, 0).is_ok();
-    if order == Order::PushThenRecord && builds {
+    if order == Order::PushThenRecord && entry.is_some() {
         let live_bp = match target.live_weight(namespace, name).await {
             Ok(live_bp) => live_bp,
             Err(error) => return fail(store, error.into()).await,
         };
         let adopted = status.as_ref().filter(|_| !remembered).and_then(|status| {
-            adopt_unrecorded(rollout.spec, status, live_bp, name, rollout.generation, now)
+            adopt_unrecorded(
+                rollout.spec,
+                compiled.as_ref(),
+                status,
+                live_bp,
+                name,
+                rollout.generation,
+                now,
+            )
         });
         if let Some(adopted) = adopted {
             tracing::info!(rollout = %name, namespace = %namespace, weight_bp = adopted.weight_bp, "the filter serves a weight the status does not record: taking it as done");
@@ -206,8 +227,13 @@ pub async fn cycle<S: StatusStore>(
         }
     }
 
-    let evaluation = if sampling.reads(rollout.spec, status.as_ref(), name) {
-        Some(analyse(source, rollout.spec, status.as_ref(), namespace, name, now).await)
+    let evaluation = if sampling.reads(rollout.spec, compiled.is_ok(), status.as_ref()) {
+        let window = match &compiled {
+            Ok(compiled) => compiled_analysis_window(compiled, status.as_ref(), now),
+            // `cohort run` samples while its spec is invalid; the plan will not read them.
+            Err(_) => analysis_window(rollout.spec, status.as_ref(), now),
+        };
+        Some(analyse(source, rollout.spec, window, namespace, name).await)
     } else {
         None
     };
@@ -216,19 +242,19 @@ pub async fn cycle<S: StatusStore>(
         generation: rollout.generation,
         evaluation,
     };
-    let plan = plan(rollout.spec, status.as_ref(), &input, now);
+    let plan = plan_compiled(
+        rollout.spec,
+        compiled.as_ref(),
+        status.as_ref(),
+        &input,
+        now,
+    );
     events.extend(plan.events.iter().cloned());
 
     store.serving(&plan.status, &events);
     let served_bp = status.as_ref().map_or(0, |status| status.weight_bp);
     let token = rollout.force_token.await;
-    let push = match Push::of(
-        rollout.entry_spec,
-        (namespace, name),
-        &plan,
-        served_bp,
-        token,
-    ) {
+    let push = match Push::of(entry, &plan, served_bp, token) {
         Ok(push) => push,
         Err(error) => return fail(store, error.into()).await,
     };
@@ -284,9 +310,9 @@ enum Push {
 impl Push {
     /// The push for `plan`, with `served_bp` the weight served before it. Only a rollback may
     /// go out without its entry: a Fail must reach the filter as weight 0 before anything else.
+    /// `entry` is the rollout's filter entry, when its spec builds one.
     fn of(
-        entry_spec: &CanaryRolloutSpec,
-        (namespace, name): (&str, &str),
+        entry: Option<&FilterEntry>,
         plan: &Plan,
         served_bp: u32,
         force_token: Result<Option<String>, ForceTokenError>,
@@ -298,16 +324,14 @@ impl Push {
             Err(_) if rollback => return Ok(Push::Withdraw),
             Err(error) => return Err(error),
         };
-        Ok(
-            match spec_to_filter_config(entry_spec, namespace, name, plan.weight_bp) {
-                Ok(mut config) => {
-                    config.force_token = token;
-                    Push::Entry(Box::new(config))
-                }
-                Err(_) if rollback => Push::Withdraw,
-                Err(_) => Push::Hold,
-            },
-        )
+        Ok(match entry.and_then(|entry| entry.at(plan.weight_bp)) {
+            Some(mut config) => {
+                config.force_token = token;
+                Push::Entry(Box::new(config))
+            }
+            None if rollback => Push::Withdraw,
+            None => Push::Hold,
+        })
     }
 
     async fn apply(&self, target: &dyn Target, name: &str) -> Result<(), TargetError> {
@@ -321,20 +345,19 @@ impl Push {
 
 /// Canary against stable over the analysis window: the last interval, or, when a gate is
 /// sequential, everything since the step started (an anytime-valid test needs all of it).
+/// `window` is the analysis window at this cycle.
 async fn analyse(
     source: &dyn MetricSource,
     spec: &CanaryRolloutSpec,
-    status: Option<&CanaryRolloutStatus>,
+    window: std::time::Duration,
     namespace: &str,
     name: &str,
-    now: Timestamp,
 ) -> Evaluation {
     let analysis = &spec.analysis;
     if analysis.gates.is_empty() {
         // Time-only rollouts: nothing to read.
         return evaluate(&[], analysis.min_samples, &Samples::default());
     }
-    let window = analysis_window(spec, status, now);
     let request = SeriesRequest {
         rollout: name.to_owned(),
         namespace: namespace.to_owned(),

@@ -40,13 +40,14 @@ use crate::source::series::SourceError;
 use crate::source::{BoxFuture, MetricSource};
 use crate::target::envoy_file::{replace_file, EnvoyEcdsFile};
 use crate::target::{Released, Target, TargetError};
+use cohort_rollout::compiled::{interval_or_fallback, CompiledRollout};
+use cohort_rollout::crd;
 use cohort_rollout::crd::{
     CanaryRollout, CanaryRolloutSpec, CanaryRolloutStatus, GateCheck, Phase,
 };
 use cohort_rollout::format::{fixed_number, or_dash, seconds, weight_percent};
 use cohort_rollout::plan::{EventKind, PlannedEvent};
-use cohort_rollout::validate::{validate_spec, SpecErrors};
-use cohort_rollout::{crd, duration};
+use cohort_rollout::validate::{compile, SpecErrors};
 
 /// Each HTTP read (a Prometheus query, an admin scrape) gives up after this.
 pub(crate) const HTTP_TIMEOUT: Duration = Duration::from_secs(5);
@@ -305,7 +306,7 @@ pub struct LoadedRollout {
     pub spec: CanaryRolloutSpec,
 }
 
-/// Reads a CanaryRollout from YAML text (not validated: see [`validate_spec`]).
+/// Reads a CanaryRollout from YAML text (not validated: see [`cohort_rollout::validate::validate_spec`]).
 pub fn parse_rollout(text: &str) -> Result<LoadedRollout, String> {
     let value: serde_json::Value = serde_saphyr::from_str(text).map_err(|e| e.to_string())?;
     let api_version = CanaryRollout::api_version(&());
@@ -404,6 +405,8 @@ pub struct Runner {
     /// The last spec that validated: pushes are built from it when an edit breaks the file (the
     /// plan then holds, but an abort must still reach Envoy).
     valid_spec: CanaryRolloutSpec,
+    /// The analysis interval of `rollout`'s spec, read when the spec is.
+    interval: Duration,
     source: Box<dyn MetricSource>,
     target: EcdsTarget,
     store: FileStore,
@@ -425,10 +428,15 @@ impl Runner {
     /// Reads the rollout (and the saved status) and sets up the source and target.
     pub fn new(args: &RunArgs) -> Result<Runner, RunError> {
         let rollout = load_rollout(&args.rollout)?;
-        validate_spec(&rollout.spec, &rollout.name).map_err(|errors| RunError::InvalidSpec {
-            path: args.rollout.clone(),
-            errors: SpecErrors(errors),
-        })?;
+        // The file's namespace was checked as it was read: compiling in it checks what
+        // `validate_spec` checks.
+        let compiled =
+            compile(&rollout.spec, &rollout.namespace, &rollout.name).map_err(|errors| {
+                RunError::InvalidSpec {
+                    path: args.rollout.clone(),
+                    errors,
+                }
+            })?;
         let target = ecds_target(args.envoy_ecds.as_deref(), &rollout.spec)?;
         let admin = args
             .envoy_admin
@@ -476,6 +484,7 @@ impl Runner {
         Ok(Runner {
             rollout_path: args.rollout.clone(),
             valid_spec: rollout.spec.clone(),
+            interval: compiled.interval(),
             rollout,
             source,
             target: EcdsTarget {
@@ -592,7 +601,8 @@ impl Runner {
                 if rollout.spec != self.rollout.spec {
                     tracing::info!("the rollout file changed; using the new spec");
                 }
-                if validate_spec(&rollout.spec, &rollout.name).is_ok() {
+                let compiled = compile(&rollout.spec, &rollout.namespace, &rollout.name);
+                if compiled.is_ok() {
                     self.valid_spec = rollout.spec.clone();
                 }
                 // The name keys the filter entry, and with the namespace the metrics: neither can
@@ -600,6 +610,10 @@ impl Runner {
                 if (&rollout.namespace, &rollout.name)
                     == (&self.rollout.namespace, &self.rollout.name)
                 {
+                    self.interval = compiled.as_ref().map_or_else(
+                        |_| interval_or_fallback(&rollout.spec),
+                        CompiledRollout::interval,
+                    );
                     self.rollout = rollout;
                 } else {
                     tracing::warn!(
@@ -616,10 +630,7 @@ impl Runner {
     }
 
     fn interval(&self) -> Duration {
-        duration::parse(&self.rollout.spec.analysis.interval)
-            .ok()
-            .filter(|interval| !interval.is_zero())
-            .unwrap_or(Duration::from_secs(30))
+        self.interval
     }
 }
 
@@ -888,6 +899,7 @@ mod tests {
     use cohort_rollout::crd::{GateResult, Verdict};
     use cohort_rollout::evaluate::{Observed, Samples, VersionSamples};
     use cohort_rollout::filter_config::spec_to_filter_config;
+    use cohort_rollout::validate::validate_spec;
     use std::sync::{Arc, Mutex};
 
     const ROLLOUT: &str = r#"

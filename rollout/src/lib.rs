@@ -6,6 +6,7 @@
 //! It does no I/O: no tokio, no Kubernetes client, no HTTP. The controller (cohort-controller)
 //! fetches samples and status, calls this crate, and applies the [`Plan`] it returns.
 
+pub mod compiled;
 pub mod crd;
 pub mod duration;
 pub mod evaluate;
@@ -17,8 +18,9 @@ pub mod sequential;
 pub mod spec_error;
 pub mod validate;
 
+pub use compiled::{CompiledRollout, CompiledStep, FilterEntry};
 pub use crd::{crd_yaml, CanaryRollout, CanaryRolloutSpec, CanaryRolloutStatus, Phase, Verdict};
 pub use evaluate::{evaluate, evaluate_window, Evaluation, Samples};
 pub use filter_config::{spec_to_filter_config, spec_to_filter_rollout};
 pub use plan::{plan, Plan, PlanInput};
-pub use validate::{validate_spec, SpecError, SpecErrors};
+pub use validate::{compile, validate_spec, SpecError, SpecErrors};

@@ -37,6 +37,7 @@ use k8s_openapi::jiff::Timestamp;
 
 use cohort_core::bucket::FULL_WEIGHT_BP;
 
+use crate::compiled::{interval_or_fallback, CompiledRollout};
 use crate::crd::{
     CanaryRolloutSpec, CanaryRolloutStatus, GateResult, HistoryEntry, OnTrouble, Phase, Verdict,
     HISTORY_LIMIT,
@@ -44,12 +45,12 @@ use crate::crd::{
 use crate::duration;
 use crate::evaluate::Evaluation;
 use crate::format::weight_percent as percent;
-use crate::validate::validate_spec;
+use crate::spec_error::SpecErrors;
+use crate::validate::compile;
 
 /// How often a finished (or stopped) rollout is looked at again, to re-assert its weight.
 pub const SETTLED_REQUEUE: Duration = Duration::from_secs(300);
 /// Fallbacks for durations an invalid spec left unreadable.
-const FALLBACK_INTERVAL: Duration = Duration::from_secs(30);
 const FALLBACK_BAKE: Duration = Duration::from_secs(300);
 const FALLBACK_NO_DATA_DEADLINE: Duration = Duration::from_secs(600);
 /// Condition messages are capped (the API allows 32 KiB).
@@ -118,17 +119,29 @@ pub fn plan(
     input: &PlanInput,
     now: Timestamp,
 ) -> Plan {
+    let compiled = compile(spec, "", &input.rollout);
+    plan_compiled(spec, compiled.as_ref(), status, input, now)
+}
+
+/// [`plan`] for a spec already compiled: `compiled` is [`compile`]'s answer for `spec`. The spec
+/// is still read for what the user asks this cycle (abort, pause, promote, retry) and, when it
+/// is invalid, for the durations it can still give.
+pub fn plan_compiled(
+    spec: &CanaryRolloutSpec,
+    compiled: Result<&CompiledRollout, &SpecErrors>,
+    status: Option<&CanaryRolloutStatus>,
+    input: &PlanInput,
+    now: Timestamp,
+) -> Plan {
     let previous = status.cloned().unwrap_or_default();
     let mut planner = Planner {
         spec,
         now: whole_second(now),
-        timing: Timing::of(spec),
-        spec_errors: validate_spec(spec, &input.rollout)
+        timing: Timing::of(spec, compiled),
+        spec_errors: compiled
             .err()
-            .unwrap_or_default()
-            .iter()
-            .map(ToString::to_string)
-            .collect(),
+            .map(|errors| errors.0.iter().map(ToString::to_string).collect())
+            .unwrap_or_default(),
         status: previous.clone(),
         events: Vec::new(),
     };
@@ -147,6 +160,7 @@ pub fn plan(
 /// [`plan`]: `live_bp` is the weight the target serves (`None` without an entry).
 pub fn adopt_unrecorded(
     spec: &CanaryRolloutSpec,
+    compiled: Result<&CompiledRollout, &SpecErrors>,
     status: &CanaryRolloutStatus,
     live_bp: Option<u32>,
     name: &str,
@@ -195,11 +209,13 @@ pub fn adopt_unrecorded(
         generation,
         evaluation: Some(evaluation),
     };
-    let adopted = plan(&as_planned, Some(status), &input, now);
+    // Pause and promotion are no part of what `compile` checks: `compiled` is `as_planned`'s too.
+    let adopted = plan_compiled(&as_planned, compiled, Some(status), &input, now);
     (adopted.weight_bp == live_bp).then_some(adopted)
 }
 
-/// The spec's durations, parsed (with fallbacks when the spec is invalid and they are not).
+/// The spec's durations: the compiled ones, or for an invalid spec those that still parse (with
+/// fallbacks for the rest), so its requeue keeps to the user's interval where it can.
 struct Timing {
     interval: Duration,
     no_data_deadline: Duration,
@@ -207,12 +223,16 @@ struct Timing {
 }
 
 impl Timing {
-    fn of(spec: &CanaryRolloutSpec) -> Self {
+    fn of(spec: &CanaryRolloutSpec, compiled: Result<&CompiledRollout, &SpecErrors>) -> Self {
+        if let Ok(compiled) = compiled {
+            return Timing {
+                interval: compiled.interval(),
+                no_data_deadline: compiled.no_data_deadline(),
+                bakes: compiled.steps().iter().map(|step| step.bake).collect(),
+            };
+        }
         Timing {
-            interval: duration::parse(&spec.analysis.interval)
-                .ok()
-                .filter(|d| !d.is_zero())
-                .unwrap_or(FALLBACK_INTERVAL),
+            interval: interval_or_fallback(spec),
             no_data_deadline: duration::parse(&spec.failure_policy.no_data_deadline)
                 .unwrap_or(FALLBACK_NO_DATA_DEADLINE),
             bakes: spec

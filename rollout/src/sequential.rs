@@ -77,6 +77,7 @@ use std::time::Duration;
 
 use k8s_openapi::jiff::Timestamp;
 
+use crate::compiled::{interval_or_fallback, CompiledRollout};
 use crate::crd::{
     CanaryRolloutSpec, CanaryRolloutStatus, GateCheck, GateResult, SequentialGate,
     SequentialMetric, Verdict,
@@ -85,26 +86,40 @@ use crate::duration;
 use crate::evaluate::{happenings, histogram, requests, Bucket, Judge, Samples};
 use crate::format::share_percent_or_unknown;
 
-/// The window when the interval is unreadable (the spec is then invalid anyway).
-const FALLBACK_INTERVAL: Duration = Duration::from_secs(30);
-
 /// The window the metric source should read: everything since the current step began when the
 /// rollout has a sequential gate (at least one second), else the analysis interval. Pass the same
-/// duration to [`crate::evaluate::evaluate_window`].
+/// duration to [`crate::evaluate::evaluate_window`]. Reads the interval from the spec as written,
+/// so it answers for a spec that does not compile too; [`compiled_analysis_window`] is the same
+/// for one that does.
 pub fn analysis_window(
     spec: &CanaryRolloutSpec,
     status: Option<&CanaryRolloutStatus>,
     now: Timestamp,
 ) -> Duration {
-    let interval = duration::parse(&spec.analysis.interval)
-        .ok()
-        .filter(|interval| !interval.is_zero())
-        .unwrap_or(FALLBACK_INTERVAL);
+    let interval = interval_or_fallback(spec);
     let sequential = spec
         .analysis
         .gates
         .iter()
         .any(|gate| matches!(gate.check, GateCheck::Sequential(_)));
+    step_window(interval, sequential, status, now)
+}
+
+/// [`analysis_window`] of a compiled spec.
+pub fn compiled_analysis_window(
+    compiled: &CompiledRollout,
+    status: Option<&CanaryRolloutStatus>,
+    now: Timestamp,
+) -> Duration {
+    step_window(compiled.interval(), compiled.has_sequential(), status, now)
+}
+
+fn step_window(
+    interval: Duration,
+    sequential: bool,
+    status: Option<&CanaryRolloutStatus>,
+    now: Timestamp,
+) -> Duration {
     let started = status.and_then(|status| status.step_started_at.as_ref());
     match (sequential, started) {
         (true, Some(started)) => {

@@ -6,25 +6,41 @@ use std::time::Duration;
 use cohort_core::bucket::FULL_WEIGHT_BP;
 use cohort_core::config::{is_dns_label, NAMESPACE_RULE};
 
+use crate::compiled::{CompiledRollout, CompiledStep, FilterEntry};
 use crate::crd::{
     CanaryRolloutSpec, GateCheck, GateSpec, SequentialGate, SequentialMetric, Target, MAX_GATES,
     MAX_STEPS,
 };
 use crate::duration;
-use crate::filter_config::spec_to_filter_config;
 use crate::query;
 pub use crate::spec_error::{SpecError, SpecErrors};
 
 /// Checks everything the schema cannot, including that the filter would accept the config the
 /// spec produces. `name` is the CanaryRollout's name (the filter's rollout key and default salt).
+/// The namespace plays no part in the spec's validity (Kubernetes checks it; `cohort run` checks a
+/// file's when it reads it). [`compile`] runs these checks and keeps what they parsed.
 pub fn validate_spec(spec: &CanaryRolloutSpec, name: &str) -> Result<(), Vec<SpecError>> {
+    compile(spec, "", name)
+        .map(|_| ())
+        .map_err(|errors| errors.0)
+}
+
+/// Checks `spec` as [`validate_spec`] does and returns it ready to drive the rollout
+/// `namespace/name`: durations parsed, weights in basis points, the filter entry built once. The
+/// errors are [`validate_spec`]'s, in the same order.
+pub fn compile(
+    spec: &CanaryRolloutSpec,
+    namespace: &str,
+    name: &str,
+) -> Result<CompiledRollout, SpecErrors> {
     let mut errors = Vec::new();
     check_target(&spec.target, &mut errors);
     check_force_token(spec, &mut errors);
-    check_steps(spec, &mut errors);
-    check_positive_duration(
+    let bakes = check_steps(spec, &mut errors);
+    let interval = check_positive_duration(
         "spec.analysis.interval",
         &spec.analysis.interval,
+        duration::parse(&spec.analysis.interval),
         &mut errors,
     );
     if spec.analysis.min_samples == 0 {
@@ -33,26 +49,48 @@ pub fn validate_spec(spec: &CanaryRolloutSpec, name: &str) -> Result<(), Vec<Spe
             "must be at least 1: gates never judge on no data",
         ));
     }
-    check_gates(&spec.analysis.gates, &mut errors);
-    check_sequential_deadlines(spec, &mut errors);
-    check_positive_duration(
+    let sequential_max_durations = check_gates(&spec.analysis.gates, &mut errors);
+    let no_data_deadline = duration::parse(&spec.failure_policy.no_data_deadline);
+    check_sequential_deadlines(
+        spec,
+        no_data_deadline.as_ref().ok(),
+        &sequential_max_durations,
+        &mut errors,
+    );
+    let no_data_deadline = check_positive_duration(
         "spec.failurePolicy.noDataDeadline",
         &spec.failure_policy.no_data_deadline,
+        no_data_deadline,
         &mut errors,
     );
     // The filter's own validation covers hosts, versions, salt, identity, anonymous and events.
-    let first_weight = spec.steps.first().map_or(0, |step| step.weight_bp());
-    // The namespace plays no part in the spec's validity (Kubernetes checks it; `cohort run`
-    // checks a file's when it reads it).
-    if let Err(filter_errors) =
-        spec_to_filter_config(spec, "", name, first_weight.min(FULL_WEIGHT_BP))
-    {
-        errors.extend(filter_errors.0);
-    }
-    if errors.is_empty() {
-        Ok(())
-    } else {
-        Err(errors)
+    let entry = FilterEntry::build(spec, namespace, name)
+        .map_err(|filter_errors| errors.extend(filter_errors.0))
+        .ok();
+    let steps: Option<Vec<CompiledStep>> = spec
+        .steps
+        .iter()
+        .zip(bakes)
+        .map(|(step, bake)| {
+            bake.map(|bake| CompiledStep {
+                weight_bp: step.weight_bp(),
+                bake,
+            })
+        })
+        .collect();
+    match (errors.is_empty(), steps, interval, no_data_deadline, entry) {
+        (true, Some(steps), Some(interval), Some(no_data_deadline), Some(entry)) => {
+            Ok(CompiledRollout {
+                steps,
+                interval,
+                min_samples: spec.analysis.min_samples,
+                no_data_deadline,
+                has_sequential: sequential_max_durations.iter().any(Option::is_some),
+                sequential_max_durations,
+                entry,
+            })
+        }
+        _ => Err(SpecErrors(errors)),
     }
 }
 
@@ -139,15 +177,17 @@ fn check_target(target: &Target, errors: &mut Vec<SpecError>) {
     }
 }
 
-fn check_steps(spec: &CanaryRolloutSpec, errors: &mut Vec<SpecError>) {
+/// Each step's bake, parsed (`None` where it is not a duration).
+fn check_steps(spec: &CanaryRolloutSpec, errors: &mut Vec<SpecError>) -> Vec<Option<Duration>> {
     let steps = &spec.steps;
     if steps.is_empty() {
         errors.push(SpecError::new(
             "spec.steps",
             "is empty; list the weights, ending with {weight: 100}, or omit the field for 1, 5, 25, 50, 75, 100",
         ));
-        return;
+        return Vec::new();
     }
+    let mut bakes = Vec::with_capacity(steps.len());
     if steps.len() > MAX_STEPS {
         errors.push(SpecError::new(
             "spec.steps",
@@ -184,11 +224,15 @@ fn check_steps(spec: &CanaryRolloutSpec, errors: &mut Vec<SpecError>) {
             }
             previous = Some((weight, weight_bp));
         }
-        if let Err(problem) = duration::parse(&step.bake) {
-            errors.push(SpecError::new(
-                &format!("{field}.bake"),
-                &problem.to_string(),
-            ));
+        match duration::parse(&step.bake) {
+            Ok(bake) => bakes.push(Some(bake)),
+            Err(problem) => {
+                errors.push(SpecError::new(
+                    &format!("{field}.bake"),
+                    &problem.to_string(),
+                ));
+                bakes.push(None);
+            }
         }
     }
     let last = steps.len() - 1;
@@ -201,20 +245,34 @@ fn check_steps(spec: &CanaryRolloutSpec, errors: &mut Vec<SpecError>) {
             ),
         ));
     }
+    bakes
 }
 
-fn check_positive_duration(field: &str, text: &str, errors: &mut Vec<SpecError>) {
-    match duration::parse(text) {
-        Ok(parsed) if parsed == Duration::ZERO => errors.push(SpecError::new(
-            field,
-            &format!("{text:?} is zero; give a positive duration such as \"30s\""),
-        )),
-        Ok(_) => {}
-        Err(problem) => errors.push(SpecError::new(field, &problem.to_string())),
+/// `parsed` is `text` parsed; returns it when it is positive.
+fn check_positive_duration(
+    field: &str,
+    text: &str,
+    parsed: Result<Duration, duration::DurationError>,
+    errors: &mut Vec<SpecError>,
+) -> Option<Duration> {
+    match parsed {
+        Ok(parsed) if parsed == Duration::ZERO => {
+            errors.push(SpecError::new(
+                field,
+                &format!("{text:?} is zero; give a positive duration such as \"30s\""),
+            ));
+            None
+        }
+        Ok(parsed) => Some(parsed),
+        Err(problem) => {
+            errors.push(SpecError::new(field, &problem.to_string()));
+            None
+        }
     }
 }
 
-fn check_gates(gates: &[GateSpec], errors: &mut Vec<SpecError>) {
+/// Each gate's `sequential.maxDuration` as parsed (`None` when not sequential or unreadable).
+fn check_gates(gates: &[GateSpec], errors: &mut Vec<SpecError>) -> Vec<Option<Duration>> {
     if gates.len() > MAX_GATES {
         errors.push(SpecError::new(
             "spec.analysis.gates",
@@ -222,6 +280,7 @@ fn check_gates(gates: &[GateSpec], errors: &mut Vec<SpecError>) {
         ));
     }
     let mut names: Vec<String> = Vec::with_capacity(gates.len());
+    let mut max_durations = Vec::with_capacity(gates.len());
     for (i, gate) in gates.iter().enumerate() {
         let field = format!("spec.analysis.gates[{i}]");
         let name = gate.name();
@@ -250,11 +309,13 @@ fn check_gates(gates: &[GateSpec], errors: &mut Vec<SpecError>) {
                 "must be at least 1: gates never judge on no data",
             ));
         }
-        check_gate(&field, &gate.check, errors);
+        max_durations.push(check_gate(&field, &gate.check, errors));
     }
+    max_durations
 }
 
-fn check_gate(field: &str, check: &GateCheck, errors: &mut Vec<SpecError>) {
+/// A sequential gate's `maxDuration`, parsed.
+fn check_gate(field: &str, check: &GateCheck, errors: &mut Vec<SpecError>) -> Option<Duration> {
     let mut fraction = |path: &str, value: f64| {
         if !(0.0..=1.0).contains(&value) {
             errors.push(SpecError::new(
@@ -293,7 +354,7 @@ fn check_gate(field: &str, check: &GateCheck, errors: &mut Vec<SpecError>) {
                 }
             }
         }
-        GateCheck::Sequential(gate) => check_sequential(field, gate, errors),
+        GateCheck::Sequential(gate) => return check_sequential(field, gate, errors),
         GateCheck::Custom(gate) => {
             if gate.query.trim().is_empty() {
                 errors.push(SpecError::new(
@@ -328,9 +389,15 @@ fn check_gate(field: &str, check: &GateCheck, errors: &mut Vec<SpecError>) {
             }
         }
     }
+    None
 }
 
-fn check_sequential(field: &str, gate: &SequentialGate, errors: &mut Vec<SpecError>) {
+/// The gate's `maxDuration`, parsed (zero included: the deadline check compares it as written).
+fn check_sequential(
+    field: &str,
+    gate: &SequentialGate,
+    errors: &mut Vec<SpecError>,
+) -> Option<Duration> {
     let mut problem = |path: &str, text: String| {
         errors.push(SpecError::new(&format!("{field}.sequential.{path}"), &text));
     };
@@ -384,29 +451,42 @@ fn check_sequential(field: &str, gate: &SequentialGate, errors: &mut Vec<SpecErr
         }
     }
     match duration::parse(&gate.max_duration) {
-        Ok(parsed) if parsed.is_zero() => problem(
-            "maxDuration",
-            format!(
-                "{:?} is zero; give a positive duration such as \"10m\"",
-                gate.max_duration
-            ),
-        ),
-        Ok(_) => {}
-        Err(error) => problem("maxDuration", error.to_string()),
+        Ok(parsed) => {
+            if parsed.is_zero() {
+                problem(
+                    "maxDuration",
+                    format!(
+                        "{:?} is zero; give a positive duration such as \"10m\"",
+                        gate.max_duration
+                    ),
+                );
+            }
+            Some(parsed)
+        }
+        Err(error) => {
+            problem("maxDuration", error.to_string());
+            None
+        }
     }
 }
 
 /// A sequential gate is inconclusive while it gathers evidence; a no-data deadline shorter than
 /// its `maxDuration` would make the failure policy act on a test that is still running.
-fn check_sequential_deadlines(spec: &CanaryRolloutSpec, errors: &mut Vec<SpecError>) {
-    let Ok(deadline) = duration::parse(&spec.failure_policy.no_data_deadline) else {
+/// `deadline` and `max_durations` (per gate) are the parsed durations.
+fn check_sequential_deadlines(
+    spec: &CanaryRolloutSpec,
+    deadline: Option<&Duration>,
+    max_durations: &[Option<Duration>],
+    errors: &mut Vec<SpecError>,
+) {
+    let Some(deadline) = deadline else {
         return;
     };
-    for (i, gate) in spec.analysis.gates.iter().enumerate() {
+    for (i, (gate, max)) in spec.analysis.gates.iter().zip(max_durations).enumerate() {
         let GateCheck::Sequential(sequential) = &gate.check else {
             continue;
         };
-        if duration::parse(&sequential.max_duration).is_ok_and(|max| max > deadline) {
+        if max.is_some_and(|max| max > *deadline) {
             errors.push(SpecError::new(
                 &format!("spec.analysis.gates[{i}].sequential.maxDuration"),
                 &format!(

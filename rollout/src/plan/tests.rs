@@ -898,7 +898,16 @@ fn an_unrecorded_transition_is_adopted_only_when_one_transition_explains_it() {
     for (case, edit, status, live_bp, expected) in table {
         let mut spec = spec();
         edit(&mut spec);
-        let adopted = adopt_unrecorded(&spec, &status, live_bp, "checkout", Some(1), t(120));
+        let compiled = compile(&spec, "", "checkout");
+        let adopted = adopt_unrecorded(
+            &spec,
+            compiled.as_ref(),
+            &status,
+            live_bp,
+            "checkout",
+            Some(1),
+            t(120),
+        );
         let got = adopted.as_ref().map(|plan| {
             (
                 plan.status.phase,

@@ -740,6 +740,11 @@ fn the_window_runs_from_the_step_start_when_a_gate_is_sequential() {
     for (status, now_ms, window) in table {
         let now = Timestamp::from_millisecond(now_ms).unwrap_or_else(|e| unreachable!("{e}"));
         assert_eq!(analysis_window(&spec, status, now), window, "now {now_ms}");
+        assert_eq!(
+            compiled_analysis_window(&compiled(&spec), status, now),
+            window,
+            "compiled, now {now_ms}"
+        );
     }
     spec.analysis
         .gates
@@ -748,4 +753,12 @@ fn the_window_runs_from_the_step_start_when_a_gate_is_sequential() {
         analysis_window(&spec, Some(&status), at(1_250)),
         Duration::from_secs(15)
     );
+    assert_eq!(
+        compiled_analysis_window(&compiled(&spec), Some(&status), at(1_250)),
+        Duration::from_secs(15)
+    );
+}
+
+fn compiled(spec: &CanaryRolloutSpec) -> CompiledRollout {
+    crate::validate::compile(spec, "", "checkout").unwrap_or_else(|e| unreachable!("{e}"))
 }
