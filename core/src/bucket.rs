@@ -34,24 +34,20 @@ pub fn murmur3_32(data: &[u8]) -> u32 {
 /// murmur3 x86 32-bit, seed 0, of the concatenation of `parts`, read as they are: no buffer
 /// holds them put together.
 pub fn murmur3_32_of(parts: &[&[u8]]) -> u32 {
-    hash(Parts {
+    let mut bytes = Parts {
         current: &[],
         rest: parts,
-    })
+    };
+    // The crate hashes any `Read` and so returns `io::Result`, but `Parts` only copies from byte
+    // slices, which never fails: the `Err` arm cannot be taken. 0 stands in for it rather than a
+    // panic, which would abort the proxy's worker.
+    murmur3::murmur3_32(&mut bytes, 0).unwrap_or(0)
 }
 
 /// Places `key` (taken as bytes, never re-encoded) for `salt`.
 pub fn place(salt: &str, key: &[u8]) -> Placement {
-    // Read in place, chained: placing a user copies neither salt nor key.
-    placement_of_hash(hash(salt.as_bytes().chain(&b":"[..]).chain(key)))
-}
-
-/// The `murmur3` crate's hash, seed 0, of what `bytes` reads.
-fn hash(mut bytes: impl Read) -> u32 {
-    // The crate hashes any `Read` and so returns `io::Result`, but every reader here only copies
-    // from byte slices, which never fails: the `Err` arm cannot be taken. 0 stands in for it
-    // rather than a panic, which would abort the proxy's worker.
-    murmur3::murmur3_32(&mut bytes, 0).unwrap_or(0)
+    // Read in place: placing a user copies neither salt nor key.
+    placement_of_hash(murmur3_32_of(&[salt.as_bytes(), b":", key]))
 }
 
 /// Byte slices read one after the other, as [`Read::chain`] reads two.
