@@ -43,7 +43,6 @@ pub struct CompiledRollout {
     pub(crate) min_samples: u64,
     pub(crate) no_data_deadline: Duration,
     pub(crate) sequential_max_durations: Vec<Option<Duration>>,
-    pub(crate) has_sequential: bool,
     pub(crate) entry: FilterEntry,
 }
 
@@ -76,7 +75,7 @@ impl CompiledRollout {
 
     /// Whether a gate is sequential (its analysis window is the whole step).
     pub fn has_sequential(&self) -> bool {
-        self.has_sequential
+        self.sequential_max_durations.iter().any(Option::is_some)
     }
 
     /// The filter entry, checked once; [`FilterEntry::at`] sets its weight.

@@ -85,7 +85,6 @@ pub fn compile(
                 interval,
                 min_samples: spec.analysis.min_samples,
                 no_data_deadline,
-                has_sequential: sequential_max_durations.iter().any(Option::is_some),
                 sequential_max_durations,
                 entry,
             })
