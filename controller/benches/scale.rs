@@ -300,6 +300,7 @@ fn version(requests: f64) -> VersionSamples {
         requests: Observed::Value(requests),
         server_errors: Observed::Value(requests / 1000.0),
         latency_ms: Observed::Value(buckets),
+        decisions: Observed::Value(requests),
         events: BTreeMap::from([("checkout".to_owned(), Observed::Value(requests / 20.0))]),
         custom: BTreeMap::new(),
     }

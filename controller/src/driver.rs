@@ -23,9 +23,10 @@ use crate::force_token::ForceTokenError;
 use crate::source::{BoxFuture, MetricSource, SeriesRequest};
 use crate::target::{Target, TargetError};
 use cohort_rollout::compiled::FilterEntry;
-use cohort_rollout::crd::{CanaryRolloutSpec, CanaryRolloutStatus, Phase};
-use cohort_rollout::evaluate::{evaluate, evaluate_window, Evaluation, Samples};
+use cohort_rollout::crd::{AnalysisSpec, CanaryRolloutSpec, CanaryRolloutStatus, Phase};
+use cohort_rollout::evaluate::{evaluate_window, Evaluation};
 use cohort_rollout::plan::{adopt_unrecorded, plan_compiled, Plan, PlanInput, PlannedEvent};
+use cohort_rollout::routing::{self, Routing};
 use cohort_rollout::sequential::{analysis_window, compiled_analysis_window};
 use cohort_rollout::validate::compile;
 
@@ -233,14 +234,21 @@ pub async fn cycle<S: StatusStore>(
             // `cohort run` samples while its spec is invalid; the plan will not read them.
             Err(_) => analysis_window(rollout.spec, status.as_ref(), now),
         };
-        Some(analyse(source, rollout.spec, window, namespace, name).await)
+        let served = compiled.as_ref().ok().map(|compiled| compiled.served());
+        let request = SeriesRequest::new(rollout.spec, served, namespace, name);
+        Some(analyse(source, &rollout.spec.analysis, &request, window).await)
     } else {
         None
     };
+    let (evaluation, routing) = evaluation.unzip();
+    if let Some(mismatch) = routing.as_ref().and_then(Routing::mismatch_message) {
+        tracing::warn!(rollout = %name, namespace = %namespace, "routing mismatch, holding: {mismatch}");
+    }
     let input = PlanInput {
         rollout: name.to_owned(),
         generation: rollout.generation,
         evaluation,
+        routing,
     };
     let plan = plan_compiled(
         rollout.spec,
@@ -345,28 +353,17 @@ impl Push {
 
 /// Canary against stable over the analysis window: the last interval, or, when a gate is
 /// sequential, everything since the step started (an anytime-valid test needs all of it).
-/// `window` is the analysis window at this cycle.
+/// `window` is the analysis window at this cycle. The routing check reads the same window, also
+/// for a rollout without gates: a canary its users never reach is no canary at any weight.
 async fn analyse(
     source: &dyn MetricSource,
-    spec: &CanaryRolloutSpec,
+    analysis: &AnalysisSpec,
+    request: &SeriesRequest,
     window: std::time::Duration,
-    namespace: &str,
-    name: &str,
-) -> Evaluation {
-    let analysis = &spec.analysis;
-    if analysis.gates.is_empty() {
-        // Time-only rollouts: nothing to read.
-        return evaluate(&[], analysis.min_samples, &Samples::default());
-    }
-    let request = SeriesRequest {
-        rollout: name.to_owned(),
-        namespace: namespace.to_owned(),
-        stable_version: spec.stable_version.clone(),
-        canary_version: spec.canary_version.clone(),
-        gates: analysis.gates.clone(),
-    };
-    let mut samples = source.samples(window, std::slice::from_ref(&request)).await;
+) -> (Evaluation, Routing) {
+    let mut samples = source.samples(window, std::slice::from_ref(request)).await;
     // No entry: no series for this rollout at all, which the gates judge as no data.
     let samples = samples.remove(&request.key()).unwrap_or_default();
-    evaluate_window(&analysis.gates, analysis.min_samples, &samples, window)
+    let evaluation = evaluate_window(&analysis.gates, analysis.min_samples, &samples, window);
+    (evaluation, routing::check(&samples))
 }

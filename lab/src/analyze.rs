@@ -142,13 +142,7 @@ async fn evaluate_at(
     } else {
         interval
     };
-    let request = SeriesRequest {
-        rollout: rollout.name.clone(),
-        namespace: rollout.namespace.clone(),
-        stable_version: spec.stable_version.clone(),
-        canary_version: spec.canary_version.clone(),
-        gates: spec.analysis.gates.clone(),
-    };
+    let request = SeriesRequest::new(spec, None, &rollout.namespace, &rollout.name);
     let mut samples = source
         .at(at.as_second())
         .samples(window, std::slice::from_ref(&request))

@@ -6,12 +6,12 @@
 use std::time::Duration;
 
 use cohort_core::bucket::FULL_WEIGHT_BP;
-use cohort_core::config::FilterConfig;
+use cohort_core::config::{is_dns_label, FilterConfig};
 
-use crate::crd::CanaryRolloutSpec;
+use crate::crd::{CanaryRolloutSpec, ServedMetrics, Target};
 use crate::duration;
 use crate::filter_config::spec_to_filter_config;
-use crate::spec_error::SpecErrors;
+use crate::spec_error::{SpecError, SpecErrors};
 
 /// The analysis interval of a spec that may not compile: the one it gives when that parses and
 /// is positive, else 30s. What runs for an invalid spec (a requeue, `cohort run`'s samples and
@@ -43,7 +43,112 @@ pub struct CompiledRollout {
     pub(crate) min_samples: u64,
     pub(crate) no_data_deadline: Duration,
     pub(crate) sequential_max_durations: Vec<Option<Duration>>,
+    pub(crate) routing_mismatch_deadline: Duration,
+    pub(crate) served: Served,
     pub(crate) entry: FilterEntry,
+}
+
+/// Where a rollout's served metrics are read, its defaults applied (see
+/// [`crate::crd::AnalysisSpec::served`]).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Served {
+    /// Istio's standard metrics of `service` in `namespace`, reported by the destination.
+    Istio {
+        /// `destination_service_namespace`: the CanaryRollout's namespace.
+        namespace: String,
+        /// `destination_service_name`.
+        service: String,
+    },
+    /// A plain Envoy's upstream stats of these clusters.
+    EnvoyClusters {
+        /// The stable version's cluster.
+        stable: String,
+        /// The canary version's cluster.
+        canary: String,
+    },
+}
+
+impl Served {
+    /// What a spec's `analysis.served` means for the rollout `namespace/name`: the value it
+    /// gives, or the default for its target. `Err` names the problem when the default cannot be
+    /// made (no host and no name that is a service name).
+    pub fn of(spec: &CanaryRolloutSpec, namespace: &str, name: &str) -> Result<Served, SpecError> {
+        match (&spec.analysis.served, &spec.target) {
+            (Some(ServedMetrics::Istio(istio)), _) => {
+                check_service_name("spec.analysis.served.istio.service", &istio.service)?;
+                Ok(Served::Istio {
+                    namespace: namespace.to_owned(),
+                    service: istio.service.clone(),
+                })
+            }
+            (Some(ServedMetrics::EnvoyClusters(clusters)), _) => {
+                if clusters.stable == clusters.canary {
+                    return Err(SpecError::new(
+                        "spec.analysis.served.envoyClusters.canary",
+                        &format!(
+                            "is {:?}, the same cluster as stable: the gates would compare a \
+                             cluster with itself; name the cluster that serves the canary",
+                            clusters.canary
+                        ),
+                    ));
+                }
+                Ok(Served::EnvoyClusters {
+                    stable: clusters.stable.clone(),
+                    canary: clusters.canary.clone(),
+                })
+            }
+            (None, Target::EnvoyEcds(_)) => Ok(Served::EnvoyClusters {
+                stable: spec.stable_version.clone(),
+                canary: spec.canary_version.clone(),
+            }),
+            (None, Target::WasmPlugin(_)) => {
+                // The first host's first label (`checkout` of `checkout.shop.svc.cluster.local`),
+                // else the rollout's own name, as a Flagger Canary is named after its service.
+                let service = spec
+                    .hosts
+                    .iter()
+                    .filter(|host| host.as_str() != "*")
+                    .filter_map(|host| host.split('.').next())
+                    .chain(std::iter::once(name))
+                    .find(|candidate| is_dns_label(candidate));
+                match service {
+                    Some(service) => Ok(Served::Istio {
+                        namespace: namespace.to_owned(),
+                        service: service.to_owned(),
+                    }),
+                    None => Err(SpecError::new(
+                        "spec.analysis.served",
+                        "is omitted, and neither the hosts nor the rollout's name is a service \
+                         name; set spec.analysis.served.istio.service to the service whose \
+                         versions are compared",
+                    )),
+                }
+            }
+        }
+    }
+
+    /// The service the filter tags its decisions with (`destination_service_name`): the Istio
+    /// service, or for Envoy clusters the rollout's own name.
+    pub fn decision_service<'a>(&'a self, rollout: &'a str) -> &'a str {
+        match self {
+            Served::Istio { service, .. } => service,
+            Served::EnvoyClusters { .. } => rollout,
+        }
+    }
+}
+
+/// A Kubernetes service name: a DNS label (RFC 1123), which is what Istio's label carries.
+fn check_service_name(field: &str, name: &str) -> Result<(), SpecError> {
+    if is_dns_label(name) {
+        return Ok(());
+    }
+    Err(SpecError::new(
+        field,
+        &format!(
+            "{name:?} is not a Kubernetes service name; use lowercase letters, digits and '-' \
+             (at most 63), e.g. \"checkout\""
+        ),
+    ))
 }
 
 impl CompiledRollout {
@@ -71,6 +176,16 @@ impl CompiledRollout {
     /// sequential.
     pub fn sequential_max_durations(&self) -> &[Option<Duration>] {
         &self.sequential_max_durations
+    }
+
+    /// `spec.failurePolicy.routingMismatchDeadline`: positive.
+    pub fn routing_mismatch_deadline(&self) -> Duration {
+        self.routing_mismatch_deadline
+    }
+
+    /// Where the served metrics are read.
+    pub fn served(&self) -> &Served {
+        &self.served
     }
 
     /// Whether a gate is sequential (its analysis window is the whole step).

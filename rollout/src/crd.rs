@@ -269,6 +269,48 @@ pub struct AnalysisSpec {
     #[serde(default = "default_gates")]
     #[schemars(length(max = 16))]
     pub gates: Vec<GateSpec>,
+    /// Where error rate and latency are read: what each version served, never what the filter
+    /// meant to send it. Omitted: Istio's standard metrics of the service named by the first
+    /// host for a WasmPlugin target; the clusters named after the version names for an Envoy
+    /// ECDS target.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub served: Option<ServedMetrics>,
+}
+
+/// The metrics of what each version served.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum ServedMetrics {
+    /// Istio's standard `istio_requests_total` and `istio_request_duration_milliseconds` as the
+    /// destination's sidecars report them (`reporter="destination"`), for this service in the
+    /// CanaryRollout's namespace, with `destination_version` set to the version names (the
+    /// pods' `version` label). Every sidecar exports these with no extra configuration.
+    Istio(IstioService),
+    /// A plain Envoy's upstream stats of the stable and the canary cluster
+    /// (`cluster.NAME.upstream_rq_*`, `upstream_rq_time`; in Prometheus `envoy_cluster_*`).
+    EnvoyClusters(EnvoyClusters),
+}
+
+/// The Kubernetes service whose versions a rollout compares.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct IstioService {
+    /// The service's name (Istio's `destination_service_name` label), in the CanaryRollout's
+    /// namespace.
+    #[schemars(length(min = 1, max = 63))]
+    pub service: String,
+}
+
+/// The Envoy clusters that serve each version.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EnvoyClusters {
+    /// The stable version's cluster.
+    #[schemars(length(min = 1, max = 253))]
+    pub stable: String,
+    /// The canary version's cluster.
+    #[schemars(length(min = 1, max = 253))]
+    pub canary: String,
 }
 
 impl Default for AnalysisSpec {
@@ -277,6 +319,7 @@ impl Default for AnalysisSpec {
             interval: default_interval(),
             min_samples: default_min_samples(),
             gates: default_gates(),
+            served: None,
         }
     }
 }
@@ -627,6 +670,16 @@ pub struct FailurePolicy {
     /// What to do when the no-data deadline passes.
     #[serde(default)]
     pub on_no_data: OnTrouble,
+    /// How long the canary may clearly serve fewer requests than the filter decided for it (a
+    /// route or VirtualService that misses the routing header) before `onRoutingMismatch`
+    /// applies. The rollout never advances meanwhile.
+    #[serde(default = "default_routing_mismatch_deadline")]
+    #[schemars(regex(pattern = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"))]
+    pub routing_mismatch_deadline: String,
+    /// What to do when the routing-mismatch deadline passes. Default: roll back, since sending
+    /// everyone to stable is always safe, and a canary that is not served is not being tested.
+    #[serde(default = "default_on_routing_mismatch")]
+    pub on_routing_mismatch: OnTrouble,
 }
 
 impl Default for FailurePolicy {
@@ -636,6 +689,8 @@ impl Default for FailurePolicy {
             on_errors: OnTrouble::default(),
             no_data_deadline: default_no_data_deadline(),
             on_no_data: OnTrouble::default(),
+            routing_mismatch_deadline: default_routing_mismatch_deadline(),
+            on_routing_mismatch: default_on_routing_mismatch(),
         }
     }
 }
@@ -679,10 +734,13 @@ pub struct CanaryRolloutStatus {
     /// Since when analysis has been inconclusive without a break.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub no_data_since: Option<Time>,
+    /// Since when the canary has clearly served fewer requests than were decided for it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub routing_mismatch_since: Option<Time>,
     /// One line on the current state and what a person can do.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
-    /// `Ready` (promoted), `Progressing`, `Paused`, `Degraded`, `InvalidSpec`.
+    /// `Ready` (promoted), `Progressing`, `Paused`, `Degraded`, `RoutingMismatch`, `InvalidSpec`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
     /// The last transitions, oldest first (at most [`HISTORY_LIMIT`]).
@@ -905,6 +963,12 @@ fn default_max_consecutive_errors() -> u32 {
 }
 fn default_no_data_deadline() -> String {
     "10m".to_owned()
+}
+fn default_routing_mismatch_deadline() -> String {
+    "5m".to_owned()
+}
+fn default_on_routing_mismatch() -> OnTrouble {
+    OnTrouble::Rollback
 }
 
 #[cfg(test)]

@@ -42,15 +42,21 @@ pub struct Bucket {
 
 /// What one version did over the window. Counts are window increases, hence `f64` (Prometheus
 /// `increase()` extrapolates).
+///
+/// Requests, server errors and latency are what the version **served** (Istio's destination
+/// metrics, or its Envoy cluster's upstream stats); `decisions` is what the filter decided for
+/// it. The two differ when the route misses the routing header: see [`crate::routing`].
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct VersionSamples {
-    /// Requests answered (any code, and resets).
+    /// Requests the version served (any code, and resets).
     pub requests: Observed<f64>,
     /// Requests that failed on the server side: 5xx responses (and resets, if the source counts
     /// them).
     pub server_errors: Observed<f64>,
     /// Request-duration histogram in milliseconds.
     pub latency_ms: Observed<Vec<Bucket>>,
+    /// Requests the filter decided for this version (`cohort_decisions_total`).
+    pub decisions: Observed<f64>,
     /// Business event counts by event name.
     pub events: BTreeMap<String, Observed<f64>>,
     /// Custom query results by gate name.

@@ -53,6 +53,26 @@ pub fn number(value: f64) -> String {
     }
 }
 
+/// A request count, rounded to a whole number, with thousands separated: `1234.4` → `1,234`.
+/// Window counts are increases, so they can be fractional; people count requests whole.
+pub fn count(value: f64) -> String {
+    if !value.is_finite() {
+        return value.to_string();
+    }
+    let digits = format!("{:.0}", value.abs());
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3 + 1);
+    if value.round() < 0.0 {
+        out.push('-');
+    }
+    for (i, digit) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(digit);
+    }
+    out
+}
+
 /// A gate value with fixed decimals, 4 below 1 (error rates) and 1 from there up (latencies),
 /// so the values of one gate keep their width from one progress line to the next:
 /// `0.0123` → `0.0123`, `0.5` → `0.5000`, `123.456` → `123.5`.
@@ -87,6 +107,23 @@ pub fn or_dash<T>(value: Option<T>, render: impl FnOnce(T) -> String) -> String 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn counts() {
+        let table = [
+            (0.0, "0"),
+            (7.4, "7"),
+            (999.5, "1,000"),
+            (1000.0, "1,000"),
+            (1234.4, "1,234"),
+            (1_234_567.0, "1,234,567"),
+            (-1500.0, "-1,500"),
+            (f64::INFINITY, "inf"),
+        ];
+        for (value, expected) in table {
+            assert_eq!(count(value), expected, "{value}");
+        }
+    }
 
     #[test]
     fn weights() {

@@ -14,6 +14,7 @@ pub mod filter_config;
 pub mod format;
 pub mod plan;
 pub mod query;
+pub mod routing;
 pub mod sequential;
 pub mod spec_error;
 pub mod validate;

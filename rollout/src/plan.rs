@@ -20,7 +20,10 @@
 //! 5. `spec.paused` holds the weight; analysis still runs and a Fail still rolls back.
 //! 6. A Fail rolls back at once. Error and Inconclusive hold; more than `maxConsecutiveErrors`
 //!    Errors in a row, or no conclusive data for `noDataDeadline`, set `Degraded` and hold or roll
-//!    back as the failure policy says.
+//!    back as the failure policy says. A routing mismatch (the canary clearly served fewer
+//!    requests than the filter decided for it; see [`crate::routing`]) holds with the
+//!    `RoutingMismatch` condition and an Event until a window shows the canary serving again;
+//!    after `routingMismatchDeadline`, `onRoutingMismatch` applies (by default, roll back).
 //! 7. A step advances only when its bake time (at least one analysis interval, so the verdict's
 //!    window lies wholly inside the step) has elapsed (`>=`) and this cycle's verdict is Pass.
 //!    The next step is the first whose weight is above the weight being served, so after a
@@ -45,6 +48,7 @@ use crate::crd::{
 use crate::duration;
 use crate::evaluate::Evaluation;
 use crate::format::weight_percent as percent;
+use crate::routing::Routing;
 use crate::spec_error::SpecErrors;
 use crate::validate::compile;
 
@@ -53,6 +57,7 @@ pub const SETTLED_REQUEUE: Duration = Duration::from_secs(300);
 /// Fallbacks for durations an invalid spec left unreadable.
 const FALLBACK_BAKE: Duration = Duration::from_secs(300);
 const FALLBACK_NO_DATA_DEADLINE: Duration = Duration::from_secs(600);
+const FALLBACK_ROUTING_MISMATCH_DEADLINE: Duration = Duration::from_secs(300);
 /// Condition messages are capped (the API allows 32 KiB).
 const MAX_CONDITION_MESSAGE: usize = 4096;
 
@@ -66,6 +71,8 @@ pub const CONDITION_PAUSED: &str = "Paused";
 pub const CONDITION_DEGRADED: &str = "Degraded";
 /// Condition types.
 pub const CONDITION_INVALID_SPEC: &str = "InvalidSpec";
+/// Condition types.
+pub const CONDITION_ROUTING_MISMATCH: &str = "RoutingMismatch";
 
 /// What the reconciler knows this cycle besides spec and status.
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -76,6 +83,8 @@ pub struct PlanInput {
     pub generation: Option<i64>,
     /// This cycle's gate evaluation; `None` when nothing was analysed (it never advances a step).
     pub evaluation: Option<Evaluation>,
+    /// This cycle's routing check, over the evaluation's window; `None` when nothing was read.
+    pub routing: Option<Routing>,
 }
 
 /// What the reconciler should do.
@@ -144,9 +153,10 @@ pub fn plan_compiled(
             .unwrap_or_default(),
         status: previous.clone(),
         events: Vec::new(),
+        routing_mismatch: None,
     };
     planner.status.observed_generation = input.generation.or(previous.observed_generation);
-    planner.run(input.evaluation.as_ref());
+    planner.run(input.evaluation.as_ref(), input.routing.as_ref());
     planner.finish(&previous)
 }
 
@@ -208,6 +218,7 @@ pub fn adopt_unrecorded(
         rollout: name.to_owned(),
         generation,
         evaluation: Some(evaluation),
+        routing: None,
     };
     // Pause and promotion are no part of what `compile` checks: `compiled` is `as_planned`'s too.
     let adopted = plan_compiled(&as_planned, compiled, Some(status), &input, now);
@@ -219,6 +230,7 @@ pub fn adopt_unrecorded(
 struct Timing {
     interval: Duration,
     no_data_deadline: Duration,
+    routing_mismatch_deadline: Duration,
     bakes: Vec<Duration>,
 }
 
@@ -228,6 +240,7 @@ impl Timing {
             return Timing {
                 interval: compiled.interval(),
                 no_data_deadline: compiled.no_data_deadline(),
+                routing_mismatch_deadline: compiled.routing_mismatch_deadline(),
                 bakes: compiled.steps().iter().map(|step| step.bake).collect(),
             };
         }
@@ -235,6 +248,10 @@ impl Timing {
             interval: interval_or_fallback(spec),
             no_data_deadline: duration::parse(&spec.failure_policy.no_data_deadline)
                 .unwrap_or(FALLBACK_NO_DATA_DEADLINE),
+            routing_mismatch_deadline: duration::parse(
+                &spec.failure_policy.routing_mismatch_deadline,
+            )
+            .unwrap_or(FALLBACK_ROUTING_MISMATCH_DEADLINE),
             bakes: spec
                 .steps
                 .iter()
@@ -251,10 +268,12 @@ struct Planner<'a> {
     spec_errors: Vec<String>,
     status: CanaryRolloutStatus,
     events: Vec<PlannedEvent>,
+    /// This cycle's routing mismatch in words, for the condition.
+    routing_mismatch: Option<String>,
 }
 
 impl Planner<'_> {
-    fn run(&mut self, evaluation: Option<&Evaluation>) {
+    fn run(&mut self, evaluation: Option<&Evaluation>, routing: Option<&Routing>) {
         if self.spec.abort {
             self.abort();
             return;
@@ -291,7 +310,7 @@ impl Planner<'_> {
             // A status written by hand or by an older controller: bake from now.
             self.status.step_started_at = Some(Time(self.now));
         }
-        self.analyse_and_advance(evaluation);
+        self.analyse_and_advance(evaluation, routing);
     }
 
     fn abort(&mut self) {
@@ -393,8 +412,11 @@ impl Planner<'_> {
 
     /// Records this cycle's verdict, applies the failure policy, and advances a baked step on a
     /// Pass (a paused rollout is analysed, and may roll back, but does not advance).
-    fn analyse_and_advance(&mut self, evaluation: Option<&Evaluation>) {
+    fn analyse_and_advance(&mut self, evaluation: Option<&Evaluation>, routing: Option<&Routing>) {
         let verdict = evaluation.map(|evaluation| self.record(evaluation));
+        if let Some(routing) = routing {
+            self.record_routing(routing);
+        }
         if verdict == Some(Verdict::Fail) {
             let summary = evaluation.map(Evaluation::summary).unwrap_or_default();
             self.rollback(format!("a gate failed: {summary}"));
@@ -404,6 +426,7 @@ impl Planner<'_> {
         let trouble = [
             (self.errors_exceeded(), policy.on_errors),
             (self.no_data_exceeded(), policy.on_no_data),
+            (self.routing_mismatch_exceeded(), policy.on_routing_mismatch),
         ];
         for (trouble, reaction) in trouble {
             if let (Some(trouble), OnTrouble::Rollback) = (trouble, reaction) {
@@ -413,6 +436,7 @@ impl Planner<'_> {
         }
         if self.status.phase == Phase::Progressing
             && verdict == Some(Verdict::Pass)
+            && self.status.routing_mismatch_since.is_none()
             && self.bake_remaining().is_zero()
         {
             let baked = format!(
@@ -444,6 +468,48 @@ impl Planner<'_> {
             }
         }
         evaluation.verdict
+    }
+
+    /// Starts or ends a routing mismatch. A window too thin to tell (or unreadable) changes
+    /// nothing: a mismatch holds until a window shows the canary serving.
+    fn record_routing(&mut self, routing: &Routing) {
+        match routing {
+            Routing::Mismatch(_) => {
+                let message = routing.mismatch_message().unwrap_or_default();
+                if self.status.routing_mismatch_since.is_none() {
+                    self.status.routing_mismatch_since = Some(Time(self.now));
+                    self.event(
+                        EventKind::Warning,
+                        CONDITION_ROUTING_MISMATCH,
+                        format!("holding: {message}"),
+                    );
+                }
+                self.routing_mismatch = Some(message);
+            }
+            Routing::Served(counts) => {
+                if self.status.routing_mismatch_since.take().is_some() {
+                    self.event(
+                        EventKind::Normal,
+                        "RoutingRestored",
+                        format!("the canary serves its users again: {}", counts.describe()),
+                    );
+                }
+            }
+            Routing::TooFew(_) | Routing::Unchecked(_) => {}
+        }
+    }
+
+    fn routing_mismatch_exceeded(&self) -> Option<String> {
+        let since = self.status.routing_mismatch_since.as_ref()?;
+        let waited = millis_between(since.0, self.now);
+        (waited >= self.timing.routing_mismatch_deadline).then(|| {
+            format!(
+                "the canary has not served the requests decided for it for {} (deadline {}): \
+                 its users were not getting the canary",
+                human(waited),
+                human(self.timing.routing_mismatch_deadline)
+            )
+        })
     }
 
     fn errors_exceeded(&self) -> Option<String> {
@@ -540,6 +606,7 @@ impl Planner<'_> {
         status.gates.clear();
         status.consecutive_errors = 0;
         status.no_data_since = None;
+        status.routing_mismatch_since = None;
     }
 
     fn restart_requested(&self) -> bool {
@@ -728,6 +795,10 @@ impl Planner<'_> {
                 .or_else(|| {
                     self.no_data_exceeded()
                         .map(|trouble| ("NoData", format!("{trouble}; holding")))
+                })
+                .or_else(|| {
+                    self.routing_mismatch_exceeded()
+                        .map(|trouble| (CONDITION_ROUTING_MISMATCH, format!("{trouble}; holding")))
                 }),
             Phase::Pending | Phase::Promoted | Phase::Aborted => None,
         }
@@ -736,6 +807,10 @@ impl Planner<'_> {
     /// Writes the message and conditions, announces conditions that just turned bad, and hands
     /// the plan over.
     fn finish(mut self, previous: &CanaryRolloutStatus) -> Plan {
+        if !matches!(self.status.phase, Phase::Progressing | Phase::Paused) {
+            // Only a live canary can be misrouted; a settled one starts clean on retry.
+            self.status.routing_mismatch_since = None;
+        }
         let message = self.describe();
         let phase = self.status.phase;
         let degraded = self.degradation(&message);
@@ -755,6 +830,7 @@ impl Planner<'_> {
 
         let generation = self.status.observed_generation;
         let now = self.now;
+        let conditions_before = &previous.conditions;
         let conditions = &mut self.status.conditions;
         let mut set = |kind: &str, on: bool, reason: &str, message: &str| {
             set_condition(conditions, kind, on, reason, message, generation, now);
@@ -775,6 +851,33 @@ impl Planner<'_> {
         match &degraded {
             Some((reason, trouble)) => set(CONDITION_DEGRADED, true, reason, trouble),
             None => set(CONDITION_DEGRADED, false, "Healthy", ""),
+        }
+        let previous_mismatch = previous
+            .conditions
+            .iter()
+            .find(|c| c.type_ == CONDITION_ROUTING_MISMATCH && c.status == "True")
+            .map(|c| c.message.clone());
+        match (&self.status.routing_mismatch_since, &self.routing_mismatch) {
+            (Some(_), Some(mismatch)) => set(
+                CONDITION_ROUTING_MISMATCH,
+                true,
+                "CanaryNotServed",
+                mismatch,
+            ),
+            // Held from an earlier window; this one was too thin to tell.
+            (Some(_), None) => set(
+                CONDITION_ROUTING_MISMATCH,
+                true,
+                "CanaryNotServed",
+                previous_mismatch
+                    .as_deref()
+                    .unwrap_or("the canary did not serve the requests decided for it"),
+            ),
+            // Shown once a mismatch was seen, so a healthy rollout's status stays short.
+            (None, _) if has_condition(conditions_before, CONDITION_ROUTING_MISMATCH) => {
+                set(CONDITION_ROUTING_MISMATCH, false, "Served", "")
+            }
+            (None, _) => {}
         }
         if invalid.is_empty() {
             set(CONDITION_INVALID_SPEC, false, "Valid", "");
@@ -831,6 +934,10 @@ fn set_condition(
             observed_generation: generation,
         }),
     }
+}
+
+fn has_condition(conditions: &[Condition], kind: &str) -> bool {
+    conditions.iter().any(|c| c.type_ == kind)
 }
 
 fn condition_is_true(conditions: &[Condition], kind: &str) -> bool {

@@ -6,7 +6,7 @@ use std::time::Duration;
 use cohort_core::bucket::FULL_WEIGHT_BP;
 use cohort_core::config::{is_dns_label, NAMESPACE_RULE};
 
-use crate::compiled::{CompiledRollout, CompiledStep, FilterEntry};
+use crate::compiled::{CompiledRollout, CompiledStep, FilterEntry, Served};
 use crate::crd::{
     CanaryRolloutSpec, GateCheck, GateSpec, SequentialGate, SequentialMetric, Target, MAX_GATES,
     MAX_STEPS,
@@ -63,6 +63,15 @@ pub fn compile(
         no_data_deadline,
         &mut errors,
     );
+    let routing_mismatch_deadline = check_positive_duration(
+        "spec.failurePolicy.routingMismatchDeadline",
+        &spec.failure_policy.routing_mismatch_deadline,
+        duration::parse(&spec.failure_policy.routing_mismatch_deadline),
+        &mut errors,
+    );
+    let served = Served::of(spec, namespace, name)
+        .map_err(|error| errors.push(error))
+        .ok();
     // The filter's own validation covers hosts, versions, salt, identity, anonymous and events.
     let entry = FilterEntry::build(spec, namespace, name)
         .map_err(|filter_errors| errors.extend(filter_errors.0))
@@ -78,17 +87,33 @@ pub fn compile(
             })
         })
         .collect();
-    match (errors.is_empty(), steps, interval, no_data_deadline, entry) {
-        (true, Some(steps), Some(interval), Some(no_data_deadline), Some(entry)) => {
-            Ok(CompiledRollout {
-                steps,
-                interval,
-                min_samples: spec.analysis.min_samples,
-                no_data_deadline,
-                sequential_max_durations,
-                entry,
-            })
-        }
+    match (
+        errors.is_empty(),
+        steps,
+        interval,
+        no_data_deadline,
+        routing_mismatch_deadline,
+        served,
+        entry,
+    ) {
+        (
+            true,
+            Some(steps),
+            Some(interval),
+            Some(no_data_deadline),
+            Some(routing_mismatch_deadline),
+            Some(served),
+            Some(entry),
+        ) => Ok(CompiledRollout {
+            steps,
+            interval,
+            min_samples: spec.analysis.min_samples,
+            no_data_deadline,
+            sequential_max_durations,
+            routing_mismatch_deadline,
+            served,
+            entry,
+        }),
         _ => Err(SpecErrors(errors)),
     }
 }

@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use cohort_core::decide::cookie_value;
+use cohort_rollout::compiled::Served;
 use cohort_tests::envoy::{PushResult, UPDATE_REJECTED, UPDATE_SUCCESS};
 use cohort_tests::prom::{self, Sample};
 use cohort_tests::{config, expected_version, Client, Envoy, Response, FORCE_TOKEN};
@@ -1261,6 +1262,11 @@ fn metrics_carry_the_rollout_namespace() {
         stable_version: "stable".to_owned(),
         canary_version: "canary".to_owned(),
         gates: Vec::new(),
+        served: Served::EnvoyClusters {
+            stable: "stable".to_owned(),
+            canary: "canary".to_owned(),
+        },
+        decision_service: "web".to_owned(),
     };
     let rollouts = [request("shop"), request(""), request("billing")];
     let read = to_samples(&rollouts, &answers(&counters(&samples), &rollouts));

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use cohort_controller::source::prometheus::queries;
 use cohort_controller::source::SeriesRequest;
+use cohort_rollout::compiled::Served;
 use cohort_rollout::query::{render_query, QueryContext};
 use cohort_tests::prometheus_server::Prometheus;
 
@@ -136,6 +137,11 @@ fn request(rollout: &str) -> SeriesRequest {
         stable_version: "stable".into(),
         canary_version: "canary".into(),
         gates: Vec::new(),
+        served: Served::EnvoyClusters {
+            stable: "stable".into(),
+            canary: "canary".into(),
+        },
+        decision_service: rollout.to_owned(),
     }
 }
 

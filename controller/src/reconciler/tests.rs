@@ -485,6 +485,7 @@ async fn a_settled_rollout_with_unchanged_status_writes_nothing() {
         rollout: ROLLOUT.into(),
         generation: Some(3),
         evaluation: None,
+        routing: None,
     };
     let settled = plan(&spec, Some(&promoted), &input, t(NOW)).status;
     let mut harness = Harness::new(healthy());

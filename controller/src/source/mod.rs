@@ -8,7 +8,8 @@ use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
 
-use cohort_rollout::crd::GateSpec;
+use cohort_rollout::compiled::Served;
+use cohort_rollout::crd::{CanaryRolloutSpec, GateSpec};
 use cohort_rollout::evaluate::Samples;
 
 pub mod envoy_admin;
@@ -58,15 +59,48 @@ pub struct SeriesRequest {
     /// The `cohort_namespace` label value: the CanaryRollout's namespace (also what custom
     /// query templates get as `{{namespace}}`).
     pub namespace: String,
-    /// The `cohort_version` label value of stable.
+    /// The stable version's name (`cohort_version` of its events, `destination_version` of its
+    /// decisions and of Istio's metrics).
     pub stable_version: String,
-    /// The `cohort_version` label value of canary.
+    /// The canary version's name, labelled as stable's is.
     pub canary_version: String,
     /// The gates the samples are for: they decide which series are read.
     pub gates: Vec<GateSpec>,
+    /// Where requests, server errors and latency are read: what each version served.
+    pub served: Served,
+    /// The `destination_service_name` the filter tags this rollout's decisions with
+    /// (`cohort_decisions_total`, in `namespace`, by `destination_version`).
+    pub decision_service: String,
 }
 
 impl SeriesRequest {
+    /// The request for the rollout `namespace/name` with this spec. `served` comes from the
+    /// compiled spec when it compiled; a spec that does not compile (whose samples no plan
+    /// reads) falls back to its target's default, so a source that keeps baselines keeps them.
+    pub fn new(
+        spec: &CanaryRolloutSpec,
+        served: Option<&Served>,
+        namespace: &str,
+        name: &str,
+    ) -> Self {
+        let served = served
+            .cloned()
+            .or_else(|| Served::of(spec, namespace, name).ok())
+            .unwrap_or_else(|| Served::EnvoyClusters {
+                stable: spec.stable_version.clone(),
+                canary: spec.canary_version.clone(),
+            });
+        SeriesRequest {
+            rollout: name.to_owned(),
+            namespace: namespace.to_owned(),
+            stable_version: spec.stable_version.clone(),
+            canary_version: spec.canary_version.clone(),
+            gates: spec.analysis.gates.clone(),
+            decision_service: served.decision_service(name).to_owned(),
+            served,
+        }
+    }
+
     /// The rollout's key: its namespace and name.
     pub fn key(&self) -> RolloutKey {
         RolloutKey::new(&self.namespace, &self.rollout)

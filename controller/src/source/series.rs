@@ -255,6 +255,7 @@ pub fn server_errors_of(requests: &[Series]) -> Vec<Series> {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use cohort_rollout::compiled::Served;
     use cohort_rollout::crd::{BusinessEventGate, CustomGate, ErrorRateGate, LatencyGate};
 
     /// The key of rollout `name` in `shop`, the namespace of [`request`].
@@ -277,6 +278,11 @@ pub(crate) mod tests {
             stable_version: "stable".into(),
             canary_version: "canary".into(),
             gates,
+            served: Served::EnvoyClusters {
+                stable: "stable".into(),
+                canary: "canary".into(),
+            },
+            decision_service: rollout.into(),
         }
     }
 

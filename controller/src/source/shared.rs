@@ -143,6 +143,11 @@ mod tests {
             stable_version: "stable".to_owned(),
             canary_version: "canary".to_owned(),
             gates: cohort_rollout::crd::default_gates(),
+            served: cohort_rollout::compiled::Served::EnvoyClusters {
+                stable: "stable".to_owned(),
+                canary: "canary".to_owned(),
+            },
+            decision_service: name.to_owned(),
         }
     }
 

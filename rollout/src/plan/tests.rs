@@ -42,6 +42,7 @@ fn input(verdict: Option<Verdict>) -> PlanInput {
         rollout: "checkout".into(),
         generation: Some(1),
         evaluation: verdict.map(evaluation),
+        routing: None,
     }
 }
 

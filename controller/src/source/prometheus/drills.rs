@@ -167,6 +167,7 @@ async fn prometheus_down_slow_or_garbage_holds_and_never_promotes() {
                     rollout: "web".into(),
                     generation: Some(1),
                     evaluation: Some(evaluation.clone()),
+                    routing: None,
                 };
                 let planned = plan(&spec, Some(&status), &input, t(i64::from(cycle) * 30));
                 let weight = planned.weight_bp;
