@@ -401,3 +401,162 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod served_tests {
+    use super::*;
+    use crate::crd::{EnvoyEcdsTarget, IstioService};
+    use crate::validate::compile;
+    use crate::validate::tests::minimal_spec;
+
+    fn istio(namespace: &str, service: &str) -> Served {
+        Served::Istio {
+            namespace: namespace.into(),
+            service: service.into(),
+        }
+    }
+
+    fn clusters(stable: &str, canary: &str) -> Served {
+        Served::EnvoyClusters {
+            stable: stable.into(),
+            canary: canary.into(),
+        }
+    }
+
+    #[test]
+    fn defaults_follow_the_target() {
+        type Edit = fn(&mut CanaryRolloutSpec);
+        let envoy: Edit = |s| {
+            s.target = Target::EnvoyEcds(EnvoyEcdsTarget {
+                path: "/etc/envoy/ecds.yaml".into(),
+                filter_name: "cohort".into(),
+            })
+        };
+        let table: &[(&str, Edit, Served, &str)] = &[
+            (
+                "WasmPlugin: the first host's service",
+                |_| {},
+                istio("shop", "checkout"),
+                "checkout",
+            ),
+            (
+                "WasmPlugin: a cluster-local host",
+                |s| s.hosts = vec!["checkout.shop.svc.cluster.local".into()],
+                istio("shop", "checkout"),
+                "checkout",
+            ),
+            (
+                "WasmPlugin: `*` falls back to the rollout's name",
+                |s| s.hosts = vec!["*".into()],
+                istio("shop", "web"),
+                "web",
+            ),
+            (
+                "WasmPlugin: the service given",
+                |s| {
+                    s.analysis.served = Some(ServedMetrics::Istio(IstioService {
+                        service: "payments".into(),
+                    }))
+                },
+                istio("shop", "payments"),
+                "payments",
+            ),
+            (
+                "Envoy ECDS: clusters named after the versions",
+                envoy,
+                clusters("stable", "canary"),
+                "web",
+            ),
+            (
+                "Envoy ECDS: version names v1/v2",
+                |s| {
+                    envoy_target(s);
+                    s.stable_version = "v1".into();
+                    s.canary_version = "v2".into();
+                },
+                clusters("v1", "v2"),
+                "web",
+            ),
+            (
+                "clusters given",
+                |s| {
+                    s.analysis.served =
+                        Some(ServedMetrics::EnvoyClusters(crate::crd::EnvoyClusters {
+                            stable: "checkout_v1".into(),
+                            canary: "checkout_v2".into(),
+                        }))
+                },
+                clusters("checkout_v1", "checkout_v2"),
+                "web",
+            ),
+        ];
+        for (name, edit, served, decision_service) in table {
+            let mut spec = minimal_spec();
+            edit(&mut spec);
+            let compiled = compile(&spec, "shop", "web").unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert_eq!(compiled.served(), served, "{name}");
+            assert_eq!(
+                compiled.served().decision_service("web"),
+                *decision_service,
+                "{name}"
+            );
+        }
+    }
+
+    fn envoy_target(spec: &mut CanaryRolloutSpec) {
+        spec.target = Target::EnvoyEcds(EnvoyEcdsTarget {
+            path: "/etc/envoy/ecds.yaml".into(),
+            filter_name: "cohort".into(),
+        });
+    }
+
+    #[test]
+    fn bad_served_settings_name_their_field() {
+        type Edit = fn(&mut CanaryRolloutSpec);
+        let table: &[(Edit, &str)] = &[
+            (
+                |s| {
+                    s.analysis.served = Some(ServedMetrics::Istio(IstioService {
+                        service: "Checkout_V2".into(),
+                    }))
+                },
+                "spec.analysis.served.istio.service: \"Checkout_V2\" is not a Kubernetes service name",
+            ),
+            (
+                |s| {
+                    s.analysis.served = Some(ServedMetrics::EnvoyClusters(crate::crd::EnvoyClusters {
+                        stable: "backend".into(),
+                        canary: "backend".into(),
+                    }))
+                },
+                "spec.analysis.served.envoyClusters.canary: is \"backend\", the same cluster as stable",
+            ),
+            (
+                |s| s.failure_policy.routing_mismatch_deadline = "never".into(),
+                "spec.failurePolicy.routingMismatchDeadline: \"never\" is not a duration",
+            ),
+            (
+                |s| s.failure_policy.routing_mismatch_deadline = "0s".into(),
+                "spec.failurePolicy.routingMismatchDeadline: \"0s\" is zero",
+            ),
+        ];
+        for (edit, expected) in table {
+            let mut spec = minimal_spec();
+            edit(&mut spec);
+            let errors = compile(&spec, "shop", "web").unwrap_err();
+            let messages: Vec<String> = errors.0.iter().map(ToString::to_string).collect();
+            assert!(
+                messages.iter().any(|m| m.starts_with(expected)),
+                "wanted {expected:?}, got {messages:?}"
+            );
+        }
+        // A rollout whose hosts and name are no service names cannot default its service.
+        let mut spec = minimal_spec();
+        spec.hosts = vec!["*".into()];
+        let errors = compile(&spec, "shop", "web.v2").unwrap_err();
+        assert!(
+            errors.0.iter().any(|e| e.field == "spec.analysis.served"),
+            "{errors}"
+        );
+    }
+}

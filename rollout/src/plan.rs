@@ -488,10 +488,16 @@ impl Planner<'_> {
             }
             Routing::Served(counts) => {
                 if self.status.routing_mismatch_since.take().is_some() {
+                    // The step's weight was not served while misrouted: it bakes again, in full,
+                    // with its users on the canary.
+                    self.status.step_started_at = Some(Time(self.now));
                     self.event(
                         EventKind::Normal,
                         "RoutingRestored",
-                        format!("the canary serves its users again: {}", counts.describe()),
+                        format!(
+                            "the canary serves its users again ({}); the step bakes again from now",
+                            counts.describe()
+                        ),
                     );
                 }
             }

@@ -929,3 +929,182 @@ fn an_unrecorded_transition_is_adopted_only_when_one_transition_explains_it() {
         }
     }
 }
+
+fn condition_message<'a>(status: &'a CanaryRolloutStatus, kind: &str) -> &'a str {
+    let condition = status.conditions.iter().find(|c| c.type_ == kind).unwrap();
+    condition.message.as_str()
+}
+
+fn routing(canary_decided: f64, canary_served: f64) -> Routing {
+    use crate::evaluate::{Observed, Samples, VersionSamples};
+    let version = |decided: f64, served: f64| VersionSamples {
+        decisions: Observed::Value(decided),
+        requests: Observed::Value(served),
+        ..VersionSamples::default()
+    };
+    crate::routing::check(&Samples {
+        canary: version(canary_decided, canary_served),
+        stable: version(1000.0, 1000.0 + canary_decided - canary_served),
+    })
+}
+
+fn with_routing(verdict: Verdict, routing: Routing) -> PlanInput {
+    PlanInput {
+        routing: Some(routing),
+        ..input(Some(verdict))
+    }
+}
+
+/// A canary its users never reach (the route misses the header) is never advanced, whatever
+/// the gates say; the failure policy decides after the deadline, and a healed route goes on.
+#[test]
+fn a_routing_mismatch_holds_and_the_policy_decides_after_the_deadline() {
+    let spec = spec();
+    let baked = progressing(1, 500, 0);
+    let misrouted = routing(480.0, 0.0);
+    assert!(matches!(misrouted, Routing::Mismatch(_)));
+
+    // First seen: hold at 5% (the bake is over and the gates pass), Event, condition.
+    let first = plan(
+        &spec,
+        Some(&baked),
+        &with_routing(Verdict::Pass, misrouted.clone()),
+        t(120),
+    );
+    assert_eq!(
+        (first.status.phase, first.weight_bp),
+        (Phase::Progressing, 500)
+    );
+    assert_eq!(reasons(&first), ["RoutingMismatch"]);
+    assert_eq!(first.events[0].kind, EventKind::Warning);
+    for wanted in ["served 0 of the 480", "VirtualService", "CLIENT"] {
+        assert!(
+            first.events[0].message.contains(wanted),
+            "{wanted:?} in {}",
+            first.events[0].message
+        );
+    }
+    assert_eq!(
+        condition(&first.status, CONDITION_ROUTING_MISMATCH),
+        ("True", "CanaryNotServed")
+    );
+    let message = condition_message(&first.status, CONDITION_ROUTING_MISMATCH);
+    assert!(message.contains("served 0 of the 480"), "{message}");
+    assert_eq!(first.status.routing_mismatch_since, Some(Time(t(120))));
+
+    // Still misrouted, or too thin to tell: held, announced once, the condition keeps its counts.
+    let again = plan(
+        &spec,
+        Some(&first.status),
+        &with_routing(Verdict::Pass, misrouted.clone()),
+        t(150),
+    );
+    assert_eq!((again.weight_bp, reasons(&again).len()), (500, 0));
+    let thin = plan(
+        &spec,
+        Some(&again.status),
+        &with_routing(Verdict::Pass, routing(5.0, 0.0)),
+        t(180),
+    );
+    assert_eq!(thin.weight_bp, 500);
+    assert_eq!(
+        condition(&thin.status, CONDITION_ROUTING_MISMATCH),
+        ("True", "CanaryNotServed")
+    );
+    assert_eq!(
+        condition_message(&thin.status, CONDITION_ROUTING_MISMATCH),
+        condition_message(&again.status, CONDITION_ROUTING_MISMATCH)
+    );
+
+    // The default policy rolls back once the deadline (5m) has passed.
+    let before_deadline = plan(
+        &spec,
+        Some(&thin.status),
+        &with_routing(Verdict::Pass, misrouted.clone()),
+        t(120 + 299),
+    );
+    assert_eq!(before_deadline.status.phase, Phase::Progressing);
+    let at_deadline = plan(
+        &spec,
+        Some(&thin.status),
+        &with_routing(Verdict::Pass, misrouted.clone()),
+        t(120 + 300),
+    );
+    assert_eq!(
+        (at_deadline.status.phase, at_deadline.weight_bp),
+        (Phase::RolledBack, 0)
+    );
+    assert_eq!(reasons(&at_deadline), ["RolledBack"]);
+    assert!(at_deadline.events[0]
+        .message
+        .contains("has not served the requests decided for it for 5m"));
+
+    // `onRoutingMismatch: hold` keeps holding, Degraded, and never advances.
+    let mut hold = spec.clone();
+    hold.failure_policy.on_routing_mismatch = OnTrouble::Hold;
+    let held = plan(
+        &hold,
+        Some(&thin.status),
+        &with_routing(Verdict::Pass, misrouted.clone()),
+        t(120 + 900),
+    );
+    assert_eq!(
+        (held.status.phase, held.weight_bp),
+        (Phase::Progressing, 500)
+    );
+    assert_eq!(condition(&held.status, CONDITION_DEGRADED).0, "True");
+    assert_eq!(reasons(&held), [CONDITION_ROUTING_MISMATCH]);
+
+    // A healed route clears the hold; the next passing cycle advances.
+    let healed = plan(
+        &spec,
+        Some(&thin.status),
+        &with_routing(Verdict::Pass, routing(480.0, 470.0)),
+        t(240),
+    );
+    assert_eq!(reasons(&healed), ["RoutingRestored"]);
+    assert_eq!(healed.status.routing_mismatch_since, None);
+    assert_eq!(
+        condition(&healed.status, CONDITION_ROUTING_MISMATCH).0,
+        "False"
+    );
+    assert_eq!(healed.weight_bp, 500, "the step bakes again once served");
+    assert_eq!(healed.status.step_started_at, Some(Time(t(240))));
+    let advanced = plan(
+        &spec,
+        Some(&healed.status),
+        &with_routing(Verdict::Pass, routing(480.0, 470.0)),
+        t(300),
+    );
+    assert_eq!(advanced.weight_bp, 2500);
+
+    // A gate that fails still rolls back at once, mismatch or not.
+    let failed = plan(
+        &spec,
+        Some(&first.status),
+        &with_routing(Verdict::Fail, misrouted),
+        t(150),
+    );
+    assert_eq!(failed.status.phase, Phase::RolledBack);
+}
+
+#[test]
+fn a_healthy_rollout_shows_no_routing_condition() {
+    let spec = spec();
+    let planned = plan(
+        &spec,
+        Some(&progressing(1, 500, 0)),
+        &with_routing(Verdict::Pass, routing(480.0, 480.0)),
+        t(120),
+    );
+    assert_eq!(planned.weight_bp, 2500);
+    assert!(planned
+        .events
+        .iter()
+        .all(|e| e.reason != CONDITION_ROUTING_MISMATCH));
+    assert!(planned
+        .status
+        .conditions
+        .iter()
+        .all(|c| c.type_ != CONDITION_ROUTING_MISMATCH));
+}
