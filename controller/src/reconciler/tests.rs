@@ -18,7 +18,7 @@ use cohort_rollout::evaluate::Samples;
 use cohort_rollout::evaluate::{Observed, VersionSamples};
 use cohort_rollout::filter_config::spec_to_filter_config;
 use cohort_rollout::plan::{plan, PlanInput, CONDITION_DEGRADED, CONDITION_INVALID_SPEC};
-use cohort_rollout::plan::{CONDITION_PAUSED, CONDITION_READY};
+use cohort_rollout::plan::{CONDITION_PAUSED, CONDITION_READY, CONDITION_ROUTING_MISMATCH};
 use cohort_rollout::validate::tests::minimal_spec;
 
 /// The reconciles happen at `t(NOW)`.
@@ -1735,4 +1735,85 @@ async fn the_watch_starts_a_reconcile_for_a_spec_change_not_for_a_status_write()
         .map(|r| r.metadata.resource_version.as_deref())
         .collect();
     assert_eq!(seen, [Some("1"), Some("3")]);
+}
+
+/// The route misses the routing header: the filter decided 1,000 requests for the canary, the
+/// canary served none, and stable served them all.
+fn misrouted() -> Samples {
+    let mut samples = traffic((0.0, 0.0), (11_000.0, 11.0));
+    samples.canary.requests = Observed::NoData;
+    samples.canary.server_errors = Observed::NoData;
+    samples.canary.decisions = Observed::Value(1_000.0);
+    samples.stable.decisions = Observed::Value(10_000.0);
+    samples
+}
+
+#[tokio::test]
+async fn a_misrouted_canary_holds_with_a_condition_and_an_event() {
+    let mut harness = Harness::new(misrouted());
+    harness
+        .reconcile(
+            rollout(spec(), Some(progressing(1, 500, 120))),
+            vec![
+                Call::GetWasmPlugin(live(Some(500))),
+                Call::status(|status| {
+                    assert_eq!((status.phase, status.weight_bp), (Phase::Progressing, 500));
+                    assert_eq!(status.routing_mismatch_since, Some(Time(t(NOW))));
+                    let mismatch = condition(status, CONDITION_ROUTING_MISMATCH);
+                    assert_eq!(
+                        (mismatch.status.as_str(), mismatch.reason.as_str()),
+                        ("True", "CanaryNotServed")
+                    );
+                    for wanted in [
+                        "served 0 of the 1,000",
+                        "stable 11,000",
+                        "VirtualService",
+                        "CLIENT",
+                    ] {
+                        assert!(
+                            mismatch.message.contains(wanted),
+                            "{wanted:?} in {}",
+                            mismatch.message
+                        );
+                    }
+                }),
+                Call::Event("Warning", "RoutingMismatch"),
+            ],
+        )
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_misrouted_canary_is_rolled_back_after_the_deadline() {
+    let mut harness = Harness::new(misrouted());
+    let since_deadline = CanaryRolloutStatus {
+        routing_mismatch_since: Some(Time(t(NOW - 300))),
+        ..progressing(1, 500, 400)
+    };
+    harness
+        .reconcile(
+            rollout(spec(), Some(since_deadline)),
+            vec![
+                Call::GetWasmPlugin(live(Some(500))),
+                Call::ApplyWasmPlugin {
+                    weight_bp: 0,
+                    conflict: false,
+                },
+                Call::status(|status| {
+                    assert_eq!((status.phase, status.weight_bp), (Phase::RolledBack, 0));
+                    assert_eq!(status.routing_mismatch_since, None);
+                    let last = status.history.last().unwrap();
+                    assert!(
+                        last.message
+                            .contains("has not served the requests decided for it"),
+                        "{}",
+                        last.message
+                    );
+                }),
+                Call::Event("Warning", "RolledBack"),
+            ],
+        )
+        .await
+        .unwrap();
 }
