@@ -21,6 +21,8 @@ const START_DEADLINE: Duration = Duration::from_secs(30);
 /// How often histograms are merged by default (the template's 5 s would leave the lab's latency
 /// gate without data for the first seconds of each short step).
 pub const STATS_FLUSH_INTERVAL: &str = "1s";
+/// The routing header value the template's canary route matches.
+const CANARY_ROUTE_VALUE: &str = "canary";
 /// Lines of each log a start failure quotes.
 const FAILURE_LOG_LINES: usize = 40;
 
@@ -88,6 +90,9 @@ pub struct Launch {
     pub run_under: Vec<String>,
     /// How long Envoy gets to write its admin address and load the filter.
     pub start_deadline: Duration,
+    /// The routing header value the canary route matches (the canary's name; another value is
+    /// the misrouted lab's slip).
+    pub canary_route_value: String,
 }
 
 impl Launch {
@@ -104,6 +109,7 @@ impl Launch {
             stats_flush_interval: STATS_FLUSH_INTERVAL.to_owned(),
             run_under: Vec::new(),
             start_deadline: START_DEADLINE,
+            canary_route_value: CANARY_ROUTE_VALUE.to_owned(),
         }
     }
 
@@ -129,6 +135,17 @@ impl Launch {
         let bootstrap = bootstrap.replacen(
             flush,
             &format!("stats_flush_interval: {}", self.stats_flush_interval),
+            1,
+        );
+        let canary_match = format!("string_match: {{exact: {CANARY_ROUTE_VALUE}}}");
+        if bootstrap.matches(&canary_match).count() != 1 {
+            return Err(format!(
+                "expected `{canary_match}` once in the bootstrap template"
+            ));
+        }
+        let bootstrap = bootstrap.replacen(
+            &canary_match,
+            &format!("string_match: {{exact: {}}}", self.canary_route_value),
             1,
         );
         match self.wasm {
@@ -413,6 +430,24 @@ mod tests {
         assert!(error.contains("placeholder left unset"), "{error}");
         // Placeholders in comments are documentation, not left-overs.
         assert_eq!(render("# ${B}\n", &[]).unwrap(), "# ${B}\n");
+    }
+
+    #[test]
+    fn the_misrouted_bootstrap_matches_another_value_on_the_canary_route() {
+        let routed = launch(None).render_bootstrap(Path::new("/e.yaml")).unwrap();
+        assert!(routed.contains("string_match: {exact: canary}"));
+        let misrouted = Launch {
+            canary_route_value: "v2".to_owned(),
+            ..launch(None)
+        }
+        .render_bootstrap(Path::new("/e.yaml"))
+        .unwrap();
+        assert!(
+            misrouted.contains("string_match: {exact: v2}"),
+            "{misrouted}"
+        );
+        assert!(!misrouted.contains("{exact: canary}"));
+        assert_eq!(misrouted.lines().count(), routed.lines().count());
     }
 
     #[test]

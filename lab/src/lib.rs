@@ -28,6 +28,7 @@ use cohort_controller::standalone::{parse_rollout, RunArgs, Runner};
 use cohort_rollout::crd::{CanaryRolloutStatus, Phase};
 use cohort_rollout::filter_config::spec_to_filter_config;
 use cohort_rollout::format::weight_percent;
+use cohort_rollout::plan::CONDITION_ROUTING_MISMATCH;
 
 pub mod analyze;
 pub mod envoy;
@@ -71,6 +72,9 @@ pub enum Scenario {
     /// The canary reports the checkout event on 15% of answers instead of 40%: the
     /// business-event gate rolls it back.
     BusinessDrop,
+    /// The canary route matches a header value the filter never sets, and the canary answers
+    /// 503 to everything: the routing check holds the rollout and rolls it back.
+    Misrouted,
 }
 
 impl Scenario {
@@ -81,6 +85,7 @@ impl Scenario {
             Scenario::Errors => "errors",
             Scenario::Slow => "slow",
             Scenario::BusinessDrop => "business-drop",
+            Scenario::Misrouted => "misrouted",
         }
     }
 
@@ -92,6 +97,10 @@ impl Scenario {
             Scenario::Slow => "the canary answers 150 ms slower than stable",
             Scenario::BusinessDrop => {
                 "the canary reports checkouts on 15% of answers, stable on 40%"
+            }
+            Scenario::Misrouted => {
+                "the canary route matches x-cohort-version: v2, a value the filter never sets, and \
+                 the canary answers 503 to every request"
             }
         }
     }
@@ -125,6 +134,10 @@ impl Scenario {
                 event_per_mille: 150,
                 ..stable
             },
+            Scenario::Misrouted => Behaviour {
+                fail_per_mille: 1000,
+                ..stable
+            },
         }
     }
 
@@ -132,9 +145,18 @@ impl Scenario {
     pub fn bad_response(self) -> BadResponse {
         match self {
             Scenario::Healthy => BadResponse::Never,
-            Scenario::Errors => BadResponse::ServerError,
+            Scenario::Errors | Scenario::Misrouted => BadResponse::ServerError,
             Scenario::Slow => BadResponse::SlowerThan(100.0),
             Scenario::BusinessDrop => BadResponse::AnyCanary,
+        }
+    }
+
+    /// The routing header value the canary route matches: the canary's name, except where the
+    /// scenario is the slip of a route that matches another value.
+    pub fn canary_route_value(self) -> &'static str {
+        match self {
+            Scenario::Misrouted => "v2",
+            _ => "canary",
         }
     }
 
@@ -142,7 +164,9 @@ impl Scenario {
     pub fn expected(self) -> LabOutcome {
         match self {
             Scenario::Healthy => LabOutcome::Promoted,
-            Scenario::Errors | Scenario::Slow | Scenario::BusinessDrop => LabOutcome::RolledBack,
+            Scenario::Errors | Scenario::Slow | Scenario::BusinessDrop | Scenario::Misrouted => {
+                LabOutcome::RolledBack
+            }
         }
     }
 }
@@ -377,6 +401,9 @@ spec:
       - businessEvent:
           event: {event}
           maxDrop: 0.25
+  # Short for the lab: a canary its users do not reach is rolled back after 6 s.
+  failurePolicy:
+    routingMismatchDeadline: 6s
 ",
         ecds = ecds.display(),
         user_header = load::USER_HEADER,
@@ -447,7 +474,10 @@ pub async fn run(args: &LabArgs, shutdown: impl Future<Output = ()>) -> Result<L
         stable: stable.addr(),
         canary: canary.addr(),
     };
-    let launch = Launch::new(&envoy_binary, Some(&wasm.path), &filter_config, ports);
+    let launch = Launch {
+        canary_route_value: scenario.canary_route_value().to_owned(),
+        ..Launch::new(&envoy_binary, Some(&wasm.path), &filter_config, ports)
+    };
     let mut envoy = LabEnvoy::start(&launch, &out).await?;
     display.line(&format!(
         "cohort lab {}: {}. Envoy on {} (admin {}), {} users at {} requests/s, gates from {}",
@@ -514,10 +544,18 @@ pub async fn run(args: &LabArgs, shutdown: impl Future<Output = ()>) -> Result<L
     };
     let summary = summary_line(outcome, status.as_ref(), &record, rollback_time);
     let report_path = out.join("report.html");
+    let routing_mismatch = status.as_ref().and_then(|status| {
+        status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == CONDITION_ROUTING_MISMATCH && c.status == "True")
+            .map(|c| c.message.clone())
+    });
     let html = report::render(&report::ReportInput {
         scenario,
         outcome,
         summary: &summary,
+        routing_mismatch: routing_mismatch.as_deref(),
         rollout_yaml: &rollout_text,
         spec: &rollout.spec,
         record: &record,

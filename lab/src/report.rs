@@ -37,6 +37,9 @@ pub struct ReportInput<'a> {
     pub outcome: LabOutcome,
     /// The summary line.
     pub summary: &'a str,
+    /// The routing check's finding when the canary did not serve its users (the
+    /// `RoutingMismatch` condition's message).
+    pub routing_mismatch: Option<&'a str>,
     /// The CanaryRollout, as the lab wrote it.
     pub rollout_yaml: &'a str,
     /// Its spec.
@@ -97,6 +100,14 @@ pub fn render(input: &ReportInput<'_>) -> String {
         class = input.outcome.as_str().replace(' ', "-"),
         summary = escape(input.summary),
     );
+    if let Some(mismatch) = input.routing_mismatch {
+        let _ = writeln!(
+            html,
+            "<p class=\"routing-mismatch\" id=\"routing-mismatch\"><strong>Routing mismatch:\
+             </strong> {}</p>",
+            escape(mismatch)
+        );
+    }
     html.push_str(&facts(input));
 
     let share = |version: Version| {
@@ -210,6 +221,7 @@ const CSS: &str = "body{font:14px/1.45 system-ui,sans-serif;max-width:960px;marg
 padding:0 1em;color:#1a202c}h1{font-size:1.6em}h2{font-size:1.1em;margin:1.6em 0 .3em}\
 .summary{font-weight:600;padding:.6em .8em;border-radius:4px}\
 .promoted{background:#e6fffa}.rolled-back{background:#fff5f5}.timed-out,.interrupted{background:#fffff0}\
+.routing-mismatch{padding:.6em .8em;border-radius:4px;background:#fffaf0;border-left:4px solid #dd6b20}\
 svg{width:100%;height:auto;background:#fff;border:1px solid #e2e8f0}\
 svg text{font:11px system-ui,sans-serif;fill:#4a5568}.grid{stroke:#edf2f7}\
 .axis{stroke:#a0aec0}.series{fill:none;stroke-width:1.8}\
@@ -692,6 +704,29 @@ mod tests {
     }
 
     #[test]
+    fn a_routing_mismatch_is_marked_above_the_plots() {
+        let yaml = rollout_yaml(Path::new("/lab/ecds.yaml"));
+        let spec = parse_rollout(&yaml).unwrap().spec;
+        let record = recorded();
+        let input = |routing_mismatch| ReportInput {
+            scenario: Scenario::Misrouted,
+            outcome: LabOutcome::RolledBack,
+            summary: "rolled back: the canary has not served the requests decided for it",
+            routing_mismatch,
+            rollout_yaml: &yaml,
+            spec: &spec,
+            record: &record,
+            rollback_time: None,
+            skipped: 0,
+        };
+        let html = render(&input(Some("the canary served 0 of the 480 <requests>")));
+        let banner = html.find("id=\"routing-mismatch\"").expect("the banner");
+        assert!(banner < html.find("<svg").unwrap(), "above the plots");
+        assert!(html.contains("served 0 of the 480 &lt;requests&gt;"));
+        assert!(!render(&input(None)).contains("routing-mismatch\""));
+    }
+
+    #[test]
     fn the_report_has_every_plot_its_series_and_the_rollback_marker() {
         let yaml = rollout_yaml(Path::new("/lab/ecds.yaml"));
         let spec = parse_rollout(&yaml).unwrap().spec;
@@ -700,6 +735,7 @@ mod tests {
             scenario: Scenario::Errors,
             outcome: LabOutcome::RolledBack,
             summary: "rolled back: error-rate failed",
+            routing_mismatch: None,
             rollout_yaml: &yaml,
             spec: &spec,
             record: &record,

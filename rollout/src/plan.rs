@@ -814,7 +814,7 @@ impl Planner<'_> {
     /// the plan over.
     fn finish(mut self, previous: &CanaryRolloutStatus) -> Plan {
         if !matches!(self.status.phase, Phase::Progressing | Phase::Paused) {
-            // Only a live canary can be misrouted; a settled one starts clean on retry.
+            // Only a live canary can be misrouted; a retry starts clean.
             self.status.routing_mismatch_since = None;
         }
         let message = self.describe();
@@ -863,7 +863,11 @@ impl Planner<'_> {
             .iter()
             .find(|c| c.type_ == CONDITION_ROUTING_MISMATCH && c.status == "True")
             .map(|c| c.message.clone());
+        let live = matches!(phase, Phase::Progressing | Phase::Paused);
         match (&self.status.routing_mismatch_since, &self.routing_mismatch) {
+            // A settled rollout keeps the condition it ended with: a rollback for a mismatch
+            // stays explained until a retry.
+            _ if !live && phase != Phase::Pending => {}
             (Some(_), Some(mismatch)) => set(
                 CONDITION_ROUTING_MISMATCH,
                 true,

@@ -1,8 +1,8 @@
 //! `cohort lab` end to end: the library entry point runs the whole lab (real Envoy with the built
-//! filter, two upstreams, the load generator, the standalone controller) for the `healthy` and
-//! `errors` scenarios, and the HTML report it writes holds its plots.
+//! filter, two upstreams, the load generator, the standalone controller) for the `healthy`,
+//! `errors` and `misrouted` scenarios, and the HTML report it writes holds its plots.
 //!
-//! The two runs go in parallel: about 30 s of wall time together on two cores.
+//! The runs go in parallel: about 40 s of wall time together on two cores.
 
 // Test code: a failed expectation panics with its message (clippy.toml's test allowances cover
 // only `#[test]` functions, not this file's helpers).
@@ -115,4 +115,34 @@ fn canary_with_errors_is_rolled_back_and_the_report_marks_when() {
     // On the five time plots and the verdict plot.
     assert_eq!(html.matches("class=\"rollback-marker\"").count(), 6);
     assert!(html.contains("data-gate=\"error-rate\" data-verdict=\"Fail\""));
+}
+
+/// The slip that made a canary answering 503 to everything look healthy: the canary route
+/// matches a value the filter never sets, so stable serves the canary's users. The routing
+/// check sees the canary serve none of the requests decided for it, holds, and rolls back; no
+/// gate ever passes on stable's numbers.
+#[test]
+fn a_misrouted_canary_is_never_promoted_and_the_report_says_why() {
+    let (run, html, _dir) = run_lab(Scenario::Misrouted);
+    assert_eq!(run.outcome, LabOutcome::RolledBack, "{}", run.summary);
+    assert_eq!(run.exit_code(), 0);
+    assert!(
+        run.summary
+            .contains("has not served the requests decided for it"),
+        "{}",
+        run.summary
+    );
+    assert!(run.wall_time < WALL_TIME_LIMIT, "{:?}", run.wall_time);
+    assert!(
+        html.contains("id=\"routing-mismatch\""),
+        "the report marks it"
+    );
+    assert!(
+        html.contains("the canary served 0 of the"),
+        "with both counts"
+    );
+    assert!(
+        !html.contains("data-verdict=\"Pass\""),
+        "no gate passed on stable's numbers"
+    );
 }

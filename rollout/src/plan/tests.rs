@@ -1038,6 +1038,11 @@ fn a_routing_mismatch_holds_and_the_policy_decides_after_the_deadline() {
     assert!(at_deadline.events[0]
         .message
         .contains("has not served the requests decided for it for 5m"));
+    // The rolled-back rollout keeps the condition that explains it.
+    assert_eq!(
+        condition(&at_deadline.status, CONDITION_ROUTING_MISMATCH),
+        ("True", "CanaryNotServed")
+    );
 
     // `onRoutingMismatch: hold` keeps holding, Degraded, and never advances.
     let mut hold = spec.clone();
