@@ -53,7 +53,8 @@ pub const BASELINE_ERROR_RATE: f64 = 0.005;
 pub const LATENCY_MEDIAN_MS: f64 = 60.0;
 /// Log-normal shape: p99 ≈ 4 × median (≈ 240 ms), inside Envoy's (100, 250] bucket.
 pub const LATENCY_SIGMA: f64 = 0.6;
-/// Envoy's default histogram bucket bounds in milliseconds (the filter's histogram uses them).
+/// Envoy's default histogram bucket bounds in milliseconds (`upstream_rq_time` and Istio's
+/// request-duration histogram use them).
 pub const ENVOY_BUCKETS_MS: [f64; 19] = [
     0.5, 1.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0, 30000.0,
     60000.0, 300000.0, 600000.0, 1800000.0, 3600000.0,
@@ -385,7 +386,7 @@ impl<'a> Model<'a> {
                     name: Some(REQUEST_DURATION.to_owned()),
                     min_samples: None,
                     check: GateCheck::Custom(CustomGate {
-                        query: "histogram_quantile(0.99, sum by (le) (rate(cohort_request_duration_milliseconds_bucket{cohort_version=\"{{version}}\"}[{{interval}}])))".to_owned(),
+                        query: "histogram_quantile(0.99, sum by (le) (rate(istio_request_duration_milliseconds_bucket{reporter=\"destination\",destination_version=\"{{version}}\"}[{{interval}}])))".to_owned(),
                         min: None,
                         max: Some(THRESHOLD_P99_MS),
                     }),
@@ -538,6 +539,8 @@ impl Counts {
             requests: Observed::Value(self.requests() as f64),
             server_errors: Observed::Value(self.errors as f64),
             latency_ms: Observed::Value(histogram),
+            // The simulated route serves every request where the filter decided.
+            decisions: Observed::Value(self.requests() as f64),
             ..VersionSamples::default()
         }
     }
