@@ -770,8 +770,15 @@ impl Planner<'_> {
             ),
             Phase::Progressing => {
                 let verdict = self.gates_summary();
+                let routing = match (&status.routing_mismatch_since, &self.routing_mismatch) {
+                    (Some(_), Some(mismatch)) => format!("; held by a routing mismatch: {mismatch}"),
+                    (Some(_), None) => "; held by a routing mismatch (see the RoutingMismatch \
+                                        condition)"
+                        .to_owned(),
+                    (None, _) => String::new(),
+                };
                 format!(
-                    "step {step}/{steps} at {}: baked {} of {}; {verdict}",
+                    "step {step}/{steps} at {}: baked {} of {}; {verdict}{routing}",
                     percent(status.weight_bp),
                     human(self.elapsed_in_step()),
                     human(self.current_bake())

@@ -991,6 +991,11 @@ fn a_routing_mismatch_holds_and_the_policy_decides_after_the_deadline() {
     let message = condition_message(&first.status, CONDITION_ROUTING_MISMATCH);
     assert!(message.contains("served 0 of the 480"), "{message}");
     assert_eq!(first.status.routing_mismatch_since, Some(Time(t(120))));
+    let said = first.status.message.as_deref().unwrap_or_default();
+    assert!(
+        said.contains("held by a routing mismatch: the canary served 0 of the 480"),
+        "{said}"
+    );
 
     // Still misrouted, or too thin to tell: held, announced once, the condition keeps its counts.
     let again = plan(
