@@ -19,9 +19,9 @@
 use cohort_core::config::FilterConfig;
 use k8s_openapi::jiff::Timestamp;
 
-use crate::force_token::ForceTokenError;
 use crate::source::{BoxFuture, MetricSource, SeriesRequest};
-use crate::target::{Target, TargetError};
+use crate::target::Target;
+use crate::Error;
 use cohort_rollout::compiled::FilterEntry;
 use cohort_rollout::crd::{CanaryRolloutSpec, CanaryRolloutStatus, Phase};
 use cohort_rollout::evaluate::{evaluate, evaluate_window, Evaluation, Samples};
@@ -114,9 +114,6 @@ pub struct Start {
 /// Where a rollout's status lives, and who hears its Events: the Kubernetes status subresource
 /// and Events, or `cohort run`'s memory, status file and log.
 pub trait StatusStore: Send {
-    /// What fails in this store; the cycle's target and force-token failures convert into it.
-    type Error: From<TargetError> + From<ForceTokenError> + Send;
-
     /// Whether the push or the record comes first: see [`Order`].
     fn order(&self) -> Order;
 
@@ -133,7 +130,7 @@ pub trait StatusStore: Send {
     fn journal<'a>(
         &'a mut self,
         status: &'a CanaryRolloutStatus,
-    ) -> BoxFuture<'a, Result<(), Self::Error>> {
+    ) -> BoxFuture<'a, Result<(), Error>> {
         self.record(status)
     }
 
@@ -141,14 +138,14 @@ pub trait StatusStore: Send {
     fn record<'a>(
         &'a mut self,
         status: &'a CanaryRolloutStatus,
-    ) -> BoxFuture<'a, Result<(), Self::Error>>;
+    ) -> BoxFuture<'a, Result<(), Error>>;
 
     /// Announces the cycle's Events, once its status is recorded.
     fn publish<'a>(&'a mut self, events: &'a [PlannedEvent]) -> BoxFuture<'a, ()>;
 
     /// The cycle failed with `error` before its push took: nothing it planned is served. Says so
     /// where people look (a condition, an Event), or nothing; `Err` when that fails too.
-    fn failed<'a>(&'a mut self, error: &'a Self::Error) -> BoxFuture<'a, Result<(), Self::Error>>;
+    fn failed<'a>(&'a mut self, error: &'a Error) -> BoxFuture<'a, Result<(), Error>>;
 }
 
 /// One rollout as a cycle sees it.
@@ -167,20 +164,21 @@ pub struct Rollout<'a> {
     pub entry_spec: &'a CanaryRolloutSpec,
     /// Reads the force token the spec names (a Secret in the cluster, a file for `cohort run`);
     /// awaited once the plan is made, just before the push.
-    pub force_token: BoxFuture<'a, Result<Option<String>, ForceTokenError>>,
+    pub force_token: BoxFuture<'a, Result<Option<String>, Error>>,
     /// This cycle's time.
     pub now: Timestamp,
 }
 
 /// Runs one cycle of `rollout`: see the module docs. Returns the plan that was served and
-/// recorded; an error leaves the rollout as the store's [`Order`] says.
+/// recorded; an error leaves the rollout as the store's [`Order`] says. A failure before the
+/// push took (the target's, or the force token's) comes as [`Error::Push`].
 pub async fn cycle<S: StatusStore>(
     rollout: Rollout<'_>,
     store: &mut S,
     source: &dyn MetricSource,
     sampling: Sampling,
     target: &dyn Target,
-) -> Result<Plan, S::Error> {
+) -> Result<Plan, Error> {
     let (namespace, name, now) = (rollout.namespace, rollout.name, rollout.now);
     let order = store.order();
     let Start {
@@ -207,7 +205,7 @@ pub async fn cycle<S: StatusStore>(
     if order == Order::PushThenRecord && entry.is_some() {
         let live_bp = match target.live_weight(namespace, name).await {
             Ok(live_bp) => live_bp,
-            Err(error) => return fail(store, error.into()).await,
+            Err(error) => return fail(store, Error::push(error)).await,
         };
         let adopted = status.as_ref().filter(|_| !remembered).and_then(|status| {
             adopt_unrecorded(
@@ -256,7 +254,7 @@ pub async fn cycle<S: StatusStore>(
     let token = rollout.force_token.await;
     let push = match Push::of(entry, &plan, served_bp, token) {
         Ok(push) => push,
-        Err(error) => return fail(store, error.into()).await,
+        Err(error) => return fail(store, Error::push(error)).await,
     };
     let pushes = match &push {
         Push::Entry(config) => !target.serves(name, config),
@@ -268,7 +266,7 @@ pub async fn cycle<S: StatusStore>(
         Order::PushThenRecord => {
             if pushes {
                 if let Err(error) = push.apply(target, name).await {
-                    return fail(store, error.into()).await;
+                    return fail(store, Error::push(error)).await;
                 }
             }
             store.record(&plan.status).await?;
@@ -281,7 +279,7 @@ pub async fn cycle<S: StatusStore>(
             store.publish(&events).await;
             if pushes {
                 if let Err(error) = push.apply(target, name).await {
-                    return fail(store, error.into()).await;
+                    return fail(store, Error::push(error)).await;
                 }
             }
             store.record(&plan.status).await?;
@@ -291,7 +289,7 @@ pub async fn cycle<S: StatusStore>(
 }
 
 /// Tells the store, then returns `error` (or the store's own failure to say so).
-async fn fail<S: StatusStore>(store: &mut S, error: S::Error) -> Result<Plan, S::Error> {
+async fn fail<S: StatusStore>(store: &mut S, error: Error) -> Result<Plan, Error> {
     store.failed(&error).await?;
     Err(error)
 }
@@ -315,8 +313,8 @@ impl Push {
         entry: Option<&FilterEntry>,
         plan: &Plan,
         served_bp: u32,
-        force_token: Result<Option<String>, ForceTokenError>,
-    ) -> Result<Push, ForceTokenError> {
+        force_token: Result<Option<String>, Error>,
+    ) -> Result<Push, Error> {
         let rollback = plan.weight_bp == 0 && served_bp > 0;
         // Without the token the entry cannot be rebuilt; the withdrawal keeps the live one.
         let token = match force_token {
@@ -334,7 +332,7 @@ impl Push {
         })
     }
 
-    async fn apply(&self, target: &dyn Target, name: &str) -> Result<(), TargetError> {
+    async fn apply(&self, target: &dyn Target, name: &str) -> Result<(), Error> {
         match self {
             Push::Entry(config) => target.apply(name, config).await,
             Push::Withdraw => target.withdraw(name).await,
