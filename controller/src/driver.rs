@@ -226,12 +226,16 @@ pub async fn cycle<S: StatusStore>(
     }
 
     let evaluation = if sampling.reads(rollout.spec, compiled.is_ok(), status.as_ref()) {
-        let window = match &compiled {
-            Ok(compiled) => compiled_analysis_window(compiled, status.as_ref(), now),
-            // `cohort run` samples while its spec is invalid; the plan will not read them.
-            Err(_) => analysis_window(rollout.spec, status.as_ref(), now),
+        let (window, max_durations) = match &compiled {
+            Ok(compiled) => (
+                compiled_analysis_window(compiled, status.as_ref(), now),
+                compiled.sequential_max_durations(),
+            ),
+            // `cohort run` samples while its spec is invalid; the plan will not read them, so
+            // no gate needs its `maxDuration`.
+            Err(_) => (analysis_window(rollout.spec, status.as_ref(), now), &[][..]),
         };
-        Some(analyse(source, rollout.spec, window, namespace, name).await)
+        Some(analyse(source, rollout.spec, window, max_durations, namespace, name).await)
     } else {
         None
     };
@@ -343,11 +347,13 @@ impl Push {
 
 /// Canary against stable over the analysis window: the last interval, or, when a gate is
 /// sequential, everything since the step started (an anytime-valid test needs all of it).
-/// `window` is the analysis window at this cycle.
+/// `window` is the analysis window at this cycle; `max_durations` the gates' compiled
+/// `maxDuration`s.
 async fn analyse(
     source: &dyn MetricSource,
     spec: &CanaryRolloutSpec,
     window: std::time::Duration,
+    max_durations: &[Option<std::time::Duration>],
     namespace: &str,
     name: &str,
 ) -> Evaluation {
@@ -366,5 +372,11 @@ async fn analyse(
     let mut samples = source.samples(window, std::slice::from_ref(&request)).await;
     // No entry: no series for this rollout at all, which the gates judge as no data.
     let samples = samples.remove(&request.key()).unwrap_or_default();
-    evaluate_window(&analysis.gates, analysis.min_samples, &samples, window)
+    evaluate_window(
+        &analysis.gates,
+        max_durations,
+        analysis.min_samples,
+        &samples,
+        window,
+    )
 }
