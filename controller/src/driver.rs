@@ -19,9 +19,9 @@
 use cohort_core::config::FilterConfig;
 use k8s_openapi::jiff::Timestamp;
 
-use crate::force_token::ForceTokenError;
 use crate::source::{BoxFuture, MetricSource, SeriesRequest};
-use crate::target::{Target, TargetError};
+use crate::target::Target;
+use crate::Error;
 use cohort_rollout::compiled::FilterEntry;
 use cohort_rollout::crd::{AnalysisSpec, CanaryRolloutSpec, CanaryRolloutStatus, Phase};
 use cohort_rollout::evaluate::{evaluate_window, Evaluation};
@@ -115,9 +115,6 @@ pub struct Start {
 /// Where a rollout's status lives, and who hears its Events: the Kubernetes status subresource
 /// and Events, or `cohort run`'s memory, status file and log.
 pub trait StatusStore: Send {
-    /// What fails in this store; the cycle's target and force-token failures convert into it.
-    type Error: From<TargetError> + From<ForceTokenError> + Send;
-
     /// Whether the push or the record comes first: see [`Order`].
     fn order(&self) -> Order;
 
@@ -134,7 +131,7 @@ pub trait StatusStore: Send {
     fn journal<'a>(
         &'a mut self,
         status: &'a CanaryRolloutStatus,
-    ) -> BoxFuture<'a, Result<(), Self::Error>> {
+    ) -> BoxFuture<'a, Result<(), Error>> {
         self.record(status)
     }
 
@@ -142,14 +139,14 @@ pub trait StatusStore: Send {
     fn record<'a>(
         &'a mut self,
         status: &'a CanaryRolloutStatus,
-    ) -> BoxFuture<'a, Result<(), Self::Error>>;
+    ) -> BoxFuture<'a, Result<(), Error>>;
 
     /// Announces the cycle's Events, once its status is recorded.
     fn publish<'a>(&'a mut self, events: &'a [PlannedEvent]) -> BoxFuture<'a, ()>;
 
     /// The cycle failed with `error` before its push took: nothing it planned is served. Says so
     /// where people look (a condition, an Event), or nothing; `Err` when that fails too.
-    fn failed<'a>(&'a mut self, error: &'a Self::Error) -> BoxFuture<'a, Result<(), Self::Error>>;
+    fn failed<'a>(&'a mut self, error: &'a Error) -> BoxFuture<'a, Result<(), Error>>;
 }
 
 /// One rollout as a cycle sees it.
@@ -168,20 +165,21 @@ pub struct Rollout<'a> {
     pub entry_spec: &'a CanaryRolloutSpec,
     /// Reads the force token the spec names (a Secret in the cluster, a file for `cohort run`);
     /// awaited once the plan is made, just before the push.
-    pub force_token: BoxFuture<'a, Result<Option<String>, ForceTokenError>>,
+    pub force_token: BoxFuture<'a, Result<Option<String>, Error>>,
     /// This cycle's time.
     pub now: Timestamp,
 }
 
 /// Runs one cycle of `rollout`: see the module docs. Returns the plan that was served and
-/// recorded; an error leaves the rollout as the store's [`Order`] says.
+/// recorded; an error leaves the rollout as the store's [`Order`] says. A failure before the
+/// push took (the target's, or the force token's) comes as [`Error::Push`].
 pub async fn cycle<S: StatusStore>(
     rollout: Rollout<'_>,
     store: &mut S,
     source: &dyn MetricSource,
     sampling: Sampling,
     target: &dyn Target,
-) -> Result<Plan, S::Error> {
+) -> Result<Plan, Error> {
     let (namespace, name, now) = (rollout.namespace, rollout.name, rollout.now);
     let order = store.order();
     let Start {
@@ -208,7 +206,7 @@ pub async fn cycle<S: StatusStore>(
     if order == Order::PushThenRecord && entry.is_some() {
         let live_bp = match target.live_weight(namespace, name).await {
             Ok(live_bp) => live_bp,
-            Err(error) => return fail(store, error.into()).await,
+            Err(error) => return fail(store, Error::push(error)).await,
         };
         let adopted = status.as_ref().filter(|_| !remembered).and_then(|status| {
             adopt_unrecorded(
@@ -229,14 +227,27 @@ pub async fn cycle<S: StatusStore>(
     }
 
     let evaluation = if sampling.reads(rollout.spec, compiled.is_ok(), status.as_ref()) {
-        let window = match &compiled {
-            Ok(compiled) => compiled_analysis_window(compiled, status.as_ref(), now),
-            // `cohort run` samples while its spec is invalid; the plan will not read them.
-            Err(_) => analysis_window(rollout.spec, status.as_ref(), now),
+        let (window, max_durations) = match &compiled {
+            Ok(compiled) => (
+                compiled_analysis_window(compiled, status.as_ref(), now),
+                compiled.sequential_max_durations(),
+            ),
+            // `cohort run` samples while its spec is invalid; the plan will not read them, so
+            // no gate needs its `maxDuration`.
+            Err(_) => (analysis_window(rollout.spec, status.as_ref(), now), &[][..]),
         };
         let served = compiled.as_ref().ok().map(|compiled| compiled.served());
         let request = SeriesRequest::new(rollout.spec, served, namespace, name);
-        Some(analyse(source, &rollout.spec.analysis, &request, window).await)
+        Some(
+            analyse(
+                source,
+                &rollout.spec.analysis,
+                &request,
+                window,
+                max_durations,
+            )
+            .await,
+        )
     } else {
         None
     };
@@ -264,7 +275,7 @@ pub async fn cycle<S: StatusStore>(
     let token = rollout.force_token.await;
     let push = match Push::of(entry, &plan, served_bp, token) {
         Ok(push) => push,
-        Err(error) => return fail(store, error.into()).await,
+        Err(error) => return fail(store, Error::push(error)).await,
     };
     let pushes = match &push {
         Push::Entry(config) => !target.serves(name, config),
@@ -276,7 +287,7 @@ pub async fn cycle<S: StatusStore>(
         Order::PushThenRecord => {
             if pushes {
                 if let Err(error) = push.apply(target, name).await {
-                    return fail(store, error.into()).await;
+                    return fail(store, Error::push(error)).await;
                 }
             }
             store.record(&plan.status).await?;
@@ -289,7 +300,7 @@ pub async fn cycle<S: StatusStore>(
             store.publish(&events).await;
             if pushes {
                 if let Err(error) = push.apply(target, name).await {
-                    return fail(store, error.into()).await;
+                    return fail(store, Error::push(error)).await;
                 }
             }
             store.record(&plan.status).await?;
@@ -299,7 +310,7 @@ pub async fn cycle<S: StatusStore>(
 }
 
 /// Tells the store, then returns `error` (or the store's own failure to say so).
-async fn fail<S: StatusStore>(store: &mut S, error: S::Error) -> Result<Plan, S::Error> {
+async fn fail<S: StatusStore>(store: &mut S, error: Error) -> Result<Plan, Error> {
     store.failed(&error).await?;
     Err(error)
 }
@@ -323,8 +334,8 @@ impl Push {
         entry: Option<&FilterEntry>,
         plan: &Plan,
         served_bp: u32,
-        force_token: Result<Option<String>, ForceTokenError>,
-    ) -> Result<Push, ForceTokenError> {
+        force_token: Result<Option<String>, Error>,
+    ) -> Result<Push, Error> {
         let rollback = plan.weight_bp == 0 && served_bp > 0;
         // Without the token the entry cannot be rebuilt; the withdrawal keeps the live one.
         let token = match force_token {
@@ -342,7 +353,7 @@ impl Push {
         })
     }
 
-    async fn apply(&self, target: &dyn Target, name: &str) -> Result<(), TargetError> {
+    async fn apply(&self, target: &dyn Target, name: &str) -> Result<(), Error> {
         match self {
             Push::Entry(config) => target.apply(name, config).await,
             Push::Withdraw => target.withdraw(name).await,
@@ -353,17 +364,25 @@ impl Push {
 
 /// Canary against stable over the analysis window: the last interval, or, when a gate is
 /// sequential, everything since the step started (an anytime-valid test needs all of it).
-/// `window` is the analysis window at this cycle. The routing check reads the same window, also
-/// for a rollout without gates: a canary its users never reach is no canary at any weight.
+/// `window` is the analysis window at this cycle; `max_durations` the gates' compiled
+/// `maxDuration`s. The routing check reads the same window, also for a rollout without gates: a
+/// canary its users never reach is no canary at any weight.
 async fn analyse(
     source: &dyn MetricSource,
     analysis: &AnalysisSpec,
     request: &SeriesRequest,
     window: std::time::Duration,
+    max_durations: &[Option<std::time::Duration>],
 ) -> (Evaluation, Routing) {
     let mut samples = source.samples(window, std::slice::from_ref(request)).await;
     // No entry: no series for this rollout at all, which the gates judge as no data.
     let samples = samples.remove(&request.key()).unwrap_or_default();
-    let evaluation = evaluate_window(&analysis.gates, analysis.min_samples, &samples, window);
+    let evaluation = evaluate_window(
+        &analysis.gates,
+        max_durations,
+        analysis.min_samples,
+        &samples,
+        window,
+    );
     (evaluation, routing::check(&samples))
 }

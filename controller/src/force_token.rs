@@ -13,26 +13,12 @@ use cohort_core::config::MIN_FORCE_TOKEN_BYTES;
 
 use cohort_rollout::crd::SecretKeyRef;
 
-/// Why the token could not be had. The messages never contain the token.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ForceTokenError {
-    /// The Secret, its key, or the file is missing or unreadable.
-    #[error("{0}")]
-    Unavailable(String),
-    /// It was read, but is not a token the filter accepts.
-    #[error("{source_name} does not hold a usable force token: {problem}")]
-    Invalid {
-        /// Where it was read from.
-        source_name: String,
-        /// What is wrong (without the token).
-        problem: String,
-    },
-}
+use crate::Error;
 
 /// The token in `bytes` (surrounding whitespace, such as a file's final newline, dropped),
 /// checked as the filter checks it.
-pub fn parse_token(bytes: &[u8], source_name: &str) -> Result<String, ForceTokenError> {
-    let invalid = |problem: String| ForceTokenError::Invalid {
+pub fn parse_token(bytes: &[u8], source_name: &str) -> Result<String, Error> {
+    let invalid = |problem: String| Error::ForceTokenInvalid {
         source_name: source_name.to_owned(),
         problem,
     };
@@ -53,7 +39,7 @@ pub async fn from_secret(
     client: &Client,
     namespace: &str,
     reference: &SecretKeyRef,
-) -> Result<String, ForceTokenError> {
+) -> Result<String, Error> {
     let source_name = format!(
         "Secret {namespace}/{} key {:?}",
         reference.name, reference.key
@@ -69,24 +55,24 @@ pub async fn from_secret(
             ),
             other => other.to_string(),
         };
-        ForceTokenError::Unavailable(format!("Secret {namespace}/{}: {why}", reference.name))
+        Error::ForceTokenUnavailable(format!("Secret {namespace}/{}: {why}", reference.name))
     })?;
     let value = secret
         .data
         .as_ref()
         .and_then(|data| data.get(&reference.key))
         .ok_or_else(|| {
-            ForceTokenError::Unavailable(format!("{source_name}: the Secret has no such key"))
+            Error::ForceTokenUnavailable(format!("{source_name}: the Secret has no such key"))
         })?;
     parse_token(&value.0, &source_name)
 }
 
 /// The token in the file at `path` (relative paths start at `base`).
-pub fn from_file(path: &str, base: &Path) -> Result<String, ForceTokenError> {
+pub fn from_file(path: &str, base: &Path) -> Result<String, Error> {
     let full = base.join(path);
     let source_name = format!("the force token file {}", full.display());
     let bytes = std::fs::read(&full)
-        .map_err(|error| ForceTokenError::Unavailable(format!("{source_name}: {error}")))?;
+        .map_err(|error| Error::ForceTokenUnavailable(format!("{source_name}: {error}")))?;
     parse_token(&bytes, &source_name)
 }
 
@@ -96,11 +82,19 @@ mod tests {
 
     const TOKEN: &str = "5f0c2b1e9a7d43c8b6e1";
 
+    /// The token, or the error's message (`Error` has no `PartialEq`).
+    fn shown(read: Result<String, Error>) -> Result<String, String> {
+        read.map_err(|error| error.to_string())
+    }
+
     #[test]
     fn tokens_are_trimmed_and_checked_without_being_shown() {
-        assert_eq!(parse_token(TOKEN.as_bytes(), "x").as_deref(), Ok(TOKEN));
         assert_eq!(
-            parse_token(format!("  {TOKEN}\r\n").as_bytes(), "x").as_deref(),
+            shown(parse_token(TOKEN.as_bytes(), "x")).as_deref(),
+            Ok(TOKEN)
+        );
+        assert_eq!(
+            shown(parse_token(format!("  {TOKEN}\r\n").as_bytes(), "x")).as_deref(),
             Ok(TOKEN)
         );
         for bad in [
@@ -130,15 +124,15 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("cohort-token-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join("token"), format!("{TOKEN}\n")).unwrap();
-        assert_eq!(from_file("token", &dir).as_deref(), Ok(TOKEN));
+        assert_eq!(shown(from_file("token", &dir)).as_deref(), Ok(TOKEN));
         let absolute = dir.join("token").display().to_string();
         assert_eq!(
-            from_file(&absolute, Path::new("/elsewhere")).as_deref(),
+            shown(from_file(&absolute, Path::new("/elsewhere"))).as_deref(),
             Ok(TOKEN)
         );
         let missing = from_file("missing", &dir).unwrap_err();
         assert!(
-            matches!(missing, ForceTokenError::Unavailable(_)),
+            matches!(missing, Error::ForceTokenUnavailable(_)),
             "{missing}"
         );
         std::fs::write(dir.join("token"), "short\n").unwrap();

@@ -16,6 +16,7 @@ pub use cohort_rollout::{
 };
 
 pub mod driver;
+mod error;
 #[cfg(test)]
 mod fixtures;
 pub mod force_token;
@@ -27,3 +28,5 @@ pub mod reconciler;
 pub mod source;
 pub mod standalone;
 pub mod target;
+
+pub use error::{Error, Result};

@@ -40,16 +40,15 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::driver::{self, Clock, Sampling, SystemClock};
-use crate::force_token::ForceTokenError;
 use crate::http_server::{self, Health};
 use crate::leader::{LeaderElector, LeaseSettings};
 use crate::metrics::Metrics;
 use crate::source::prometheus::PrometheusSource;
-use crate::source::series::SourceError;
 use crate::source::shared::SharedCycle;
 use crate::source::MetricSource;
 use crate::target::wasmplugin::{field_manager, WasmPluginTarget};
-use crate::target::{Released, TargetError};
+use crate::target::Released;
+use crate::{Error, Result};
 use cohort_rollout::crd::{CanaryRollout, CanaryRolloutSpec, Target};
 use cohort_rollout::plan::{EventKind, PlannedEvent};
 
@@ -84,87 +83,6 @@ pub const RECONCILE_TIMEOUT: Duration = Duration::from_secs(60);
 /// The finalizer that holds a deleted CanaryRollout until its entry is gone from its target:
 /// without it, the entry would keep sending users to the canary with no rollout managing it.
 pub const FINALIZER: &str = "cohort.dev/remove-filter-entry";
-
-/// Why a reconcile (or the controller around it) failed.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    /// The CanaryRollout came without a namespace, though its kind is namespaced.
-    #[error("CanaryRollout {0} has no namespace")]
-    MissingNamespace(String),
-    /// The filter config was not pushed; status was not advanced.
-    #[error("cannot push the filter config: {0}")]
-    Target(#[from] TargetError),
-    /// The force token the spec names could not be read; nothing was pushed.
-    #[error("cannot read the force token: {0}")]
-    ForceToken(#[from] ForceTokenError),
-    /// The status write failed; the weight may be pushed already, and the retry re-plans.
-    #[error("cannot write the status of CanaryRollout {rollout}: {source}")]
-    Status {
-        /// `namespace/name`.
-        rollout: String,
-        /// The API error.
-        #[source]
-        source: kube::Error,
-    },
-    /// The deleted rollout's entry could not be removed from its target; the finalizer stays
-    /// (the deletion waits) and the release is retried with backoff.
-    #[error("cannot remove the rollout's entry from its target, so its deletion waits: {0}")]
-    Release(TargetError),
-    /// The finalizer could not be added or removed; retried with backoff.
-    #[error(
-        "cannot {action} finalizer {FINALIZER} on CanaryRollout {rollout}: {detail}; a 403 \
-             means the controller's ClusterRole lacks `patch` on canaryrollouts (apply \
-             manifests/controller/rbac.yaml), a 422 that metadata.finalizers changed since it \
-             was read (the retry reads it again)"
-    )]
-    Finalizer {
-        /// `add` or `remove`.
-        action: &'static str,
-        /// `namespace/name`.
-        rollout: String,
-        /// What failed.
-        detail: String,
-    },
-    /// The reconcile did not finish in time (a hung API server, say); retried with backoff.
-    #[error("the reconcile took longer than {0:?}; it is retried")]
-    Timeout(Duration),
-    /// Another Kubernetes API call failed (the leader Lease, for instance).
-    #[error("Kubernetes API: {0}")]
-    Kube(#[from] kube::Error),
-    /// The metric source could not be set up (a bad `--prometheus` URL, say).
-    #[error("metric source: {0}")]
-    Source(#[from] SourceError),
-    /// A socket could not be opened, or the runtime not started.
-    #[error("{context}: {source}")]
-    Io {
-        /// What was being done.
-        context: String,
-        /// The I/O error.
-        #[source]
-        source: std::io::Error,
-    },
-}
-
-impl Error {
-    /// Short fixed label for the reconcile error counter.
-    pub fn metric_label(&self) -> &'static str {
-        match self {
-            Error::MissingNamespace(_) => "metadata",
-            Error::Target(_) => "target",
-            Error::Release(_) => "release",
-            Error::Finalizer { .. } => "finalizer",
-            Error::ForceToken(_) => "force_token",
-            Error::Timeout(_) => "timeout",
-            Error::Status { .. } => "status",
-            Error::Kube(_) => "kube",
-            Error::Source(_) => "source",
-            Error::Io { .. } => "io",
-        }
-    }
-}
-
-/// The controller's result type.
-pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// What every reconcile shares.
 pub struct Context {
@@ -336,7 +254,7 @@ async fn release(rollout: &CanaryRollout, ctx: &Context) -> Result<Action> {
                     format!("{plugin} does not exist, so no entry of this rollout is served")
                 }
                 Err(error) => {
-                    let error = Error::Release(error);
+                    let error = Error::release(error);
                     let now = ctx.clock.now();
                     cluster::record_failure(rollout, ctx, (&namespace, &name), &error, now).await?;
                     return Err(error);

@@ -20,7 +20,7 @@
 //! is a WasmPlugin runs too when `--envoy-ecds` is given: the spec's target is then only what the
 //! in-cluster controller would use, so one file serves both.
 //!
-//! Exit codes ([`Outcome::exit_code`], [`RunError::exit_code`]): 0 promoted (or, with `--once`,
+//! Exit codes ([`Outcome::exit_code`], [`Error::exit_code`]): 0 promoted (or, with `--once`,
 //! still live), 3 rolled back or aborted, 2 the rollout or status file is unusable, 1 any other
 //! failure, 130 stopped by Ctrl-C or SIGTERM.
 
@@ -33,13 +33,13 @@ use cohort_core::config::FilterConfig;
 use kube::Resource as _;
 
 use crate::driver::{self, Clock, Order, Sampling, Start, StatusStore, SystemClock};
-use crate::force_token::{self, ForceTokenError};
+use crate::force_token;
 use crate::source::envoy_admin::{EcdsUpdates, EnvoyAdmin, EnvoyAdminSource, UpdateSeen};
 use crate::source::prometheus::PrometheusSource;
-use crate::source::series::SourceError;
 use crate::source::{BoxFuture, MetricSource};
 use crate::target::envoy_file::{replace_file, EnvoyEcdsFile};
-use crate::target::{Released, Target, TargetError};
+use crate::target::{Released, Target};
+use crate::Error;
 use cohort_rollout::compiled::{interval_or_fallback, CompiledRollout};
 use cohort_rollout::crd;
 use cohort_rollout::crd::{
@@ -47,7 +47,7 @@ use cohort_rollout::crd::{
 };
 use cohort_rollout::format::{fixed_number, or_dash, seconds, weight_percent};
 use cohort_rollout::plan::{EventKind, PlannedEvent};
-use cohort_rollout::validate::{compile, SpecErrors};
+use cohort_rollout::validate::compile;
 
 /// Each HTTP read (a Prometheus query, an admin scrape) gives up after this.
 pub(crate) const HTTP_TIMEOUT: Duration = Duration::from_secs(5);
@@ -126,111 +126,6 @@ impl Outcome {
     }
 }
 
-/// What can go wrong in `cohort run`.
-#[derive(Debug, thiserror::Error)]
-pub enum RunError {
-    /// A file could not be read.
-    #[error("cannot read {}: {source}", path.display())]
-    Read {
-        /// The file.
-        path: PathBuf,
-        /// Why.
-        source: std::io::Error,
-    },
-    /// The rollout file is not a CanaryRollout.
-    #[error("{} is not a usable CanaryRollout: {reason}", path.display())]
-    Rollout {
-        /// The file.
-        path: PathBuf,
-        /// Why.
-        reason: String,
-    },
-    /// The spec does not validate.
-    #[error("{}: the spec is invalid: {errors}", path.display())]
-    InvalidSpec {
-        /// The file.
-        path: PathBuf,
-        /// Every problem, with its field.
-        errors: SpecErrors,
-    },
-    /// The status file is not a status.
-    #[error("the status file {} is not a CanaryRollout status ({reason}); fix it, or delete it to start the rollout over", path.display())]
-    StatusFile {
-        /// The file.
-        path: PathBuf,
-        /// Why.
-        reason: String,
-    },
-    /// No ECDS file to drive.
-    #[error("no ECDS file to write: give --envoy-ecds FILE, or spec.target.envoyEcds.path")]
-    NoEcdsFile,
-    /// Custom gates without Prometheus.
-    #[error(
-        "the gates {0} run PromQL: give --prometheus URL (Envoy's admin stats cannot run queries)"
-    )]
-    CustomGatesNeedPrometheus(String),
-    /// A metric source could not be set up.
-    #[error(transparent)]
-    Source(#[from] SourceError),
-    /// The ECDS file could not be written; retried.
-    #[error("pushing the filter config failed: {0}")]
-    Push(TargetError),
-    /// `cohort release` could not take the entry out; the file is as it was.
-    #[error("removing the rollout's entry failed: {0}")]
-    Release(TargetError),
-    /// `cohort release` took the entry out of the file, but could not see Envoy apply it.
-    #[error("{0}")]
-    ReleaseUnconfirmed(String),
-    /// Envoy refused the pushed config (the previous one keeps serving); retried.
-    #[error("Envoy rejected the pushed filter config (update_rejected went up); see Envoy's log")]
-    Rejected,
-    /// The tokio runtime could not start.
-    #[error("cannot start the async runtime: {0}")]
-    Runtime(std::io::Error),
-    /// The force token named by the spec cannot be used (checked at start).
-    #[error("{0}")]
-    ForceToken(#[from] ForceTokenError),
-    /// The status could not be recorded before a push; nothing was pushed. Retried.
-    #[error("cannot save the status to {}: {source}; the weight was not pushed", path.display())]
-    SaveStatus {
-        /// The status file.
-        path: PathBuf,
-        /// Why.
-        source: std::io::Error,
-    },
-}
-
-impl From<TargetError> for RunError {
-    fn from(error: TargetError) -> Self {
-        match error {
-            TargetError::Rejected(_) => RunError::Rejected,
-            other => RunError::Push(other),
-        }
-    }
-}
-
-impl RunError {
-    /// The process exit code.
-    pub fn exit_code(&self) -> i32 {
-        match self {
-            RunError::Read { .. }
-            | RunError::Rollout { .. }
-            | RunError::InvalidSpec { .. }
-            | RunError::StatusFile { .. }
-            | RunError::NoEcdsFile
-            | RunError::CustomGatesNeedPrometheus(_)
-            | RunError::ForceToken(_) => 2,
-            RunError::Source(_)
-            | RunError::Push(_)
-            | RunError::Release(_)
-            | RunError::ReleaseUnconfirmed(_)
-            | RunError::Rejected
-            | RunError::Runtime(_)
-            | RunError::SaveStatus { .. } => 1,
-        }
-    }
-}
-
 /// The `cohort run` command: logs to stderr (`RUST_LOG` filters, default `info`), stops on
 /// Ctrl-C or SIGTERM, and returns the process exit code.
 pub fn main(args: &RunArgs) -> i32 {
@@ -246,7 +141,7 @@ pub fn main(args: &RunArgs) -> i32 {
         .build()
     {
         Ok(runtime) => runtime,
-        Err(error) => return report(&RunError::Runtime(error)),
+        Err(error) => return report(&Error::Runtime(error)),
     };
     match runtime.block_on(run(args, stop_signal())) {
         Ok(outcome) => outcome.exit_code(),
@@ -254,7 +149,7 @@ pub fn main(args: &RunArgs) -> i32 {
     }
 }
 
-fn report(error: &RunError) -> i32 {
+fn report(error: &Error) -> i32 {
     tracing::error!("{error}");
     error.exit_code()
 }
@@ -287,7 +182,7 @@ async fn stop_signal() {
 
 /// Runs `cohort run` until the rollout settles, `--once` has run its cycle, or `shutdown`
 /// resolves. Errors are setup errors; failed cycles are logged and retried.
-pub async fn run(args: &RunArgs, shutdown: impl Future<Output = ()>) -> Result<Outcome, RunError> {
+pub async fn run(args: &RunArgs, shutdown: impl Future<Output = ()>) -> Result<Outcome, Error> {
     let runner = Runner::new(args)?;
     Ok(runner.run(args.once, shutdown).await)
 }
@@ -342,24 +237,24 @@ pub fn parse_rollout(text: &str) -> Result<LoadedRollout, String> {
 }
 
 /// Reads and parses the rollout file.
-pub fn load_rollout(path: &Path) -> Result<LoadedRollout, RunError> {
-    let text = std::fs::read_to_string(path).map_err(|source| RunError::Read {
+pub fn load_rollout(path: &Path) -> Result<LoadedRollout, Error> {
+    let text = std::fs::read_to_string(path).map_err(|source| Error::Read {
         path: path.to_owned(),
         source,
     })?;
-    parse_rollout(&text).map_err(|reason| RunError::Rollout {
+    parse_rollout(&text).map_err(|reason| Error::Rollout {
         path: path.to_owned(),
         reason,
     })
 }
 
 /// The status saved at `path`, `None` when there is no file yet.
-pub fn load_status(path: &Path) -> Result<Option<CanaryRolloutStatus>, RunError> {
+pub fn load_status(path: &Path) -> Result<Option<CanaryRolloutStatus>, Error> {
     let text = match std::fs::read_to_string(path) {
         Ok(text) => text,
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(source) => {
-            return Err(RunError::Read {
+            return Err(Error::Read {
                 path: path.to_owned(),
                 source,
             })
@@ -367,7 +262,7 @@ pub fn load_status(path: &Path) -> Result<Option<CanaryRolloutStatus>, RunError>
     };
     serde_json::from_str(&text)
         .map(Some)
-        .map_err(|error| RunError::StatusFile {
+        .map_err(|error| Error::StatusFile {
             path: path.to_owned(),
             reason: error.to_string(),
         })
@@ -381,10 +276,7 @@ pub fn save_status(path: &Path, status: &CanaryRolloutStatus) -> std::io::Result
 }
 
 /// The ECDS file and filter name `cohort run` drives.
-pub fn ecds_target(
-    flag: Option<&Path>,
-    spec: &CanaryRolloutSpec,
-) -> Result<EnvoyEcdsFile, RunError> {
+pub fn ecds_target(flag: Option<&Path>, spec: &CanaryRolloutSpec) -> Result<EnvoyEcdsFile, Error> {
     let from_spec = match &spec.target {
         crd::Target::EnvoyEcds(ecds) => Some(ecds),
         crd::Target::WasmPlugin(_) => None,
@@ -393,7 +285,7 @@ pub fn ecds_target(
     let path = match (flag, from_spec) {
         (Some(path), _) => path.to_owned(),
         (None, Some(ecds)) => PathBuf::from(&ecds.path),
-        (None, None) => return Err(RunError::NoEcdsFile),
+        (None, None) => return Err(Error::NoEcdsFile),
     };
     Ok(EnvoyEcdsFile::new(path, filter_name))
 }
@@ -426,13 +318,13 @@ pub struct CycleReport {
 
 impl Runner {
     /// Reads the rollout (and the saved status) and sets up the source and target.
-    pub fn new(args: &RunArgs) -> Result<Runner, RunError> {
+    pub fn new(args: &RunArgs) -> Result<Runner, Error> {
         let rollout = load_rollout(&args.rollout)?;
         // The file's namespace was checked as it was read: compiling in it checks what
         // `validate_spec` checks.
         let compiled =
             compile(&rollout.spec, &rollout.namespace, &rollout.name).map_err(|errors| {
-                RunError::InvalidSpec {
+                Error::InvalidSpec {
                     path: args.rollout.clone(),
                     errors,
                 }
@@ -455,12 +347,12 @@ impl Runner {
                     .map(|gate| gate.name())
                     .collect();
                 if !custom.is_empty() {
-                    return Err(RunError::CustomGatesNeedPrometheus(custom.join(", ")));
+                    return Err(Error::CustomGatesNeedPrometheus(custom.join(", ")));
                 }
                 Box::new(EnvoyAdminSource::new(url, HTTP_TIMEOUT)?)
             }
             (None, None) => {
-                return Err(RunError::Rollout {
+                return Err(Error::Rollout {
                     path: args.rollout.clone(),
                     reason: "no metric source: give --prometheus URL or --envoy-admin URL"
                         .to_owned(),
@@ -555,7 +447,7 @@ impl Runner {
     }
 
     /// One [`driver::cycle`], on the rollout file as it is now.
-    pub async fn cycle(&mut self) -> Result<CycleReport, RunError> {
+    pub async fn cycle(&mut self) -> Result<CycleReport, Error> {
         self.reload_rollout();
         let rollout = &self.rollout;
         let (valid_spec, rollout_path) = (&self.valid_spec, &self.rollout_path);
@@ -641,8 +533,6 @@ struct FileStore {
 }
 
 impl StatusStore for FileStore {
-    type Error = RunError;
-
     /// Only this run reads the file, and it must never re-decide a step it left.
     fn order(&self) -> Order {
         Order::RecordThenPush
@@ -659,14 +549,11 @@ impl StatusStore for FileStore {
     fn journal<'a>(
         &'a mut self,
         status: &'a CanaryRolloutStatus,
-    ) -> BoxFuture<'a, Result<(), RunError>> {
+    ) -> BoxFuture<'a, Result<(), Error>> {
         if let Some(path) = &self.path {
             if let Err(source) = save_status(path, status) {
                 let path = path.clone();
-                return Box::pin(std::future::ready(Err(RunError::SaveStatus {
-                    path,
-                    source,
-                })));
+                return Box::pin(std::future::ready(Err(Error::SaveStatus { path, source })));
             }
         }
         self.status = Some(status.clone());
@@ -678,7 +565,7 @@ impl StatusStore for FileStore {
     fn record<'a>(
         &'a mut self,
         status: &'a CanaryRolloutStatus,
-    ) -> BoxFuture<'a, Result<(), RunError>> {
+    ) -> BoxFuture<'a, Result<(), Error>> {
         if let Some(path) = &self.path {
             if let Err(error) = save_status(path, status) {
                 tracing::warn!("cannot save the status to {}: {error}", path.display());
@@ -699,7 +586,7 @@ impl StatusStore for FileStore {
     }
 
     /// The run logs the error and retries from the recorded status.
-    fn failed<'a>(&'a mut self, _error: &'a RunError) -> BoxFuture<'a, Result<(), RunError>> {
+    fn failed<'a>(&'a mut self, _error: &'a Error) -> BoxFuture<'a, Result<(), Error>> {
         Box::pin(std::future::ready(Ok(())))
     }
 }
@@ -719,10 +606,7 @@ impl EcdsTarget {
     }
 
     /// Runs `write` and, with an admin URL, waits for Envoy to count it.
-    async fn confirmed(
-        &self,
-        write: BoxFuture<'_, Result<(), TargetError>>,
-    ) -> Result<(), TargetError> {
+    async fn confirmed(&self, write: BoxFuture<'_, Result<(), Error>>) -> Result<(), Error> {
         let before = match &self.admin {
             Some(admin) => match admin.ecds_updates(self.file.filter_name()).await {
                 Ok(updates) => Some(updates),
@@ -745,7 +629,7 @@ impl EcdsTarget {
 
     /// Waits until Envoy counts the update: `Err` when it rejected it. No answer in time is
     /// only logged: Envoy does not count a file whose config did not change.
-    async fn confirm(&self, admin: &EnvoyAdmin, before: EcdsUpdates) -> Result<(), TargetError> {
+    async fn confirm(&self, admin: &EnvoyAdmin, before: EcdsUpdates) -> Result<(), Error> {
         let started = Instant::now();
         match admin
             .await_ecds_update(self.file.filter_name(), before, CONFIRM_TIMEOUT)
@@ -758,7 +642,7 @@ impl EcdsTarget {
                 );
                 Ok(())
             }
-            UpdateSeen::Rejected => Err(TargetError::Rejected(
+            UpdateSeen::Rejected => Err(Error::TargetRejected(
                 "Envoy rejected the pushed filter config (update_rejected went up); see Envoy's log"
                     .to_owned(),
             )),
@@ -788,7 +672,7 @@ impl Target for EcdsTarget {
         &'a self,
         name: &'a str,
         config: &'a FilterConfig,
-    ) -> BoxFuture<'a, Result<(), TargetError>> {
+    ) -> BoxFuture<'a, Result<(), Error>> {
         Box::pin(async move {
             self.confirmed(self.file.apply(name, config)).await?;
             *self.pushed() = served_by(name, config);
@@ -800,7 +684,7 @@ impl Target for EcdsTarget {
         &'a self,
         namespace: &'a str,
         name: &'a str,
-    ) -> BoxFuture<'a, Result<Released, TargetError>> {
+    ) -> BoxFuture<'a, Result<Released, Error>> {
         self.file.release(namespace, name)
     }
 
@@ -808,11 +692,11 @@ impl Target for EcdsTarget {
         &'a self,
         namespace: &'a str,
         name: &'a str,
-    ) -> BoxFuture<'a, Result<Option<u32>, TargetError>> {
+    ) -> BoxFuture<'a, Result<Option<u32>, Error>> {
         self.file.live_weight(namespace, name)
     }
 
-    fn withdraw<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<(), TargetError>> {
+    fn withdraw<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<(), Error>> {
         Box::pin(async move {
             self.confirmed(self.file.withdraw(name)).await?;
             *self.pushed() = None;
@@ -834,13 +718,13 @@ impl Target for EcdsTarget {
 pub fn force_token_of(
     spec: &CanaryRolloutSpec,
     rollout_path: &Path,
-) -> Result<Option<String>, ForceTokenError> {
+) -> Result<Option<String>, Error> {
     match (&spec.force_token_file, &spec.force_token_secret_ref) {
         (Some(file), _) => {
             let base = rollout_path.parent().unwrap_or(Path::new("."));
             force_token::from_file(file, base).map(Some)
         }
-        (None, Some(_)) => Err(ForceTokenError::Unavailable(
+        (None, Some(_)) => Err(Error::ForceTokenUnavailable(
             "spec.forceTokenSecretRef names a Kubernetes Secret, which the in-cluster controller \
              reads; `cohort run` reads the token from spec.forceTokenFile"
                 .to_owned(),
@@ -974,10 +858,7 @@ spec:
             name: "cohort-filter".into(),
             namespace: None,
         });
-        assert!(matches!(
-            ecds_target(None, &wasm),
-            Err(RunError::NoEcdsFile)
-        ));
+        assert!(matches!(ecds_target(None, &wasm), Err(Error::NoEcdsFile)));
         let flagged = ecds_target(Some(Path::new("/tmp/e.yaml")), &wasm).unwrap();
         assert_eq!(flagged.filter_name(), DEFAULT_FILTER_NAME);
     }
@@ -995,8 +876,11 @@ spec:
         for (outcome, code) in table {
             assert_eq!(outcome.exit_code(), code, "{outcome:?}");
         }
-        assert_eq!(RunError::NoEcdsFile.exit_code(), 2);
-        assert_eq!(RunError::Rejected.exit_code(), 1);
+        assert_eq!(Error::NoEcdsFile.exit_code(), 2);
+        assert_eq!(
+            Error::push(Error::TargetRejected("rejected".into())).exit_code(),
+            1
+        );
     }
 
     #[test]
@@ -1138,7 +1022,7 @@ spec:
         // A broken status file stops the run before it touches anything.
         std::fs::write(&status_file, "{\"phase\": 7}").unwrap();
         let error = Runner::new(&args).err().unwrap();
-        assert!(matches!(error, RunError::StatusFile { .. }), "{error}");
+        assert!(matches!(error, Error::StatusFile { .. }), "{error}");
         assert_eq!(error.exit_code(), 2);
     }
 

@@ -17,10 +17,11 @@ use crate::Error;
 use cohort_controller::source::prometheus::PrometheusSource;
 use cohort_controller::source::{MetricSource, SeriesRequest};
 use cohort_controller::standalone::{load_rollout, LoadedRollout};
-use cohort_rollout::crd::{GateCheck, GateResult, Verdict};
+use cohort_rollout::crd::{GateResult, Verdict};
 use cohort_rollout::duration;
 use cohort_rollout::evaluate::{evaluate_window, Evaluation};
-use cohort_rollout::validate::{validate_spec, SpecErrors};
+use cohort_rollout::validate::compile;
+use cohort_rollout::CompiledRollout;
 
 /// Most intervals one run evaluates (each is a handful of queries).
 pub const MAX_INTERVALS: u64 = 2_000;
@@ -77,8 +78,10 @@ pub fn main(args: &AnalyzeArgs) -> i32 {
 /// each interval is done.
 pub async fn run(args: &AnalyzeArgs, out: &mut impl std::io::Write) -> Result<(), Error> {
     let rollout = load_rollout(&args.rollout)?;
-    validate_spec(&rollout.spec, &rollout.name)
-        .map_err(|errors| Error::InvalidSpec(SpecErrors(errors)))?;
+    // The file's namespace was checked as it was read: compiling in it checks what
+    // `validate_spec` checks.
+    let compiled =
+        compile(&rollout.spec, &rollout.namespace, &rollout.name).map_err(Error::InvalidSpec)?;
     // Whole seconds: Prometheus evaluates at them, and the table shows them.
     let now = Timestamp::now();
     let now = Timestamp::from_second(now.as_second()).unwrap_or(now);
@@ -115,7 +118,7 @@ pub async fn run(args: &AnalyzeArgs, out: &mut impl std::io::Write) -> Result<()
     writeln!(out, "{}", header(&gate_names)).map_err(write_error)?;
     let mut rows = Vec::new();
     for at in ends {
-        let row = evaluate_at(&source, &rollout, from, at, interval).await;
+        let row = evaluate_at(&source, &rollout, &compiled, from, at, interval).await;
         writeln!(out, "{}", table_row(&row, &gate_names)).map_err(write_error)?;
         rows.push(row);
     }
@@ -127,17 +130,13 @@ pub async fn run(args: &AnalyzeArgs, out: &mut impl std::io::Write) -> Result<()
 async fn evaluate_at(
     source: &PrometheusSource,
     rollout: &LoadedRollout,
+    compiled: &CompiledRollout,
     from: Timestamp,
     at: Timestamp,
     interval: Duration,
 ) -> Row {
     let spec = &rollout.spec;
-    let sequential = spec
-        .analysis
-        .gates
-        .iter()
-        .any(|gate| matches!(gate.check, GateCheck::Sequential(_)));
-    let window = if sequential {
+    let window = if compiled.has_sequential() {
         Duration::from_secs(seconds_between(from, at).max(1))
     } else {
         interval
@@ -152,6 +151,7 @@ async fn evaluate_at(
         at,
         evaluation: evaluate_window(
             &spec.analysis.gates,
+            compiled.sequential_max_durations(),
             spec.analysis.min_samples,
             &samples,
             window,

@@ -253,15 +253,12 @@ pub enum Error {
     /// A flag is unusable.
     #[error("{0}")]
     Usage(String),
-    /// The rollout file is unusable.
+    /// The rollout file or the metric source (the Prometheus URL) is unusable.
     #[error(transparent)]
-    Rollout(#[from] cohort_controller::standalone::RunError),
+    Controller(#[from] cohort_controller::Error),
     /// The rollout's spec does not validate.
     #[error("the rollout's spec is invalid: {0}")]
     InvalidSpec(cohort_rollout::validate::SpecErrors),
-    /// The metric source (the Prometheus URL) is unusable.
-    #[error(transparent)]
-    Source(#[from] cohort_controller::source::series::SourceError),
     /// The tokio runtime could not start.
     #[error("cannot start the async runtime: {0}")]
     Runtime(std::io::Error),

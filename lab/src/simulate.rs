@@ -38,6 +38,7 @@ use cohort_rollout::crd::{
     AnalysisSpec, CustomGate, ErrorRateGate, GateCheck, GateSpec, SequentialGate, SequentialMetric,
     Verdict,
 };
+use cohort_rollout::duration;
 use cohort_rollout::evaluate::{
     evaluate, evaluate_window, histogram_quantile, Bucket, Observed, Samples, VersionSamples,
 };
@@ -350,6 +351,9 @@ struct Model<'a> {
     healthy_buckets: [f64; BUCKETS],
     regressed_buckets: [f64; BUCKETS],
     cohort_gates: Vec<GateSpec>,
+    /// `cohort_gates`' `maxDuration`s, parsed once for every tick's judgment (as
+    /// [`cohort_rollout::CompiledRollout::sequential_max_durations`] holds a spec's).
+    cohort_max_durations: Vec<Option<Duration>>,
     cohort_min_samples: u64,
     threshold_gates: Vec<GateSpec>,
 }
@@ -364,14 +368,23 @@ impl<'a> Model<'a> {
                 ..SequentialGate::new(metric)
             }),
         };
+        let cohort_gates = vec![
+            sequential(SequentialMetric::ErrorRate, "error-rate"),
+            sequential(SequentialMetric::Latency, "latency-p99"),
+        ];
+        let cohort_max_durations = cohort_gates
+            .iter()
+            .map(|gate| match &gate.check {
+                GateCheck::Sequential(sequential) => duration::parse(&sequential.max_duration).ok(),
+                _ => None,
+            })
+            .collect();
         Model {
             scenario,
             healthy_buckets: lognormal_buckets(LATENCY_MEDIAN_MS),
             regressed_buckets: lognormal_buckets(LATENCY_MEDIAN_MS * scenario.latency_factor),
-            cohort_gates: vec![
-                sequential(SequentialMetric::ErrorRate, "error-rate"),
-                sequential(SequentialMetric::Latency, "latency-p99"),
-            ],
+            cohort_gates,
+            cohort_max_durations,
             cohort_min_samples: AnalysisSpec::default().min_samples,
             threshold_gates: vec![
                 GateSpec {
@@ -438,6 +451,7 @@ impl<'a> Model<'a> {
             if cohort == Outcome::Undecided {
                 let evaluation = evaluate_window(
                     &self.cohort_gates,
+                    &self.cohort_max_durations,
                     self.cohort_min_samples,
                     &since_start.samples(),
                     Duration::from_secs(t),

@@ -880,16 +880,9 @@ pub struct HistoryEntry {
 }
 
 /// The CRD as YAML, for `cohort crd` and `manifests/`.
-pub fn crd_yaml() -> Result<String, CrdError> {
-    Ok(serde_saphyr::to_string(&CanaryRollout::crd())?)
-}
-
-/// Failure to render the CRD.
-#[derive(Debug, thiserror::Error)]
-pub enum CrdError {
-    /// The YAML serializer refused the CRD.
-    #[error("cannot render the CRD as YAML: {0}")]
-    Yaml(#[from] serde_saphyr::SerializeError),
+pub fn crd_yaml() -> Result<String, crate::Error> {
+    serde_saphyr::to_string(&CanaryRollout::crd())
+        .map_err(|error| crate::Error::CrdYaml(error.to_string()))
 }
 
 fn default_stable_version() -> String {

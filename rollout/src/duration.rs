@@ -4,30 +4,18 @@
 
 use std::time::Duration;
 
+use crate::error::Error;
+
 /// Regex the CRD schema applies to duration fields; [`parse`] accepts exactly these strings.
 pub const DURATION_PATTERN: &str = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$";
 
-/// Why a duration string was refused.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum DurationError {
-    /// The string is empty.
-    #[error("is empty; write a duration such as \"30s\", \"5m\" or \"1h30m\"")]
-    Empty,
-    /// A part has no number, no unit, or an unknown unit.
-    #[error("{0:?} is not a duration; write a number and a unit (ms, s, m, h), e.g. \"30s\" or \"1h30m\"")]
-    Malformed(String),
-    /// The value does not fit in a `Duration`.
-    #[error("{0:?} is too long")]
-    Overflow(String),
-}
-
 /// Parses a Go-style duration: one or more `<number>[.<fraction>]<unit>` parts, units `ms`, `s`,
 /// `m`, `h`. Signs, spaces and bare numbers are refused.
-pub fn parse(text: &str) -> Result<Duration, DurationError> {
+pub fn parse(text: &str) -> Result<Duration, Error> {
     if text.is_empty() {
-        return Err(DurationError::Empty);
+        return Err(Error::DurationEmpty);
     }
-    let malformed = || DurationError::Malformed(text.to_owned());
+    let malformed = || Error::DurationMalformed(text.to_owned());
     let mut rest = text;
     let mut total_ms: f64 = 0.0;
     while !rest.is_empty() {
@@ -59,7 +47,7 @@ pub fn parse(text: &str) -> Result<Duration, DurationError> {
     }
     // Ten years is far beyond any bake or deadline; refusing more keeps the arithmetic exact.
     if !total_ms.is_finite() || total_ms > 10.0 * 365.0 * 24.0 * 3_600_000.0 {
-        return Err(DurationError::Overflow(text.to_owned()));
+        return Err(Error::DurationOverflow(text.to_owned()));
     }
     // Sub-millisecond parts ("1.0001s") are rounded to the millisecond.
     Ok(Duration::from_millis(total_ms.round() as u64))
@@ -105,7 +93,7 @@ mod tests {
         }
         assert_eq!(
             parse("99999999999h"),
-            Err(DurationError::Overflow("99999999999h".into()))
+            Err(Error::DurationOverflow("99999999999h".into()))
         );
     }
 }

@@ -106,35 +106,41 @@ pub trait Judge {
 
 /// Judges every gate (each with its own or the analysis-wide `min_samples`) and combines them.
 pub fn evaluate(gates: &[GateSpec], min_samples: u64, samples: &Samples) -> Evaluation {
-    judge_all(gates, min_samples, samples, None)
+    judge_all(gates, &[], min_samples, samples, None)
 }
 
 /// [`evaluate`] for samples that cover `window`, as read over
 /// [`crate::sequential::analysis_window`]: sequential gates take it as their test's age, so
-/// their `maxDuration` can expire. Other gates judge exactly as in [`evaluate`].
+/// their `maxDuration` can expire. `max_durations` are the gates' `maxDuration`s as compiled, in
+/// gate order ([`crate::CompiledRollout::sequential_max_durations`]). Other gates judge exactly
+/// as in [`evaluate`].
 pub fn evaluate_window(
     gates: &[GateSpec],
+    max_durations: &[Option<Duration>],
     min_samples: u64,
     samples: &Samples,
     window: Duration,
 ) -> Evaluation {
-    judge_all(gates, min_samples, samples, Some(window))
+    judge_all(gates, max_durations, min_samples, samples, Some(window))
 }
 
 fn judge_all(
     gates: &[GateSpec],
+    max_durations: &[Option<Duration>],
     min_samples: u64,
     samples: &Samples,
     window: Option<Duration>,
 ) -> Evaluation {
     let results: Vec<GateResult> = gates
         .iter()
-        .map(|gate| {
+        .enumerate()
+        .map(|(i, gate)| {
             let name = gate.name();
             let min_samples = gate.min_samples.unwrap_or(min_samples);
             match &gate.check {
                 GateCheck::Sequential(sequential) => {
-                    sequential.judge_over(&name, min_samples, samples, window)
+                    let max_duration = max_durations.get(i).copied().flatten();
+                    sequential.judge_over(&name, min_samples, samples, window, max_duration)
                 }
                 check => check.judge(&name, min_samples, samples),
             }

@@ -9,6 +9,7 @@
 pub mod compiled;
 pub mod crd;
 pub mod duration;
+mod error;
 pub mod evaluate;
 pub mod filter_config;
 pub mod format;
@@ -21,6 +22,7 @@ pub mod validate;
 
 pub use compiled::{CompiledRollout, CompiledStep, FilterEntry};
 pub use crd::{crd_yaml, CanaryRollout, CanaryRolloutSpec, CanaryRolloutStatus, Phase, Verdict};
+pub use error::Error;
 pub use evaluate::{evaluate, evaluate_window, Evaluation, Samples};
 pub use filter_config::{spec_to_filter_config, spec_to_filter_rollout};
 pub use plan::{plan, Plan, PlanInput};

@@ -10,6 +10,8 @@
 
 use std::time::Duration;
 
+use crate::error::Error;
+
 /// The placeholders a query may use.
 pub const PLACEHOLDERS: [&str; 4] = ["namespace", "rollout", "version", "interval"];
 
@@ -26,22 +28,8 @@ pub struct QueryContext<'a> {
     pub interval: Duration,
 }
 
-/// Why a template cannot be rendered.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum TemplateError {
-    /// `{{` without a matching `}}`.
-    #[error("has an unclosed \"{{{{\"; placeholders are written {{{{name}}}}")]
-    Unclosed,
-    /// A placeholder that is not one of [`PLACEHOLDERS`].
-    #[error("unknown placeholder {{{{{0}}}}}; use {{{{namespace}}}}, {{{{rollout}}}}, {{{{version}}}}, {{{{interval}}}}")]
-    Unknown(String),
-    /// A name placeholder outside a double- or single-quoted string.
-    #[error("has {{{{{0}}}}} outside a quoted string; put it inside \"...\" (a label value such as {{cohort_version=\"{{{{version}}}}\"}}), where its value is escaped")]
-    Unquoted(String),
-}
-
 /// Renders `template` for `context`.
-pub fn render_query(template: &str, context: &QueryContext<'_>) -> Result<String, TemplateError> {
+pub fn render_query(template: &str, context: &QueryContext<'_>) -> Result<String, Error> {
     let mut out = String::with_capacity(template.len() + 32);
     // Where the template is: inside a string opened by this quote, in a comment, or neither.
     let mut quote: Option<char> = None;
@@ -49,7 +37,7 @@ pub fn render_query(template: &str, context: &QueryContext<'_>) -> Result<String
     let mut rest = template;
     while let Some(c) = rest.chars().next() {
         if let Some(after) = rest.strip_prefix("{{") {
-            let end = after.find("}}").ok_or(TemplateError::Unclosed)?;
+            let end = after.find("}}").ok_or(Error::TemplateUnclosed)?;
             let name = after[..end].trim();
             let value = match name {
                 "namespace" => context.namespace,
@@ -60,13 +48,13 @@ pub fn render_query(template: &str, context: &QueryContext<'_>) -> Result<String
                     rest = &after[end + 2..];
                     continue;
                 }
-                other => return Err(TemplateError::Unknown(other.to_owned())),
+                other => return Err(Error::TemplateUnknown(other.to_owned())),
             };
             match quote {
                 Some(quote @ ('"' | '\'')) if !comment => {
                     out.push_str(&escape_string_literal(value, quote));
                 }
-                _ => return Err(TemplateError::Unquoted(name.to_owned())),
+                _ => return Err(Error::TemplateUnquoted(name.to_owned())),
             }
             rest = &after[end + 2..];
             continue;
@@ -91,7 +79,7 @@ pub fn render_query(template: &str, context: &QueryContext<'_>) -> Result<String
 }
 
 /// Checks a template without rendering it for real.
-pub fn check_template(template: &str) -> Result<(), TemplateError> {
+pub fn check_template(template: &str) -> Result<(), Error> {
     let context = QueryContext {
         namespace: "",
         rollout: "",
@@ -274,17 +262,17 @@ pub mod tests {
 
     #[test]
     fn refuses_bad_templates() {
-        assert_eq!(check_template("x[{{interval"), Err(TemplateError::Unclosed));
+        assert_eq!(check_template("x[{{interval"), Err(Error::TemplateUnclosed));
         assert_eq!(
             check_template("x{pod=\"{{pod}}\"}"),
-            Err(TemplateError::Unknown("pod".into()))
+            Err(Error::TemplateUnknown("pod".into()))
         );
         assert_eq!(
-            TemplateError::Unknown("pod".into()).to_string(),
+            Error::TemplateUnknown("pod".into()).to_string(),
             "unknown placeholder {{pod}}; use {{namespace}}, {{rollout}}, {{version}}, {{interval}}"
         );
         assert_eq!(
-            TemplateError::Unclosed.to_string(),
+            Error::TemplateUnclosed.to_string(),
             "has an unclosed \"{{\"; placeholders are written {{name}}"
         );
         // Names outside a quoted string could end the selector: refused wherever they are.
@@ -298,12 +286,12 @@ pub mod tests {
         ] {
             assert_eq!(
                 check_template(template),
-                Err(TemplateError::Unquoted(name.into())),
+                Err(Error::TemplateUnquoted(name.into())),
                 "{template}"
             );
         }
         assert_eq!(
-            TemplateError::Unquoted("version".into()).to_string(),
+            Error::TemplateUnquoted("version".into()).to_string(),
             "has {{version}} outside a quoted string; put it inside \"...\" (a label value such \
              as {cohort_version=\"{{version}}\"}), where its value is escaped"
         );

@@ -82,7 +82,6 @@ use crate::crd::{
     CanaryRolloutSpec, CanaryRolloutStatus, GateCheck, GateResult, SequentialGate,
     SequentialMetric, Verdict,
 };
-use crate::duration;
 use crate::evaluate::{happenings, histogram, requests, Bucket, Judge, Samples};
 use crate::format::share_percent_or_unknown;
 
@@ -460,19 +459,21 @@ pub fn decide(
 impl Judge for SequentialGate {
     /// Without the window's length `maxDuration` never expires: see [`SequentialGate::judge_over`].
     fn judge(&self, name: &str, min_samples: u64, samples: &Samples) -> GateResult {
-        self.judge_over(name, min_samples, samples, None)
+        self.judge_over(name, min_samples, samples, None, None)
     }
 }
 
 impl SequentialGate {
-    /// Judges samples that cover `window` since the step began (`None`: unknown, so
-    /// `maxDuration` cannot expire).
+    /// Judges samples that cover `window` since the step began. The test expires once `window`
+    /// reaches `max_duration`, this gate's `maxDuration` as compiled
+    /// ([`crate::CompiledRollout::sequential_max_durations`]); with either unknown it cannot.
     pub fn judge_over(
         &self,
         name: &str,
         min_samples: u64,
         samples: &Samples,
         window: Option<Duration>,
+        max_duration: Option<Duration>,
     ) -> GateResult {
         let mut result = GateResult::blank(name);
         let counted = match self.metric {
@@ -492,7 +493,6 @@ impl SequentialGate {
         result.stable_samples = stable.exposure;
         result.canary = canary.rate();
         result.stable = stable.rate();
-        let max_duration = duration::parse(&self.max_duration).ok();
         let min = min_samples as f64; // small integers: exact
         let expired = matches!((window, max_duration), (Some(window), Some(max)) if window >= max)
             && canary.exposure >= min

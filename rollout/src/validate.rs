@@ -276,7 +276,7 @@ fn check_steps(spec: &CanaryRolloutSpec, errors: &mut Vec<SpecError>) -> Vec<Opt
 fn check_positive_duration(
     field: &str,
     text: &str,
-    parsed: Result<Duration, duration::DurationError>,
+    parsed: Result<Duration, crate::Error>,
     errors: &mut Vec<SpecError>,
 ) -> Option<Duration> {
     match parsed {

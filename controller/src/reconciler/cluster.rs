@@ -13,11 +13,11 @@ use kube::runtime::events::{Event, EventType};
 use kube::runtime::finalizer::{self, finalizer};
 use kube::{Client, Resource, ResourceExt};
 
-use super::{key, Context, Error, Result, FINALIZER, STATUS_FIELD_MANAGER};
+use super::{key, Context, FINALIZER, STATUS_FIELD_MANAGER};
 use crate::driver::{Order, Start, StatusStore};
-use crate::force_token::{self, ForceTokenError};
+use crate::force_token;
 use crate::source::BoxFuture;
-use crate::target::TargetError;
+use crate::{Error, Result};
 use cohort_rollout::crd::{CanaryRollout, CanaryRolloutSpec, CanaryRolloutStatus};
 use cohort_rollout::plan::{EventKind, PlannedEvent, CONDITION_DEGRADED, CONDITION_INVALID_SPEC};
 
@@ -60,8 +60,6 @@ impl<'a> ClusterStore<'a> {
 }
 
 impl StatusStore for ClusterStore<'_> {
-    type Error = Error;
-
     /// Status is the source of truth (`kubectl`, the CLI and a successor replica read it), so it
     /// never records a weight the WasmPlugin does not serve.
     fn order(&self) -> Order {
@@ -180,12 +178,12 @@ pub(super) async fn force_token(
     client: &Client,
     spec: &CanaryRolloutSpec,
     namespace: &str,
-) -> Result<Option<String>, ForceTokenError> {
+) -> Result<Option<String>, Error> {
     match (&spec.force_token_secret_ref, &spec.force_token_file) {
         (Some(reference), _) => force_token::from_secret(client, namespace, reference)
             .await
             .map(Some),
-        (None, Some(_)) => Err(ForceTokenError::Unavailable(
+        (None, Some(_)) => Err(Error::ForceTokenUnavailable(
             "spec.forceTokenFile is read by `cohort run` next to Envoy; in a cluster, name a \
              Secret in spec.forceTokenSecretRef"
                 .to_owned(),
@@ -204,19 +202,10 @@ pub(super) async fn record_failure(
     error: &Error,
     now: Timestamp,
 ) -> Result<()> {
-    let (reason, detail) = match error {
-        Error::Target(error) | Error::Release(error) => (
-            match error {
-                TargetError::NotFound(_) => "TargetNotFound",
-                TargetError::Conflict(_) => "TargetConflict",
-                TargetError::Invalid(_) => "InvalidFilterConfig",
-                TargetError::Unavailable(_) => "TargetUnavailable",
-                TargetError::Rejected(_) => "TargetRejected",
-            },
-            error.to_string(),
-        ),
-        Error::ForceToken(error) => ("ForceTokenUnavailable", error.to_string()),
-        other => ("ReconcileFailed", other.to_string()),
+    // The detail is what failed; the message says what was being done.
+    let (reason, detail) = match error.degraded_reason() {
+        Some(reason) => (reason, error.cause().to_string()),
+        None => ("ReconcileFailed", error.to_string()),
     };
     let (message, action) = match error {
         Error::Release(_) => (

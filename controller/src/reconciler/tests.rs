@@ -534,7 +534,7 @@ async fn a_missing_wasm_plugin_leaves_status_where_it_was() {
         .await
         .unwrap_err();
     assert!(
-        matches!(error, Error::Target(TargetError::NotFound(_))),
+        matches!(&error, Error::Push(cause) if matches!(**cause, Error::TargetNotFound(_))),
         "{error}"
     );
     // Retried with backoff, growing per failure in a row.
@@ -582,7 +582,7 @@ async fn a_conflict_is_reported_then_the_retry_succeeds() {
         .await
         .unwrap_err();
     assert!(
-        matches!(error, Error::Target(TargetError::Conflict(_))),
+        matches!(&error, Error::Push(cause) if matches!(**cause, Error::TargetConflict(_))),
         "{error}"
     );
     assert_eq!(
@@ -615,7 +615,7 @@ async fn a_conflict_is_reported_then_the_retry_succeeds() {
         .await
         .unwrap();
     // The success reset the backoff.
-    let error = Error::Target(TargetError::Unavailable("again".into()));
+    let error = Error::push(Error::TargetUnavailable("again".into()));
     assert_eq!(
         error_policy(Arc::new(retry), &error, harness.ctx.clone()),
         Action::requeue(Duration::from_secs(5))
@@ -653,8 +653,12 @@ async fn a_write_the_target_would_refuse_is_not_pushed() {
             .await
             .unwrap_err();
         let refused = match reason {
-            "InvalidFilterConfig" => matches!(error, Error::Target(TargetError::Invalid(_))),
-            _ => matches!(error, Error::Target(TargetError::Conflict(_))),
+            "InvalidFilterConfig" => {
+                matches!(&error, Error::Push(cause) if matches!(**cause, Error::InvalidFilterConfig(_)))
+            }
+            _ => {
+                matches!(&error, Error::Push(cause) if matches!(**cause, Error::TargetConflict(_)))
+            }
         };
         assert!(refused, "{reason}: {error}");
     }
@@ -1056,7 +1060,10 @@ async fn the_force_token_reaches_the_wasm_plugin_and_nothing_else() {
         )
         .await
         .unwrap_err();
-    assert!(matches!(error, Error::ForceToken(_)), "{error}");
+    assert!(
+        matches!(&error, Error::Push(cause) if matches!(**cause, Error::ForceTokenUnavailable(_) | Error::ForceTokenInvalid { .. })),
+        "{error}"
+    );
     let logs = logs.text();
     assert!(logs.contains("capture check"), "nothing was captured");
 
@@ -1529,7 +1536,7 @@ async fn a_failed_release_keeps_the_finalizer_and_is_retried() {
         .await
         .unwrap_err();
     assert!(
-        matches!(error, Error::Release(TargetError::Unavailable(_))),
+        matches!(&error, Error::Release(cause) if matches!(**cause, Error::TargetUnavailable(_))),
         "{error}"
     );
     assert_eq!(error.metric_label(), "release");
@@ -1599,7 +1606,7 @@ async fn an_entry_another_manager_holds_is_named_and_the_deletion_waits() {
         )
         .await
         .unwrap_err();
-    let Error::Release(TargetError::Conflict(message)) = &error else {
+    let (Error::Release(_), Error::TargetConflict(message)) = (&error, error.cause()) else {
         panic!("expected a release conflict, got {error}");
     };
     assert!(message.contains("(kubectl-edit)"), "{message}");

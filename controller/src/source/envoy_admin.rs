@@ -20,9 +20,9 @@ use cohort_core::telemetry::{EVENTS_TOTAL, REQUESTS_TOTAL, REQUEST_DURATION_MS};
 
 use crate::source::series::{
     error_chain, needed_kinds, server_errors_of, to_samples, Answer, Answers, CustomKey, Series,
-    SourceError,
 };
 use crate::source::{BoxFuture, MetricSource, SamplesByRollout, SeriesRequest};
+use crate::Error;
 use cohort_rollout::crd::GateCheck;
 
 /// Snapshots kept at most. A sliding window needs only the last few; a sequential gate's window
@@ -43,8 +43,8 @@ pub struct EnvoyAdmin {
 impl EnvoyAdmin {
     /// A client for the admin interface at `url` (e.g. `http://127.0.0.1:9901`); each request
     /// gives up after `timeout`.
-    pub fn new(url: &str, timeout: Duration) -> Result<Self, SourceError> {
-        let invalid = |reason: String| SourceError::InvalidUrl {
+    pub fn new(url: &str, timeout: Duration) -> Result<Self, Error> {
+        let invalid = |reason: String| Error::InvalidUrl {
             url: url.to_owned(),
             reason,
         };
@@ -59,7 +59,7 @@ impl EnvoyAdmin {
             // in between.
             .no_proxy()
             .build()
-            .map_err(|error| SourceError::Client(error.to_string()))?;
+            .map_err(|error| Error::HttpClient(error.to_string()))?;
         Ok(EnvoyAdmin { http, base })
     }
 
@@ -177,7 +177,7 @@ pub struct EnvoyAdminSource {
 
 impl EnvoyAdminSource {
     /// A source reading the admin interface at `url`.
-    pub fn new(url: &str, timeout: Duration) -> Result<Self, SourceError> {
+    pub fn new(url: &str, timeout: Duration) -> Result<Self, Error> {
         Ok(EnvoyAdminSource {
             admin: EnvoyAdmin::new(url, timeout)?,
             ring: Mutex::new(Ring::default()),

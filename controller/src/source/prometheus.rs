@@ -35,10 +35,11 @@ use cohort_core::telemetry::{
 };
 
 use crate::source::series::{
-    error_chain, needed_kinds, to_samples, Answer, Answers, CustomKey, Series, SourceError, LE,
+    error_chain, needed_kinds, to_samples, Answer, Answers, CustomKey, Series, LE,
     SERVER_ERROR_CLASS,
 };
 use crate::source::{BoxFuture, MetricSource, SamplesByRollout, SeriesRequest};
+use crate::Error;
 use cohort_rollout::crd::GateCheck;
 use cohort_rollout::query::{escape_label_value, promql_duration, render_query, QueryContext};
 
@@ -62,13 +63,13 @@ impl std::fmt::Debug for PrometheusSource {
 impl PrometheusSource {
     /// A source for the Prometheus server at `url` (e.g. `http://prometheus:9090`); each query
     /// gives up after `timeout`, so a hung server makes a gate Error rather than a stuck cycle.
-    pub fn new(url: &str, timeout: Duration) -> Result<Self, SourceError> {
+    pub fn new(url: &str, timeout: Duration) -> Result<Self, Error> {
         let http = reqwest::Client::builder()
             .timeout(timeout)
             .connect_timeout(timeout)
             .build()
-            .map_err(|error| SourceError::Client(error.to_string()))?;
-        let client = Client::from(http, url).map_err(|error| SourceError::InvalidUrl {
+            .map_err(|error| Error::HttpClient(error.to_string()))?;
+        let client = Client::from(http, url).map_err(|error| Error::InvalidUrl {
             url: url.to_owned(),
             reason: error_chain(&error),
         })?;

@@ -18,23 +18,6 @@ pub const SERVER_ERROR_CLASS: &str = "5xx";
 /// The histogram bucket label.
 pub const LE: &str = "le";
 
-/// Why a metric source could not be set up. (Reading samples never fails as a whole: a failed
-/// read marks its samples `Observed::Failed`, which the gates turn into Error.)
-#[derive(Debug, thiserror::Error)]
-pub enum SourceError {
-    /// The URL given for Prometheus or Envoy's admin is not usable.
-    #[error("{url:?} is not a usable URL: {reason}; give e.g. http://127.0.0.1:9090")]
-    InvalidUrl {
-        /// The URL as given.
-        url: String,
-        /// What is wrong with it.
-        reason: String,
-    },
-    /// The HTTP client could not be built (TLS setup).
-    #[error("cannot build the HTTP client: {0}")]
-    Client(String),
-}
-
 /// One series of a window: its labels and its increase over the window (or a query's value).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Series {

@@ -21,7 +21,7 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use super::{ecds_target, load_rollout, RunError, HTTP_TIMEOUT};
+use super::{ecds_target, load_rollout, Error, HTTP_TIMEOUT};
 use crate::source::envoy_admin::{EnvoyAdmin, UpdateSeen};
 use crate::target::Released;
 
@@ -45,7 +45,7 @@ pub struct ReleaseArgs {
 
 /// Removes the rollout's entry (and with an admin URL waits for Envoy to apply that); returns
 /// what was done, as one line for people.
-pub fn release(args: &ReleaseArgs) -> Result<String, RunError> {
+pub fn release(args: &ReleaseArgs) -> Result<String, Error> {
     let rollout = load_rollout(&args.rollout)?;
     let target = ecds_target(args.envoy_ecds.as_deref(), &rollout.spec)?;
     let confirm_with = args
@@ -56,8 +56,8 @@ pub fn release(args: &ReleaseArgs) -> Result<String, RunError> {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
-                .map_err(RunError::Runtime)?;
-            Ok::<_, RunError>((admin, runtime))
+                .map_err(Error::Runtime)?;
+            Ok::<_, Error>((admin, runtime))
         })
         .transpose()?;
     let filter = target.filter_name();
@@ -74,7 +74,7 @@ pub fn release(args: &ReleaseArgs) -> Result<String, RunError> {
     };
     let released = target
         .release_blocking(&rollout.namespace, &rollout.name)
-        .map_err(RunError::Release)?;
+        .map_err(Error::release)?;
     let removed = format!(
         "removed rollouts.{} from {file} (filter {filter})",
         rollout.name
@@ -96,7 +96,7 @@ pub fn release(args: &ReleaseArgs) -> Result<String, RunError> {
         ));
     };
     let unconfirmed = |why: String| {
-        RunError::ReleaseUnconfirmed(format!(
+        Error::ReleaseUnconfirmed(format!(
             "{removed}, but {why}; Envoy may still serve {who}'s canary"
         ))
     };
@@ -108,7 +108,7 @@ pub fn release(args: &ReleaseArgs) -> Result<String, RunError> {
             "{removed}: Envoy applied it after {} ms, all of {who}'s users are served stable",
             started.elapsed().as_millis()
         )),
-        UpdateSeen::Rejected => Err(RunError::ReleaseUnconfirmed(format!(
+        UpdateSeen::Rejected => Err(Error::ReleaseUnconfirmed(format!(
             "{removed}, but Envoy rejected that config (update_rejected went up), so the \
              previous one, with {who}'s entry, keeps serving; Envoy's log says why: fix the file \
              (the entry is already out of it) and Envoy serves stable once it accepts it"
@@ -206,7 +206,7 @@ mod tests {
 
     /// A rollout `web` of namespace `shop` whose entry is in the ECDS file, released through
     /// the admin at `admin`; returns the result and the file's entries afterwards.
-    fn release_confirmed_by(admin: &str, tag: &str) -> (Result<String, RunError>, Vec<String>) {
+    fn release_confirmed_by(admin: &str, tag: &str) -> (Result<String, Error>, Vec<String>) {
         let dir = TempDir::new(tag);
         let ecds_path = dir.0.join("ecds.yaml");
         fs::write(&ecds_path, ecds(CONFIG)).unwrap();
@@ -240,7 +240,7 @@ mod tests {
         let (url, _) = fake_admin(vec![(3, 1), (3, 2)]);
         let (result, left) = release_confirmed_by(&url, "release-rejected");
         let error = result.unwrap_err();
-        assert!(matches!(error, RunError::ReleaseUnconfirmed(_)), "{error}");
+        assert!(matches!(error, Error::ReleaseUnconfirmed(_)), "{error}");
         assert!(
             error.to_string().contains("rejected that config"),
             "{error}"
@@ -332,7 +332,7 @@ mod tests {
             envoy_admin: None,
         };
         let error = release(&args).unwrap_err();
-        assert!(matches!(error, RunError::NoEcdsFile), "{error}");
+        assert!(matches!(error, Error::NoEcdsFile), "{error}");
         assert_eq!(error.exit_code(), 2);
         // A file that is not a filter config: an error, and the file stays as it was.
         let broken = dir.0.join("ecds.yaml");
@@ -342,7 +342,7 @@ mod tests {
             ..args
         })
         .unwrap_err();
-        assert!(matches!(error, RunError::Release(_)), "{error}");
+        assert!(matches!(error, Error::Release(_)), "{error}");
         assert_eq!(error.exit_code(), 1);
         assert!(error.to_string().contains("entry"), "{error}");
         assert_eq!(fs::read_to_string(&broken).unwrap(), "resources: [\n");

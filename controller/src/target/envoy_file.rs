@@ -44,7 +44,8 @@ use cohort_core::config::{
 use serde_json::Value;
 
 use crate::source::BoxFuture;
-use crate::target::{check_entry_namespace, entry_belongs_to, Released, Target, TargetError};
+use crate::target::{check_entry_namespace, entry_belongs_to, Released, Target};
+use crate::Error;
 
 /// The ECDS file of one HTTP filter.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -73,7 +74,7 @@ impl EnvoyEcdsFile {
     }
 
     /// The filter config the file holds now.
-    pub fn read_config(&self) -> Result<FilterConfig, TargetError> {
+    pub fn read_config(&self) -> Result<FilterConfig, Error> {
         let text = self.read()?;
         let mut document = parse_document(&self.path, &text)?;
         let (_, value) = locate_config(&mut document, &self.filter_name, &self.path)?;
@@ -81,14 +82,14 @@ impl EnvoyEcdsFile {
     }
 
     /// [`Target::apply`] without a runtime: the push as plain file I/O.
-    pub fn apply_blocking(&self, name: &str, config: &FilterConfig) -> Result<(), TargetError> {
+    pub fn apply_blocking(&self, name: &str, config: &FilterConfig) -> Result<(), Error> {
         self.rewrite(|existing| merge(existing, name, config).map(Some))
             .map(|_| ())
     }
 
     /// [`Target::release`] without a runtime: the entry of rollout `namespace/name` removed
     /// from the file. An entry recording another namespace is a same-named rollout's and stays.
-    pub fn release_blocking(&self, namespace: &str, name: &str) -> Result<Released, TargetError> {
+    pub fn release_blocking(&self, namespace: &str, name: &str) -> Result<Released, Error> {
         let rewritten = self.rewrite(|mut existing| {
             let ours = |entry: &RolloutConfig| entry_belongs_to(&entry.namespace, namespace);
             if !existing.rollouts.get(name).is_some_and(ours) {
@@ -101,17 +102,13 @@ impl EnvoyEcdsFile {
         match rewritten {
             Ok(true) => Ok(Released::Removed),
             Ok(false) => Ok(Released::Nothing),
-            Err(TargetError::NotFound(_)) => Ok(Released::TargetMissing),
+            Err(Error::TargetNotFound(_)) => Ok(Released::TargetMissing),
             Err(error) => Err(error),
         }
     }
 
     /// [`Target::live_weight`] without a runtime.
-    pub fn live_weight_blocking(
-        &self,
-        namespace: &str,
-        name: &str,
-    ) -> Result<Option<u32>, TargetError> {
+    pub fn live_weight_blocking(&self, namespace: &str, name: &str) -> Result<Option<u32>, Error> {
         let config = self.read_config()?;
         Ok(config
             .rollouts
@@ -122,7 +119,7 @@ impl EnvoyEcdsFile {
 
     /// [`Target::withdraw`] without a runtime: rollout `name`'s entry set to weight 0, the
     /// rest of the file as it is; a file without the entry, or with it at 0, is not rewritten.
-    pub fn withdraw_blocking(&self, name: &str) -> Result<(), TargetError> {
+    pub fn withdraw_blocking(&self, name: &str) -> Result<(), Error> {
         self.rewrite(|mut existing| match existing.rollouts.get_mut(name) {
             Some(entry) if entry.weight_bp != 0 => {
                 entry.weight_bp = 0;
@@ -138,8 +135,8 @@ impl EnvoyEcdsFile {
     /// the file was written.
     fn rewrite(
         &self,
-        change: impl FnOnce(FilterConfig) -> Result<Option<FilterConfig>, TargetError>,
-    ) -> Result<bool, TargetError> {
+        change: impl FnOnce(FilterConfig) -> Result<Option<FilterConfig>, Error>,
+    ) -> Result<bool, Error> {
         let text = self.read()?;
         let mut document = parse_document(&self.path, &text)?;
         let (field, value) = locate_config(&mut document, &self.filter_name, &self.path)?;
@@ -147,7 +144,7 @@ impl EnvoyEcdsFile {
             return Ok(false);
         };
         let changed_json = serde_json::to_string(&changed).map_err(|error| {
-            TargetError::Unavailable(format!("cannot encode the config: {error}"))
+            Error::TargetUnavailable(format!("cannot encode the config: {error}"))
         })?;
         tracing::debug!(field, path = %self.path.display(), "writing the filter config");
         *value = Value::String(changed_json);
@@ -156,22 +153,22 @@ impl EnvoyEcdsFile {
             out.push_str(&leading_comments(&text));
         }
         let body = serde_json::to_string_pretty(&document).map_err(|error| {
-            TargetError::Unavailable(format!("cannot encode the ECDS document: {error}"))
+            Error::TargetUnavailable(format!("cannot encode the ECDS document: {error}"))
         })?;
         out.push_str(&body);
         out.push('\n');
         replace_file(&self.path, out.as_bytes()).map_err(|error| {
-            TargetError::Unavailable(format!("writing {}: {error}", self.path.display()))
+            Error::TargetUnavailable(format!("writing {}: {error}", self.path.display()))
         })?;
         Ok(true)
     }
 
-    fn read(&self) -> Result<String, TargetError> {
+    fn read(&self) -> Result<String, Error> {
         fs::read_to_string(&self.path).map_err(|error| match error.kind() {
             std::io::ErrorKind::NotFound => {
-                TargetError::NotFound(format!("the ECDS file {}", self.path.display()))
+                Error::TargetNotFound(format!("the ECDS file {}", self.path.display()))
             }
-            _ => TargetError::Unavailable(format!("reading {}: {error}", self.path.display())),
+            _ => Error::TargetUnavailable(format!("reading {}: {error}", self.path.display())),
         })
     }
 }
@@ -181,7 +178,7 @@ impl Target for EnvoyEcdsFile {
         &'a self,
         name: &'a str,
         config: &'a FilterConfig,
-    ) -> BoxFuture<'a, Result<(), TargetError>> {
+    ) -> BoxFuture<'a, Result<(), Error>> {
         let (name, config) = (name.to_owned(), config.clone());
         self.blocking(move |file| file.apply_blocking(&name, &config))
     }
@@ -190,7 +187,7 @@ impl Target for EnvoyEcdsFile {
         &'a self,
         namespace: &'a str,
         name: &'a str,
-    ) -> BoxFuture<'a, Result<Released, TargetError>> {
+    ) -> BoxFuture<'a, Result<Released, Error>> {
         let (namespace, name) = (namespace.to_owned(), name.to_owned());
         self.blocking(move |file| file.release_blocking(&namespace, &name))
     }
@@ -199,12 +196,12 @@ impl Target for EnvoyEcdsFile {
         &'a self,
         namespace: &'a str,
         name: &'a str,
-    ) -> BoxFuture<'a, Result<Option<u32>, TargetError>> {
+    ) -> BoxFuture<'a, Result<Option<u32>, Error>> {
         let (namespace, name) = (namespace.to_owned(), name.to_owned());
         self.blocking(move |file| file.live_weight_blocking(&namespace, &name))
     }
 
-    fn withdraw<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<(), TargetError>> {
+    fn withdraw<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<(), Error>> {
         let name = name.to_owned();
         self.blocking(move |file| file.withdraw_blocking(&name))
     }
@@ -214,14 +211,14 @@ impl EnvoyEcdsFile {
     /// Runs `io` on this file off the async runtime's threads (file I/O blocks).
     fn blocking<'a, T: Send + 'static>(
         &self,
-        io: impl FnOnce(&EnvoyEcdsFile) -> Result<T, TargetError> + Send + 'static,
-    ) -> BoxFuture<'a, Result<T, TargetError>> {
+        io: impl FnOnce(&EnvoyEcdsFile) -> Result<T, Error> + Send + 'static,
+    ) -> BoxFuture<'a, Result<T, Error>> {
         let file = self.clone();
         Box::pin(async move {
             tokio::task::spawn_blocking(move || io(&file))
                 .await
                 .unwrap_or_else(|error| {
-                    Err(TargetError::Unavailable(format!(
+                    Err(Error::TargetUnavailable(format!(
                         "the file operation did not finish: {error}"
                     )))
                 })
@@ -234,12 +231,14 @@ pub fn merge(
     mut existing: FilterConfig,
     name: &str,
     pushed: &FilterConfig,
-) -> Result<FilterConfig, TargetError> {
+) -> Result<FilterConfig, Error> {
     let Some(rollout) = pushed.rollouts.get(name) else {
-        return Err(TargetError::Invalid(ConfigErrors(vec![ConfigError {
-            field: FieldPath::root().key("rollouts").key(name),
-            problem: "the pushed config has no entry for this rollout".to_owned(),
-        }])));
+        return Err(Error::InvalidFilterConfig(ConfigErrors(vec![
+            ConfigError {
+                field: FieldPath::root().key("rollouts").key(name),
+                problem: "the pushed config has no entry for this rollout".to_owned(),
+            },
+        ])));
     };
     check_entry_namespace(
         "the ECDS file",
@@ -265,9 +264,9 @@ pub fn merge(
     Ok(existing)
 }
 
-fn parse_document(path: &Path, text: &str) -> Result<Value, TargetError> {
+fn parse_document(path: &Path, text: &str) -> Result<Value, Error> {
     serde_saphyr::from_str(text).map_err(|error| {
-        TargetError::Unavailable(format!(
+        Error::TargetUnavailable(format!(
             "{} is not a YAML document: {error}; fix or re-render it from manifests/envoy/ecds.yaml",
             path.display()
         ))
@@ -279,12 +278,12 @@ fn locate_config<'d>(
     document: &'d mut Value,
     filter_name: &str,
     path: &Path,
-) -> Result<(String, &'d mut Value), TargetError> {
+) -> Result<(String, &'d mut Value), Error> {
     let resources = document
         .get_mut("resources")
         .and_then(Value::as_array_mut)
         .ok_or_else(|| {
-            TargetError::NotFound(format!(
+            Error::TargetNotFound(format!(
                 "a `resources` list in {} (the shape of manifests/envoy/ecds.yaml)",
                 path.display()
             ))
@@ -294,7 +293,7 @@ fn locate_config<'d>(
         .enumerate()
         .find(|(_, resource)| resource.get("name").and_then(Value::as_str) == Some(filter_name));
     let Some((index, resource)) = found else {
-        return Err(TargetError::NotFound(format!(
+        return Err(Error::TargetNotFound(format!(
             "the TypedExtensionConfig named {filter_name:?} in {}",
             path.display()
         )));
@@ -311,17 +310,19 @@ fn locate_config<'d>(
         .filter(|value| value.is_string())
     {
         Some(value) => Ok((field.to_string(), value)),
-        None => Err(TargetError::Invalid(ConfigErrors(vec![ConfigError {
-            field,
-            problem: format!(
+        None => Err(Error::InvalidFilterConfig(ConfigErrors(vec![
+            ConfigError {
+                field,
+                problem: format!(
                 "is missing or not a string in {}; it holds the filter config as one JSON string",
                 path.display()
             ),
-        }]))),
+            },
+        ]))),
     }
 }
 
-fn parse_config(value: &Value) -> Result<FilterConfig, TargetError> {
+fn parse_config(value: &Value) -> Result<FilterConfig, Error> {
     let json = value.as_str().unwrap_or_default();
     Ok(config::parse_wire(json.as_bytes())?)
 }
@@ -502,7 +503,7 @@ mod tests {
         let error = file
             .apply_blocking("web", &pushed(&["api"], 500))
             .unwrap_err();
-        let TargetError::Invalid(errors) = &error else {
+        let Error::InvalidFilterConfig(errors) = &error else {
             panic!("expected Invalid, got {error:?}");
         };
         assert!(errors.to_string().contains("already claimed"), "{errors}");
@@ -511,7 +512,7 @@ mod tests {
         let error = file
             .apply_blocking("other", &pushed(&["x"], 1))
             .unwrap_err();
-        assert!(matches!(error, TargetError::Invalid(_)), "{error:?}");
+        assert!(matches!(error, Error::InvalidFilterConfig(_)), "{error:?}");
         assert_eq!(fs::read_to_string(&path).unwrap(), original);
     }
 
@@ -528,7 +529,7 @@ mod tests {
         let mut blog = pushed(&["web"], 500);
         blog.rollouts.get_mut("web").unwrap().namespace = "blog".into();
         let error = file.apply_blocking("web", &blog).unwrap_err();
-        assert!(matches!(error, TargetError::Conflict(_)), "{error:?}");
+        assert!(matches!(error, Error::TargetConflict(_)), "{error:?}");
         assert!(
             error.to_string().contains("CanaryRollout shop/web"),
             "{error}"
@@ -560,7 +561,7 @@ mod tests {
         let error = file
             .apply_blocking("web", &pushed(&["web"], 1))
             .unwrap_err();
-        assert!(matches!(error, TargetError::NotFound(_)), "{error:?}");
+        assert!(matches!(error, Error::TargetNotFound(_)), "{error:?}");
         assert!(!path.exists());
 
         fs::write(&path, ecds(EXISTING)).unwrap();
@@ -569,7 +570,7 @@ mod tests {
             .apply_blocking("web", &pushed(&["web"], 1))
             .unwrap_err();
         assert!(
-            matches!(&error, TargetError::NotFound(what) if what.contains("\"not-cohort\"")),
+            matches!(&error, Error::TargetNotFound(what) if what.contains("\"not-cohort\"")),
             "{error:?}"
         );
 
@@ -588,11 +589,12 @@ mod tests {
                 .apply_blocking("web", &pushed(&["web"], 1))
                 .unwrap_err();
             let got = match error {
-                TargetError::NotFound(_) => "NotFound",
-                TargetError::Invalid(_) => "Invalid",
-                TargetError::Unavailable(_) => "Unavailable",
-                TargetError::Conflict(_) => "Conflict",
-                TargetError::Rejected(_) => "Rejected",
+                Error::TargetNotFound(_) => "NotFound",
+                Error::InvalidFilterConfig(_) => "Invalid",
+                Error::TargetUnavailable(_) => "Unavailable",
+                Error::TargetConflict(_) => "Conflict",
+                Error::TargetRejected(_) => "Rejected",
+                other => panic!("not a target's error: {other}"),
             };
             assert_eq!(got, kind, "{text:?}");
             assert_eq!(fs::read_to_string(&path).unwrap(), text);
@@ -670,7 +672,7 @@ mod tests {
         fs::write(&path, "resources: [\n").unwrap();
         assert!(matches!(
             target.release("", "api").await,
-            Err(TargetError::Unavailable(_))
+            Err(Error::TargetUnavailable(_))
         ));
     }
 
@@ -695,7 +697,7 @@ mod tests {
         let target: Box<dyn Target> = Box::new(EnvoyEcdsFile::new(&path, "cohort"));
         assert!(matches!(
             target.live_weight("", "web").await,
-            Err(TargetError::NotFound(_))
+            Err(Error::TargetNotFound(_))
         ));
         fs::write(&path, ecds(EXISTING)).unwrap();
         assert_eq!(target.live_weight("", "web").await.unwrap(), Some(100));

@@ -3,34 +3,14 @@
 //! every other rollout sharing the filter is left as it is. A rollout that goes away
 //! ([`Target::release`]) takes its entry with it, so its users are served stable again.
 
-use cohort_core::config::{ConfigErrors, FilterConfig};
+use cohort_core::config::FilterConfig;
 
 use crate::source::BoxFuture;
+use crate::Error;
 
 pub mod wasmplugin;
 
 pub mod envoy_file;
-
-/// Why a push did not happen. Nothing is half applied in any case.
-#[derive(Debug, thiserror::Error)]
-pub enum TargetError {
-    /// The WasmPlugin or ECDS file does not exist.
-    #[error("{0} not found; create it first (see manifests/)")]
-    NotFound(String),
-    /// Someone else owns the fields with other values (server-side apply conflict).
-    #[error("conflict: {0}")]
-    Conflict(String),
-    /// Merged with what the target already holds, the config would not validate.
-    #[error("the merged filter config is invalid: {0}")]
-    Invalid(#[from] ConfigErrors),
-    /// A transient failure (I/O, API server, timeout): retry with backoff.
-    #[error("{0}")]
-    Unavailable(String),
-    /// The write was taken but the proxy reading it refused the config (Envoy counted an ECDS
-    /// update rejected); the config before keeps serving.
-    #[error("{0}")]
-    Rejected(String),
-}
 
 /// A filter config holds one entry per rollout name, and the entry records its rollout's
 /// namespace. Writing `rollouts.<name>` for the rollout of namespace `ours` over the entry of
@@ -41,7 +21,7 @@ pub fn check_entry_namespace(
     name: &str,
     existing: Option<&str>,
     ours: &str,
-) -> Result<(), TargetError> {
+) -> Result<(), Error> {
     match existing {
         Some(theirs) if !entry_belongs_to(theirs, ours) => {
             let ours = if ours.is_empty() {
@@ -49,7 +29,7 @@ pub fn check_entry_namespace(
             } else {
                 ours
             };
-            Err(TargetError::Conflict(format!(
+            Err(Error::TargetConflict(format!(
                 "{target}: rollouts.{name} is the entry of CanaryRollout {theirs}/{name}, and a \
                  filter config holds one entry per rollout name; rename one of the two rollouts \
                  (metadata.name) or give the one in {ours} another target (spec.target)"
@@ -87,7 +67,7 @@ pub trait Target: Send + Sync {
         &'a self,
         name: &'a str,
         config: &'a FilterConfig,
-    ) -> BoxFuture<'a, Result<(), TargetError>>;
+    ) -> BoxFuture<'a, Result<(), Error>>;
 
     /// Removes the entry of rollout `namespace/name`, keeping every other rollout's; the filter
     /// then serves stable to everyone that entry sent to the canary. A missing target is not an
@@ -96,7 +76,7 @@ pub trait Target: Send + Sync {
         &'a self,
         namespace: &'a str,
         name: &'a str,
-    ) -> BoxFuture<'a, Result<Released, TargetError>>;
+    ) -> BoxFuture<'a, Result<Released, Error>>;
 
     /// The weight the live entry of rollout `namespace/name` serves now (`None` without one: a
     /// same-named rollout's entry of another namespace is not this one's). A target that merges
@@ -105,13 +85,13 @@ pub trait Target: Send + Sync {
         &'a self,
         namespace: &'a str,
         name: &'a str,
-    ) -> BoxFuture<'a, Result<Option<u32>, TargetError>>;
+    ) -> BoxFuture<'a, Result<Option<u32>, Error>>;
 
     /// Sets rollout `name`'s live entry to weight 0, keeping the rest of it (and the filter-wide
     /// settings, the force token among them): how a rollback reaches the filter when the entry
     /// cannot be built (a spec too broken, a force token that cannot be read). Nothing is written
     /// when there is no entry or it is at 0 already.
-    fn withdraw<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<(), TargetError>>;
+    fn withdraw<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<(), Error>>;
 
     /// Whether the target is known, without I/O, to serve `config` for rollout `name` already
     /// (from what it read or wrote before), so nothing needs writing. `false` when it cannot
@@ -141,7 +121,7 @@ mod tests {
             assert_eq!(result.is_err(), refused, "{existing:?} written by {ours:?}");
             if let Err(error) = result {
                 let message = error.to_string();
-                assert!(matches!(error, TargetError::Conflict(_)), "{message}");
+                assert!(matches!(error, Error::TargetConflict(_)), "{message}");
                 for part in [
                     "WasmPlugin mesh/cohort",
                     "rollouts.web",

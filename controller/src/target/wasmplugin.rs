@@ -13,13 +13,13 @@
 //! Applies are never forced. A conflict means another manager (another rollout, or a person's
 //! manifest) owns one of these fields with a different value; forcing would take it over and
 //! silently change the filter for everyone sharing it. Instead the conflict surfaces as
-//! [`TargetError::Conflict`] (a condition and an Event on the CanaryRollout) and is retried.
+//! [`Error::TargetConflict`] (a condition and an Event on the CanaryRollout) and is retried.
 //!
 //! Before applying, the WasmPlugin is read, our fields merged into its live `pluginConfig` the
 //! way the API server will merge them, and the result checked by the filter's own
 //! `cohort_core::config::parse`: a config the filter would reject is never pushed. Nor is an
 //! entry over a same-named rollout's of another namespace (entries are keyed by name and record
-//! their namespace): that is a [`TargetError::Conflict`] naming the rollout that holds it. When
+//! their namespace): that is a [`Error::TargetConflict`] naming the rollout that holds it. When
 //! the live config already is what the apply would make it ([`already_served`]), nothing is
 //! written.
 //!
@@ -48,8 +48,9 @@ use cohort_core::config::{
     self, ConfigError, ConfigErrors, FieldPath, FilterConfig, CONFIG_VERSION,
 };
 
-use super::{check_entry_namespace, entry_belongs_to, Released, Target, TargetError};
+use super::{check_entry_namespace, entry_belongs_to, Released, Target};
 use crate::source::BoxFuture;
+use crate::Error;
 
 /// WasmPlugin's API group (Istio 1.30 serves `v1alpha1` only).
 pub const GROUP: &str = "extensions.istio.io";
@@ -132,14 +133,14 @@ impl WasmPluginTarget {
     }
 
     /// Makes the live config serve rollout `name` as `config` describes it.
-    pub async fn push(&self, name: &str, config: &FilterConfig) -> Result<Pushed, TargetError> {
+    pub async fn push(&self, name: &str, config: &FilterConfig) -> Result<Pushed, Error> {
         let applied = owned_fields(name, config)?;
         self.apply_owned(applied).await
     }
 
     /// Sets rollout `name`'s live entry to weight 0, keeping the rest of it: how an abort is
     /// served when the spec is too broken to build the entry from.
-    pub async fn withdraw(&self, name: &str) -> Result<Pushed, TargetError> {
+    pub async fn withdraw(&self, name: &str) -> Result<Pushed, Error> {
         let live = self.live_plugin_config().await?;
         let Some(applied) = withdrawn_fields(&live, name) else {
             return Ok(Pushed::Unchanged);
@@ -148,7 +149,7 @@ impl WasmPluginTarget {
     }
 
     /// The live `spec.pluginConfig` (an empty object when it has none).
-    pub async fn live(&self) -> Result<Value, TargetError> {
+    pub async fn live(&self) -> Result<Value, Error> {
         self.live_plugin_config().await
     }
 
@@ -158,13 +159,13 @@ impl WasmPluginTarget {
         live: &Value,
         name: &str,
         config: &FilterConfig,
-    ) -> Result<Pushed, TargetError> {
+    ) -> Result<Pushed, Error> {
         let applied = owned_fields(name, config)?;
         self.apply_checked(live, applied).await
     }
 
     /// [`WasmPluginTarget::withdraw`] from a live config read just before.
-    pub async fn withdraw_from(&self, live: &Value, name: &str) -> Result<Pushed, TargetError> {
+    pub async fn withdraw_from(&self, live: &Value, name: &str) -> Result<Pushed, Error> {
         let Some(applied) = withdrawn_fields(live, name) else {
             return Ok(Pushed::Unchanged);
         };
@@ -175,7 +176,7 @@ impl WasmPluginTarget {
     /// what a deleted CanaryRollout leaves. A missing WasmPlugin serves no entry:
     /// [`Released::TargetMissing`]; an entry recording another namespace is a same-named
     /// rollout's, not this one's.
-    pub async fn release(&self, namespace: &str, name: &str) -> Result<Released, TargetError> {
+    pub async fn release(&self, namespace: &str, name: &str) -> Result<Released, Error> {
         let plugin = match self.api.get(&self.plugin).await {
             Ok(plugin) => plugin,
             Err(kube::Error::Api(status)) if status.is_not_found() => {
@@ -212,7 +213,7 @@ impl WasmPluginTarget {
             // Nothing in a release can conflict on a value: the WasmPlugin changed or vanished
             // (the uid or the resourceVersion no longer match).
             Err(kube::Error::Api(status)) if status.is_conflict() => {
-                return Err(TargetError::Conflict(format!(
+                return Err(Error::TargetConflict(format!(
                     "{}: {}; it changed between the read and the release, which is retried \
                      from the new version",
                     self.describe(),
@@ -223,7 +224,7 @@ impl WasmPluginTarget {
         };
         if own_entry(&plugin_config(&after), namespace, name).is_some() {
             let owners = other_owners_of_entry(&after, &self.field_manager, name);
-            return Err(TargetError::Conflict(format!(
+            return Err(Error::TargetConflict(format!(
                 "{} still has spec.pluginConfig.rollouts.{name} after the release: other field \
                  managers own part of it ({}); remove the entry by hand (kubectl edit \
                  wasmplugin -n {} {}): the CanaryRollout's deletion waits for it",
@@ -240,12 +241,12 @@ impl WasmPluginTarget {
         Ok(Released::Removed)
     }
 
-    async fn apply_owned(&self, applied: Value) -> Result<Pushed, TargetError> {
+    async fn apply_owned(&self, applied: Value) -> Result<Pushed, Error> {
         let live = self.live_plugin_config().await?;
         self.apply_checked(&live, applied).await
     }
 
-    async fn apply_checked(&self, live: &Value, applied: Value) -> Result<Pushed, TargetError> {
+    async fn apply_checked(&self, live: &Value, applied: Value) -> Result<Pushed, Error> {
         if already_served(live, &applied) {
             return Ok(Pushed::Unchanged);
         }
@@ -262,7 +263,7 @@ impl WasmPluginTarget {
     }
 
     /// [`check_entry_namespace`] for each entry `applied` writes.
-    fn check_entry_namespaces(&self, live: &Value, applied: &Value) -> Result<(), TargetError> {
+    fn check_entry_namespaces(&self, live: &Value, applied: &Value) -> Result<(), Error> {
         let namespace = |entry: &Value| {
             let namespace = entry.get("namespace").and_then(Value::as_str);
             namespace.unwrap_or_default().to_owned()
@@ -281,7 +282,7 @@ impl WasmPluginTarget {
     }
 
     /// The live `spec.pluginConfig` (an empty object when it has none).
-    async fn live_plugin_config(&self) -> Result<Value, TargetError> {
+    async fn live_plugin_config(&self) -> Result<Value, Error> {
         let plugin = self
             .api
             .get(&self.plugin)
@@ -295,17 +296,17 @@ impl WasmPluginTarget {
         format!("{KIND} {}/{}", self.namespace, self.plugin)
     }
 
-    fn target_error(&self, error: kube::Error) -> TargetError {
+    fn target_error(&self, error: kube::Error) -> Error {
         let plugin = self.describe();
         match error {
-            kube::Error::Api(status) if status.is_not_found() => TargetError::NotFound(plugin),
-            kube::Error::Api(status) if status.is_conflict() => TargetError::Conflict(format!(
+            kube::Error::Api(status) if status.is_not_found() => Error::TargetNotFound(plugin),
+            kube::Error::Api(status) if status.is_conflict() => Error::TargetConflict(format!(
                 "{plugin}: {}; another manager owns these fields with other values (rollouts \
                  sharing a {KIND} must agree on anonymous and the counted events, and no \
                  manifest may set this rollout's entry)",
                 status.message
             )),
-            other => TargetError::Unavailable(format!("{plugin}: {other}")),
+            other => Error::TargetUnavailable(format!("{plugin}: {other}")),
         }
     }
 }
@@ -315,7 +316,7 @@ impl Target for WasmPluginTarget {
         &'a self,
         name: &'a str,
         config: &'a FilterConfig,
-    ) -> BoxFuture<'a, Result<(), TargetError>> {
+    ) -> BoxFuture<'a, Result<(), Error>> {
         Box::pin(async move {
             match self.take_live() {
                 Some(live) => self.push_onto(&live, name, config).await,
@@ -329,7 +330,7 @@ impl Target for WasmPluginTarget {
         &'a self,
         namespace: &'a str,
         name: &'a str,
-    ) -> BoxFuture<'a, Result<Released, TargetError>> {
+    ) -> BoxFuture<'a, Result<Released, Error>> {
         Box::pin(self.release(namespace, name))
     }
 
@@ -337,7 +338,7 @@ impl Target for WasmPluginTarget {
         &'a self,
         namespace: &'a str,
         name: &'a str,
-    ) -> BoxFuture<'a, Result<Option<u32>, TargetError>> {
+    ) -> BoxFuture<'a, Result<Option<u32>, Error>> {
         Box::pin(async move {
             let live = self.live().await?;
             let weight = live_weight(&live, namespace, name);
@@ -349,7 +350,7 @@ impl Target for WasmPluginTarget {
         })
     }
 
-    fn withdraw<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<(), TargetError>> {
+    fn withdraw<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<(), Error>> {
         Box::pin(async move {
             match self.take_live() {
                 Some(live) => self.withdraw_from(&live, name).await,
@@ -496,15 +497,15 @@ pub fn release_body(
     body
 }
 
-fn to_bytes(value: &Value) -> Result<Vec<u8>, TargetError> {
+fn to_bytes(value: &Value) -> Result<Vec<u8>, Error> {
     serde_json::to_vec(value)
-        .map_err(|error| TargetError::Unavailable(format!("cannot serialize: {error}")))
+        .map_err(|error| Error::TargetUnavailable(format!("cannot serialize: {error}")))
 }
 
 /// The `pluginConfig` fields rollout `name` owns, from a config carrying that rollout.
-pub fn owned_fields(name: &str, config: &FilterConfig) -> Result<Value, TargetError> {
+pub fn owned_fields(name: &str, config: &FilterConfig) -> Result<Value, Error> {
     let entry = config.rollouts.get(name).ok_or_else(|| {
-        TargetError::Invalid(ConfigErrors(vec![ConfigError {
+        Error::InvalidFilterConfig(ConfigErrors(vec![ConfigError {
             field: FieldPath::root().key("rollouts").key(name),
             problem: "missing from the config to push".to_owned(),
         }]))
@@ -608,10 +609,10 @@ pub fn already_served(live: &Value, applied: &Value) -> bool {
 }
 
 /// The config the filter would get after the apply, checked by the filter's own parser.
-pub fn check_merged(live: &Value, applied: &Value) -> Result<(), TargetError> {
+pub fn check_merged(live: &Value, applied: &Value) -> Result<(), Error> {
     let merged = merge(live, applied);
     let document = serde_json::to_vec(&merged)
-        .map_err(|error| TargetError::Unavailable(format!("cannot serialize: {error}")))?;
+        .map_err(|error| Error::TargetUnavailable(format!("cannot serialize: {error}")))?;
     config::parse(&document)?;
     Ok(())
 }
@@ -636,9 +637,9 @@ pub fn apply_body(resource: &ApiResource, namespace: &str, plugin: &str, owned: 
     Value::Object(body)
 }
 
-fn to_json(value: &impl serde::Serialize) -> Result<Value, TargetError> {
+fn to_json(value: &impl serde::Serialize) -> Result<Value, Error> {
     serde_json::to_value(value)
-        .map_err(|error| TargetError::Unavailable(format!("cannot serialize: {error}")))
+        .map_err(|error| Error::TargetUnavailable(format!("cannot serialize: {error}")))
 }
 
 #[cfg(test)]
@@ -676,7 +677,7 @@ mod tests {
         assert_eq!(owned["events"], json!(["purchase"]));
         assert!(matches!(
             owned_fields("other", &config),
-            Err(TargetError::Invalid(_))
+            Err(Error::InvalidFilterConfig(_))
         ));
     }
 
@@ -772,7 +773,7 @@ mod tests {
         check_merged(&json!({}), &ours).unwrap();
         // Two rollouts claiming one host: the filter would refuse the whole config.
         let clash = owned_fields("checkout", &config_with("checkout", &["shop"], 500)).unwrap();
-        let Err(TargetError::Invalid(errors)) = check_merged(&other, &clash) else {
+        let Err(Error::InvalidFilterConfig(errors)) = check_merged(&other, &clash) else {
             panic!("a host claimed twice must not be pushed");
         };
         assert!(errors.to_string().contains("already claimed"), "{errors}");

@@ -4,6 +4,20 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 use crate::crd::{GateSpec, SequentialGate, SequentialMetric};
 use crate::evaluate::{evaluate, evaluate_window, Observed, VersionSamples};
+use crate::validate::compile;
+use crate::validate::tests::minimal_spec;
+
+/// `gate` judged over `window`, its `maxDuration` parsed as compile parses it.
+fn judged_over(
+    gate: &SequentialGate,
+    name: &str,
+    min_samples: u64,
+    samples: &Samples,
+    window: Option<Duration>,
+) -> GateResult {
+    let max_duration = crate::duration::parse(&gate.max_duration).ok();
+    gate.judge_over(name, min_samples, samples, window, max_duration)
+}
 
 /// `|actual - expected| <= tolerance * |expected|`, with a message.
 fn close(actual: f64, expected: f64, tolerance: f64, what: &str) {
@@ -618,7 +632,7 @@ fn the_gate_judges_each_metric() {
         ),
     ];
     for (gate, samples, window, verdict) in table {
-        let result = gate.judge_over("gate", 100, &samples, window);
+        let result = judged_over(gate, "gate", 100, &samples, window);
         assert_eq!(
             result.verdict, verdict,
             "{:?} over {window:?}: {}",
@@ -627,7 +641,7 @@ fn the_gate_judges_each_metric() {
     }
     let mut unnamed = gate(SequentialMetric::BusinessEvent);
     unnamed.event = None;
-    let result = unnamed.judge_over("gate", 1, &Samples::default(), minute);
+    let result = judged_over(&unnamed, "gate", 1, &Samples::default(), minute);
     assert_eq!(result.verdict, Error);
 }
 
@@ -637,7 +651,8 @@ fn the_gate_reports_its_numbers() {
         canary: latency(250.0, 38.0, 12.0),
         stable: latency(5000.0, 690.0, 10.0),
     };
-    let result = gate(SequentialMetric::Latency).judge_over(
+    let result = judged_over(
+        &gate(SequentialMetric::Latency),
         "latency-p99",
         100,
         &samples,
@@ -703,9 +718,25 @@ fn evaluate_window_gives_sequential_gates_their_age() {
         evaluate(&gates, 100, &samples).verdict,
         Verdict::Inconclusive
     );
-    let young = evaluate_window(&gates, 100, &samples, Duration::from_secs(599));
+    let mut spec = minimal_spec();
+    spec.analysis.gates = gates.clone();
+    let compiled = compile(&spec, "", "checkout").unwrap();
+    let max_durations = compiled.sequential_max_durations();
+    let young = evaluate_window(
+        &gates,
+        max_durations,
+        100,
+        &samples,
+        Duration::from_secs(599),
+    );
     assert_eq!(young.verdict, Verdict::Inconclusive);
-    let old = evaluate_window(&gates, 100, &samples, Duration::from_secs(600));
+    let old = evaluate_window(
+        &gates,
+        max_durations,
+        100,
+        &samples,
+        Duration::from_secs(600),
+    );
     assert_eq!(old.verdict, Verdict::Pass);
     assert_eq!(old.results[0].gate, "error-rate");
     assert!(
