@@ -69,7 +69,7 @@ impl Traffic {
     }
 
     /// The same requests as the calling sidecar reports them.
-    fn from_source(self) -> Traffic {
+    fn reported_by_source(self) -> Traffic {
         Traffic {
             reporter: "source",
             ..self
@@ -288,7 +288,7 @@ fn istio_served_metrics_are_read_per_version_from_the_destination() {
         Traffic::destination("shop", "checkout", version, code, per_second, latency_ms)
     };
     // Two Pods per version. Stable (v1) serves 14/s, 1/s of them 503; canary (v2) 6/s, 1/s 500.
-    let pods = vec![
+    let pods = [
         pod(
             vec![checkout("v1", 200, 6.0, 7.0), checkout("v1", 503, 1.0, 7.0)],
             Vec::new(),
@@ -306,8 +306,8 @@ fn istio_served_metrics_are_read_per_version_from_the_destination() {
         // them and faster (a source series counted would show), and the filter's decisions.
         pod(
             vec![
-                checkout("v1", 200, 100.0, 1.0).from_source(),
-                checkout("v2", 503, 50.0, 1.0).from_source(),
+                checkout("v1", 200, 100.0, 1.0).reported_by_source(),
+                checkout("v2", 503, 50.0, 1.0).reported_by_source(),
             ],
             vec![
                 Decisions {
@@ -331,7 +331,7 @@ fn istio_served_metrics_are_read_per_version_from_the_destination() {
             ],
         ),
         pod(
-            vec![checkout("v2", 200, 100.0, 1.0).from_source()],
+            vec![checkout("v2", 200, 100.0, 1.0).reported_by_source()],
             vec![
                 Decisions {
                     namespace: "shop",
