@@ -16,6 +16,7 @@ use std::path::PathBuf;
 pub mod bench;
 pub mod client;
 pub mod envoy;
+pub mod exporter;
 pub mod instructions;
 pub mod locate;
 pub mod manifests;

@@ -73,12 +73,14 @@ impl Prometheus {
     /// Starts Prometheus scraping `envoy_admin` and waits until it is ready (the first scrape
     /// lands a few seconds later: see [`Prometheus::wait_for_scrape`]).
     pub fn start(envoy_admin: SocketAddr) -> Result<Prometheus> {
+        Self::start_with_config(&scrape_config(envoy_admin))
+    }
+
+    /// Starts Prometheus with `config` as its configuration file and waits until it is ready.
+    pub fn start_with_config(config: &str) -> Result<Prometheus> {
         let binary = prometheus_binary()?;
         let dir = TempDir::new("prometheus")?;
-        fs::write(
-            dir.path().join("prometheus.yml"),
-            scrape_config(envoy_admin),
-        )?;
+        fs::write(dir.path().join("prometheus.yml"), config)?;
         fs::create_dir_all(dir.path().join("data"))?;
         let mut prometheus = Prometheus {
             binary,
@@ -164,9 +166,14 @@ impl Prometheus {
 
     /// Waits until `up` of the Envoy job is 1 (the first scrape landed).
     pub fn wait_for_scrape(&self, deadline: Duration) -> Result<()> {
+        self.wait_for_job("envoy", deadline)
+    }
+
+    /// Waits until `up` of every target of `job` is 1 (the first scrape of each landed).
+    pub fn wait_for_job(&self, job: &str, deadline: Duration) -> Result<()> {
         let start = Instant::now();
         loop {
-            if let Ok(result) = self.query("up{job=\"envoy\"}") {
+            if let Ok(result) = self.query(&format!("min(up{{job=\"{job}\"}})")) {
                 let up = result
                     .get(0)
                     .and_then(|series| series["value"][1].as_str())
@@ -176,7 +183,7 @@ impl Prometheus {
                 }
             }
             if start.elapsed() > deadline {
-                return Err(self.failure("Prometheus did not scrape Envoy in time"));
+                return Err(self.failure(&format!("Prometheus did not scrape job {job} in time")));
             }
             std::thread::sleep(Duration::from_millis(100));
         }

@@ -1004,12 +1004,21 @@ fn target_labels(job: &Value) -> BTreeSet<String> {
     labels
 }
 
-/// Every metric name the filter and the controller export: the filter's from
-/// `cohort_core::telemetry` (histograms as their `_bucket`, `_sum` and `_count` series), the
+/// Every metric name the filter and the controller export, and the proxies' served metrics the
+/// controller's sources read: the filter's from `cohort_core::telemetry` (histograms as their
+/// `_bucket`, `_sum` and `_count` series), the sources' from `cohort_controller::source`, the
 /// controller's as its `/metrics` renders them.
 fn emitted_metrics() -> BTreeSet<String> {
+    use cohort_controller::source::{
+        CLUSTER_REQUESTS_TOTAL, CLUSTER_REQUEST_TIME_MS, CLUSTER_RESPONSES_BY_CLASS,
+        DECISIONS_TOTAL, ISTIO_REQUESTS_TOTAL, ISTIO_REQUEST_DURATION_MS,
+    };
     use cohort_core::telemetry::*;
     let mut names: BTreeSet<String> = [
+        DECISIONS_TOTAL,
+        ISTIO_REQUESTS_TOTAL,
+        CLUSTER_REQUESTS_TOTAL,
+        CLUSTER_RESPONSES_BY_CLASS,
         REQUESTS_TOTAL,
         EVENTS_TOTAL,
         CONFIG_GENERATION,
@@ -1022,7 +1031,13 @@ fn emitted_metrics() -> BTreeSet<String> {
     .map(|name| (*name).to_owned())
     .collect();
     for suffix in ["_bucket", "_sum", "_count"] {
-        names.insert(format!("{REQUEST_DURATION_MS}{suffix}"));
+        for histogram in [
+            REQUEST_DURATION_MS,
+            ISTIO_REQUEST_DURATION_MS,
+            CLUSTER_REQUEST_TIME_MS,
+        ] {
+            names.insert(format!("{histogram}{suffix}"));
+        }
     }
     for line in controller_metrics_page()
         .lines()
@@ -1154,7 +1169,8 @@ fn metric_names_are_read_from_promql_as_grafana_writes_it() {
 }
 
 /// The Grafana dashboard is valid JSON; each query reads only series the filter or the
-/// controller exports, and between them the panels show both.
+/// controller exports or the sources read (what each version served), and between them the
+/// panels show all of them.
 #[test]
 fn grafana_dashboard_queries_only_metrics_we_emit() {
     let path = manifests_dir().join("grafana/cohort-dashboard.json");
@@ -1220,8 +1236,12 @@ fn grafana_dashboard_queries_only_metrics_we_emit() {
         }
     }
     for wanted in [
-        "cohort_requests_total",
-        "cohort_request_duration_milliseconds_bucket",
+        "cohort_decisions_total",
+        "istio_requests_total",
+        "istio_request_duration_milliseconds_bucket",
+        "envoy_cluster_upstream_rq_total",
+        "envoy_cluster_upstream_rq_xx",
+        "envoy_cluster_upstream_rq_time_bucket",
         "cohort_events_total",
         "cohort_rollout_weight_bp",
         "cohort_config_rejected_total",

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use cohort_controller::source::prometheus::queries;
 use cohort_controller::source::SeriesRequest;
 use cohort_rollout::compiled::Served;
+use cohort_rollout::crd::{BusinessEventGate, GateCheck, GateSpec};
 use cohort_rollout::query::{render_query, QueryContext};
 use cohort_tests::prometheus_server::Prometheus;
 
@@ -64,18 +65,36 @@ fn exposition_value(value: &str) -> String {
 }
 
 fn exposition() -> String {
-    let mut text =
-        String::from("# TYPE cohort_requests_total counter\n# TYPE cohort_custom gauge\n");
+    let mut text = String::from(
+        "# TYPE cohort_decisions_total counter\n# TYPE cohort_events_total counter\n\
+         # TYPE istio_requests_total counter\n# TYPE envoy_cluster_upstream_rq_total counter\n\
+         # TYPE envoy_cluster_upstream_rq_xx counter\n# TYPE cohort_custom gauge\n",
+    );
     for (i, name) in HOSTILE.iter().chain(DECOYS).enumerate() {
         let value = exposition_value(name);
         // Each name's series in the namespace of the same name, and the same name's in a
         // neighbouring namespace, which its queries must leave out.
         for namespace in [value.clone(), NEIGHBOUR.to_owned()] {
-            for class in ["2xx", "5xx"] {
-                text.push_str(&format!(
-                    "cohort_requests_total{{cohort_namespace=\"{namespace}\",cohort_rollout=\"{value}\",cohort_version=\"canary\",cohort_code_class=\"{class}\"}} {i}\n"
-                ));
+            text.push_str(&format!(
+                "cohort_decisions_total{{destination_service_namespace=\"{namespace}\",destination_service_name=\"{value}\",destination_version=\"canary\"}} {i}\n\
+                 cohort_events_total{{cohort_namespace=\"{namespace}\",cohort_rollout=\"{value}\",cohort_version=\"canary\",cohort_event=\"checkout\"}} {i}\n"
+            ));
+            // Istio's series as the destination and as the source report them (that the
+            // source's are not counted, tests/tests/served_istio.rs shows with growing counters).
+            for reporter in ["destination", "source"] {
+                for code in ["200", "503"] {
+                    text.push_str(&format!(
+                        "istio_requests_total{{reporter=\"{reporter}\",destination_service_namespace=\"{namespace}\",destination_service_name=\"{value}\",destination_version=\"canary\",response_code=\"{code}\"}} {i}\n"
+                    ));
+                }
             }
+        }
+        // Each name's clusters: the name itself serves canary, `<name>/stable` stable.
+        for cluster in [value.clone(), format!("{value}/stable")] {
+            text.push_str(&format!(
+                "envoy_cluster_upstream_rq_total{{envoy_cluster_name=\"{cluster}\"}} {i}\n\
+                 envoy_cluster_upstream_rq_xx{{envoy_cluster_name=\"{cluster}\",envoy_response_code_class=\"5\"}} {i}\n"
+            ));
         }
         text.push_str(&format!(
             "cohort_custom{{ns=\"{value}\",r=\"{value}\",v=\"canary\"}} {i}\n"
@@ -130,30 +149,44 @@ impl Drop for Exporter {
     }
 }
 
+/// Rollout `rollout` in the namespace of the same name, on the Envoy clusters `<rollout>`
+/// (canary) and `<rollout>/stable`, with a business-event gate (so events are queried too).
 fn request(rollout: &str) -> SeriesRequest {
     SeriesRequest {
         rollout: rollout.to_owned(),
         namespace: rollout.to_owned(),
         stable_version: "stable".into(),
         canary_version: "canary".into(),
-        gates: Vec::new(),
+        gates: vec![GateSpec::new(GateCheck::BusinessEvent(BusinessEventGate {
+            event: "checkout".into(),
+            max_drop: 0.1,
+        }))],
         served: Served::EnvoyClusters {
-            stable: "stable".into(),
-            canary: "canary".into(),
+            stable: format!("{rollout}/stable"),
+            canary: rollout.to_owned(),
         },
         decision_service: rollout.to_owned(),
     }
 }
 
-/// The (namespace, rollout) label pairs of a query's answer.
-fn rollout_keys(result: &serde_json::Value) -> BTreeSet<(String, String)> {
+/// The same rollout on Istio: the service of its name in its namespace.
+fn on_istio(mut request: SeriesRequest) -> SeriesRequest {
+    request.served = Served::Istio {
+        namespace: request.namespace.clone(),
+        service: request.rollout.clone(),
+    };
+    request
+}
+
+/// The pairs of `namespace` and `name` label values of a query's answer.
+fn pairs(result: &serde_json::Value, namespace: &str, name: &str) -> BTreeSet<(String, String)> {
     result
         .as_array()
         .unwrap()
         .iter()
         .map(|series| {
-            let label = |name: &str| series["metric"][name].as_str().unwrap_or("").to_owned();
-            (label("cohort_namespace"), label("cohort_rollout"))
+            let label = |label: &str| series["metric"][label].as_str().unwrap_or("").to_owned();
+            (label(namespace), label(name))
         })
         .collect()
 }
@@ -213,24 +246,88 @@ fn hostile_names_select_exactly_their_own_series() {
             ("web".to_owned(), "web".to_owned()),
         ]
         .into();
-        for query in [&shared.requests, &shared.server_errors] {
-            let result = prometheus
+        let run = |query: &str| {
+            prometheus
                 .query(query)
-                .unwrap_or_else(|e| panic!("{name:?}: {e}"));
-            assert_eq!(rollout_keys(&result), expected, "{query}");
+                .unwrap_or_else(|e| panic!("{name:?}: {e}"))
+        };
+        let decisions = run(&shared.decisions);
+        assert_eq!(
+            pairs(
+                &decisions,
+                "destination_service_namespace",
+                "destination_service_name"
+            ),
+            expected,
+            "{}",
+            shared.decisions
+        );
+        let events = shared.events.clone().unwrap();
+        assert_eq!(
+            pairs(&run(&events), "cohort_namespace", "cohort_rollout"),
+            expected,
+            "{events}"
+        );
+        let clusters = shared.clusters.clone().unwrap();
+        for query in [&clusters.requests, &clusters.server_errors] {
+            assert_eq!(
+                label_values(&run(query), "envoy_cluster_name"),
+                BTreeSet::from([
+                    name.to_string(),
+                    format!("{name}/stable"),
+                    "web".to_owned(),
+                    "web/stable".to_owned()
+                ]),
+                "{query}"
+            );
+        }
+        let istio = queries(&rollouts.map(on_istio), Duration::from_secs(30))
+            .istio
+            .unwrap();
+        for query in [&istio.requests, &istio.server_errors] {
+            assert_eq!(
+                pairs(
+                    &run(query),
+                    "destination_service_namespace",
+                    "destination_service_name"
+                ),
+                expected,
+                "{query}"
+            );
         }
         // The same name in the neighbouring namespace: only that namespace's series.
         let mut neighbour = request(name);
         neighbour.namespace = NEIGHBOUR.to_owned();
-        let shared = queries(&[neighbour], Duration::from_secs(30));
-        let result = prometheus
-            .query(&shared.requests)
-            .unwrap_or_else(|e| panic!("{name:?}: {e}"));
+        let shared = queries(
+            &[neighbour.clone(), on_istio(neighbour)],
+            Duration::from_secs(30),
+        );
+        let only_neighbour = BTreeSet::from([(NEIGHBOUR.to_owned(), name.to_string())]);
         assert_eq!(
-            rollout_keys(&result),
-            BTreeSet::from([(NEIGHBOUR.to_owned(), name.to_string())]),
+            pairs(
+                &run(&shared.decisions),
+                "destination_service_namespace",
+                "destination_service_name"
+            ),
+            only_neighbour,
             "{}",
-            shared.requests
+            shared.decisions
+        );
+        let istio_requests = shared.istio.unwrap().requests;
+        assert_eq!(
+            pairs(
+                &run(&istio_requests),
+                "destination_service_namespace",
+                "destination_service_name"
+            ),
+            only_neighbour,
+            "{istio_requests}"
+        );
+        let events = shared.events.unwrap();
+        assert_eq!(
+            pairs(&run(&events), "cohort_namespace", "cohort_rollout"),
+            only_neighbour,
+            "{events}"
         );
 
         // A custom query in double and single quotes: exactly this name's series.

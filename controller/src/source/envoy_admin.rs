@@ -10,20 +10,41 @@
 //! - a value that went down (or a series that vanished) means Envoy restarted in between: the
 //!   window is no data rather than a negative or partial count;
 //! - custom PromQL gates cannot run here: they are marked Failed (Error) with a hint to use
-//!   `--prometheus`.
+//!   `--prometheus`; so are the served metrics of a rollout on Istio, which its sidecars report
+//!   and Prometheus gathers.
+//!
+//! A version's served requests are its cluster's upstream stats (`envoy_cluster_upstream_rq_total`,
+//! `envoy_cluster_upstream_rq_xx{envoy_response_code_class="5"}`,
+//! `envoy_cluster_upstream_rq_time_bucket`, by `envoy_cluster_name`); the filter's decisions are
+//! `cohort_decisions_total`, its business events `cohort_events_total`. The scrape asks for these
+//! families of every cluster, not only the rollouts' clusters: a rollout that goes away must not
+//! make its clusters' series vanish from the next scrape, which would read as a restart.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use cohort_core::telemetry::{EVENTS_TOTAL, REQUESTS_TOTAL, REQUEST_DURATION_MS};
+use cohort_core::telemetry::EVENTS_TOTAL;
 
 use crate::source::series::{
-    error_chain, needed_kinds, server_errors_of, to_samples, Answer, Answers, CustomKey, Series,
+    cluster_server_errors, error_chain, needed, to_samples, Answer, Answers, CustomKey, Series,
+    ServedAnswers,
 };
-use crate::source::{BoxFuture, MetricSource, SamplesByRollout, SeriesRequest};
+use crate::source::{
+    BoxFuture, MetricSource, SamplesByRollout, SeriesRequest, CLUSTER_REQUESTS_TOTAL,
+    CLUSTER_REQUEST_TIME_MS, CLUSTER_RESPONSES_BY_CLASS, DECISIONS_TOTAL,
+};
 use crate::Error;
 use cohort_rollout::crd::GateCheck;
+
+/// The admin `filter` regex of the scrape. Envoy matches it against each stat's full name before
+/// tags are taken out: `cluster.<name>.upstream_rq_total`, `cluster.<name>.upstream_rq_5xx`
+/// (exported as `envoy_cluster_upstream_rq_xx{envoy_response_code_class="5"}`; the other classes
+/// are not needed) and the histogram `cluster.<name>.upstream_rq_time`, and the filter's
+/// `wasmcustom.…;cohort_decisions_total` and `…cohort_events_total`, matched where they end. A
+/// cluster name may hold dots; `cluster.<name>.external.upstream_rq_5xx` and the like also match,
+/// and are dropped as other families.
+pub const STATS_FILTER: &str = r"^cluster\..+\.(upstream_rq_total|upstream_rq_5xx|upstream_rq_time)$|(cohort_decisions_total|cohort_events_total)$";
 
 /// Snapshots kept at most. A sliding window needs only the last few; a sequential gate's window
 /// (everything since the step began) can span many calls, so a full ring is thinned evenly
@@ -90,12 +111,9 @@ impl EnvoyAdmin {
         Ok(body)
     }
 
-    /// `/stats/prometheus`, only the families the gates read. Envoy matches the filter against
-    /// the stat's full name (`wasmcustom.cohort_namespace=.=shop;.;…cohort_requests_total`), so
-    /// the family name is matched where it ends, not anchored at the start.
+    /// `/stats/prometheus`, only the families the source reads: see [`STATS_FILTER`].
     pub async fn cohort_stats(&self) -> Result<String, String> {
-        let filter = format!("({REQUESTS_TOTAL}|{REQUEST_DURATION_MS}|{EVENTS_TOTAL})$");
-        self.get("/stats/prometheus", &filter).await
+        self.get("/stats/prometheus", STATS_FILTER).await
     }
 
     /// How many ECDS updates of the HTTP filter `filter_name` Envoy applied and rejected so far.
@@ -356,19 +374,23 @@ fn describe(key: &(String, BTreeMap<String, String>)) -> String {
     format!("{}{{{}}}", key.0, labels.join(","))
 }
 
-/// The families the gates read.
-fn is_gate_family(name: &str) -> bool {
-    name == REQUESTS_TOTAL || name == EVENTS_TOTAL || name == bucket_family()
+/// The families the source reads.
+fn is_read_family(name: &str) -> bool {
+    name == CLUSTER_REQUESTS_TOTAL
+        || name == CLUSTER_RESPONSES_BY_CLASS
+        || name == cluster_bucket_family()
+        || name == DECISIONS_TOTAL
+        || name == EVENTS_TOTAL
 }
 
-fn bucket_family() -> String {
-    format!("{REQUEST_DURATION_MS}_bucket")
+fn cluster_bucket_family() -> String {
+    format!("{CLUSTER_REQUEST_TIME_MS}_bucket")
 }
 
-/// The gate families of a parsed page, keyed by name and labels (duplicate lines summed).
+/// The read families of a parsed page, keyed by name and labels (duplicate lines summed).
 pub fn counters(samples: &[Sample]) -> Counters {
     let mut out = Counters::new();
-    for sample in samples.iter().filter(|s| is_gate_family(&s.name)) {
+    for sample in samples.iter().filter(|s| is_read_family(&s.name)) {
         *out.entry((sample.name.clone(), sample.labels.clone()))
             .or_insert(0.0) += sample.value;
     }
@@ -377,7 +399,7 @@ pub fn counters(samples: &[Sample]) -> Counters {
 
 /// The window's increases as the answers a Prometheus source would give.
 pub fn answers(increases: &Counters, rollouts: &[SeriesRequest]) -> Answers {
-    let (latency, events) = needed_kinds(rollouts);
+    let needed = needed(rollouts);
     let family = |name: &str| -> Vec<Series> {
         increases
             .iter()
@@ -388,25 +410,53 @@ pub fn answers(increases: &Counters, rollouts: &[SeriesRequest]) -> Answers {
             })
             .collect()
     };
-    let requests = family(REQUESTS_TOTAL);
     Answers {
-        server_errors: Ok(server_errors_of(&requests)),
-        requests: Ok(requests),
-        latency: latency.then(|| Ok(family(&bucket_family()))),
-        events: events.then(|| Ok(family(EVENTS_TOTAL))),
+        istio: needed
+            .istio
+            .then(|| istio_unsupported(needed.istio_latency)),
+        clusters: needed.clusters.then(|| ServedAnswers {
+            requests: Ok(family(CLUSTER_REQUESTS_TOTAL)),
+            server_errors: Ok(cluster_server_errors(&family(CLUSTER_RESPONSES_BY_CLASS))),
+            latency: needed
+                .clusters_latency
+                .then(|| Ok(family(&cluster_bucket_family()))),
+        }),
+        decisions: Ok(family(DECISIONS_TOTAL)),
+        events: needed.events.then(|| Ok(family(EVENTS_TOTAL))),
         custom: custom_unsupported(rollouts),
     }
 }
 
-/// Every answer failed for `reason`.
-fn failed(rollouts: &[SeriesRequest], reason: String) -> Answers {
-    let (latency, events) = needed_kinds(rollouts);
-    let fail = || -> Answer { Err(reason.clone()) };
-    Answers {
+/// Why a rollout on Istio reads nothing here.
+pub const ISTIO_NEEDS_PROMETHEUS: &str = "Istio's metrics are read through Prometheus \
+     (cohort run --prometheus URL): Envoy's admin stats hold one proxy's clusters, not what \
+     the service's sidecars served";
+
+/// Istio's served metrics, failed: Envoy's admin cannot give them.
+fn istio_unsupported(latency: bool) -> ServedAnswers {
+    let fail = || -> Answer { Err(ISTIO_NEEDS_PROMETHEUS.to_owned()) };
+    ServedAnswers {
         requests: fail(),
         server_errors: fail(),
         latency: latency.then(fail),
-        events: events.then(fail),
+    }
+}
+
+/// Every answer failed for `reason` (Istio's for its own).
+fn failed(rollouts: &[SeriesRequest], reason: String) -> Answers {
+    let needed = needed(rollouts);
+    let fail = || -> Answer { Err(reason.clone()) };
+    Answers {
+        istio: needed
+            .istio
+            .then(|| istio_unsupported(needed.istio_latency)),
+        clusters: needed.clusters.then(|| ServedAnswers {
+            requests: fail(),
+            server_errors: fail(),
+            latency: needed.clusters_latency.then(fail),
+        }),
+        decisions: fail(),
+        events: needed.events.then(fail),
         custom: custom_unsupported(rollouts),
     }
 }
@@ -529,7 +579,7 @@ fn parse_value(text: &str) -> Option<f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::source::series::tests::{all_gates, request, request_in, shop};
+    use crate::source::series::tests::{all_gates, istio_request, request, request_in, shop};
     use crate::source::RolloutKey;
     use cohort_rollout::evaluate::{Bucket, Observed};
 
@@ -546,14 +596,12 @@ mod tests {
         type Expected = Option<(&'static str, &'static [(&'static str, &'static str)], f64)>;
         let table: &[(&str, Expected)] = &[
             (
-                r#"cohort_requests_total{cohort_namespace="shop",cohort_rollout="web",cohort_version="canary",cohort_code_class="5xx"} 7"#,
+                r#"envoy_cluster_upstream_rq_xx{envoy_response_code_class="5",envoy_cluster_name="canary"} 7"#,
                 Some((
-                    "cohort_requests_total",
+                    "envoy_cluster_upstream_rq_xx",
                     &[
-                        ("cohort_namespace", "shop"),
-                        ("cohort_rollout", "web"),
-                        ("cohort_version", "canary"),
-                        ("cohort_code_class", "5xx"),
+                        ("envoy_response_code_class", "5"),
+                        ("envoy_cluster_name", "canary"),
                     ],
                     7.0,
                 )),
@@ -572,7 +620,7 @@ mod tests {
                 r#"x{a = "1" , b="}"} 2"#,
                 Some(("x", &[("a", "1"), ("b", "}")], 2.0)),
             ),
-            ("# TYPE cohort_requests_total counter", None),
+            ("# TYPE envoy_cluster_upstream_rq_total counter", None),
             ("", None),
             ("no_value", None),
             ("x{a=\"1\" 2", None),
@@ -594,17 +642,27 @@ mod tests {
         assert_eq!(parse_exposition("# HELP a\na 1\n\nb{c=\"d\"} 2\n").len(), 2);
     }
 
-    const PAGE: &str = r#"# TYPE cohort_requests_total counter
-cohort_requests_total{cohort_namespace="shop",cohort_rollout="web",cohort_version="canary",cohort_code_class="2xx"} 90
-cohort_requests_total{cohort_namespace="shop",cohort_rollout="web",cohort_version="canary",cohort_code_class="5xx"} 10
-cohort_requests_total{cohort_namespace="shop",cohort_rollout="web",cohort_version="stable",cohort_code_class="2xx"} 900
+    /// A page as Envoy 1.40 prints it (names and label order as a real Envoy's): the clusters
+    /// of `shop/web` ([`request`]), another cluster, the filter's decisions and events, and
+    /// families the source does not read.
+    const PAGE: &str = r#"# TYPE envoy_cluster_upstream_rq_total counter
+envoy_cluster_upstream_rq_total{envoy_cluster_name="shop-web-canary"} 100
+envoy_cluster_upstream_rq_total{envoy_cluster_name="shop-web-stable"} 900
+envoy_cluster_upstream_rq_total{envoy_cluster_name="other"} 5
+# TYPE envoy_cluster_upstream_rq_xx counter
+envoy_cluster_upstream_rq_xx{envoy_response_code_class="2",envoy_cluster_name="shop-web-canary"} 90
+envoy_cluster_upstream_rq_xx{envoy_response_code_class="5",envoy_cluster_name="shop-web-canary"} 10
+envoy_cluster_upstream_rq_xx{envoy_response_code_class="2",envoy_cluster_name="shop-web-stable"} 900
+envoy_cluster_upstream_rq_completed{envoy_cluster_name="shop-web-canary"} 100
+cohort_decisions_total{destination_service_namespace="shop",destination_service_name="web",destination_version="canary"} 101
+cohort_decisions_total{destination_service_namespace="shop",destination_service_name="web",destination_version="stable"} 899
 cohort_events_total{cohort_namespace="shop",cohort_rollout="web",cohort_version="stable",cohort_event="checkout"} 30
 cohort_rollout_weight_bp{cohort_namespace="shop",cohort_rollout="web"} 500
-# TYPE cohort_request_duration_milliseconds histogram
-cohort_request_duration_milliseconds_bucket{cohort_namespace="shop",cohort_rollout="web",cohort_version="canary",le="10"} 60
-cohort_request_duration_milliseconds_bucket{cohort_namespace="shop",cohort_rollout="web",cohort_version="canary",le="+Inf"} 100
-cohort_request_duration_milliseconds_sum{cohort_namespace="shop",cohort_rollout="web",cohort_version="canary"} 800
-cohort_request_duration_milliseconds_count{cohort_namespace="shop",cohort_rollout="web",cohort_version="canary"} 100
+# TYPE envoy_cluster_upstream_rq_time histogram
+envoy_cluster_upstream_rq_time_bucket{envoy_cluster_name="shop-web-canary",le="10"} 60
+envoy_cluster_upstream_rq_time_bucket{envoy_cluster_name="shop-web-canary",le="+Inf"} 100
+envoy_cluster_upstream_rq_time_sum{envoy_cluster_name="shop-web-canary"} 800
+envoy_cluster_upstream_rq_time_count{envoy_cluster_name="shop-web-canary"} 100
 "#;
 
     fn key(name: &str, pairs: &[(&str, &str)]) -> (String, BTreeMap<String, String>) {
@@ -614,18 +672,19 @@ cohort_request_duration_milliseconds_count{cohort_namespace="shop",cohort_rollou
     #[test]
     fn keeps_only_the_families_gates_read() {
         let counters = counters(&parse_exposition(PAGE));
-        assert_eq!(counters.len(), 6);
+        assert_eq!(counters.len(), 11);
         assert!(counters
             .keys()
             .all(|(name, _)| name != "cohort_rollout_weight_bp"
+                && name != "envoy_cluster_upstream_rq_completed"
                 && !name.ends_with("_sum")
                 && !name.ends_with("_count")));
     }
 
     #[test]
     fn differences_counters() {
-        let a = key("cohort_requests_total", &[("v", "a")]);
-        let b = key("cohort_requests_total", &[("v", "b")]);
+        let a = key("envoy_cluster_upstream_rq_total", &[("v", "a")]);
+        let b = key("envoy_cluster_upstream_rq_total", &[("v", "b")]);
         type Values = Vec<(&'static str, f64)>;
         type Row = (Values, Values, Result<Values, ()>);
         let table: Vec<Row> = vec![
@@ -658,7 +717,7 @@ cohort_request_duration_milliseconds_count{cohort_namespace="shop",cohort_rollou
         }
         assert_eq!(
             difference(&build(&[("a", 2.0)]), &build(&[("a", 1.0)])),
-            Err(r#"cohort_requests_total{v="a"}"#.to_owned())
+            Err(r#"envoy_cluster_upstream_rq_total{v="a"}"#.to_owned())
         );
     }
 
@@ -693,11 +752,17 @@ cohort_request_duration_milliseconds_count{cohort_namespace="shop",cohort_rollou
         }
     }
 
+    /// `shop/web`'s clusters: canary's 2xx and 5xx, stable's 2xx, as Envoy counts them
+    /// (`upstream_rq_total` and the class counters), and the filter's decisions for canary.
     fn page(canary_2xx: u64, canary_5xx: u64, stable_2xx: u64) -> String {
+        let canary = canary_2xx + canary_5xx;
         format!(
-            "cohort_requests_total{{cohort_namespace=\"shop\",cohort_rollout=\"web\",cohort_version=\"canary\",cohort_code_class=\"2xx\"}} {canary_2xx}\n\
-             cohort_requests_total{{cohort_namespace=\"shop\",cohort_rollout=\"web\",cohort_version=\"canary\",cohort_code_class=\"5xx\"}} {canary_5xx}\n\
-             cohort_requests_total{{cohort_namespace=\"shop\",cohort_rollout=\"web\",cohort_version=\"stable\",cohort_code_class=\"2xx\"}} {stable_2xx}\n"
+            "envoy_cluster_upstream_rq_total{{envoy_cluster_name=\"shop-web-canary\"}} {canary}\n\
+             envoy_cluster_upstream_rq_total{{envoy_cluster_name=\"shop-web-stable\"}} {stable_2xx}\n\
+             envoy_cluster_upstream_rq_xx{{envoy_response_code_class=\"2\",envoy_cluster_name=\"shop-web-canary\"}} {canary_2xx}\n\
+             envoy_cluster_upstream_rq_xx{{envoy_response_code_class=\"5\",envoy_cluster_name=\"shop-web-canary\"}} {canary_5xx}\n\
+             envoy_cluster_upstream_rq_xx{{envoy_response_code_class=\"2\",envoy_cluster_name=\"shop-web-stable\"}} {stable_2xx}\n\
+             cohort_decisions_total{{destination_service_namespace=\"shop\",destination_service_name=\"web\",destination_version=\"canary\"}} {canary}\n"
         )
     }
 
@@ -715,6 +780,7 @@ cohort_request_duration_milliseconds_count{cohort_namespace="shop",cohort_rollou
             &ring.observe(at(0), Ok(page(10, 0, 100)), window, &rollouts),
         );
         assert_eq!(first[&shop("web")].canary.requests, Observed::NoData);
+        assert_eq!(first[&shop("web")].canary.decisions, Observed::NoData);
         assert_eq!(first[&shop("web")].stable.latency_ms, Observed::NoData);
         // Custom gates cannot run on Envoy stats: an Error, with the way out.
         assert!(
@@ -728,8 +794,11 @@ cohort_request_duration_milliseconds_count{cohort_namespace="shop",cohort_rollou
         let web = &second[&shop("web")];
         assert_eq!(web.canary.requests, Observed::Value(100.0));
         assert_eq!(web.canary.server_errors, Observed::Value(10.0));
+        assert_eq!(web.canary.decisions, Observed::Value(100.0));
         assert_eq!(web.stable.requests, Observed::Value(900.0));
+        // A 2xx class of stable is counted, its 5xx class is absent: no data.
         assert_eq!(web.stable.server_errors, Observed::NoData);
+        assert_eq!(web.stable.decisions, Observed::NoData);
 
         // A failed scrape fails the samples and leaves the ring as it was.
         let failed = to_samples(
@@ -738,6 +807,10 @@ cohort_request_duration_milliseconds_count{cohort_namespace="shop",cohort_rollou
         );
         assert_eq!(
             failed[&shop("web")].canary.requests,
+            Observed::Failed("refused".into())
+        );
+        assert_eq!(
+            failed[&shop("web")].stable.decisions,
             Observed::Failed("refused".into())
         );
         assert_eq!(ring.len(), 2);
@@ -799,6 +872,10 @@ cohort_request_duration_milliseconds_count{cohort_namespace="shop",cohort_rollou
             .replace(
                 "cohort_event=\"checkout\"} 30",
                 "cohort_event=\"checkout\"} 33",
+            )
+            .replace(
+                "destination_version=\"canary\"} 101",
+                "destination_version=\"canary\"} 121",
             );
         let later = counters(&parse_exposition(&later_page));
         let increases = difference(&earlier, &later).unwrap();
@@ -818,22 +895,30 @@ cohort_request_duration_milliseconds_count{cohort_namespace="shop",cohort_rollou
             ])
         );
         assert_eq!(web.stable.events["checkout"], Observed::Value(3.0));
-        // Requests sum every code class.
+        assert_eq!(web.canary.decisions, Observed::Value(20.0));
+        // Counters that did not move: a zero increase, not no data.
         assert_eq!(web.canary.requests, Observed::Value(0.0));
-        // Without latency or event gates those families are not handed over.
+        // Without latency or event gates those families are not handed over; requests and
+        // decisions always are (the routing check reads them).
         let plain = answers(&increases, &[request("web", Vec::new())]);
-        assert_eq!((plain.latency, plain.events), (None, None));
+        assert_eq!(plain.events, None);
+        assert!(plain.istio.is_none());
+        let clusters = plain.clusters.unwrap();
+        assert_eq!(clusters.latency, None);
+        assert!(clusters.requests.is_ok_and(|series| !series.is_empty()));
+        assert!(plain.decisions.is_ok_and(|series| series.len() == 2));
     }
 
-    /// Envoy's page as it shows two same-named rollouts of two namespaces and one without a
-    /// namespace (an empty tag, exported as `cohort_namespace=""`): each reads its own.
+    /// Envoy's page as it shows the decisions of two same-named rollouts of two namespaces and
+    /// of one without a namespace (an empty tag, exported as `destination_service_namespace=""`):
+    /// each reads its own.
     #[test]
     fn the_namespace_label_keeps_same_named_rollouts_apart() {
         let page = |shop: u64, billing: u64, bare: u64| {
             format!(
-                "cohort_requests_total{{cohort_namespace=\"shop\",cohort_rollout=\"checkout\",cohort_version=\"canary\",cohort_code_class=\"5xx\"}} {shop}\n\
-                 cohort_requests_total{{cohort_namespace=\"billing\",cohort_rollout=\"checkout\",cohort_version=\"canary\",cohort_code_class=\"5xx\"}} {billing}\n\
-                 cohort_requests_total{{cohort_namespace=\"\",cohort_rollout=\"checkout\",cohort_version=\"canary\",cohort_code_class=\"5xx\"}} {bare}\n"
+                "cohort_decisions_total{{destination_service_namespace=\"shop\",destination_service_name=\"checkout\",destination_version=\"canary\"}} {shop}\n\
+                 cohort_decisions_total{{destination_service_namespace=\"billing\",destination_service_name=\"checkout\",destination_version=\"canary\"}} {billing}\n\
+                 cohort_decisions_total{{destination_service_namespace=\"\",destination_service_name=\"checkout\",destination_version=\"canary\"}} {bare}\n"
             )
         };
         let rollouts = [
@@ -849,15 +934,96 @@ cohort_request_duration_milliseconds_count{cohort_namespace="shop",cohort_rollou
             &rollouts,
             &ring.observe(start + window, Ok(page(1, 20, 300)), window, &rollouts),
         );
-        let errors = |namespace: &str| {
+        let decisions = |namespace: &str| {
             samples[&RolloutKey::new(namespace, "checkout")]
                 .canary
-                .server_errors
+                .decisions
                 .clone()
         };
-        assert_eq!(errors("shop"), Observed::Value(1.0));
-        assert_eq!(errors("billing"), Observed::Value(20.0));
-        assert_eq!(errors(""), Observed::Value(300.0));
+        assert_eq!(decisions("shop"), Observed::Value(1.0));
+        assert_eq!(decisions("billing"), Observed::Value(20.0));
+        assert_eq!(decisions(""), Observed::Value(300.0));
+    }
+
+    /// A rollout on Istio asked of Envoy's admin: its served samples fail with the way out, the
+    /// Envoy-cluster rollout beside it reads as usual, and its decisions are still read.
+    #[test]
+    fn a_rollout_on_istio_needs_prometheus() {
+        let web = request("web", all_gates());
+        let cart = istio_request("cart", "web", all_gates());
+        let rollouts = [web.clone(), cart.clone()];
+        let start = Instant::now();
+        let window = Duration::from_secs(2);
+        let mut ring = Ring::default();
+        ring.observe(start, Ok(page(0, 0, 0)), window, &rollouts);
+        let samples = to_samples(
+            &rollouts,
+            &ring.observe(start + window, Ok(page(8, 2, 30)), window, &rollouts),
+        );
+        let cart = &samples[&cart.key()];
+        for observed in [
+            &cart.canary.requests,
+            &cart.canary.server_errors,
+            &cart.stable.requests,
+        ] {
+            assert_eq!(
+                observed,
+                &Observed::Failed(ISTIO_NEEDS_PROMETHEUS.to_owned())
+            );
+        }
+        assert!(
+            matches!(&cart.stable.latency_ms, Observed::Failed(reason) if reason.contains("--prometheus"))
+        );
+        assert_eq!(samples[&web.key()].canary.requests, Observed::Value(10.0));
+        assert_eq!(
+            samples[&web.key()].canary.server_errors,
+            Observed::Value(2.0)
+        );
+        // A failed scrape: the Istio rollout still says why it can never read here.
+        let failed = failed(&rollouts, "refused".into());
+        let failed = to_samples(&rollouts, &failed);
+        assert_eq!(
+            failed[&RolloutKey::new("shop", "cart")].canary.requests,
+            Observed::Failed(ISTIO_NEEDS_PROMETHEUS.to_owned())
+        );
+        assert_eq!(
+            failed[&web.key()].canary.requests,
+            Observed::Failed("refused".into())
+        );
+    }
+
+    /// The scrape's filter against Envoy's full stat names: the read families of any cluster,
+    /// whatever its name holds, and the filter's counters; nothing else a page is full of.
+    #[test]
+    fn the_scrape_filter_takes_the_read_families_only() {
+        let filter = regex::Regex::new(STATS_FILTER).unwrap();
+        let taken = [
+            "cluster.canary.upstream_rq_total",
+            "cluster.stable.upstream_rq_5xx",
+            "cluster.stable.upstream_rq_time",
+            "cluster.outbound|80||web.shop.svc.cluster.local.upstream_rq_total",
+            "wasmcustom.destination_service_namespace=.=shop;.;destination_service_name=.=web;.;destination_version=.=canary;.;cohort_decisions_total",
+            "wasmcustom.cohort_namespace=.=shop;.;cohort_rollout=.=web;.;cohort_version=.=canary;.;cohort_event=.=checkout;.;cohort_events_total",
+        ];
+        let left = [
+            "cluster.canary.upstream_rq_200",
+            "cluster.canary.upstream_rq_2xx",
+            "cluster.canary.upstream_rq_completed",
+            "cluster.canary.upstream_rq_total_extra",
+            "cluster.canary.upstream_cx_total",
+            "cluster.canary.upstream_rq_timeout",
+            "cluster_manager.cluster_added",
+            "http.ingress.downstream_rq_total",
+            "http.ingress.downstream_rq_time",
+            "wasmcustom.cohort_rollout_weight_bp",
+            "server.uptime",
+        ];
+        for name in taken {
+            assert!(filter.is_match(name), "{name} not taken");
+        }
+        for name in left {
+            assert!(!filter.is_match(name), "{name} taken");
+        }
     }
 
     #[tokio::test]

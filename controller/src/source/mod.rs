@@ -17,6 +17,38 @@ pub mod prometheus;
 pub mod series;
 pub mod shared;
 
+// TODO(merge): use cohort_core::telemetry's names for the filter's decisions once its new
+// metric contract is merged; until then the controller names them here.
+/// The filter's decisions: requests it decided for a version, counted at the request side.
+pub const DECISIONS_TOTAL: &str = "cohort_decisions_total";
+/// Istio's label (and the filter's decision tag) naming the destination service's namespace.
+pub const DESTINATION_NAMESPACE: &str = "destination_service_namespace";
+/// Istio's label (and the filter's decision tag) naming the destination service.
+pub const DESTINATION_SERVICE: &str = "destination_service_name";
+/// Istio's label (and the filter's decision tag) naming the destination version.
+pub const DESTINATION_VERSION: &str = "destination_version";
+
+/// Istio's standard request counter (by `response_code`, `reporter`, …).
+pub const ISTIO_REQUESTS_TOTAL: &str = "istio_requests_total";
+/// Istio's standard request-duration histogram, in milliseconds.
+pub const ISTIO_REQUEST_DURATION_MS: &str = "istio_request_duration_milliseconds";
+/// Istio's label saying which side reported a request: `source` or `destination`.
+pub const ISTIO_REPORTER: &str = "reporter";
+/// Istio's label holding the HTTP status.
+pub const ISTIO_RESPONSE_CODE: &str = "response_code";
+
+/// Envoy's requests sent to a cluster (`cluster.<name>.upstream_rq_total`).
+pub const CLUSTER_REQUESTS_TOTAL: &str = "envoy_cluster_upstream_rq_total";
+/// Envoy's responses of a cluster by status class (`cluster.<name>.upstream_rq_<n>xx`).
+pub const CLUSTER_RESPONSES_BY_CLASS: &str = "envoy_cluster_upstream_rq_xx";
+/// Envoy's histogram of a cluster's request times in milliseconds
+/// (`cluster.<name>.upstream_rq_time`).
+pub const CLUSTER_REQUEST_TIME_MS: &str = "envoy_cluster_upstream_rq_time";
+/// The label Envoy puts a cluster's name in.
+pub const CLUSTER_NAME: &str = "envoy_cluster_name";
+/// The label Envoy puts a status class in: `"5"` for 5xx.
+pub const CLUSTER_RESPONSE_CLASS: &str = "envoy_response_code_class";
+
 /// A boxed future, so sources and targets can be chosen at run time (`dyn MetricSource`).
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 

@@ -1,22 +1,36 @@
-//! Samples from a Prometheus server that scrapes the proxies' `/stats/prometheus`.
+//! Samples from a Prometheus server that scrapes the proxies: Istio's sidecars (their merged
+//! `:15020/stats/prometheus`, which carries Istio's standard metrics and the filter's) or plain
+//! Envoy's admin `/stats/prometheus`.
 //!
-//! One instant query per series kind serves every rollout (`sum by (cohort_namespace,
-//! cohort_rollout, cohort_version, …)`), so the queries per cycle do not grow with the number of
-//! rollouts. A rollout is its namespace and name together (`shop/web` and `billing/web` are two),
-//! so each namespace gets one selector naming exactly its rollouts, and the selectors are joined
-//! with `or`:
+//! One instant query per series kind serves every rollout, so the queries per cycle do not grow
+//! with the number of rollouts. What each version **served** comes from where the rollout's
+//! `spec.analysis.served` says: Istio's metrics as the destination reported them (the source
+//! side also reports every request, and would count it twice), or the upstream stats of the
+//! version's Envoy cluster. What the filter **decided** for each version is its
+//! `cohort_decisions_total`. A namespace is a label value of its own (`shop/web` and
+//! `billing/web` are two rollouts), so each namespace gets one selector naming exactly its
+//! services or rollouts, and the selectors are joined with `or`:
 //!
 //! ```promql
-//! sum by (cohort_namespace, cohort_rollout, cohort_version) (increase(cohort_requests_total{cohort_namespace="billing",cohort_rollout=~"web"}[30s]) or increase(cohort_requests_total{cohort_namespace="shop",cohort_rollout=~"web|api"}[30s]))
-//! sum by (…) (increase(cohort_requests_total{cohort_namespace="billing",cohort_rollout=~"web",cohort_code_class="5xx"}[30s]) or …)
-//! sum by (…, le) (increase(cohort_request_duration_milliseconds_bucket{…}[30s]) or …)   # latency gates only
-//! sum by (…, cohort_event) (increase(cohort_events_total{…}[30s]) or …)                 # business gates only
+//! # Istio: served requests, 5xx, latency (latency gates only)
+//! sum by (destination_service_namespace, destination_service_name, destination_version) (increase(istio_requests_total{reporter="destination",destination_service_namespace="shop",destination_service_name=~"cart|web",destination_version=~"v1|v2"}[30s]) or …)
+//! sum by (…) (increase(istio_requests_total{reporter="destination",…,response_code=~"5.."}[30s]) or …)
+//! sum by (…, le) (increase(istio_request_duration_milliseconds_bucket{reporter="destination",…}[30s]) or …)
+//! # Envoy clusters: served requests, 5xx, latency (latency gates only)
+//! sum by (envoy_cluster_name) (increase(envoy_cluster_upstream_rq_total{envoy_cluster_name=~"canary|stable"}[30s]))
+//! sum by (envoy_cluster_name) (increase(envoy_cluster_upstream_rq_xx{envoy_cluster_name=~"canary|stable",envoy_response_code_class="5"}[30s]))
+//! sum by (envoy_cluster_name, le) (increase(envoy_cluster_upstream_rq_time_bucket{envoy_cluster_name=~"canary|stable"}[30s]))
+//! # The filter's decisions, every rollout (the routing check compares them with what was served)
+//! sum by (destination_service_namespace, destination_service_name, destination_version) (increase(cohort_decisions_total{destination_service_namespace="shop",destination_service_name=~"cart|web"}[30s]) or …)
+//! # Business events (business gates only)
+//! sum by (cohort_namespace, cohort_rollout, cohort_version, cohort_event) (increase(cohort_events_total{cohort_namespace="shop",cohort_rollout=~"cart|web"}[30s]) or …)
 //! ```
 //!
-//! Pod labels such as Prometheus' `namespace` cannot stand in for `cohort_namespace`: in Istio
-//! the filter runs in the caller's sidecar, so they name the caller's namespace. A rollout
-//! without a namespace (a rollout file for `cohort run` without `metadata.namespace`) matches
-//! `cohort_namespace=""`, which Prometheus also takes for an absent label.
+//! The Istio and cluster queries run only when a rollout reads them. Pod labels such as
+//! Prometheus' `namespace` cannot stand in for the rollout's namespace: in Istio the filter runs
+//! in the caller's sidecar, so they name the caller's namespace. A rollout without a namespace
+//! (a rollout file for `cohort run` without `metadata.namespace`) matches `…namespace=""`, which
+//! Prometheus also takes for an absent label.
 //!
 //! Custom gates are the exception: their PromQL is the user's, so each runs once per rollout and
 //! version. `increase()` needs two scrapes inside the window: keep the analysis interval at least
@@ -29,17 +43,20 @@ use futures::future::join_all;
 use prometheus_http_query::response::Data;
 use prometheus_http_query::Client;
 
-use cohort_core::telemetry::{
-    EVENTS_TOTAL, REQUESTS_TOTAL, REQUEST_DURATION_MS, TAG_CODE_CLASS, TAG_EVENT, TAG_NAMESPACE,
-    TAG_ROLLOUT, TAG_VERSION,
-};
+use cohort_core::telemetry::{EVENTS_TOTAL, TAG_EVENT, TAG_NAMESPACE, TAG_ROLLOUT, TAG_VERSION};
 
 use crate::source::series::{
-    error_chain, needed_kinds, to_samples, Answer, Answers, CustomKey, Series, LE,
+    error_chain, needed, to_samples, Answer, Answers, CustomKey, Series, ServedAnswers, LE,
     SERVER_ERROR_CLASS,
 };
-use crate::source::{BoxFuture, MetricSource, SamplesByRollout, SeriesRequest};
+use crate::source::{
+    BoxFuture, MetricSource, SamplesByRollout, SeriesRequest, CLUSTER_NAME, CLUSTER_REQUESTS_TOTAL,
+    CLUSTER_REQUEST_TIME_MS, CLUSTER_RESPONSES_BY_CLASS, CLUSTER_RESPONSE_CLASS, DECISIONS_TOTAL,
+    DESTINATION_NAMESPACE, DESTINATION_SERVICE, DESTINATION_VERSION, ISTIO_REPORTER,
+    ISTIO_REQUESTS_TOTAL, ISTIO_REQUEST_DURATION_MS, ISTIO_RESPONSE_CODE,
+};
 use crate::Error;
+use cohort_rollout::compiled::Served;
 use cohort_rollout::crd::GateCheck;
 use cohort_rollout::query::{escape_label_value, promql_duration, render_query, QueryContext};
 
@@ -119,25 +136,37 @@ impl PrometheusSource {
         let queries = queries(rollouts, window);
         let custom = custom_queries(rollouts, window);
         let shared = async {
-            let (requests, server_errors, latency, events) = futures::join!(
-                self.vector(queries.requests),
-                self.vector(queries.server_errors),
-                optional(queries.latency.map(|query| self.vector(query))),
+            futures::join!(
+                optional(queries.istio.map(|served| self.served(served))),
+                optional(queries.clusters.map(|served| self.served(served))),
+                self.vector(queries.decisions),
                 optional(queries.events.map(|query| self.vector(query))),
-            );
-            (requests, server_errors, latency, events)
+            )
         };
         let (keys, custom_queries): (Vec<CustomKey>, Vec<Result<String, String>>) =
             custom.into_iter().unzip();
         let custom_answers = join_all(custom_queries.into_iter().map(|query| self.number(query)));
-        let ((requests, server_errors, latency, events), custom_answers) =
+        let ((istio, clusters, decisions, events), custom_answers) =
             futures::join!(shared, custom_answers);
         Answers {
+            istio,
+            clusters,
+            decisions,
+            events,
+            custom: keys.into_iter().zip(custom_answers).collect(),
+        }
+    }
+
+    async fn served(&self, queries: ServedQueries) -> ServedAnswers {
+        let (requests, server_errors, latency) = futures::join!(
+            self.vector(queries.requests),
+            self.vector(queries.server_errors),
+            optional(queries.latency.map(|query| self.vector(query))),
+        );
+        ServedAnswers {
             requests,
             server_errors,
             latency,
-            events,
-            custom: keys.into_iter().zip(custom_answers).collect(),
         }
     }
 }
@@ -168,57 +197,136 @@ impl MetricSource for PrometheusSource {
 /// The shared queries of one cycle.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Queries {
-    /// Requests by rollout and version.
-    pub requests: String,
-    /// 5xx responses by rollout and version.
-    pub server_errors: String,
-    /// Duration buckets by rollout, version and `le`; only when a latency gate exists.
-    pub latency: Option<String>,
+    /// Istio's served metrics; only when a rollout reads them.
+    pub istio: Option<ServedQueries>,
+    /// Envoy clusters' upstream stats; only when a rollout reads them.
+    pub clusters: Option<ServedQueries>,
+    /// The filter's decisions by destination namespace, service and version.
+    pub decisions: String,
     /// Business events by rollout, version and event; only when a business gate exists.
     pub events: Option<String>,
 }
 
+/// The queries of one kind of served metrics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServedQueries {
+    /// Requests served, by version.
+    pub requests: String,
+    /// 5xx responses, by version.
+    pub server_errors: String,
+    /// Duration buckets by version and `le`; only when a rollout of this kind has a latency gate.
+    pub latency: Option<String>,
+}
+
 /// The shared queries for `rollouts` over `window`.
 pub fn queries(rollouts: &[SeriesRequest], window: Duration) -> Queries {
-    let (latency, events) = needed_kinds(rollouts);
-    let selectors = selectors(rollouts);
+    let needed = needed(rollouts);
     let range = promql_duration(window);
-    let by = |extra: &str| {
-        let mut labels = format!("{TAG_NAMESPACE}, {TAG_ROLLOUT}, {TAG_VERSION}");
-        if !extra.is_empty() {
-            labels.push_str(", ");
-            labels.push_str(extra);
-        }
-        labels
-    };
-    let increase = |labels: String, metric: &str, more: &str| {
+    let destination =
+        format!("{DESTINATION_NAMESPACE}, {DESTINATION_SERVICE}, {DESTINATION_VERSION}");
+    let cluster = CLUSTER_NAME.to_owned();
+    let with_le = |by: &str| format!("{by}, {LE}");
+    // `sum by (labels) (increase(metric{selector more}[range]) or …)`, one term per selector.
+    let increase = |by: &str, metric: &str, selectors: &[String], more: &str| {
         let each: Vec<String> = selectors
             .iter()
             .map(|selector| format!("increase({metric}{{{selector}{more}}}[{range}])"))
             .collect();
-        format!("sum by ({labels}) ({})", each.join(" or "))
+        format!("sum by ({by}) ({})", each.join(" or "))
     };
+
+    let istio = needed.istio.then(|| {
+        let selectors = istio_selectors(rollouts);
+        ServedQueries {
+            requests: increase(&destination, ISTIO_REQUESTS_TOTAL, &selectors, ""),
+            server_errors: increase(
+                &destination,
+                ISTIO_REQUESTS_TOTAL,
+                &selectors,
+                &format!(",{ISTIO_RESPONSE_CODE}=~\"5..\""),
+            ),
+            latency: needed.istio_latency.then(|| {
+                increase(
+                    &with_le(&destination),
+                    &format!("{ISTIO_REQUEST_DURATION_MS}_bucket"),
+                    &selectors,
+                    "",
+                )
+            }),
+        }
+    });
+    let clusters = needed.clusters.then(|| {
+        let selectors = [cluster_selector(rollouts)];
+        ServedQueries {
+            requests: increase(&cluster, CLUSTER_REQUESTS_TOTAL, &selectors, ""),
+            server_errors: increase(
+                &cluster,
+                CLUSTER_RESPONSES_BY_CLASS,
+                &selectors,
+                &format!(",{CLUSTER_RESPONSE_CLASS}=\"{SERVER_ERROR_CLASS}\""),
+            ),
+            latency: needed.clusters_latency.then(|| {
+                increase(
+                    &with_le(&cluster),
+                    &format!("{CLUSTER_REQUEST_TIME_MS}_bucket"),
+                    &selectors,
+                    "",
+                )
+            }),
+        }
+    });
+    let decision_selectors = selectors(
+        rollouts
+            .iter()
+            .map(|r| (r.namespace.as_str(), r.decision_service.as_str())),
+        DESTINATION_NAMESPACE,
+        DESTINATION_SERVICE,
+    );
+    let event_selectors = selectors(
+        rollouts
+            .iter()
+            .map(|r| (r.namespace.as_str(), r.rollout.as_str())),
+        TAG_NAMESPACE,
+        TAG_ROLLOUT,
+    );
+    let rollout_labels = format!("{TAG_NAMESPACE}, {TAG_ROLLOUT}, {TAG_VERSION}, {TAG_EVENT}");
     Queries {
-        requests: increase(by(""), REQUESTS_TOTAL, ""),
-        server_errors: increase(
-            by(""),
-            REQUESTS_TOTAL,
-            &format!(",{TAG_CODE_CLASS}=\"{SERVER_ERROR_CLASS}\""),
-        ),
-        latency: latency.then(|| increase(by(LE), &format!("{REQUEST_DURATION_MS}_bucket"), "")),
-        events: events.then(|| increase(by(TAG_EVENT), EVENTS_TOTAL, "")),
+        istio,
+        clusters,
+        decisions: increase(&destination, DECISIONS_TOTAL, &decision_selectors, ""),
+        events: needed
+            .events
+            .then(|| increase(&rollout_labels, EVENTS_TOTAL, &event_selectors, "")),
     }
 }
 
-/// One label selector (without braces) per namespace, matching exactly the rollouts asked for
-/// in it: `cohort_namespace="shop",cohort_rollout=~"web|api"`. The namespace is an escaped
-/// string literal; each name is regex-escaped, then escaped as a literal. No rollouts: one
-/// selector that matches none of cohort's series (every one has a rollout name).
-fn selectors(rollouts: &[SeriesRequest]) -> Vec<String> {
+/// One label selector (without braces) per namespace, matching exactly the names asked for in
+/// it: `cohort_namespace="shop",cohort_rollout=~"web|api"`. The namespace is an escaped string
+/// literal; each name is regex-escaped, then escaped as a literal. Nothing asked: one selector
+/// that matches no series (every one has a name).
+fn selectors<'a>(
+    pairs: impl Iterator<Item = (&'a str, &'a str)>,
+    namespace_label: &str,
+    name_label: &str,
+) -> Vec<String> {
+    grouped(pairs)
+        .iter()
+        .map(|(namespace, names)| {
+            format!(
+                "{namespace_label}=\"{}\",{name_label}=~\"{}\"",
+                escape_label_value(namespace),
+                alternatives(names)
+            )
+        })
+        .collect()
+}
+
+/// Names by namespace, regex-escaped, each once, in the order asked; at least one namespace.
+fn grouped<'a>(pairs: impl Iterator<Item = (&'a str, &'a str)>) -> BTreeMap<&'a str, Vec<String>> {
     let mut by_namespace: BTreeMap<&str, Vec<String>> = BTreeMap::new();
-    for rollout in rollouts {
-        let names = by_namespace.entry(rollout.namespace.as_str()).or_default();
-        let name = regex_escape(&rollout.rollout);
+    for (namespace, name) in pairs {
+        let names = by_namespace.entry(namespace).or_default();
+        let name = regex_escape(name);
         if !names.contains(&name) {
             names.push(name);
         }
@@ -227,15 +335,58 @@ fn selectors(rollouts: &[SeriesRequest]) -> Vec<String> {
         by_namespace.insert("", Vec::new());
     }
     by_namespace
+}
+
+/// Regex-escaped names as one escaped `=~` literal's content.
+fn alternatives(names: &[String]) -> String {
+    escape_label_value(&names.join("|"))
+}
+
+/// The Istio selectors: destination-reported series of exactly the asked services of each
+/// namespace, of the versions compared there.
+fn istio_selectors(rollouts: &[SeriesRequest]) -> Vec<String> {
+    let istio = || {
+        rollouts.iter().filter_map(|rollout| match &rollout.served {
+            Served::Istio { namespace, service } => Some((rollout, namespace, service)),
+            Served::EnvoyClusters { .. } => None,
+        })
+    };
+    let services =
+        grouped(istio().map(|(_, namespace, service)| (namespace.as_str(), service.as_str())));
+    let versions = grouped(istio().flat_map(|(rollout, namespace, _)| {
+        [
+            (namespace.as_str(), rollout.stable_version.as_str()),
+            (namespace.as_str(), rollout.canary_version.as_str()),
+        ]
+    }));
+    services
         .iter()
-        .map(|(namespace, names)| {
+        .map(|(namespace, services)| {
+            let versions = versions.get(namespace).map(Vec::as_slice).unwrap_or_default();
             format!(
-                "{TAG_NAMESPACE}=\"{}\",{TAG_ROLLOUT}=~\"{}\"",
+                "{ISTIO_REPORTER}=\"destination\",{DESTINATION_NAMESPACE}=\"{}\",{DESTINATION_SERVICE}=~\"{}\",{DESTINATION_VERSION}=~\"{}\"",
                 escape_label_value(namespace),
-                escape_label_value(&names.join("|"))
+                alternatives(services),
+                alternatives(versions),
             )
         })
         .collect()
+}
+
+/// The cluster selector: every cluster a rollout on Envoy clusters compares, each once.
+fn cluster_selector(rollouts: &[SeriesRequest]) -> String {
+    let mut clusters: Vec<String> = rollouts
+        .iter()
+        .filter_map(|rollout| match &rollout.served {
+            Served::EnvoyClusters { stable, canary } => Some([stable, canary]),
+            Served::Istio { .. } => None,
+        })
+        .flatten()
+        .map(|cluster| regex_escape(cluster))
+        .collect();
+    clusters.sort();
+    clusters.dedup();
+    format!("{CLUSTER_NAME}=~\"{}\"", alternatives(&clusters))
 }
 
 /// Every custom gate's query, rendered per rollout and version (or why it cannot be).
@@ -325,85 +476,183 @@ mod drills;
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::source::series::tests::{all_gates, request, request_in, shop};
+    use crate::source::series::tests::{all_gates, istio_request, request, shop};
     use crate::source::RolloutKey;
     use cohort_rollout::crd::{CustomGate, GateSpec};
     use cohort_rollout::evaluate::Observed;
 
+    const DESTINATION: &str =
+        "destination_service_namespace, destination_service_name, destination_version";
+
     #[test]
     fn shared_queries_cover_all_rollouts_at_once() {
-        let rollouts = [request("web", all_gates()), request("api", Vec::new())];
+        let rollouts = [
+            request("web", all_gates()),
+            request("api", Vec::new()),
+            istio_request("cart", "cart-svc", all_gates()),
+            istio_request("pay", "pay-svc", Vec::new()),
+        ];
         let q = queries(&rollouts, Duration::from_secs(30));
+        let istio = q.istio.unwrap();
+        let istio_selector = r#"reporter="destination",destination_service_namespace="shop",destination_service_name=~"cart-svc|pay-svc",destination_version=~"v1|v2""#;
         assert_eq!(
-            q.requests,
-            r#"sum by (cohort_namespace, cohort_rollout, cohort_version) (increase(cohort_requests_total{cohort_namespace="shop",cohort_rollout=~"web|api"}[30s]))"#
+            istio.requests,
+            format!(
+                "sum by ({DESTINATION}) (increase(istio_requests_total{{{istio_selector}}}[30s]))"
+            )
         );
         assert_eq!(
-            q.server_errors,
-            r#"sum by (cohort_namespace, cohort_rollout, cohort_version) (increase(cohort_requests_total{cohort_namespace="shop",cohort_rollout=~"web|api",cohort_code_class="5xx"}[30s]))"#
+            istio.server_errors,
+            format!("sum by ({DESTINATION}) (increase(istio_requests_total{{{istio_selector},response_code=~\"5..\"}}[30s]))")
         );
         assert_eq!(
-            q.latency.as_deref(),
-            Some(
-                r#"sum by (cohort_namespace, cohort_rollout, cohort_version, le) (increase(cohort_request_duration_milliseconds_bucket{cohort_namespace="shop",cohort_rollout=~"web|api"}[30s]))"#
+            istio.latency,
+            Some(format!("sum by ({DESTINATION}, le) (increase(istio_request_duration_milliseconds_bucket{{{istio_selector}}}[30s]))"))
+        );
+        let clusters = q.clusters.unwrap();
+        let cluster_selector = r#"envoy_cluster_name=~"shop-api-canary|shop-api-stable|shop-web-canary|shop-web-stable""#;
+        assert_eq!(
+            clusters.requests,
+            format!("sum by (envoy_cluster_name) (increase(envoy_cluster_upstream_rq_total{{{cluster_selector}}}[30s]))")
+        );
+        assert_eq!(
+            clusters.server_errors,
+            format!("sum by (envoy_cluster_name) (increase(envoy_cluster_upstream_rq_xx{{{cluster_selector},envoy_response_code_class=\"5\"}}[30s]))")
+        );
+        assert_eq!(
+            clusters.latency,
+            Some(format!("sum by (envoy_cluster_name, le) (increase(envoy_cluster_upstream_rq_time_bucket{{{cluster_selector}}}[30s]))"))
+        );
+        assert_eq!(
+            q.decisions,
+            format!(
+                r#"sum by ({DESTINATION}) (increase(cohort_decisions_total{{destination_service_namespace="shop",destination_service_name=~"web|api|cart-svc|pay-svc"}}[30s]))"#
             )
         );
         assert_eq!(
             q.events.as_deref(),
             Some(
-                r#"sum by (cohort_namespace, cohort_rollout, cohort_version, cohort_event) (increase(cohort_events_total{cohort_namespace="shop",cohort_rollout=~"web|api"}[30s]))"#
+                r#"sum by (cohort_namespace, cohort_rollout, cohort_version, cohort_event) (increase(cohort_events_total{cohort_namespace="shop",cohort_rollout=~"web|api|cart|pay"}[30s]))"#
             )
         );
     }
 
     #[test]
     fn each_namespace_gets_a_selector_of_its_own() {
+        let in_namespace = |namespace: &str, rollout: &str| {
+            let mut request = istio_request(rollout, rollout, Vec::new());
+            request.namespace = namespace.to_owned();
+            request.served = Served::Istio {
+                namespace: namespace.to_owned(),
+                service: rollout.to_owned(),
+            };
+            request
+        };
         let rollouts = [
-            request_in("shop", "web", Vec::new()),
-            request_in("billing", "web", Vec::new()),
-            request_in("shop", "api", Vec::new()),
-            request_in("", "web", Vec::new()),
+            in_namespace("shop", "web"),
+            in_namespace("billing", "web"),
+            in_namespace("shop", "api"),
+            in_namespace("", "web"),
             // Asked twice: named once.
-            request_in("shop", "web", Vec::new()),
+            in_namespace("shop", "web"),
         ];
         let q = queries(&rollouts, Duration::from_secs(30));
+        assert_eq!(q.clusters, None);
+        let one = |namespace: &str, services: &str| {
+            format!("increase(istio_requests_total{{reporter=\"destination\",destination_service_namespace=\"{namespace}\",destination_service_name=~\"{services}\",destination_version=~\"v1|v2\"}}[30s])")
+        };
         assert_eq!(
-            q.requests,
-            r#"sum by (cohort_namespace, cohort_rollout, cohort_version) (increase(cohort_requests_total{cohort_namespace="",cohort_rollout=~"web"}[30s]) or increase(cohort_requests_total{cohort_namespace="billing",cohort_rollout=~"web"}[30s]) or increase(cohort_requests_total{cohort_namespace="shop",cohort_rollout=~"web|api"}[30s]))"#
+            q.istio.unwrap().requests,
+            format!(
+                "sum by ({DESTINATION}) ({} or {} or {})",
+                one("", "web"),
+                one("billing", "web"),
+                one("shop", "web|api")
+            )
         );
         assert_eq!(
-            q.server_errors,
-            r#"sum by (cohort_namespace, cohort_rollout, cohort_version) (increase(cohort_requests_total{cohort_namespace="",cohort_rollout=~"web",cohort_code_class="5xx"}[30s]) or increase(cohort_requests_total{cohort_namespace="billing",cohort_rollout=~"web",cohort_code_class="5xx"}[30s]) or increase(cohort_requests_total{cohort_namespace="shop",cohort_rollout=~"web|api",cohort_code_class="5xx"}[30s]))"#
+            q.decisions,
+            format!(
+                r#"sum by ({DESTINATION}) (increase(cohort_decisions_total{{destination_service_namespace="",destination_service_name=~"web"}}[30s]) or increase(cohort_decisions_total{{destination_service_namespace="billing",destination_service_name=~"web"}}[30s]) or increase(cohort_decisions_total{{destination_service_namespace="shop",destination_service_name=~"web|api"}}[30s]))"#
+            )
         );
         // Never an empty `sum by (…) ()`: with nothing asked, a selector that matches nothing.
+        let nothing = queries(&[], Duration::from_secs(30));
         assert_eq!(
-            queries(&[], Duration::from_secs(30)).requests,
-            r#"sum by (cohort_namespace, cohort_rollout, cohort_version) (increase(cohort_requests_total{cohort_namespace="",cohort_rollout=~""}[30s]))"#
+            nothing.decisions,
+            format!(
+                r#"sum by ({DESTINATION}) (increase(cohort_decisions_total{{destination_service_namespace="",destination_service_name=~""}}[30s]))"#
+            )
+        );
+        assert_eq!(
+            (nothing.istio, nothing.clusters, nothing.events),
+            (None, None, None)
         );
     }
 
-    /// `shop/checkout` and `billing/checkout`: their queries are the same but for the
-    /// namespace matcher.
+    /// The versions an Istio selector takes are the ones the rollouts of its namespace compare.
+    #[test]
+    fn istio_selectors_take_each_namespace_s_versions() {
+        let mut blue_green = istio_request("web", "web", Vec::new());
+        blue_green.stable_version = "blue".into();
+        blue_green.canary_version = "green".into();
+        let mut elsewhere = istio_request("api", "api", Vec::new());
+        elsewhere.namespace = "billing".into();
+        elsewhere.served = Served::Istio {
+            namespace: "billing".into(),
+            service: "api".into(),
+        };
+        let rollouts = [
+            blue_green,
+            istio_request("cart", "cart", Vec::new()),
+            elsewhere,
+        ];
+        let requests = queries(&rollouts, Duration::from_secs(60))
+            .istio
+            .unwrap()
+            .requests;
+        assert!(
+            requests.contains(r#"destination_service_namespace="shop",destination_service_name=~"web|cart",destination_version=~"blue|green|v1|v2""#),
+            "{requests}"
+        );
+        assert!(
+            requests.contains(r#"destination_service_namespace="billing",destination_service_name=~"api",destination_version=~"v1|v2""#),
+            "{requests}"
+        );
+    }
+
+    /// `shop/checkout` and `billing/checkout` on Istio: their queries are the same but for the
+    /// namespace matchers.
     #[test]
     fn same_named_rollouts_differ_only_by_the_namespace_matcher() {
         let window = Duration::from_secs(30);
-        let shop_q = queries(&[request_in("shop", "checkout", all_gates())], window);
-        let billing_q = queries(&[request_in("billing", "checkout", all_gates())], window);
+        let in_namespace = |namespace: &str| {
+            let mut request = istio_request("checkout", "checkout", all_gates());
+            request.namespace = namespace.to_owned();
+            request.served = Served::Istio {
+                namespace: namespace.to_owned(),
+                service: "checkout".to_owned(),
+            };
+            queries(&[request], window)
+        };
+        let (shop_q, billing_q) = (in_namespace("shop"), in_namespace("billing"));
+        let (shop_istio, billing_istio) = (shop_q.istio.unwrap(), billing_q.istio.unwrap());
         let pairs = [
-            (Some(shop_q.requests), Some(billing_q.requests)),
-            (Some(shop_q.server_errors), Some(billing_q.server_errors)),
-            (shop_q.latency, billing_q.latency),
+            (Some(shop_istio.requests), Some(billing_istio.requests)),
+            (
+                Some(shop_istio.server_errors),
+                Some(billing_istio.server_errors),
+            ),
+            (shop_istio.latency, billing_istio.latency),
+            (Some(shop_q.decisions), Some(billing_q.decisions)),
             (shop_q.events, billing_q.events),
         ];
         for (shop_query, billing_query) in pairs {
             let (shop_query, billing_query) = (shop_query.unwrap(), billing_query.unwrap());
             assert_ne!(shop_query, billing_query);
-            assert_eq!(shop_query.matches(r#"cohort_namespace="shop""#).count(), 1);
+            assert_eq!(shop_query.matches(r#"namespace="shop""#).count(), 1);
             assert_eq!(
-                shop_query.replace(
-                    r#"cohort_namespace="shop""#,
-                    r#"cohort_namespace="billing""#
-                ),
+                shop_query.replace(r#"namespace="shop""#, r#"namespace="billing""#),
                 billing_query
             );
         }
@@ -412,17 +661,31 @@ mod tests {
     #[test]
     fn only_needed_kinds_are_queried_and_names_are_escaped() {
         let q = queries(&[request("a.b", Vec::new())], Duration::from_millis(2500));
+        let clusters = q.clusters.unwrap();
         assert_eq!(
-            q.requests,
-            r#"sum by (cohort_namespace, cohort_rollout, cohort_version) (increase(cohort_requests_total{cohort_namespace="shop",cohort_rollout=~"a\\.b"}[2500ms]))"#
+            clusters.requests,
+            r#"sum by (envoy_cluster_name) (increase(envoy_cluster_upstream_rq_total{envoy_cluster_name=~"shop-a\\.b-canary|shop-a\\.b-stable"}[2500ms]))"#
         );
-        assert_eq!((q.latency, q.events), (None, None));
+        assert_eq!(
+            q.decisions,
+            format!(
+                r#"sum by ({DESTINATION}) (increase(cohort_decisions_total{{destination_service_namespace="shop",destination_service_name=~"a\\.b"}}[2500ms]))"#
+            )
+        );
+        assert_eq!((clusters.latency, q.istio, q.events), (None, None, None));
         assert_eq!(regex_escape("x|y.*"), r"x\|y\.\*");
     }
 
-    /// Whatever a rollout's name holds, the shared queries keep their shape, the `=~` matcher
-    /// is one string literal, and its regex (anchored, as Prometheus anchors it) matches exactly
-    /// the rollouts asked for: no quote, brace or regex metacharacter in a name widens it.
+    /// The regex a lexed `=~` literal holds, anchored as Prometheus anchors it.
+    fn anchored(literal: &str) -> regex::Regex {
+        regex::Regex::new(&format!("^(?:{literal})$"))
+            .unwrap_or_else(|e| panic!("{literal:?}: {e}"))
+    }
+
+    /// Whatever a rollout's (or a cluster's) name holds, the shared queries keep their shape,
+    /// each `=~` matcher is one string literal, and its regex (anchored, as Prometheus anchors
+    /// it) matches exactly the names asked for: no quote, brace or regex metacharacter in a name
+    /// widens it.
     #[test]
     fn hostile_rollout_names_cannot_alter_the_shared_queries() {
         use cohort_rollout::query::lexer::lex;
@@ -433,9 +696,13 @@ mod tests {
         for name in names {
             let rollouts = [request(name, all_gates()), request("web", Vec::new())];
             let q = queries(&rollouts, Duration::from_secs(30));
+            let clusters = q.clusters.unwrap();
             let shapes = [
-                (&q.requests, "sum by (cohort_namespace, cohort_rollout, cohort_version) (increase(cohort_requests_total{cohort_namespace=$,cohort_rollout=~$}[30s]))", 2),
-                (&q.server_errors, "sum by (cohort_namespace, cohort_rollout, cohort_version) (increase(cohort_requests_total{cohort_namespace=$,cohort_rollout=~$,cohort_code_class=$}[30s]))", 3),
+                (&q.decisions, format!("sum by ({DESTINATION}) (increase(cohort_decisions_total{{destination_service_namespace=$,destination_service_name=~$}}[30s]))"), 2),
+                (&q.events.clone().unwrap(), "sum by (cohort_namespace, cohort_rollout, cohort_version, cohort_event) (increase(cohort_events_total{cohort_namespace=$,cohort_rollout=~$}[30s]))".to_owned(), 2),
+                (&clusters.requests, "sum by (envoy_cluster_name) (increase(envoy_cluster_upstream_rq_total{envoy_cluster_name=~$}[30s]))".to_owned(), 1),
+                (&clusters.server_errors, "sum by (envoy_cluster_name) (increase(envoy_cluster_upstream_rq_xx{envoy_cluster_name=~$,envoy_response_code_class=$}[30s]))".to_owned(), 2),
+                (&clusters.latency.clone().unwrap(), "sum by (envoy_cluster_name, le) (increase(envoy_cluster_upstream_rq_time_bucket{envoy_cluster_name=~$}[30s]))".to_owned(), 1),
             ];
             let mut regexes = Vec::new();
             for (query, shape, literals) in shapes {
@@ -443,39 +710,37 @@ mod tests {
                     .unwrap_or_else(|e| panic!("{name:?}: Prometheus refuses {query}: {e}"));
                 assert_eq!(lexed.shape, shape, "{name:?} changed the query: {query}");
                 assert_eq!(lexed.strings.len(), literals);
-                assert_eq!(lexed.strings[0], "shop");
-                regexes.push(lexed.strings[1].clone());
+                if literals == 2 && lexed.strings[0] == "shop" {
+                    regexes.push((
+                        lexed.strings[1].clone(),
+                        vec![name.to_owned(), "web".to_owned()],
+                    ));
+                } else {
+                    let clusters = [name, "web"]
+                        .iter()
+                        .flat_map(|r| ["canary", "stable"].map(|v| format!("shop-{r}-{v}")))
+                        .collect();
+                    regexes.push((lexed.strings[0].clone(), clusters));
+                }
             }
-            for query in [q.latency.unwrap(), q.events.unwrap()] {
-                let lexed = lex(&query).unwrap();
-                assert!(
-                    lexed
-                        .shape
-                        .contains("{cohort_namespace=$,cohort_rollout=~$}[30s]"),
-                    "{query}"
-                );
-                assert_eq!(lexed.strings[1..], regexes[..1]);
-            }
-            let matcher = regex::Regex::new(&format!("^(?:{})$", regexes[0]))
-                .unwrap_or_else(|e| panic!("{name:?}: {e}"));
-            assert!(
-                matcher.is_match(name) && matcher.is_match("web"),
-                "{name:?}"
-            );
-            let near_misses = [
-                format!("{name}x"),
-                format!("x{name}"),
-                name.replace(|c: char| !c.is_alphanumeric(), "x"),
-                "webweb".to_owned(),
-                "other".to_owned(),
-                String::new(),
-            ];
-            for other in near_misses {
-                if other != name && other != "web" {
-                    assert!(
-                        !matcher.is_match(&other),
-                        "{name:?}'s matcher takes {other:?}"
-                    );
+            for (literal, wanted) in regexes {
+                let matcher = anchored(&literal);
+                for name in &wanted {
+                    assert!(matcher.is_match(name), "{literal:?} misses {name:?}");
+                }
+                let near_misses = wanted.iter().flat_map(|name| {
+                    [
+                        format!("{name}x"),
+                        format!("x{name}"),
+                        name.replace(|c: char| !c.is_alphanumeric(), "x"),
+                    ]
+                });
+                for other in
+                    near_misses.chain(["webweb".to_owned(), "other".to_owned(), String::new()])
+                {
+                    if !wanted.contains(&other) {
+                        assert!(!matcher.is_match(&other), "{literal:?} takes {other:?}");
+                    }
                 }
             }
         }
@@ -489,16 +754,18 @@ mod tests {
         use cohort_rollout::query::lexer::lex;
         let mut namespaces: Vec<&str> = cohort_rollout::query::tests::HOSTILE.to_vec();
         namespaces.extend([".*", "a|b", "x\\", "\"} or vector(1) or {a=\""]);
+        let on_istio = |namespace: &str, name: &str| {
+            let mut request = istio_request(name, name, all_gates());
+            request.namespace = namespace.to_owned();
+            request.served = Served::Istio {
+                namespace: namespace.to_owned(),
+                service: name.to_owned(),
+            };
+            request
+        };
         for namespace in namespaces {
-            let rollouts = [
-                request_in(namespace, "web", all_gates()),
-                request_in("zzz", "api", Vec::new()),
-            ];
+            let rollouts = [on_istio(namespace, "web"), on_istio("zzz", "api")];
             let q = queries(&rollouts, Duration::from_secs(30));
-            let one = "increase(cohort_requests_total{cohort_namespace=$,cohort_rollout=~$}[30s])";
-            let shape = format!(
-                "sum by (cohort_namespace, cohort_rollout, cohort_version) ({one} or {one})"
-            );
             // The selectors come in namespace order: compare them as a set.
             let selectors = |strings: Vec<String>, per_selector: usize| {
                 let mut chunks: Vec<Vec<String>> = strings
@@ -508,24 +775,49 @@ mod tests {
                 chunks.sort();
                 chunks
             };
-            let expected = |extra: &[&str]| {
+            let expected = |before: &[&str], after: &[&str]| {
                 let mut chunks: Vec<Vec<String>> = [[namespace, "web"], ["zzz", "api"]]
                     .iter()
-                    .map(|pair| pair.iter().chain(extra).map(|s| (*s).to_owned()).collect())
+                    .map(|pair| {
+                        before
+                            .iter()
+                            .chain(pair)
+                            .chain(after)
+                            .map(|s| (*s).to_owned())
+                            .collect()
+                    })
                     .collect();
                 chunks.sort();
                 chunks
             };
-            let lexed = lex(&q.requests).unwrap_or_else(|e| {
-                panic!("{namespace:?}: Prometheus refuses {}: {e}", q.requests)
+            let istio = q.istio.unwrap();
+            let one = "increase(istio_requests_total{reporter=$,destination_service_namespace=$,destination_service_name=~$,destination_version=~$}[30s])";
+            let lexed = lex(&istio.requests).unwrap_or_else(|e| {
+                panic!("{namespace:?}: Prometheus refuses {}: {e}", istio.requests)
             });
-            assert_eq!(lexed.shape, shape, "{namespace:?} changed {}", q.requests);
-            assert_eq!(selectors(lexed.strings, 2), expected(&[]), "{}", q.requests);
-            let lexed = lex(&q.server_errors).unwrap();
-            assert_eq!(selectors(lexed.strings, 3), expected(&["5xx"]));
-            for query in [q.latency.unwrap(), q.events.unwrap()] {
+            assert_eq!(
+                lexed.shape,
+                format!("sum by ({DESTINATION}) ({one} or {one})")
+            );
+            assert_eq!(
+                selectors(lexed.strings, 4),
+                expected(&["destination"], &["v1|v2"]),
+                "{}",
+                istio.requests
+            );
+            let lexed = lex(&istio.server_errors).unwrap();
+            assert_eq!(
+                selectors(lexed.strings, 5),
+                expected(&["destination"], &["v1|v2", "5.."])
+            );
+            let lexed = lex(&istio.latency.unwrap()).unwrap();
+            assert_eq!(
+                selectors(lexed.strings, 4),
+                expected(&["destination"], &["v1|v2"])
+            );
+            for query in [q.decisions, q.events.unwrap()] {
                 let lexed = lex(&query).unwrap();
-                assert_eq!(selectors(lexed.strings, 2), expected(&[]), "{query}");
+                assert_eq!(selectors(lexed.strings, 2), expected(&[], &[]), "{query}");
             }
         }
     }
@@ -541,14 +833,14 @@ mod tests {
 
         let series = |namespace: &str, version: &str, value: u32| {
             serde_json::json!({
-                "metric": {"cohort_namespace": namespace, "cohort_rollout": "checkout", "cohort_version": version},
+                "metric": {"destination_service_namespace": namespace, "destination_service_name": "checkout", "destination_version": version},
                 "value": [1.7e9, value.to_string()]
             })
         };
         let body =
             serde_json::json!({"status": "success", "data": {"resultType": "vector", "result": [
-                series("shop", "canary", 100), series("shop", "stable", 1000),
-                series("billing", "canary", 7), series("billing", "stable", 70),
+                series("shop", "v2", 100), series("shop", "v1", 1000),
+                series("billing", "v2", 7), series("billing", "v1", 70),
             ]}})
             .to_string();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -581,8 +873,17 @@ mod tests {
         let source = PrometheusSource::new(&url, Duration::from_secs(5)).unwrap();
         let shared = SharedCycle::new(source, Duration::from_secs(600));
         let window = Duration::from_secs(30);
-        let shop_checkout = request_in("shop", "checkout", Vec::new());
-        let billing_checkout = request_in("billing", "checkout", Vec::new());
+        let in_namespace = |namespace: &str| {
+            let mut request = istio_request("checkout", "checkout", Vec::new());
+            request.namespace = namespace.to_owned();
+            request.served = Served::Istio {
+                namespace: namespace.to_owned(),
+                service: "checkout".to_owned(),
+            };
+            request
+        };
+        let shop_checkout = in_namespace("shop");
+        let billing_checkout = in_namespace("billing");
         // Both become known; the next cycle asks for both at once.
         shared
             .samples(window, std::slice::from_ref(&shop_checkout))
@@ -591,7 +892,10 @@ mod tests {
             .samples(window, std::slice::from_ref(&billing_checkout))
             .await;
         let first_cycle = asked.lock().unwrap().len();
-        assert_eq!(first_cycle, 2, "requests and 5xx for shop/checkout");
+        assert_eq!(
+            first_cycle, 3,
+            "requests, 5xx and decisions for shop/checkout"
+        );
         shared.forget_answers().await;
         let shop_samples = shared
             .samples(window, std::slice::from_ref(&shop_checkout))
@@ -599,36 +903,35 @@ mod tests {
         let billing_samples = shared
             .samples(window, std::slice::from_ref(&billing_checkout))
             .await;
-        let queries_sent = asked.lock().unwrap()[first_cycle..].to_vec();
+        let mut queries_sent = asked.lock().unwrap()[first_cycle..].to_vec();
         assert_eq!(
             queries_sent.len(),
-            2,
+            3,
             "one query per kind for both: {queries_sent:?}"
         );
         let joint = queries(&[billing_checkout.clone(), shop_checkout.clone()], window);
-        assert_eq!(queries_sent, [joint.requests, joint.server_errors]);
+        let joint_istio = joint.istio.unwrap();
+        let mut expected = [
+            joint_istio.requests,
+            joint_istio.server_errors,
+            joint.decisions,
+        ];
+        queries_sent.sort();
+        expected.sort();
+        assert_eq!(queries_sent, expected);
 
         let shop_key = RolloutKey::new("shop", "checkout");
         let billing_key = RolloutKey::new("billing", "checkout");
         assert_eq!(shop_samples.keys().collect::<Vec<_>>(), [&shop_key]);
         assert_eq!(billing_samples.keys().collect::<Vec<_>>(), [&billing_key]);
-        assert_eq!(
-            shop_samples[&shop_key].canary.requests,
-            Observed::Value(100.0)
-        );
-        assert_eq!(
-            shop_samples[&shop_key].stable.requests,
-            Observed::Value(1000.0)
-        );
-        assert_eq!(
-            billing_samples[&billing_key].canary.requests,
-            Observed::Value(7.0)
-        );
-        assert_eq!(
-            billing_samples[&billing_key].stable.requests,
-            Observed::Value(70.0)
-        );
-        assert_ne!(shop_samples[&shop_key], billing_samples[&billing_key]);
+        let (shop_s, billing_s) = (&shop_samples[&shop_key], &billing_samples[&billing_key]);
+        assert_eq!(shop_s.canary.requests, Observed::Value(100.0));
+        assert_eq!(shop_s.stable.requests, Observed::Value(1000.0));
+        assert_eq!(shop_s.canary.decisions, Observed::Value(100.0));
+        assert_eq!(billing_s.canary.requests, Observed::Value(7.0));
+        assert_eq!(billing_s.stable.requests, Observed::Value(70.0));
+        assert_eq!(billing_s.stable.decisions, Observed::Value(70.0));
+        assert_ne!(shop_s, billing_s);
     }
 
     #[test]
@@ -682,22 +985,15 @@ mod tests {
         let vector = data(serde_json::json!({
             "resultType": "vector",
             "result": [
-                {"metric": {"cohort_namespace": "shop", "cohort_rollout": "web", "cohort_version": "canary"}, "value": [1.7e9, "12.5"]},
-                {"metric": {"__name__": "x", "cohort_namespace": "shop", "cohort_rollout": "web", "cohort_version": "stable"}, "value": [1.7e9, "300"]}
+                {"metric": {"envoy_cluster_name": "shop-web-canary"}, "value": [1.7e9, "12.5"]},
+                {"metric": {"__name__": "x", "envoy_cluster_name": "shop-web-stable"}, "value": [1.7e9, "300"]}
             ]
         }));
         let series = series_of(&vector).unwrap();
         assert_eq!(series.len(), 2);
         assert_eq!(
             series[0],
-            Series::new(
-                &[
-                    ("cohort_namespace", "shop"),
-                    ("cohort_rollout", "web"),
-                    ("cohort_version", "canary")
-                ],
-                12.5
-            )
+            Series::new(&[("envoy_cluster_name", "shop-web-canary")], 12.5)
         );
         assert!(!series[1].labels.contains_key("__name__"));
         assert!(number_of(&vector)
@@ -714,9 +1010,13 @@ mod tests {
 
         // End to end through the shared mapping.
         let answers = Answers {
-            requests: series_of(&vector),
-            server_errors: series_of(&empty),
-            latency: None,
+            istio: None,
+            clusters: Some(ServedAnswers {
+                requests: series_of(&vector),
+                server_errors: series_of(&empty),
+                latency: None,
+            }),
+            decisions: series_of(&empty),
             events: None,
             custom: BTreeMap::new(),
         };
@@ -727,21 +1027,35 @@ mod tests {
             Observed::Value(300.0)
         );
         assert_eq!(samples[&shop("web")].canary.server_errors, Observed::NoData);
+        assert_eq!(samples[&shop("web")].canary.decisions, Observed::NoData);
     }
 
     #[tokio::test]
     async fn an_unreachable_server_fails_every_sample() {
         // Port 9 (discard) on loopback: nothing listens in the test environment.
         let source = PrometheusSource::new("http://127.0.0.1:9", Duration::from_secs(2)).unwrap();
-        let rollouts = [request("web", all_gates())];
+        let rollouts = [
+            request("web", all_gates()),
+            istio_request("cart", "cart", all_gates()),
+        ];
         let samples = source.samples(Duration::from_secs(30), &rollouts).await;
-        let web = &samples[&shop("web")];
-        let Observed::Failed(reason) = &web.canary.requests else {
-            panic!("expected a failure, got {:?}", web.canary.requests);
-        };
-        assert!(reason.contains("127.0.0.1:9"), "{reason}");
-        assert!(matches!(web.stable.latency_ms, Observed::Failed(_)));
-        assert!(matches!(web.canary.custom["cpu"], Observed::Failed(_)));
+        for key in [shop("web"), shop("cart")] {
+            let samples = &samples[&key];
+            let Observed::Failed(reason) = &samples.canary.requests else {
+                panic!("expected a failure, got {:?}", samples.canary.requests);
+            };
+            assert!(reason.contains("127.0.0.1:9"), "{reason}");
+            assert!(matches!(samples.stable.latency_ms, Observed::Failed(_)));
+            assert!(matches!(samples.stable.decisions, Observed::Failed(_)));
+            assert!(matches!(
+                samples.canary.events["checkout"],
+                Observed::Failed(_)
+            ));
+        }
+        assert!(matches!(
+            samples[&shop("web")].canary.custom["cpu"],
+            Observed::Failed(_)
+        ));
         assert!(PrometheusSource::new("not a url", Duration::from_secs(1)).is_err());
     }
 }

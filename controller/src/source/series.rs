@@ -4,17 +4,28 @@
 //! Keeping the mapping here means the Prometheus and the Envoy-admin source cannot disagree on
 //! what "canary's 5xx count" or "stable's latency histogram" is; each only has to produce
 //! [`Answers`].
+//!
+//! What a version served is read where [`Served`] says: Istio's destination-reported metrics of
+//! the service (`destination_service_namespace`, `destination_service_name`,
+//! `destination_version`), or the upstream stats of the version's Envoy cluster
+//! (`envoy_cluster_name`). What the filter decided for it is `cohort_decisions_total`, tagged
+//! with the same three `destination_*` labels. Business events stay the filter's
+//! (`cohort_namespace`, `cohort_rollout`, `cohort_version`).
 
 use std::collections::BTreeMap;
 
-use cohort_core::telemetry::{TAG_CODE_CLASS, TAG_EVENT, TAG_NAMESPACE, TAG_ROLLOUT, TAG_VERSION};
+use cohort_core::telemetry::{TAG_EVENT, TAG_NAMESPACE, TAG_ROLLOUT, TAG_VERSION};
 
-use crate::source::{RolloutKey, SamplesByRollout, SeriesRequest};
+use crate::source::{
+    RolloutKey, SamplesByRollout, SeriesRequest, CLUSTER_NAME, CLUSTER_RESPONSE_CLASS,
+    DESTINATION_NAMESPACE, DESTINATION_SERVICE, DESTINATION_VERSION,
+};
+use cohort_rollout::compiled::Served;
 use cohort_rollout::crd::{GateCheck, GateSpec};
 use cohort_rollout::evaluate::{Bucket, Observed, Samples, VersionSamples};
 
-/// The code class counted as a server error.
-pub const SERVER_ERROR_CLASS: &str = "5xx";
+/// Envoy's status class counted as a server error (`envoy_response_code_class`).
+pub const SERVER_ERROR_CLASS: &str = "5";
 /// The histogram bucket label.
 pub const LE: &str = "le";
 
@@ -39,16 +50,26 @@ impl Series {
         }
     }
 
-    fn label(&self, name: &str) -> Option<&str> {
+    /// The value of label `name`, if the series has it.
+    pub fn label(&self, name: &str) -> Option<&str> {
         self.labels.get(name).map(String::as_str)
     }
 
-    /// Whether the series is `rollout`'s, of `version`. An absent `cohort_namespace` label is
-    /// the empty namespace, as Prometheus has it (Envoy exports an empty tag as `""`).
+    /// Whether the series is `rollout`'s, of `version`, by the filter's `cohort_*` labels. An
+    /// absent `cohort_namespace` label is the empty namespace, as Prometheus has it (Envoy
+    /// exports an empty tag as `""`).
     fn is_of(&self, rollout: &RolloutKey, version: &str) -> bool {
         self.label(TAG_NAMESPACE).unwrap_or("") == rollout.namespace
             && self.label(TAG_ROLLOUT) == Some(rollout.name.as_str())
             && self.label(TAG_VERSION) == Some(version)
+    }
+
+    /// Whether the series is tagged with this destination (Istio's labels, and the filter's
+    /// decisions); an absent namespace label is the empty namespace.
+    fn is_destination(&self, namespace: &str, service: &str, version: &str) -> bool {
+        self.label(DESTINATION_NAMESPACE).unwrap_or("") == namespace
+            && self.label(DESTINATION_SERVICE) == Some(service)
+            && self.label(DESTINATION_VERSION) == Some(version)
     }
 }
 
@@ -66,16 +87,30 @@ pub struct CustomKey {
     pub version: String,
 }
 
-/// Everything a source read for one window, for every rollout at once.
+/// What one kind of served metrics answered: Istio's by destination, or Envoy clusters' by
+/// `envoy_cluster_name`.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Answers {
-    /// `cohort_requests_total` increases by rollout and version (any other labels are summed).
+pub struct ServedAnswers {
+    /// Requests served (any code).
     pub requests: Answer,
     /// The same, 5xx only.
     pub server_errors: Answer,
-    /// Request-duration bucket increases by rollout, version and `le`; `None` when no gate
-    /// needs latency (not read).
+    /// Request-duration bucket increases, with `le`; `None` when no gate of a rollout of this
+    /// kind reads latency (not read).
     pub latency: Option<Answer>,
+}
+
+/// Everything a source read for one window, for every rollout at once.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Answers {
+    /// Istio's served metrics by `destination_service_namespace`, `destination_service_name`
+    /// and `destination_version`; `None` when no rollout reads Istio's (not read).
+    pub istio: Option<ServedAnswers>,
+    /// Envoy clusters' upstream stats by `envoy_cluster_name`; `None` when no rollout reads
+    /// clusters (not read).
+    pub clusters: Option<ServedAnswers>,
+    /// `cohort_decisions_total` increases by the three `destination_*` labels.
+    pub decisions: Answer,
     /// Business event increases by rollout, version and `cohort_event`; `None` when no gate
     /// needs events (not read).
     pub events: Option<Answer>,
@@ -83,41 +118,134 @@ pub struct Answers {
     pub custom: BTreeMap<CustomKey, Result<Option<f64>, String>>,
 }
 
-/// Which series kinds any of `rollouts` needs: (latency, events).
-pub fn needed_kinds(rollouts: &[SeriesRequest]) -> (bool, bool) {
-    let gates = || rollouts.iter().flat_map(|rollout| rollout.gates.iter());
-    let latency = gates().any(|gate| gate.check.reads_latency());
-    let events = gates().any(|gate| gate.check.business_event().is_some());
-    (latency, events)
+/// Which series kinds some of the rollouts need.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Needed {
+    /// A rollout reads Istio's served metrics.
+    pub istio: bool,
+    /// ... and one of those has a gate reading latency.
+    pub istio_latency: bool,
+    /// A rollout reads Envoy clusters' upstream stats.
+    pub clusters: bool,
+    /// ... and one of those has a gate reading latency.
+    pub clusters_latency: bool,
+    /// A gate reads business events.
+    pub events: bool,
+}
+
+/// Which series kinds any of `rollouts` needs. Served requests and decisions are read for
+/// every rollout, gates or not: the routing check compares them.
+pub fn needed(rollouts: &[SeriesRequest]) -> Needed {
+    let mut needed = Needed::default();
+    for rollout in rollouts {
+        let latency = rollout.gates.iter().any(|gate| gate.check.reads_latency());
+        match rollout.served {
+            Served::Istio { .. } => {
+                needed.istio = true;
+                needed.istio_latency |= latency;
+            }
+            Served::EnvoyClusters { .. } => {
+                needed.clusters = true;
+                needed.clusters_latency |= latency;
+            }
+        }
+        needed.events |= rollout
+            .gates
+            .iter()
+            .any(|gate| gate.check.business_event().is_some());
+    }
+    needed
 }
 
 /// Every rollout's samples from what the source read, keyed by namespace and name: a series
-/// counts for a rollout only when both labels match.
+/// counts for a rollout only when the labels of its kind match.
 pub fn to_samples(rollouts: &[SeriesRequest], answers: &Answers) -> SamplesByRollout {
     rollouts
         .iter()
         .map(|rollout| {
             let samples = Samples {
-                canary: version_samples(rollout, &rollout.canary_version, answers),
-                stable: version_samples(rollout, &rollout.stable_version, answers),
+                canary: version_samples(rollout, Side::Canary, answers),
+                stable: version_samples(rollout, Side::Stable, answers),
             };
             (rollout.key(), samples)
         })
         .collect()
 }
 
-fn version_samples(rollout: &SeriesRequest, version: &str, answers: &Answers) -> VersionSamples {
+#[derive(Debug, Clone, Copy)]
+enum Side {
+    Canary,
+    Stable,
+}
+
+/// The served series of one version.
+enum ServedBy<'a> {
+    Istio {
+        namespace: &'a str,
+        service: &'a str,
+        version: &'a str,
+    },
+    Cluster(&'a str),
+}
+
+impl ServedBy<'_> {
+    fn matches(&self, series: &Series) -> bool {
+        match self {
+            ServedBy::Istio {
+                namespace,
+                service,
+                version,
+            } => series.is_destination(namespace, service, version),
+            ServedBy::Cluster(cluster) => series.label(CLUSTER_NAME) == Some(cluster),
+        }
+    }
+}
+
+fn version_samples(rollout: &SeriesRequest, side: Side, answers: &Answers) -> VersionSamples {
     let key = rollout.key();
+    let version = match side {
+        Side::Canary => rollout.canary_version.as_str(),
+        Side::Stable => rollout.stable_version.as_str(),
+    };
+    let (served_by, served, what) = match &rollout.served {
+        Served::Istio { namespace, service } => (
+            ServedBy::Istio {
+                namespace,
+                service,
+                version,
+            },
+            answers.istio.as_ref(),
+            "Istio",
+        ),
+        Served::EnvoyClusters { stable, canary } => (
+            ServedBy::Cluster(match side {
+                Side::Canary => canary,
+                Side::Stable => stable,
+            }),
+            answers.clusters.as_ref(),
+            "Envoy cluster",
+        ),
+    };
+    let served_total = |answer: Option<&Answer>, kind: &str| match answer {
+        Some(answer) => total(answer, |s| served_by.matches(s)),
+        None => not_read(&format!("{what} {kind}")),
+    };
     let mut samples = VersionSamples {
-        requests: total(&answers.requests, |s| s.is_of(&key, version)),
-        server_errors: total(&answers.server_errors, |s| s.is_of(&key, version)),
+        requests: served_total(served.map(|s| &s.requests), "request"),
+        server_errors: served_total(served.map(|s| &s.server_errors), "server error"),
+        decisions: total(&answers.decisions, |s| {
+            s.is_destination(&rollout.namespace, &rollout.decision_service, version)
+        }),
         ..VersionSamples::default()
     };
     // By what each gate reads, not by its kind: a sequential gate reads the same series as the
     // threshold gate of its metric.
     for gate in &rollout.gates {
         if gate.check.reads_latency() {
-            samples.latency_ms = histogram(answers.latency.as_ref(), &key, version);
+            samples.latency_ms = match served.and_then(|s| s.latency.as_ref()) {
+                Some(answer) => histogram(answer, |s| served_by.matches(s)),
+                None => not_read(&format!("{what} latency")),
+            };
         }
         if let Some(event) = gate.check.business_event() {
             let observed = match &answers.events {
@@ -151,19 +279,14 @@ fn total(answer: &Answer, matches: impl Fn(&Series) -> bool) -> Observed<f64> {
     }
 }
 
-/// The buckets of one version's histogram, equal bounds summed, in bound order.
-fn histogram(
-    answer: Option<&Answer>,
-    rollout: &RolloutKey,
-    version: &str,
-) -> Observed<Vec<Bucket>> {
+/// The buckets of the matching series, equal bounds summed, in bound order.
+fn histogram(answer: &Answer, matches: impl Fn(&Series) -> bool) -> Observed<Vec<Bucket>> {
     let series = match answer {
-        None => return not_read("latency"),
-        Some(Err(reason)) => return Observed::Failed(reason.clone()),
-        Some(Ok(series)) => series,
+        Err(reason) => return Observed::Failed(reason.clone()),
+        Ok(series) => series,
     };
     let mut buckets: Vec<Bucket> = Vec::new();
-    for s in series.iter().filter(|s| s.is_of(rollout, version)) {
+    for s in series.iter().filter(|s| matches(s)) {
         let Some(le) = s.label(LE).and_then(parse_le) else {
             continue;
         };
@@ -205,7 +328,7 @@ fn custom(
     }
 }
 
-/// A series kind the source skipped although a gate needs it: a bug, reported rather than
+/// A series kind the source skipped although a rollout needs it: a bug, reported rather than
 /// mistaken for "no traffic".
 fn not_read<T>(what: &str) -> Observed<T> {
     Observed::Failed(format!("the {what} series were not read"))
@@ -226,11 +349,12 @@ pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
     text
 }
 
-/// The requests whose code class is 5xx, from all requests (for sources that read every class).
-pub fn server_errors_of(requests: &[Series]) -> Vec<Series> {
-    requests
+/// The 5xx responses among Envoy clusters' responses by class (for the admin source, which
+/// reads every class).
+pub fn cluster_server_errors(responses_by_class: &[Series]) -> Vec<Series> {
+    responses_by_class
         .iter()
-        .filter(|s| s.label(TAG_CODE_CLASS) == Some(SERVER_ERROR_CLASS))
+        .filter(|s| s.label(CLUSTER_RESPONSE_CLASS) == Some(SERVER_ERROR_CLASS))
         .cloned()
         .collect()
 }
@@ -238,7 +362,6 @@ pub fn server_errors_of(requests: &[Series]) -> Vec<Series> {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use cohort_rollout::compiled::Served;
     use cohort_rollout::crd::{BusinessEventGate, CustomGate, ErrorRateGate, LatencyGate};
 
     /// The key of rollout `name` in `shop`, the namespace of [`request`].
@@ -246,10 +369,13 @@ pub(crate) mod tests {
         RolloutKey::new("shop", name)
     }
 
+    /// `shop/rollout` served by the Envoy clusters `shop-rollout-stable` and
+    /// `shop-rollout-canary`, its decisions tagged `destination_service_name=rollout`.
     pub(crate) fn request(rollout: &str, gates: Vec<GateSpec>) -> SeriesRequest {
         request_in("shop", rollout, gates)
     }
 
+    /// `namespace/rollout` served by the clusters `namespace-rollout-stable` and `…-canary`.
     pub(crate) fn request_in(
         namespace: &str,
         rollout: &str,
@@ -262,10 +388,36 @@ pub(crate) mod tests {
             canary_version: "canary".into(),
             gates,
             served: Served::EnvoyClusters {
-                stable: "stable".into(),
-                canary: "canary".into(),
+                stable: cluster(namespace, rollout, "stable"),
+                canary: cluster(namespace, rollout, "canary"),
             },
             decision_service: rollout.into(),
+        }
+    }
+
+    /// The cluster [`request_in`] names for a version.
+    pub(crate) fn cluster(namespace: &str, rollout: &str, version: &str) -> String {
+        format!("{namespace}-{rollout}-{version}")
+    }
+
+    /// `shop/rollout` served by the Istio service `service` in `shop`, versions `v1` (stable)
+    /// and `v2` (canary).
+    pub(crate) fn istio_request(
+        rollout: &str,
+        service: &str,
+        gates: Vec<GateSpec>,
+    ) -> SeriesRequest {
+        SeriesRequest {
+            rollout: rollout.into(),
+            namespace: "shop".into(),
+            stable_version: "v1".into(),
+            canary_version: "v2".into(),
+            gates,
+            served: Served::Istio {
+                namespace: "shop".into(),
+                service: service.into(),
+            },
+            decision_service: service.into(),
         }
     }
 
@@ -296,234 +448,441 @@ pub(crate) mod tests {
         ]
     }
 
-    fn rv(rollout: &str, version: &str, value: f64) -> Series {
+    /// A series of Envoy cluster `cluster`, with more labels.
+    fn on_cluster(cluster: &str, more: &[(&str, &str)], value: f64) -> Series {
+        let mut labels = vec![(CLUSTER_NAME, cluster)];
+        labels.extend_from_slice(more);
+        Series::new(&labels, value)
+    }
+
+    /// A series labelled with this destination, with more labels.
+    fn to(
+        namespace: &str,
+        service: &str,
+        version: &str,
+        more: &[(&str, &str)],
+        value: f64,
+    ) -> Series {
+        let mut labels = vec![
+            (DESTINATION_NAMESPACE, namespace),
+            (DESTINATION_SERVICE, service),
+            (DESTINATION_VERSION, version),
+        ];
+        labels.extend_from_slice(more);
+        Series::new(&labels, value)
+    }
+
+    fn event(rollout: &str, version: &str, name: &str, value: f64) -> Series {
         Series::new(
             &[
                 (TAG_NAMESPACE, "shop"),
                 (TAG_ROLLOUT, rollout),
                 (TAG_VERSION, version),
+                (TAG_EVENT, name),
             ],
             value,
         )
     }
 
-    fn bucket(version: &str, le: &str, value: f64) -> Series {
-        Series::new(
-            &[
-                (TAG_NAMESPACE, "shop"),
-                (TAG_ROLLOUT, "web"),
-                (TAG_VERSION, version),
-                (LE, le),
-            ],
-            value,
+    fn buckets(pairs: &[(f64, f64)]) -> Observed<Vec<Bucket>> {
+        Observed::Value(
+            pairs
+                .iter()
+                .map(|&(le, count)| Bucket { le, count })
+                .collect(),
         )
     }
 
+    /// Nothing read of anything: a starting point the tests fill.
+    fn empty() -> Answers {
+        Answers {
+            istio: None,
+            clusters: None,
+            decisions: Ok(Vec::new()),
+            events: None,
+            custom: BTreeMap::new(),
+        }
+    }
+
+    /// A rollout on Envoy clusters and one on Istio in one answer: each version reads its own
+    /// cluster's, or its own destination's, served series, and its decisions; no one else's.
     #[test]
     fn maps_every_kind_to_its_rollout_and_version() {
-        let rollouts = [request("web", all_gates()), request("api", Vec::new())];
-        let key = |version: &str| CustomKey {
+        let web = request("web", all_gates());
+        let cart = istio_request("cart", "cart-svc", all_gates());
+        let api = request("api", Vec::new());
+        let rollouts = [web.clone(), cart.clone(), api.clone()];
+        let custom_key = |version: &str| CustomKey {
             rollout: shop("web"),
             gate: "cpu".into(),
             version: version.into(),
         };
+        let web_canary = cluster("shop", "web", "canary");
+        let web_stable = cluster("shop", "web", "stable");
+        let class5 = [(CLUSTER_RESPONSE_CLASS, "5")];
         let answers = Answers {
-            requests: Ok(vec![
-                rv("web", "canary", 100.0),
-                rv("web", "stable", 900.0),
-                rv("api", "stable", 50.0),
-                rv("other", "canary", 7.0),
+            clusters: Some(ServedAnswers {
+                requests: Ok(vec![
+                    on_cluster(&web_canary, &[], 100.0),
+                    on_cluster(&web_stable, &[], 900.0),
+                    on_cluster(&cluster("shop", "api", "stable"), &[], 50.0),
+                    on_cluster("unrelated", &[], 7.0),
+                ]),
+                server_errors: Ok(vec![on_cluster(&web_canary, &class5, 3.0)]),
+                latency: Some(Ok(vec![
+                    on_cluster(&web_canary, &[(LE, "+Inf")], 100.0),
+                    on_cluster(&web_canary, &[(LE, "10")], 60.0),
+                    on_cluster(&web_canary, &[(LE, "5")], 20.0),
+                    // Two series with one bound (e.g. two Envoys' exports) are summed.
+                    on_cluster(&web_canary, &[(LE, "10")], 5.0),
+                    on_cluster(&web_canary, &[(LE, "garbage")], 1.0),
+                ])),
+            }),
+            istio: Some(ServedAnswers {
+                requests: Ok(vec![
+                    to("shop", "cart-svc", "v2", &[], 40.0),
+                    to("shop", "cart-svc", "v1", &[], 400.0),
+                    // Another namespace's service of the same name, another service, and a
+                    // version the rollout does not compare: none of cart's.
+                    to("billing", "cart-svc", "v2", &[], 1.0),
+                    to("shop", "other", "v2", &[], 2.0),
+                    to("shop", "cart-svc", "v3", &[], 3.0),
+                ]),
+                server_errors: Ok(vec![to("shop", "cart-svc", "v1", &[], 4.0)]),
+                latency: Some(Ok(vec![
+                    to("shop", "cart-svc", "v2", &[(LE, "25")], 30.0),
+                    to("shop", "cart-svc", "v2", &[(LE, "+Inf")], 40.0),
+                    to("shop", "other", "v2", &[(LE, "+Inf")], 99.0),
+                ])),
+            }),
+            decisions: Ok(vec![
+                to("shop", "web", "canary", &[], 110.0),
+                to("shop", "web", "stable", &[], 890.0),
+                to("shop", "cart-svc", "v2", &[], 44.0),
+                to("billing", "web", "canary", &[], 5.0),
             ]),
-            server_errors: Ok(vec![rv("web", "canary", 3.0)]),
-            latency: Some(Ok(vec![
-                bucket("canary", "+Inf", 100.0),
-                bucket("canary", "10", 60.0),
-                bucket("canary", "5", 20.0),
-                // Two series with one bound (e.g. two Envoy workers' exports) are summed.
-                bucket("canary", "10", 5.0),
-                bucket("canary", "garbage", 1.0),
-            ])),
             events: Some(Ok(vec![
-                Series::new(
-                    &[
-                        (TAG_NAMESPACE, "shop"),
-                        (TAG_ROLLOUT, "web"),
-                        (TAG_VERSION, "stable"),
-                        (TAG_EVENT, "checkout"),
-                    ],
-                    40.0,
-                ),
-                Series::new(
-                    &[
-                        (TAG_NAMESPACE, "shop"),
-                        (TAG_ROLLOUT, "web"),
-                        (TAG_VERSION, "stable"),
-                        (TAG_EVENT, "signup"),
-                    ],
-                    9.0,
-                ),
+                event("web", "stable", "checkout", 40.0),
+                event("web", "stable", "signup", 9.0),
+                event("cart", "v2", "checkout", 6.0),
             ])),
             custom: BTreeMap::from([
-                (key("canary"), Ok(Some(0.5))),
-                (key("stable"), Err("bad query".into())),
+                (custom_key("canary"), Ok(Some(0.5))),
+                (custom_key("stable"), Err("bad query".into())),
             ]),
         };
         let samples = to_samples(&rollouts, &answers);
-        assert_eq!(samples.len(), 2);
-        let web = &samples[&shop("web")];
-        assert_eq!(web.canary.requests, Observed::Value(100.0));
-        assert_eq!(web.stable.requests, Observed::Value(900.0));
-        assert_eq!(web.canary.server_errors, Observed::Value(3.0));
-        // No 5xx series for stable: no data (the gate reads that as "none happened").
-        assert_eq!(web.stable.server_errors, Observed::NoData);
+        assert_eq!(samples.len(), 3);
+        let (web, cart, api) = (
+            &samples[&web.key()],
+            &samples[&cart.key()],
+            &samples[&api.key()],
+        );
+        type Row<'a> = (&'a str, &'a Observed<f64>, Observed<f64>);
+        let table: Vec<Row> = vec![
+            (
+                "web canary requests",
+                &web.canary.requests,
+                Observed::Value(100.0),
+            ),
+            (
+                "web stable requests",
+                &web.stable.requests,
+                Observed::Value(900.0),
+            ),
+            (
+                "web canary 5xx",
+                &web.canary.server_errors,
+                Observed::Value(3.0),
+            ),
+            // No 5xx series for stable: no data (the gate reads that as "none happened").
+            (
+                "web stable 5xx",
+                &web.stable.server_errors,
+                Observed::NoData,
+            ),
+            (
+                "web canary decisions",
+                &web.canary.decisions,
+                Observed::Value(110.0),
+            ),
+            (
+                "web stable decisions",
+                &web.stable.decisions,
+                Observed::Value(890.0),
+            ),
+            (
+                "cart canary requests",
+                &cart.canary.requests,
+                Observed::Value(40.0),
+            ),
+            (
+                "cart stable requests",
+                &cart.stable.requests,
+                Observed::Value(400.0),
+            ),
+            (
+                "cart canary 5xx",
+                &cart.canary.server_errors,
+                Observed::NoData,
+            ),
+            (
+                "cart stable 5xx",
+                &cart.stable.server_errors,
+                Observed::Value(4.0),
+            ),
+            (
+                "cart canary decisions",
+                &cart.canary.decisions,
+                Observed::Value(44.0),
+            ),
+            (
+                "cart stable decisions",
+                &cart.stable.decisions,
+                Observed::NoData,
+            ),
+            (
+                "api stable requests",
+                &api.stable.requests,
+                Observed::Value(50.0),
+            ),
+            (
+                "api canary requests",
+                &api.canary.requests,
+                Observed::NoData,
+            ),
+            (
+                "web stable checkout",
+                &web.stable.events["checkout"],
+                Observed::Value(40.0),
+            ),
+            (
+                "web canary checkout",
+                &web.canary.events["checkout"],
+                Observed::NoData,
+            ),
+            (
+                "cart canary checkout",
+                &cart.canary.events["checkout"],
+                Observed::Value(6.0),
+            ),
+            (
+                "web canary cpu",
+                &web.canary.custom["cpu"],
+                Observed::Value(0.5),
+            ),
+            (
+                "web stable cpu",
+                &web.stable.custom["cpu"],
+                Observed::Failed("bad query".into()),
+            ),
+        ];
+        for (what, got, want) in table {
+            assert_eq!(got, &want, "{what}");
+        }
         assert_eq!(
             web.canary.latency_ms,
-            Observed::Value(vec![
-                Bucket {
-                    le: 5.0,
-                    count: 20.0
-                },
-                Bucket {
-                    le: 10.0,
-                    count: 65.0
-                },
-                Bucket {
-                    le: f64::INFINITY,
-                    count: 100.0
-                },
-            ])
+            buckets(&[(5.0, 20.0), (10.0, 65.0), (f64::INFINITY, 100.0)])
         );
         assert_eq!(web.stable.latency_ms, Observed::NoData);
-        assert_eq!(web.stable.events["checkout"], Observed::Value(40.0));
-        assert_eq!(web.canary.events["checkout"], Observed::NoData);
-        assert_eq!(web.canary.custom["cpu"], Observed::Value(0.5));
         assert_eq!(
-            web.stable.custom["cpu"],
-            Observed::Failed("bad query".into())
+            cart.canary.latency_ms,
+            buckets(&[(25.0, 30.0), (f64::INFINITY, 40.0)])
         );
-        // A rollout without latency, event or custom gates gets only request counts.
-        let api = &samples[&shop("api")];
-        assert_eq!(api.stable.requests, Observed::Value(50.0));
-        assert_eq!(api.canary.requests, Observed::NoData);
+        // A rollout without latency, event or custom gates gets requests and decisions only.
         assert_eq!(api.canary.latency_ms, Observed::NoData);
         assert!(api.canary.events.is_empty() && api.canary.custom.is_empty());
     }
 
-    /// Same-named rollouts of two namespaces each read their own series; a rollout without a
-    /// namespace reads the series without the label or with it empty, and no one else's.
+    /// Same-named rollouts of two namespaces each read their own decisions and events; a
+    /// rollout without a namespace reads the series without the label or with it empty, and no
+    /// one else's.
     #[test]
     fn series_belong_to_a_namespace_and_a_name() {
-        let with_namespace = |namespace: Option<&str>, version: &str, value: f64| {
-            let mut labels = vec![(TAG_ROLLOUT, "checkout"), (TAG_VERSION, version)];
+        let decision = |namespace: Option<&str>, value: f64| {
+            let mut labels = vec![
+                (DESTINATION_SERVICE, "checkout"),
+                (DESTINATION_VERSION, "canary"),
+            ];
+            if let Some(namespace) = namespace {
+                labels.push((DESTINATION_NAMESPACE, namespace));
+            }
+            Series::new(&labels, value)
+        };
+        let events = |namespace: Option<&str>, value: f64| {
+            let mut labels = vec![
+                (TAG_ROLLOUT, "checkout"),
+                (TAG_VERSION, "canary"),
+                (TAG_EVENT, "checkout"),
+            ];
             if let Some(namespace) = namespace {
                 labels.push((TAG_NAMESPACE, namespace));
             }
             Series::new(&labels, value)
         };
+        let gates = all_gates()[2..3].to_vec();
         let rollouts = [
-            request("checkout", Vec::new()),
-            request_in("billing", "checkout", Vec::new()),
-            request_in("", "checkout", Vec::new()),
+            request("checkout", gates.clone()),
+            request_in("billing", "checkout", gates.clone()),
+            request_in("", "checkout", gates),
         ];
+        let namespaces = [Some("shop"), Some("billing"), Some(""), None, Some("other")];
+        let values = [10.0, 200.0, 3000.0, 40000.0, 500000.0];
         let answers = Answers {
-            requests: Ok(vec![
-                with_namespace(Some("shop"), "canary", 10.0),
-                with_namespace(Some("billing"), "canary", 200.0),
-                with_namespace(Some(""), "canary", 3000.0),
-                with_namespace(None, "canary", 40000.0),
-                with_namespace(Some("other"), "canary", 500000.0),
-            ]),
-            server_errors: Ok(vec![with_namespace(Some("billing"), "canary", 7.0)]),
-            latency: None,
+            clusters: Some(ServedAnswers {
+                requests: Ok(Vec::new()),
+                server_errors: Ok(Vec::new()),
+                latency: None,
+            }),
+            decisions: Ok(namespaces
+                .iter()
+                .zip(values)
+                .map(|(namespace, value)| decision(*namespace, value))
+                .collect()),
+            events: Some(Ok(namespaces
+                .iter()
+                .zip(values)
+                .map(|(namespace, value)| events(*namespace, value))
+                .collect())),
+            ..empty()
+        };
+        let samples = to_samples(&rollouts, &answers);
+        assert_eq!(samples.len(), 3);
+        // An empty label and an absent one are the same namespace, "".
+        for (namespace, expected) in [("shop", 10.0), ("billing", 200.0), ("", 43000.0)] {
+            let canary = &samples[&RolloutKey::new(namespace, "checkout")].canary;
+            assert_eq!(canary.decisions, Observed::Value(expected), "{namespace:?}");
+            assert_eq!(
+                canary.events["checkout"],
+                Observed::Value(expected),
+                "{namespace:?}"
+            );
+        }
+    }
+
+    /// Each read that fails fails what it would have filled, and only that; a kind the source
+    /// did not read although a rollout needs it is a Failed too, never silent no-data.
+    #[test]
+    fn a_failed_read_fails_what_it_would_have_filled() {
+        let web = request("web", all_gates());
+        let cart = istio_request("cart", "cart", all_gates());
+        let rollouts = [web.clone(), cart.clone()];
+        let answers = Answers {
+            clusters: Some(ServedAnswers {
+                requests: Err("connection refused".into()),
+                server_errors: Ok(Vec::new()),
+                latency: Some(Err("timeout".into())),
+            }),
+            istio: None,
+            decisions: Err("decisions: bad gateway".into()),
             events: None,
             custom: BTreeMap::new(),
         };
         let samples = to_samples(&rollouts, &answers);
-        assert_eq!(samples.len(), 3);
-        let shop_checkout = &samples[&shop("checkout")];
-        let billing_checkout = &samples[&RolloutKey::new("billing", "checkout")];
-        let bare_checkout = &samples[&RolloutKey::new("", "checkout")];
-        assert_eq!(shop_checkout.canary.requests, Observed::Value(10.0));
-        assert_eq!(shop_checkout.canary.server_errors, Observed::NoData);
-        assert_eq!(billing_checkout.canary.requests, Observed::Value(200.0));
-        assert_eq!(billing_checkout.canary.server_errors, Observed::Value(7.0));
-        // An empty label and an absent one are the same namespace, "".
-        assert_eq!(bare_checkout.canary.requests, Observed::Value(43000.0));
-    }
-
-    #[test]
-    fn a_failed_read_fails_what_it_would_have_filled() {
-        let rollouts = [request("web", all_gates())];
-        let answers = Answers {
-            requests: Err("connection refused".into()),
-            server_errors: Ok(Vec::new()),
-            latency: Some(Err("timeout".into())),
-            events: None,
-            custom: BTreeMap::new(),
-        };
-        let web = &to_samples(&rollouts, &answers)[&shop("web")];
+        let (web, cart) = (&samples[&web.key()], &samples[&cart.key()]);
         assert_eq!(
             web.canary.requests,
             Observed::Failed("connection refused".into())
         );
         assert_eq!(web.canary.server_errors, Observed::NoData);
         assert_eq!(web.stable.latency_ms, Observed::Failed("timeout".into()));
-        // Events a gate needs but the source did not read: a Failed, never silent no-data.
+        assert_eq!(
+            web.stable.decisions,
+            Observed::Failed("decisions: bad gateway".into())
+        );
         assert!(matches!(web.canary.events["checkout"], Observed::Failed(_)));
         // Custom results not there at all: no data.
         assert_eq!(web.canary.custom["cpu"], Observed::NoData);
+        for observed in [&cart.canary.requests, &cart.stable.server_errors] {
+            assert!(
+                matches!(observed, Observed::Failed(reason) if reason.contains("Istio")),
+                "{observed:?}"
+            );
+        }
+        assert!(matches!(cart.canary.latency_ms, Observed::Failed(_)));
     }
 
     #[test]
     fn sequential_gates_read_the_series_of_their_metric() {
         use cohort_rollout::crd::{SequentialGate, SequentialMetric};
-        let mut event = SequentialGate::new(SequentialMetric::BusinessEvent);
-        event.event = Some("checkout".into());
+        let mut event_gate = SequentialGate::new(SequentialMetric::BusinessEvent);
+        event_gate.event = Some("checkout".into());
         let gates = vec![
             GateSpec::new(GateCheck::Sequential(SequentialGate::new(
                 SequentialMetric::Latency,
             ))),
-            GateSpec::new(GateCheck::Sequential(event)),
+            GateSpec::new(GateCheck::Sequential(event_gate)),
         ];
         let rollouts = [request("web", gates)];
-        assert_eq!(needed_kinds(&rollouts), (true, true));
+        let needs = needed(&rollouts);
+        assert!(needs.clusters_latency && needs.events && !needs.istio);
+        let canary = cluster("shop", "web", "canary");
         let answers = Answers {
-            requests: Ok(vec![rv("web", "canary", 10.0)]),
-            server_errors: Ok(Vec::new()),
-            latency: Some(Ok(vec![bucket("canary", "+Inf", 10.0)])),
-            events: Some(Ok(vec![Series::new(
-                &[
-                    (TAG_NAMESPACE, "shop"),
-                    (TAG_ROLLOUT, "web"),
-                    (TAG_VERSION, "canary"),
-                    (TAG_EVENT, "checkout"),
-                ],
-                4.0,
-            )])),
-            custom: BTreeMap::new(),
+            clusters: Some(ServedAnswers {
+                requests: Ok(vec![on_cluster(&canary, &[], 10.0)]),
+                server_errors: Ok(Vec::new()),
+                latency: Some(Ok(vec![on_cluster(&canary, &[(LE, "+Inf")], 10.0)])),
+            }),
+            events: Some(Ok(vec![event("web", "canary", "checkout", 4.0)])),
+            ..empty()
         };
         let web = &to_samples(&rollouts, &answers)[&shop("web")];
-        assert_eq!(
-            web.canary.latency_ms,
-            Observed::Value(vec![Bucket {
-                le: f64::INFINITY,
-                count: 10.0
-            }])
-        );
+        assert_eq!(web.canary.latency_ms, buckets(&[(f64::INFINITY, 10.0)]));
         assert_eq!(web.canary.events["checkout"], Observed::Value(4.0));
     }
 
     #[test]
-    fn needed_kinds_follow_the_gates() {
-        assert_eq!(needed_kinds(&[]), (false, false));
-        assert_eq!(
-            needed_kinds(&[request("a", Vec::new()), request("b", all_gates())]),
-            (true, true)
-        );
-        assert_eq!(
-            needed_kinds(&[request("a", all_gates()[..2].to_vec())]),
-            (true, false)
-        );
+    fn needed_kinds_follow_the_served_kind_and_the_gates() {
+        let latency_only = all_gates()[1..2].to_vec();
+        let table = [
+            (vec![], Needed::default()),
+            (
+                vec![request("a", Vec::new())],
+                Needed {
+                    clusters: true,
+                    ..Needed::default()
+                },
+            ),
+            (
+                vec![
+                    request("a", Vec::new()),
+                    istio_request("b", "b", latency_only),
+                ],
+                Needed {
+                    clusters: true,
+                    istio: true,
+                    istio_latency: true,
+                    ..Needed::default()
+                },
+            ),
+            (
+                vec![
+                    istio_request("a", "a", Vec::new()),
+                    request("b", all_gates()),
+                ],
+                Needed {
+                    clusters: true,
+                    clusters_latency: true,
+                    istio: true,
+                    istio_latency: false,
+                    events: true,
+                },
+            ),
+        ];
+        for (rollouts, expected) in table {
+            assert_eq!(needed(&rollouts), expected, "{rollouts:?}");
+        }
+    }
+
+    #[test]
+    fn the_5xx_class_of_envoy_responses() {
+        let responses = [
+            on_cluster("a", &[(CLUSTER_RESPONSE_CLASS, "2")], 10.0),
+            on_cluster("a", &[(CLUSTER_RESPONSE_CLASS, "5")], 3.0),
+            on_cluster("b", &[(CLUSTER_RESPONSE_CLASS, "4")], 1.0),
+            on_cluster("b", &[], 1.0),
+        ];
+        assert_eq!(cluster_server_errors(&responses), [responses[1].clone()]);
     }
 
     #[test]

@@ -117,6 +117,7 @@ mod tests {
     struct CountingSource {
         calls: AtomicUsize,
         largest_batch: AtomicUsize,
+        last_batch: std::sync::Mutex<Vec<SeriesRequest>>,
     }
 
     impl MetricSource for Arc<CountingSource> {
@@ -128,6 +129,9 @@ mod tests {
             self.calls.fetch_add(1, Ordering::SeqCst);
             self.largest_batch
                 .fetch_max(rollouts.len(), Ordering::SeqCst);
+            if let Ok(mut last) = self.last_batch.lock() {
+                *last = rollouts.to_vec();
+            }
             let answer = rollouts
                 .iter()
                 .map(|r| (r.key(), Samples::default()))
@@ -213,6 +217,40 @@ mod tests {
             [&RolloutKey::new("billing", "checkout")]
         );
         assert_eq!(inner.largest_batch.load(Ordering::SeqCst), 2);
+    }
+
+    /// A rollout on Istio and one on Envoy clusters join one batch, each asked with where its
+    /// served metrics are and the service its decisions are tagged with.
+    #[tokio::test]
+    async fn rollouts_of_both_served_kinds_share_one_query() {
+        use cohort_rollout::compiled::Served;
+        let inner = Arc::new(CountingSource::default());
+        let shared = SharedCycle::new(inner.clone(), Duration::from_secs(60));
+        let window = Duration::from_secs(30);
+        let on_clusters = request("web");
+        let on_istio = SeriesRequest {
+            served: Served::Istio {
+                namespace: "shop".to_owned(),
+                service: "cart-svc".to_owned(),
+            },
+            decision_service: "cart-svc".to_owned(),
+            ..request("cart")
+        };
+        shared
+            .samples(window, std::slice::from_ref(&on_clusters))
+            .await;
+        shared
+            .samples(window, std::slice::from_ref(&on_istio))
+            .await;
+        shared.forget_answers().await;
+        let answer = shared
+            .samples(window, std::slice::from_ref(&on_istio))
+            .await;
+        assert_eq!(answer.keys().collect::<Vec<_>>(), [&on_istio.key()]);
+        assert_eq!(inner.calls.load(Ordering::SeqCst), 2);
+        let mut batch = inner.last_batch.lock().unwrap().clone();
+        batch.sort_by_key(SeriesRequest::key);
+        assert_eq!(batch, [on_istio, on_clusters]);
     }
 
     #[tokio::test]

@@ -41,15 +41,15 @@ const GARBAGE: &[(u16, &str)] = &[
     ),
     (
         200,
-        r#"{"status": "success", "data": {"resultType": "vector", "result": [{"metric": {"cohort_namespace": "shop", "cohort_rollout": "web", "cohort_version": "canary"}, "value": [1, "NaN"]}, {"metric": {"cohort_namespace": "shop", "cohort_rollout": "web", "cohort_version": "stable"}, "value": [1, "NaN"]}]}}"#,
+        r#"{"status": "success", "data": {"resultType": "vector", "result": [{"metric": {"envoy_cluster_name": "shop-web-canary"}, "value": [1, "NaN"]}, {"metric": {"envoy_cluster_name": "shop-web-stable"}, "value": [1, "NaN"]}]}}"#,
     ),
     (
         200,
-        r#"{"status": "success", "data": {"resultType": "vector", "result": [{"metric": {"cohort_namespace": "shop", "cohort_rollout": "web", "cohort_version": "canary"}, "value": [1, "+Inf"]}, {"metric": {"cohort_namespace": "shop", "cohort_rollout": "web", "cohort_version": "stable"}, "value": [1, "-Inf"]}]}}"#,
+        r#"{"status": "success", "data": {"resultType": "vector", "result": [{"metric": {"envoy_cluster_name": "shop-web-canary"}, "value": [1, "+Inf"]}, {"metric": {"envoy_cluster_name": "shop-web-stable"}, "value": [1, "-Inf"]}]}}"#,
     ),
     (
         200,
-        r#"{"status": "success", "data": {"resultType": "vector", "result": [{"metric": {"cohort_namespace": "shop", "cohort_rollout": "web", "cohort_version": "canary"}, "value": [1, "-5"]}, {"metric": {"cohort_namespace": "shop", "cohort_rollout": "web", "cohort_version": "stable"}, "value": [1, "-7"]}]}}"#,
+        r#"{"status": "success", "data": {"resultType": "vector", "result": [{"metric": {"envoy_cluster_name": "shop-web-canary"}, "value": [1, "-5"]}, {"metric": {"envoy_cluster_name": "shop-web-stable"}, "value": [1, "-7"]}]}}"#,
     ),
     (
         400,

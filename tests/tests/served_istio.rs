@@ -1,0 +1,442 @@
+//! The Prometheus source reads what each version of an Istio service **served** from Istio's
+//! standard metrics, against a real Prometheus scraping stand-in sidecars: one exporter per
+//! Pod, each serving `istio_requests_total` and `istio_request_duration_milliseconds` labelled
+//! as Istio's sidecars label them, with counters growing between scrapes. The callers' sidecars
+//! report the same requests again (`reporter="source"`, here at inflated rates) and carry the
+//! filter's `cohort_decisions_total`; another service, and a service of the same name in another
+//! namespace, serve beside them. Each version's served requests, 5xx, latency buckets and
+//! decisions must come out as the destination Pods of that version counted them, none of the
+//! rest.
+
+// Test code: a failed expectation panics with its message.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::time::Duration;
+
+use cohort_controller::source::prometheus::PrometheusSource;
+use cohort_controller::source::{MetricSource, SeriesRequest};
+use cohort_rollout::compiled::Served;
+use cohort_rollout::crd::{ErrorRateGate, GateCheck, GateSpec, LatencyGate};
+use cohort_rollout::evaluate::{Observed, VersionSamples};
+use cohort_tests::exporter::{scrape_config, Exporter, Page};
+use cohort_tests::prometheus_server::Prometheus;
+
+/// Istio's default buckets of `istio_request_duration_milliseconds`.
+const BUCKETS: &[&str] = &[
+    "0.5", "1", "5", "10", "25", "50", "100", "250", "500", "1000", "2500", "5000", "10000",
+    "30000", "60000", "300000", "600000", "1800000", "3600000", "+Inf",
+];
+
+/// Every counter starts here, as a sidecar's has counted since long before the window.
+const BASE: f64 = 100_000.0;
+
+/// The analysis window the source is asked for.
+const WINDOW: Duration = Duration::from_secs(10);
+
+/// Requests of one kind one sidecar reports: who reported them, to which destination, with
+/// which code, how many per second, and how long each took.
+#[derive(Debug, Clone, Copy)]
+struct Traffic {
+    reporter: &'static str,
+    source: &'static str,
+    namespace: &'static str,
+    service: &'static str,
+    version: &'static str,
+    code: u16,
+    per_second: f64,
+    latency_ms: f64,
+}
+
+impl Traffic {
+    fn destination(
+        namespace: &'static str,
+        service: &'static str,
+        version: &'static str,
+        code: u16,
+        per_second: f64,
+        latency_ms: f64,
+    ) -> Traffic {
+        Traffic {
+            reporter: "destination",
+            source: "frontend",
+            namespace,
+            service,
+            version,
+            code,
+            per_second,
+            latency_ms,
+        }
+    }
+
+    /// The same requests as the calling sidecar reports them.
+    fn reported_by_source(self) -> Traffic {
+        Traffic {
+            reporter: "source",
+            ..self
+        }
+    }
+
+    /// The labels Istio's sidecars put on `istio_requests_total` and the duration histogram.
+    fn labels(&self) -> String {
+        let Traffic {
+            reporter,
+            source,
+            namespace,
+            service,
+            version,
+            code,
+            ..
+        } = *self;
+        let workload = format!("{service}-{version}");
+        let security = if reporter == "destination" {
+            "mutual_tls"
+        } else {
+            "unknown"
+        };
+        [
+            ("reporter", reporter.to_owned()),
+            ("source_workload", format!("{source}-v1")),
+            ("source_workload_namespace", "shop".to_owned()),
+            (
+                "source_principal",
+                format!("spiffe://cluster.local/ns/shop/sa/{source}"),
+            ),
+            ("source_app", source.to_owned()),
+            ("source_version", "v1".to_owned()),
+            ("source_cluster", "Kubernetes".to_owned()),
+            ("source_canonical_service", source.to_owned()),
+            ("source_canonical_revision", "v1".to_owned()),
+            ("destination_workload", workload),
+            ("destination_workload_namespace", namespace.to_owned()),
+            (
+                "destination_principal",
+                format!("spiffe://cluster.local/ns/{namespace}/sa/{service}"),
+            ),
+            ("destination_app", service.to_owned()),
+            ("destination_version", version.to_owned()),
+            (
+                "destination_service",
+                format!("{service}.{namespace}.svc.cluster.local"),
+            ),
+            ("destination_service_name", service.to_owned()),
+            ("destination_service_namespace", namespace.to_owned()),
+            ("destination_cluster", "Kubernetes".to_owned()),
+            ("destination_canonical_service", service.to_owned()),
+            ("destination_canonical_revision", version.to_owned()),
+            ("request_protocol", "http".to_owned()),
+            ("response_code", code.to_string()),
+            ("grpc_response_status", String::new()),
+            ("response_flags", "-".to_owned()),
+            ("connection_security_policy", security.to_owned()),
+        ]
+        .iter()
+        .map(|(name, value)| format!("{name}=\"{value}\""))
+        .collect::<Vec<_>>()
+        .join(",")
+    }
+
+    /// Its series at `seconds` after the sidecar started.
+    fn exposition(&self, seconds: f64) -> String {
+        let labels = self.labels();
+        let count = BASE + self.per_second * seconds;
+        let mut text = format!("istio_requests_total{{{labels}}} {count}\n");
+        for le in BUCKETS {
+            let bound: f64 = if *le == "+Inf" {
+                f64::INFINITY
+            } else {
+                le.parse().unwrap()
+            };
+            let value = if bound >= self.latency_ms {
+                count
+            } else {
+                BASE
+            };
+            text.push_str(&format!(
+                "istio_request_duration_milliseconds_bucket{{{labels},le=\"{le}\"}} {value}\n"
+            ));
+        }
+        text.push_str(&format!(
+            "istio_request_duration_milliseconds_sum{{{labels}}} {}\n\
+             istio_request_duration_milliseconds_count{{{labels}}} {count}\n",
+            count * self.latency_ms
+        ));
+        text
+    }
+}
+
+/// The filter's decisions for one destination, as a caller's sidecar exports them.
+#[derive(Debug, Clone, Copy)]
+struct Decisions {
+    namespace: &'static str,
+    service: &'static str,
+    version: &'static str,
+    per_second: f64,
+}
+
+impl Decisions {
+    fn exposition(&self, seconds: f64) -> String {
+        format!(
+            "cohort_decisions_total{{destination_service_namespace=\"{}\",destination_service_name=\"{}\",destination_version=\"{}\"}} {}\n",
+            self.namespace,
+            self.service,
+            self.version,
+            BASE + self.per_second * seconds
+        )
+    }
+}
+
+/// One Pod's sidecar: what it reports and the decisions its filter made.
+fn pod(traffic: Vec<Traffic>, decisions: Vec<Decisions>) -> Exporter {
+    let page: Page = Box::new(move |seconds| {
+        let mut text = String::from(
+            "# TYPE istio_requests_total counter\n\
+             # TYPE istio_request_duration_milliseconds histogram\n",
+        );
+        for t in &traffic {
+            text.push_str(&t.exposition(seconds));
+        }
+        if !decisions.is_empty() {
+            text.push_str("# TYPE cohort_decisions_total counter\n");
+        }
+        for d in &decisions {
+            text.push_str(&d.exposition(seconds));
+        }
+        text
+    });
+    Exporter::start(page).unwrap()
+}
+
+fn gates() -> Vec<GateSpec> {
+    vec![
+        GateSpec::new(GateCheck::ErrorRate(ErrorRateGate {
+            max_increase: 0.01,
+            max_rate: None,
+        })),
+        GateSpec::new(GateCheck::Latency(LatencyGate {
+            quantile: 0.99,
+            tolerance: 0.2,
+            slack_ms: 10.0,
+        })),
+    ]
+}
+
+fn rollout(namespace: &str, service: &str) -> SeriesRequest {
+    SeriesRequest {
+        rollout: format!("{service}-rollout"),
+        namespace: namespace.to_owned(),
+        stable_version: "v1".to_owned(),
+        canary_version: "v2".to_owned(),
+        gates: gates(),
+        served: Served::Istio {
+            namespace: namespace.to_owned(),
+            service: service.to_owned(),
+        },
+        decision_service: service.to_owned(),
+    }
+}
+
+/// `observed` is a value within 10% of `per_second` over the window (`increase()`
+/// extrapolates; the counters grow evenly, so it lands close).
+fn assert_near(observed: &Observed<f64>, per_second: f64, what: &str) {
+    let expected = per_second * WINDOW.as_secs_f64();
+    let Observed::Value(value) = observed else {
+        panic!("{what}: {observed:?}, expected about {expected}");
+    };
+    assert!(
+        (value - expected).abs() <= expected * 0.1,
+        "{what}: {value}, expected about {expected}"
+    );
+}
+
+/// The version's latency buckets: none below `below`, and about `per_second` from `from` on.
+fn assert_latency(version: &VersionSamples, empty_up_to: f64, per_second: f64, what: &str) {
+    let Observed::Value(buckets) = &version.latency_ms else {
+        panic!("{what}: latency {:?}", version.latency_ms);
+    };
+    assert_eq!(buckets.len(), BUCKETS.len(), "{what}: {buckets:?}");
+    for bucket in buckets {
+        if bucket.le <= empty_up_to {
+            // Exactly none: the source-side, other-service and other-namespace requests, all
+            // faster than this version's, would land here.
+            assert_eq!(
+                bucket.count, 0.0,
+                "{what}: bucket {} in {buckets:?}",
+                bucket.le
+            );
+        } else {
+            assert_near(
+                &Observed::Value(bucket.count),
+                per_second,
+                &format!("{what}: bucket {}", bucket.le),
+            );
+        }
+    }
+}
+
+fn number(prometheus: &Prometheus, query: &str) -> f64 {
+    let result = prometheus.query(query).unwrap();
+    result[0]["value"][1]
+        .as_str()
+        .unwrap_or("0")
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn istio_served_metrics_are_read_per_version_from_the_destination() {
+    let checkout = |version, code, per_second, latency_ms| {
+        Traffic::destination("shop", "checkout", version, code, per_second, latency_ms)
+    };
+    // Two Pods per version. Stable (v1) serves 14/s, 1/s of them 503; canary (v2) 6/s, 1/s 500.
+    let pods = [
+        pod(
+            vec![checkout("v1", 200, 6.0, 7.0), checkout("v1", 503, 1.0, 7.0)],
+            Vec::new(),
+        ),
+        pod(vec![checkout("v1", 200, 7.0, 7.0)], Vec::new()),
+        pod(
+            vec![
+                checkout("v2", 200, 2.0, 40.0),
+                checkout("v2", 500, 1.0, 40.0),
+            ],
+            Vec::new(),
+        ),
+        pod(vec![checkout("v2", 200, 3.0, 40.0)], Vec::new()),
+        // The callers: the same service's requests as the source reports them, far more of
+        // them and faster (a source series counted would show), and the filter's decisions.
+        pod(
+            vec![
+                checkout("v1", 200, 100.0, 1.0).reported_by_source(),
+                checkout("v2", 503, 50.0, 1.0).reported_by_source(),
+            ],
+            vec![
+                Decisions {
+                    namespace: "shop",
+                    service: "checkout",
+                    version: "v1",
+                    per_second: 7.0,
+                },
+                Decisions {
+                    namespace: "shop",
+                    service: "checkout",
+                    version: "v2",
+                    per_second: 3.0,
+                },
+                Decisions {
+                    namespace: "shop",
+                    service: "payments",
+                    version: "v2",
+                    per_second: 40.0,
+                },
+            ],
+        ),
+        pod(
+            vec![checkout("v2", 200, 100.0, 1.0).reported_by_source()],
+            vec![
+                Decisions {
+                    namespace: "shop",
+                    service: "checkout",
+                    version: "v1",
+                    per_second: 8.0,
+                },
+                Decisions {
+                    namespace: "shop",
+                    service: "checkout",
+                    version: "v2",
+                    per_second: 3.5,
+                },
+                Decisions {
+                    namespace: "billing",
+                    service: "checkout",
+                    version: "v2",
+                    per_second: 70.0,
+                },
+            ],
+        ),
+        // Another service of the namespace, versioned alike.
+        pod(
+            vec![
+                Traffic::destination("shop", "payments", "v2", 200, 80.0, 3.0),
+                Traffic::destination("shop", "payments", "v1", 500, 20.0, 3.0),
+            ],
+            Vec::new(),
+        ),
+        // The same service name in another namespace, with a rollout of its own.
+        pod(
+            vec![
+                Traffic::destination("billing", "checkout", "v2", 200, 90.0, 2.0),
+                Traffic::destination("billing", "checkout", "v2", 503, 30.0, 2.0),
+            ],
+            Vec::new(),
+        ),
+    ];
+    let targets: Vec<_> = pods.iter().map(Exporter::addr).collect();
+    let prometheus = Prometheus::start_with_config(&scrape_config(
+        "istio-sidecars",
+        "/stats/prometheus",
+        &targets,
+    ))
+    .unwrap_or_else(|e| panic!("{e}"));
+    prometheus
+        .wait_for_job("istio-sidecars", Duration::from_secs(30))
+        .unwrap_or_else(|e| panic!("{e}"));
+    // A whole window of scrapes, and a few more, so increase() extrapolates only to its edges.
+    std::thread::sleep(WINDOW + Duration::from_secs(3));
+
+    // What the source must leave out is there to be left out.
+    assert!(
+        number(
+            &prometheus,
+            r#"sum(istio_requests_total{reporter="source"})"#
+        ) > 0.0
+    );
+    assert_eq!(
+        number(
+            &prometheus,
+            r#"count(count by (instance) (istio_requests_total{destination_service_name="checkout",destination_service_namespace="shop",reporter="destination"}))"#
+        ),
+        4.0,
+        "four Pods serve shop/checkout"
+    );
+
+    let shop = rollout("shop", "checkout");
+    let billing = rollout("billing", "checkout");
+    let source = PrometheusSource::new(&prometheus.url(), Duration::from_secs(5)).unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let samples = runtime.block_on(source.samples(WINDOW, &[shop.clone(), billing.clone()]));
+
+    let shop_samples = &samples[&shop.key()];
+    let (stable, canary) = (&shop_samples.stable, &shop_samples.canary);
+    assert_near(&stable.requests, 14.0, "stable requests");
+    assert_near(&stable.server_errors, 1.0, "stable 5xx");
+    assert_near(&canary.requests, 6.0, "canary requests");
+    assert_near(&canary.server_errors, 1.0, "canary 5xx");
+    assert_near(&stable.decisions, 15.0, "stable decisions");
+    assert_near(&canary.decisions, 6.5, "canary decisions");
+    assert_latency(stable, 5.0, 14.0, "stable");
+    assert_latency(canary, 25.0, 6.0, "canary");
+
+    // billing/checkout reads its own namespace's service: canary only, and no stable at all.
+    let billing_samples = &samples[&billing.key()];
+    assert_near(
+        &billing_samples.canary.requests,
+        120.0,
+        "billing canary requests",
+    );
+    assert_near(
+        &billing_samples.canary.server_errors,
+        30.0,
+        "billing canary 5xx",
+    );
+    assert_near(
+        &billing_samples.canary.decisions,
+        70.0,
+        "billing canary decisions",
+    );
+    assert_eq!(billing_samples.stable.requests, Observed::NoData);
+    assert_eq!(billing_samples.stable.decisions, Observed::NoData);
+    assert_latency(&billing_samples.canary, 1.0, 120.0, "billing canary");
+}
