@@ -111,6 +111,11 @@ pub struct RolloutConfig {
     /// on the wire) for a plain Envoy with no namespaces.
     #[serde(skip_serializing_if = "String::is_empty")]
     pub namespace: String,
+    /// The Kubernetes Service the rollout splits (the `destination_service_name` tag of
+    /// `cohort_decisions_total`, as Istio names the service its own metrics count); the rollout
+    /// name when absent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
     /// Destination hosts (`:authority` without port), as [`HostPattern`] matches them; `*`
     /// matches any host no other rollout claims.
     pub hosts: Vec<String>,
@@ -139,6 +144,7 @@ impl RolloutConfig {
     pub fn new(hosts: Vec<String>, weight_bp: u32) -> Self {
         RolloutConfig {
             namespace: String::new(),
+            service: None,
             hosts,
             salt: None,
             weight_bp,
@@ -376,8 +382,12 @@ pub enum HostPattern {
 pub struct Rollout {
     /// Rollout name (the `cohort_rollout` metric tag).
     pub name: String,
-    /// Namespace of its CanaryRollout (the `cohort_namespace` metric tag); may be empty.
+    /// Namespace of its CanaryRollout (the `cohort_namespace` and `destination_service_namespace`
+    /// metric tags); may be empty.
     pub namespace: String,
+    /// The Service it splits (the `destination_service_name` metric tag): the entry's `service`,
+    /// else the rollout name.
+    pub service: String,
     /// Bucketing salt.
     pub salt: String,
     /// Canary share in basis points.
@@ -582,6 +592,7 @@ fn rollout_config(r: &mut Reader, value: &Value, field: &FieldPath) -> Option<Ro
     if let Some(namespace) = r.string(object, field, "namespace") {
         rollout.namespace = namespace;
     }
+    rollout.service = r.string(object, field, "service");
     rollout.salt = r.string(object, field, "salt");
     if let Some(weight) = r.whole_number(object, field, "weightBp", u64::from(u32::MAX)) {
         rollout.weight_bp = weight as u32;
@@ -1177,6 +1188,17 @@ impl Errors {
                 ),
             );
         }
+        let service = rollout.service.clone().unwrap_or_else(|| name.to_owned());
+        // A metric tag value: a Kubernetes name cannot hold the `=.=` or `;.;` of the encoding.
+        if rollout.service.is_some() && !is_dns_label(&service) {
+            self.push(
+                &field.key("service"),
+                format!(
+                    "\"{service}\" is not a service name; use {NAMESPACE_RULE}, or omit it to \
+                     use the rollout name"
+                ),
+            );
+        }
         let salt = rollout.salt.clone().unwrap_or_else(|| name.to_owned());
         if salt.is_empty() || salt.len() > 256 {
             self.push(
@@ -1251,6 +1273,7 @@ impl Errors {
         Some(Rollout {
             name: name.to_owned(),
             namespace: rollout.namespace.clone(),
+            service,
             salt,
             weight_bp: rollout.weight_bp,
             stable_version: rollout.stable_version.clone(),
@@ -1338,6 +1361,7 @@ mod tests {
         let rollout = &compiled.rollouts[0];
         assert_eq!((rollout.salt.as_str(), rollout.weight_bp), ("checkout", 0));
         assert_eq!(rollout.namespace, "", "no namespace: plain Envoy");
+        assert_eq!(rollout.service, "checkout", "no service: the rollout name");
         assert_eq!(
             (
                 rollout.stable_version.as_str(),
@@ -1357,7 +1381,8 @@ mod tests {
             "events": ["checkout", "signup"],
             "someFutureField": {"ignored": true},
             "rollouts": {
-                "cart": {"namespace": "shop", "hosts": ["cart", "*"], "weightBp": 2500, "salt": "s1",
+                "cart": {"namespace": "shop", "service": "cart-svc", "hosts": ["cart", "*"],
+                         "weightBp": 2500, "salt": "s1",
                          "stableVersion": "v1", "canaryVersion": "v2",
                          "identity": [{"kind": "cookie", "name": "session"}],
                          "allowCohorts": [0, 99], "allowKeys": ["bob", "alice", "bob"]}
@@ -1371,6 +1396,7 @@ mod tests {
         assert_eq!(compiled.anonymous, Anonymous::Stable);
         let rollout = &compiled.rollouts[0];
         assert_eq!(rollout.namespace, "shop");
+        assert_eq!(rollout.service, "cart-svc");
         assert_eq!(rollout.identity, vec![Identity::Cookie("session".into())]);
         assert_eq!(rollout.allow_cohorts, 1 | (1u128 << 99));
         assert_eq!(rollout.allow_keys, vec![b"alice".to_vec(), b"bob".to_vec()]);
@@ -1528,6 +1554,28 @@ mod tests {
             (
                 r#"{"version": 1, "rollouts": {"a": {"hosts": ["a"], "namespace": "Shop_1"}}}"#,
                 "rollouts.a.namespace: \"Shop_1\" is not a namespace name; use 1-63 characters",
+            ),
+            (
+                r#"{"version": 1, "rollouts": {"a": {"hosts": ["a"], "service": 7}}}"#,
+                "rollouts.a.service: expected a string, found a number",
+            ),
+            (
+                r#"{"version": 1, "rollouts": {"a": {"hosts": ["a"], "service": ""}}}"#,
+                "rollouts.a.service: \"\" is not a service name; use 1-63 characters",
+            ),
+            (
+                r#"{"version": 1, "rollouts": {"a": {"hosts": ["a"], "service": "web;.;x"}}}"#,
+                "rollouts.a.service: \"web;.;x\" is not a service name; use 1-63 characters",
+            ),
+            (
+                r#"{"version": 1, "rollouts": {"a": {"hosts": ["a"], "service": "web=.=x"}}}"#,
+                "rollouts.a.service: \"web=.=x\" is not a service name; use 1-63 characters",
+            ),
+            (
+                r#"{"version": 1, "rollouts": {"a": {"hosts": ["a"], "service": "Web"}}}"#,
+                "rollouts.a.service: \"Web\" is not a service name; use 1-63 characters of a-z, \
+                 0-9 and '-', starting and ending with a letter or digit, or omit it to use the \
+                 rollout name",
             ),
             (
                 r#"{"version": 1, "rollouts": {"a": {"hosts": ["a"], "salt": ""}}}"#,
@@ -1814,7 +1862,7 @@ mod tests {
         use Segment::{Index, Key};
         let document = r#"{"version": 1, "events": ["ok", "not ok"],
             "identity": [{"kind": "header", "name": "bad header"}],
-            "rollouts": {"a.b": {"hosts": ["a"], "weightBp": 10001}}}"#;
+            "rollouts": {"a.b": {"hosts": ["a"], "weightBp": 10001, "service": "a=.=b"}}}"#;
         let errors = match parse(document.as_bytes()) {
             Err(ConfigErrors(errors)) => errors,
             Ok(compiled) => unreachable!("{compiled:?}"),
@@ -1835,6 +1883,10 @@ mod tests {
                 (
                     vec![Key("rollouts"), Key("a.b"), Key("weightBp")],
                     "rollouts.a.b.weightBp".to_owned()
+                ),
+                (
+                    vec![Key("rollouts"), Key("a.b"), Key("service")],
+                    "rollouts.a.b.service".to_owned()
                 ),
             ]
         );

@@ -1,11 +1,23 @@
 //! Metric names and the tag encoding Envoy's tag extraction turns into Prometheus labels.
 //!
 //! A wasm metric named
-//! `cohort_namespace=.=shop;.;cohort_rollout=.=checkout;.;cohort_version=.=canary;.;cohort_requests_total`
+//! `cohort_namespace=.=shop;.;cohort_rollout=.=checkout;.;cohort_version=.=canary;.;cohort_events_total`
 //! shows in `/stats/prometheus` as
-//! `cohort_requests_total{cohort_namespace="shop",cohort_rollout="checkout",cohort_version="canary"}`
+//! `cohort_events_total{cohort_namespace="shop",cohort_rollout="checkout",cohort_version="canary"}`
 //! once the bootstrap declares each tag with the regex from [`tag_regex`] (plain Envoy:
 //! `stats_config.stats_tags`; Istio: the `extraStatTags` proxy config).
+//!
+//! The gates judge *served* metrics: the proxy's own (Istio's `istio_requests_total` and
+//! `istio_request_duration_milliseconds` with `reporter="destination"`, a plain Envoy's cluster
+//! `upstream_rq_*`), never counts of the filter's, so the filter reads no response it does not
+//! need. What it counts itself is the decision, [`DECISIONS_TOTAL`], on the request side: how
+//! the routing check sees that the split the filter made is the split the proxies served.
+//! Its tags are Istio's *standard* names, [`TAG_DESTINATION_NAMESPACE`],
+//! [`TAG_DESTINATION_SERVICE`] and [`TAG_DESTINATION_VERSION`]: every Istio sidecar's bootstrap
+//! already extracts them (`(destination_version=\.=(.*?);\.;)` and the others are in Istio's
+//! default `stats_tags`), so the decisions are labelled in Istio without `extraStatTags` and
+//! without restarting a Pod, and they line up with `istio_requests_total`'s labels of the same
+//! names. A plain Envoy declares them like the cohort tags ([`TAGS`]).
 //!
 //! A rollout is named by its namespace and name together: two CanaryRollouts called `checkout`
 //! in `shop` and `billing` have series of their own. Without a namespace (a plain Envoy's config)
@@ -14,10 +26,10 @@
 
 use std::fmt::Write as _;
 
-/// Requests by rollout, version and code class (counter).
-pub const REQUESTS_TOTAL: &str = "cohort_requests_total";
-/// Request duration in milliseconds, from request headers to the end of the stream (histogram).
-pub const REQUEST_DURATION_MS: &str = "cohort_request_duration_milliseconds";
+/// Routing decisions by rollout and version, counted when the filter decides, on the request
+/// side, whether or not an answer ever comes (counter; tags [`TAG_DESTINATION_NAMESPACE`],
+/// [`TAG_DESTINATION_SERVICE`], [`TAG_DESTINATION_VERSION`]).
+pub const DECISIONS_TOTAL: &str = "cohort_decisions_total";
 /// Business events reported by the upstream (counter).
 pub const EVENTS_TOTAL: &str = "cohort_events_total";
 /// Number of configs this VM accepted since it started (gauge).
@@ -37,30 +49,27 @@ pub const TAG_NAMESPACE: &str = "cohort_namespace";
 pub const TAG_ROLLOUT: &str = "cohort_rollout";
 /// Tag: version name (the routing header value).
 pub const TAG_VERSION: &str = "cohort_version";
-/// Tag: response code class.
-pub const TAG_CODE_CLASS: &str = "cohort_code_class";
 /// Tag: business event name.
 pub const TAG_EVENT: &str = "cohort_event";
-/// Every tag the filter emits, for bootstrap `stats_tags` and Istio `extraStatTags`.
-pub const TAGS: [&str; 5] = [
+/// Tag of [`DECISIONS_TOTAL`], Istio's standard name: the rollout entry's `namespace`.
+pub const TAG_DESTINATION_NAMESPACE: &str = "destination_service_namespace";
+/// Tag of [`DECISIONS_TOTAL`], Istio's standard name: the rollout entry's `service`.
+pub const TAG_DESTINATION_SERVICE: &str = "destination_service_name";
+/// Tag of [`DECISIONS_TOTAL`], Istio's standard name: the version decided.
+pub const TAG_DESTINATION_VERSION: &str = "destination_version";
+/// The tags an Istio sidecar's bootstrap does not extract by itself: its `extraStatTags`. The
+/// three `destination_*` tags are among Istio's defaults already.
+pub const ISTIO_EXTRA_STAT_TAGS: [&str; 4] = [TAG_NAMESPACE, TAG_ROLLOUT, TAG_VERSION, TAG_EVENT];
+/// Every tag the filter emits, for a plain Envoy's bootstrap `stats_tags`.
+pub const TAGS: [&str; 7] = [
     TAG_NAMESPACE,
     TAG_ROLLOUT,
     TAG_VERSION,
-    TAG_CODE_CLASS,
     TAG_EVENT,
+    TAG_DESTINATION_NAMESPACE,
+    TAG_DESTINATION_SERVICE,
+    TAG_DESTINATION_VERSION,
 ];
-
-/// Code classes, in the order [`code_class`] indexes them.
-pub const CODE_CLASSES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "reset"];
-
-/// Index into [`CODE_CLASSES`] for an HTTP status; anything outside 100..=599 (0 when no
-/// response was received) is a reset.
-pub fn code_class(status: u32) -> usize {
-    match status {
-        100..=599 => (status / 100 - 1) as usize,
-        _ => CODE_CLASSES.len() - 1,
-    }
-}
 
 /// The full metric name carrying `tags` for Envoy's tag extraction.
 pub fn tagged_name(name: &str, tags: &[(&str, &str)]) -> String {
@@ -90,35 +99,42 @@ mod tests {
     use super::*;
 
     #[test]
-    fn code_classes() {
-        let table = [
-            (0, "reset"),
-            (99, "reset"),
-            (101, "1xx"),
-            (200, "2xx"),
-            (204, "2xx"),
-            (302, "3xx"),
-            (404, "4xx"),
-            (503, "5xx"),
-            (599, "5xx"),
-            (600, "reset"),
-        ];
-        for (status, class) in table {
-            assert_eq!(CODE_CLASSES[code_class(status)], class, "status {status}");
-        }
-    }
-
-    #[test]
     fn tag_encoding() {
         assert_eq!(
-            tagged_name(REQUESTS_TOTAL, &[(TAG_ROLLOUT, "checkout"), (TAG_VERSION, "canary"), (TAG_CODE_CLASS, "5xx")]),
-            "cohort_rollout=.=checkout;.;cohort_version=.=canary;.;cohort_code_class=.=5xx;.;cohort_requests_total"
+            tagged_name(EVENTS_TOTAL, &[(TAG_ROLLOUT, "checkout"), (TAG_VERSION, "canary"), (TAG_EVENT, "buy")]),
+            "cohort_rollout=.=checkout;.;cohort_version=.=canary;.;cohort_event=.=buy;.;cohort_events_total"
+        );
+        assert_eq!(
+            tagged_name(
+                DECISIONS_TOTAL,
+                &[
+                    (TAG_DESTINATION_NAMESPACE, "shop"),
+                    (TAG_DESTINATION_SERVICE, "checkout"),
+                    (TAG_DESTINATION_VERSION, "v2")
+                ]
+            ),
+            "destination_service_namespace=.=shop;.;destination_service_name=.=checkout;.;\
+             destination_version=.=v2;.;cohort_decisions_total"
         );
         assert_eq!(
             tagged_name(CONFIG_GENERATION, &[]),
             "cohort_config_generation"
         );
         assert_eq!(tag_regex(TAG_VERSION), r"(cohort_version=\.=(.*?);\.;)");
+        // Istio's default stats_tags hold exactly these regexes, so its sidecars extract the
+        // decisions' tags without extraStatTags.
+        assert_eq!(
+            tag_regex(TAG_DESTINATION_VERSION),
+            r"(destination_version=\.=(.*?);\.;)"
+        );
+        assert_eq!(
+            tag_regex(TAG_DESTINATION_SERVICE),
+            r"(destination_service_name=\.=(.*?);\.;)"
+        );
+        assert_eq!(
+            tag_regex(TAG_DESTINATION_NAMESPACE),
+            r"(destination_service_namespace=\.=(.*?);\.;)"
+        );
     }
 
     #[test]

@@ -234,6 +234,7 @@ fn rollout(hosts: BTreeSet<String>) -> impl Strategy<Value = RolloutConfig> {
             move |(weight_bp, salt, (stable, canary), identity, cohorts, keys, namespace)| {
                 RolloutConfig {
                     namespace: namespace.unwrap_or_default(),
+                    service: None,
                     hosts: hosts.iter().cloned().collect(),
                     salt,
                     weight_bp,

@@ -25,8 +25,8 @@ pub struct FakeHost {
     /// What the clock reads.
     pub now_nanos: u64,
     /// Every call the stream made, in order: `request headers`, `replace NAME: VALUE`,
-    /// `remove NAME`, `response headers`, `response header NAME`, `add NAME: VALUE`, `clock`,
-    /// `increment METRIC by N`, `record METRIC = N`.
+    /// `remove NAME`, `response header NAME`, `add NAME: VALUE`, `clock`,
+    /// `increment METRIC by N`.
     pub calls: Vec<String>,
     /// Metric names by id, as [`FakeHost::define`] handed the ids out.
     names: Vec<String>,
@@ -55,12 +55,7 @@ impl FakeHost {
         self.metric_updates("increment", name).sum()
     }
 
-    /// The samples recorded for every metric named `name`, in order.
-    pub fn samples(&self, name: &str) -> Vec<u64> {
-        self.metric_updates("record", name).collect()
-    }
-
-    /// The values of `verb` calls (`increment` or `record`) on metrics named `name`.
+    /// The values of the increments of metrics named `name`.
     fn metric_updates<'a>(
         &'a self,
         verb: &'a str,
@@ -68,7 +63,7 @@ impl FakeHost {
     ) -> impl Iterator<Item = u64> + 'a {
         self.calls.iter().filter_map(move |call| {
             let rest = call.strip_prefix(verb)?.strip_prefix(' ')?;
-            let (metric, value) = rest.split_once(" by ").or_else(|| rest.split_once(" = "))?;
+            let (metric, value) = rest.split_once(" by ")?;
             (metric == name).then(|| value.parse().ok()).flatten()
         })
     }
@@ -150,11 +145,6 @@ impl Host for FakeHost {
         remove(&mut self.request, name);
     }
 
-    fn response_headers(&mut self) -> Vec<u8> {
-        self.note("response headers".to_owned());
-        serialized(&self.response)
-    }
-
     fn response_header(&mut self, name: &str) -> Option<Vec<u8>> {
         self.note(format!("response header {name}"));
         values(&self.response, name)
@@ -178,13 +168,6 @@ impl Host for FakeHost {
         if let (Some(id), 1..=0x7fff_ffff_ffff_ffff) = (metric, by) {
             let name = self.metric_name(id);
             self.note(format!("increment {name} by {by}"));
-        }
-    }
-
-    fn record(&mut self, metric: Option<u32>, value: u64) {
-        if let Some(id) = metric {
-            let name = self.metric_name(id);
-            self.note(format!("record {name} = {value}"));
         }
     }
 }

@@ -6,7 +6,8 @@
 //! the stream's [`Host`] made of these calls.
 //!
 //! Crossing into the host is what a request costs the filter (the decision itself is about
-//! 0.1 µs), so headers are read as whole maps: one call per direction instead of one per name.
+//! 0.1 µs), so the request's headers are read as one map: one call instead of one per name. Of
+//! the response only one header is ever read (the events header), so that is read by name.
 
 use proxy_wasm::types::{BufferType, LogLevel, MapType, MetricType, Status};
 
@@ -23,11 +24,6 @@ const OK: RawStatus = Status::Ok as RawStatus;
 /// [`HeaderPairs::parse`](cohort_core::header_pairs::HeaderPairs::parse). Empty on any failure.
 pub fn request_headers() -> Vec<u8> {
     header_map_pairs(MapType::HttpRequestHeaders)
-}
-
-/// The response's headers, serialized like [`request_headers`].
-pub fn response_headers() -> Vec<u8> {
-    header_map_pairs(MapType::HttpResponseHeaders)
 }
 
 /// One response header's value, for when only one is needed: reading a whole map costs about
@@ -272,10 +268,6 @@ impl Host for Envoy {
         remove_request_header(name);
     }
 
-    fn response_headers(&mut self) -> Vec<u8> {
-        response_headers()
-    }
-
     fn response_header(&mut self, name: &str) -> Option<Vec<u8>> {
         response_header(name)
     }
@@ -290,10 +282,6 @@ impl Host for Envoy {
 
     fn increment(&mut self, metric: Option<u32>, by: u64) {
         increment(metric, by);
-    }
-
-    fn record(&mut self, metric: Option<u32>, value: u64) {
-        record(metric, value);
     }
 }
 

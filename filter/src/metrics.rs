@@ -5,10 +5,10 @@ use proxy_wasm::types::MetricType;
 use cohort_core::config::Compiled;
 use cohort_core::decide::Side;
 use cohort_core::telemetry::{
-    tagged_name, CODE_CLASSES, CONFIG_GENERATION, CONFIG_REJECTED_TOTAL, EVENTS_TOTAL,
-    FORCE_DENIED_TOTAL, REQUESTS_TOTAL, REQUEST_DURATION_MS, ROLLOUT_WEIGHT_BP,
-    ROUTING_HEADER_OVERWRITTEN_TOTAL, TAG_CODE_CLASS, TAG_EVENT, TAG_NAMESPACE, TAG_ROLLOUT,
-    TAG_VERSION,
+    tagged_name, CONFIG_GENERATION, CONFIG_REJECTED_TOTAL, DECISIONS_TOTAL, EVENTS_TOTAL,
+    FORCE_DENIED_TOTAL, ROLLOUT_WEIGHT_BP, ROUTING_HEADER_OVERWRITTEN_TOTAL,
+    TAG_DESTINATION_NAMESPACE, TAG_DESTINATION_SERVICE, TAG_DESTINATION_VERSION, TAG_EVENT,
+    TAG_NAMESPACE, TAG_ROLLOUT, TAG_VERSION,
 };
 
 /// Defines a metric by kind and full (tagged) name; `None` when the host refused.
@@ -42,10 +42,8 @@ impl VmMetrics {
 /// One version's metrics within a rollout.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct VersionMetrics {
-    /// `cohort_requests_total`, indexed like [`CODE_CLASSES`].
-    pub requests: [Option<u32>; CODE_CLASSES.len()],
-    /// `cohort_request_duration_milliseconds`
-    pub duration_ms: Option<u32>,
+    /// `cohort_decisions_total`
+    pub decisions: Option<u32>,
     /// `cohort_events_total`, indexed like the config's event names.
     pub events: Vec<Option<u32>>,
 }
@@ -83,19 +81,17 @@ pub fn define_rollouts(config: &Compiled, define: Define<'_>) -> Vec<RolloutMetr
             ];
             let mut version = |name: &str| {
                 let tags = [rollout_tags[0], rollout_tags[1], (TAG_VERSION, name)];
+                // Istio's own tag names (cohort_core::telemetry), with Istio's values: the
+                // namespace and the Service, so they line up with the served metrics.
+                let destination = [
+                    (TAG_DESTINATION_NAMESPACE, rollout.namespace.as_str()),
+                    (TAG_DESTINATION_SERVICE, rollout.service.as_str()),
+                    (TAG_DESTINATION_VERSION, name),
+                ];
                 VersionMetrics {
-                    requests: CODE_CLASSES.map(|class| {
-                        define(
-                            MetricType::Counter,
-                            &tagged_name(
-                                REQUESTS_TOTAL,
-                                &[tags[0], tags[1], tags[2], (TAG_CODE_CLASS, class)],
-                            ),
-                        )
-                    }),
-                    duration_ms: define(
-                        MetricType::Histogram,
-                        &tagged_name(REQUEST_DURATION_MS, &tags),
+                    decisions: define(
+                        MetricType::Counter,
+                        &tagged_name(DECISIONS_TOTAL, &destination),
                     ),
                     events: config
                         .events
@@ -147,23 +143,25 @@ mod tests {
     }
 
     #[test]
-    fn ids_per_rollout_version_class_and_event() {
+    fn ids_per_rollout_version_and_event() {
         let (metrics, names) = define_all(
             br#"{"version": 1, "events": ["checkout", "signup"],
-                 "rollouts": {"web": {"namespace": "shop", "hosts": ["web"], "canaryVersion": "v2"}}}"#,
+                 "rollouts": {"web": {"namespace": "shop", "service": "web-svc", "hosts": ["web"],
+                                      "canaryVersion": "v2"}}}"#,
         );
         assert_eq!(metrics.len(), 1);
-        // 2 versions × (6 classes + 1 histogram + 2 events) + 1 weight gauge
-        assert_eq!(names.len(), 2 * (6 + 1 + 2) + 1);
-        assert!(names.contains(&(
-            MetricType::Counter,
-            "cohort_namespace=.=shop;.;cohort_rollout=.=web;.;cohort_version=.=v2;.;cohort_code_class=.=5xx;.;cohort_requests_total".into()
-        )));
-        assert!(names.contains(&(
-            MetricType::Histogram,
-            "cohort_namespace=.=shop;.;cohort_rollout=.=web;.;cohort_version=.=stable;.;cohort_request_duration_milliseconds"
-                .into()
-        )));
+        // 2 versions × (1 decision counter + 2 events) + 1 weight gauge
+        assert_eq!(names.len(), 2 * (1 + 2) + 1);
+        for version in ["stable", "v2"] {
+            assert!(names.contains(&(
+                MetricType::Counter,
+                format!(
+                    "destination_service_namespace=.=shop;.;destination_service_name=.=web-svc;.;\
+                     destination_version=.={version};.;cohort_decisions_total"
+                )
+            )));
+        }
+        assert!(names.iter().all(|(kind, _)| *kind != MetricType::Histogram));
         assert!(names.contains(&(
             MetricType::Counter,
             "cohort_namespace=.=shop;.;cohort_rollout=.=web;.;cohort_version=.=v2;.;cohort_event=.=signup;.;cohort_events_total".into()
@@ -173,28 +171,35 @@ mod tests {
             "cohort_namespace=.=shop;.;cohort_rollout=.=web;.;cohort_rollout_weight_bp".into()
         )));
         // Every per-rollout metric carries the namespace.
-        assert!(
-            names
-                .iter()
-                .all(|(_, name)| name
-                    .starts_with("cohort_namespace=.=shop;.;cohort_rollout=.=web;.;"))
-        );
+        assert!(names.iter().all(|(_, name)| name
+            .starts_with("cohort_namespace=.=shop;.;cohort_rollout=.=web;.;")
+            || name.starts_with("destination_service_namespace=.=shop;.;")));
         let canary = metrics[0].side(Side::Canary);
         assert_eq!(canary.events.len(), 2);
-        assert!(canary.requests.iter().all(Option::is_some));
+        assert!(canary.decisions.is_some());
+        assert_ne!(canary.decisions, metrics[0].side(Side::Stable).decisions);
     }
 
     #[test]
     fn without_a_namespace_the_tag_is_empty() {
         let names = names_of(br#"{"version": 1, "rollouts": {"web": {"hosts": ["web"]}}}"#);
-        assert_eq!(names.len(), 2 * (6 + 1) + 1);
+        assert_eq!(names.len(), 2 + 1);
         assert!(names.contains(&(
             MetricType::Gauge,
             "cohort_namespace=.=;.;cohort_rollout=.=web;.;cohort_rollout_weight_bp".into()
         )));
-        assert!(names
-            .iter()
-            .all(|(_, name)| name.starts_with("cohort_namespace=.=;.;cohort_rollout=.=web;.;")));
+        // Without a service, the rollout name stands for it.
+        assert!(names.contains(&(
+            MetricType::Counter,
+            "destination_service_namespace=.=;.;destination_service_name=.=web;.;\
+             destination_version=.=canary;.;cohort_decisions_total"
+                .into()
+        )));
+        assert!(names.iter().all(|(_, name)| name
+            .starts_with("cohort_namespace=.=;.;cohort_rollout=.=web;.;")
+            || name.starts_with(
+                "destination_service_namespace=.=;.;destination_service_name=.=web;.;"
+            )));
     }
 
     #[test]

@@ -1,6 +1,9 @@
-//! One HTTP stream: decide on request headers, hand out the anonymous cookie and count business
-//! events on response headers, count the request and its duration at the end. Every host call
-//! goes through the stream's [`Host`], so these decisions are unit-tested with a fake host.
+//! One HTTP stream: decide on request headers and count the decision there; on response headers
+//! hand out the anonymous cookie and, only when the config lists events, count the events the
+//! upstream reports. The gates judge the proxy's own served metrics, so nothing else of the
+//! response is read: with no events the filter reads neither the response nor the clock (the
+//! anonymous id aside). Every host call goes through the stream's [`Host`], so these decisions
+//! are unit-tested with a fake host.
 
 use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
@@ -12,26 +15,19 @@ use proxy_wasm::types::Action;
 use cohort_core::config::{Anonymous, DEFAULT_FORCE_HEADER, DEFAULT_ROUTING_HEADER};
 use cohort_core::decide::{decide, set_cookie_value, Side};
 use cohort_core::header_pairs::HeaderPairs;
-use cohort_core::telemetry::code_class;
 
 use crate::active::Active;
 use crate::metrics::VmMetrics;
 use crate::stream_host::Host;
-
-/// With the `request-side-only` feature (a bench build, never shipped) the filter decides, routes
-/// and hands out cookies, but skips its clock reads, response headers and metrics: what Envoy
-/// pays for the decision alone, whatever the gates' inputs cost (BENCHMARKS.md, "Envoy overhead").
-const REQUEST_SIDE_ONLY: bool = cfg!(feature = "request-side-only");
 
 /// Per-stream state, over the host `H` it calls ([`Envoy`](crate::host::Envoy) in the filter).
 pub struct Stream<H> {
     host: H,
     active: Option<Rc<Active>>,
     vm: VmMetrics,
-    started_ns: u64,
-    routed: Option<(usize, Side)>,
+    /// The rollout (its index) and side decided, when the response's events are counted.
+    counts_events: Option<(usize, Side)>,
     set_cookie: Option<String>,
-    status: u32,
 }
 
 impl<H: Host> Stream<H> {
@@ -41,10 +37,8 @@ impl<H: Host> Stream<H> {
             host,
             active,
             vm,
-            started_ns: 0,
-            routed: None,
+            counts_events: None,
             set_cookie: None,
-            status: 0,
         }
     }
 }
@@ -56,13 +50,6 @@ fn new_anonymous_id(now_nanos: u64) -> String {
     let high = RandomState::new().hash_one(now_nanos);
     let low = RandomState::new().hash_one(high);
     format!("{high:016x}{low:016x}")
-}
-
-/// The response's status code; 0 (counted as a reset) when it is missing or not a number.
-fn parse_status(value: Option<&[u8]>) -> u32 {
-    value
-        .and_then(|status| std::str::from_utf8(status).ok()?.parse().ok())
-        .unwrap_or(0)
 }
 
 impl<H: Host> Context for Stream<H> {}
@@ -107,13 +94,14 @@ impl<H: Host> HttpContext for Stream<H> {
             }
             return Action::Continue;
         };
-        // The clock, like the response's headers, is read only for a routed request: a host
-        // without a rollout pays for none of it.
-        if !REQUEST_SIDE_ONLY {
-            self.started_ns = host.now_nanos();
-        }
         host.set_request_header(&config.routing_header, decision.version().as_bytes());
-        self.routed = Some((decision.rollout_index, decision.side));
+        // Counted now, not when an answer comes: a request the upstream never answers was still
+        // routed, and the routing check compares these with what the proxies served.
+        let ids = active.metrics.get(decision.rollout_index);
+        host.increment(ids.and_then(|m| m.side(decision.side).decisions), 1);
+        if !config.events.is_empty() {
+            self.counts_events = Some((decision.rollout_index, decision.side));
+        }
         if let (
             Some(id),
             Anonymous::Cookie {
@@ -132,55 +120,30 @@ impl<H: Host> HttpContext for Stream<H> {
             self.host
                 .add_response_header("set-cookie", cookie.as_bytes());
         }
-        if REQUEST_SIDE_ONLY {
-            return Action::Continue;
-        }
-        let (Some(active), Some((rollout, side))) = (&self.active, self.routed) else {
+        // Set only when the config lists events: otherwise the response is not read at all.
+        let (Some(active), Some((rollout, side))) = (&self.active, self.counts_events) else {
             return Action::Continue;
         };
         let config = &active.config;
-        if config.events.is_empty() {
-            // Only the status is needed: one value costs less to read than the whole map.
-            self.status = parse_status(self.host.response_header(":status").as_deref());
+        // One value costs less to read than the whole map; like the map read by name, it is the
+        // first header of that name.
+        let Some(reported) = self.host.response_header(&config.events_header) else {
             return Action::Continue;
-        }
-        let serialized = self.host.response_headers();
-        let headers = HeaderPairs::parse(&serialized);
-        self.status = parse_status(headers.get(":status"));
+        };
         let Some(ids) = active.metrics.get(rollout).map(|m| m.side(side)) else {
             return Action::Continue;
         };
-        if let Some(reported) = headers.get(&config.events_header) {
-            for name in reported.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
-                if let Some(index) = config
-                    .events
-                    .iter()
-                    .position(|event| event.as_bytes() == name)
-                {
-                    self.host
-                        .increment(ids.events.get(index).copied().flatten(), 1);
-                }
+        for name in reported.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+            if let Some(index) = config
+                .events
+                .iter()
+                .position(|event| event.as_bytes() == name)
+            {
+                self.host
+                    .increment(ids.events.get(index).copied().flatten(), 1);
             }
         }
         Action::Continue
-    }
-
-    fn on_log(&mut self) {
-        if REQUEST_SIDE_ONLY {
-            return;
-        }
-        let (Some(active), Some((rollout, side))) = (&self.active, self.routed) else {
-            return;
-        };
-        let Some(ids) = active.metrics.get(rollout).map(|m| m.side(side)) else {
-            return;
-        };
-        self.host.increment(
-            ids.requests.get(code_class(self.status)).copied().flatten(),
-            1,
-        );
-        let elapsed_ms = self.host.now_nanos().saturating_sub(self.started_ns) / 1_000_000;
-        self.host.record(ids.duration_ms, elapsed_ms);
     }
 }
 
@@ -189,9 +152,9 @@ mod tests {
     use cohort_core::bucket::place;
     use cohort_core::config;
     use cohort_core::telemetry::{
-        tagged_name, CODE_CLASSES, EVENTS_TOTAL, FORCE_DENIED_TOTAL, REQUESTS_TOTAL,
-        REQUEST_DURATION_MS, ROUTING_HEADER_OVERWRITTEN_TOTAL, TAG_CODE_CLASS, TAG_EVENT,
-        TAG_NAMESPACE, TAG_ROLLOUT, TAG_VERSION,
+        tagged_name, DECISIONS_TOTAL, EVENTS_TOTAL, FORCE_DENIED_TOTAL,
+        ROUTING_HEADER_OVERWRITTEN_TOTAL, TAG_DESTINATION_NAMESPACE, TAG_DESTINATION_SERVICE,
+        TAG_DESTINATION_VERSION, TAG_EVENT, TAG_NAMESPACE, TAG_ROLLOUT, TAG_VERSION,
     };
 
     use super::*;
@@ -232,7 +195,6 @@ mod tests {
             .map(|(name, value)| (name.to_vec(), value.to_vec()))
             .collect();
         assert_eq!(stream.on_http_response_headers(0, false), Action::Continue);
-        stream.on_log();
     }
 
     /// The request headers of a user on host `web`.
@@ -249,22 +211,28 @@ mod tests {
         }
     }
 
-    fn web_metric(name: &str, version: &str, last: Option<(&str, &str)>) -> String {
-        let mut tags = vec![
-            (TAG_NAMESPACE, ""),
-            (TAG_ROLLOUT, "web"),
-            (TAG_VERSION, version),
-        ];
-        tags.extend(last);
-        tagged_name(name, &tags)
-    }
-
-    fn requests(version: &str, class: &str) -> String {
-        web_metric(REQUESTS_TOTAL, version, Some((TAG_CODE_CLASS, class)))
+    /// `web`'s decisions for `version`: no namespace, the rollout name for the service.
+    fn decisions(version: &str) -> String {
+        tagged_name(
+            DECISIONS_TOTAL,
+            &[
+                (TAG_DESTINATION_NAMESPACE, ""),
+                (TAG_DESTINATION_SERVICE, "web"),
+                (TAG_DESTINATION_VERSION, version),
+            ],
+        )
     }
 
     fn events(version: &str, event: &str) -> String {
-        web_metric(EVENTS_TOTAL, version, Some((TAG_EVENT, event)))
+        tagged_name(
+            EVENTS_TOTAL,
+            &[
+                (TAG_NAMESPACE, ""),
+                (TAG_ROLLOUT, "web"),
+                (TAG_VERSION, version),
+                (TAG_EVENT, event),
+            ],
+        )
     }
 
     #[test]
@@ -286,7 +254,7 @@ mod tests {
                 let who = format!("{} at {weight}bp", String::from_utf8_lossy(key));
                 assert_eq!(routed(&stream.host).as_deref(), Some(want), "{who}");
                 assert!(!stream.host.called("add set-cookie"), "{who}");
-                assert_eq!(stream.host.counter(&requests(want, "2xx")), 1, "{who}");
+                assert_eq!(stream.host.counter(&decisions(want)), 1, "{who}");
                 if weight == 5000 {
                     sides_at_half.push(canary);
                 }
@@ -615,86 +583,121 @@ mod tests {
                 0,
                 "{row}"
             );
-            assert_eq!(stream.host.counter(&requests("canary", "2xx")), 1, "{row}");
+            assert_eq!(stream.host.counter(&decisions("canary")), 1, "{row}");
         }
     }
 
     #[test]
-    fn without_configured_events_only_the_status_is_read() {
-        let document = document("", r#", "weightBp": 10000"#);
-        let mut stream = stream(Some(&document), user(b"alice"));
-        exchange(
-            &mut stream,
-            &[(b":status", b"404"), (b"x-cohort-events", b"checkout")],
-        );
-        assert!(stream.host.called("response header :status"));
-        assert!(!stream.host.called("response headers"));
-        assert_eq!(stream.host.counter(&requests("canary", "4xx")), 1);
+    fn without_configured_events_neither_the_response_nor_the_clock_is_read() {
+        for weight in [0, 10000] {
+            let document = document("", &format!(r#", "weightBp": {weight}"#));
+            let mut stream = stream(Some(&document), user(b"alice"));
+            exchange(
+                &mut stream,
+                &[(b":status", b"404"), (b"x-cohort-events", b"checkout")],
+            );
+            let want = if weight == 0 { "stable" } else { "canary" };
+            assert_eq!(
+                stream.host.calls,
+                [
+                    "request headers".to_owned(),
+                    format!("replace {ROUTING}: {want}"),
+                    format!("increment {} by 1", decisions(want)),
+                ],
+                "{weight}bp"
+            );
+        }
     }
 
     #[test]
-    fn each_request_is_counted_by_status_class_with_its_duration() {
-        // (the response's status headers, code class)
-        let table: &[(&[&[u8]], &str)] = &[
-            (&[b"200"], "2xx"),
-            (&[b"101"], "1xx"),
-            (&[b"302"], "3xx"),
-            (&[b"404"], "4xx"),
-            (&[b"503"], "5xx"),
-            (&[], "reset"),
-            (&[b"abc"], "reset"),
-            (&[b"99"], "reset"),
-            (&[b"600"], "reset"),
-            (&[b"\xff"], "reset"),
-            (&[b"99999999999"], "reset"),
-            (&[b" 200"], "reset"),
-        ];
+    fn the_decision_is_counted_with_no_response_at_all() {
+        // An upstream that never answers: Envoy calls no response callback.
         for events in ["", r#", "events": ["checkout"]"#] {
-            let document = document(events, r#", "weightBp": 0"#);
-            for (status, class) in table {
+            for (weight, version) in [(0, "stable"), (10000, "canary")] {
+                let document = document(events, &format!(r#", "weightBp": {weight}"#));
                 let mut stream = stream(Some(&document), user(b"alice"));
-                stream.host.now_nanos = 7_000_000_000;
                 assert_eq!(stream.on_http_request_headers(0, false), Action::Continue);
-                stream.host.response = status
-                    .iter()
-                    .map(|s| (b":status".to_vec(), s.to_vec()))
-                    .collect();
-                assert_eq!(stream.on_http_response_headers(0, false), Action::Continue);
-                stream.host.now_nanos = 7_250_999_999;
-                stream.on_log();
-                let row = format!("{events} {status:?}");
-                for (version, want) in [("stable", 1), ("canary", 0)] {
-                    for each in CODE_CLASSES {
-                        let counted = stream.host.counter(&requests(version, each));
-                        let want = if each == *class { want } else { 0 };
-                        assert_eq!(counted, want, "{row}: {version} {each}");
-                    }
-                }
-                assert_eq!(
-                    stream
-                        .host
-                        .samples(&web_metric(REQUEST_DURATION_MS, "stable", None)),
-                    [250],
-                    "{row}"
-                );
+                let row = format!("{events} {weight}bp");
+                assert_eq!(stream.host.counter(&decisions(version)), 1, "{row}");
+                let other = if version == "stable" {
+                    "canary"
+                } else {
+                    "stable"
+                };
+                assert_eq!(stream.host.counter(&decisions(other)), 0, "{row}");
+                assert!(!stream.host.called("clock"), "{row}");
             }
         }
     }
 
     #[test]
-    fn a_clock_that_goes_back_records_no_negative_duration() {
-        let document = document("", r#", "weightBp": 0"#);
-        let mut stream = stream(Some(&document), user(b"alice"));
-        stream.host.now_nanos = 7_000_000_000;
-        assert_eq!(stream.on_http_request_headers(0, false), Action::Continue);
-        stream.host.now_nanos = 6_000_000_000;
-        stream.on_log();
-        assert_eq!(
-            stream
+    fn events_are_counted_for_the_version_decided() {
+        let document = |weight: u32| {
+            document(
+                r#", "events": ["checkout"]"#,
+                &format!(r#", "weightBp": {weight}"#),
+            )
+        };
+        for (weight, version, other) in [(0, "stable", "canary"), (10000, "canary", "stable")] {
+            let mut stream = stream(Some(&document(weight)), user(b"alice"));
+            exchange(
+                &mut stream,
+                &[(b":status", b"500"), (b"x-cohort-events", b"checkout")],
+            );
+            assert_eq!(stream.host.counter(&events(version, "checkout")), 1);
+            assert_eq!(stream.host.counter(&events(other, "checkout")), 0);
+            assert_eq!(stream.host.counter(&decisions(version)), 1);
+            // The events header by name, nothing else of the response, and no clock.
+            let reads: Vec<&String> = stream
                 .host
-                .samples(&web_metric(REQUEST_DURATION_MS, "stable", None)),
-            [0]
-        );
+                .calls
+                .iter()
+                .filter(|call| call.starts_with("response") || *call == "clock")
+                .collect();
+            assert_eq!(reads, ["response header x-cohort-events"], "{weight}bp");
+        }
+    }
+
+    #[test]
+    fn forced_and_anonymous_requests_count_one_decision() {
+        let forced = format!("canary:{TOKEN}");
+        // (request headers, version decided)
+        type Row = (Vec<(&'static [u8], Vec<u8>)>, &'static str);
+        let table: Vec<Row> = vec![
+            (
+                vec![
+                    (b":authority", b"web".to_vec()),
+                    (b"x-user-id", b"alice".to_vec()),
+                    (FORCE.as_bytes(), forced.clone().into_bytes()),
+                ],
+                "canary",
+            ),
+            // Anonymous: a weight of 0 sends the fresh id to stable.
+            (vec![(b":authority", b"web".to_vec())], "stable"),
+        ];
+        for (request, version) in &table {
+            let pairs: Vec<(&[u8], &[u8])> = request
+                .iter()
+                .map(|(name, value)| (*name, value.as_slice()))
+                .collect();
+            let mut stream = stream(
+                Some(&document("", r#", "weightBp": 0"#)),
+                FakeHost::with_request(&pairs),
+            );
+            exchange(&mut stream, &[(b":status", b"200")]);
+            assert_eq!(routed(&stream.host).as_deref(), Some(*version));
+            let counted: Vec<&String> = stream
+                .host
+                .calls
+                .iter()
+                .filter(|call| call.contains(DECISIONS_TOTAL))
+                .collect();
+            assert_eq!(
+                counted,
+                [&format!("increment {} by 1", decisions(version))],
+                "{version}"
+            );
+        }
     }
 
     #[test]
@@ -757,7 +760,6 @@ mod tests {
                 assert_eq!(stream.on_http_request_headers(0, false), Action::Continue);
                 stream.host.response = response.clone();
                 assert_eq!(stream.on_http_response_headers(0, false), Action::Continue);
-                stream.on_log();
                 let routed = routed(&stream.host);
                 assert!(
                     matches!(routed.as_deref(), None | Some("stable" | "canary")),

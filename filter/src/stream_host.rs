@@ -18,23 +18,18 @@ pub trait Host {
     /// Removes a request header.
     fn remove_request_header(&mut self, name: &str);
 
-    /// The response's headers, serialized like [`Host::request_headers`].
-    fn response_headers(&mut self) -> Vec<u8>;
-
     /// One response header's value; `None` when absent or on any failure.
     fn response_header(&mut self, name: &str) -> Option<Vec<u8>>;
 
     /// Adds a response header, keeping existing ones of the same name.
     fn add_response_header(&mut self, name: &str, value: &[u8]);
 
-    /// Host time in nanoseconds since the Unix epoch (0 if unavailable).
+    /// Host time in nanoseconds since the Unix epoch (0 if unavailable): only to seed an
+    /// anonymous user's id.
     fn now_nanos(&mut self) -> u64;
 
     /// Adds `by` to a counter; nothing for a metric the host did not define (`None`).
     fn increment(&mut self, metric: Option<u32>, by: u64);
-
-    /// Records a histogram sample; nothing for a metric the host did not define (`None`).
-    fn record(&mut self, metric: Option<u32>, value: u64);
 
     /// Sets a request header. Should the host refuse, the header is removed instead: this is
     /// how the routing header is set, and a value the client sent must never stay.

@@ -8,6 +8,7 @@ use cohort_core::config::{
 };
 
 use crate::crd::{AnonymousMode, CanaryRolloutSpec, IdentityKind};
+use crate::served::Served;
 use crate::spec_error::{SpecError, SpecErrors};
 
 /// The filter's entry for the rollout `namespace/name` (the value under `rollouts.<name>`) at
@@ -51,9 +52,10 @@ pub fn spec_to_filter_config(
     };
     let events = counted_events(spec);
     config.events = events.iter().map(|(event, _)| event.clone()).collect();
-    config
-        .rollouts
-        .insert(name.to_owned(), rollout_entry(spec, namespace, weight_bp));
+    config.rollouts.insert(
+        name.to_owned(),
+        rollout_entry(spec, namespace, name, weight_bp),
+    );
     match config::validate(&config) {
         Ok(_) => Ok(config),
         Err(errors) => Err(SpecErrors(
@@ -80,9 +82,20 @@ pub fn counted_events(spec: &CanaryRolloutSpec) -> Vec<(String, usize)> {
     events
 }
 
-fn rollout_entry(spec: &CanaryRolloutSpec, namespace: &str, weight_bp: u32) -> RolloutConfig {
+fn rollout_entry(
+    spec: &CanaryRolloutSpec,
+    namespace: &str,
+    name: &str,
+    weight_bp: u32,
+) -> RolloutConfig {
     let mut rollout = RolloutConfig::new(spec.hosts.clone(), weight_bp);
     rollout.namespace = namespace.to_owned();
+    // The decisions are tagged with the service whose served metrics they are compared with;
+    // the filter's default, the rollout's name, is left implicit.
+    rollout.service = Served::of(spec, namespace, name)
+        .ok()
+        .map(|served| served.decision_service(name).to_owned())
+        .filter(|service| service != name);
     rollout.salt = spec.salt.clone();
     rollout.stable_version = spec.stable_version.clone();
     rollout.canary_version = spec.canary_version.clone();
@@ -116,6 +129,9 @@ fn to_spec_error(error: &ConfigError, name: &str, events: &[(String, usize)]) ->
             );
         }
         [Key("rollouts"), Key(key), Key("weightBp")] if rollout(key) => "spec.steps".to_owned(),
+        [Key("rollouts"), Key(key), Key("service")] if rollout(key) => {
+            "spec.analysis.served.istio.service".to_owned()
+        }
         [Key("rollouts"), Key(key), Key("namespace")] if rollout(key) => {
             "metadata.namespace".to_owned()
         }
@@ -378,8 +394,10 @@ mod tests {
                 .into_iter()
                 .map(|(event, _)| event)
                 .collect();
-            wire.rollouts
-                .insert((*name).to_owned(), rollout_entry(&spec, namespace, *weight));
+            wire.rollouts.insert(
+                (*name).to_owned(),
+                rollout_entry(&spec, namespace, name, *weight),
+            );
             let core = config::validate(&wire).unwrap_err().0;
             assert_eq!(
                 core.iter().map(|e| e.field.to_string()).collect::<Vec<_>>(),
@@ -496,5 +514,44 @@ mod tests {
             spec_to_filter_config(&spec, "shop", "checkout", 100).unwrap(),
             wasm
         );
+    }
+}
+
+#[cfg(test)]
+mod service_tests {
+    use super::*;
+    use crate::crd::{EnvoyEcdsTarget, Target};
+    use crate::validate::tests::minimal_spec;
+
+    /// The entry names the service its decisions are compared with, when that is not the
+    /// filter's default (the rollout's name).
+    #[test]
+    fn the_entry_carries_the_served_service() {
+        type Edit = fn(&mut CanaryRolloutSpec);
+        let table: &[(&str, Edit, Option<&str>)] = &[
+            ("host is the rollout's name", |_| {}, None),
+            (
+                "another service",
+                |s| s.hosts = vec!["payments.shop.svc.cluster.local".into()],
+                Some("payments"),
+            ),
+            (
+                "Envoy clusters: the rollout's name",
+                |s| {
+                    s.hosts = vec!["payments".into()];
+                    s.target = Target::EnvoyEcds(EnvoyEcdsTarget {
+                        path: "/etc/envoy/ecds.yaml".into(),
+                        filter_name: "cohort".into(),
+                    });
+                },
+                None,
+            ),
+        ];
+        for (name, edit, service) in table {
+            let mut spec = minimal_spec();
+            edit(&mut spec);
+            let entry = spec_to_filter_rollout(&spec, "shop", "checkout", 0).unwrap();
+            assert_eq!(entry.service.as_deref(), *service, "{name}");
+        }
     }
 }

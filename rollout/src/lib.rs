@@ -17,6 +17,7 @@ pub mod plan;
 pub mod query;
 pub mod routing;
 pub mod sequential;
+pub mod served;
 pub mod spec_error;
 pub mod validate;
 

@@ -45,6 +45,9 @@ pub struct Options {
     pub run_under: Vec<String>,
     /// How long Envoy gets to start with the filter loaded; `None` is the launcher's default.
     pub start_deadline: Option<Duration>,
+    /// The canary cluster points at a port nothing listens on: Envoy answers its requests with
+    /// a 503 of its own, no upstream ever answers.
+    pub unreachable_canary: bool,
 }
 
 /// What runs in the bootstrap's `cohort` HTTP filter slot (the benchmark compares these).
@@ -68,6 +71,7 @@ impl Default for Options {
             filter: Filter::Cohort,
             run_under: Vec::new(),
             start_deadline: None,
+            unreachable_canary: false,
         }
     }
 }
@@ -113,11 +117,16 @@ impl Envoy {
         let stable = Upstream::start("stable")?;
         let canary = Upstream::start("canary")?;
         let dir = TempDir::new("envoy")?;
+        let canary_addr = if options.unreachable_canary {
+            SocketAddr::from(([127, 0, 0, 1], free_port()?))
+        } else {
+            canary.addr()
+        };
         let ports = Ports {
             listen: free_port()?,
             admin: 0,
             stable: stable.addr(),
-            canary: canary.addr(),
+            canary: canary_addr,
         };
         let defaults = Launch::new(&binary, wasm.as_deref(), config, ports);
         let launch = Launch {
@@ -292,7 +301,7 @@ mod tests {
             );
         }
         assert_eq!(
-            BOOTSTRAP_TEMPLATE.matches("- {tag_name: cohort_").count(),
+            BOOTSTRAP_TEMPLATE.matches("- {tag_name: ").count(),
             TAGS.len(),
             "bootstrap.yaml declares a tag the filter does not emit"
         );

@@ -9,12 +9,13 @@
 //!   the route again and splits the traffic over both upstreams as cohort does: the floor any
 //!   filter pays that routes by a header it sets;
 //! - set-up (f), configuration [`CONTRACT_HOST_CALLS`]: it makes the host calls cohort makes per
-//!   request in set-up (c), and nothing else: the clock, the request's header map (one call), the
-//!   routing header as in (d), the response's header map (status and events header, one call),
-//!   the clock again, the requests and events counters and the duration histogram. What (f)
-//!   adds is the floor for any filter that keeps the metric contract (ARCHITECTURE.md,
-//!   Contracts); what (c) adds over (f) is cohort's own computation, less what cohort saves by
-//!   exporting only the callbacks it implements (this module keeps the SDK's full set).
+//!   request when its config lists events (set-up (g)), and nothing else: on the request, the
+//!   request's header map (one call), the routing header as in (d) and the decision counter; on
+//!   the response, the events header (one value, by name) and the events counter for the event
+//!   it names. What (f) adds is the floor for any filter that keeps the metric contract
+//!   (ARCHITECTURE.md, Contracts); what (g) adds over (f) is cohort's own computation, less what
+//!   cohort saves by exporting only the callbacks it implements (this module keeps the SDK's full
+//!   set unless `scripts/bench-envoy --noop-trimmed`).
 //!
 //! Not shipped. Build it like the real filter:
 //! `cargo build -p cohort-bench-noop-filter --target wasm32-wasip1 --profile wasm`.
@@ -23,6 +24,12 @@ use cohort_core::header_pairs::HeaderPairs;
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, MapType, MetricType, Status};
+
+/// The response header (f) reads, as cohort's default `eventsHeader`.
+pub const EVENTS_HEADER: &str = "x-cohort-events";
+
+/// The event (f) counts, the one the bench's upstreams report.
+pub const EVENT: &[u8] = b"checkout";
 
 /// The header read per request.
 pub const HEADER: &str = "x-user-id";
@@ -51,18 +58,16 @@ pub enum Mode {
 /// The metric ids (f) writes, defined once per configuration as cohort's are.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Metrics {
-    requests: u32,
+    decisions: u32,
     events: u32,
-    duration_ms: u32,
 }
 
 impl Metrics {
     fn define() -> Option<Metrics> {
         Some(Metrics {
-            requests: hostcalls::define_metric(MetricType::Counter, "bench_requests_total").ok()?,
-            events: hostcalls::define_metric(MetricType::Counter, "bench_events_total").ok()?,
-            duration_ms: hostcalls::define_metric(MetricType::Histogram, "bench_duration_ms")
+            decisions: hostcalls::define_metric(MetricType::Counter, "bench_decisions_total")
                 .ok()?,
+            events: hostcalls::define_metric(MetricType::Counter, "bench_events_total").ok()?,
         })
     }
 }
@@ -100,10 +105,7 @@ impl RootContext for Root {
     }
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
-        Some(Box::new(Stream {
-            mode: self.mode,
-            started_ns: 0,
-        }))
+        Some(Box::new(Stream { mode: self.mode }))
     }
 
     fn get_type(&self) -> Option<ContextType> {
@@ -116,7 +118,6 @@ impl RootContext for Root {
 #[derive(Debug, Default)]
 pub struct Stream {
     mode: Mode,
-    started_ns: u64,
 }
 
 impl Context for Stream {}
@@ -132,39 +133,25 @@ impl HttpContext for Stream {
                 let version = version_for(value.as_deref());
                 self.set_http_request_header_bytes(ROUTING_HEADER, Some(version.as_bytes()));
             }
-            Mode::ContractHostCalls(_) => {
-                self.started_ns = now_nanos();
+            Mode::ContractHostCalls(metrics) => {
                 let map = header_map_pairs(MapType::HttpRequestHeaders);
                 let version = version_for(HeaderPairs::parse(&map).get(HEADER));
                 self.set_http_request_header_bytes(ROUTING_HEADER, Some(version.as_bytes()));
+                let _ = hostcalls::increment_metric(metrics.decisions, 1);
             }
         }
         Action::Continue
     }
 
     fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        if let Mode::ContractHostCalls(_) = self.mode {
-            std::hint::black_box(header_map_pairs(MapType::HttpResponseHeaders));
+        if let Mode::ContractHostCalls(metrics) = self.mode {
+            let reported = self.get_http_response_header_bytes(EVENTS_HEADER);
+            if reported.is_some_and(|value| value.split(|&b| b == b',').any(|e| e == EVENT)) {
+                let _ = hostcalls::increment_metric(metrics.events, 1);
+            }
         }
         Action::Continue
     }
-
-    fn on_log(&mut self) {
-        if let Mode::ContractHostCalls(metrics) = self.mode {
-            let _ = hostcalls::increment_metric(metrics.requests, 1);
-            let _ = hostcalls::increment_metric(metrics.events, 1);
-            let elapsed_ms = now_nanos().saturating_sub(self.started_ns) / 1_000_000;
-            let _ = hostcalls::record_metric(metrics.duration_ms, elapsed_ms);
-        }
-    }
-}
-
-/// Host time in nanoseconds (0 if unavailable).
-fn now_nanos() -> u64 {
-    hostcalls::get_current_time()
-        .ok()
-        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
 }
 
 #[link(wasm_import_module = "env")]

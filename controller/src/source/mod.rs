@@ -17,16 +17,11 @@ pub mod prometheus;
 pub mod series;
 pub mod shared;
 
-// TODO(merge): use cohort_core::telemetry's names for the filter's decisions once its new
-// metric contract is merged; until then the controller names them here.
-/// The filter's decisions: requests it decided for a version, counted at the request side.
-pub const DECISIONS_TOTAL: &str = "cohort_decisions_total";
-/// Istio's label (and the filter's decision tag) naming the destination service's namespace.
-pub const DESTINATION_NAMESPACE: &str = "destination_service_namespace";
-/// Istio's label (and the filter's decision tag) naming the destination service.
-pub const DESTINATION_SERVICE: &str = "destination_service_name";
-/// Istio's label (and the filter's decision tag) naming the destination version.
-pub const DESTINATION_VERSION: &str = "destination_version";
+// The filter tags its decisions with Istio's own label names, so one name serves both series.
+pub use cohort_core::telemetry::{
+    DECISIONS_TOTAL, TAG_DESTINATION_NAMESPACE as DESTINATION_NAMESPACE,
+    TAG_DESTINATION_SERVICE as DESTINATION_SERVICE, TAG_DESTINATION_VERSION as DESTINATION_VERSION,
+};
 
 /// Istio's standard request counter (by `response_code`, `reporter`, …).
 pub const ISTIO_REQUESTS_TOTAL: &str = "istio_requests_total";

@@ -4,10 +4,10 @@
 //! scripts/bench-envoy [--reps 15] [--duration 2] [--connections 1] [--warmup 3] [--pin 1,0]
 //! ```
 //!
-//! Starts the five set-ups of [`cohort_tests::bench`] side by side (one Envoy worker each),
+//! Starts the six set-ups of [`cohort_tests::bench`] side by side (one Envoy worker each),
 //! warms each up, then runs `wrk` against each set-up in turn, `--reps` times (each repetition
 //! starting one set-up later), and prints every run, the medians per set-up, and what (b), (c),
-//! (d) and (f) add over (a). Short runs, many times over: on a shared machine the speed of the cores
+//! (g), (d) and (f) add over (a). Short runs, many times over: on a shared machine the speed of the cores
 //! drifts within seconds, so what the filters add is taken within each repetition (the runs of
 //! one repetition follow each other) and the median over repetitions is reported. A benchmark,
 //! not a test: it asserts nothing about timing.
@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use cohort_tests::bench::{
     self as bench, drive, flags, median, Load, Medians, Run, Setup, EXPECTED_CANARY_SHARE,
-    TARGET_RATIO,
+    TARGET_RATIO, TARGET_RATIO_OVER_CONTRACT,
 };
 use cohort_tests::locate::envoy_binary;
 use cohort_tests::Result;
@@ -25,7 +25,7 @@ use cohort_tests::Result;
 const USAGE: &str = "usage: bench-envoy [--reps N] [--duration SECONDS] [--connections N] \
                      [--warmup SECONDS] [--workers N] [--pin ENVOY_CPUS,WRK_CPUS]";
 
-/// cohort's added p50 target, µs.
+/// cohort's added p50 target without events ((c)), µs.
 const TARGET_ADDED_P50_US: f64 = 20.0;
 
 #[derive(Debug)]
@@ -199,9 +199,10 @@ fn bench() -> Result<()> {
             added(setup, Run::cpu_per_request_us),
         ]
     };
-    let (noop, cohort, sets_header, contract_calls) = (
+    let (noop, cohort, cohort_events, sets_header, contract_calls) = (
         added_all(Setup::Noop),
         added_all(Setup::Cohort),
+        added_all(Setup::CohortEvents),
         added_all(Setup::SetsHeader),
         added_all(Setup::ContractCalls),
     );
@@ -235,6 +236,7 @@ fn bench() -> Result<()> {
         (Setup::SetsHeader, sets_header),
         (Setup::ContractCalls, contract_calls),
         (Setup::Cohort, cohort),
+        (Setup::CohortEvents, cohort_events),
     ];
     rows.extend(compared.map(|added| (Setup::Compare, added)));
     for (setup, added) in rows {
@@ -256,24 +258,28 @@ fn bench() -> Result<()> {
         )
     };
     println!(
-        "cohort's added cost ÷ the no-op filter's: {} (target ≤ {TARGET_RATIO}×)",
+        "(c) cohort, no events: added cost ÷ the no-op filter's: {} (target ≤ {TARGET_RATIO}×)",
         ratios(cohort, noop)
+    );
+    println!(
+        "(g) cohort, with events: added cost ÷ the no-op filter's: {}",
+        ratios(cohort_events, noop)
+    );
+    println!(
+        "(g) cohort, with events: added cost ÷ (f)'s: {} (target ≤ {TARGET_RATIO_OVER_CONTRACT}×)",
+        ratios(cohort_events, contract_calls)
     );
     println!(
         "(d)'s added cost ÷ the no-op filter's: {} (setting the routing header alone)",
         ratios(sets_header, noop)
     );
     println!(
-        "cohort's added cost ÷ (d)'s: {}",
+        "(c) cohort, no events: added cost ÷ (d)'s: {}",
         ratios(cohort, sets_header)
     );
     println!(
         "(f)'s added cost ÷ the no-op filter's: {} (cohort's host calls alone)",
         ratios(contract_calls, noop)
-    );
-    println!(
-        "cohort's added cost ÷ (f)'s: {} (cohort's own computation, less its trimmed exports' saving)",
-        ratios(cohort, contract_calls)
     );
     if let Some(compared) = compared {
         println!(
@@ -286,13 +292,14 @@ fn bench() -> Result<()> {
         );
     }
     println!(
-        "cohort's added p50: {:.1} µs (target ≤ {TARGET_ADDED_P50_US} µs)",
-        cohort[0]
+        "(c) cohort, no events: added p50 {:.1} µs (target ≤ {TARGET_ADDED_P50_US} µs at -c1); \
+         (g) cohort, with events: {:.1} µs",
+        cohort[0], cohort_events[0]
     );
     let c = medians[index_of(Setup::Cohort)];
     println!(
-        "cohort's canary share {:.1}% (expected about {:.1}%; (a) and (b) send everyone to \
-         stable, (d) and (f) 30% to the canary)",
+        "(c) cohort's canary share {:.1}% (expected about {:.1}%, as (g); (a) and (b) send \
+         everyone to stable, (d) and (f) 30% to the canary)",
         c.canary_share * 100.0,
         EXPECTED_CANARY_SHARE * 100.0
     );

@@ -14,12 +14,12 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use cohort_tests::bench::{self, flags, Setup, TARGET_RATIO};
+use cohort_tests::bench::{self, flags, Setup, TARGET_RATIO, TARGET_RATIO_OVER_CONTRACT};
 use cohort_tests::instructions::{Count, Counted};
 use cohort_tests::Result;
 
 const USAGE: &str = "usage: bench-instructions [--requests N] [--warmup N] [--idle SECONDS] \
-                     [--keep DIR] [--setups abcdef]";
+                     [--keep DIR] [--setups abcdefg]";
 
 #[derive(Debug)]
 struct Args {
@@ -134,23 +134,50 @@ fn report(measured: &[Measured]) {
     let (Some(base), Some(noop)) = (base, of(Setup::Noop)) else {
         return;
     };
-    let noop_added = noop - base;
+    for line in ratio_lines(base, noop, of(Setup::ContractCalls), &|setup| of(setup)) {
+        println!("{line}");
+    }
+}
+
+/// One line per set-up: what it adds over (a) divided by what (b) adds, and for cohort with
+/// events also divided by what (f), the same host calls, adds; each with its target where it has
+/// one. `of` gives a set-up's instructions per request, if it ran.
+fn ratio_lines(
+    base: f64,
+    noop: f64,
+    contract: Option<f64>,
+    of: &dyn Fn(Setup) -> Option<f64>,
+) -> Vec<String> {
+    let verdict = |ratio: f64, target: f64| {
+        let met = if ratio <= target { "met" } else { "not met" };
+        format!(" (target ≤ {target}×: {met})")
+    };
+    let mut lines = Vec::new();
     for setup in [
         Setup::Cohort,
+        Setup::CohortEvents,
         Setup::SetsHeader,
         Setup::ContractCalls,
         Setup::Compare,
     ] {
-        if let Some(value) = of(setup) {
-            let ratio = (value - base) / noop_added;
-            let verdict = match (setup, ratio <= TARGET_RATIO) {
-                (Setup::Cohort, true) => format!(" (target ≤ {TARGET_RATIO}×: met)"),
-                (Setup::Cohort, false) => format!(" (target ≤ {TARGET_RATIO}×: not met)"),
-                _ => String::new(),
-            };
-            println!("{setup} added ÷ (b) added: {ratio:.2}×{verdict}");
+        let Some(value) = of(setup) else {
+            continue;
+        };
+        let ratio = (value - base) / (noop - base);
+        let target = match setup {
+            Setup::Cohort => verdict(ratio, TARGET_RATIO),
+            _ => String::new(),
+        };
+        lines.push(format!("{setup} added ÷ (b) added: {ratio:.2}×{target}"));
+        if let (Setup::CohortEvents, Some(contract)) = (setup, contract) {
+            let ratio = (value - base) / (contract - base);
+            lines.push(format!(
+                "{setup} added ÷ (f) added: {ratio:.2}×{}",
+                verdict(ratio, TARGET_RATIO_OVER_CONTRACT)
+            ));
         }
     }
+    lines
 }
 
 fn main() -> ExitCode {
@@ -200,5 +227,25 @@ mod tests {
         };
         assert_eq!(measured.per_request(), 10_000.0);
         assert_eq!(measured.busy.per_request(), 10_020.0);
+    }
+
+    #[test]
+    fn each_cohort_setup_gets_its_ratio_lines() {
+        // (a) 1000; (b) adds 100, (c) 125, (g) 210, (f) 200.
+        let of = |setup| match setup {
+            Setup::Cohort => Some(1125.0),
+            Setup::CohortEvents => Some(1210.0),
+            Setup::ContractCalls => Some(1200.0),
+            _ => None,
+        };
+        assert_eq!(
+            ratio_lines(1000.0, 1100.0, Some(1200.0), &of),
+            [
+                "(c) cohort, no events added ÷ (b) added: 1.25× (target ≤ 1.3×: met)",
+                "(g) cohort, with events added ÷ (b) added: 2.10×",
+                "(g) cohort, with events added ÷ (f) added: 1.05× (target ≤ 1.05×: met)",
+                "(f) no-op + cohort's host calls added ÷ (b) added: 2.00×",
+            ]
+        );
     }
 }
