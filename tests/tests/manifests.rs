@@ -695,7 +695,8 @@ fn objects_of_an_unserved_version_are_refused() {
 }
 
 /// The example's caller runs the filter (WasmPlugin mode CLIENT), so its Pods must declare every
-/// tag the filter emits as `extraStatTags`, or the tags stay inside the metric names.
+/// tag the filter emits that Istio does not extract by itself as `extraStatTags`, or the tags
+/// stay inside the metric names.
 #[test]
 fn callers_declare_every_tag_the_filter_emits_as_extra_stat_tags() {
     let callers: Vec<&Value> = of_kind("Deployment")
@@ -721,7 +722,7 @@ fn callers_declare_every_tag_the_filter_emits_as_extra_stat_tags() {
         });
         assert_eq!(
             config["extraStatTags"],
-            json!(cohort_core::telemetry::TAGS),
+            json!(cohort_core::telemetry::ISTIO_EXTRA_STAT_TAGS),
             "{}",
             describe(caller)
         );
