@@ -71,15 +71,6 @@ pub const TAGS: [&str; 7] = [
     TAG_DESTINATION_VERSION,
 ];
 
-// Until the controller's metric sources read the served metrics: the response-side names it
-// still reads. The filter emits none of these.
-/// Requests by rollout, version and code class (no longer emitted by the filter).
-pub const REQUESTS_TOTAL: &str = "cohort_requests_total";
-/// Request duration in milliseconds (no longer emitted by the filter).
-pub const REQUEST_DURATION_MS: &str = "cohort_request_duration_milliseconds";
-/// Tag: response code class (no longer emitted by the filter).
-pub const TAG_CODE_CLASS: &str = "cohort_code_class";
-
 /// The full metric name carrying `tags` for Envoy's tag extraction.
 pub fn tagged_name(name: &str, tags: &[(&str, &str)]) -> String {
     let mut out = String::with_capacity(

@@ -1006,12 +1006,11 @@ fn target_labels(job: &Value) -> BTreeSet<String> {
 }
 
 /// Every metric name the filter and the controller export: the filter's from
-/// `cohort_core::telemetry` (histograms as their `_bucket`, `_sum` and `_count` series), the
-/// controller's as its `/metrics` renders them.
+/// `cohort_core::telemetry`, the controller's as its `/metrics` renders them.
 fn emitted_metrics() -> BTreeSet<String> {
     use cohort_core::telemetry::*;
     let mut names: BTreeSet<String> = [
-        REQUESTS_TOTAL,
+        DECISIONS_TOTAL,
         EVENTS_TOTAL,
         CONFIG_GENERATION,
         CONFIG_REJECTED_TOTAL,
@@ -1022,9 +1021,6 @@ fn emitted_metrics() -> BTreeSet<String> {
     .iter()
     .map(|name| (*name).to_owned())
     .collect();
-    for suffix in ["_bucket", "_sum", "_count"] {
-        names.insert(format!("{REQUEST_DURATION_MS}{suffix}"));
-    }
     for line in controller_metrics_page()
         .lines()
         .filter(|l| !l.starts_with('#'))
