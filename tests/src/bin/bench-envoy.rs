@@ -287,7 +287,7 @@ fn bench() -> Result<()> {
             ratios(compared, noop)
         );
         println!(
-            "cohort's added cost ÷ the compared build's: {}",
+            "(c) cohort, no events: added cost ÷ the compared build's: {}",
             ratios(cohort, compared)
         );
     }
