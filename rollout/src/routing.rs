@@ -178,6 +178,14 @@ mod tests {
                 "mismatch",
             ),
             (
+                "stable serves the canary's decisions, the canary a trickle of its own",
+                Value(300.0),
+                Value(12.0),
+                Value(700.0),
+                Value(988.0),
+                "mismatch",
+            ),
+            (
                 "misrouted, canary series present at 0",
                 Value(480.0),
                 Value(0.0),
