@@ -23,7 +23,7 @@ use crate::source::{BoxFuture, MetricSource, SeriesRequest};
 use crate::target::Target;
 use crate::Error;
 use cohort_rollout::compiled::FilterEntry;
-use cohort_rollout::crd::{AnalysisSpec, CanaryRolloutSpec, CanaryRolloutStatus, Phase};
+use cohort_rollout::crd::{CanaryRolloutSpec, CanaryRolloutStatus, GateSpec, Phase};
 use cohort_rollout::evaluate::{evaluate_window, Evaluation};
 use cohort_rollout::plan::{adopt_unrecorded, plan_compiled, Plan, PlanInput, PlannedEvent};
 use cohort_rollout::routing::{self, Routing};
@@ -227,24 +227,32 @@ pub async fn cycle<S: StatusStore>(
     }
 
     let evaluation = if sampling.reads(rollout.spec, compiled.is_ok(), status.as_ref()) {
-        let (window, max_durations) = match &compiled {
+        let (window, gates, max_durations) = match &compiled {
             Ok(compiled) => (
                 compiled_analysis_window(compiled, status.as_ref(), now),
+                compiled.gates(),
                 compiled.sequential_max_durations(),
             ),
             // `cohort run` samples while its spec is invalid; the plan will not read them, so
-            // no gate needs its `maxDuration`.
-            Err(_) => (analysis_window(rollout.spec, status.as_ref(), now), &[][..]),
+            // no gate needs its compiled level or `maxDuration`.
+            Err(_) => (
+                analysis_window(rollout.spec, status.as_ref(), now),
+                &rollout.spec.analysis.gates[..],
+                &[][..],
+            ),
         };
         let served = compiled.as_ref().ok().map(|compiled| compiled.served());
         let request = SeriesRequest::new(rollout.spec, served, namespace, name);
         Some(
             analyse(
                 source,
-                &rollout.spec.analysis,
+                Gates {
+                    gates,
+                    max_durations,
+                    min_samples: rollout.spec.analysis.min_samples,
+                },
                 &request,
                 window,
-                max_durations,
             )
             .await,
         )
@@ -362,6 +370,14 @@ impl Push {
     }
 }
 
+/// The gates as compiled: sequential gates at their share of the rollout's error budget, with
+/// their `maxDuration`s.
+struct Gates<'a> {
+    gates: &'a [GateSpec],
+    max_durations: &'a [Option<std::time::Duration>],
+    min_samples: u64,
+}
+
 /// Canary against stable over the analysis window: the last interval, or, when a gate is
 /// sequential, everything since the step started (an anytime-valid test needs all of it).
 /// `window` is the analysis window at this cycle; `max_durations` the gates' compiled
@@ -369,18 +385,17 @@ impl Push {
 /// canary its users never reach is no canary at any weight.
 async fn analyse(
     source: &dyn MetricSource,
-    analysis: &AnalysisSpec,
+    gates: Gates<'_>,
     request: &SeriesRequest,
     window: std::time::Duration,
-    max_durations: &[Option<std::time::Duration>],
 ) -> (Evaluation, Routing) {
     let mut samples = source.samples(window, std::slice::from_ref(request)).await;
     // No entry: no series for this rollout at all, which the gates judge as no data.
     let samples = samples.remove(&request.key()).unwrap_or_default();
     let evaluation = evaluate_window(
-        &analysis.gates,
-        max_durations,
-        analysis.min_samples,
+        gates.gates,
+        gates.max_durations,
+        gates.min_samples,
         &samples,
         window,
     );

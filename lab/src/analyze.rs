@@ -150,7 +150,7 @@ async fn evaluate_at(
     Row {
         at,
         evaluation: evaluate_window(
-            &spec.analysis.gates,
+            compiled.gates(),
             compiled.sequential_max_durations(),
             spec.analysis.min_samples,
             &samples,

@@ -364,7 +364,7 @@ impl<'a> Model<'a> {
             name: Some(name.to_owned()),
             min_samples: None,
             check: GateCheck::Sequential(SequentialGate {
-                alpha: COHORT_ALPHA_PER_GATE,
+                alpha: Some(COHORT_ALPHA_PER_GATE),
                 ..SequentialGate::new(metric)
             }),
         };

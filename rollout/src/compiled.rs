@@ -8,7 +8,7 @@ use std::time::Duration;
 use cohort_core::bucket::FULL_WEIGHT_BP;
 use cohort_core::config::FilterConfig;
 
-use crate::crd::CanaryRolloutSpec;
+use crate::crd::{CanaryRolloutSpec, GateSpec};
 use crate::duration;
 use crate::filter_config::spec_to_filter_config;
 pub use crate::served::Served;
@@ -44,6 +44,7 @@ pub struct CompiledRollout {
     pub(crate) min_samples: u64,
     pub(crate) no_data_deadline: Duration,
     pub(crate) sequential_max_durations: Vec<Option<Duration>>,
+    pub(crate) gates: Vec<GateSpec>,
     pub(crate) routing_mismatch_deadline: Duration,
     pub(crate) served: Served,
     pub(crate) entry: FilterEntry,
@@ -84,6 +85,12 @@ impl CompiledRollout {
     /// Where the served metrics are read.
     pub fn served(&self) -> &Served {
         &self.served
+    }
+
+    /// The gates as they judge: the spec's, with every sequential gate's `alpha` set to the
+    /// level it tests at in each step, so that together they keep `spec.analysis.alpha`.
+    pub fn gates(&self) -> &[GateSpec] {
+        &self.gates
     }
 
     /// Whether a gate is sequential (its analysis window is the whole step).
@@ -164,7 +171,7 @@ mod tests {
                     .to_vec(),
                 secs(30),
                 secs(600),
-                vec![Some(secs(600)), None],
+                vec![Some(secs(600)), Some(secs(600))],
             ),
             (
                 "fractional weights and compound durations",
@@ -184,7 +191,7 @@ mod tests {
                 ],
                 secs(15),
                 secs(7_200),
-                vec![Some(secs(600)), None],
+                vec![Some(secs(600)), Some(secs(600))],
             ),
             (
                 "a time-only rollout, then a second sequential gate",
@@ -240,7 +247,10 @@ mod tests {
             ),
             (
                 |spec| spec.failure_policy.no_data_deadline = "5m".into(),
-                &["spec.analysis.gates[0].sequential.maxDuration"],
+                &[
+                    "spec.analysis.gates[0].sequential.maxDuration",
+                    "spec.analysis.gates[1].sequential.maxDuration",
+                ],
             ),
             (
                 |spec| spec.failure_policy.no_data_deadline = "never".into(),
@@ -297,5 +307,128 @@ mod tests {
             FilterEntry::build(&spec, "shop", "checkout").unwrap_err(),
             spec_to_filter_config(&spec, "shop", "checkout", 0).unwrap_err()
         );
+    }
+}
+
+#[cfg(test)]
+mod budget_tests {
+    use crate::crd::{
+        CanaryRolloutSpec, GateCheck, GateSpec, SequentialGate, SequentialMetric, Step,
+    };
+    use crate::validate::compile;
+    use crate::validate::tests::minimal_spec;
+
+    fn sequential(metric: SequentialMetric, alpha: Option<f64>) -> GateSpec {
+        GateSpec::new(GateCheck::Sequential(SequentialGate {
+            alpha,
+            ..SequentialGate::new(metric)
+        }))
+    }
+
+    fn levels(spec: &CanaryRolloutSpec) -> Result<Vec<f64>, String> {
+        let compiled = compile(spec, "shop", "web").map_err(|e| e.to_string())?;
+        Ok(compiled
+            .gates()
+            .iter()
+            .filter_map(|gate| match &gate.check {
+                GateCheck::Sequential(sequential) => sequential.alpha,
+                _ => None,
+            })
+            .collect())
+    }
+
+    /// Every sequential gate tests at its share of `spec.analysis.alpha` in each analysed step
+    /// (every step before the last), so the levels summed over gates and steps never exceed the
+    /// rollout's budget.
+    #[test]
+    fn the_rollout_budget_is_split_over_gates_and_steps() {
+        use SequentialMetric::{ErrorRate, Latency};
+        type Edit = fn(&mut CanaryRolloutSpec);
+        let table: &[(&str, Edit, &[f64])] = &[
+            // Default steps 1, 5, 25, 50, 75, 100: five analysed.
+            (
+                "one sequential gate, default budget",
+                |s| s.analysis.gates = vec![sequential(ErrorRate, None)],
+                &[0.002],
+            ),
+            (
+                "two gates, three analysed steps, budget 3%",
+                |s| {
+                    s.steps = vec![
+                        Step::new(5.0, "1m"),
+                        Step::new(25.0, "1m"),
+                        Step::new(50.0, "1m"),
+                        Step::new(100.0, "1m"),
+                    ];
+                    s.analysis.alpha = 0.03;
+                    s.analysis.gates = vec![sequential(ErrorRate, None), sequential(Latency, None)];
+                },
+                &[0.005, 0.005],
+            ),
+            (
+                "a gate's own alpha is taken first",
+                |s| {
+                    s.analysis.gates = vec![
+                        sequential(ErrorRate, Some(0.001)),
+                        sequential(Latency, None),
+                    ]
+                },
+                &[0.001, 0.001],
+            ),
+            (
+                "own alphas that spend the budget exactly",
+                |s| s.analysis.gates = vec![sequential(ErrorRate, Some(0.002))],
+                &[0.002],
+            ),
+            (
+                "a single 100% step is analysed once",
+                |s| {
+                    s.steps = vec![Step::new(100.0, "1m")];
+                    s.analysis.gates = vec![sequential(ErrorRate, None)];
+                },
+                &[0.01],
+            ),
+        ];
+        for (name, edit, expected) in table {
+            let mut spec = minimal_spec();
+            edit(&mut spec);
+            let got = levels(&spec).unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert_eq!(got.len(), expected.len(), "{name}");
+            for (got, want) in got.iter().zip(*expected) {
+                assert!((got - want).abs() < 1e-12, "{name}: {got} against {want}");
+            }
+            let analysed = spec.steps.len().saturating_sub(1).max(1) as f64;
+            let spent: f64 = got.iter().sum::<f64>() * analysed;
+            assert!(spent <= spec.analysis.alpha + 1e-12, "{name}: {spent}");
+        }
+    }
+
+    #[test]
+    fn a_budget_the_gates_overspend_is_refused() {
+        use SequentialMetric::{ErrorRate, Latency};
+        type Edit = fn(&mut CanaryRolloutSpec);
+        let table: &[(&str, Edit, &str)] = &[
+            (
+                "own alpha at every step",
+                |s| s.analysis.gates = vec![sequential(ErrorRate, Some(0.01))],
+                "spec.analysis.alpha: is 0.01, but the sequential gates' own alphas spend 0.05 over 5 analysed steps",
+            ),
+            (
+                "nothing left for the others",
+                |s| s.analysis.gates = vec![sequential(ErrorRate, Some(0.002)), sequential(Latency, None)],
+                "and leave nothing for the gates without one",
+            ),
+            (
+                "budget out of range",
+                |s| s.analysis.alpha = 0.0,
+                "spec.analysis.alpha: 0 is out of range",
+            ),
+        ];
+        for (name, edit, expected) in table {
+            let mut spec = minimal_spec();
+            edit(&mut spec);
+            let error = levels(&spec).unwrap_err();
+            assert!(error.contains(expected), "{name}: {error}");
+        }
     }
 }

@@ -263,9 +263,17 @@ pub struct AnalysisSpec {
     #[serde(default = "default_min_samples")]
     #[schemars(range(min = 1))]
     pub min_samples: u64,
-    /// The gates; all must pass for the rollout to advance. Omitted: error rate (sequential) and
-    /// p99 latency.
-    /// Empty: the rollout advances on bake time alone.
+    /// The rollout's error budget: the chance that a canary no worse than stable is rolled back
+    /// by a sequential gate at any point of the rollout (all steps, all sequential gates, however
+    /// often checked) is at most this. It is split evenly over the sequential gates and the
+    /// analysed steps (every step before the last); a gate's own `alpha` is taken from it first.
+    /// Threshold and custom gates are outside it.
+    #[serde(default = "default_alpha")]
+    #[schemars(range(min = 0.0, max = 0.5))]
+    pub alpha: f64,
+    /// The gates; all must pass for the rollout to advance. Omitted: sequential error rate and
+    /// sequential latency (p99), which together keep `alpha`. Empty: the rollout advances on
+    /// bake time alone.
     #[serde(default = "default_gates")]
     #[schemars(length(max = 16))]
     pub gates: Vec<GateSpec>,
@@ -318,6 +326,7 @@ impl Default for AnalysisSpec {
         AnalysisSpec {
             interval: default_interval(),
             min_samples: default_min_samples(),
+            alpha: default_alpha(),
             gates: default_gates(),
             served: None,
         }
@@ -576,12 +585,14 @@ pub struct SequentialGate {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0.0, max = 1.0))]
     pub quantile: Option<f64>,
-    /// The false-rollback rate: the chance that a canary no worse than stable is ever failed,
-    /// however many times it is checked. Also the chance of passing a canary worse than the
-    /// margin before `maxDuration`.
-    #[serde(default = "default_alpha")]
+    /// This gate's false-rollback rate at each step: the chance that it ever fails a canary no
+    /// worse than stable during one step, however many times it is checked (also the chance of
+    /// passing a canary worse than the margin before `maxDuration`). Omitted: an even share of
+    /// `spec.analysis.alpha`, the rollout's budget. Given, it is spent at every analysed step
+    /// and counts against that budget.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0.0, max = 0.5))]
-    pub alpha: f64,
+    pub alpha: Option<f64>,
     /// Worse means canary's rate at least this many times stable's and at least `maxIncrease`
     /// above it (errorRate, latency; default 2).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -611,12 +622,19 @@ impl SequentialGate {
             metric,
             event: None,
             quantile: None,
-            alpha: default_alpha(),
+            alpha: None,
             max_ratio: None,
             max_increase: None,
             max_drop: None,
             max_duration: default_max_duration(),
         }
+    }
+
+    /// The level this gate tests at in each step: `alpha` as compiled (the rollout's budget
+    /// split, [`crate::CompiledRollout::gates`]), or 0.01 for a gate judged outside a compiled
+    /// rollout without one.
+    pub fn alpha(&self) -> f64 {
+        self.alpha.unwrap_or_else(default_alpha)
     }
 
     /// `quantile`, or 0.99.
@@ -923,11 +941,9 @@ pub fn default_gates() -> Vec<GateSpec> {
         GateSpec::new(GateCheck::Sequential(SequentialGate::new(
             SequentialMetric::ErrorRate,
         ))),
-        GateSpec::new(GateCheck::Latency(LatencyGate {
-            quantile: default_quantile(),
-            tolerance: default_tolerance(),
-            slack_ms: default_slack_ms(),
-        })),
+        GateSpec::new(GateCheck::Sequential(SequentialGate::new(
+            SequentialMetric::Latency,
+        ))),
     ]
 }
 fn default_max_error_increase() -> f64 {
@@ -1136,26 +1152,28 @@ spec:
                 errors.max_increase(),
                 errors.max_duration.as_str()
             ),
-            (0.01, 2.0, 0.01, "10m")
+            (None, 2.0, 0.01, "10m")
         );
         let GateCheck::Sequential(latency) = &gates[1].check else {
             panic!("{:?}", gates[1].check);
         };
-        assert_eq!((latency.quantile(), latency.alpha), (0.95, 0.005));
+        assert_eq!((latency.quantile(), latency.alpha), (0.95, Some(0.005)));
         assert!(gates[1].check.reads_latency() && !gates[0].check.reads_latency());
         assert_eq!(gates[2].check.business_event(), Some("checkout"));
         assert_eq!(gates[0].check.business_event(), None);
         // Only the fields given are written back.
         assert_eq!(
             serde_json::to_value(&gates[0]).unwrap(),
-            serde_json::json!({"sequential": {"metric": "errorRate", "alpha": 0.01, "maxDuration": "10m"}})
+            serde_json::json!({"sequential": {"metric": "errorRate", "maxDuration": "10m"}})
         );
-        // The default gates: a sequential error-rate gate and the p99 threshold gate.
+        // The default gates: sequential error rate and latency, both within the rollout's budget.
         let defaults = default_gates();
         assert!(
             matches!(&defaults[0].check, GateCheck::Sequential(gate) if gate.metric == SequentialMetric::ErrorRate)
         );
-        assert!(matches!(defaults[1].check, GateCheck::Latency(_)));
+        assert!(
+            matches!(&defaults[1].check, GateCheck::Sequential(gate) if gate.metric == SequentialMetric::Latency)
+        );
     }
 
     #[test]

@@ -62,8 +62,10 @@
 //! - `businessEvent`: requests and the event's count per version.
 //!
 //! A rollout with a sequential gate reads every gate over that window. Each step is a fresh test
-//! at level α (a rollout with k analysed steps has at most k·α false rollbacks; lower `alpha` to
-//! budget a whole rollout).
+//! at the gate's level, which [`crate::validate::compile`] sets to its share of the rollout's
+//! budget `spec.analysis.alpha` (split over the sequential gates and the analysed steps), so by
+//! the union bound the whole rollout fails a canary no worse than stable with probability at
+//! most that budget, under the assumptions below.
 //!
 //! # Assumptions and limits
 //! Events are independent given the version (errors clustered on one user retrying break this);
@@ -506,7 +508,7 @@ impl SequentialGate {
             max_increase: self.max_increase(),
             max_drop: self.max_drop(),
         };
-        let decision = decide(canary, stable, worse, margin, self.alpha, expired);
+        let decision = decide(canary, stable, worse, margin, self.alpha(), expired);
         result.threshold = decision.worse_from;
         result.verdict = decision.verdict;
         let rates = match (canary.rate(), stable.rate()) {

@@ -50,6 +50,7 @@ pub fn compile(
         ));
     }
     let sequential_max_durations = check_gates(&spec.analysis.gates, &mut errors);
+    let gates = split_error_budget(spec, &mut errors);
     let no_data_deadline = duration::parse(&spec.failure_policy.no_data_deadline);
     check_sequential_deadlines(
         spec,
@@ -110,6 +111,7 @@ pub fn compile(
             min_samples: spec.analysis.min_samples,
             no_data_deadline,
             sequential_max_durations,
+            gates,
             routing_mismatch_deadline,
             served,
             entry,
@@ -272,6 +274,73 @@ fn check_steps(spec: &CanaryRolloutSpec, errors: &mut Vec<SpecError>) -> Vec<Opt
     bakes
 }
 
+/// The gates with every sequential gate's `alpha` set to the level it tests at in each step:
+/// its own, or an even share of what `spec.analysis.alpha` leaves. A false rollback needs some
+/// gate to fail a healthy canary in some analysed step, so by the union bound the rollout's
+/// chance of one is at most the sum of those levels over gates and steps: the budget. Steps
+/// are analysed before they advance; the last (100%) step is reached, not analysed.
+fn split_error_budget(spec: &CanaryRolloutSpec, errors: &mut Vec<SpecError>) -> Vec<GateSpec> {
+    let budget = spec.analysis.alpha;
+    let mut gates = spec.analysis.gates.clone();
+    if !(budget > 0.0 && budget <= 0.5) {
+        errors.push(SpecError::new(
+            "spec.analysis.alpha",
+            &format!(
+                "{budget} is out of range; use a false-rollback rate above 0 and at most 0.5 \
+                 (0.01 = 1%)"
+            ),
+        ));
+        return gates;
+    }
+    let analysed_steps = spec.steps.len().saturating_sub(1).max(1) as f64;
+    let sequential = || {
+        spec.analysis
+            .gates
+            .iter()
+            .filter_map(|gate| match &gate.check {
+                GateCheck::Sequential(sequential) => Some(sequential),
+                _ => None,
+            })
+    };
+    if sequential()
+        .filter_map(|gate| gate.alpha)
+        .any(|alpha| !(alpha > 0.0 && alpha <= 0.5))
+    {
+        // Reported by the gate's own check; its share of the budget means nothing yet.
+        return gates;
+    }
+    let own: f64 = sequential().filter_map(|gate| gate.alpha).sum();
+    let sharing = sequential().filter(|gate| gate.alpha.is_none()).count();
+    let spent = own * analysed_steps;
+    let left = budget - spent;
+    // A little slack for the sum's rounding: 0.002 × 5 steps is a budget of 0.01, exactly.
+    if left < -1e-12 || (sharing > 0 && left <= 1e-12) {
+        errors.push(SpecError::new(
+            "spec.analysis.alpha",
+            &format!(
+                "is {budget}, but the sequential gates' own alphas spend {} over {} analysed \
+                 steps{}; raise spec.analysis.alpha, or omit the gates' alpha to share the \
+                 budget evenly",
+                crate::format::number(spent),
+                analysed_steps,
+                if sharing > 0 {
+                    " and leave nothing for the gates without one"
+                } else {
+                    ""
+                }
+            ),
+        ));
+        return gates;
+    }
+    let share = left / (sharing.max(1) as f64 * analysed_steps);
+    for gate in &mut gates {
+        if let GateCheck::Sequential(sequential) = &mut gate.check {
+            sequential.alpha.get_or_insert(share);
+        }
+    }
+    gates
+}
+
 /// `parsed` is `text` parsed; returns it when it is positive.
 fn check_positive_duration(
     field: &str,
@@ -425,12 +494,11 @@ fn check_sequential(
     let mut problem = |path: &str, text: String| {
         errors.push(SpecError::new(&format!("{field}.sequential.{path}"), &text));
     };
-    if !(gate.alpha > 0.0 && gate.alpha <= 0.5) {
+    if let Some(alpha) = gate.alpha.filter(|alpha| !(*alpha > 0.0 && *alpha <= 0.5)) {
         problem(
             "alpha",
             format!(
-                "{} is out of range; use a false-rollback rate above 0 and at most 0.5 (0.01 = 1%)",
-                gate.alpha
+                "{alpha} is out of range; use a false-rollback rate above 0 and at most 0.5 (0.01 = 1%), or omit it to take a share of spec.analysis.alpha"
             ),
         );
     }
@@ -795,9 +863,10 @@ pub mod tests {
         };
         assert_eq!(sequential(&|_| {}), Vec::<String>::new());
         type Edit<'a> = &'a dyn Fn(&mut SequentialGate);
-        let table: Vec<(Edit, &str)> = vec![
-            (&|g| g.alpha = 0.0, "sequential.alpha: 0 is out of range"),
-            (&|g| g.alpha = 0.6, "sequential.alpha: 0.6 is out of range"),
+        let table: Vec<(Edit, &str)> =
+            vec![
+            (&|g| g.alpha = Some(0.0), "sequential.alpha: 0 is out of range"),
+            (&|g| g.alpha = Some(0.6), "sequential.alpha: 0.6 is out of range"),
             (
                 &|g| g.metric = SequentialMetric::BusinessEvent,
                 "sequential.event: is missing",
