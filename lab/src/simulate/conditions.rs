@@ -232,11 +232,11 @@ pub(super) struct Tick<'a> {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub(super) struct RunState {
     /// `heavy-user`: the user's bucket in [0, 1).
-    heavy_position: f64,
+    pub(super) heavy_position: f64,
     /// `pod-stall`: seconds of stall left per canary pod.
-    stalls: Vec<f64>,
+    pub(super) stalls: Vec<f64>,
     /// `diurnal`: the run's phase in the day.
-    diurnal_phase: f64,
+    pub(super) diurnal_phase: f64,
 }
 
 impl RunState {
