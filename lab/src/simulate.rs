@@ -89,7 +89,7 @@ const REQUEST_DURATION: &str = "request-duration";
 pub const MANN_WHITNEY_HORIZON_S: u64 = 600;
 /// Mixed into a run's seed for the rollout family's own random stream: the rollout's traffic
 /// follows its plan's weights, so it cannot share the comparison families' draws.
-const ROLLOUT_STREAM: u64 = 0x726f_6c6c_6f75_74;
+const ROLLOUT_STREAM: u64 = 0x0072_6f6c_6c6f_7574;
 
 /// One traffic scenario. Its name says it: `aa-5pct-100rps`, `errors-5x-5pct-100rps`,
 /// `latency-1.5x-1pct-10rps`, optionally `-at120s` for a regression starting later.
