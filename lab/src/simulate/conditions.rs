@@ -13,8 +13,8 @@
 //! - `overdispersed:CV`: each tick, each version's error rate is multiplied by its own
 //!   log-normal factor with mean 1 and coefficient of variation CV (bad minutes, noisy
 //!   dependencies).
-//! - `heavy-user:SHARE:MULT`: one user sends SHARE of all requests with MULT × the base error
-//!   rate. Its bucket is drawn once per run, uniform: it is on the canary while the canary's
+//! - `heavy-user:SHARE:MULT`: one user sends SHARE of all requests with MULT × the error rate
+//!   of the version it is on (the base rate, times a regressed canary's factor). Its bucket is drawn once per run, uniform: it is on the canary while the canary's
 //!   weight is above that bucket (the filter's buckets are nested as the weight grows), else on
 //!   stable. The other users share the rest of the traffic by weight.
 //! - `pod-stall:PODS:EVERY:FOR:ADD`: the canary runs on PODS pods serving equal shares of its
