@@ -243,6 +243,8 @@ pub struct Row {
     pub p90_detect_s: Option<f64>,
     /// Median time to promotion in an A/A scenario, among promoted runs.
     pub median_promote_s: Option<f64>,
+    /// Runs neither promoted nor rolled back at the horizon.
+    pub undecided_rate: f64,
     /// `rollout` only: the share of runs each cause rolled back (a failed gate's name, gates
     /// failing together joined by `+`, or a failure-policy rule: `no-data`, `errors`,
     /// `routing-mismatch`). Empty for the other families.
@@ -386,6 +388,11 @@ fn summarise(scenario: &Scenario, family: Family, ends: &[Outcome]) -> Row {
         median_detect_s: None,
         p90_detect_s: None,
         median_promote_s: None,
+        undecided_rate: ends
+            .iter()
+            .filter(|end| **end == Outcome::Undecided)
+            .count() as f64
+            / runs,
         rolled_back_by: BTreeMap::new(),
     };
     if scenario.is_aa() {
@@ -965,9 +972,10 @@ pub fn table(rows: &[Row]) -> String {
         "median detect",
         "p90 detect",
         "median promote",
+        "undecided",
         "rolled back by",
     ];
-    let cells: Vec<[String; 9]> = rows
+    let cells: Vec<[String; 10]> = rows
         .iter()
         .map(|row| {
             [
@@ -979,6 +987,7 @@ pub fn table(rows: &[Row]) -> String {
                 or_dash(row.median_detect_s, whole_seconds),
                 or_dash(row.p90_detect_s, whole_seconds),
                 or_dash(row.median_promote_s, whole_seconds),
+                share_percent(row.undecided_rate, 2),
                 causes_cell(&row.rolled_back_by),
             ]
         })

@@ -102,7 +102,7 @@ impl Rollout {
         let bad = |why: String| {
             format!(
                 "--rollout {}: {why}; give a CanaryRollout YAML file as `cohort run` reads it, \
-                 e.g. --rollout manifests/examples/rollout.yaml",
+                 e.g. --rollout manifests/examples/canaryrollout.yaml",
                 path.display()
             )
         };

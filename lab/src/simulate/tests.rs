@@ -250,7 +250,8 @@ fn a_small_simulation_is_sane_and_reproducible() {
                 "median_promote_s",
                 "p90_detect_s",
                 "rolled_back_by",
-                "scenario"
+                "scenario",
+                "undecided_rate"
             ]
         );
     }
@@ -287,6 +288,13 @@ fn a_small_simulation_is_sane_and_reproducible() {
     );
     assert!(bad.false_rollback_rate.is_none() && bad.median_promote_s.is_none());
     assert!(bad.rolled_back_by.contains_key("error-rate"), "{bad:?}");
+    // Every run ends one way: rolled back, promoted or undecided.
+    for row in &rows {
+        let rolled_back =
+            row.false_rollback_rate.unwrap_or(0.0) + row.detection_rate.unwrap_or(0.0);
+        assert!(rolled_back + row.undecided_rate <= 1.0 + 1e-12, "{row:?}");
+    }
+    assert_eq!(bad.undecided_rate, 0.0);
     assert!(row("errors-10x-5pct-100rps", "threshold")
         .rolled_back_by
         .is_empty());
@@ -320,6 +328,7 @@ fn table_and_progress_rendering() {
             median_detect_s: None,
             p90_detect_s: None,
             median_promote_s: Some(1500.0),
+            undecided_rate: 0.0105,
             rolled_back_by: [
                 ("error-rate".to_owned(), 0.001),
                 ("latency-p99".to_owned(), 0.002),
@@ -336,13 +345,14 @@ fn table_and_progress_rendering() {
             median_detect_s: Some(600.0),
             p90_detect_s: Some(600.0),
             median_promote_s: None,
+            undecided_rate: 0.0,
             rolled_back_by: BTreeMap::new(),
         },
     ];
     let expected = "\
-scenario               condition         gate          false rollback  detected  median detect  p90 detect  median promote  rolled back by
-aa-5pct-100rps         retry-clusters:3  rollout                0.30%         -              -           -           1500s  latency-p99 0.20%, error-rate 0.10%
-errors-5x-5pct-100rps  independent       mann-whitney               -    98.35%           600s        600s               -  -
+scenario               condition         gate          false rollback  detected  median detect  p90 detect  median promote  undecided  rolled back by
+aa-5pct-100rps         retry-clusters:3  rollout                0.30%         -              -           -           1500s      1.05%  latency-p99 0.20%, error-rate 0.10%
+errors-5x-5pct-100rps  independent       mann-whitney               -    98.35%           600s        600s               -      0.00%  -
 ";
     assert_eq!(table(&rows), expected);
     assert_eq!(

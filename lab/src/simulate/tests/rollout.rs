@@ -102,6 +102,22 @@ fn thin_traffic_meets_the_failure_policy() {
     assert_eq!(rollout.horizon_s, 3 * 5 * 300);
     let run = run_once(&rollout, "aa-1pct-10rps", &Conditions::independent(), 1);
     assert_eq!(run.outcome, Outcome::Undecided);
+    let rows = simulate(
+        &[Scenario::parse("aa-1pct-10rps").unwrap()],
+        &[Conditions::independent()],
+        &rollout,
+        Settings {
+            runs: 4,
+            seed: 1,
+            threads: 1,
+        },
+        |_, _| {},
+    );
+    assert_eq!(rows[0].gate, "rollout");
+    assert_eq!(
+        (rows[0].undecided_rate, rows[0].false_rollback_rate),
+        (1.0, Some(0.0))
+    );
     assert_eq!(distinct(&run.weights), vec![100]);
     assert_eq!(run.weights.len() as u64 * 30, rollout.horizon_s);
 }
