@@ -254,7 +254,7 @@ pub struct Row {
 /// How many runs and which random streams.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Settings {
-    /// Runs per scenario.
+    /// Runs per scenario and condition set.
     pub runs: u32,
     /// Base seed.
     pub seed: u64,
