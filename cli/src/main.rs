@@ -58,8 +58,9 @@ enum Command {
     /// Runs the in-cluster controller: watches CanaryRollouts, pushes their weights to
     /// WasmPlugins, serves /metrics, /healthz and /readyz; one leader among replicas.
     Controller(cohort_controller::reconciler::ControllerArgs),
-    /// Simulates canary traffic and compares cohort's sequential gates with threshold
-    /// (Flagger-style) and Mann-Whitney (Kayenta-style) gates: false rollbacks, detection times.
+    /// Simulates canary traffic under chosen conditions and compares whole cohort rollouts (a
+    /// CanaryRollout driven by the controller's plan) with threshold (Flagger-style) and
+    /// Mann-Whitney (Kayenta-style) gates: false rollbacks, detection times.
     #[cfg(feature = "lab")]
     Simulate(cohort_lab::simulate::SimulateArgs),
 }

@@ -1,18 +1,24 @@
 //! `cohort simulate`: synthetic canary traffic judged by three gate families side by side, to
-//! measure how fast each catches a regression and how often it fails a healthy canary.
+//! measure how fast each catches a regression and how often it fails a healthy canary, under
+//! traffic conditions that do or do not meet the gates' assumptions.
 //!
-//! Traffic is simulated at the analysis interval (30 s ticks), not per request: in each tick
-//! each version's requests per latency bucket are independent Poisson counts (Poisson arrivals
-//! at `rps × share`, split by a log-normal latency over Envoy's default histogram buckets), and
-//! its 5xx are binomial among them. A regressed canary has its error rate multiplied and its
-//! latencies scaled from `regression_start_s` on. Every run's random stream depends only on the
-//! seed, the scenario and the run number, so results do not depend on the thread count.
+//! Traffic is simulated in ticks (30 s for the comparison families, the rollout's analysis
+//! interval for the rollout), not per request: in each tick each version's requests per latency
+//! bucket are independent Poisson counts (Poisson arrivals at `rps × share`, split by a
+//! log-normal latency over Envoy's default histogram buckets), and its 5xx are binomial among
+//! them; the conditions of [`conditions`] change that draw (clustered or overdispersed errors,
+//! a heavy user, stalling canary pods, a day cycle, Prometheus' extrapolated windows). A
+//! regressed canary has its error rate multiplied and its latencies scaled from
+//! `regression_start_s` on. Every run's random stream depends only on the seed, the scenario, the
+//! condition and the run number, so results do not depend on the thread count.
 //!
-//! The families, each fed the same traffic:
-//! - `cohort`: the sequential gates on error rate and p99 latency (α = 0.005 each, so the pair
-//!   fails a healthy canary in at most 1% of rollouts), through [`evaluate_window`] on the
-//!   counts since the start, every 30 s, with the default sample minimum (100). Pass promotes,
-//!   Fail rolls back.
+//! The families:
+//! - `rollout` (cohort): a whole CanaryRollout (by default every default: six steps of five
+//!   minutes, the sequential error-rate gate and the p99 latency gate, the default failure
+//!   policy) driven through the controller's own pure code cycle by cycle ([`rollout`]): the
+//!   canary's share follows the plan's weight, each step's tests run until its bake ends, and
+//!   the run ends Promoted, RolledBack or undecided at the horizon. The scenario's weight does
+//!   not apply: the steps set it.
 //! - `threshold`: Flagger's built-in checks with the values of its documentation, through
 //!   [`evaluate`]: `request-success-rate` ≥ 99% (an error-rate gate with `maxRate: 0.01`) and
 //!   `request-duration` p99 ≤ 500 ms (a custom gate on the canary's histogram p99, as Flagger's
@@ -26,23 +32,30 @@
 //!   Hodges–Lehmann estimate, tolerance 0.25, mean ratio ≥ 1, as in Kayenta's
 //!   `MannWhitneyClassifier`; normal approximation for the interval). Any metric classified
 //!   High rolls back at the horizon; otherwise it promotes there.
+//!
+//! The two comparison families judge the scenario's fixed weight, as a single analysis would.
 
+use std::collections::BTreeMap;
 use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use cohort_rollout::crd::{
-    AnalysisSpec, CustomGate, ErrorRateGate, GateCheck, GateSpec, SequentialGate, SequentialMetric,
-    Verdict,
-};
-use cohort_rollout::duration;
-use cohort_rollout::evaluate::{
-    evaluate, evaluate_window, histogram_quantile, Bucket, Observed, Samples, VersionSamples,
-};
+use cohort_rollout::crd::{CustomGate, ErrorRateGate, GateCheck, GateSpec, Verdict};
+use cohort_rollout::evaluate::{evaluate, histogram_quantile, Observed, Samples, VersionSamples};
 use cohort_rollout::format::{or_dash, share_percent, whole_seconds};
+
+pub mod conditions;
+mod ledger;
+pub mod rollout;
+
+pub use conditions::Conditions;
+use conditions::{RunState, Tick};
+use ledger::Ledger;
+pub use rollout::{Rollout, RolloutRun};
 
 /// One analysis interval: the simulation's time step.
 pub const TICK_S: u64 = 30;
@@ -74,8 +87,9 @@ pub const THRESHOLD_P99_MS: f64 = 500.0;
 const REQUEST_DURATION: &str = "request-duration";
 /// When Kayenta's fixed-horizon judgement is made.
 pub const MANN_WHITNEY_HORIZON_S: u64 = 600;
-/// False-rollback rate of each of cohort's two sequential gates.
-pub const COHORT_ALPHA_PER_GATE: f64 = 0.005;
+/// Mixed into a run's seed for the rollout family's own random stream: the rollout's traffic
+/// follows its plan's weights, so it cannot share the comparison families' draws.
+const ROLLOUT_STREAM: u64 = 0x0072_6f6c_6c6f_7574;
 
 /// One traffic scenario. Its name says it: `aa-5pct-100rps`, `errors-5x-5pct-100rps`,
 /// `latency-1.5x-1pct-10rps`, optionally `-at120s` for a regression starting later.
@@ -174,8 +188,8 @@ pub const DEFAULT_SCENARIOS: [&str; 7] = [
 /// The gate families compared.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Family {
-    /// cohort's sequential gates.
-    Cohort,
+    /// cohort: the whole rollout, driven by the controller's plan.
+    Rollout,
     /// Flagger-style fixed thresholds per window with a failed-check counter.
     Threshold,
     /// Kayenta-style Mann–Whitney judgement at a fixed horizon.
@@ -184,12 +198,12 @@ pub enum Family {
 
 impl Family {
     /// All families, in table order.
-    pub const ALL: [Family; 3] = [Family::Cohort, Family::Threshold, Family::MannWhitney];
+    pub const ALL: [Family; 3] = [Family::Rollout, Family::Threshold, Family::MannWhitney];
 
     /// The name in the table and JSON.
     pub fn name(self) -> &'static str {
         match self {
-            Family::Cohort => "cohort",
+            Family::Rollout => "rollout",
             Family::Threshold => "threshold",
             Family::MannWhitney => "mann-whitney",
         }
@@ -215,6 +229,8 @@ pub enum Outcome {
 pub struct Row {
     /// Scenario name.
     pub scenario: String,
+    /// The `--condition` value the traffic was drawn under.
+    pub condition: String,
     /// Gate family name.
     pub gate: String,
     /// Runs rolled back while the canary was as good as stable.
@@ -227,12 +243,18 @@ pub struct Row {
     pub p90_detect_s: Option<f64>,
     /// Median time to promotion in an A/A scenario, among promoted runs.
     pub median_promote_s: Option<f64>,
+    /// Runs neither promoted nor rolled back at the horizon.
+    pub undecided_rate: f64,
+    /// `rollout` only: the share of runs each cause rolled back (a failed gate's name, gates
+    /// failing together joined by `+`, or a failure-policy rule: `no-data`, `errors`,
+    /// `routing-mismatch`). Empty for the other families.
+    pub rolled_back_by: BTreeMap<String, f64>,
 }
 
 /// How many runs and which random streams.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Settings {
-    /// Runs per scenario.
+    /// Runs per scenario and condition set.
     pub runs: u32,
     /// Base seed.
     pub seed: u64,
@@ -240,19 +262,42 @@ pub struct Settings {
     pub threads: usize,
 }
 
-/// Runs every scenario `settings.runs` times and summarises each family. `progress(done,
-/// total)` is called from the calling thread about ten times a second, and once at the end.
+/// One run's ends, family by family (in [`Family::ALL`] order), and what rolled the rollout back.
+#[derive(Debug, Clone, PartialEq)]
+struct Ends {
+    outcomes: [Outcome; 3],
+    cause: Option<String>,
+}
+
+/// Runs every scenario under every condition set `settings.runs` times and summarises each
+/// family. `progress(done, total)` is called from the calling thread about ten times a second,
+/// and once at the end.
 pub fn simulate(
     scenarios: &[Scenario],
+    conditions: &[Conditions],
+    rollout: &Rollout,
     settings: Settings,
     mut progress: impl FnMut(usize, usize),
 ) -> Vec<Row> {
     let runs = settings.runs as usize;
-    let total = scenarios.len() * runs;
+    let cells = scenarios.len() * conditions.len();
+    let total = cells * runs;
     let next = AtomicUsize::new(0);
     let done = AtomicUsize::new(0);
-    let outcomes: Mutex<Vec<[Outcome; 3]>> = Mutex::new(vec![[Outcome::Undecided; 3]; total]);
-    let models: Vec<Model> = scenarios.iter().map(Model::new).collect();
+    let empty = Ends {
+        outcomes: [Outcome::Undecided; 3],
+        cause: None,
+    };
+    let outcomes: Mutex<Vec<Ends>> = Mutex::new(vec![empty; total]);
+    let models: Vec<Vec<Model>> = scenarios
+        .iter()
+        .map(|scenario| {
+            conditions
+                .iter()
+                .map(|conditions| Model::new(scenario, conditions))
+                .collect()
+        })
+        .collect();
     std::thread::scope(|scope| {
         for _ in 0..settings.threads.max(1) {
             scope.spawn(|| loop {
@@ -260,11 +305,27 @@ pub fn simulate(
                 if job >= total {
                     break;
                 }
-                let (scenario, run) = (job / runs, job % runs);
-                let seed = stream_seed(settings.seed, scenario as u64, run as u64);
-                let outcome = models[scenario].run(&mut Rng::new(seed));
+                let (cell, run) = (job / runs, job % runs);
+                let (scenario, condition) = (cell / conditions.len(), cell % conditions.len());
+                // The first condition set keeps the seed's streams, so `independent` first gives
+                // the comparison families the table they always gave.
+                let base = match condition {
+                    0 => settings.seed,
+                    c => splitmix(settings.seed ^ c as u64),
+                };
+                let seed = stream_seed(base, scenario as u64, run as u64);
+                let model = &models[scenario][condition];
+                let [threshold, mann_whitney] = model.run(&mut Rng::new(seed));
+                let whole = rollout.run(
+                    model,
+                    model.conditions,
+                    &mut Rng::new(splitmix(seed ^ ROLLOUT_STREAM)),
+                );
                 if let Ok(mut outcomes) = outcomes.lock() {
-                    outcomes[job] = outcome;
+                    outcomes[job] = Ends {
+                        outcomes: [whole.outcome, threshold, mann_whitney],
+                        cause: whole.cause,
+                    };
                 }
                 done.fetch_add(1, Ordering::Relaxed);
             });
@@ -277,14 +338,35 @@ pub fn simulate(
     progress(total, total);
     let outcomes = outcomes.into_inner().unwrap_or_default();
     let mut rows = Vec::new();
-    for (index, scenario) in scenarios.iter().enumerate() {
-        let runs_of = &outcomes[index * runs..(index + 1) * runs];
-        for (slot, family) in Family::ALL.into_iter().enumerate() {
-            let ends: Vec<Outcome> = runs_of.iter().map(|outcome| outcome[slot]).collect();
-            rows.push(summarise(scenario, family, &ends));
+    for (s, scenario) in scenarios.iter().enumerate() {
+        for (c, condition) in conditions.iter().enumerate() {
+            let cell = s * conditions.len() + c;
+            let runs_of = &outcomes[cell * runs..(cell + 1) * runs];
+            for (slot, family) in Family::ALL.into_iter().enumerate() {
+                let ends: Vec<Outcome> = runs_of.iter().map(|ends| ends.outcomes[slot]).collect();
+                let mut row = summarise(scenario, family, &ends);
+                row.condition = condition.name.clone();
+                if family == Family::Rollout {
+                    row.rolled_back_by = causes(runs_of);
+                }
+                rows.push(row);
+            }
         }
     }
     rows
+}
+
+/// The share of runs each cause rolled back.
+fn causes(runs: &[Ends]) -> BTreeMap<String, f64> {
+    let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+    for cause in runs.iter().filter_map(|ends| ends.cause.as_ref()) {
+        *counts.entry(cause.clone()).or_default() += 1;
+    }
+    let runs = runs.len().max(1) as f64;
+    counts
+        .into_iter()
+        .map(|(cause, count)| (cause, count as f64 / runs))
+        .collect()
 }
 
 fn summarise(scenario: &Scenario, family: Family, ends: &[Outcome]) -> Row {
@@ -299,12 +381,19 @@ fn summarise(scenario: &Scenario, family: Family, ends: &[Outcome]) -> Row {
         .collect();
     let mut row = Row {
         scenario: scenario.name.clone(),
+        condition: String::new(),
         gate: family.name().to_owned(),
         false_rollback_rate: None,
         detection_rate: None,
         median_detect_s: None,
         p90_detect_s: None,
         median_promote_s: None,
+        undecided_rate: ends
+            .iter()
+            .filter(|end| **end == Outcome::Undecided)
+            .count() as f64
+            / runs,
+        rolled_back_by: BTreeMap::new(),
     };
     if scenario.is_aa() {
         row.false_rollback_rate = Some(rollbacks.len() as f64 / runs);
@@ -345,47 +434,29 @@ fn quantile(sorted: &[u64], q: f64) -> Option<f64> {
     sorted.get(rank.min(sorted.len()) - 1).map(|&s| s as f64)
 }
 
-/// A scenario with its latency bucket probabilities worked out once.
+/// A scenario under one condition set, with its latency bucket probabilities worked out once.
 struct Model<'a> {
     scenario: &'a Scenario,
+    conditions: &'a Conditions,
     healthy_buckets: [f64; BUCKETS],
     regressed_buckets: [f64; BUCKETS],
-    cohort_gates: Vec<GateSpec>,
-    /// `cohort_gates`' `maxDuration`s, parsed once for every tick's judgment (as
-    /// [`cohort_rollout::CompiledRollout::sequential_max_durations`] holds a spec's).
-    cohort_max_durations: Vec<Option<Duration>>,
-    cohort_min_samples: u64,
+    /// The same, shifted by a stall (`pod-stall`; else as unstalled).
+    stalled_healthy_buckets: [f64; BUCKETS],
+    stalled_regressed_buckets: [f64; BUCKETS],
     threshold_gates: Vec<GateSpec>,
 }
 
 impl<'a> Model<'a> {
-    fn new(scenario: &'a Scenario) -> Self {
-        let sequential = |metric, name: &str| GateSpec {
-            name: Some(name.to_owned()),
-            min_samples: None,
-            check: GateCheck::Sequential(SequentialGate {
-                alpha: Some(COHORT_ALPHA_PER_GATE),
-                ..SequentialGate::new(metric)
-            }),
-        };
-        let cohort_gates = vec![
-            sequential(SequentialMetric::ErrorRate, "error-rate"),
-            sequential(SequentialMetric::Latency, "latency-p99"),
-        ];
-        let cohort_max_durations = cohort_gates
-            .iter()
-            .map(|gate| match &gate.check {
-                GateCheck::Sequential(sequential) => duration::parse(&sequential.max_duration).ok(),
-                _ => None,
-            })
-            .collect();
+    fn new(scenario: &'a Scenario, conditions: &'a Conditions) -> Self {
+        let regressed_median = LATENCY_MEDIAN_MS * scenario.latency_factor;
+        let stall_ms = conditions.pod_stall.map_or(0.0, |stall| stall.add_ms);
         Model {
             scenario,
+            conditions,
             healthy_buckets: lognormal_buckets(LATENCY_MEDIAN_MS),
-            regressed_buckets: lognormal_buckets(LATENCY_MEDIAN_MS * scenario.latency_factor),
-            cohort_gates,
-            cohort_max_durations,
-            cohort_min_samples: AnalysisSpec::default().min_samples,
+            regressed_buckets: lognormal_buckets(regressed_median),
+            stalled_healthy_buckets: shifted_lognormal_buckets(LATENCY_MEDIAN_MS, stall_ms),
+            stalled_regressed_buckets: shifted_lognormal_buckets(regressed_median, stall_ms),
             threshold_gates: vec![
                 GateSpec {
                     name: Some("success-rate".to_owned()),
@@ -408,60 +479,62 @@ impl<'a> Model<'a> {
         }
     }
 
-    /// One rollout of the scenario, judged by every family.
-    fn run(&self, rng: &mut Rng) -> [Outcome; 3] {
+    /// What a tick starting at `start_s` draws before the conditions, with the canary at
+    /// `canary_share` and regressed or not.
+    fn tick(&self, start_s: f64, length_s: f64, canary_share: f64, regressed: bool) -> Tick<'_> {
         let scenario = self.scenario;
-        let mut since_start = Traffic::default();
-        let mut this_minute = Traffic::default();
+        let (canary_error_rate, canary_buckets, canary_stalled_buckets) = if regressed {
+            (
+                scenario.error_rate * scenario.error_factor,
+                &self.regressed_buckets,
+                &self.stalled_regressed_buckets,
+            )
+        } else {
+            (
+                scenario.error_rate,
+                &self.healthy_buckets,
+                &self.stalled_healthy_buckets,
+            )
+        };
+        Tick {
+            start_s,
+            length_s,
+            rps: scenario.rps,
+            canary_share,
+            canary_error_rate,
+            stable_error_rate: scenario.error_rate,
+            canary_buckets,
+            stable_buckets: &self.healthy_buckets,
+            canary_stalled_buckets,
+        }
+    }
+
+    /// One run of the scenario at its fixed weight, judged by the comparison families
+    /// (threshold, Mann–Whitney).
+    fn run(&self, rng: &mut Rng) -> [Outcome; 2] {
+        let scenario = self.scenario;
+        let mut state = RunState::new(self.conditions, rng);
+        let mut ledger = Ledger::new(TICK_S as f64, self.conditions.scrape_s, rng);
         let mut minutes = MinuteSeries::default();
-        let mut cohort = Outcome::Undecided;
         let mut threshold = Outcome::Undecided;
         let mut mann_whitney = Outcome::Undecided;
         let (mut passed, mut failed) = (0, 0);
         let mut t = 0;
         while t < HORIZON_S {
             let regressed = t >= scenario.regression_start_s;
+            let tick = self.tick(t as f64, TICK_S as f64, scenario.canary_weight, regressed);
+            let (canary, stable) = self.conditions.draw(&mut state, rng, &tick);
+            ledger.record(rng, &canary, &stable);
             t += TICK_S;
-            let tick = TICK_S as f64;
-            let canary_rps = scenario.rps * scenario.canary_weight;
-            let canary = if regressed {
-                Counts::draw(
-                    rng,
-                    canary_rps * tick,
-                    scenario.error_rate * scenario.error_factor,
-                    &self.regressed_buckets,
-                )
-            } else {
-                Counts::draw(
-                    rng,
-                    canary_rps * tick,
-                    scenario.error_rate,
-                    &self.healthy_buckets,
-                )
-            };
-            let stable = Counts::draw(
-                rng,
-                (scenario.rps - canary_rps) * tick,
-                scenario.error_rate,
-                &self.healthy_buckets,
-            );
-            since_start.add(&canary, &stable);
-            this_minute.add(&canary, &stable);
 
-            if cohort == Outcome::Undecided {
-                let evaluation = evaluate_window(
-                    &self.cohort_gates,
-                    &self.cohort_max_durations,
-                    self.cohort_min_samples,
-                    &since_start.samples(),
-                    Duration::from_secs(t),
-                );
-                cohort = decided(evaluation.verdict, t);
-            }
             if t % THRESHOLD_INTERVAL_S == 0 {
+                let this_minute = ledger.samples(THRESHOLD_INTERVAL_S as f64);
                 if threshold == Outcome::Undecided {
-                    let evaluation =
-                        evaluate(&self.threshold_gates, 1, &this_minute.flagger_samples());
+                    let evaluation = evaluate(
+                        &self.threshold_gates,
+                        1,
+                        &flagger_samples(this_minute.clone()),
+                    );
                     if evaluation.verdict == Verdict::Pass {
                         passed += 1;
                     } else {
@@ -483,24 +556,12 @@ impl<'a> Model<'a> {
                         Outcome::Promoted(t)
                     };
                 }
-                this_minute = Traffic::default();
             }
-            let all_decided = [cohort, threshold, mann_whitney]
-                .iter()
-                .all(|outcome| *outcome != Outcome::Undecided);
-            if all_decided {
+            if threshold != Outcome::Undecided && mann_whitney != Outcome::Undecided {
                 break;
             }
         }
-        [cohort, threshold, mann_whitney]
-    }
-}
-
-fn decided(verdict: Verdict, t: u64) -> Outcome {
-    match verdict {
-        Verdict::Fail => Outcome::RolledBack(t),
-        Verdict::Pass => Outcome::Promoted(t),
-        Verdict::Inconclusive | Verdict::Error => Outcome::Undecided,
+        [threshold, mann_whitney]
     }
 }
 
@@ -533,30 +594,34 @@ impl Counts {
         self.errors += other.errors;
     }
 
+    /// `self − other`, for a running total `other` at or below `self`.
+    fn subtract(&mut self, other: &Counts) {
+        for (mine, theirs) in self.buckets.iter_mut().zip(&other.buckets) {
+            *mine = mine.saturating_sub(*theirs);
+        }
+        self.errors = self.errors.saturating_sub(other.errors);
+    }
+
+    /// Each request kept with chance `share` (binomially): the part of a tick's requests
+    /// that arrived in `share` of it, when they arrive uniformly.
+    fn thin(&self, rng: &mut Rng, share: f64) -> Counts {
+        let mut part = Counts::default();
+        for (kept, count) in part.buckets.iter_mut().zip(&self.buckets) {
+            *kept = rng.binomial(*count, share);
+        }
+        part.errors = rng.binomial(self.errors, share).min(part.requests());
+        part
+    }
+
     /// What a metric source would report for this version: counters and a cumulative histogram.
     fn version_samples(&self) -> VersionSamples {
+        let mut cumulative = [0.0; BUCKETS];
         let mut running = 0;
-        let histogram = ENVOY_BUCKETS_MS
-            .iter()
-            .copied()
-            .chain(std::iter::once(f64::INFINITY))
-            .zip(&self.buckets)
-            .map(|(le, count)| {
-                running += count;
-                Bucket {
-                    le,
-                    count: running as f64,
-                }
-            })
-            .collect();
-        VersionSamples {
-            requests: Observed::Value(self.requests() as f64),
-            server_errors: Observed::Value(self.errors as f64),
-            latency_ms: Observed::Value(histogram),
-            // The simulated route serves every request where the filter decided.
-            decisions: Observed::Value(self.requests() as f64),
-            ..VersionSamples::default()
+        for (slot, count) in cumulative.iter_mut().zip(&self.buckets) {
+            running += count;
+            *slot = running as f64;
         }
+        ledger::version_samples(self.requests() as f64, self.errors as f64, &cumulative)
     }
 }
 
@@ -573,31 +638,28 @@ impl Traffic {
         self.stable.add(stable);
     }
 
-    fn samples(&self) -> Samples {
-        Samples {
-            canary: self.canary.version_samples(),
-            stable: self.stable.version_samples(),
-        }
+    fn subtract(&mut self, other: &Traffic) {
+        self.canary.subtract(&other.canary);
+        self.stable.subtract(&other.stable);
     }
+}
 
-    /// [`Traffic::samples`] plus the canary's p99 as the `request-duration` query's answer.
-    fn flagger_samples(&self) -> Samples {
-        let mut samples = self.samples();
-        let p99 = match &samples.canary.latency_ms {
-            Observed::Value(buckets) => histogram_quantile(0.99, buckets),
-            _ => f64::NAN,
-        };
-        let answer = if p99.is_finite() {
-            Observed::Value(p99)
-        } else {
-            Observed::NoData
-        };
-        samples
-            .canary
-            .custom
-            .insert(REQUEST_DURATION.to_owned(), answer);
-        samples
-    }
+/// `samples` plus the canary's p99 as the `request-duration` query's answer.
+fn flagger_samples(mut samples: Samples) -> Samples {
+    let p99 = match &samples.canary.latency_ms {
+        Observed::Value(buckets) => histogram_quantile(0.99, buckets),
+        _ => f64::NAN,
+    };
+    let answer = if p99.is_finite() {
+        Observed::Value(p99)
+    } else {
+        Observed::NoData
+    };
+    samples
+        .canary
+        .custom
+        .insert(REQUEST_DURATION.to_owned(), answer);
+    samples
 }
 
 /// Kayenta's inputs: one value per minute and version (minutes without data left out, as
@@ -611,26 +673,26 @@ struct MinuteSeries {
 }
 
 impl MinuteSeries {
-    fn push(&mut self, minute: &Traffic) {
-        let samples = minute.samples();
+    fn push(&mut self, samples: &Samples) {
         let pairs = [
             (
-                &minute.canary,
                 &samples.canary,
                 &mut self.canary_errors,
                 &mut self.canary_p99,
             ),
             (
-                &minute.stable,
                 &samples.stable,
                 &mut self.stable_errors,
                 &mut self.stable_p99,
             ),
         ];
-        for (counts, version, errors, p99) in pairs {
-            let requests = counts.requests();
-            if requests > 0 {
-                errors.push(counts.errors as f64 / requests as f64);
+        for (version, errors, p99) in pairs {
+            if let (Observed::Value(requests), Observed::Value(failed)) =
+                (&version.requests, &version.server_errors)
+            {
+                if *requests > 0.0 {
+                    errors.push(failed / requests);
+                }
             }
             if let Observed::Value(buckets) = &version.latency_ms {
                 let q = histogram_quantile(0.99, buckets);
@@ -695,10 +757,20 @@ pub fn kayenta_high(canary: &[f64], stable: &[f64]) -> bool {
 /// Probabilities of Envoy's buckets (the last is `+Inf`) for a log-normal latency with median
 /// `median_ms` and shape [`LATENCY_SIGMA`].
 fn lognormal_buckets(median_ms: f64) -> [f64; BUCKETS] {
+    shifted_lognormal_buckets(median_ms, 0.0)
+}
+
+/// [`lognormal_buckets`] of a latency `shift_ms` longer: P(X + shift ≤ le) = P(X ≤ le − shift).
+fn shifted_lognormal_buckets(median_ms: f64, shift_ms: f64) -> [f64; BUCKETS] {
     let mut probabilities = [0.0; BUCKETS];
     let mut below = 0.0;
     for (probability, le) in probabilities.iter_mut().zip(ENVOY_BUCKETS_MS) {
-        let cumulative = normal_cdf((le / median_ms).ln() / LATENCY_SIGMA);
+        let room = le - shift_ms;
+        let cumulative = if room > 0.0 {
+            normal_cdf((room / median_ms).ln() / LATENCY_SIGMA)
+        } else {
+            0.0
+        };
         *probability = (cumulative - below).max(0.0);
         below = cumulative;
     }
@@ -889,28 +961,34 @@ fn ln_factorial(k: f64) -> f64 {
         + 1.0 / (1260.0 * z2 * z2 * z)
 }
 
-/// The result as a table, one line per scenario and family.
+/// The result as a table, one line per scenario, condition and family.
 pub fn table(rows: &[Row]) -> String {
     let header = [
         "scenario",
+        "condition",
         "gate",
         "false rollback",
         "detected",
         "median detect",
         "p90 detect",
         "median promote",
+        "undecided",
+        "rolled back by",
     ];
-    let cells: Vec<[String; 7]> = rows
+    let cells: Vec<[String; 10]> = rows
         .iter()
         .map(|row| {
             [
                 row.scenario.clone(),
+                row.condition.clone(),
                 row.gate.clone(),
                 or_dash(row.false_rollback_rate, |rate| share_percent(rate, 2)),
                 or_dash(row.detection_rate, |rate| share_percent(rate, 2)),
                 or_dash(row.median_detect_s, whole_seconds),
                 or_dash(row.p90_detect_s, whole_seconds),
                 or_dash(row.median_promote_s, whole_seconds),
+                share_percent(row.undecided_rate, 2),
+                causes_cell(&row.rolled_back_by),
             ]
         })
         .collect();
@@ -920,18 +998,21 @@ pub fn table(rows: &[Row]) -> String {
             *width = (*width).max(cell.chars().count());
         }
     }
+    let last = header.len() - 1;
     let render = |line: &[String]| {
         let mut out = String::new();
         for (i, (cell, width)) in line.iter().zip(widths).enumerate() {
             let pad = width - cell.chars().count();
-            if i < 2 {
+            if i < 3 || i == last {
                 out.push_str(cell);
-                out.push_str(&" ".repeat(pad));
+                if i < last {
+                    out.push_str(&" ".repeat(pad));
+                }
             } else {
                 out.push_str(&" ".repeat(pad));
                 out.push_str(cell);
             }
-            out.push_str(if i + 1 < line.len() { "  " } else { "\n" });
+            out.push_str(if i < last { "  " } else { "\n" });
         }
         out
     };
@@ -942,10 +1023,24 @@ pub fn table(rows: &[Row]) -> String {
     out
 }
 
+/// `latency-p99 3.10%, error-rate 0.40%`: the causes, most frequent first; `-` for none.
+fn causes_cell(causes: &BTreeMap<String, f64>) -> String {
+    if causes.is_empty() {
+        return "-".to_owned();
+    }
+    let mut sorted: Vec<(&String, &f64)> = causes.iter().collect();
+    sorted.sort_by(|a, b| b.1.total_cmp(a.1).then(a.0.cmp(b.0)));
+    sorted
+        .iter()
+        .map(|(cause, share)| format!("{cause} {}", share_percent(**share, 2)))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// `cohort simulate`'s command line.
 #[derive(clap::Args, Debug, Clone, PartialEq, Eq)]
 pub struct SimulateArgs {
-    /// Runs per scenario.
+    /// Runs per scenario and condition.
     #[arg(long, default_value_t = 10_000)]
     pub runs: u32,
     /// Base seed; the same seed gives the same table.
@@ -958,13 +1053,23 @@ pub struct SimulateArgs {
     /// default: the seven of BENCHMARKS.md.
     #[arg(long = "scenario", value_name = "NAME")]
     pub scenarios: Vec<String>,
+    /// A traffic condition to run every scenario under (repeatable; each gives its own rows):
+    /// independent, retry-clusters:MEAN, overdispersed:CV, heavy-user:SHARE:MULT,
+    /// pod-stall:PODS:EVERY:FOR:ADD, diurnal[:AMPLITUDE], extrapolated[:SCRAPE], or several
+    /// joined by + to compose them; default: independent.
+    #[arg(long = "condition", value_name = "NAME[:PARAMS]")]
+    pub conditions: Vec<String>,
+    /// The CanaryRollout (YAML, as `cohort run` reads it) whose whole rollout the `rollout`
+    /// family simulates; default: one with every default (steps, gates, failure policy).
+    #[arg(long, value_name = "FILE")]
+    pub rollout: Option<PathBuf>,
     /// Print a JSON array of rows instead of the table.
     #[arg(long)]
     pub json: bool,
 }
 
-/// Runs `cohort simulate`: the table (or JSON) on stdout, a progress bar on stderr.
-pub fn main(args: &SimulateArgs) -> anyhow::Result<()> {
+/// The scenarios, condition sets and rollout `args` name; errors name the flag.
+pub fn read_args(args: &SimulateArgs) -> Result<(Vec<Scenario>, Vec<Conditions>, Rollout), String> {
     let names: Vec<String> = if args.scenarios.is_empty() {
         DEFAULT_SCENARIOS
             .iter()
@@ -975,16 +1080,39 @@ pub fn main(args: &SimulateArgs) -> anyhow::Result<()> {
     };
     let scenarios = names
         .iter()
-        .map(|name| Scenario::parse(name))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(anyhow::Error::msg)?;
+        .map(|name| Scenario::parse(name).map_err(|error| format!("--scenario {error}")))
+        .collect::<Result<Vec<_>, _>>()?;
+    let conditions = if args.conditions.is_empty() {
+        vec![Conditions::independent()]
+    } else {
+        args.conditions
+            .iter()
+            .map(|text| Conditions::parse(text))
+            .collect::<Result<Vec<_>, _>>()?
+    };
+    let rollout = match &args.rollout {
+        Some(path) => Rollout::from_file(path)?,
+        None => Rollout::default_rollout()?,
+    };
+    Ok((scenarios, conditions, rollout))
+}
+
+/// Runs `cohort simulate`: the table (or JSON) on stdout, a progress bar on stderr.
+pub fn main(args: &SimulateArgs) -> anyhow::Result<()> {
+    let (scenarios, conditions, rollout) = read_args(args).map_err(anyhow::Error::msg)?;
     let settings = Settings {
         runs: args.runs.max(1),
         seed: args.seed,
         threads: args.threads.max(1),
     };
     let mut bar = ProgressBar::new();
-    let rows = simulate(&scenarios, settings, |done, total| bar.show(done, total));
+    let rows = simulate(
+        &scenarios,
+        &conditions,
+        &rollout,
+        settings,
+        |done, total| bar.show(done, total),
+    );
     bar.finish();
     let mut out = std::io::stdout().lock();
     if args.json {

@@ -1,4 +1,30 @@
 use super::*;
+use cohort_rollout::crd::{SequentialGate, SequentialMetric};
+
+mod conditions;
+mod rollout;
+
+/// The old first-Pass family's gate pair (sequential error rate and p99 latency, α = 0.005
+/// each, so the pair fails a healthy canary in at most 1% of tests), as a whole rollout with
+/// the default steps: five analysed steps, each a fresh test, fail a healthy canary in at most
+/// 5% of rollouts.
+const PAIR_ALPHA_PER_GATE: f64 = 0.005;
+
+fn sequential_pair_rollout() -> Rollout {
+    let mut spec = Rollout::default_spec();
+    // Each gate at PAIR_ALPHA_PER_GATE in each of the five analysed steps: a budget of 5%.
+    spec.analysis.alpha = 5.0 * 2.0 * PAIR_ALPHA_PER_GATE;
+    spec.analysis.gates = [SequentialMetric::ErrorRate, SequentialMetric::Latency]
+        .into_iter()
+        .map(|metric| {
+            GateSpec::new(GateCheck::Sequential(SequentialGate {
+                alpha: Some(PAIR_ALPHA_PER_GATE),
+                ..SequentialGate::new(metric)
+            }))
+        })
+        .collect();
+    Rollout::new("pair", spec).unwrap()
+}
 
 #[test]
 fn scenario_names_parse() {
@@ -174,6 +200,9 @@ fn quantiles_are_nearest_rank() {
     assert_eq!(quantile(&[], 0.5), None);
 }
 
+/// How soon the pair's rollout catches a 10× error rate at its first step (median, seconds).
+const DETECT_10X_AT_1PCT_S: f64 = 180.0;
+
 #[test]
 fn a_small_simulation_is_sane_and_reproducible() {
     // Small enough for a debug build: two scenarios, 120 runs each.
@@ -187,11 +216,19 @@ fn a_small_simulation_is_sane_and_reproducible() {
         seed: 42,
         threads: 2,
     };
+    let conditions = [Conditions::independent()];
+    let rollout = sequential_pair_rollout();
     let mut calls = 0;
-    let rows = simulate(&scenarios, settings, |done, total| {
-        calls += 1;
-        assert!(done <= total && total == 240);
-    });
+    let rows = simulate(
+        &scenarios,
+        &conditions,
+        &rollout,
+        settings,
+        |done, total| {
+            calls += 1;
+            assert!(done <= total && total == 240);
+        },
+    );
     assert!(calls >= 1);
     let json = serde_json::to_value(&rows).unwrap();
     let objects = json.as_array().unwrap();
@@ -207,13 +244,16 @@ fn a_small_simulation_is_sane_and_reproducible() {
         assert_eq!(
             keys,
             vec![
+                "condition",
                 "detection_rate",
                 "false_rollback_rate",
                 "gate",
                 "median_detect_s",
                 "median_promote_s",
                 "p90_detect_s",
-                "scenario"
+                "rolled_back_by",
+                "scenario",
+                "undecided_rate"
             ]
         );
     }
@@ -222,21 +262,44 @@ fn a_small_simulation_is_sane_and_reproducible() {
             .find(|row| row.scenario == scenario && row.gate == gate)
             .unwrap()
     };
-    // A/A: cohort's two gates at α = 0.005 each fail at most 1% of healthy canaries; allow
-    // three binomial standard errors at this run count.
-    let alpha = 2.0 * COHORT_ALPHA_PER_GATE;
+    assert!(rows.iter().all(|row| row.condition == "independent"));
+    // A/A: the pair at α = 0.005 each fails at most 1% of healthy canaries per step, so at most
+    // 5% over the five analysed steps; allow three binomial standard errors at this run count.
+    let alpha = 5.0 * 2.0 * PAIR_ALPHA_PER_GATE;
     let se = (alpha * (1.0 - alpha) / f64::from(runs)).sqrt();
-    let aa = row("aa-5pct-100rps", "cohort");
+    let aa = row("aa-5pct-100rps", "rollout");
     assert!(
         aa.false_rollback_rate.unwrap() <= alpha + 3.0 * se,
         "{aa:?}"
     );
-    assert!(aa.median_promote_s.is_some() && aa.detection_rate.is_none());
-    // A 10× regression: every family catches it, cohort within two analysis intervals.
-    let bad = row("errors-10x-5pct-100rps", "cohort");
+    assert!(aa.detection_rate.is_none());
+    // Promotion comes no sooner than the bakes of the steps before 100%.
+    assert!(
+        aa.median_promote_s.unwrap() >= rollout.total_bake_s() as f64,
+        "{aa:?}"
+    );
+    let rolled_back: f64 = aa.rolled_back_by.values().sum();
+    assert!((rolled_back - aa.false_rollback_rate.unwrap()).abs() < 1e-12);
+    // A 10× regression: every family catches it; the rollout at its first step (1% of
+    // 100 rps: one canary request a second), within a few analysis intervals.
+    let bad = row("errors-10x-5pct-100rps", "rollout");
     assert_eq!(bad.detection_rate, Some(1.0), "{bad:?}");
-    assert!(bad.median_detect_s.unwrap() <= 60.0, "{bad:?}");
+    assert!(
+        bad.median_detect_s.unwrap() <= DETECT_10X_AT_1PCT_S,
+        "{bad:?}"
+    );
     assert!(bad.false_rollback_rate.is_none() && bad.median_promote_s.is_none());
+    assert!(bad.rolled_back_by.contains_key("error-rate"), "{bad:?}");
+    // Every run ends one way: rolled back, promoted or undecided.
+    for row in &rows {
+        let rolled_back =
+            row.false_rollback_rate.unwrap_or(0.0) + row.detection_rate.unwrap_or(0.0);
+        assert!(rolled_back + row.undecided_rate <= 1.0 + 1e-12, "{row:?}");
+    }
+    assert_eq!(bad.undecided_rate, 0.0);
+    assert!(row("errors-10x-5pct-100rps", "threshold")
+        .rolled_back_by
+        .is_empty());
     assert_eq!(
         row("errors-10x-5pct-100rps", "threshold").detection_rate,
         Some(1.0)
@@ -244,6 +307,8 @@ fn a_small_simulation_is_sane_and_reproducible() {
     // The same seed gives the same rows, whatever the thread count.
     let again = simulate(
         &scenarios,
+        &conditions,
+        &rollout,
         Settings {
             threads: 1,
             ..settings
@@ -258,27 +323,38 @@ fn table_and_progress_rendering() {
     let rows = vec![
         Row {
             scenario: "aa-5pct-100rps".into(),
-            gate: "cohort".into(),
+            condition: "retry-clusters:3".into(),
+            gate: "rollout".into(),
             false_rollback_rate: Some(0.003),
             detection_rate: None,
             median_detect_s: None,
             p90_detect_s: None,
-            median_promote_s: Some(600.0),
+            median_promote_s: Some(1500.0),
+            undecided_rate: 0.0105,
+            rolled_back_by: [
+                ("error-rate".to_owned(), 0.001),
+                ("latency-p99".to_owned(), 0.002),
+            ]
+            .into_iter()
+            .collect(),
         },
         Row {
             scenario: "errors-5x-5pct-100rps".into(),
+            condition: "independent".into(),
             gate: "mann-whitney".into(),
             false_rollback_rate: None,
             detection_rate: Some(0.9835),
             median_detect_s: Some(600.0),
             p90_detect_s: Some(600.0),
             median_promote_s: None,
+            undecided_rate: 0.0,
+            rolled_back_by: BTreeMap::new(),
         },
     ];
     let expected = "\
-scenario               gate          false rollback  detected  median detect  p90 detect  median promote
-aa-5pct-100rps         cohort                 0.30%         -              -           -            600s
-errors-5x-5pct-100rps  mann-whitney               -    98.35%           600s        600s               -
+scenario               condition         gate          false rollback  detected  median detect  p90 detect  median promote  undecided  rolled back by
+aa-5pct-100rps         retry-clusters:3  rollout                0.30%         -              -           -           1500s      1.05%  latency-p99 0.20%, error-rate 0.10%
+errors-5x-5pct-100rps  independent       mann-whitney               -    98.35%           600s        600s               -      0.00%  -
 ";
     assert_eq!(table(&rows), expected);
     assert_eq!(

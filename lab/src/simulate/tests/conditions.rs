@@ -1,0 +1,346 @@
+//! Each condition's transformation, by its moments under a fixed seed.
+
+use super::super::conditions::*;
+use super::*;
+
+/// Mean and variance of `count` draws of a real number.
+fn real_moments(count: u32, mut draw: impl FnMut() -> f64) -> (f64, f64) {
+    let values: Vec<f64> = (0..count).map(|_| draw()).collect();
+    let mean = values.iter().sum::<f64>() / f64::from(count);
+    let variance = values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / f64::from(count - 1);
+    (mean, variance)
+}
+
+/// A tick of `requests` expected requests to each version (half the traffic each).
+fn tick<'a>(buckets: &'a [f64; BUCKETS], stalled: &'a [f64; BUCKETS], error_rate: f64) -> Tick<'a> {
+    Tick {
+        start_s: 0.0,
+        length_s: 30.0,
+        rps: 200.0,
+        canary_share: 0.5,
+        canary_error_rate: error_rate,
+        stable_error_rate: error_rate,
+        canary_buckets: buckets,
+        stable_buckets: buckets,
+        canary_stalled_buckets: stalled,
+    }
+}
+
+#[test]
+fn condition_values_parse_and_bad_ones_name_the_flag() {
+    let independent = Conditions::parse("independent").unwrap();
+    assert_eq!(independent, Conditions::independent());
+    let composed = Conditions::parse("retry-clusters:3+overdispersed:0.5+extrapolated").unwrap();
+    assert_eq!(
+        composed.name,
+        "retry-clusters:3+overdispersed:0.5+extrapolated"
+    );
+    assert_eq!(composed.retry_cluster_mean, Some(3.0));
+    assert_eq!(composed.overdispersion_cv, Some(0.5));
+    assert_eq!(composed.scrape_s, Some(DEFAULT_SCRAPE_S));
+    assert_eq!(
+        Conditions::parse("heavy-user:0.05:4").unwrap().heavy_user,
+        Some((0.05, 4.0))
+    );
+    assert_eq!(
+        Conditions::parse("pod-stall:4:600:60:500")
+            .unwrap()
+            .pod_stall,
+        Some(PodStall {
+            pods: 4,
+            every_s: 600.0,
+            for_s: 60.0,
+            add_ms: 500.0
+        })
+    );
+    assert_eq!(
+        Conditions::parse("diurnal").unwrap().diurnal_amplitude,
+        Some(DEFAULT_DIURNAL_AMPLITUDE)
+    );
+    assert_eq!(
+        Conditions::parse("diurnal:0.8").unwrap().diurnal_amplitude,
+        Some(0.8)
+    );
+    assert_eq!(
+        Conditions::parse("extrapolated:30").unwrap().scrape_s,
+        Some(30.0)
+    );
+    for (bad, says) in [
+        ("", "empty"),
+        ("clustered", "not a condition"),
+        ("retry-clusters", "takes MEAN"),
+        ("retry-clusters:x", "not a number"),
+        ("retry-clusters:0.5", "at least 1"),
+        ("overdispersed:0", "above 0"),
+        ("heavy-user:0.05", "takes SHARE:MULT"),
+        ("heavy-user:1.5:4", "fraction"),
+        ("pod-stall:4:600:60", "PODS:EVERY:FOR:ADD"),
+        ("pod-stall:2.5:600:60:500", "whole number"),
+        ("independent:1", "no parameters"),
+        ("diurnal:1.5", "AMPLITUDE"),
+        ("extrapolated:0.5", "SCRAPE"),
+        ("diurnal+diurnal", "twice"),
+    ] {
+        let error = Conditions::parse(bad).unwrap_err();
+        assert!(error.starts_with("--condition"), "{bad}: {error}");
+        assert!(error.contains(says), "{bad}: {error}");
+        assert!(
+            error.contains("write e.g. independent, retry-clusters:3"),
+            "{bad}: {error}"
+        );
+    }
+}
+
+#[test]
+fn independent_keeps_the_plain_draw_and_its_stream() {
+    let buckets = lognormal_buckets(LATENCY_MEDIAN_MS);
+    let tick = tick(&buckets, &buckets, 0.01);
+    let conditions = Conditions::independent();
+    let mut rng = Rng::new(5);
+    let mut state = RunState::new(&conditions, &mut rng);
+    let drawn = conditions.draw(&mut state, &mut rng, &tick);
+    let mut plain = Rng::new(5);
+    let canary = Counts::draw(&mut plain, 3000.0, 0.01, &buckets);
+    let stable = Counts::draw(&mut plain, 3000.0, 0.01, &buckets);
+    assert_eq!(drawn, (canary, stable));
+}
+
+#[test]
+fn retry_clusters_keep_the_mean_and_inflate_the_variance() {
+    let mut rng = Rng::new(11);
+    let (mean, variance) = real_moments(20_000, || geometric(&mut rng, 3.0) as f64);
+    // Geometric on 1, 2, …: mean m, variance m(m − 1).
+    assert!((mean - 3.0).abs() < 0.05, "{mean}");
+    assert!((variance / 6.0 - 1.0).abs() < 0.08, "{variance}");
+    assert_eq!(geometric(&mut rng, 1.0), 1);
+    // 3000 requests at 1%: 30 errors on average, variance 30 × (2·3 − 1) = 150 instead of ≈ 30.
+    let (mean, variance) = real_moments(20_000, || {
+        retry_cluster_errors(&mut rng, 3000, 0.01, 3.0) as f64
+    });
+    assert!(
+        (mean - 30.0).abs() < 4.0 * (150.0f64 / 20_000.0).sqrt(),
+        "{mean}"
+    );
+    assert!((variance / 150.0 - 1.0).abs() < 0.08, "{variance}");
+    assert!(retry_cluster_errors(&mut rng, 10, 1.0, 50.0) <= 10);
+    // Through the draw: the errors of a whole tick, same law.
+    let buckets = lognormal_buckets(LATENCY_MEDIAN_MS);
+    let conditions = Conditions::parse("retry-clusters:3").unwrap();
+    let tick = tick(&buckets, &buckets, 0.01);
+    let mut state = RunState::new(&conditions, &mut rng);
+    let (mean, variance) = real_moments(10_000, || {
+        conditions.draw(&mut state, &mut rng, &tick).0.errors as f64
+    });
+    assert!((mean - 30.0).abs() < 0.6, "{mean}");
+    assert!(variance > 4.0 * 30.0 && variance < 6.0 * 30.0, "{variance}");
+}
+
+#[test]
+fn overdispersion_multiplies_the_error_rate_by_a_mean_one_factor() {
+    let mut rng = Rng::new(12);
+    let (mean, variance) = real_moments(40_000, || lognormal_factor(&mut rng, 0.5));
+    assert!((mean - 1.0).abs() < 0.01, "{mean}");
+    assert!((variance.sqrt() - 0.5).abs() < 0.02, "{variance}");
+    // The tick's errors: mean μ, variance ≈ μ + μ²·CV² (binomial noise plus the factor's).
+    let buckets = lognormal_buckets(LATENCY_MEDIAN_MS);
+    let conditions = Conditions::parse("overdispersed:0.5").unwrap();
+    let tick = tick(&buckets, &buckets, 0.01);
+    let mut state = RunState::new(&conditions, &mut rng);
+    let (mean, variance) = real_moments(20_000, || {
+        conditions.draw(&mut state, &mut rng, &tick).1.errors as f64
+    });
+    let expected = 30.0 + 30.0 * 30.0 * 0.25;
+    assert!((mean - 30.0).abs() < 0.5, "{mean}");
+    assert!(
+        (variance / expected - 1.0).abs() < 0.1,
+        "{variance} vs {expected}"
+    );
+}
+
+#[test]
+fn a_heavy_user_lands_in_one_version_by_its_bucket() {
+    assert!(heavy_user_on_canary(0.03, 0.05));
+    assert!(!heavy_user_on_canary(0.07, 0.05));
+    let buckets = lognormal_buckets(LATENCY_MEDIAN_MS);
+    let conditions = Conditions::parse("heavy-user:0.2:10").unwrap();
+    let tick = tick(&buckets, &buckets, 0.01);
+    let mut rng = Rng::new(13);
+    let mut state = RunState::new(&conditions, &mut rng);
+    let on_canary = heavy_user_on_canary(state.heavy_position, tick.canary_share);
+    let (mut canary, mut stable) = (Vec::new(), Vec::new());
+    for _ in 0..5000 {
+        let (c, s) = conditions.draw(&mut state, &mut rng, &tick);
+        canary.push(c);
+        stable.push(s);
+    }
+    let mean = |counts: &[Counts], f: fn(&Counts) -> u64| {
+        counts.iter().map(|c| f(c) as f64).sum::<f64>() / counts.len() as f64
+    };
+    // 6000 requests a tick: the heavy user's 1200 (at 10% errors) on its side, the other 4800
+    // split evenly (at 1%).
+    let (heavy, light) = if on_canary {
+        (&canary, &stable)
+    } else {
+        (&stable, &canary)
+    };
+    assert!((mean(heavy, Counts::requests) - 3600.0).abs() < 5.0);
+    assert!((mean(light, Counts::requests) - 2400.0).abs() < 5.0);
+    assert!((mean(heavy, |c| c.errors) - (24.0 + 120.0)).abs() < 1.0);
+    assert!((mean(light, |c| c.errors) - 24.0).abs() < 0.5);
+    // Across runs the user is on the canary as often as the canary's share.
+    let mut rng = Rng::new(14);
+    let on = (0..20_000)
+        .filter(|_| {
+            let state = RunState::new(&conditions, &mut rng);
+            heavy_user_on_canary(state.heavy_position, 0.05)
+        })
+        .count();
+    assert!((on as f64 / 20_000.0 - 0.05).abs() < 0.005, "{on}");
+}
+
+#[test]
+fn stalling_pods_slow_their_share_of_canary_requests() {
+    let stall = PodStall {
+        pods: 4,
+        every_s: 600.0,
+        for_s: 60.0,
+        add_ms: 500.0,
+    };
+    // An idle pod starts a stall with chance q = 1 − e^(−30/600) a tick; a stall covers two
+    // ticks. The stalled share is 2 / (2 + (1 − q)/q) in the long run.
+    let q = 1.0 - (-30.0f64 / 600.0).exp();
+    let expected = 2.0 / (2.0 + (1.0 - q) / q);
+    let mut rng = Rng::new(15);
+    let mut stalls = vec![0.0; 4];
+    let (mean, _) = real_moments(50_000, || {
+        advance_stalls(&mut stalls, &mut rng, &stall, 30.0)
+    });
+    assert!((mean - expected).abs() < 0.005, "{mean} vs {expected}");
+    assert_eq!(advance_stalls(&mut [], &mut rng, &stall, 30.0), 0.0);
+    // A stalled request's latency is 500 ms longer: nothing at or below 500 ms, most of it in
+    // (500, 1000] (bucket 9).
+    let stalled = shifted_lognormal_buckets(LATENCY_MEDIAN_MS, 500.0);
+    assert!((stalled.iter().sum::<f64>() - 1.0).abs() < 1e-12);
+    assert_eq!(stalled[..9].iter().sum::<f64>(), 0.0, "{stalled:?}");
+    assert!(stalled[9] > 0.99, "{stalled:?}");
+    // Through the draw, only the canary gets slow requests.
+    let buckets = lognormal_buckets(LATENCY_MEDIAN_MS);
+    let conditions = Conditions::parse("pod-stall:4:600:60:500").unwrap();
+    let tick = tick(&buckets, &stalled, 0.0);
+    let mut state = RunState::new(&conditions, &mut rng);
+    let (mut slow_canary, mut slow_stable, mut canary_all, mut stable_all) = (0, 0, 0, 0);
+    for _ in 0..20_000 {
+        let (canary, stable) = conditions.draw(&mut state, &mut rng, &tick);
+        slow_canary += canary.buckets[9..].iter().sum::<u64>();
+        slow_stable += stable.buckets[9..].iter().sum::<u64>();
+        canary_all += canary.requests();
+        stable_all += stable.requests();
+    }
+    // Slower than 500 ms: a healthy request rarely (≈ 2 in 10 000), a stalled one always.
+    let healthy_slow: f64 = buckets[9..].iter().sum();
+    let share = slow_canary as f64 / canary_all as f64;
+    let want = expected + (1.0 - expected) * healthy_slow;
+    assert!((share - want).abs() < 0.005, "{share} vs {want}");
+    let stable_share = slow_stable as f64 / stable_all as f64;
+    assert!((stable_share - healthy_slow).abs() < 1e-4, "{stable_share}");
+}
+
+#[test]
+fn diurnal_traffic_follows_the_day() {
+    let (mean, _) = real_moments(86_400, {
+        let mut t = 0.0;
+        move || {
+            t += 1.0;
+            diurnal_factor(t, 0.5, 1.0)
+        }
+    });
+    assert!((mean - 1.0).abs() < 1e-6, "{mean}");
+    assert!((diurnal_factor(DAY_S / 4.0, 0.5, 0.0) - 1.5).abs() < 1e-12);
+    assert!((diurnal_factor(3.0 * DAY_S / 4.0, 0.5, 0.0) - 0.5).abs() < 1e-12);
+    // Through the draw: both versions scale alike.
+    let buckets = lognormal_buckets(LATENCY_MEDIAN_MS);
+    let conditions = Conditions::parse("diurnal:0.5").unwrap();
+    let mut rng = Rng::new(16);
+    let mut state = RunState::new(&conditions, &mut rng);
+    let phase = state.diurnal_phase;
+    let mut noon = tick(&buckets, &buckets, 0.0);
+    noon.start_s = (std::f64::consts::FRAC_PI_2 - phase).rem_euclid(std::f64::consts::TAU)
+        / std::f64::consts::TAU
+        * DAY_S;
+    let (canary, stable): (Vec<_>, Vec<_>) = (0..2000)
+        .map(|_| conditions.draw(&mut state, &mut rng, &noon))
+        .unzip();
+    let mean = |counts: &[Counts]| {
+        counts.iter().map(|c| c.requests() as f64).sum::<f64>() / counts.len() as f64
+    };
+    assert!(
+        (mean(&canary) / 4500.0 - 1.0).abs() < 0.01,
+        "{}",
+        mean(&canary)
+    );
+    assert!(
+        (mean(&stable) / 4500.0 - 1.0).abs() < 0.01,
+        "{}",
+        mean(&stable)
+    );
+}
+
+#[test]
+fn prometheus_increase_extrapolates_to_the_window() {
+    // Scrapes at 5 s and 20 s in (0, 30]: 30 counted over 15 s, extrapolated over 30 s.
+    let far = [(5.0, 1000.0), (20.0, 1030.0)];
+    assert_eq!(prometheus_increase(&far, 0.0, 30.0), Some(60.0));
+    // A counter that starts at zero is not extrapolated to before its zero.
+    let fresh = [(5.0, 0.0), (20.0, 30.0)];
+    assert_eq!(prometheus_increase(&fresh, 0.0, 30.0), Some(50.0));
+    // A gap at the end wider than 1.1 intervals: only half an interval is added.
+    let early = [(1.0, 100.0), (2.0, 101.0), (3.0, 102.0)];
+    assert_eq!(
+        prometheus_increase(&early, 0.0, 30.0),
+        Some(2.0 * 3.5 / 2.0)
+    );
+    assert_eq!(prometheus_increase(&far[..1], 0.0, 30.0), None);
+    assert_eq!(prometheus_increase(&[], 0.0, 30.0), None);
+}
+
+#[test]
+fn extrapolated_windows_are_noisy_but_unbiased_for_stable() {
+    let buckets = lognormal_buckets(LATENCY_MEDIAN_MS);
+    let conditions = Conditions::parse("extrapolated").unwrap();
+    let tick = tick(&buckets, &buckets, 0.01);
+    let (mut exact, mut read) = (Vec::new(), Vec::new());
+    for seed in 0..400 {
+        let mut rng = Rng::new(seed);
+        let mut state = RunState::new(&conditions, &mut rng);
+        let mut ledger = Ledger::new(30.0, conditions.scrape_s, &mut rng);
+        for _ in 0..4 {
+            let (canary, stable) = conditions.draw(&mut state, &mut rng, &tick);
+            ledger.record(&mut rng, &canary, &stable);
+            exact.push(stable.requests() as f64);
+            let samples = ledger.samples(30.0);
+            let Observed::Value(requests) = samples.stable.requests else {
+                panic!("two scrapes in every 30 s window: {samples:?}");
+            };
+            read.push(requests);
+        }
+    }
+    let mean = |values: &[f64]| values.iter().sum::<f64>() / values.len() as f64;
+    assert!((mean(&read) / mean(&exact) - 1.0).abs() < 0.01);
+    // Not the exact counts: the extrapolation adds its own noise.
+    assert!(read.iter().zip(&exact).filter(|(r, e)| r != e).count() > read.len() / 2);
+    // Without `extrapolated`, a window is the exact sum of its ticks.
+    let mut rng = Rng::new(1);
+    let mut ledger = Ledger::new(30.0, None, &mut rng);
+    let (canary, stable) =
+        Conditions::independent().draw(&mut RunState::default(), &mut rng, &tick);
+    ledger.record(&mut rng, &canary, &stable);
+    ledger.record(&mut rng, &canary, &stable);
+    assert_eq!(
+        ledger.samples(60.0).canary.requests,
+        Observed::Value(2.0 * canary.requests() as f64)
+    );
+    assert_eq!(
+        ledger.samples(30.0).stable.server_errors,
+        Observed::Value(stable.errors as f64)
+    );
+}
