@@ -8,10 +8,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::BTreeSet;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cohort_controller::source::prometheus::queries;
@@ -19,6 +15,7 @@ use cohort_controller::source::SeriesRequest;
 use cohort_rollout::compiled::Served;
 use cohort_rollout::crd::{BusinessEventGate, GateCheck, GateSpec};
 use cohort_rollout::query::{render_query, QueryContext};
+use cohort_tests::exporter::Exporter;
 use cohort_tests::prometheus_server::Prometheus;
 
 /// Names no Kubernetes object can have, but a rollout file for `cohort run` can.
@@ -103,52 +100,6 @@ fn exposition() -> String {
     text
 }
 
-/// Serves `body` at every path until dropped.
-struct Exporter {
-    addr: SocketAddr,
-    stop: Arc<AtomicBool>,
-}
-
-impl Exporter {
-    fn start(body: String) -> Exporter {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.set_nonblocking(true).unwrap();
-        let addr = listener.local_addr().unwrap();
-        let stop = Arc::new(AtomicBool::new(false));
-        let stopped = stop.clone();
-        std::thread::spawn(move || {
-            while !stopped.load(Ordering::SeqCst) {
-                let Ok((mut stream, _)) = listener.accept() else {
-                    std::thread::sleep(Duration::from_millis(10));
-                    continue;
-                };
-                let _ = stream.set_nonblocking(false);
-                let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
-                let mut request = Vec::new();
-                let mut buffer = [0u8; 4096];
-                while !request.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match stream.read(&mut buffer) {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => request.extend_from_slice(&buffer[..n]),
-                    }
-                }
-                let _ = write!(
-                    stream,
-                    "HTTP/1.1 200 OK\r\ncontent-type: text/plain; version=0.0.4\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                    body.len()
-                );
-            }
-        });
-        Exporter { addr, stop }
-    }
-}
-
-impl Drop for Exporter {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-    }
-}
-
 /// Rollout `rollout` in the namespace of the same name, on the Envoy clusters `<rollout>`
 /// (canary) and `<rollout>/stable`, with a business-event gate (so events are queried too).
 fn request(rollout: &str) -> SeriesRequest {
@@ -203,8 +154,9 @@ fn label_values(result: &serde_json::Value, label: &str) -> BTreeSet<String> {
 
 #[test]
 fn hostile_names_select_exactly_their_own_series() {
-    let exporter = Exporter::start(exposition());
-    let prometheus = Prometheus::start(exporter.addr).unwrap_or_else(|e| panic!("{e}"));
+    let page = exposition();
+    let exporter = Exporter::start(Box::new(move |_| page.clone())).unwrap();
+    let prometheus = Prometheus::start(exporter.addr()).unwrap_or_else(|e| panic!("{e}"));
     prometheus
         .wait_for_scrape(Duration::from_secs(20))
         .unwrap_or_else(|e| panic!("{e}"));
