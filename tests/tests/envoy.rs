@@ -1256,7 +1256,6 @@ fn metrics_carry_the_rollout_namespace() {
             stable: "stable".to_owned(),
             canary: "canary".to_owned(),
         },
-        decision_service: "web".to_owned(),
     };
     let rollouts = [request("shop"), request(""), request("billing")];
     let read = to_samples(&rollouts, &answers(&counters(&samples), &rollouts));

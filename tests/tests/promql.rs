@@ -116,7 +116,6 @@ fn request(rollout: &str) -> SeriesRequest {
             stable: format!("{rollout}/stable"),
             canary: rollout.to_owned(),
         },
-        decision_service: rollout.to_owned(),
     }
 }
 

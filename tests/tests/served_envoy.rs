@@ -43,7 +43,6 @@ fn rollout() -> SeriesRequest {
             stable: "stable".to_owned(),
             canary: "canary".to_owned(),
         },
-        decision_service: "web".to_owned(),
     }
 }
 
@@ -55,7 +54,6 @@ fn on_istio() -> SeriesRequest {
             namespace: "shop".to_owned(),
             service: "cart".to_owned(),
         },
-        decision_service: "cart".to_owned(),
         ..rollout()
     }
 }

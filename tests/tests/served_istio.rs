@@ -231,7 +231,6 @@ fn rollout(namespace: &str, service: &str) -> SeriesRequest {
             namespace: namespace.to_owned(),
             service: service.to_owned(),
         },
-        decision_service: service.to_owned(),
     }
 }
 

@@ -95,9 +95,6 @@ pub struct SeriesRequest {
     pub gates: Vec<GateSpec>,
     /// Where requests, server errors and latency are read: what each version served.
     pub served: Served,
-    /// The `destination_service_name` the filter tags this rollout's decisions with
-    /// (`cohort_decisions_total`, in `namespace`, by `destination_version`).
-    pub decision_service: String,
 }
 
 impl SeriesRequest {
@@ -123,9 +120,14 @@ impl SeriesRequest {
             stable_version: spec.stable_version.clone(),
             canary_version: spec.canary_version.clone(),
             gates: spec.analysis.gates.clone(),
-            decision_service: served.decision_service(name).to_owned(),
             served,
         }
+    }
+
+    /// The `destination_service_name` the filter tags this rollout's decisions with
+    /// (`cohort_decisions_total`, in `namespace`, by `destination_version`).
+    pub fn decision_service(&self) -> &str {
+        self.served.decision_service(&self.rollout)
     }
 
     /// The rollout's key: its namespace and name.

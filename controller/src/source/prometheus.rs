@@ -278,7 +278,7 @@ pub fn queries(rollouts: &[SeriesRequest], window: Duration) -> Queries {
     let decision_selectors = selectors(
         rollouts
             .iter()
-            .map(|r| (r.namespace.as_str(), r.decision_service.as_str())),
+            .map(|r| (r.namespace.as_str(), r.decision_service())),
         DESTINATION_NAMESPACE,
         DESTINATION_SERVICE,
     );

@@ -234,7 +234,7 @@ fn version_samples(rollout: &SeriesRequest, side: Side, answers: &Answers) -> Ve
         requests: served_total(served.map(|s| &s.requests), "request"),
         server_errors: served_total(served.map(|s| &s.server_errors), "server error"),
         decisions: total(&answers.decisions, |s| {
-            s.is_destination(&rollout.namespace, &rollout.decision_service, version)
+            s.is_destination(&rollout.namespace, rollout.decision_service(), version)
         }),
         ..VersionSamples::default()
     };
@@ -391,7 +391,6 @@ pub(crate) mod tests {
                 stable: cluster(namespace, rollout, "stable"),
                 canary: cluster(namespace, rollout, "canary"),
             },
-            decision_service: rollout.into(),
         }
     }
 
@@ -417,7 +416,6 @@ pub(crate) mod tests {
                 namespace: "shop".into(),
                 service: service.into(),
             },
-            decision_service: service.into(),
         }
     }
 

@@ -151,7 +151,6 @@ mod tests {
                 stable: "stable".to_owned(),
                 canary: "canary".to_owned(),
             },
-            decision_service: name.to_owned(),
         }
     }
 
@@ -233,7 +232,6 @@ mod tests {
                 namespace: "shop".to_owned(),
                 service: "cart-svc".to_owned(),
             },
-            decision_service: "cart-svc".to_owned(),
             ..request("cart")
         };
         shared
