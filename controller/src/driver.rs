@@ -23,7 +23,7 @@ use crate::source::{BoxFuture, MetricSource, SeriesRequest};
 use crate::target::Target;
 use crate::Error;
 use cohort_rollout::compiled::FilterEntry;
-use cohort_rollout::crd::{CanaryRolloutSpec, CanaryRolloutStatus, GateSpec, Phase};
+use cohort_rollout::crd::{CanaryRolloutSpec, CanaryRolloutStatus, GateResult, GateSpec, Phase};
 use cohort_rollout::evaluate::{evaluate_window, Evaluation};
 use cohort_rollout::plan::{adopt_unrecorded, plan_compiled, Plan, PlanInput, PlannedEvent};
 use cohort_rollout::routing::{self, Routing};
@@ -250,6 +250,7 @@ pub async fn cycle<S: StatusStore>(
                     gates,
                     max_durations,
                     min_samples: rollout.spec.analysis.min_samples,
+                    previous: status.as_ref().map_or(&[][..], |status| &status.gates[..]),
                 },
                 &request,
                 window,
@@ -376,6 +377,8 @@ struct Gates<'a> {
     gates: &'a [GateSpec],
     max_durations: &'a [Option<std::time::Duration>],
     min_samples: u64,
+    /// The gates' results at the look before (`status.gates`).
+    previous: &'a [GateResult],
 }
 
 /// Canary against stable over the analysis window: the last interval, or, when a gate is
@@ -398,6 +401,7 @@ async fn analyse(
         gates.min_samples,
         &samples,
         window,
+        gates.previous,
     );
     (evaluation, routing::check(&samples))
 }

@@ -45,11 +45,12 @@ const PHASES: [Phase; 6] = [
     Phase::RolledBack,
     Phase::Aborted,
 ];
-const VERDICTS: [Verdict; 4] = [
+const VERDICTS: [Verdict; 5] = [
     Verdict::Pass,
     Verdict::Fail,
     Verdict::Inconclusive,
     Verdict::Error,
+    Verdict::Underpowered,
 ];
 
 /// The controller's metrics; shared by the reconciler, the leader elector and the HTTP server.
@@ -311,6 +312,7 @@ mod tests {
             canary_samples: 150.0,
             stable_samples: 2000.0,
             reason: "why".into(),
+            sequential: None,
         }
     }
 
@@ -538,6 +540,7 @@ cohort_controller_gate_verdict{namespace="shop",rollout="checkout",gate="error-r
 cohort_controller_gate_verdict{namespace="shop",rollout="checkout",gate="error-rate",verdict="Fail"} 0
 cohort_controller_gate_verdict{namespace="shop",rollout="checkout",gate="error-rate",verdict="Inconclusive"} 1
 cohort_controller_gate_verdict{namespace="shop",rollout="checkout",gate="error-rate",verdict="Error"} 0
+cohort_controller_gate_verdict{namespace="shop",rollout="checkout",gate="error-rate",verdict="Underpowered"} 0
 # HELP cohort_controller_leader 1 while this replica holds the leader Lease (or runs without leader election).
 # TYPE cohort_controller_leader gauge
 cohort_controller_leader 0

@@ -899,6 +899,7 @@ spec:
                 canary_samples: 40.0,
                 stable_samples: 360.0,
                 reason: String::new(),
+                sequential: None,
             }],
             ..CanaryRolloutStatus::default()
         };

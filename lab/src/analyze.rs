@@ -117,8 +117,10 @@ pub async fn run(args: &AnalyzeArgs, out: &mut impl std::io::Write) -> Result<()
     .map_err(write_error)?;
     writeln!(out, "{}", header(&gate_names)).map_err(write_error)?;
     let mut rows = Vec::new();
+    let mut previous = Vec::new();
     for at in ends {
-        let row = evaluate_at(&source, &rollout, &compiled, from, at, interval).await;
+        let row = evaluate_at(&source, &rollout, &compiled, from, at, interval, &previous).await;
+        previous.clone_from(&row.evaluation.results);
         writeln!(out, "{}", table_row(&row, &gate_names)).map_err(write_error)?;
         rows.push(row);
     }
@@ -134,6 +136,7 @@ async fn evaluate_at(
     from: Timestamp,
     at: Timestamp,
     interval: Duration,
+    previous: &[GateResult],
 ) -> Row {
     let spec = &rollout.spec;
     let window = if compiled.has_sequential() {
@@ -155,6 +158,7 @@ async fn evaluate_at(
             spec.analysis.min_samples,
             &samples,
             window,
+            previous,
         ),
     }
 }
@@ -263,12 +267,13 @@ fn tally(rows: &[Row]) -> String {
             .count()
     };
     let mut line = format!(
-        "{} intervals: {} Pass, {} Fail, {} Inconclusive, {} Error",
+        "{} intervals: {} Pass, {} Fail, {} Inconclusive, {} Error, {} Underpowered",
         rows.len(),
         count(Verdict::Pass),
         count(Verdict::Fail),
         count(Verdict::Inconclusive),
-        count(Verdict::Error)
+        count(Verdict::Error),
+        count(Verdict::Underpowered)
     );
     match rows
         .iter()
@@ -344,6 +349,7 @@ mod tests {
             canary_samples: 50.0,
             stable_samples: 950.0,
             reason: format!("{gate} reason"),
+            sequential: None,
         };
         let rows = vec![
             Row {

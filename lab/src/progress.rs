@@ -245,6 +245,7 @@ mod tests {
             canary_samples: 30.0,
             stable_samples: 570.0,
             reason: String::new(),
+            sequential: None,
         }
     }
 

@@ -505,6 +505,7 @@ fn verdict_colour(verdict: Verdict) -> &'static str {
         Verdict::Fail => ROLLBACK_COLOUR,
         Verdict::Inconclusive => "#cbd5e0",
         Verdict::Error => "#9f7aea",
+        Verdict::Underpowered => "#ecc94b",
     }
 }
 
@@ -561,9 +562,10 @@ fn verdict_chart(input: &ReportInput<'_>, x_max: f64, markers: &[Marker]) -> Str
         Verdict::Fail,
         Verdict::Inconclusive,
         Verdict::Error,
+        Verdict::Underpowered,
     ];
     for (index, verdict) in legend.iter().enumerate() {
-        let x = WIDTH - RIGHT - 400.0 + 100.0 * index as f64;
+        let x = WIDTH - RIGHT - 500.0 + 100.0 * index as f64;
         let _ = write!(
             out,
             "<rect x=\"{x}\" y=\"4\" width=\"10\" height=\"10\" fill=\"{}\"/>\
@@ -695,6 +697,7 @@ mod tests {
                     canary_samples: 2.0,
                     stable_samples: 18.0,
                     reason: "canary <5xx> rate".into(),
+                    sequential: None,
                 }],
                 error: None,
             },

@@ -698,6 +698,25 @@ pub struct FailurePolicy {
     /// everyone to stable is always safe, and a canary that is not served is not being tested.
     #[serde(default = "default_on_routing_mismatch")]
     pub on_routing_mismatch: OnTrouble,
+    /// What to do when a sequential gate reaches its `maxDuration` without finding a regression
+    /// but could still have missed one (the `Underpowered` verdict): `promote` takes it as a pass
+    /// (the step advances once baked, with a Warning Event saying what could have been missed),
+    /// `hold` keeps the weight and reports `Degraded`, `rollback` sends everyone to stable.
+    #[serde(default)]
+    pub on_underpowered: OnUnderpowered,
+}
+
+/// Reactions to a sequential test that ran out of time (`Underpowered`).
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum OnUnderpowered {
+    /// Advance as on a pass, with a Warning Event.
+    #[default]
+    Promote,
+    /// Keep the current weight (never advance) and report `Degraded`.
+    Hold,
+    /// Roll back to weight 0.
+    Rollback,
 }
 
 impl Default for FailurePolicy {
@@ -709,6 +728,7 @@ impl Default for FailurePolicy {
             on_no_data: OnTrouble::default(),
             routing_mismatch_deadline: default_routing_mismatch_deadline(),
             on_routing_mismatch: default_on_routing_mismatch(),
+            on_underpowered: OnUnderpowered::default(),
         }
     }
 }
@@ -826,6 +846,9 @@ pub enum Verdict {
     Inconclusive,
     /// A query failed: retry, count it, hold; never promote.
     Error,
+    /// A sequential gate reached `maxDuration` without finding a regression, on too little data
+    /// to rule one out: `failurePolicy.onUnderpowered` says what follows.
+    Underpowered,
 }
 
 impl Verdict {
@@ -836,6 +859,7 @@ impl Verdict {
             Verdict::Fail => "Fail",
             Verdict::Inconclusive => "Inconclusive",
             Verdict::Error => "Error",
+            Verdict::Underpowered => "Underpowered",
         }
     }
 }
@@ -871,6 +895,59 @@ pub struct GateResult {
     pub stable_samples: f64,
     /// Why, in words.
     pub reason: String,
+    /// A sequential gate's test: its evidence against the line it fails at, and what it carries
+    /// to its next look.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sequential: Option<SequentialLook>,
+}
+
+/// A sequential gate's test at one look.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SequentialLook {
+    /// The e-value that the canary is worse than stable (the gate fails at `evidenceNeeded`).
+    pub evidence: f64,
+    /// `1/α` of this gate at this step: where the evidence fails the canary.
+    pub evidence_needed: f64,
+    /// How much more the event counts varied between looks than independent requests would
+    /// (1: as independent; the counts are divided by it before they are tested).
+    pub dispersion: f64,
+    /// The counts of this step's window at this look and the variation seen so far, read at the
+    /// next look.
+    pub tally: Tally,
+}
+
+/// What a sequential gate carries from one look to the next: the window's counts, to take the
+/// next look's increment from, and the spread of the increments so far in this run.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Tally {
+    /// The window's length at this look, in seconds (a shorter one next time is a new step).
+    pub window_seconds: f64,
+    /// The canary's events in the window.
+    pub canary_events: f64,
+    /// The canary's exposure (requests, observations) in the window.
+    pub canary_exposure: f64,
+    /// Stable's events in the window.
+    pub stable_events: f64,
+    /// Stable's exposure in the window.
+    pub stable_exposure: f64,
+    /// Increments with events seen in this step.
+    pub step_increments: u32,
+    /// Σ over this step's increments of (canary's events)² / (both versions' events).
+    pub step_square_ratio: f64,
+    /// Increments with stable exposure seen in this step.
+    pub step_stable_increments: u32,
+    /// Σ over this step's increments of (stable's events)² / (stable's exposure).
+    pub step_stable_square_ratio: f64,
+    /// Pearson's statistic of the canary's share of events in the steps before this one, summed.
+    pub earlier_pearson: f64,
+    /// Its degrees of freedom.
+    pub earlier_degrees: f64,
+    /// Pearson's statistic of stable's events per exposure in the steps before this one, summed.
+    pub earlier_stable_pearson: f64,
+    /// Its degrees of freedom.
+    pub earlier_stable_degrees: f64,
 }
 
 /// One transition of the rollout.
@@ -1191,6 +1268,18 @@ spec:
                 canary_samples: 300.0,
                 stable_samples: 9000.0,
                 reason: "too many 5xx".into(),
+                sequential: Some(SequentialLook {
+                    evidence: 140.5,
+                    evidence_needed: 100.0,
+                    dispersion: 1.25,
+                    tally: Tally {
+                        window_seconds: 90.0,
+                        canary_events: 30.0,
+                        canary_exposure: 300.0,
+                        step_increments: 3,
+                        ..Tally::default()
+                    },
+                }),
             }],
             consecutive_errors: 1,
             ..CanaryRolloutStatus::default()

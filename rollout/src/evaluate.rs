@@ -106,7 +106,7 @@ pub trait Judge {
 
 /// Judges every gate (each with its own or the analysis-wide `min_samples`) and combines them.
 pub fn evaluate(gates: &[GateSpec], min_samples: u64, samples: &Samples) -> Evaluation {
-    judge_all(gates, &[], min_samples, samples, None)
+    judge_all(gates, &[], min_samples, samples, None, &[])
 }
 
 /// [`evaluate`] for samples that cover `window`, as read over
@@ -114,14 +114,25 @@ pub fn evaluate(gates: &[GateSpec], min_samples: u64, samples: &Samples) -> Eval
 /// their `maxDuration` can expire. `max_durations` are the gates' `maxDuration`s as compiled, in
 /// gate order ([`crate::CompiledRollout::sequential_max_durations`]). Other gates judge exactly
 /// as in [`evaluate`].
+///
+/// `previous` are the gates' results at the look before (`status.gates`): a sequential gate
+/// reads its own (by name) to see how unevenly events arrive between looks.
 pub fn evaluate_window(
     gates: &[GateSpec],
     max_durations: &[Option<Duration>],
     min_samples: u64,
     samples: &Samples,
     window: Duration,
+    previous: &[GateResult],
 ) -> Evaluation {
-    judge_all(gates, max_durations, min_samples, samples, Some(window))
+    judge_all(
+        gates,
+        max_durations,
+        min_samples,
+        samples,
+        Some(window),
+        previous,
+    )
 }
 
 fn judge_all(
@@ -130,6 +141,7 @@ fn judge_all(
     min_samples: u64,
     samples: &Samples,
     window: Option<Duration>,
+    previous: &[GateResult],
 ) -> Evaluation {
     let results: Vec<GateResult> = gates
         .iter()
@@ -140,7 +152,15 @@ fn judge_all(
             match &gate.check {
                 GateCheck::Sequential(sequential) => {
                     let max_duration = max_durations.get(i).copied().flatten();
-                    sequential.judge_over(&name, min_samples, samples, window, max_duration)
+                    let earlier = previous.iter().find(|result| result.gate == name);
+                    sequential.judge_over(
+                        &name,
+                        min_samples,
+                        samples,
+                        window,
+                        max_duration,
+                        earlier,
+                    )
                 }
                 check => check.judge(&name, min_samples, samples),
             }
@@ -152,7 +172,8 @@ fn judge_all(
     }
 }
 
-/// Any Fail → Fail; else any Error → Error; else any Inconclusive → Inconclusive; else Pass
+/// Any Fail → Fail; else any Error → Error; else any Inconclusive → Inconclusive; else any
+/// Underpowered → Underpowered; else Pass
 /// (also for no verdicts at all: a rollout without gates advances on bake time).
 pub fn combine(verdicts: impl IntoIterator<Item = Verdict>) -> Verdict {
     let mut combined = Verdict::Pass;
@@ -161,6 +182,7 @@ pub fn combine(verdicts: impl IntoIterator<Item = Verdict>) -> Verdict {
             (Verdict::Fail, _) | (_, Verdict::Fail) => Verdict::Fail,
             (Verdict::Error, _) | (_, Verdict::Error) => Verdict::Error,
             (Verdict::Inconclusive, _) | (_, Verdict::Inconclusive) => Verdict::Inconclusive,
+            (Verdict::Underpowered, _) | (_, Verdict::Underpowered) => Verdict::Underpowered,
             (Verdict::Pass, Verdict::Pass) => Verdict::Pass,
         };
     }
@@ -376,6 +398,7 @@ impl GateResult {
             canary_samples: 0.0,
             stable_samples: 0.0,
             reason: String::new(),
+            sequential: None,
         }
     }
 

@@ -42,8 +42,8 @@ use cohort_core::bucket::FULL_WEIGHT_BP;
 
 use crate::compiled::{interval_or_fallback, CompiledRollout};
 use crate::crd::{
-    CanaryRolloutSpec, CanaryRolloutStatus, GateResult, HistoryEntry, OnTrouble, Phase, Verdict,
-    HISTORY_LIMIT,
+    CanaryRolloutSpec, CanaryRolloutStatus, GateResult, HistoryEntry, OnTrouble, OnUnderpowered,
+    Phase, Verdict, HISTORY_LIMIT,
 };
 use crate::duration;
 use crate::evaluate::Evaluation;
@@ -204,6 +204,7 @@ pub fn adopt_unrecorded(
                 reason: "the filter serves weight 0, which only a rollback writes; the controller \
                          that wrote it stopped before recording it"
                     .to_owned(),
+                sequential: None,
             }],
         }
     } else if as_planned.steps.get(step + 1).map(|next| next.weight_bp()) == Some(live_bp) {
@@ -434,17 +435,44 @@ impl Planner<'_> {
                 return;
             }
         }
+        let underpowered = verdict == Some(Verdict::Underpowered);
+        if underpowered && policy.on_underpowered == OnUnderpowered::Rollback {
+            let summary = evaluation.map(Evaluation::summary).unwrap_or_default();
+            self.rollback(format!(
+                "a gate ran out of time without ruling out a regression and \
+                 failurePolicy.onUnderpowered is rollback: {summary}"
+            ));
+            return;
+        }
+        let passing = verdict == Some(Verdict::Pass)
+            || (underpowered && policy.on_underpowered == OnUnderpowered::Promote);
         if self.status.phase == Phase::Progressing
-            && verdict == Some(Verdict::Pass)
+            && passing
             && self.status.routing_mismatch_since.is_none()
             && self.bake_remaining().is_zero()
         {
-            let baked = format!(
-                " after {} at {} with every gate passing",
+            let at = format!(
+                " after {} at {}",
                 human(self.elapsed_in_step()),
                 percent(self.status.weight_bp)
             );
-            self.enter_next_step("StepAdvanced", baked);
+            if underpowered {
+                let summary = evaluation.map(Evaluation::summary).unwrap_or_default();
+                self.event(
+                    EventKind::Warning,
+                    "Underpowered",
+                    format!(
+                        "advancing{at} as failurePolicy.onUnderpowered is promote, although a gate \
+                         could not rule out a regression: {summary}"
+                    ),
+                );
+                self.enter_next_step(
+                    "StepAdvanced",
+                    format!("{at} with no regression found (underpowered)"),
+                );
+            } else {
+                self.enter_next_step("StepAdvanced", format!("{at} with every gate passing"));
+            }
         }
     }
 
@@ -462,7 +490,7 @@ impl Planner<'_> {
                     self.status.no_data_since = Some(Time(self.now));
                 }
             }
-            Verdict::Pass | Verdict::Fail => {
+            Verdict::Pass | Verdict::Fail | Verdict::Underpowered => {
                 self.status.consecutive_errors = 0;
                 self.status.no_data_since = None;
             }
@@ -515,6 +543,23 @@ impl Planner<'_> {
                 human(waited),
                 human(self.timing.routing_mismatch_deadline)
             )
+        })
+    }
+
+    /// The gates that ran out of time, when the policy says to hold on them.
+    fn underpowered_hold(&self) -> Option<String> {
+        if self.spec.failure_policy.on_underpowered != OnUnderpowered::Hold {
+            return None;
+        }
+        let verdict = crate::evaluate::combine(self.status.gates.iter().map(|gate| gate.verdict));
+        (verdict == Verdict::Underpowered).then(|| {
+            self.status
+                .gates
+                .iter()
+                .filter(|gate| gate.verdict == Verdict::Underpowered)
+                .map(|gate| format!("{}: {}", gate.gate, gate.reason))
+                .collect::<Vec<_>>()
+                .join("; ")
         })
     }
 
@@ -812,6 +857,17 @@ impl Planner<'_> {
                 .or_else(|| {
                     self.routing_mismatch_exceeded()
                         .map(|trouble| (CONDITION_ROUTING_MISMATCH, format!("{trouble}; holding")))
+                })
+                .or_else(|| {
+                    self.underpowered_hold().map(|trouble| {
+                        (
+                            "Underpowered",
+                            format!(
+                                "{trouble}; holding (failurePolicy.onUnderpowered is hold): \
+                                 promote by hand, or abort"
+                            ),
+                        )
+                    })
                 }),
             Phase::Pending | Phase::Promoted | Phase::Aborted => None,
         }

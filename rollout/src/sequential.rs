@@ -81,8 +81,8 @@ use k8s_openapi::jiff::Timestamp;
 
 use crate::compiled::{interval_or_fallback, CompiledRollout};
 use crate::crd::{
-    CanaryRolloutSpec, CanaryRolloutStatus, GateCheck, GateResult, SequentialGate,
-    SequentialMetric, Verdict,
+    CanaryRolloutSpec, CanaryRolloutStatus, GateCheck, GateResult, SequentialGate, SequentialLook,
+    SequentialMetric, Tally, Verdict,
 };
 use crate::evaluate::{happenings, histogram, requests, Bucket, Judge, Samples};
 use crate::format::share_percent_or_unknown;
@@ -305,6 +305,13 @@ impl Counts {
     fn rate(self) -> Option<f64> {
         (self.exposure > 0.0).then(|| self.events / self.exposure)
     }
+
+    fn deflated(self, dispersion: f64) -> Counts {
+        Counts {
+            events: self.events / dispersion,
+            exposure: self.exposure / dispersion,
+        }
+    }
 }
 
 /// Which way is worse.
@@ -351,18 +358,26 @@ impl Margin {
     }
 }
 
-/// Judges canary against stable from counts since the test began. `expired` says `maxDuration`
-/// has passed with the sample minimum met, so "no regression detected" becomes a Pass.
+/// Judges canary against stable from counts since the test began. `dispersion` (at least 1) is
+/// how much more the counts vary than independent requests would make them ([`Tally::dispersion`]):
+/// the test weighs the counts divided by it. `expired` says `maxDuration` has passed with the
+/// sample minimum met, so "no regression detected" ends the test as Underpowered.
 pub fn decide(
     canary: Counts,
     stable: Counts,
     worse: Worse,
     margin: Margin,
     alpha: f64,
+    dispersion: f64,
     expired: bool,
 ) -> Decision {
-    let total_exposure = canary.exposure + stable.exposure;
     let worse_from = stable.rate().map(|rate| margin.worse_from(worse, rate));
+    // Counts that vary φ times more than independent ones carry the information of 1/φ as many
+    // independent events (quasi-likelihood): the test and the bounds read them deflated.
+    let dispersion = dispersion.max(1.0);
+    let canary_requests = canary.exposure;
+    let (canary, stable) = (canary.deflated(dispersion), stable.deflated(dispersion));
+    let total_exposure = canary.exposure + stable.exposure;
     if canary.exposure <= 0.0 || stable.exposure <= 0.0 {
         return Decision {
             verdict: Verdict::Inconclusive,
@@ -428,10 +443,29 @@ pub fn decide(
             ),
         )
     } else if expired {
+        // What the data still allow: the canary's rate could be as bad as its bound.
+        let missed = match (worse, stable.rate()) {
+            (Worse::Higher, Some(rate)) if rate > 0.0 => {
+                format!(
+                    "a {}× regression could have been missed",
+                    trim(canary_bound / rate)
+                )
+            }
+            (Worse::Lower, Some(rate)) if rate > 0.0 => format!(
+                "a drop of {} could have been missed",
+                share_percent_or_unknown((1.0 - canary_bound / rate).max(0.0))
+            ),
+            _ => format!(
+                "the canary's rate could be as high as {}",
+                share_percent_or_unknown(canary_bound)
+            ),
+        };
         (
-            Verdict::Pass,
+            Verdict::Underpowered,
             format!(
-                "no regression detected by maxDuration (evidence {} of the {} needed to fail)",
+                "no regression found in {} canary requests by maxDuration (evidence {} of the {} \
+                 needed to fail), but {missed}",
+                short(canary_requests),
                 short(evidence),
                 short(needed)
             ),
@@ -459,9 +493,121 @@ pub fn decide(
 }
 
 impl Judge for SequentialGate {
-    /// Without the window's length `maxDuration` never expires: see [`SequentialGate::judge_over`].
+    /// Without the window's length `maxDuration` never expires, and without earlier looks the
+    /// counts are taken as independent: see [`SequentialGate::judge_over`].
     fn judge(&self, name: &str, min_samples: u64, samples: &Samples) -> GateResult {
-        self.judge_over(name, min_samples, samples, None, None)
+        self.judge_over(name, min_samples, samples, None, None, None)
+    }
+}
+
+/// The dispersion assumed before the looks show it: retries of failed requests (Envoy's and
+/// Istio's retry policies, clients' own) make clusters of several errors common, and one large
+/// cluster in a 1% canary's first minute must not read as a regression. Tuned with
+/// `cohort simulate --condition retry-clusters:5` (BENCHMARKS.md).
+const PRIOR_DISPERSION: f64 = 5.0;
+/// How many looks' worth of weight the prior has.
+const PRIOR_DEGREES: f64 = 6.0;
+/// How much one look of stable's own Pearson statistic weighs against one of the canary's
+/// share: stable's many events show early how unevenly events arrive, which a small canary's
+/// few cannot; both estimate the same dispersion when canary and stable are alike.
+const STABLE_WEIGHT: f64 = 3.0;
+
+impl Tally {
+    /// Folds a look at the window's counts into the tally of the look before (`None` at the first
+    /// look of a run). A window shorter than the last one belongs to a new step: the finished
+    /// step's spread is kept and its counts start again.
+    pub fn next(
+        previous: Option<&Tally>,
+        canary: Counts,
+        stable: Counts,
+        window: Duration,
+    ) -> Tally {
+        let window_seconds = window.as_secs_f64();
+        let mut tally = previous.cloned().unwrap_or_default();
+        if previous.is_some_and(|previous| window_seconds < previous.window_seconds) {
+            if let Some((pearson, degrees)) = tally.step_pearson() {
+                tally.earlier_pearson += pearson;
+                tally.earlier_degrees += degrees;
+            }
+            if let Some((pearson, degrees)) = tally.step_stable_pearson() {
+                tally.earlier_stable_pearson += pearson;
+                tally.earlier_stable_degrees += degrees;
+            }
+            tally = Tally {
+                earlier_pearson: tally.earlier_pearson,
+                earlier_degrees: tally.earlier_degrees,
+                earlier_stable_pearson: tally.earlier_stable_pearson,
+                earlier_stable_degrees: tally.earlier_stable_degrees,
+                ..Tally::default()
+            };
+        }
+        let stable_exposure_increment = (stable.exposure - tally.stable_exposure).max(0.0);
+        // Prometheus' extrapolated windows can shrink a little between looks: no negative counts.
+        let canary_increment = (canary.events - tally.canary_events).max(0.0);
+        let stable_increment = (stable.events - tally.stable_events).max(0.0);
+        let events = canary_increment + stable_increment;
+        if events > 0.0 {
+            tally.step_increments = tally.step_increments.saturating_add(1);
+            tally.step_square_ratio += canary_increment * canary_increment / events;
+        }
+        if stable_exposure_increment > 0.0 {
+            tally.step_stable_increments = tally.step_stable_increments.saturating_add(1);
+            tally.step_stable_square_ratio +=
+                stable_increment * stable_increment / stable_exposure_increment;
+        }
+        tally.window_seconds = window_seconds;
+        tally.canary_events = canary.events;
+        tally.canary_exposure = canary.exposure;
+        tally.stable_events = stable.events;
+        tally.stable_exposure = stable.exposure;
+        tally
+    }
+
+    /// Pearson's X² of this step's increments against the step's share of events on the canary,
+    /// with its degrees of freedom; `None` while it says nothing (under two increments, or no
+    /// events on one side).
+    fn step_pearson(&self) -> Option<(f64, f64)> {
+        let events = self.canary_events + self.stable_events;
+        if self.step_increments < 2 || events <= 0.0 {
+            return None;
+        }
+        let share = self.canary_events / events;
+        if share <= 0.0 || share >= 1.0 {
+            return None;
+        }
+        let pearson =
+            (self.step_square_ratio - self.canary_events * share) / (share * (1.0 - share));
+        Some((pearson.max(0.0), f64::from(self.step_increments - 1)))
+    }
+
+    /// Pearson's X² of stable's increments against its rate of events per exposure in this step
+    /// (Poisson variance), with its degrees of freedom.
+    fn step_stable_pearson(&self) -> Option<(f64, f64)> {
+        if self.step_stable_increments < 2 || self.stable_events <= 0.0 {
+            return None;
+        }
+        let rate = self.stable_events / self.stable_exposure;
+        let pearson = self.step_stable_square_ratio / rate - self.stable_events;
+        Some((pearson.max(0.0), f64::from(self.step_stable_increments - 1)))
+    }
+
+    /// How much more the counts vary between looks than independent requests would make them
+    /// vary, at least 1. Clustered errors (a user retrying), rates that vary from minute to
+    /// minute, pods that stall: anything that makes events arrive together raises it. Two
+    /// Pearson statistics estimate it, both summed over every step of the run so far: the
+    /// canary's share of events against its step's average share, and stable's events against
+    /// Poisson counts at its rate (weighted [`STABLE_WEIGHT`]). They are pooled with
+    /// [`PRIOR_DEGREES`] looks at [`PRIOR_DISPERSION`], since a few looks say little about a
+    /// variance.
+    pub fn dispersion(&self) -> f64 {
+        let (share, share_degrees) = self.step_pearson().unwrap_or((0.0, 0.0));
+        let (stable, stable_degrees) = self.step_stable_pearson().unwrap_or((0.0, 0.0));
+        let pearson =
+            self.earlier_pearson + share + STABLE_WEIGHT * (self.earlier_stable_pearson + stable);
+        let degrees = self.earlier_degrees
+            + share_degrees
+            + STABLE_WEIGHT * (self.earlier_stable_degrees + stable_degrees);
+        ((pearson + PRIOR_DEGREES * PRIOR_DISPERSION) / (degrees + PRIOR_DEGREES)).max(1.0)
     }
 }
 
@@ -469,6 +615,8 @@ impl SequentialGate {
     /// Judges samples that cover `window` since the step began. The test expires once `window`
     /// reaches `max_duration`, this gate's `maxDuration` as compiled
     /// ([`crate::CompiledRollout::sequential_max_durations`]); with either unknown it cannot.
+    /// `previous` is this gate's result at the look before (from `status.gates`): the counts
+    /// it saw, so the test can tell how unevenly events arrive.
     pub fn judge_over(
         &self,
         name: &str,
@@ -476,8 +624,12 @@ impl SequentialGate {
         samples: &Samples,
         window: Option<Duration>,
         max_duration: Option<Duration>,
+        previous: Option<&GateResult>,
     ) -> GateResult {
         let mut result = GateResult::blank(name);
+        let previous_tally = previous
+            .and_then(|previous| previous.sequential.as_ref())
+            .map(|look| &look.tally);
         let counted = match self.metric {
             SequentialMetric::ErrorRate => error_counts(samples),
             SequentialMetric::Latency => slow_counts(samples, self.quantile()),
@@ -488,6 +640,8 @@ impl SequentialGate {
             Err(reason) => {
                 result.verdict = Verdict::Error;
                 result.reason = reason;
+                // An unreadable look takes nothing from the run's memory.
+                result.sequential = previous.and_then(|previous| previous.sequential.clone());
                 return result;
             }
         };
@@ -508,7 +662,16 @@ impl SequentialGate {
             max_increase: self.max_increase(),
             max_drop: self.max_drop(),
         };
-        let decision = decide(canary, stable, worse, margin, self.alpha(), expired);
+        let tally = window.map(|window| Tally::next(previous_tally, canary, stable, window));
+        let dispersion = tally.as_ref().map_or(1.0, Tally::dispersion);
+        let alpha = self.alpha();
+        let decision = decide(canary, stable, worse, margin, alpha, dispersion, expired);
+        result.sequential = tally.map(|tally| SequentialLook {
+            evidence: decision.evidence,
+            evidence_needed: 1.0 / alpha,
+            dispersion,
+            tally,
+        });
         result.threshold = decision.worse_from;
         result.verdict = decision.verdict;
         let rates = match (canary.rate(), stable.rate()) {

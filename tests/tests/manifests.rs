@@ -1060,6 +1060,7 @@ fn controller_metrics_page() -> String {
             canary_samples: 1.0,
             stable_samples: 1.0,
             reason: String::new(),
+            sequential: None,
         }],
         ..CanaryRolloutStatus::default()
     };

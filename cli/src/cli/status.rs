@@ -330,6 +330,7 @@ spec:
             canary_samples: n[0],
             stable_samples: n[1],
             reason: String::new(),
+            sequential: None,
         }
     }
 

@@ -199,6 +199,7 @@ impl Rollout {
                     self.compiled.min_samples(),
                     &samples,
                     window,
+                    status.as_ref().map_or(&[][..], |status| &status.gates[..]),
                 );
                 (Some(evaluation), Some(routing::check(&samples)))
             } else {

@@ -1,7 +1,7 @@
 //! Table tests of the rollout state machine.
 
 use super::*;
-use crate::crd::{GateResult, Step};
+use crate::crd::{GateResult, OnUnderpowered, Step};
 use crate::validate::tests::minimal_spec;
 
 /// Seconds since an arbitrary epoch → a timestamp.
@@ -33,6 +33,7 @@ fn evaluation(verdict: Verdict) -> Evaluation {
             canary_samples: 500.0,
             stable_samples: 5000.0,
             reason: format!("judged {verdict}"),
+            sequential: None,
         }],
     }
 }
@@ -90,7 +91,7 @@ fn keep(_: &mut CanaryRolloutSpec) {}
 #[test]
 fn transitions() {
     use Phase::*;
-    use Verdict::{Error, Fail, Inconclusive, Pass};
+    use Verdict::{Error, Fail, Inconclusive, Pass, Underpowered};
     let with_errors = |errors| CanaryRolloutStatus {
         consecutive_errors: errors,
         ..progressing(1, 500, 0)
@@ -134,6 +135,11 @@ fn transitions() {
         Row { name: "a bake shorter than the interval advances after it", edit: |s| s.steps[0].bake = "10s".into(), from: progressing(0, 100, 0), verdict: Some(Pass), at: 30, phase: Progressing, step: Some(1), weight_bp: 500, events: &["StepAdvanced"] },
         Row { name: "progressing without a step anchors at its weight", edit: keep, from: CanaryRolloutStatus { phase: Progressing, weight_bp: 500, ..CanaryRolloutStatus::default() }, verdict: Some(Pass), at: 3600, phase: Progressing, step: Some(1), weight_bp: 500, events: &[] },
         Row { name: "progressing without a step or weight starts", edit: keep, from: CanaryRolloutStatus { phase: Progressing, ..CanaryRolloutStatus::default() }, verdict: Some(Pass), at: 3600, phase: Progressing, step: Some(0), weight_bp: 100, events: &["Started"] },
+        // A sequential test that ran out of time: failurePolicy.onUnderpowered decides.
+        Row { name: "underpowered before the bake ends holds", edit: keep, from: progressing(0, 100, 0), verdict: Some(Underpowered), at: 59, phase: Progressing, step: Some(0), weight_bp: 100, events: &[] },
+        Row { name: "underpowered advances with a warning by default", edit: keep, from: progressing(0, 100, 0), verdict: Some(Underpowered), at: 60, phase: Progressing, step: Some(1), weight_bp: 500, events: &["Underpowered", "StepAdvanced"] },
+        Row { name: "underpowered holds on hold", edit: |s| s.failure_policy.on_underpowered = OnUnderpowered::Hold, from: progressing(0, 100, 0), verdict: Some(Underpowered), at: 3600, phase: Progressing, step: Some(0), weight_bp: 100, events: &["Underpowered"] },
+        Row { name: "underpowered rolls back on rollback", edit: |s| s.failure_policy.on_underpowered = OnUnderpowered::Rollback, from: progressing(1, 500, 0), verdict: Some(Underpowered), at: 1, phase: RolledBack, step: Some(1), weight_bp: 0, events: &["RolledBack"] },
         Row { name: "no gates: bake time alone advances", edit: |s| s.analysis.gates.clear(), from: progressing(0, 100, 0), verdict: Some(Pass), at: 60, phase: Progressing, step: Some(1), weight_bp: 500, events: &["StepAdvanced"] },
         // Steps edited mid-rollout: the next step is the first above the weight served.
         Row { name: "edited steps: next weight above 25% is 30%", edit: |s| s.steps = vec![Step::new(1.0, "1m"), Step::new(10.0, "1m"), Step::new(30.0, "1m"), Step::new(100.0, "1m")], from: progressing(2, 2500, 0), verdict: Some(Pass), at: 60, phase: Progressing, step: Some(2), weight_bp: 3000, events: &["StepAdvanced"] },
@@ -1117,4 +1123,49 @@ fn a_healthy_rollout_shows_no_routing_condition() {
         .conditions
         .iter()
         .all(|c| c.type_ != CONDITION_ROUTING_MISMATCH));
+}
+
+#[test]
+fn an_underpowered_hold_is_degraded_and_says_what_could_have_been_missed() {
+    let mut spec = spec();
+    spec.failure_policy.on_underpowered = OnUnderpowered::Hold;
+    let plan = plan(
+        &spec,
+        Some(&progressing(0, 100, 0)),
+        &input(Some(Verdict::Underpowered)),
+        t(3600),
+    );
+    let (status, reason) = condition(&plan.status, CONDITION_DEGRADED);
+    assert_eq!((status, reason), ("True", "Underpowered"));
+    let message = condition_message(&plan.status, CONDITION_DEGRADED);
+    assert!(
+        message.contains("error-rate: judged Underpowered")
+            && message.contains("failurePolicy.onUnderpowered is hold"),
+        "{message}"
+    );
+    // Announced once.
+    let again = plan_again(&spec, &plan.status, 3630);
+    assert!(!reasons(&again).contains(&"Underpowered"));
+    // The default policy advances, and its Event says what the gate could not rule out.
+    let advanced = super::plan(
+        &self::spec(),
+        Some(&progressing(0, 100, 0)),
+        &input(Some(Verdict::Underpowered)),
+        t(60),
+    );
+    let warning = &advanced.events[0];
+    assert_eq!(warning.kind, EventKind::Warning);
+    assert!(
+        warning.message.contains("could not rule out a regression")
+            && warning.message.contains("judged Underpowered"),
+        "{}",
+        warning.message
+    );
+    assert!(
+        advanced.status.history.last().is_some_and(|entry| entry
+            .message
+            .contains("with no regression found (underpowered)")),
+        "{:?}",
+        advanced.status.history
+    );
 }

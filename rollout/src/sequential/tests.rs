@@ -7,7 +7,9 @@ use crate::evaluate::{evaluate, evaluate_window, Observed, VersionSamples};
 use crate::validate::compile;
 use crate::validate::tests::minimal_spec;
 
-/// `gate` judged over `window`, its `maxDuration` parsed as compile parses it.
+/// `gate` judged over `window`, its `maxDuration` parsed as compile parses it, after a run whose
+/// earlier steps showed events arriving as independent requests (dispersion ≈ 1), so the verdict
+/// is the test's on these counts as they are.
 fn judged_over(
     gate: &SequentialGate,
     name: &str,
@@ -16,7 +18,34 @@ fn judged_over(
     window: Option<Duration>,
 ) -> GateResult {
     let max_duration = crate::duration::parse(&gate.max_duration).ok();
-    gate.judge_over(name, min_samples, samples, window, max_duration)
+    let independent_so_far = GateResult {
+        sequential: Some(SequentialLook {
+            evidence: 1.0,
+            evidence_needed: 100.0,
+            dispersion: 1.0,
+            tally: independent_tally(),
+        }),
+        ..GateResult::blank(name)
+    };
+    gate.judge_over(
+        name,
+        min_samples,
+        samples,
+        window,
+        max_duration,
+        Some(&independent_so_far),
+    )
+}
+
+/// A tally whose earlier steps had Pearson statistics equal to their degrees of freedom.
+fn independent_tally() -> Tally {
+    Tally {
+        earlier_pearson: 1000.0,
+        earlier_degrees: 1000.0,
+        earlier_stable_pearson: 1000.0,
+        earlier_stable_degrees: 1000.0,
+        ..Tally::default()
+    }
 }
 
 /// `|actual - expected| <= tolerance * |expected|`, with a message.
@@ -293,7 +322,7 @@ const MARGIN: Margin = Margin {
 
 #[test]
 fn decisions_on_counts() {
-    use Verdict::{Fail, Inconclusive, Pass};
+    use Verdict::{Fail, Inconclusive, Pass, Underpowered};
     // (canary, stable, worse, expired, verdict)
     let table = [
         // 5% canary, 0.5% errors both: a few thousand requests pass on the +1 point margin.
@@ -312,13 +341,13 @@ fn decisions_on_counts() {
             false,
             Inconclusive,
         ),
-        // ... unless maxDuration has passed.
+        // ... unless maxDuration has passed: the test ends without ruling a regression out.
         (
             counts(2.0, 300.0),
             counts(28.0, 5_700.0),
             Worse::Higher,
             true,
-            Pass,
+            Underpowered,
         ),
         // 5× the errors after one minute at 100 rps: fail.
         (
@@ -399,7 +428,7 @@ fn decisions_on_counts() {
         ),
     ];
     for (canary, stable, worse, expired, verdict) in table {
-        let decision = decide(canary, stable, worse, MARGIN, 0.01, expired);
+        let decision = decide(canary, stable, worse, MARGIN, 0.01, 1.0, expired);
         assert_eq!(
             decision.verdict, verdict,
             "canary {canary:?} stable {stable:?}: {}",
@@ -416,6 +445,7 @@ fn decision_numbers_and_reasons() {
         Worse::Higher,
         MARGIN,
         0.01,
+        1.0,
         false,
     );
     close(
@@ -446,6 +476,7 @@ fn decision_numbers_and_reasons() {
         Worse::Higher,
         MARGIN,
         0.01,
+        1.0,
         false,
     );
     assert!(
@@ -490,7 +521,7 @@ fn gate(metric: SequentialMetric) -> SequentialGate {
 
 #[test]
 fn the_gate_judges_each_metric() {
-    use Verdict::{Error, Fail, Inconclusive, Pass};
+    use Verdict::{Error, Fail, Inconclusive, Pass, Underpowered};
     let ten_minutes = Some(Duration::from_secs(600));
     let minute = Some(Duration::from_secs(60));
     let errors = gate(SequentialMetric::ErrorRate);
@@ -528,7 +559,7 @@ fn the_gate_judges_each_metric() {
                 stable: traffic(5700.0, 28.0),
             },
             ten_minutes,
-            Pass,
+            Underpowered,
         ),
         // maxDuration passes only with the sample minimum (100) met.
         (
@@ -728,6 +759,7 @@ fn evaluate_window_gives_sequential_gates_their_age() {
         100,
         &samples,
         Duration::from_secs(599),
+        &[],
     );
     assert_eq!(young.verdict, Verdict::Inconclusive);
     let old = evaluate_window(
@@ -736,13 +768,14 @@ fn evaluate_window_gives_sequential_gates_their_age() {
         100,
         &samples,
         Duration::from_secs(600),
+        &[],
     );
-    assert_eq!(old.verdict, Verdict::Pass);
+    assert_eq!(old.verdict, Verdict::Underpowered);
     assert_eq!(old.results[0].gate, "error-rate");
     assert!(
         old.results[0]
             .reason
-            .contains("no regression detected by maxDuration"),
+            .contains("no regression found in 300 canary requests by maxDuration"),
         "{}",
         old.results[0].reason
     );
@@ -792,4 +825,215 @@ fn the_window_runs_from_the_step_start_when_a_gate_is_sequential() {
 
 fn compiled(spec: &CanaryRolloutSpec) -> CompiledRollout {
     crate::validate::compile(spec, "", "checkout").unwrap_or_else(|e| unreachable!("{e}"))
+}
+
+/// One look at cumulative counts: (canary events, canary exposure, stable events, stable
+/// exposure, window seconds).
+fn looks(counts_seen: &[(f64, f64, f64, f64, u64)]) -> Tally {
+    counts_seen
+        .iter()
+        .fold(
+            None,
+            |previous: Option<Tally>, &(ce, cx, se, sx, seconds)| {
+                Some(Tally::next(
+                    previous.as_ref(),
+                    counts(ce, cx),
+                    counts(se, sx),
+                    Duration::from_secs(seconds),
+                ))
+            },
+        )
+        .unwrap_or_default()
+}
+
+#[test]
+fn the_tally_reads_the_increments_between_looks() {
+    // Six canary errors arriving together in one of four looks, stable's ten a look evenly.
+    let clustered = looks(&[
+        (0.0, 250.0, 10.0, 1000.0, 30),
+        (6.0, 500.0, 20.0, 2000.0, 60),
+        (6.0, 750.0, 30.0, 3000.0, 90),
+        (6.0, 1000.0, 40.0, 4000.0, 120),
+    ]);
+    assert_eq!(clustered.step_increments, 4);
+    close(clustered.step_square_ratio, 36.0 / 16.0, 1e-12, "Σ x²/m");
+    // X² = (Σ x²/m − x·share) / (share (1 − share)), share 6/46, over 3 degrees; stable's
+    // Poisson X² is 0 (exactly its rate each look), 3 degrees weighted 3; the prior 6 looks at 5.
+    let share = 6.0 / 46.0;
+    let pearson = (36.0 / 16.0 - 6.0 * share) / (share * (1.0 - share));
+    close(
+        clustered.dispersion(),
+        (pearson + 6.0 * 5.0) / (3.0 + 3.0 * 3.0 + 6.0),
+        1e-12,
+        "clustered dispersion",
+    );
+    // The same errors spread evenly over the looks vary as independent requests would.
+    let even = looks(&[
+        (1.5, 250.0, 10.0, 1000.0, 30),
+        (3.0, 500.0, 20.0, 2000.0, 60),
+        (4.5, 750.0, 30.0, 3000.0, 90),
+        (6.0, 1000.0, 40.0, 4000.0, 120),
+    ]);
+    close(
+        even.dispersion(),
+        (6.0 * 5.0) / (3.0 + 3.0 * 3.0 + 6.0),
+        1e-12,
+        "even dispersion",
+    );
+    assert!(clustered.dispersion() > even.dispersion() + 0.5);
+    // Before any increment: the prior.
+    assert_eq!(Tally::default().dispersion(), 5.0);
+}
+
+#[test]
+fn a_shorter_window_starts_a_new_step_and_keeps_what_the_last_one_showed() {
+    let tally = looks(&[
+        (0.0, 250.0, 10.0, 1000.0, 30),
+        (6.0, 500.0, 20.0, 2000.0, 60),
+        (6.0, 750.0, 30.0, 3000.0, 90),
+        // The next step's first look: a 30 s window, counts from zero again.
+        (1.0, 1250.0, 9.0, 750.0, 30),
+    ]);
+    assert_eq!(tally.step_increments, 1);
+    assert_eq!(tally.canary_events, 1.0);
+    assert_eq!(tally.earlier_degrees, 2.0);
+    let share = 6.0 / 36.0;
+    close(
+        tally.earlier_pearson,
+        (36.0 / 16.0 - 6.0 * share) / (share * (1.0 - share)),
+        1e-12,
+        "the first step's X²",
+    );
+    assert_eq!(tally.earlier_stable_degrees, 2.0);
+}
+
+#[test]
+fn many_independent_looks_bring_the_dispersion_to_one_and_clusters_keep_it_high() {
+    // Deterministic "independent" increments: each look's counts at their expected values
+    // give X² = 0, so the prior's weight fades and the dispersion falls to its floor of 1.
+    let mut seen = Vec::new();
+    for look in 1..=60u64 {
+        let n = look as f64;
+        seen.push((0.75 * n, 150.0 * n, 14.25 * n, 2850.0 * n, 30 * look));
+    }
+    assert!(
+        looks(&seen).dispersion() < 1.15,
+        "{}",
+        looks(&seen).dispersion()
+    );
+    // A cluster of 9 errors every fourth look on each version, nothing between.
+    let mut seen = Vec::new();
+    for look in 1..=60u64 {
+        let bursts = (look / 4) as f64;
+        seen.push((
+            9.0 * bursts,
+            150.0 * look as f64,
+            9.0 * 19.0 * bursts,
+            2850.0 * look as f64,
+            30 * look,
+        ));
+    }
+    assert!(
+        looks(&seen).dispersion() > 5.0,
+        "{}",
+        looks(&seen).dispersion()
+    );
+}
+
+#[test]
+fn dispersed_counts_weigh_less() {
+    let canary = counts(8.0, 300.0);
+    let stable = counts(28.0, 5_700.0);
+    let independent = decide(canary, stable, Worse::Higher, MARGIN, 0.01, 1.0, false);
+    assert_eq!(independent.verdict, Verdict::Fail);
+    let dispersed = decide(canary, stable, Worse::Higher, MARGIN, 0.01, 4.0, false);
+    assert_eq!(
+        dispersed.verdict,
+        Verdict::Inconclusive,
+        "{}",
+        dispersed.reason
+    );
+    close(
+        dispersed.evidence,
+        log_evidence(2.0, 9.0, 0.05, &Mixture::worse_ratios()).exp(),
+        1e-12,
+        "evidence on counts divided by 4",
+    );
+    // Below 1 is read as 1: counts never weigh more than independent ones.
+    assert_eq!(
+        decide(canary, stable, Worse::Higher, MARGIN, 0.01, 0.5, false).evidence,
+        independent.evidence
+    );
+}
+
+#[test]
+fn an_unreadable_look_keeps_the_tally() {
+    let previous = GateResult {
+        sequential: Some(SequentialLook {
+            evidence: 3.0,
+            evidence_needed: 100.0,
+            dispersion: 2.0,
+            tally: independent_tally(),
+        }),
+        ..GateResult::blank("error-rate")
+    };
+    let unreadable = Samples {
+        canary: VersionSamples {
+            requests: Observed::Failed("timeout".into()),
+            ..VersionSamples::default()
+        },
+        ..Samples::default()
+    };
+    let result = gate(SequentialMetric::ErrorRate).judge_over(
+        "error-rate",
+        100,
+        &unreadable,
+        Some(Duration::from_secs(60)),
+        None,
+        Some(&previous),
+    );
+    assert_eq!(result.verdict, Verdict::Error);
+    assert_eq!(result.sequential, previous.sequential);
+}
+
+#[test]
+fn an_underpowered_end_says_what_could_have_been_missed() {
+    let decision = decide(
+        counts(2.0, 300.0),
+        counts(28.0, 5_700.0),
+        Worse::Higher,
+        MARGIN,
+        0.01,
+        1.0,
+        true,
+    );
+    assert_eq!(decision.verdict, Verdict::Underpowered);
+    let ratio = decision.canary_bound / (28.0 / 5_700.0);
+    assert!(
+        decision
+            .reason
+            .starts_with("no regression found in 300 canary requests")
+            && decision.reason.contains(&format!(
+                "a {}× regression could have been missed",
+                trim(ratio)
+            )),
+        "{}",
+        decision.reason
+    );
+    // Business events: a drop.
+    let fewer = decide(
+        counts(10.0, 100.0),
+        counts(190.0, 1_900.0),
+        Worse::Lower,
+        MARGIN,
+        0.01,
+        1.0,
+        true,
+    );
+    assert_eq!(fewer.verdict, Verdict::Underpowered);
+    assert!(
+        fewer.reason.contains("could have been missed"),
+        "{}",
+        fewer.reason
+    );
 }
