@@ -59,11 +59,17 @@ pub struct Metrics {
     standing: Arc<Standing>,
     reconcile_duration: Histogram,
     reconcile_errors: Family<ErrorLabels, Counter>,
+    notifications: Family<OutcomeLabels, Counter>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ErrorLabels {
     error: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    outcome: &'static str,
 }
 
 /// Where every rollout stands, and whether this replica leads.
@@ -105,6 +111,12 @@ impl Default for Metrics {
             "Reconciles that failed, by kind (target, status, metadata, kube)",
             reconcile_errors.clone(),
         );
+        let notifications = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "notifications",
+            "Webhook notifications by outcome (sent, failed after its retries, dropped on a full queue)",
+            notifications.clone(),
+        );
         let standing = Arc::new(Standing::default());
         registry.register_collector(Box::new(standing.clone()));
         Metrics {
@@ -112,6 +124,7 @@ impl Default for Metrics {
             standing,
             reconcile_duration,
             reconcile_errors,
+            notifications,
         }
     }
 }
@@ -147,6 +160,14 @@ impl Metrics {
         self.reconcile_errors
             .get_or_create(&ErrorLabels { error: kind })
             .inc();
+    }
+
+    /// Counts `count` webhook notifications that ended with `outcome` (`sent`, `failed`,
+    /// `dropped`).
+    pub fn count_notifications(&self, outcome: &'static str, count: usize) {
+        self.notifications
+            .get_or_create(&OutcomeLabels { outcome })
+            .inc_by(u64::try_from(count).unwrap_or(u64::MAX));
     }
 
     /// Records whether this replica leads.
