@@ -1,7 +1,7 @@
 //! The controller's own metrics, served on `/metrics` in the Prometheus text format (version
 //! 0.0.4) by the official client, `prometheus-client`: where each rollout stands (phase, weight,
-//! gate values and verdicts), how long reconciles take, how often they fail, and whether this
-//! replica leads.
+//! gate values and verdicts), how long reconciles take, how often they fail, whether this
+//! replica leads, and how its webhook notifications ended.
 //!
 //! Names start with `cohort_controller_` so they never mix with the filter's `cohort_*` series,
 //! which Prometheus scrapes from Envoy. The Grafana dashboard, the Prometheus manifests and the
@@ -387,6 +387,7 @@ mod tests {
         // The client declares a labelled counter once it has a series (as client_golang does);
         // every other family is declared from the start.
         metrics.count_reconcile_error("target");
+        metrics.count_notifications("sent", 2);
         let text = metrics.render();
         for family in [
             "cohort_controller_rollout_phase gauge",
@@ -396,6 +397,7 @@ mod tests {
             "cohort_controller_gate_verdict gauge",
             "cohort_controller_reconcile_duration_seconds histogram",
             "cohort_controller_reconcile_errors_total counter",
+            "cohort_controller_notifications_total counter",
             "cohort_controller_leader gauge",
         ] {
             let type_line = format!("# TYPE {family}");

@@ -47,31 +47,49 @@ fn spec() -> CanaryRolloutSpec {
     spec
 }
 
-/// Canary 10% errors, stable 0.1%.
-fn failing() -> Samples {
+fn traffic(canary_errors: f64) -> Samples {
     let version = |(requests, errors): (f64, f64)| VersionSamples {
         requests: Observed::Value(requests),
         server_errors: Observed::Value(errors),
         ..VersionSamples::default()
     };
     Samples {
-        canary: version((1_000.0, 100.0)),
+        canary: version((1_000.0, canary_errors)),
         stable: version((10_000.0, 10.0)),
     }
 }
 
-fn at_step_two() -> CanaryRolloutStatus {
+/// Canary 10% errors, stable 0.1%.
+fn failing() -> Samples {
+    traffic(100.0)
+}
+
+/// Canary 0.1% errors, stable 0.1%.
+fn healthy() -> Samples {
+    traffic(1.0)
+}
+
+fn at_step(step: u32, weight_bp: u32, started_ago: i64) -> CanaryRolloutStatus {
     CanaryRolloutStatus {
         phase: Phase::Progressing,
-        step_index: Some(1),
-        weight_bp: 500,
-        step_started_at: Some(Time(Timestamp::from_second(NOW - 10).unwrap())),
+        step_index: Some(step),
+        weight_bp,
+        step_started_at: Some(Time(Timestamp::from_second(NOW - started_ago).unwrap())),
         ..CanaryRolloutStatus::default()
     }
 }
 
-/// The WasmPlugin's `pluginConfig` with our entry at `weight_bp`, as our applies left it.
-fn live(weight_bp: u32) -> serde_json::Value {
+fn at_step_two() -> CanaryRolloutStatus {
+    at_step(1, 500, 10)
+}
+
+/// The WasmPlugin's `pluginConfig` with our entry at `weight_bp` (`None`: not there yet), as
+/// our applies left it.
+fn live(weight_bp: Option<u32>) -> serde_json::Value {
+    let empty = json!({"version": 1, "rollouts": {}});
+    let Some(weight_bp) = weight_bp else {
+        return empty;
+    };
     let ours = crate::target::wasmplugin::owned_fields(
         "checkout",
         &cohort_rollout::filter_config::spec_to_filter_config(
@@ -83,16 +101,19 @@ fn live(weight_bp: u32) -> serde_json::Value {
         .unwrap(),
     )
     .unwrap();
-    crate::target::wasmplugin::merge(&json!({"version": 1, "rollouts": {}}), &ours)
+    crate::target::wasmplugin::merge(&empty, &ours)
 }
 
-fn context(everywhere: Option<Webhook>) -> (Arc<Context>, ApiServer, Arc<Metrics>) {
+fn context(
+    samples: Samples,
+    everywhere: Option<Webhook>,
+) -> (Arc<Context>, ApiServer, Arc<Metrics>) {
     let (client, server) = mock_client();
     let metrics = Arc::new(Metrics::default());
     let notifier = Notifier::new(quick(), metrics.clone(), everywhere).unwrap();
     let ctx = Context::new(
         client,
-        CannedSource::new(failing()),
+        CannedSource::new(samples),
         Arc::new(FixedClock(Timestamp::from_second(NOW).unwrap())),
         metrics.clone(),
         Some("cohort-controller-0".into()),
@@ -108,9 +129,9 @@ async fn a_rollback_sends_one_notification_without_waiting_for_the_webhook() {
     let (release, held) = oneshot::channel();
     let mut hook = Hook::start(vec![Reply::After(held)]).await;
     let url: &'static str = Box::leak(hook.url.clone().into_boxed_str());
-    let (ctx, server, metrics) = context(None);
+    let (ctx, server, metrics) = context(failing(), None);
     let script = server.expect(vec![
-        Call::GetWasmPlugin(live(500)),
+        Call::GetWasmPlugin(live(Some(500))),
         Call::ApplyWasmPlugin {
             weight_bp: 0,
             conflict: false,
@@ -175,7 +196,7 @@ async fn a_failed_push_notifies_the_controller_wide_webhook() {
     let dir = TempDir::new("notify-degraded");
     let mut hook = Hook::start(vec![]).await;
     let everywhere = file_webhook(&dir, "url", &hook.url, WebhookFormat::Slack);
-    let (ctx, server, _) = context(Some(everywhere));
+    let (ctx, server, _) = context(healthy(), Some(everywhere));
     let mut quiet = spec();
     quiet.notifications = None;
     let script = server.expect(vec![
@@ -201,4 +222,93 @@ async fn a_failed_push_notifies_the_controller_wide_webhook() {
     );
     ctx.notifier.as_ref().unwrap().drain(TIMEOUT).await;
     assert!(hook.rest().is_empty());
+}
+
+fn secret(url: &'static str) -> Call {
+    Call::GetSecret {
+        name: "checkout-webhook",
+        key: "url",
+        value: Some(url),
+    }
+}
+
+/// A webhook that never answers, then fails: the first notification is tried three times and
+/// given up, while the rollout goes on: the next reconcile runs, and notifies (the Secret now
+/// holds another webhook's URL, read afresh), while the first request still hangs.
+#[tokio::test]
+async fn a_hanging_then_failing_webhook_is_given_up_while_the_rollout_goes_on() {
+    let mut failing_hook =
+        Hook::start(vec![Reply::Never, Reply::Status(500), Reply::Status(500)]).await;
+    let mut next_hook = Hook::start(vec![]).await;
+    let leak = |hook: &Hook| -> &'static str { Box::leak(hook.url.clone().into_boxed_str()) };
+    let (ctx, server, metrics) = context(healthy(), None);
+    let script = server.expect(vec![
+        Call::GetWasmPlugin(live(None)),
+        Call::ApplyWasmPlugin {
+            weight_bp: 100,
+            conflict: false,
+        },
+        Call::status(|status| assert_eq!(status.phase, Phase::Progressing)),
+        Call::Event("Normal", "Started"),
+        secret(leak(&failing_hook)),
+    ]);
+    let started = tokio::time::timeout(
+        TIMEOUT,
+        reconcile(Arc::new(rollout(spec(), None)), ctx.clone()),
+    )
+    .await
+    .expect("the reconcile waited for the webhook");
+    assert!(started.is_ok(), "{started:?}");
+    let server = finished(script).await;
+    // The first attempt is in, and will never be answered.
+    assert_eq!(failing_hook.next().await.body["event"], "runStarted");
+
+    let script = server.expect(vec![
+        Call::GetWasmPlugin(live(Some(100))),
+        Call::ApplyWasmPlugin {
+            weight_bp: 500,
+            conflict: false,
+        },
+        Call::status(|status| assert_eq!(status.weight_bp, 500)),
+        Call::Event("Normal", "StepAdvanced"),
+        secret(leak(&next_hook)),
+    ]);
+    let advanced = tokio::time::timeout(
+        TIMEOUT,
+        reconcile(
+            Arc::new(rollout(spec(), Some(at_step(0, 100, 120)))),
+            ctx.clone(),
+        ),
+    )
+    .await
+    .expect("the reconcile waited for the webhook");
+    assert!(advanced.is_ok(), "{advanced:?}");
+    finished(script).await;
+    assert_eq!(next_hook.next().await.body["event"], "stepAdvanced");
+
+    ctx.notifier
+        .as_ref()
+        .unwrap()
+        .drain(Duration::from_secs(10))
+        .await;
+    let retries: Vec<_> = failing_hook
+        .rest()
+        .into_iter()
+        .map(|r| r.body["event"].clone())
+        .collect();
+    assert_eq!(
+        retries,
+        ["runStarted", "runStarted"],
+        "two retries, then given up"
+    );
+    assert!(next_hook.rest().is_empty());
+    let page = metrics.render();
+    assert!(
+        page.contains("notifications_total{outcome=\"failed\"} 1"),
+        "{page}"
+    );
+    assert!(
+        page.contains("notifications_total{outcome=\"sent\"} 1"),
+        "{page}"
+    );
 }
