@@ -372,7 +372,7 @@ impl Runner {
             Some(path) => load_status(path)?,
             None => None,
         };
-        // `cohort run` serves no /metrics: the counts only back the log lines.
+        // `cohort run` serves no /metrics: nothing reads these counts; its log says what failed.
         let notifier = Notifier::new(Delivery::default(), Arc::new(Metrics::default()), None)?;
         tracing::info!(
             rollout = %rollout.name,
