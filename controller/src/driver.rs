@@ -141,8 +141,13 @@ pub trait StatusStore: Send {
         status: &'a CanaryRolloutStatus,
     ) -> BoxFuture<'a, Result<(), Error>>;
 
-    /// Announces the cycle's Events, once its status is recorded.
-    fn publish<'a>(&'a mut self, events: &'a [PlannedEvent]) -> BoxFuture<'a, ()>;
+    /// Announces the cycle's Events, once its status is recorded (or journaled): `status` is
+    /// where they left the rollout, for the notifications they make.
+    fn publish<'a>(
+        &'a mut self,
+        status: &'a CanaryRolloutStatus,
+        events: &'a [PlannedEvent],
+    ) -> BoxFuture<'a, ()>;
 
     /// The cycle failed with `error` before its push took: nothing it planned is served. Says so
     /// where people look (a condition, an Event), or nothing; `Err` when that fails too.
@@ -300,13 +305,13 @@ pub async fn cycle<S: StatusStore>(
                 }
             }
             store.record(&plan.status).await?;
-            store.publish(&events).await;
+            store.publish(&plan.status, &events).await;
         }
         Order::RecordThenPush => {
             if pushes {
                 store.journal(&plan.status).await?;
             }
-            store.publish(&events).await;
+            store.publish(&plan.status, &events).await;
             if pushes {
                 if let Err(error) = push.apply(target, name).await {
                     return fail(store, Error::push(error)).await;

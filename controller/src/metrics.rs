@@ -1,7 +1,7 @@
 //! The controller's own metrics, served on `/metrics` in the Prometheus text format (version
 //! 0.0.4) by the official client, `prometheus-client`: where each rollout stands (phase, weight,
-//! gate values and verdicts), how long reconciles take, how often they fail, and whether this
-//! replica leads.
+//! gate values and verdicts), how long reconciles take, how often they fail, whether this
+//! replica leads, and how its webhook notifications ended.
 //!
 //! Names start with `cohort_controller_` so they never mix with the filter's `cohort_*` series,
 //! which Prometheus scrapes from Envoy. The Grafana dashboard, the Prometheus manifests and the
@@ -60,11 +60,17 @@ pub struct Metrics {
     standing: Arc<Standing>,
     reconcile_duration: Histogram,
     reconcile_errors: Family<ErrorLabels, Counter>,
+    notifications: Family<OutcomeLabels, Counter>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ErrorLabels {
     error: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    outcome: &'static str,
 }
 
 /// Where every rollout stands, and whether this replica leads.
@@ -106,6 +112,12 @@ impl Default for Metrics {
             "Reconciles that failed, by kind (target, status, metadata, kube)",
             reconcile_errors.clone(),
         );
+        let notifications = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "notifications",
+            "Webhook notifications by outcome (sent, failed after its retries, dropped on a full queue)",
+            notifications.clone(),
+        );
         let standing = Arc::new(Standing::default());
         registry.register_collector(Box::new(standing.clone()));
         Metrics {
@@ -113,6 +125,7 @@ impl Default for Metrics {
             standing,
             reconcile_duration,
             reconcile_errors,
+            notifications,
         }
     }
 }
@@ -148,6 +161,14 @@ impl Metrics {
         self.reconcile_errors
             .get_or_create(&ErrorLabels { error: kind })
             .inc();
+    }
+
+    /// Counts `count` webhook notifications that ended with `outcome` (`sent`, `failed`,
+    /// `dropped`).
+    pub fn count_notifications(&self, outcome: &'static str, count: usize) {
+        self.notifications
+            .get_or_create(&OutcomeLabels { outcome })
+            .inc_by(u64::try_from(count).unwrap_or(u64::MAX));
     }
 
     /// Records whether this replica leads.
@@ -368,6 +389,7 @@ mod tests {
         // The client declares a labelled counter once it has a series (as client_golang does);
         // every other family is declared from the start.
         metrics.count_reconcile_error("target");
+        metrics.count_notifications("sent", 2);
         let text = metrics.render();
         for family in [
             "cohort_controller_rollout_phase gauge",
@@ -377,6 +399,7 @@ mod tests {
             "cohort_controller_gate_verdict gauge",
             "cohort_controller_reconcile_duration_seconds histogram",
             "cohort_controller_reconcile_errors_total counter",
+            "cohort_controller_notifications_total counter",
             "cohort_controller_leader gauge",
         ] {
             let type_line = format!("# TYPE {family}");

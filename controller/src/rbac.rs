@@ -78,7 +78,8 @@ pub const API_CALLS: &[ApiCall] = &[
         "secrets",
         "get",
         Scope::OptInNamespace,
-        "force_token::from_secret (spec.forceTokenSecretRef)",
+        "force_token::from_secret (spec.forceTokenSecretRef) and notify::UrlSource::read \
+         (spec.notifications.webhook.urlSecretRef)",
     ),
     call(
         "extensions.istio.io",

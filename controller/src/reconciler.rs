@@ -26,6 +26,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::hash::{Hash, Hasher};
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -43,13 +44,14 @@ use crate::driver::{self, Clock, Sampling, SystemClock};
 use crate::http_server::{self, Health};
 use crate::leader::{LeaderElector, LeaseSettings};
 use crate::metrics::Metrics;
+use crate::notify::{self, Delivery, Notifier, UrlSource, Webhook};
 use crate::source::prometheus::PrometheusSource;
 use crate::source::shared::SharedCycle;
 use crate::source::MetricSource;
 use crate::target::wasmplugin::{field_manager, WasmPluginTarget};
 use crate::target::Released;
 use crate::{Error, Result};
-use cohort_rollout::crd::{CanaryRollout, CanaryRolloutSpec, Target};
+use cohort_rollout::crd::{CanaryRollout, CanaryRolloutSpec, Target, WebhookFormat};
 use cohort_rollout::plan::{EventKind, PlannedEvent};
 
 mod cluster;
@@ -101,6 +103,8 @@ pub struct Context {
     unrecorded: Mutex<HashMap<(String, String), cluster::Unrecorded>>,
     /// A reconcile taking longer (a hung API server) fails and is retried with backoff.
     reconcile_timeout: Duration,
+    /// Sends the webhook notifications; `None` sends none.
+    notifier: Option<Arc<Notifier>>,
 }
 
 impl Context {
@@ -126,7 +130,15 @@ impl Context {
             failures: Mutex::new(HashMap::new()),
             unrecorded: Mutex::new(HashMap::new()),
             reconcile_timeout: RECONCILE_TIMEOUT,
+            notifier: None,
         }
+    }
+
+    /// Rollouts' milestones go to their webhooks (and the controller-wide one) through
+    /// `notifier`.
+    pub fn with_notifier(mut self, notifier: Arc<Notifier>) -> Self {
+        self.notifier = Some(notifier);
+        self
     }
 
     /// Reconciles act only while `leading` reads true: a fence for the moment between losing
@@ -346,6 +358,23 @@ pub struct ControllerArgs {
     /// Log lines as text or as JSON objects (`RUST_LOG` filters; default `info`).
     #[arg(long, env = "COHORT_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+    /// A file holding the URL of a webhook told about every rollout's milestones (mount a
+    /// Secret key there); re-read whenever there is something to send.
+    #[arg(long, env = "COHORT_WEBHOOK_URL_FILE", value_name = "FILE")]
+    pub webhook_url_file: Option<PathBuf>,
+    /// The body that webhook gets: `json` (cohort's object) or `slack` (`{"text": ...}`).
+    #[arg(long, env = "COHORT_WEBHOOK_FORMAT", value_name = "FORMAT", default_value = "json", value_parser = parse_webhook_format)]
+    pub webhook_format: WebhookFormat,
+}
+
+fn parse_webhook_format(format: &str) -> std::result::Result<WebhookFormat, String> {
+    match format {
+        "json" => Ok(WebhookFormat::Json),
+        "slack" => Ok(WebhookFormat::Slack),
+        other => Err(format!(
+            "{other:?} is not a webhook format: use json or slack"
+        )),
+    }
 }
 
 /// Log line formats.
@@ -393,6 +422,8 @@ pub fn main(args: &ControllerArgs) -> Result<()> {
             metrics_address: args.metrics_address,
             leader_election,
             instance,
+            webhook_url_file: args.webhook_url_file.clone(),
+            webhook_format: args.webhook_format,
         };
         run_controller(client, source, settings).await
     })
@@ -420,6 +451,10 @@ pub struct ControllerSettings {
     pub leader_election: Option<LeaseSettings>,
     /// This replica's name (pod name), for Events.
     pub instance: Option<String>,
+    /// The file holding the controller-wide webhook's URL, if there is one.
+    pub webhook_url_file: Option<PathBuf>,
+    /// That webhook's body format.
+    pub webhook_format: WebhookFormat,
 }
 
 /// Runs the controller until SIGTERM or ctrl-c: the HTTP endpoints, the leader elector (when
@@ -431,6 +466,30 @@ pub async fn run_controller(
     settings: ControllerSettings,
 ) -> Result<()> {
     let metrics = Arc::new(Metrics::default());
+    let everywhere = match &settings.webhook_url_file {
+        Some(path) => {
+            // Checked at start, so a wrong mount is found when it is made, not at the first
+            // rollback.
+            let read = std::fs::read(path).map_err(|source| Error::Io {
+                context: format!("cannot read --webhook-url-file {}", path.display()),
+                source,
+            })?;
+            notify::parse_url(&read).map_err(|problem| Error::Io {
+                context: format!("--webhook-url-file {}", path.display()),
+                source: std::io::Error::new(std::io::ErrorKind::InvalidData, problem),
+            })?;
+            Some(Webhook {
+                url: UrlSource::File(path.clone()),
+                format: settings.webhook_format,
+            })
+        }
+        None => None,
+    };
+    let notifier = Arc::new(Notifier::new(
+        Delivery::default(),
+        metrics.clone(),
+        everywhere,
+    )?);
     let health = Arc::new(Health::new(settings.leader_election.is_some()));
     let (stop_sender, stop) = watch::channel(false);
     tokio::spawn(async move {
@@ -459,7 +518,8 @@ pub async fn run_controller(
         Arc::new(SystemClock),
         metrics.clone(),
         settings.instance.clone(),
-    );
+    )
+    .with_notifier(notifier);
     match settings.leader_election {
         None => {
             metrics.set_leader(true);
@@ -628,5 +688,7 @@ async fn shutdown_signal() {
     }
 }
 
+#[cfg(test)]
+mod notify_tests;
 #[cfg(test)]
 mod tests;

@@ -15,6 +15,11 @@
 //! written into the ECDS file with the weight; a token that cannot be read keeps the one the
 //! file has (and is logged without its content).
 //!
+//! Notifications go to `spec.notifications.webhook.urlFile` (relative to the rollout file, read
+//! when there is something to send); a webhook given only as a Secret is skipped with a log line.
+//! Once the rollout settles, the run waits (up to [`notify::DRAIN_LIMIT`]) for the last ones to
+//! go out before it exits.
+//!
 //! Which ECDS file: `--envoy-ecds` wins; without it `spec.target.envoyEcds.path` is used. The
 //! filter's name is `spec.target.envoyEcds.filterName` (default `cohort`). A rollout whose target
 //! is a WasmPlugin runs too when `--envoy-ecds` is given: the spec's target is then only what the
@@ -34,6 +39,8 @@ use kube::Resource as _;
 
 use crate::driver::{self, Clock, Order, Sampling, Start, StatusStore, SystemClock};
 use crate::force_token;
+use crate::metrics::Metrics;
+use crate::notify::{self, Delivery, Notifier, Webhook};
 use crate::source::envoy_admin::{EcdsUpdates, EnvoyAdmin, EnvoyAdminSource, UpdateSeen};
 use crate::source::prometheus::PrometheusSource;
 use crate::source::{BoxFuture, MetricSource};
@@ -43,7 +50,7 @@ use crate::Error;
 use cohort_rollout::compiled::{interval_or_fallback, CompiledRollout};
 use cohort_rollout::crd;
 use cohort_rollout::crd::{
-    CanaryRollout, CanaryRolloutSpec, CanaryRolloutStatus, GateCheck, Phase,
+    CanaryRollout, CanaryRolloutSpec, CanaryRolloutStatus, GateCheck, Phase, WebhookSpec,
 };
 use cohort_rollout::format::{fixed_number, or_dash, seconds, weight_percent};
 use cohort_rollout::plan::{EventKind, PlannedEvent};
@@ -365,6 +372,8 @@ impl Runner {
             Some(path) => load_status(path)?,
             None => None,
         };
+        // `cohort run` serves no /metrics: nothing reads these counts; its log says what failed.
+        let notifier = Notifier::new(Delivery::default(), Arc::new(Metrics::default()), None)?;
         tracing::info!(
             rollout = %rollout.name,
             ecds = %target.path().display(),
@@ -387,6 +396,8 @@ impl Runner {
             store: FileStore {
                 status,
                 path: args.status_file.clone(),
+                notifier,
+                facts: None,
             },
             clock: Arc::new(SystemClock),
         })
@@ -410,17 +421,17 @@ impl Runner {
                 Ok(report) => {
                     backoff = FIRST_BACKOFF;
                     if let Some(outcome) = Outcome::of(report.phase) {
-                        return outcome;
+                        return self.ended(outcome).await;
                     }
                     if once {
-                        return Outcome::Live;
+                        return self.ended(Outcome::Live).await;
                     }
                     report.requeue
                 }
                 Err(error) => {
                     if once {
                         tracing::error!("{error}");
-                        return Outcome::Failed;
+                        return self.ended(Outcome::Failed).await;
                     }
                     tracing::warn!("{error}; retrying in {}", seconds(backoff));
                     let wait = backoff;
@@ -433,6 +444,13 @@ impl Runner {
                 () = &mut shutdown => return self.stopped(),
             }
         }
+    }
+
+    /// The run ends with `outcome` once the notifications it queued went out (or the drain
+    /// limit passed): the last of them says how it ended.
+    async fn ended(&self, outcome: Outcome) -> Outcome {
+        self.store.notifier.drain(notify::DRAIN_LIMIT).await;
+        outcome
     }
 
     fn stopped(&self) -> Outcome {
@@ -451,6 +469,19 @@ impl Runner {
         self.reload_rollout();
         let rollout = &self.rollout;
         let (valid_spec, rollout_path) = (&self.valid_spec, &self.rollout_path);
+        let now = self.clock.now();
+        self.store.facts = Some(CycleFacts {
+            namespace: rollout.namespace.clone(),
+            name: rollout.name.clone(),
+            steps: rollout.spec.steps.len(),
+            webhook: rollout
+                .spec
+                .notifications
+                .as_ref()
+                .map(|spec| spec.webhook.clone()),
+            rollout_path: rollout_path.clone(),
+            now,
+        });
         let cycle = driver::Rollout {
             namespace: &rollout.namespace,
             name: &rollout.name,
@@ -465,7 +496,7 @@ impl Runner {
                     }),
                 )
             }),
-            now: self.clock.now(),
+            now,
         };
         let plan = driver::cycle(
             cycle,
@@ -526,10 +557,24 @@ impl Runner {
     }
 }
 
-/// `cohort run`'s status: in memory, and with `--status-file` in that file too.
+/// `cohort run`'s status: in memory, and with `--status-file` in that file too; its Events go to
+/// the log and, as notifications, to the rollout's webhook.
 struct FileStore {
     status: Option<CanaryRolloutStatus>,
     path: Option<PathBuf>,
+    notifier: Notifier,
+    /// The rollout as the current cycle sees it, for its notifications.
+    facts: Option<CycleFacts>,
+}
+
+/// What a notification says about the rollout besides its status.
+struct CycleFacts {
+    namespace: String,
+    name: String,
+    steps: usize,
+    webhook: Option<WebhookSpec>,
+    rollout_path: PathBuf,
+    now: k8s_openapi::jiff::Timestamp,
 }
 
 impl StatusStore for FileStore {
@@ -575,11 +620,29 @@ impl StatusStore for FileStore {
         Box::pin(std::future::ready(Ok(())))
     }
 
-    fn publish<'a>(&'a mut self, events: &'a [PlannedEvent]) -> BoxFuture<'a, ()> {
+    fn publish<'a>(
+        &'a mut self,
+        status: &'a CanaryRolloutStatus,
+        events: &'a [PlannedEvent],
+    ) -> BoxFuture<'a, ()> {
         for event in events {
             match event.kind {
                 EventKind::Normal => tracing::info!(reason = %event.reason, "{}", event.message),
                 EventKind::Warning => tracing::warn!(reason = %event.reason, "{}", event.message),
+            }
+        }
+        if let Some(facts) = &self.facts {
+            let cycle = notify::Cycle {
+                namespace: &facts.namespace,
+                name: &facts.name,
+                steps: facts.steps,
+                status,
+                now: facts.now,
+            };
+            let notifications = notify::notifications(cycle, events);
+            if !notifications.is_empty() {
+                let own = Webhook::of_file_rollout(facts.webhook.as_ref(), &facts.rollout_path);
+                self.notifier.notify(own, notifications);
             }
         }
         Box::pin(std::future::ready(()))
@@ -1025,6 +1088,59 @@ spec:
         let error = Runner::new(&args).err().unwrap();
         assert!(matches!(error, Error::StatusFile { .. }), "{error}");
         assert_eq!(error.exit_code(), 2);
+    }
+
+    /// `cohort run` notifies the webhook in `spec.notifications.webhook.urlFile`, and returns
+    /// its outcome only once the last notification went out.
+    #[tokio::test]
+    async fn a_run_notifies_its_url_file_and_exits_after_the_last_notification() {
+        use crate::notify::tests::Hook;
+        let dir = TempDir::new("standalone-notify");
+        let ecds = dir.0.join("ecds.yaml");
+        std::fs::write(
+            &ecds,
+            include_str!("../../manifests/envoy/ecds.yaml")
+                .replace("${WASM_PATH}", "/x.wasm")
+                .replace("${COHORT_CONFIG}", r#"{"version": 1, "rollouts": {}}"#),
+        )
+        .unwrap();
+        let mut hook = Hook::start(vec![]).await;
+        std::fs::write(dir.0.join("webhook-url"), format!("{}\n", hook.url)).unwrap();
+        let rollout_file = dir.0.join("rollout.yaml");
+        let with_webhook = format!(
+            "{ROLLOUT}  notifications: {{webhook: {{urlFile: webhook-url, format: json}}}}\n"
+        );
+        std::fs::write(&rollout_file, with_webhook).unwrap();
+        let args = RunArgs {
+            rollout: rollout_file,
+            envoy_ecds: Some(ecds),
+            envoy_admin: None,
+            prometheus: Some("http://127.0.0.1:9".into()),
+            status_file: None,
+            once: false,
+        };
+        let script = Arc::new(Mutex::new(Samples {
+            canary: traffic(100.0, 20.0),
+            stable: traffic(900.0, 0.0),
+        }));
+        let mut runner = Runner::new(&args).unwrap();
+        runner.source = Box::new(Scripted(Arc::clone(&script)));
+        let outcome = runner.run(false, std::future::pending()).await;
+        assert_eq!(outcome, Outcome::RolledBack);
+        // Both were sent before `run` returned: nothing is waited for.
+        let sent: Vec<_> = hook.rest().into_iter().map(|r| r.body).collect();
+        let events: Vec<_> = sent.iter().map(|body| body["event"].clone()).collect();
+        assert_eq!(
+            events,
+            [
+                serde_json::json!("runStarted"),
+                serde_json::json!("rolledBack")
+            ],
+            "{sent:?}"
+        );
+        assert_eq!(sent[1]["namespace"], "shop");
+        assert_eq!(sent[1]["rollout"], "web");
+        assert_eq!(sent[1]["weightBp"], 0);
     }
 
     #[tokio::test]

@@ -91,6 +91,11 @@ pub struct CanaryRolloutSpec {
     /// What happens when the metrics cannot be read or stay too thin.
     #[serde(default)]
     pub failure_policy: FailurePolicy,
+    /// Who hears about the rollout's milestones (start, steps, promotion, rollback, abort,
+    /// trouble), besides its Events: a webhook. Best effort: a webhook that fails never holds
+    /// the rollout.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notifications: Option<NotificationsSpec>,
     /// Hold the current weight; analysis continues and a failing gate still rolls back.
     #[serde(default)]
     pub paused: bool,
@@ -744,6 +749,48 @@ pub enum OnTrouble {
     Rollback,
 }
 
+/// Where a rollout's notifications go.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NotificationsSpec {
+    /// An HTTP endpoint that gets a POST (a JSON body) for each notification.
+    pub webhook: WebhookSpec,
+}
+
+/// A webhook. Its URL is a credential (Slack's and most chat webhooks carry their token in the
+/// path), so it is read from a Secret or a file, never written in the spec.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(
+    crates(kube_core = "::kube_core"),
+    validation = Rule::new("has(self.urlSecretRef) || has(self.urlFile)").message("a webhook needs its URL: name a Secret key in urlSecretRef (the in-cluster controller) or a file in urlFile (cohort run)")
+)]
+pub struct WebhookSpec {
+    /// The URL (`http://` or `https://`), from a key of a Secret in the rollout's namespace;
+    /// read by the in-cluster controller.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url_secret_ref: Option<SecretKeyRef>,
+    /// The URL from a file, for `cohort run` (surrounding whitespace is ignored; a relative path
+    /// starts at the rollout file's directory). The in-cluster controller reads `urlSecretRef`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1))]
+    pub url_file: Option<String>,
+    /// The body: cohort's JSON object, or Slack's incoming-webhook message (`{"text": ...}`).
+    #[serde(default)]
+    pub format: WebhookFormat,
+}
+
+/// What a webhook's body looks like.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum WebhookFormat {
+    /// One JSON object: the rollout, its phase, step and weight, and what happened.
+    #[default]
+    Json,
+    /// `{"text": "..."}`, which Slack's incoming webhooks (and Mattermost's, and others) post.
+    Slack,
+}
+
 /// What the controller observed and decided; the source of truth across restarts.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -1061,6 +1108,43 @@ fn default_on_routing_mismatch() -> OnTrouble {
 mod tests {
     use super::*;
     use crate::validate::validate_spec;
+
+    #[test]
+    fn webhooks_read_as_written_and_carry_their_schema_rule() {
+        let spec: CanaryRolloutSpec = serde_json::from_value(serde_json::json!({
+            "target": {"wasmPlugin": {"name": "cohort"}},
+            "hosts": ["checkout"],
+            "notifications": {"webhook": {"urlSecretRef": {"name": "hooks", "key": "url"}}}
+        }))
+        .unwrap();
+        let webhook = &spec.notifications.as_ref().unwrap().webhook;
+        assert_eq!(webhook.format, WebhookFormat::Json, "the default");
+        assert_eq!(webhook.url_file, None);
+        let slack: WebhookSpec =
+            serde_json::from_value(serde_json::json!({"urlFile": "url", "format": "slack"}))
+                .unwrap();
+        assert_eq!(slack.format, WebhookFormat::Slack);
+        assert!(
+            serde_json::from_value::<WebhookSpec>(serde_json::json!({"format": "teams"})).is_err()
+        );
+
+        let crd = serde_json::to_value(CanaryRollout::crd()).unwrap();
+        let webhook = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]
+            ["spec"]["properties"]["notifications"]["properties"]["webhook"];
+        assert_eq!(
+            webhook["x-kubernetes-validations"][0]["rule"],
+            "has(self.urlSecretRef) || has(self.urlFile)"
+        );
+        assert_eq!(
+            webhook["properties"]["format"]["enum"],
+            serde_json::json!(["json", "slack"])
+        );
+        assert_eq!(webhook["properties"]["urlFile"]["minLength"], 1);
+        assert_eq!(
+            webhook["properties"]["urlSecretRef"]["required"],
+            serde_json::json!(["key", "name"])
+        );
+    }
 
     #[test]
     fn crd_yaml_round_trips_and_carries_the_schema_rules() {

@@ -8,8 +8,8 @@ use cohort_core::config::{is_dns_label, NAMESPACE_RULE};
 
 use crate::compiled::{CompiledRollout, CompiledStep, FilterEntry, Served};
 use crate::crd::{
-    CanaryRolloutSpec, GateCheck, GateSpec, SequentialGate, SequentialMetric, Target, MAX_GATES,
-    MAX_STEPS,
+    CanaryRolloutSpec, GateCheck, GateSpec, SecretKeyRef, SequentialGate, SequentialMetric, Target,
+    MAX_GATES, MAX_STEPS,
 };
 use crate::duration;
 use crate::query;
@@ -36,6 +36,7 @@ pub fn compile(
     let mut errors = Vec::new();
     check_target(&spec.target, &mut errors);
     check_force_token(spec, &mut errors);
+    check_notifications(spec, &mut errors);
     let bakes = check_steps(spec, &mut errors);
     let interval = check_positive_duration(
         "spec.analysis.interval",
@@ -130,32 +131,62 @@ fn check_force_token(spec: &CanaryRolloutSpec, errors: &mut Vec<SpecError>) {
                  the file for `cohort run`)",
             ));
         }
-        if !is_dns_subdomain(&reference.name) {
-            errors.push(SpecError::new(
-                "spec.forceTokenSecretRef.name",
-                &format!(
-                    "{:?} is not a Secret name; use lowercase letters, digits, '-' and '.'",
-                    reference.name
-                ),
-            ));
-        }
-        let key = &reference.key;
-        let key_ok = !key.is_empty()
-            && key.len() <= 253
-            && key
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
-        if !key_ok {
-            errors.push(SpecError::new(
-                "spec.forceTokenSecretRef.key",
-                &format!("{key:?} is not a Secret key; use letters, digits, '-', '_' and '.'"),
-            ));
-        }
+        check_secret_key_ref("spec.forceTokenSecretRef", reference, errors);
     }
     if spec.force_token_file.as_deref().is_some_and(str::is_empty) {
         errors.push(SpecError::new(
             "spec.forceTokenFile",
             "is empty; give the path of the file holding the token, or remove the field",
+        ));
+    }
+}
+
+/// The webhook's URL source, as the CRD's rule says (for a `cohort run` file, which no API
+/// server checked), and its Secret reference as the force token's.
+fn check_notifications(spec: &CanaryRolloutSpec, errors: &mut Vec<SpecError>) {
+    let Some(notifications) = &spec.notifications else {
+        return;
+    };
+    let webhook = &notifications.webhook;
+    if webhook.url_secret_ref.is_none() && webhook.url_file.is_none() {
+        errors.push(SpecError::new(
+            "spec.notifications.webhook",
+            "has no URL; name a Secret key in urlSecretRef (the in-cluster controller) or a \
+             file in urlFile (`cohort run`)",
+        ));
+    }
+    if let Some(reference) = &webhook.url_secret_ref {
+        check_secret_key_ref("spec.notifications.webhook.urlSecretRef", reference, errors);
+    }
+    if webhook.url_file.as_deref().is_some_and(str::is_empty) {
+        errors.push(SpecError::new(
+            "spec.notifications.webhook.urlFile",
+            "is empty; give the path of the file holding the URL, or remove the field",
+        ));
+    }
+}
+
+/// A Secret reference's name and key, as the API server takes them.
+fn check_secret_key_ref(field: &str, reference: &SecretKeyRef, errors: &mut Vec<SpecError>) {
+    if !is_dns_subdomain(&reference.name) {
+        errors.push(SpecError::new(
+            &format!("{field}.name"),
+            &format!(
+                "{:?} is not a Secret name; use lowercase letters, digits, '-' and '.'",
+                reference.name
+            ),
+        ));
+    }
+    let key = &reference.key;
+    let key_ok = !key.is_empty()
+        && key.len() <= 253
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    if !key_ok {
+        errors.push(SpecError::new(
+            &format!("{field}.key"),
+            &format!("{key:?} is not a Secret key; use letters, digits, '-', '_' and '.'"),
         ));
     }
 }
@@ -633,6 +664,7 @@ pub mod tests {
             steps: default_steps(),
             analysis: AnalysisSpec::default(),
             failure_policy: FailurePolicy::default(),
+            notifications: None,
             paused: false,
             abort: false,
             promote: false,
@@ -658,6 +690,47 @@ pub mod tests {
 
     fn gate(check: GateCheck) -> GateSpec {
         GateSpec::new(check)
+    }
+
+    #[test]
+    fn notification_webhooks_need_a_url_source_and_a_valid_secret_reference() {
+        use crate::crd::{NotificationsSpec, WebhookFormat, WebhookSpec};
+        let with = |url_secret_ref: Option<SecretKeyRef>, url_file: Option<&str>| {
+            let mut spec = minimal_spec();
+            spec.notifications = Some(NotificationsSpec {
+                webhook: WebhookSpec {
+                    url_secret_ref,
+                    url_file: url_file.map(str::to_owned),
+                    format: WebhookFormat::Slack,
+                },
+            });
+            validate_spec(&spec, "checkout")
+                .map_err(|errors| errors.iter().map(ToString::to_string).collect::<Vec<_>>())
+        };
+        let secret = |name: &str, key: &str| {
+            Some(SecretKeyRef {
+                name: name.into(),
+                key: key.into(),
+            })
+        };
+        assert_eq!(with(secret("hooks", "url"), None), Ok(()));
+        assert_eq!(with(None, Some("webhook-url")), Ok(()));
+        // One spec for both: the cluster reads the Secret, `cohort run` the file.
+        assert_eq!(with(secret("hooks", "url"), Some("webhook-url")), Ok(()));
+        let problems = |result: Result<(), Vec<String>>| result.unwrap_err().join("\n");
+        let none = problems(with(None, None));
+        assert!(
+            none.starts_with("spec.notifications.webhook: has no URL"),
+            "{none}"
+        );
+        let bad = problems(with(secret("Hooks", "a/b"), Some("")));
+        for expected in [
+            "spec.notifications.webhook.urlSecretRef.name: \"Hooks\" is not a Secret name",
+            "spec.notifications.webhook.urlSecretRef.key: \"a/b\" is not a Secret key",
+            "spec.notifications.webhook.urlFile: is empty",
+        ] {
+            assert!(bad.contains(expected), "{expected}\n{bad}");
+        }
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The Kubernetes I/O of a reconcile, in one place: the status subresource (server-side apply)
-//! and the conditions a failed reconcile sets there, Events, the finalizer, and the force token's
-//! Secret. [`ClusterStore`] is the driver's [`StatusStore`] over them.
+//! and the conditions a failed reconcile sets there, Events (and the webhook notifications they
+//! make), the finalizer, and the force token's Secret. [`ClusterStore`] is the driver's
+//! [`StatusStore`] over them.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -16,6 +17,7 @@ use kube::{Client, Resource, ResourceExt};
 use super::{key, Context, FINALIZER, STATUS_FIELD_MANAGER};
 use crate::driver::{Order, Start, StatusStore};
 use crate::force_token;
+use crate::notify::{self, Webhook};
 use crate::source::BoxFuture;
 use crate::{Error, Result};
 use cohort_rollout::crd::{CanaryRollout, CanaryRolloutSpec, CanaryRolloutStatus};
@@ -106,11 +108,23 @@ impl StatusStore for ClusterStore<'_> {
         })
     }
 
-    fn publish<'s>(&'s mut self, events: &'s [PlannedEvent]) -> BoxFuture<'s, ()> {
+    fn publish<'s>(
+        &'s mut self,
+        status: &'s CanaryRolloutStatus,
+        events: &'s [PlannedEvent],
+    ) -> BoxFuture<'s, ()> {
         Box::pin(async move {
             for event in events {
                 publish(self.rollout, self.ctx, event, "Reconcile").await;
             }
+            notify(
+                self.rollout,
+                self.ctx,
+                (self.namespace, self.name),
+                status,
+                events,
+                self.now,
+            );
         })
     }
 
@@ -237,6 +251,14 @@ pub(super) async fn record_failure(
             message,
         };
         publish(rollout, ctx, &event, action).await;
+        notify(
+            rollout,
+            ctx,
+            (namespace, name),
+            &status,
+            std::slice::from_ref(&event),
+            now,
+        );
     }
     Ok(())
 }
@@ -339,6 +361,39 @@ async fn write_status(
             source,
         })?;
     Ok(())
+}
+
+/// Queues the notifications `events` make for the rollout's webhook and the controller-wide one;
+/// never waits (the Secret holding the URL is read by the sending task).
+fn notify(
+    rollout: &CanaryRollout,
+    ctx: &Context,
+    (namespace, name): (&str, &str),
+    status: &CanaryRolloutStatus,
+    events: &[PlannedEvent],
+    now: Timestamp,
+) {
+    let Some(notifier) = &ctx.notifier else {
+        return;
+    };
+    let cycle = notify::Cycle {
+        namespace,
+        name,
+        steps: rollout.spec.steps.len(),
+        status,
+        now,
+    };
+    let notifications = notify::notifications(cycle, events);
+    if notifications.is_empty() {
+        return;
+    }
+    let own = rollout
+        .spec
+        .notifications
+        .as_ref()
+        .map(|spec| &spec.webhook);
+    let own = Webhook::of_cluster_rollout(own, &ctx.client, namespace, name);
+    notifier.notify(own, notifications);
 }
 
 /// Publishes an Event on the rollout. Events are best effort: a failure is logged, never fails

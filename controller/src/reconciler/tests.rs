@@ -810,6 +810,8 @@ fn controller_flags_default_to_the_deployment_manifest() {
             lease_namespace: None,
             metrics_address: "0.0.0.0:9090".parse().unwrap(),
             log_format: LogFormat::Text,
+            webhook_url_file: None,
+            webhook_format: cohort_rollout::crd::WebhookFormat::Json,
         }
     );
     let given = Cli::try_parse_from([
@@ -819,6 +821,8 @@ fn controller_flags_default_to_the_deployment_manifest() {
         "--prometheus=http://127.0.0.1:9091",
         "--metrics-address=127.0.0.1:8081",
         "--lease-namespace=ops",
+        "--webhook-url-file=/etc/cohort/webhook/url",
+        "--webhook-format=slack",
     ])
     .unwrap()
     .args;
@@ -826,7 +830,16 @@ fn controller_flags_default_to_the_deployment_manifest() {
     assert_eq!(given.log_format, LogFormat::Json);
     assert_eq!(given.prometheus, "http://127.0.0.1:9091");
     assert_eq!(given.lease_namespace.as_deref(), Some("ops"));
+    assert_eq!(
+        given.webhook_url_file.as_deref(),
+        Some(std::path::Path::new("/etc/cohort/webhook/url"))
+    );
+    assert_eq!(
+        given.webhook_format,
+        cohort_rollout::crd::WebhookFormat::Slack
+    );
     assert!(Cli::try_parse_from(["cohort", "--log-format=xml"]).is_err());
+    assert!(Cli::try_parse_from(["cohort", "--webhook-format=xml"]).is_err());
 }
 
 #[tokio::test]

@@ -85,6 +85,7 @@ impl Rollout {
                 ..AnalysisSpec::default()
             },
             failure_policy: FailurePolicy::default(),
+            notifications: None,
             paused: false,
             abort: false,
             promote: false,
