@@ -23,8 +23,9 @@
 //!   pods; stable runs as many as carry the same load per pod (PODS × stable's share ÷ the
 //!   canary's, rounded, at least PODS, at most [`MAX_STABLE_PODS`]), re-sized each tick as the
 //!   weight moves. Every pod serves an equal share of its version's requests, so both versions
-//!   have the same slow share in expectation, the canary's far noisier (a stall of one of its
-//!   four pods slows a quarter of its requests): an A/A condition that a gate must survive.
+//!   have the same slow share in expectation, the canary's far noisier (with PODS = 4 one stall
+//!   slows a quarter of its requests, against 1/76 of stable's at 5%): an A/A condition that a
+//!   gate must survive.
 //! - `diurnal[:AMPLITUDE]`: the request rate follows a day: × (1 + AMPLITUDE · sin(2π t / 24 h
 //!   + φ)), φ uniform per run; AMPLITUDE defaults to 0.5. Both versions alike.
 //! - `extrapolated[:SCRAPE]`: the samples are what Prometheus' `increase()` reports: each
