@@ -59,7 +59,8 @@ enum Command {
     /// WasmPlugins, serves /metrics, /healthz and /readyz; one leader among replicas.
     Controller(cohort_controller::reconciler::ControllerArgs),
     /// Simulates canary traffic under chosen conditions and compares whole cohort rollouts (a
-    /// CanaryRollout driven by the controller's plan) with threshold (Flagger-style) and
+    /// CanaryRollout driven by the controller's plan) with threshold (Flagger-style, with its
+    /// documented bounds and with bounds tuned on A/A runs to a false-rollback target) and
     /// Mann-Whitney (Kayenta-style) gates: false rollbacks, detection times.
     #[cfg(feature = "lab")]
     Simulate(cohort_lab::simulate::SimulateArgs),

@@ -7,9 +7,9 @@
 //! bucket are independent Poisson counts (Poisson arrivals at `rps × share`, split by a
 //! log-normal latency over Envoy's default histogram buckets), and its 5xx are binomial among
 //! them; the conditions of [`conditions`] change that draw (clustered or overdispersed errors,
-//! a heavy user, stalling canary pods, a day cycle, Prometheus' extrapolated windows). A
-//! regressed canary has its error rate multiplied and its latencies scaled from
-//! `regression_start_s` on. Every run's random stream depends only on the seed, the scenario, the
+//! a heavy user, stalling pods, a day cycle, Prometheus' extrapolated windows). A
+//! regressed canary has its error rate multiplied and its latencies scaled from the moment the
+//! scenario says ([`Scenario`]: by default when the canary first serves the scenario's weight). Every run's random stream depends only on the seed, the scenario, the
 //! condition and the run number, so results do not depend on the thread count.
 //!
 //! The families:
@@ -17,8 +17,11 @@
 //!   minutes, the sequential error-rate gate and the p99 latency gate, the default failure
 //!   policy) driven through the controller's own pure code cycle by cycle ([`rollout`]): the
 //!   canary's share follows the plan's weight, each step's tests run until its bake ends, and
-//!   the run ends Promoted, RolledBack or undecided at the horizon. The scenario's weight does
-//!   not apply: the steps set it.
+//!   the run ends Promoted, RolledBack or undecided at the horizon. The steps set the weight;
+//!   the scenario's weight says when a regressed canary turns bad: at the first step that
+//!   serves it or more (healthy before), unless the scenario's name ends in `-at<s>s` (bad from
+//!   that second) or `-fromstart` (bad from the start). A rollback before the canary turned bad
+//!   is a false rollback; detection times count from the moment it turned bad.
 //! - `threshold`: Flagger's built-in checks with the values of its documentation, through
 //!   [`evaluate`]: `request-success-rate` ≥ 99% (an error-rate gate with `maxRate: 0.01`) and
 //!   `request-duration` p99 ≤ 500 ms (a custom gate on the canary's histogram p99, as Flagger's
@@ -27,13 +30,21 @@
 //!   data fails the check, as Flagger's "no values found" does. (A p99 bound relative to stable,
 //!   like cohort's own latency threshold gate, fails about half the healthy canaries at 5% of
 //!   100 rps: 300 requests a minute make a noisy p99.)
+//! - `threshold-tuned`: the same checks and windowing, with the error-rate bound (Flagger's
+//!   `request-success-rate`, as a 5xx share) and the p99 bound chosen for the condition and the
+//!   scenario's traffic (rps and weight) so that the family fails healthy canaries as often as
+//!   the target says (`--tune-false-rollbacks`, by default the rollout's error budget): before
+//!   the measured runs, A/A runs of the same traffic under the same condition, on a calibration
+//!   stream of their own, record each check's canary 5xx share and p99; both bounds are the
+//!   same quantile of those values, the lowest one whose Flagger verdicts roll back at most the
+//!   target share of the calibration runs ([`tune`]). The row says the bounds (`tuned`).
 //! - `mann-whitney`: Kayenta's judge at a fixed horizon (10 m): per-minute error rate and p99 of
 //!   each version compared with a Mann–Whitney test (98% confidence interval of the shift,
 //!   Hodges–Lehmann estimate, tolerance 0.25, mean ratio ≥ 1, as in Kayenta's
 //!   `MannWhitneyClassifier`; normal approximation for the interval). Any metric classified
 //!   High rolls back at the horizon; otherwise it promotes there.
 //!
-//! The two comparison families judge the scenario's fixed weight, as a single analysis would.
+//! The comparison families judge the scenario's fixed weight, as a single analysis would.
 
 use std::collections::BTreeMap;
 use std::io::{IsTerminal, Write};
@@ -83,6 +94,17 @@ pub const THRESHOLD_ITERATIONS: u32 = 10;
 const THRESHOLD_INTERVAL_S: u64 = 60;
 /// Flagger's documented `request-duration` bound (p99, milliseconds).
 pub const THRESHOLD_P99_MS: f64 = 500.0;
+/// Flagger's documented `request-success-rate` bound (99%), as a 5xx share.
+pub const THRESHOLD_ERROR_RATE: f64 = 0.01;
+/// The most checks a Flagger-style analysis makes before it decides.
+const THRESHOLD_MAX_CHECKS: u32 = THRESHOLD_FAILED_CHECKS + THRESHOLD_ITERATIONS - 1;
+/// Calibration runs per traffic and condition for `threshold-tuned` when none is given.
+pub const DEFAULT_TUNE_RUNS: u32 = 4000;
+/// Quantile levels the tuning searches: `k / TUNE_LEVELS` for k in 0..=TUNE_LEVELS.
+const TUNE_LEVELS: usize = 100_000;
+/// Mixed into the seed of `threshold-tuned`'s calibration runs, so they share no draws with
+/// the measured runs.
+const TUNE_STREAM: u64 = 0x0074_756e_6564;
 /// The name of the threshold family's latency check, as Flagger calls it.
 const REQUEST_DURATION: &str = "request-duration";
 /// When Kayenta's fixed-horizon judgement is made.
@@ -92,7 +114,10 @@ pub const MANN_WHITNEY_HORIZON_S: u64 = 600;
 const ROLLOUT_STREAM: u64 = 0x0072_6f6c_6c6f_7574;
 
 /// One traffic scenario. Its name says it: `aa-5pct-100rps`, `errors-5x-5pct-100rps`,
-/// `latency-1.5x-1pct-10rps`, optionally `-at120s` for a regression starting later.
+/// `latency-1.5x-1pct-10rps`. Without a suffix the canary turns bad when it first serves the
+/// scenario's weight: from the start at a fixed weight, at the first step at or above it in a
+/// whole rollout (a regression that shows under load). `-at120s` makes it turn bad at 120 s of
+/// every run whatever the weight, and `-fromstart` (the same as `-at0s`) bad from the start.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Scenario {
     /// The name it was parsed from.
@@ -107,18 +132,19 @@ pub struct Scenario {
     pub error_factor: f64,
     /// The regressed canary's latencies, as a multiple of stable's.
     pub latency_factor: f64,
-    /// When the canary regresses, in seconds from the start.
-    pub regression_start_s: u64,
+    /// When the canary regresses, in seconds from the start; `None`: when it first serves
+    /// `canary_weight` (or more).
+    pub regression_start_s: Option<u64>,
 }
 
 impl Scenario {
     /// Reads a scenario name: `aa`, `errors-<f>x` or `latency-<f>x`, then `<w>pct`, `<r>rps`,
-    /// and optionally `at<s>s`.
+    /// and optionally `at<s>s` or `fromstart`.
     pub fn parse(name: &str) -> Result<Self, String> {
         let bad = |why: &str| {
             format!(
                 "{name:?}: {why}; write e.g. aa-5pct-100rps, errors-5x-5pct-100rps or \
-                 latency-1.5x-1pct-10rps-at120s"
+                 latency-1.5x-1pct-10rps-at120s (or -fromstart)"
             )
         };
         let parts: Vec<&str> = name.split('-').collect();
@@ -143,12 +169,14 @@ impl Scenario {
             .filter(|r| *r > 0.0)
             .ok_or_else(|| bad("the traffic is written like 100rps"))?;
         let start = match rest {
-            [] => 0,
-            [at] => at
-                .strip_prefix("at")
-                .and_then(|s| s.strip_suffix('s'))
-                .and_then(|s| s.parse::<u64>().ok())
-                .ok_or_else(|| bad("a start is written like at120s"))?,
+            [] => None,
+            ["fromstart"] => Some(0),
+            [at] => Some(
+                at.strip_prefix("at")
+                    .and_then(|s| s.strip_suffix('s'))
+                    .and_then(|s| s.parse::<u64>().ok())
+                    .ok_or_else(|| bad("a start is written like at120s or fromstart"))?,
+            ),
             _ => return Err(bad("too many parts")),
         };
         Ok(Scenario {
@@ -166,6 +194,17 @@ impl Scenario {
     pub fn is_aa(&self) -> bool {
         self.error_factor == 1.0 && self.latency_factor == 1.0
     }
+
+    /// When the canary regresses at the scenario's fixed weight, which it serves from the start.
+    pub fn fixed_weight_start_s(&self) -> u64 {
+        self.regression_start_s.unwrap_or(0)
+    }
+
+    /// Whether a canary at `weight_bp` basis points serves the scenario's weight or more.
+    pub fn serves_weight(&self, weight_bp: u32) -> bool {
+        // Half a basis point of slack: 5pct is 500 bp, whatever 0.05 × 10 000 rounds to.
+        f64::from(weight_bp) + 0.5 >= self.canary_weight * 10_000.0
+    }
 }
 
 fn number(text: Option<&str>) -> Option<f64> {
@@ -173,15 +212,18 @@ fn number(text: Option<&str>) -> Option<f64> {
         .filter(|n| n.is_finite())
 }
 
-/// The scenarios `cohort simulate` runs by default: the issue's six, and the 2× regression
-/// again at the next step's weight (25%), where each step's fresh test catches what 5% could not.
-pub const DEFAULT_SCENARIOS: [&str; 7] = [
+/// The scenarios `cohort simulate` runs by default: A/A, a 5× and a 2× error rate and a 1.5×
+/// latency, each at 5% of 100 rps and at 1% of 10 rps, and the 2× regression again at 25%, the
+/// weight where a rollout's step serves enough canary traffic to see it.
+pub const DEFAULT_SCENARIOS: [&str; 9] = [
     "aa-5pct-100rps",
     "errors-5x-5pct-100rps",
     "errors-2x-5pct-100rps",
     "latency-1.5x-5pct-100rps",
     "aa-1pct-10rps",
     "errors-5x-1pct-10rps",
+    "errors-2x-1pct-10rps",
+    "latency-1.5x-1pct-10rps",
     "errors-2x-25pct-100rps",
 ];
 
@@ -192,19 +234,27 @@ pub enum Family {
     Rollout,
     /// Flagger-style fixed thresholds per window with a failed-check counter.
     Threshold,
+    /// The same with its bounds tuned on A/A runs to a target false-rollback rate.
+    ThresholdTuned,
     /// Kayenta-style Mann–Whitney judgement at a fixed horizon.
     MannWhitney,
 }
 
 impl Family {
     /// All families, in table order.
-    pub const ALL: [Family; 3] = [Family::Rollout, Family::Threshold, Family::MannWhitney];
+    pub const ALL: [Family; 4] = [
+        Family::Rollout,
+        Family::Threshold,
+        Family::ThresholdTuned,
+        Family::MannWhitney,
+    ];
 
     /// The name in the table and JSON.
     pub fn name(self) -> &'static str {
         match self {
             Family::Rollout => "rollout",
             Family::Threshold => "threshold",
+            Family::ThresholdTuned => "threshold-tuned",
             Family::MannWhitney => "mann-whitney",
         }
     }
@@ -224,7 +274,7 @@ pub enum Outcome {
 /// One line of the result: a scenario judged by one family over all runs. Rates are fractions
 /// of runs; times are seconds (detection from the regression's start). `None` (JSON null) where
 /// the number does not apply (no false rollbacks to count when the canary is bad from the
-/// start; no detection in an A/A scenario) or no run got there.
+/// start of every run; no detection in an A/A scenario) or no run got there.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Row {
     /// Scenario name.
@@ -233,7 +283,7 @@ pub struct Row {
     pub condition: String,
     /// Gate family name.
     pub gate: String,
-    /// Runs rolled back while the canary was as good as stable.
+    /// Runs rolled back while the canary was as good as stable (before a regression began).
     pub false_rollback_rate: Option<f64>,
     /// Runs rolled back after the regression started.
     pub detection_rate: Option<f64>,
@@ -249,10 +299,29 @@ pub struct Row {
     /// failing together joined by `+`, or a failure-policy rule: `no-data`, `errors`,
     /// `routing-mismatch`). Empty for the other families.
     pub rolled_back_by: BTreeMap<String, f64>,
+    /// `threshold-tuned` only: the bounds its calibration chose. Null for the other families.
+    pub tuned: Option<Tuned>,
+}
+
+/// The bounds of a `threshold-tuned` gate and how they were found.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Tuned {
+    /// A check fails when the canary's 5xx share is above this (Flagger's
+    /// `request-success-rate` bound is 1 minus it).
+    pub max_error_rate: f64,
+    /// A check fails when the canary's p99 is above this many milliseconds
+    /// (`request-duration`).
+    pub max_p99_ms: f64,
+    /// The false-rollback rate aimed at.
+    pub target: f64,
+    /// The share of calibration runs these bounds rolled back.
+    pub calibration_false_rollback_rate: f64,
+    /// A/A calibration runs the bounds were chosen on.
+    pub calibration_runs: u32,
 }
 
 /// How many runs and which random streams.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Settings {
     /// Runs per scenario and condition set.
     pub runs: u32,
@@ -260,12 +329,18 @@ pub struct Settings {
     pub seed: u64,
     /// Worker threads.
     pub threads: usize,
+    /// `threshold-tuned`'s target false-rollback rate.
+    pub tune_false_rollbacks: f64,
+    /// `threshold-tuned`'s calibration runs per traffic (rps and weight) and condition set.
+    pub tune_runs: u32,
 }
 
 /// One run's ends, family by family (in [`Family::ALL`] order), and what rolled the rollout back.
 #[derive(Debug, Clone, PartialEq)]
 struct Ends {
-    outcomes: [Outcome; 3],
+    outcomes: [Outcome; 4],
+    /// When the rollout's canary turned bad (the comparison families': the scenario's start).
+    rollout_regression_s: Option<u64>,
     cause: Option<String>,
 }
 
@@ -285,16 +360,20 @@ pub fn simulate(
     let next = AtomicUsize::new(0);
     let done = AtomicUsize::new(0);
     let empty = Ends {
-        outcomes: [Outcome::Undecided; 3],
+        outcomes: [Outcome::Undecided; 4],
+        rollout_regression_s: None,
         cause: None,
     };
     let outcomes: Mutex<Vec<Ends>> = Mutex::new(vec![empty; total]);
+    let tuned = calibrate(scenarios, conditions, settings);
     let models: Vec<Vec<Model>> = scenarios
         .iter()
-        .map(|scenario| {
+        .zip(&tuned)
+        .map(|(scenario, tuned)| {
             conditions
                 .iter()
-                .map(|conditions| Model::new(scenario, conditions))
+                .zip(tuned)
+                .map(|(conditions, tuned)| Model::new(scenario, conditions).tuned(*tuned))
                 .collect()
         })
         .collect();
@@ -315,7 +394,7 @@ pub fn simulate(
                 };
                 let seed = stream_seed(base, scenario as u64, run as u64);
                 let model = &models[scenario][condition];
-                let [threshold, mann_whitney] = model.run(&mut Rng::new(seed));
+                let [threshold, threshold_tuned, mann_whitney] = model.run(&mut Rng::new(seed));
                 let whole = rollout.run(
                     model,
                     model.conditions,
@@ -323,7 +402,8 @@ pub fn simulate(
                 );
                 if let Ok(mut outcomes) = outcomes.lock() {
                     outcomes[job] = Ends {
-                        outcomes: [whole.outcome, threshold, mann_whitney],
+                        outcomes: [whole.outcome, threshold, threshold_tuned, mann_whitney],
+                        rollout_regression_s: whole.regression_start_s,
                         cause: whole.cause,
                     };
                 }
@@ -343,11 +423,22 @@ pub fn simulate(
             let cell = s * conditions.len() + c;
             let runs_of = &outcomes[cell * runs..(cell + 1) * runs];
             for (slot, family) in Family::ALL.into_iter().enumerate() {
-                let ends: Vec<Outcome> = runs_of.iter().map(|ends| ends.outcomes[slot]).collect();
+                let ends: Vec<(Outcome, Option<u64>)> = runs_of
+                    .iter()
+                    .map(|ends| {
+                        let start = match family {
+                            Family::Rollout => ends.rollout_regression_s,
+                            _ => Some(scenario.fixed_weight_start_s()),
+                        };
+                        (ends.outcomes[slot], start)
+                    })
+                    .collect();
                 let mut row = summarise(scenario, family, &ends);
                 row.condition = condition.name.clone();
-                if family == Family::Rollout {
-                    row.rolled_back_by = causes(runs_of);
+                match family {
+                    Family::Rollout => row.rolled_back_by = causes(runs_of),
+                    Family::ThresholdTuned => row.tuned = Some(tuned[s][c]),
+                    Family::Threshold | Family::MannWhitney => {}
                 }
                 rows.push(row);
             }
@@ -369,16 +460,10 @@ fn causes(runs: &[Ends]) -> BTreeMap<String, f64> {
         .collect()
 }
 
-fn summarise(scenario: &Scenario, family: Family, ends: &[Outcome]) -> Row {
+/// One family's row from each run's end and when that run's canary turned bad (`None`: it had
+/// not when the run ended).
+fn summarise(scenario: &Scenario, family: Family, ends: &[(Outcome, Option<u64>)]) -> Row {
     let runs = ends.len().max(1) as f64; // run counts are small: exact
-    let start = scenario.regression_start_s;
-    let rollbacks: Vec<u64> = ends
-        .iter()
-        .filter_map(|end| match end {
-            Outcome::RolledBack(at) => Some(*at),
-            _ => None,
-        })
-        .collect();
     let mut row = Row {
         scenario: scenario.name.clone(),
         condition: String::new(),
@@ -390,16 +475,21 @@ fn summarise(scenario: &Scenario, family: Family, ends: &[Outcome]) -> Row {
         median_promote_s: None,
         undecided_rate: ends
             .iter()
-            .filter(|end| **end == Outcome::Undecided)
+            .filter(|(end, _)| *end == Outcome::Undecided)
             .count() as f64
             / runs,
         rolled_back_by: BTreeMap::new(),
+        tuned: None,
     };
+    let rollbacks = ends.iter().filter_map(|(end, start)| match end {
+        Outcome::RolledBack(at) => Some((*at, *start)),
+        _ => None,
+    });
     if scenario.is_aa() {
-        row.false_rollback_rate = Some(rollbacks.len() as f64 / runs);
+        row.false_rollback_rate = Some(rollbacks.count() as f64 / runs);
         let mut promotions: Vec<u64> = ends
             .iter()
-            .filter_map(|end| match end {
+            .filter_map(|(end, _)| match end {
                 Outcome::Promoted(at) => Some(*at),
                 _ => None,
             })
@@ -409,14 +499,14 @@ fn summarise(scenario: &Scenario, family: Family, ends: &[Outcome]) -> Row {
         return row;
     }
     // A rollback decided on data that ended before the regression began is a false one.
-    let early = rollbacks.iter().filter(|&&at| at <= start).count();
-    if start > 0 {
-        row.false_rollback_rate = Some(early as f64 / runs);
+    let (early, late): (Vec<_>, Vec<_>) =
+        rollbacks.partition(|(at, start)| start.is_none_or(|start| *at <= start));
+    if ends.iter().any(|(_, start)| *start != Some(0)) {
+        row.false_rollback_rate = Some(early.len() as f64 / runs);
     }
-    let mut detections: Vec<u64> = rollbacks
-        .iter()
-        .filter(|&&at| at > start)
-        .map(|at| at - start)
+    let mut detections: Vec<u64> = late
+        .into_iter()
+        .filter_map(|(at, start)| start.map(|start| at - start))
         .collect();
     detections.sort_unstable();
     row.detection_rate = Some(detections.len() as f64 / runs);
@@ -444,6 +534,8 @@ struct Model<'a> {
     stalled_healthy_buckets: [f64; BUCKETS],
     stalled_regressed_buckets: [f64; BUCKETS],
     threshold_gates: Vec<GateSpec>,
+    /// `threshold-tuned`'s gates: Flagger's documented ones until [`Model::tuned`].
+    tuned_gates: Vec<GateSpec>,
 }
 
 impl<'a> Model<'a> {
@@ -457,26 +549,15 @@ impl<'a> Model<'a> {
             regressed_buckets: lognormal_buckets(regressed_median),
             stalled_healthy_buckets: shifted_lognormal_buckets(LATENCY_MEDIAN_MS, stall_ms),
             stalled_regressed_buckets: shifted_lognormal_buckets(regressed_median, stall_ms),
-            threshold_gates: vec![
-                GateSpec {
-                    name: Some("success-rate".to_owned()),
-                    min_samples: None,
-                    check: GateCheck::ErrorRate(ErrorRateGate {
-                        max_increase: 1.0,
-                        max_rate: Some(0.01),
-                    }),
-                },
-                GateSpec {
-                    name: Some(REQUEST_DURATION.to_owned()),
-                    min_samples: None,
-                    check: GateCheck::Custom(CustomGate {
-                        query: "histogram_quantile(0.99, sum by (le) (rate(istio_request_duration_milliseconds_bucket{reporter=\"destination\",destination_version=\"{{version}}\"}[{{interval}}])))".to_owned(),
-                        min: None,
-                        max: Some(THRESHOLD_P99_MS),
-                    }),
-                },
-            ],
+            threshold_gates: flagger_gates(THRESHOLD_ERROR_RATE, THRESHOLD_P99_MS),
+            tuned_gates: flagger_gates(THRESHOLD_ERROR_RATE, THRESHOLD_P99_MS),
         }
+    }
+
+    /// The model with `threshold-tuned` judging by `tuned`'s bounds.
+    fn tuned(mut self, tuned: Tuned) -> Self {
+        self.tuned_gates = flagger_gates(tuned.max_error_rate, tuned.max_p99_ms);
+        self
     }
 
     /// What a tick starting at `start_s` draws before the conditions, with the canary at
@@ -506,63 +587,327 @@ impl<'a> Model<'a> {
             canary_buckets,
             stable_buckets: &self.healthy_buckets,
             canary_stalled_buckets,
+            stable_stalled_buckets: &self.stalled_healthy_buckets,
         }
     }
 
     /// One run of the scenario at its fixed weight, judged by the comparison families
-    /// (threshold, Mann–Whitney).
-    fn run(&self, rng: &mut Rng) -> [Outcome; 2] {
+    /// (threshold, threshold-tuned, Mann–Whitney).
+    fn run(&self, rng: &mut Rng) -> [Outcome; 3] {
+        let mut minutes = MinuteSeries::default();
+        let mut threshold = FlaggerChecks::default();
+        let mut tuned = FlaggerChecks::default();
+        let mut mann_whitney = Outcome::Undecided;
+        self.each_minute(rng, |t, this_minute| {
+            if !threshold.decided() || !tuned.decided() {
+                let samples = flagger_samples(this_minute.clone());
+                for (checks, gates) in [
+                    (&mut threshold, &self.threshold_gates),
+                    (&mut tuned, &self.tuned_gates),
+                ] {
+                    if !checks.decided() {
+                        checks.check(t, evaluate(gates, 1, &samples).verdict == Verdict::Pass);
+                    }
+                }
+            }
+            if t <= MANN_WHITNEY_HORIZON_S {
+                minutes.push(this_minute);
+            }
+            if t == MANN_WHITNEY_HORIZON_S {
+                mann_whitney = if minutes.any_high() {
+                    Outcome::RolledBack(t)
+                } else {
+                    Outcome::Promoted(t)
+                };
+            }
+            !(threshold.decided() && tuned.decided() && mann_whitney != Outcome::Undecided)
+        });
+        [threshold.outcome, tuned.outcome, mann_whitney]
+    }
+
+    /// Draws the scenario's traffic at its fixed weight tick by tick until the horizon, and
+    /// hands `on_minute` each Flagger interval's samples with the second it ends; it stops when
+    /// `on_minute` returns false.
+    fn each_minute(&self, rng: &mut Rng, mut on_minute: impl FnMut(u64, &Samples) -> bool) {
         let scenario = self.scenario;
         let mut state = RunState::new(self.conditions, rng);
         let mut ledger = Ledger::new(TICK_S as f64, self.conditions.scrape_s, rng);
-        let mut minutes = MinuteSeries::default();
-        let mut threshold = Outcome::Undecided;
-        let mut mann_whitney = Outcome::Undecided;
-        let (mut passed, mut failed) = (0, 0);
         let mut t = 0;
         while t < HORIZON_S {
-            let regressed = t >= scenario.regression_start_s;
+            let regressed = t >= scenario.fixed_weight_start_s();
             let tick = self.tick(t as f64, TICK_S as f64, scenario.canary_weight, regressed);
             let (canary, stable) = self.conditions.draw(&mut state, rng, &tick);
             ledger.record(rng, &canary, &stable);
             t += TICK_S;
-
-            if t % THRESHOLD_INTERVAL_S == 0 {
-                let this_minute = ledger.samples(THRESHOLD_INTERVAL_S as f64);
-                if threshold == Outcome::Undecided {
-                    let evaluation = evaluate(
-                        &self.threshold_gates,
-                        1,
-                        &flagger_samples(this_minute.clone()),
-                    );
-                    if evaluation.verdict == Verdict::Pass {
-                        passed += 1;
-                    } else {
-                        failed += 1;
-                    }
-                    if failed >= THRESHOLD_FAILED_CHECKS {
-                        threshold = Outcome::RolledBack(t);
-                    } else if passed >= THRESHOLD_ITERATIONS {
-                        threshold = Outcome::Promoted(t);
-                    }
-                }
-                if t <= MANN_WHITNEY_HORIZON_S {
-                    minutes.push(&this_minute);
-                }
-                if t == MANN_WHITNEY_HORIZON_S {
-                    mann_whitney = if minutes.any_high() {
-                        Outcome::RolledBack(t)
-                    } else {
-                        Outcome::Promoted(t)
-                    };
-                }
-            }
-            if threshold != Outcome::Undecided && mann_whitney != Outcome::Undecided {
-                break;
+            if t % THRESHOLD_INTERVAL_S == 0
+                && !on_minute(t, &ledger.samples(THRESHOLD_INTERVAL_S as f64))
+            {
+                return;
             }
         }
-        [threshold, mann_whitney]
     }
+
+    /// The first `count` Flagger checks' inputs of one run, for the calibration.
+    fn checks(&self, rng: &mut Rng, count: usize) -> Vec<Check> {
+        let mut checks = Vec::with_capacity(count);
+        self.each_minute(rng, |_, samples| {
+            checks.push(Check::of(samples));
+            checks.len() < count
+        });
+        checks
+    }
+}
+
+/// Flagger's check counter: `threshold` failed checks roll back, `iterations` passed promote.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct FlaggerChecks {
+    passed: u32,
+    failed: u32,
+    outcome: Outcome,
+}
+
+impl Default for FlaggerChecks {
+    fn default() -> Self {
+        FlaggerChecks {
+            passed: 0,
+            failed: 0,
+            outcome: Outcome::Undecided,
+        }
+    }
+}
+
+impl FlaggerChecks {
+    fn decided(&self) -> bool {
+        self.outcome != Outcome::Undecided
+    }
+
+    /// Counts one check ending at second `t`.
+    fn check(&mut self, t: u64, passed: bool) {
+        if self.decided() {
+            return;
+        }
+        if passed {
+            self.passed += 1;
+        } else {
+            self.failed += 1;
+        }
+        if self.failed >= THRESHOLD_FAILED_CHECKS {
+            self.outcome = Outcome::RolledBack(t);
+        } else if self.passed >= THRESHOLD_ITERATIONS {
+            self.outcome = Outcome::Promoted(t);
+        }
+    }
+}
+
+/// Flagger's two checks, as the `threshold` families judge them through [`evaluate`]:
+/// `request-success-rate` (an error-rate gate whose `maxRate` is `max_error_rate`) and
+/// `request-duration` (a custom gate on the canary's p99, at most `max_p99_ms`).
+fn flagger_gates(max_error_rate: f64, max_p99_ms: f64) -> Vec<GateSpec> {
+    vec![
+        GateSpec {
+            name: Some("success-rate".to_owned()),
+            min_samples: None,
+            check: GateCheck::ErrorRate(ErrorRateGate {
+                max_increase: 1.0,
+                max_rate: Some(max_error_rate),
+            }),
+        },
+        GateSpec {
+            name: Some(REQUEST_DURATION.to_owned()),
+            min_samples: None,
+            check: GateCheck::Custom(CustomGate {
+                query: "histogram_quantile(0.99, sum by (le) (rate(istio_request_duration_milliseconds_bucket{reporter=\"destination\",destination_version=\"{{version}}\"}[{{interval}}])))".to_owned(),
+                min: None,
+                max: Some(max_p99_ms),
+            }),
+        },
+    ]
+}
+
+/// What one Flagger check of [`flagger_gates`] reads, kept so the calibration can judge it
+/// under any bounds without drawing again.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Check {
+    /// Both versions served a request and the canary's p99 is a number: else the check fails
+    /// whatever the bounds (Flagger's "no values found").
+    usable: bool,
+    /// The canary's 5xx share.
+    error_rate: f64,
+    /// The canary's p99 in milliseconds.
+    p99_ms: f64,
+}
+
+impl Check {
+    fn of(samples: &Samples) -> Self {
+        let count = |observed: &Observed<f64>| match observed {
+            Observed::Value(value) if *value > 0.0 => *value,
+            _ => 0.0,
+        };
+        let canary_requests = count(&samples.canary.requests);
+        let stable_requests = count(&samples.stable.requests);
+        let p99_ms = match &samples.canary.latency_ms {
+            Observed::Value(buckets) => histogram_quantile(0.99, buckets),
+            _ => f64::NAN,
+        };
+        let error_rate = if canary_requests > 0.0 {
+            (count(&samples.canary.server_errors) / canary_requests).clamp(0.0, 1.0)
+        } else {
+            0.0
+        };
+        Check {
+            // The gates' sample minimum is one request of each version.
+            usable: canary_requests >= 1.0 && stable_requests >= 1.0 && p99_ms.is_finite(),
+            error_rate,
+            p99_ms,
+        }
+    }
+
+    /// Whether [`flagger_gates`]`(max_error_rate, max_p99_ms)` pass this check: neither value
+    /// above its bound, with [`evaluate`]'s tolerance.
+    fn passes(&self, max_error_rate: f64, max_p99_ms: f64) -> bool {
+        let exceeds = |value: f64, limit: f64| value > limit + 1e-9 * limit.abs().max(1.0);
+        self.usable
+            && !exceeds(self.error_rate, max_error_rate)
+            && !exceeds(self.p99_ms, max_p99_ms)
+    }
+}
+
+/// How the Flagger counter ends on `checks` under the bounds: rolled back or not.
+fn rolls_back(checks: &[Check], max_error_rate: f64, max_p99_ms: f64) -> bool {
+    let mut counter = FlaggerChecks::default();
+    for (t, check) in (1..).zip(checks) {
+        counter.check(t, check.passes(max_error_rate, max_p99_ms));
+        if counter.decided() {
+            break;
+        }
+    }
+    matches!(counter.outcome, Outcome::RolledBack(_))
+}
+
+/// `threshold-tuned`'s bounds from A/A calibration runs (each its first checks): the error-rate
+/// and p99 bounds at the same quantile `k / TUNE_LEVELS` of all the runs' usable checks, the
+/// lowest `k` whose verdicts roll back at most `target` of the runs (both bounds, and so the
+/// checks passed, only grow with `k`: a binary search finds it). Where even the largest values
+/// roll back more (checks without data), it keeps those.
+fn tune(runs: &[Vec<Check>], target: f64) -> Tuned {
+    let usable = || runs.iter().flatten().filter(|check| check.usable);
+    let mut error_rates: Vec<f64> = usable().map(|check| check.error_rate).collect();
+    let mut p99s: Vec<f64> = usable().map(|check| check.p99_ms).collect();
+    error_rates.sort_by(f64::total_cmp);
+    p99s.sort_by(f64::total_cmp);
+    let at = |sorted: &[f64], k: usize, fallback: f64| -> f64 {
+        let last = sorted.len().saturating_sub(1);
+        let index = (k as f64 / TUNE_LEVELS as f64 * last as f64).round() as usize;
+        sorted.get(index.min(last)).copied().unwrap_or(fallback)
+    };
+    let bounds = |k: usize| {
+        (
+            at(&error_rates, k, THRESHOLD_ERROR_RATE),
+            at(&p99s, k, THRESHOLD_P99_MS),
+        )
+    };
+    let false_rate = |k: usize| {
+        let (max_error_rate, max_p99_ms) = bounds(k);
+        let rolled_back = runs
+            .iter()
+            .filter(|checks| rolls_back(checks, max_error_rate, max_p99_ms))
+            .count();
+        rolled_back as f64 / runs.len().max(1) as f64
+    };
+    let (mut low, mut high) = (0, TUNE_LEVELS);
+    while low < high {
+        let middle = (low + high) / 2;
+        if false_rate(middle) <= target {
+            high = middle;
+        } else {
+            low = middle + 1;
+        }
+    }
+    let (max_error_rate, max_p99_ms) = bounds(low);
+    Tuned {
+        max_error_rate,
+        max_p99_ms,
+        target,
+        calibration_false_rollback_rate: false_rate(low),
+        calibration_runs: u32::try_from(runs.len()).unwrap_or(u32::MAX),
+    }
+}
+
+/// `threshold-tuned`'s bounds for each scenario (by index) under each condition set: one
+/// calibration per traffic (rps and weight) and condition set, on A/A runs of their own stream.
+fn calibrate(
+    scenarios: &[Scenario],
+    conditions: &[Conditions],
+    settings: Settings,
+) -> Vec<Vec<Tuned>> {
+    let mut traffics: Vec<Scenario> = Vec::new();
+    let traffic_of: Vec<usize> = scenarios
+        .iter()
+        .map(|scenario| {
+            let same = |other: &Scenario| {
+                other.rps == scenario.rps && other.canary_weight == scenario.canary_weight
+            };
+            traffics.iter().position(same).unwrap_or_else(|| {
+                traffics.push(Scenario {
+                    name: format!("aa-calibration-{}", traffics.len()),
+                    error_factor: 1.0,
+                    latency_factor: 1.0,
+                    regression_start_s: None,
+                    ..scenario.clone()
+                });
+                traffics.len() - 1
+            })
+        })
+        .collect();
+    let runs = settings.tune_runs.max(1) as usize;
+    let cells = traffics.len() * conditions.len();
+    let base = splitmix(settings.seed ^ TUNE_STREAM);
+    let checks = parallel(cells * runs, settings.threads, |job| {
+        let (cell, run) = (job / runs, job % runs);
+        let (traffic, condition) = (cell / conditions.len(), cell % conditions.len());
+        let model = Model::new(&traffics[traffic], &conditions[condition]);
+        let seed = stream_seed(
+            splitmix(base ^ condition as u64),
+            traffic as u64,
+            run as u64,
+        );
+        model.checks(&mut Rng::new(seed), THRESHOLD_MAX_CHECKS as usize)
+    });
+    let tuned: Vec<Tuned> = checks
+        .chunks(runs)
+        .map(|runs| tune(runs, settings.tune_false_rollbacks))
+        .collect();
+    traffic_of
+        .iter()
+        .map(|traffic| {
+            (0..conditions.len())
+                .map(|condition| tuned[traffic * conditions.len() + condition])
+                .collect()
+        })
+        .collect()
+}
+
+/// `job(0) … job(total − 1)` on `threads` threads, in order.
+fn parallel<T: Send>(total: usize, threads: usize, job: impl Fn(usize) -> T + Sync) -> Vec<T> {
+    let next = AtomicUsize::new(0);
+    let results: Mutex<Vec<(usize, T)>> = Mutex::new(Vec::with_capacity(total));
+    std::thread::scope(|scope| {
+        for _ in 0..threads.max(1) {
+            scope.spawn(|| loop {
+                let index = next.fetch_add(1, Ordering::Relaxed);
+                if index >= total {
+                    break;
+                }
+                let result = job(index);
+                if let Ok(mut results) = results.lock() {
+                    results.push((index, result));
+                }
+            });
+        }
+    });
+    let mut results = results.into_inner().unwrap_or_default();
+    results.sort_by_key(|(index, _)| *index);
+    results.into_iter().map(|(_, result)| result).collect()
 }
 
 /// One version's requests over a period: per latency bucket (not cumulative) and 5xx.
@@ -961,9 +1306,11 @@ fn ln_factorial(k: f64) -> f64 {
         + 1.0 / (1260.0 * z2 * z2 * z)
 }
 
-/// The result as a table, one line per scenario, condition and family.
+/// The result as a table, one line per scenario, condition and family; a last column says
+/// `threshold-tuned`'s bounds when there are such rows.
 pub fn table(rows: &[Row]) -> String {
-    let header = [
+    let tuned = rows.iter().any(|row| row.tuned.is_some());
+    let mut header = vec![
         "scenario",
         "condition",
         "gate",
@@ -975,10 +1322,13 @@ pub fn table(rows: &[Row]) -> String {
         "undecided",
         "rolled back by",
     ];
-    let cells: Vec<[String; 10]> = rows
+    if tuned {
+        header.push("tuned");
+    }
+    let cells: Vec<Vec<String>> = rows
         .iter()
         .map(|row| {
-            [
+            let mut line = vec![
                 row.scenario.clone(),
                 row.condition.clone(),
                 row.gate.clone(),
@@ -989,21 +1339,27 @@ pub fn table(rows: &[Row]) -> String {
                 or_dash(row.median_promote_s, whole_seconds),
                 share_percent(row.undecided_rate, 2),
                 causes_cell(&row.rolled_back_by),
-            ]
+            ];
+            if tuned {
+                line.push(row.tuned.as_ref().map_or("-".to_owned(), tuned_cell));
+            }
+            line
         })
         .collect();
-    let mut widths = header.map(str::len);
+    let mut widths: Vec<usize> = header.iter().map(|cell| cell.chars().count()).collect();
     for line in &cells {
         for (width, cell) in widths.iter_mut().zip(line) {
             *width = (*width).max(cell.chars().count());
         }
     }
     let last = header.len() - 1;
+    // Left-aligned: the names and the text columns after the numbers.
+    let numbers = 3..9;
     let render = |line: &[String]| {
         let mut out = String::new();
-        for (i, (cell, width)) in line.iter().zip(widths).enumerate() {
-            let pad = width - cell.chars().count();
-            if i < 3 || i == last {
+        for (i, (cell, width)) in line.iter().zip(&widths).enumerate() {
+            let pad = *width - cell.chars().count();
+            if !numbers.contains(&i) {
                 out.push_str(cell);
                 if i < last {
                     out.push_str(&" ".repeat(pad));
@@ -1016,11 +1372,27 @@ pub fn table(rows: &[Row]) -> String {
         }
         out
     };
-    let mut out = render(&header.map(str::to_owned));
+    let mut out = render(
+        &header
+            .iter()
+            .map(|cell| (*cell).to_owned())
+            .collect::<Vec<_>>(),
+    );
     for line in &cells {
         out.push_str(&render(line));
     }
     out
+}
+
+/// `5xx ≤ 1.33%, p99 ≤ 342 ms (A/A 0.95% of 4000)`: tuned bounds and their calibration.
+fn tuned_cell(tuned: &Tuned) -> String {
+    format!(
+        "5xx ≤ {}, p99 ≤ {:.0} ms (A/A {} of {})",
+        share_percent(tuned.max_error_rate, 2),
+        tuned.max_p99_ms,
+        share_percent(tuned.calibration_false_rollback_rate, 2),
+        tuned.calibration_runs
+    )
 }
 
 /// `latency-p99 3.10%, error-rate 0.40%`: the causes, most frequent first; `-` for none.
@@ -1038,7 +1410,7 @@ fn causes_cell(causes: &BTreeMap<String, f64>) -> String {
 }
 
 /// `cohort simulate`'s command line.
-#[derive(clap::Args, Debug, Clone, PartialEq, Eq)]
+#[derive(clap::Args, Debug, Clone, PartialEq)]
 pub struct SimulateArgs {
     /// Runs per scenario and condition.
     #[arg(long, default_value_t = 10_000)]
@@ -1049,20 +1421,35 @@ pub struct SimulateArgs {
     /// Worker threads.
     #[arg(long, default_value_t = 2)]
     pub threads: usize,
-    /// A scenario to run (repeatable), e.g. errors-10x-5pct-100rps or aa-1pct-10rps-at60s;
-    /// default: the seven of BENCHMARKS.md.
+    /// A scenario to run (repeatable): aa, errors-<F>x or latency-<F>x, then the canary's
+    /// weight and the traffic, e.g. errors-5x-5pct-100rps or latency-1.5x-1pct-10rps. A
+    /// regressed canary turns bad when it first serves the scenario's weight: from the start at
+    /// the comparison families' fixed weight, at the first step at or above it in the rollout.
+    /// Add -at<S>s to make it turn bad at S seconds whatever the weight, or -fromstart (the same
+    /// as -at0s) to make it bad from the start. Default: aa, errors-5x, errors-2x and
+    /// latency-1.5x at 5pct-100rps and at 1pct-10rps, and errors-2x-25pct-100rps.
     #[arg(long = "scenario", value_name = "NAME")]
     pub scenarios: Vec<String>,
     /// A traffic condition to run every scenario under (repeatable; each gives its own rows):
     /// independent, retry-clusters:MEAN, overdispersed:CV, heavy-user:SHARE:MULT,
-    /// pod-stall:PODS:EVERY:FOR:ADD, diurnal[:AMPLITUDE], extrapolated[:SCRAPE], or several
-    /// joined by + to compose them; default: independent.
+    /// pod-stall:PODS:EVERY:FOR:ADD (every pod of both versions stalls once every EVERY s on
+    /// average, for FOR s, adding ADD ms; the canary runs PODS pods, stable as many as carry the
+    /// same load per pod), diurnal[:AMPLITUDE], extrapolated[:SCRAPE], or several joined by +
+    /// to compose them; default: independent.
     #[arg(long = "condition", value_name = "NAME[:PARAMS]")]
     pub conditions: Vec<String>,
     /// The CanaryRollout (YAML, as `cohort run` reads it) whose whole rollout the `rollout`
     /// family simulates; default: one with every default (steps, gates, failure policy).
     #[arg(long, value_name = "FILE")]
     pub rollout: Option<PathBuf>,
+    /// The false-rollback rate the threshold-tuned family's bounds are tuned to on A/A runs of
+    /// each scenario's traffic and condition (a fraction, e.g. 0.01); default: the rollout's
+    /// error budget (spec.analysis.alpha, 1% by default).
+    #[arg(long, value_name = "RATE")]
+    pub tune_false_rollbacks: Option<f64>,
+    /// A/A calibration runs per traffic (rps and weight) and condition for threshold-tuned.
+    #[arg(long, value_name = "RUNS", default_value_t = DEFAULT_TUNE_RUNS)]
+    pub tune_runs: u32,
     /// Print a JSON array of rows instead of the table.
     #[arg(long)]
     pub json: bool,
@@ -1097,22 +1484,43 @@ pub fn read_args(args: &SimulateArgs) -> Result<(Vec<Scenario>, Vec<Conditions>,
     Ok((scenarios, conditions, rollout))
 }
 
-/// Runs `cohort simulate`: the table (or JSON) on stdout, a progress bar on stderr.
-pub fn main(args: &SimulateArgs) -> anyhow::Result<()> {
-    let (scenarios, conditions, rollout) = read_args(args).map_err(anyhow::Error::msg)?;
-    let settings = Settings {
+/// The settings `args` ask for (the tuning target defaults to `rollout`'s error budget); the
+/// error names the flag.
+pub fn read_settings(args: &SimulateArgs, rollout: &Rollout) -> Result<Settings, String> {
+    let target = args
+        .tune_false_rollbacks
+        .unwrap_or(rollout.spec.analysis.alpha);
+    if !(0.0..1.0).contains(&target) {
+        return Err(format!(
+            "--tune-false-rollbacks {target}: a rate from 0 to below 1, e.g. 0.01"
+        ));
+    }
+    Ok(Settings {
         runs: args.runs.max(1),
         seed: args.seed,
         threads: args.threads.max(1),
-    };
-    let mut bar = ProgressBar::new();
-    let rows = simulate(
+        tune_false_rollbacks: target,
+        tune_runs: args.tune_runs.max(1),
+    })
+}
+
+/// What `cohort simulate` with `args` computes: its rows, `progress` called as [`simulate`] says.
+pub fn run(args: &SimulateArgs, progress: impl FnMut(usize, usize)) -> Result<Vec<Row>, String> {
+    let (scenarios, conditions, rollout) = read_args(args)?;
+    let settings = read_settings(args, &rollout)?;
+    Ok(simulate(
         &scenarios,
         &conditions,
         &rollout,
         settings,
-        |done, total| bar.show(done, total),
-    );
+        progress,
+    ))
+}
+
+/// Runs `cohort simulate`: the table (or JSON) on stdout, a progress bar on stderr.
+pub fn main(args: &SimulateArgs) -> anyhow::Result<()> {
+    let mut bar = ProgressBar::new();
+    let rows = run(args, |done, total| bar.show(done, total)).map_err(anyhow::Error::msg)?;
     bar.finish();
     let mut out = std::io::stdout().lock();
     if args.json {

@@ -17,11 +17,15 @@
 //!   of the version it is on (the base rate, times a regressed canary's factor). Its bucket is drawn once per run, uniform: it is on the canary while the canary's
 //!   weight is above that bucket (the filter's buckets are nested as the weight grows), else on
 //!   stable. The other users share the rest of the traffic by weight.
-//! - `pod-stall:PODS:EVERY:FOR:ADD`: the canary runs on PODS pods serving equal shares of its
-//!   requests; each pod stalls on average once every EVERY seconds (a Poisson process checked at
-//!   each tick's start) for FOR seconds, and while it stalls its requests take ADD milliseconds
-//!   longer. Stable does not stall: this is a canary-only latency disturbance that is not a
-//!   regression of the code.
+//! - `pod-stall:PODS:EVERY:FOR:ADD`: pods stall, in both versions alike. Each pod stalls on
+//!   average once every EVERY seconds (a Poisson process checked at each tick's start) for FOR
+//!   seconds, and while it stalls its requests take ADD milliseconds longer. The canary runs PODS
+//!   pods; stable runs as many as carry the same load per pod (PODS × stable's share ÷ the
+//!   canary's, rounded, at least PODS, at most [`MAX_STABLE_PODS`]), re-sized each tick as the
+//!   weight moves. Every pod serves an equal share of its version's requests, so both versions
+//!   have the same slow share in expectation, the canary's far noisier (with PODS = 4 one stall
+//!   slows a quarter of its requests, against 1/76 of stable's at 5%): an A/A condition that a
+//!   gate must survive.
 //! - `diurnal[:AMPLITUDE]`: the request rate follows a day: × (1 + AMPLITUDE · sin(2π t / 24 h
 //!   + φ)), φ uniform per run; AMPLITUDE defaults to 0.5. Both versions alike.
 //! - `extrapolated[:SCRAPE]`: the samples are what Prometheus' `increase()` reports: each
@@ -45,10 +49,14 @@ pub const EXAMPLES: &str = "independent, retry-clusters:3, overdispersed:0.5, he
      pod-stall:4:600:60:500, diurnal, diurnal:0.8, extrapolated, extrapolated:30, or several \
      joined by + (retry-clusters:3+extrapolated)";
 
+/// `pod-stall`: the most pods stable runs, however small the canary's share.
+pub const MAX_STABLE_PODS: u32 = 1000;
+
 /// `pod-stall`'s parameters.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct PodStall {
-    /// Canary pods, each serving an equal share of its requests.
+    /// Canary pods, each serving an equal share of its requests (stable runs
+    /// [`stable_pods`] of them).
     pub pods: u32,
     /// Mean seconds between one pod's stalls.
     pub every_s: f64,
@@ -226,6 +234,8 @@ pub(super) struct Tick<'a> {
     pub stable_buckets: &'a [f64; BUCKETS],
     /// The canary's, shifted by a stall (`pod-stall`).
     pub canary_stalled_buckets: &'a [f64; BUCKETS],
+    /// Stable's, shifted by a stall.
+    pub stable_stalled_buckets: &'a [f64; BUCKETS],
 }
 
 /// What a run's conditions remember from tick to tick.
@@ -235,6 +245,8 @@ pub(super) struct RunState {
     pub(super) heavy_position: f64,
     /// `pod-stall`: seconds of stall left per canary pod.
     pub(super) stalls: Vec<f64>,
+    /// `pod-stall`: seconds of stall left per stable pod (sized each tick by the weight).
+    pub(super) stable_stalls: Vec<f64>,
     /// `diurnal`: the run's phase in the day.
     pub(super) diurnal_phase: f64,
 }
@@ -312,6 +324,12 @@ impl Conditions {
         if let Some(stall) = self.pod_stall {
             let stalled = advance_stalls(&mut state.stalls, rng, &stall, tick.length_s);
             canary = split_stalled(&canary, stalled, tick.canary_stalled_buckets);
+            // Pods added as the weight moves start idle; pods removed take their stalls along.
+            state
+                .stable_stalls
+                .resize(stable_pods(stall.pods, tick.canary_share), 0.0);
+            let stalled = advance_stalls(&mut state.stable_stalls, rng, &stall, tick.length_s);
+            stable = split_stalled(&stable, stalled, tick.stable_stalled_buckets);
         }
         let mut draw = |streams: &[Stream]| {
             let mut counts = Counts::default();
@@ -394,9 +412,23 @@ pub(super) fn geometric(rng: &mut Rng, mean: f64) -> u64 {
     1 + (u.ln() / (1.0 - stop).ln()).floor().clamp(0.0, 1e9) as u64
 }
 
+/// `pod-stall`: how many pods stable runs beside the canary's `pods` at `canary_share`: as many
+/// as carry the canary's load per pod, at least `pods` and at most [`MAX_STABLE_PODS`].
+pub(super) fn stable_pods(pods: u32, canary_share: f64) -> usize {
+    let pods = f64::from(pods);
+    let same_load = (pods * (1.0 - canary_share) / canary_share).round();
+    // A zero share gives infinity, clamped to the most; NaN (no share at all) the least.
+    let count = if same_load.is_nan() {
+        pods
+    } else {
+        same_load.clamp(pods, f64::from(MAX_STABLE_PODS).max(pods))
+    };
+    count as usize
+}
+
 /// `pod-stall`: moves every pod's stall on by one tick of `length_s` seconds (a pod not stalled
 /// starts one at the tick's start with the chance of a Poisson process at rate 1 / `every_s`)
-/// and returns the share of the canary's requests served stalled in that tick.
+/// and returns the share of the version's requests served stalled in that tick.
 pub(super) fn advance_stalls(
     stalls: &mut [f64],
     rng: &mut Rng,

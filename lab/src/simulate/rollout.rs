@@ -9,6 +9,10 @@
 //! the failure policy (no-data deadline, errors) all apply as they do for real. A run ends
 //! Promoted, RolledBack (with the gates, or the failure-policy rule, that did it) or undecided
 //! at the horizon.
+//!
+//! A regression scenario's canary turns bad when the rollout first serves the scenario's weight
+//! (the first step at or above it; healthy before, as a regression that shows only under load),
+//! or at the time its `-at<s>s`/`-fromstart` suffix says; detection counts from that moment.
 
 use std::path::Path;
 
@@ -60,6 +64,10 @@ pub struct RolloutRun {
     pub cause: Option<String>,
     /// The canary weight (basis points) of each interval of traffic, in order.
     pub weights: Vec<u32>,
+    /// When the canary turned bad, in seconds from the start (a regression scenario's onset:
+    /// by default the first interval at the scenario's weight or above); `None` if it had not
+    /// by the end, or never does (A/A).
+    pub regression_start_s: Option<u64>,
 }
 
 impl Rollout {
@@ -183,6 +191,7 @@ impl Rollout {
         let mut ledger = Ledger::new(interval, conditions.scrape_s, rng);
         let mut status: Option<CanaryRolloutStatus> = None;
         let mut weights = Vec::new();
+        let mut onset: Option<u64> = None;
         let mut t = 0u64;
         loop {
             let now = Timestamp::from_second(START_S.saturating_add_unsigned(t))
@@ -221,6 +230,7 @@ impl Rollout {
                         outcome: Outcome::Promoted(t),
                         cause: None,
                         weights,
+                        regression_start_s: onset,
                     }
                 }
                 Phase::RolledBack | Phase::Aborted => {
@@ -228,6 +238,7 @@ impl Rollout {
                         outcome: Outcome::RolledBack(t),
                         cause: Some(self.cause(evaluation.as_ref(), &plan.status)),
                         weights,
+                        regression_start_s: onset,
                     }
                 }
                 _ => {}
@@ -238,9 +249,16 @@ impl Rollout {
                     outcome: Outcome::Undecided,
                     cause: None,
                     weights,
+                    regression_start_s: onset,
                 };
             }
-            let regressed = t >= scenario.regression_start_s;
+            if onset.is_none() && !scenario.is_aa() {
+                onset = match scenario.regression_start_s {
+                    Some(start) => (t >= start).then_some(start),
+                    None => scenario.serves_weight(weight_bp).then_some(t),
+                };
+            }
+            let regressed = onset.is_some();
             let tick = model.tick(
                 t as f64,
                 interval,

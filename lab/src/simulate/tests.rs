@@ -3,6 +3,7 @@ use cohort_rollout::crd::{SequentialGate, SequentialMetric};
 
 mod conditions;
 mod rollout;
+mod tuned;
 
 /// The old first-Pass family's gate pair (sequential error rate and p99 latency, α = 0.005
 /// each, so the pair fails a healthy canary in at most 1% of tests), as a whole rollout with
@@ -47,8 +48,21 @@ fn scenario_names_parse() {
             late.canary_weight,
             late.regression_start_s
         ),
-        (1.5, 0.005, 120)
+        (1.5, 0.005, Some(120))
     );
+    // Without a suffix the canary turns bad when it first serves the weight; -fromstart and
+    // -at0s both make it bad from the start.
+    assert_eq!(errors.regression_start_s, None);
+    assert!(errors.serves_weight(100) && !errors.serves_weight(99));
+    assert!(Scenario::parse("errors-2x-5pct-100rps")
+        .unwrap()
+        .serves_weight(500));
+    for name in [
+        "errors-5x-5pct-100rps-fromstart",
+        "errors-5x-5pct-100rps-at0s",
+    ] {
+        assert_eq!(Scenario::parse(name).unwrap().regression_start_s, Some(0));
+    }
     for name in DEFAULT_SCENARIOS {
         assert_eq!(Scenario::parse(name).unwrap().name, name);
     }
@@ -62,6 +76,8 @@ fn scenario_names_parse() {
         "aa-5pct-100rps-120s",
         "aa-5pct-100rps-at2m",
         "aa-5pct-100rps-at1s-x",
+        "aa-5pct-100rps-fromstart-at1s",
+        "aa-5pct-100rps-from",
     ] {
         let error = Scenario::parse(bad).unwrap_err();
         assert!(error.contains("write e.g."), "{bad}: {error}");
@@ -207,7 +223,7 @@ const DETECT_10X_AT_1PCT_S: f64 = 180.0;
 fn a_small_simulation_is_sane_and_reproducible() {
     // Small enough for a debug build: two scenarios, 120 runs each.
     let runs = 120;
-    let scenarios: Vec<Scenario> = ["aa-5pct-100rps", "errors-10x-5pct-100rps"]
+    let scenarios: Vec<Scenario> = ["aa-5pct-100rps", "errors-10x-5pct-100rps-fromstart"]
         .iter()
         .map(|name| Scenario::parse(name).unwrap())
         .collect();
@@ -215,6 +231,8 @@ fn a_small_simulation_is_sane_and_reproducible() {
         runs,
         seed: 42,
         threads: 2,
+        tune_false_rollbacks: 0.01,
+        tune_runs: 400,
     };
     let conditions = [Conditions::independent()];
     let rollout = sequential_pair_rollout();
@@ -232,7 +250,7 @@ fn a_small_simulation_is_sane_and_reproducible() {
     assert!(calls >= 1);
     let json = serde_json::to_value(&rows).unwrap();
     let objects = json.as_array().unwrap();
-    assert_eq!(objects.len(), 6);
+    assert_eq!(objects.len(), 8);
     for object in objects {
         let mut keys: Vec<&str> = object
             .as_object()
@@ -253,6 +271,7 @@ fn a_small_simulation_is_sane_and_reproducible() {
                 "p90_detect_s",
                 "rolled_back_by",
                 "scenario",
+                "tuned",
                 "undecided_rate"
             ]
         );
@@ -282,7 +301,7 @@ fn a_small_simulation_is_sane_and_reproducible() {
     assert!((rolled_back - aa.false_rollback_rate.unwrap()).abs() < 1e-12);
     // A 10× regression: every family catches it; the rollout at its first step (1% of
     // 100 rps: one canary request a second), within a few analysis intervals.
-    let bad = row("errors-10x-5pct-100rps", "rollout");
+    let bad = row("errors-10x-5pct-100rps-fromstart", "rollout");
     assert_eq!(bad.detection_rate, Some(1.0), "{bad:?}");
     assert!(
         bad.median_detect_s.unwrap() <= DETECT_10X_AT_1PCT_S,
@@ -297,11 +316,32 @@ fn a_small_simulation_is_sane_and_reproducible() {
         assert!(rolled_back + row.undecided_rate <= 1.0 + 1e-12, "{row:?}");
     }
     assert_eq!(bad.undecided_rate, 0.0);
-    assert!(row("errors-10x-5pct-100rps", "threshold")
+    assert!(row("errors-10x-5pct-100rps-fromstart", "threshold")
         .rolled_back_by
         .is_empty());
+    // Only threshold-tuned says its bounds, the same for both scenarios (same traffic and
+    // condition), and a 10× error rate is far above them.
+    for row in &rows {
+        assert_eq!(
+            row.tuned.is_some(),
+            row.gate == "threshold-tuned",
+            "{row:?}"
+        );
+    }
+    let tuned = row("aa-5pct-100rps", "threshold-tuned").tuned.unwrap();
     assert_eq!(
-        row("errors-10x-5pct-100rps", "threshold").detection_rate,
+        row("errors-10x-5pct-100rps-fromstart", "threshold-tuned").tuned,
+        Some(tuned)
+    );
+    assert!(tuned.calibration_false_rollback_rate <= 0.01, "{tuned:?}");
+    assert_eq!(tuned.calibration_runs, 400);
+    assert!(tuned.max_error_rate < 0.05, "{tuned:?}");
+    assert_eq!(
+        row("errors-10x-5pct-100rps-fromstart", "threshold-tuned").detection_rate,
+        Some(1.0)
+    );
+    assert_eq!(
+        row("errors-10x-5pct-100rps-fromstart", "threshold").detection_rate,
         Some(1.0)
     );
     // The same seed gives the same rows, whatever the thread count.
@@ -337,6 +377,7 @@ fn table_and_progress_rendering() {
             ]
             .into_iter()
             .collect(),
+            tuned: None,
         },
         Row {
             scenario: "errors-5x-5pct-100rps".into(),
@@ -349,6 +390,7 @@ fn table_and_progress_rendering() {
             median_promote_s: None,
             undecided_rate: 0.0,
             rolled_back_by: BTreeMap::new(),
+            tuned: None,
         },
     ];
     let expected = "\
@@ -357,6 +399,32 @@ aa-5pct-100rps         retry-clusters:3  rollout                0.30%         - 
 errors-5x-5pct-100rps  independent       mann-whitney               -    98.35%           600s        600s               -      0.00%  -
 ";
     assert_eq!(table(&rows), expected);
+    // With a threshold-tuned row, a last column says its bounds; the other rows a dash.
+    let mut with_tuned = rows.clone();
+    with_tuned.push(Row {
+        gate: "threshold-tuned".into(),
+        tuned: Some(Tuned {
+            max_error_rate: 0.0133,
+            max_p99_ms: 342.4,
+            target: 0.01,
+            calibration_false_rollback_rate: 0.0095,
+            calibration_runs: 4000,
+        }),
+        ..rows[1].clone()
+    });
+    let table = table(&with_tuned);
+    let lines: Vec<&str> = table.lines().collect();
+    assert!(
+        lines[0].ends_with("rolled back by                       tuned"),
+        "{table}"
+    );
+    assert!(lines[1].ends_with("  -"), "{table}");
+    assert!(
+        lines[3].ends_with(
+            "  -                                    5xx ≤ 1.33%, p99 ≤ 342 ms (A/A 0.95% of 4000)"
+        ),
+        "{table}"
+    );
     assert_eq!(
         progress_line(6, 12, Duration::from_secs(21)),
         "simulating [###############---------------]  50% 6/12 runs 21s"

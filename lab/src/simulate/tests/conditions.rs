@@ -23,6 +23,7 @@ fn tick<'a>(buckets: &'a [f64; BUCKETS], stalled: &'a [f64; BUCKETS], error_rate
         canary_buckets: buckets,
         stable_buckets: buckets,
         canary_stalled_buckets: stalled,
+        stable_stalled_buckets: stalled,
     }
 }
 
@@ -223,26 +224,59 @@ fn stalling_pods_slow_their_share_of_canary_requests() {
     assert!((stalled.iter().sum::<f64>() - 1.0).abs() < 1e-12);
     assert_eq!(stalled[..9].iter().sum::<f64>(), 0.0, "{stalled:?}");
     assert!(stalled[9] > 0.99, "{stalled:?}");
-    // Through the draw, only the canary gets slow requests.
+    // Stable runs as many pods as carry the canary's load per pod: 76 beside 4 at 5%.
+    assert_eq!(stable_pods(4, 0.05), 76);
+    assert_eq!(stable_pods(4, 0.01), 396);
+    assert_eq!(stable_pods(4, 0.5), 4, "never fewer than the canary's");
+    assert_eq!(stable_pods(4, 0.9), 4);
+    assert_eq!(stable_pods(20, 0.01), MAX_STABLE_PODS as usize);
+    assert_eq!(stable_pods(4, 0.0), MAX_STABLE_PODS as usize);
+    // Through the draw at 5%: both versions get the same slow share on average; the canary's
+    // four pods make its share per tick far noisier than stable's 76.
     let buckets = lognormal_buckets(LATENCY_MEDIAN_MS);
     let conditions = Conditions::parse("pod-stall:4:600:60:500").unwrap();
-    let tick = tick(&buckets, &stalled, 0.0);
+    let mut tick = tick(&buckets, &stalled, 0.0);
+    tick.canary_share = 0.05;
     let mut state = RunState::new(&conditions, &mut rng);
+    let (mut canary_shares, mut stable_shares) = (Vec::new(), Vec::new());
     let (mut slow_canary, mut slow_stable, mut canary_all, mut stable_all) = (0, 0, 0, 0);
     for _ in 0..20_000 {
         let (canary, stable) = conditions.draw(&mut state, &mut rng, &tick);
-        slow_canary += canary.buckets[9..].iter().sum::<u64>();
-        slow_stable += stable.buckets[9..].iter().sum::<u64>();
+        let (canary_slow, stable_slow) = (
+            canary.buckets[9..].iter().sum::<u64>(),
+            stable.buckets[9..].iter().sum::<u64>(),
+        );
+        canary_shares.push(canary_slow as f64 / canary.requests().max(1) as f64);
+        stable_shares.push(stable_slow as f64 / stable.requests().max(1) as f64);
+        slow_canary += canary_slow;
+        slow_stable += stable_slow;
         canary_all += canary.requests();
         stable_all += stable.requests();
     }
+    assert_eq!(state.stable_stalls.len(), 76);
     // Slower than 500 ms: a healthy request rarely (≈ 2 in 10 000), a stalled one always.
     let healthy_slow: f64 = buckets[9..].iter().sum();
-    let share = slow_canary as f64 / canary_all as f64;
     let want = expected + (1.0 - expected) * healthy_slow;
+    let share = slow_canary as f64 / canary_all as f64;
     assert!((share - want).abs() < 0.005, "{share} vs {want}");
     let stable_share = slow_stable as f64 / stable_all as f64;
-    assert!((stable_share - healthy_slow).abs() < 1e-4, "{stable_share}");
+    assert!(
+        (stable_share - want).abs() < 0.002,
+        "{stable_share} vs {want}"
+    );
+    let spread = |shares: &[f64]| {
+        let mut values = shares.iter();
+        real_moments(shares.len() as u32, || {
+            values.next().copied().unwrap_or_default()
+        })
+        .1
+        .sqrt()
+    };
+    let (canary_spread, stable_spread) = (spread(&canary_shares), spread(&stable_shares));
+    assert!(
+        canary_spread > 3.0 * stable_spread,
+        "{canary_spread} vs {stable_spread}"
+    );
 }
 
 #[test]

@@ -67,10 +67,11 @@ fn a_20x_error_canary_is_rolled_back_by_the_error_gate() {
     for seed in 0..10 {
         let run = run_once(
             &rollout,
-            "errors-20x-5pct-100rps",
+            "errors-20x-5pct-100rps-fromstart",
             &Conditions::independent(),
             seed,
         );
+        assert_eq!(run.regression_start_s, Some(0));
         let Outcome::RolledBack(at) = run.outcome else {
             panic!("{run:?}");
         };
@@ -79,6 +80,59 @@ fn a_20x_error_canary_is_rolled_back_by_the_error_gate() {
         assert!(at <= 300, "{at}");
         assert!(run.weights.iter().all(|weight| *weight == 100));
     }
+}
+
+#[test]
+fn a_regression_shows_when_the_rollout_first_serves_its_weight() {
+    let rollout = Rollout::default_rollout().unwrap();
+    let independent = Conditions::independent();
+    for seed in 0..10 {
+        let run = run_once(&rollout, "errors-20x-5pct-100rps", &independent, seed);
+        // Healthy through the 1% step's bake; bad from the first interval at 5%, and rolled
+        // back there by the error gate.
+        let first = run.weights.iter().position(|w| *w == 500).unwrap() as u64;
+        assert_eq!(run.regression_start_s, Some(first * 30), "{run:?}");
+        assert!(first * 30 >= 300, "{run:?}");
+        let Outcome::RolledBack(at) = run.outcome else {
+            panic!("{run:?}");
+        };
+        assert!(at > first * 30 && at <= first * 30 + 300, "{run:?}");
+        assert_eq!(run.cause.as_deref(), Some("error-rate"), "{run:?}");
+        assert_eq!(distinct(&run.weights), vec![100, 500]);
+    }
+    // At 25%, the third step; an explicit start wins over the weight; A/A never turns bad.
+    let run = run_once(&rollout, "errors-20x-25pct-100rps", &independent, 1);
+    let first = run.weights.iter().position(|w| *w == 2500).unwrap() as u64;
+    assert_eq!(run.regression_start_s, Some(first * 30), "{run:?}");
+    let run = run_once(&rollout, "errors-20x-25pct-100rps-at60s", &independent, 1);
+    assert_eq!(run.regression_start_s, Some(60), "{run:?}");
+    assert!(run.weights.iter().all(|w| *w == 100), "{run:?}");
+    let run = run_once(&rollout, "aa-5pct-100rps", &independent, 1);
+    assert_eq!(run.regression_start_s, None);
+    // The rows count detection from that moment, and rollbacks before it as false.
+    let rows = simulate(
+        &[Scenario::parse("errors-20x-5pct-100rps").unwrap()],
+        &[independent],
+        &rollout,
+        Settings {
+            runs: 10,
+            seed: 1,
+            threads: 2,
+            tune_false_rollbacks: 0.01,
+            tune_runs: 20,
+        },
+        |_, _| {},
+    );
+    let row = &rows[0];
+    assert_eq!(row.gate, "rollout");
+    assert_eq!(
+        (row.false_rollback_rate, row.detection_rate),
+        (Some(0.0), Some(1.0)),
+        "{row:?}"
+    );
+    assert!(row.median_detect_s.unwrap() <= 300.0, "{row:?}");
+    // The fixed-weight families see it from the start: nothing false to count.
+    assert_eq!(rows[1].false_rollback_rate, None, "{:?}", rows[1]);
 }
 
 #[test]
@@ -110,6 +164,8 @@ fn thin_traffic_meets_the_failure_policy() {
             runs: 4,
             seed: 1,
             threads: 1,
+            tune_false_rollbacks: 0.01,
+            tune_runs: 20,
         },
         |_, _| {},
     );
