@@ -77,6 +77,7 @@ pub fn topic(reason: &str) -> Option<Topic> {
         "AnalysisErrors"
         | "NoData"
         | "RoutingMismatch"
+        | "Underpowered"
         | "WorkloadMissing"
         | "TargetNotFound"
         | "TargetConflict"
@@ -241,6 +242,7 @@ mod tests {
         ("AnalysisErrors", Some(Topic::Degraded)),
         ("NoData", Some(Topic::Degraded)),
         ("RoutingMismatch", Some(Topic::Degraded)),
+        ("Underpowered", Some(Topic::Degraded)),
         ("WorkloadMissing", Some(Topic::Degraded)),
         ("TargetNotFound", Some(Topic::Degraded)),
         ("TargetConflict", Some(Topic::Degraded)),
@@ -294,7 +296,12 @@ mod tests {
     #[test]
     fn the_plan_s_degraded_reasons_notify() {
         use cohort_rollout::plan::CONDITION_ROUTING_MISMATCH;
-        for reason in ["AnalysisErrors", "NoData", CONDITION_ROUTING_MISMATCH] {
+        for reason in [
+            "AnalysisErrors",
+            "NoData",
+            CONDITION_ROUTING_MISMATCH,
+            "Underpowered",
+        ] {
             assert_eq!(topic(reason), Some(Topic::Degraded), "{reason}");
         }
     }
