@@ -269,10 +269,11 @@ pub struct AnalysisSpec {
     #[schemars(range(min = 1))]
     pub min_samples: u64,
     /// The rollout's error budget: the chance that a canary no worse than stable is rolled back
-    /// by a sequential gate at any point of the rollout (all steps, all sequential gates, however
-    /// often checked) is at most this. It is split evenly over the sequential gates and the
-    /// analysed steps (every step before the last); a gate's own `alpha` is taken from it first.
-    /// Threshold and custom gates are outside it.
+    /// at any point, over all steps and all gates however often checked, is at most this
+    /// (default 0.01). It is split evenly over the sequential gates and the analysed steps (every
+    /// step before the last); a gate's own `alpha` is taken from it first. It covers the
+    /// sequential gates, whose tests read how unevenly errors arrive (retries, bad minutes) from
+    /// the data; threshold and custom gates, and the failure policy's rollbacks, are outside it.
     #[serde(default = "default_alpha")]
     #[schemars(range(min = 0.0, max = 0.5))]
     pub alpha: f64,
@@ -599,7 +600,9 @@ pub struct SequentialGate {
     #[schemars(range(min = 0.0, max = 0.5))]
     pub alpha: Option<f64>,
     /// Worse means canary's rate at least this many times stable's and at least `maxIncrease`
-    /// above it (errorRate, latency; default 2).
+    /// above it (errorRate, latency; default 2). This margin is what a pass must rule out; the
+    /// gate fails sooner, on confident evidence that the canary is worse than stable at all
+    /// (the README's "Gates" section has a worked example).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1.0))]
     pub max_ratio: Option<f64>,
@@ -612,8 +615,9 @@ pub struct SequentialGate {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0.0, max = 1.0))]
     pub max_drop: Option<f64>,
-    /// Without a decision after this long at a step, the gate passes once both versions have the
-    /// sample minimum: no regression was detected. Keep it within
+    /// Without a decision after this long at a step (and with both versions at the sample
+    /// minimum), the test ends `Underpowered`: no regression was found, but the data could not
+    /// rule one out; `failurePolicy.onUnderpowered` says what follows. Keep it within
     /// `failurePolicy.noDataDeadline`, which otherwise acts first.
     #[serde(default = "default_max_duration")]
     #[schemars(regex(pattern = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"))]

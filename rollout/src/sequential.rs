@@ -67,13 +67,32 @@
 //! the union bound the whole rollout fails a canary no worse than stable with probability at
 //! most that budget, under the assumptions below.
 //!
+//! # Events that arrive together
+//! The binomial above treats every request as an independent trial. Real errors are not: a
+//! user's client retries a failing request several times (all in one version, since users are
+//! bucketed), a dependency has a bad minute, a pod stalls. Each makes the counts vary more than
+//! the binomial allows, and a test that ignores it fails healthy canaries far more often than α
+//! (BENCHMARKS.md: 46.9% of rollouts with retry clusters of mean 3). The gate therefore measures
+//! the excess from the looks themselves ([`Tally`]): at each look it takes the increments since
+//! the look before and sums Pearson's X² of the canary's share of events (against the step's own
+//! average share) and of stable's events (against Poisson counts at its rate), over every step of
+//! the run, pooled with a prior of 5 worth 6 looks. The counts are divided by that dispersion
+//! before they are tested or bounded (the quasi-likelihood of Wedderburn 1974, McCullagh & Nelder
+//! ch. 9): φ times more variance carries the information of 1/φ as many independent events. The
+//! price is time: under independent requests the prior fades as looks accumulate; under
+//! clustered errors every regression needs about φ times the events.
+//!
 //! # Assumptions and limits
-//! Events are independent given the version (errors clustered on one user retrying break this);
-//! exposure shares are stable within a step (true in expectation under per-user bucketing; the
-//! share is estimated from thousands of requests, far more precisely than the event counts); the
-//! latency bound is read from stable's histogram at each look, which is nearly fixed once stable
-//! has a few thousand observations. The sample minimum does not hold back a Pass or a Fail: the
-//! boundaries already account for how much data there is. It applies to the `maxDuration` pass.
+//! With an estimated dispersion the supermartingale argument is approximate rather than exact;
+//! `cohort simulate --condition …` measures what it keeps under each way events arrive together.
+//! One user whose own error rate differs (a heavy client on the canary) is not variance between
+//! looks but a real difference between the versions' users, and no count-based test can tell it
+//! from a regression. Exposure shares are stable within a step (true in expectation under
+//! per-user bucketing); the latency bound is read from stable's histogram at each look, which is
+//! nearly fixed once stable has a few thousand observations. The sample minimum does not hold
+//! back a Pass or a Fail: the boundaries already account for how much data there is. It applies
+//! to the `maxDuration` end, which is `Underpowered`: "no regression found in N requests; a K×
+//! regression could have been missed", K being the canary's upper bound over stable's rate.
 
 use std::time::Duration;
 
