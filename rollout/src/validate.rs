@@ -637,6 +637,7 @@ pub mod tests {
             abort: false,
             promote: false,
             restart_at: None,
+            workload: None,
         }
     }
 

@@ -89,6 +89,7 @@ impl Rollout {
             abort: false,
             promote: false,
             restart_at: None,
+            workload: None,
         }
     }
 
