@@ -372,14 +372,16 @@ pub fn before_plan(
                 recorded.revision = None;
             }
         }
-        (phase, current) if phase.is_terminal() && current != Some(canary_revision.as_str()) => {
-            if new_to_stable {
-                let why = match phase {
-                    Phase::Promoted => "replaced the one being promoted".to_owned(),
-                    _ => "is new".to_owned(),
-                };
-                start(&mut status, &mut recorded, &mut prepared.events, why);
-            }
+        (phase, current)
+            if phase.is_terminal()
+                && current != Some(canary_revision.as_str())
+                && new_to_stable =>
+        {
+            let why = match phase {
+                Phase::Promoted => "replaced the one being promoted".to_owned(),
+                _ => "is new".to_owned(),
+            };
+            start(&mut status, &mut recorded, &mut prepared.events, why);
         }
         _ => {}
     }
@@ -475,14 +477,14 @@ impl Decider<'_> {
             Some(revision) if increase => {
                 self.capacity(stable, canary, &revision);
             }
+            // Promoting, at 100% recorded, the canary still on the revision under test.
             Some(revision)
                 if phase == Phase::Promoted
                     && self.previous.phase == Phase::Promoted
-                    && self.previous.weight_bp == FULL_WEIGHT_BP =>
+                    && self.previous.weight_bp == FULL_WEIGHT_BP
+                    && revision == canary_revision =>
             {
-                if revision == canary_revision {
-                    self.promote(stable, canary, &stable_revision, &revision, &mut recorded);
-                }
+                self.promote(stable, canary, &stable_revision, &revision, &mut recorded);
             }
             _ => {}
         }

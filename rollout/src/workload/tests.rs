@@ -16,6 +16,54 @@ fn t(seconds: i64) -> Timestamp {
 
 const NOW: i64 = 1_000;
 
+/// (what, stored status, canary image, expected phase, weight, run revision, events)
+type StartCase = (
+    &'static str,
+    Option<CanaryRolloutStatus>,
+    &'static str,
+    Phase,
+    u32,
+    Option<&'static str>,
+    Vec<&'static str>,
+);
+/// (what, canary as observed, autoscaled, expected weight, actions, events)
+type CapacityCase = (
+    &'static str,
+    Deployment,
+    bool,
+    u32,
+    Vec<Action>,
+    Vec<&'static str>,
+);
+/// (what, stable as observed, phase, weight, copies, events, Degraded reason)
+type PromotionCase = (
+    &'static str,
+    Deployment,
+    Phase,
+    u32,
+    bool,
+    Vec<&'static str>,
+    Option<&'static str>,
+);
+/// (what, at, canary, autoscaled, actions, events)
+type ScaleDownCase = (
+    &'static str,
+    i64,
+    Deployment,
+    bool,
+    Vec<Action>,
+    Vec<&'static str>,
+);
+/// (what, stable, canary, phase, weight, events)
+type MissingCase = (
+    &'static str,
+    Option<Deployment>,
+    Option<Deployment>,
+    Phase,
+    u32,
+    Vec<&'static str>,
+);
+
 fn workload() -> WorkloadSpec {
     WorkloadSpec {
         stable: "checkout-stable".into(),
@@ -189,15 +237,7 @@ fn the_canary_gets_its_share_of_stable_s_replicas() {
 fn revisions_start_restart_and_wait_for_runs() {
     let v1 = || Some(stable("app:1", 4));
     // (what, stored status, canary image, expected phase, weight, run revision, events)
-    let table: Vec<(
-        &str,
-        Option<CanaryRolloutStatus>,
-        &str,
-        Phase,
-        u32,
-        Option<&str>,
-        Vec<&str>,
-    )> = vec![
+    let table: Vec<StartCase> = vec![
         (
             "fresh, same as stable",
             None,
@@ -390,7 +430,7 @@ fn cycle(
 fn each_weight_waits_for_the_canary_s_capacity() {
     let stored = status(Phase::Progressing, Some(0), 1_000, Some("app:2"));
     // (what, canary as observed, autoscaled, expected weight, actions, events)
-    let table: Vec<(&str, Deployment, bool, u32, Vec<Action>, Vec<&str>)> = vec![
+    let table: Vec<CapacityCase> = vec![
         (
             "too small: scaled, the weight held",
             canary("app:2", 1),
@@ -510,7 +550,7 @@ fn the_promotion_copies_then_waits_for_stable_then_serves_it() {
     let promoted = status(Phase::Promoted, Some(2), 10_000, Some("app:2"));
     let copied = stable("app:2", 10);
     // (what, stable as observed, phase, weight, copies, events, Degraded reason)
-    let table: Vec<(&str, Deployment, Phase, u32, bool, Vec<&str>, Option<&str>)> = vec![
+    let table: Vec<PromotionCase> = vec![
         (
             "not copied yet",
             stable("app:1", 10),
@@ -646,7 +686,7 @@ fn a_run_that_ended_scales_the_canary_down_after_the_delay() {
     assert_eq!(rolled_back.plan.requeue, Duration::from_secs(30));
     let stored = rolled_back.plan.status;
     // (what, at, canary, autoscaled, actions, events)
-    let table: Vec<(&str, i64, Deployment, bool, Vec<Action>, Vec<&str>)> = vec![
+    let table: Vec<ScaleDownCase> = vec![
         (
             "before the delay",
             NOW + 10,
@@ -700,14 +740,7 @@ fn a_run_that_ended_scales_the_canary_down_after_the_delay() {
 fn a_missing_deployment_is_degraded_and_never_served() {
     let stored = status(Phase::Progressing, Some(0), 1_000, Some("app:2"));
     // (what, stable, canary, phase, weight, events)
-    let table: Vec<(
-        &str,
-        Option<Deployment>,
-        Option<Deployment>,
-        Phase,
-        u32,
-        Vec<&str>,
-    )> = vec![
+    let table: Vec<MissingCase> = vec![
         (
             "canary deleted mid-run",
             Some(stable("app:1", 10)),
