@@ -264,6 +264,8 @@ impl Call {
                 assert!(query.contains("fieldManager=cohort-controller"), "{seen}");
                 assert_eq!(body["apiVersion"], "cohort.dev/v1alpha1");
                 assert_eq!(body["kind"], "CanaryRollout");
+                // What the API server would check: the status fits our CRD's schema.
+                check_schema(status_schema(), &body["status"], ".status");
                 let status: CanaryRolloutStatus =
                     serde_json::from_value(body["status"].clone()).unwrap();
                 check(&status);
@@ -669,6 +671,16 @@ fn wasm_plugin_schema() -> Option<&'static Value> {
         .as_ref()
 }
 
+/// The `status` schema of the CanaryRollout CRD the controller is built with.
+fn status_schema() -> &'static Value {
+    static SCHEMA: OnceLock<Value> = OnceLock::new();
+    SCHEMA.get_or_init(|| {
+        use kube::CustomResourceExt;
+        let crd = serde_json::to_value(CanaryRollout::crd()).unwrap();
+        crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["status"].clone()
+    })
+}
+
 /// A structural check of a server-side apply body: every field is declared (or under
 /// `x-kubernetes-preserve-unknown-fields`), with the declared type and enum. `required` is not
 /// checked: an apply body is partial, the API server validates the merged object.
@@ -897,6 +909,16 @@ mod tests {
         let panic = std::panic::catch_unwind(move || check_schema(&schema, &body, ""))
             .expect_err("the schema check must refuse this body");
         panic.downcast_ref::<String>().cloned().unwrap_or_default()
+    }
+
+    #[test]
+    fn the_status_check_refuses_what_the_crd_does_not_declare() {
+        let written = json!({"phase": "Succeeded", "workload": {"revision": "d3d9d970144e36e5"}});
+        check_schema(status_schema(), &written, "");
+        let typo = json!({"workload": {"revison": "x"}});
+        assert!(refuses(status_schema(), typo).contains(".workload.revison is not in the schema"));
+        let phase = json!({"phase": "Done"});
+        assert!(refuses(status_schema(), phase).contains("is not one of"));
     }
 
     #[test]
