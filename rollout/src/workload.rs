@@ -60,6 +60,8 @@ pub const VERSION_LABEL: &str = "version";
 /// How soon a cycle waiting on a Deployment (to scale, to roll out) looks again. The Deployment
 /// watch usually starts it earlier.
 pub const WORKLOAD_POLL: Duration = Duration::from_secs(5);
+/// The plan's history reason for the retry gesture.
+const REASON_RESTARTED: &str = "Restarted";
 /// `scaleDownDelay` when the spec's does not parse (the schema's pattern makes that rare).
 const FALLBACK_SCALE_DOWN_DELAY: Duration = Duration::from_secs(30);
 
@@ -75,6 +77,8 @@ pub const REASON_PROMOTION_FAILED: &str = "PromotionFailed";
 pub const REASON_WORKLOAD_MISSING: &str = "WorkloadMissing";
 /// Event and condition reasons.
 pub const REASON_WORKLOAD_UNREADABLE: &str = "WorkloadUnreadable";
+/// Event and condition reasons.
+pub const REASON_CANARY_REVERTED: &str = "CanaryReverted";
 /// Event and condition reasons.
 pub const REASON_CANARY_SCALED: &str = "CanaryScaled";
 /// Event and condition reasons.
@@ -269,7 +273,11 @@ pub fn before_plan(
     let mut status = status.cloned().unwrap_or_default();
     let mut recorded = status.workload.clone().unwrap_or_default();
     let Some(canary) = present(observed.canary.as_ref()) else {
-        if matches!(status.phase, Phase::Progressing | Phase::Paused) && status.weight_bp > 0 {
+        let serving = matches!(
+            status.phase,
+            Phase::Progressing | Phase::Paused | Phase::Promoted
+        );
+        if serving && status.weight_bp > 0 {
             let message = format!(
                 "rolled back from {} at step {}: the canary Deployment {} is missing or being \
                  deleted",
@@ -344,7 +352,10 @@ pub fn before_plan(
                 "differs from stable's".to_owned(),
             );
         }
-        (phase, Some(current)) if live(phase) && current != canary_revision => {
+        // A promotion is still a run: its canary serves everyone until stable has the template.
+        (phase, Some(current))
+            if (live(phase) || phase == Phase::Promoted) && current != canary_revision =>
+        {
             if new_to_stable {
                 start(
                     &mut status,
@@ -363,11 +374,16 @@ pub fn before_plan(
                         &mut status,
                         Phase::Pending,
                         0,
-                        REASON_RUN_STARTED,
-                        message,
+                        REASON_CANARY_REVERTED,
+                        message.clone(),
                         now,
                     );
                     reset_analysis(&mut status);
+                    prepared.events.push(PlannedEvent {
+                        kind: EventKind::Normal,
+                        reason: REASON_CANARY_REVERTED.to_owned(),
+                        message,
+                    });
                 }
                 recorded.revision = None;
             }
@@ -377,11 +393,12 @@ pub fn before_plan(
                 && current != Some(canary_revision.as_str())
                 && new_to_stable =>
         {
-            let why = match phase {
-                Phase::Promoted => "replaced the one being promoted".to_owned(),
-                _ => "is new".to_owned(),
-            };
-            start(&mut status, &mut recorded, &mut prepared.events, why);
+            start(
+                &mut status,
+                &mut recorded,
+                &mut prepared.events,
+                "is new".to_owned(),
+            );
         }
         _ => {}
     }
@@ -474,8 +491,16 @@ impl Decider<'_> {
                     self.workload.canary
                 ));
             }
-            Some(revision) if increase => {
+            Some(revision) if increase && revision == canary_revision => {
                 self.capacity(stable, canary, &revision);
+            }
+            // Restarted (`spec.restartAt`) on a revision the canary no longer runs.
+            Some(revision) if increase => {
+                self.hold(format!(
+                    "{} runs revision {canary_revision}, not {revision}: waiting for the next \
+                     cycle to take it up",
+                    self.workload.canary
+                ));
             }
             // Promoting, at 100% recorded, the canary still on the revision under test.
             Some(revision)
@@ -496,6 +521,14 @@ impl Decider<'_> {
     /// scale-down is set.
     fn record_outcome(&mut self, recorded: &mut WorkloadStatus) {
         let phase = self.plan.status.phase;
+        if live(phase) && recorded.revision.is_some() {
+            if recorded.failed_revision == recorded.revision {
+                // Retried (`spec.restartAt`): its failure is history, and its end is to come.
+                recorded.failed_revision = None;
+            }
+            recorded.scale_down_at = None;
+            return;
+        }
         if !matches!(phase, Phase::RolledBack | Phase::Aborted) {
             return;
         }
@@ -700,14 +733,59 @@ impl Decider<'_> {
     }
 
     /// Serves the status the plan started from (its weight) instead of the plan's.
+    ///
+    /// A retry (`spec.restartAt`) the plan acted on in the same cycle stands: the rollout is
+    /// held at Pending, weight 0, with the retry's history entry and Event; only the step it went
+    /// on to waits.
     fn hold(&mut self, why: String) {
-        let mut status = self.previous.clone();
+        let restarted = (self.plan.status.observed_restart_at != self.previous.observed_restart_at)
+            .then(|| {
+                let history = &self.plan.status.history;
+                history
+                    .iter()
+                    .rposition(|entry| entry.reason == REASON_RESTARTED && entry.time.0 == self.now)
+            })
+            .flatten();
+        let mut status = match restarted {
+            Some(entry) => {
+                let mut status = self.plan.status.clone();
+                status.history.truncate(entry + 1);
+                let now = self.now;
+                status.phase = Phase::Pending;
+                status.step_index = None;
+                status.weight_bp = 0;
+                reset_analysis(&mut status);
+                let generation = status.observed_generation;
+                for kind in [CONDITION_READY, CONDITION_PROGRESSING] {
+                    set_condition(
+                        &mut status.conditions,
+                        kind,
+                        false,
+                        Phase::Pending.as_str(),
+                        "",
+                        generation,
+                        now,
+                    );
+                }
+                let kept = self
+                    .plan
+                    .events
+                    .iter()
+                    .position(|event| event.reason == REASON_RESTARTED)
+                    .map_or(0, |index| index + 1);
+                self.plan.events.truncate(kept);
+                status
+            }
+            None => {
+                self.plan.events.clear();
+                self.previous.clone()
+            }
+        };
         status.observed_generation = self.plan.status.observed_generation;
         status.observed_restart_at = self.plan.status.observed_restart_at.clone();
         status.workload = self.plan.status.workload.clone();
         status.message = Some(why);
         self.plan.status = status;
-        self.plan.events.clear();
         self.plan.requeue = WORKLOAD_POLL;
     }
 

@@ -195,6 +195,10 @@ fn status(
     }
 }
 
+fn status_at(phase: Phase, step: Option<u32>, weight_bp: u32, run: &str) -> CanaryRolloutStatus {
+    status(phase, step, weight_bp, Some(run))
+}
+
 fn reasons(events: &[PlannedEvent]) -> Vec<&str> {
     events.iter().map(|event| event.reason.as_str()).collect()
 }
@@ -281,7 +285,16 @@ fn revisions_start_restart_and_wait_for_runs() {
             Phase::Pending,
             0,
             None,
-            vec![],
+            vec!["CanaryReverted"],
+        ),
+        (
+            "promoting, back to stable's template",
+            Some(status(Phase::Promoted, Some(2), 10_000, Some("app:2"))),
+            "app:1",
+            Phase::Pending,
+            0,
+            None,
+            vec!["CanaryReverted"],
         ),
         (
             "rolled back: the same template waits for a retry",
@@ -368,6 +381,17 @@ fn a_canary_gone_mid_run_rolls_back_before_the_plan() {
     let status = prepared.status.unwrap();
     assert_eq!((status.phase, status.weight_bp), (Phase::RolledBack, 0));
     assert_eq!(status.history.last().unwrap().reason, "WorkloadMissing");
+    // At 100% too: everyone was on it.
+    let promoting = status_at(Phase::Promoted, Some(2), 10_000, "app:2");
+    let prepared = before_plan(
+        &spec(),
+        &workload(),
+        Some(&promoting),
+        &observed(Some(stable("app:2", 4)), None),
+        t(NOW),
+    );
+    let status = prepared.status.unwrap();
+    assert_eq!((status.phase, status.weight_bp), (Phase::RolledBack, 0));
     // Being deleted counts as gone.
     let mut deleting = canary("app:2", 1);
     deleting.metadata.deletion_timestamp = Some(Time(t(NOW)));
@@ -883,4 +907,58 @@ fn one_image_bump_releases_end_to_end() {
     // Nothing more happens until the next image.
     let decision = cycle(&spec(), Some(&stored), &observed, t(now + 300));
     assert!(decision.actions.is_empty() && decision.plan.events.is_empty());
+}
+
+/// A rolled-back revision retried by a person runs again, and a second rollback still names it
+/// and still scales the canary down.
+#[test]
+fn a_retried_revision_ends_like_any_run() {
+    let mut rolled_back = status(Phase::RolledBack, Some(1), 0, Some("app:2"));
+    let recorded = rolled_back.workload.as_mut().unwrap();
+    recorded.failed_revision = Some(rev("app:2"));
+    let mut retry = spec();
+    retry.restart_at = Some("2027-01-01T00:00:00Z".into());
+    // Scaled down after the rollback: scaled up again for step 1.
+    let observed = observed(Some(stable("app:1", 10)), Some(canary("app:2", 0)));
+    let decision = cycle(&retry, Some(&rolled_back), &observed, t(NOW));
+    assert_eq!(decision.actions, [Action::ScaleCanary { replicas: 1 }]);
+    // The retry stands while the step waits for the canary.
+    assert_eq!(reasons(&decision.plan.events), ["Restarted", "CanaryScaled"]);
+    let held = decision.plan.status;
+    assert_eq!(held.observed_restart_at, retry.restart_at);
+    assert_eq!(held.history.last().unwrap().reason, "Restarted");
+    assert_eq!((held.phase, held.weight_bp), (Phase::Pending, 0));
+    assert_eq!(held.workload.clone().unwrap().failed_revision, None);
+    let observed = self::observed(Some(stable("app:1", 10)), Some(canary("app:2", 1)));
+    let started = cycle(&retry, Some(&held), &observed, t(NOW + 5))
+        .plan
+        .status;
+    assert_eq!(
+        (started.phase, started.weight_bp),
+        (Phase::Progressing, 1_000)
+    );
+    // Failing again.
+    let workload = workload();
+    let input = PlanInput {
+        rollout: "checkout".into(),
+        generation: Some(1),
+        evaluation: Some(Evaluation {
+            verdict: Verdict::Fail,
+            results: Vec::new(),
+        }),
+        routing: None,
+    };
+    let planned = plan(&retry, Some(&started), &input, t(NOW + 30));
+    let again = after_plan(
+        &workload,
+        Some(&started),
+        1_000,
+        planned,
+        &observed,
+        t(NOW + 30),
+    );
+    let recorded = again.plan.status.workload.unwrap();
+    assert_eq!(again.plan.status.phase, Phase::RolledBack);
+    assert_eq!(recorded.failed_revision, Some(rev("app:2")));
+    assert_eq!(recorded.scale_down_at, Some(Time(t(NOW + 60))));
 }
