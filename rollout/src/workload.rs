@@ -465,7 +465,7 @@ impl Decider<'_> {
                  them until they can be read"
             );
             if self.plan.status.weight_bp > self.previous.weight_bp {
-                self.hold(message.clone());
+                self.hold(message.clone(), self.plan.requeue);
             }
             self.degrade(REASON_WORKLOAD_UNREADABLE, &message);
             self.plan.status.workload = Some(recorded);
@@ -485,22 +485,28 @@ impl Decider<'_> {
         let increase = self.plan.status.weight_bp > self.previous.weight_bp;
         match recorded.revision.clone() {
             None if live(phase) && increase => {
-                self.hold(format!(
-                    "waiting for a new canary revision: {} runs stable's template; change its \
-                     pod template (its image) to start a run",
-                    self.workload.canary
-                ));
+                self.hold(
+                    format!(
+                        "waiting for a new canary revision: {} runs stable's template; change \
+                         its pod template (its image) to start a run",
+                        self.workload.canary
+                    ),
+                    self.plan.requeue,
+                );
             }
             Some(revision) if increase && revision == canary_revision => {
                 self.capacity(stable, canary, &revision);
             }
             // Restarted (`spec.restartAt`) on a revision the canary no longer runs.
             Some(revision) if increase => {
-                self.hold(format!(
-                    "{} runs revision {canary_revision}, not {revision}: waiting for the next \
-                     cycle to take it up",
-                    self.workload.canary
-                ));
+                self.hold(
+                    format!(
+                        "{} runs revision {canary_revision}, not {revision}: waiting for the \
+                         next cycle to take it up",
+                        self.workload.canary
+                    ),
+                    WORKLOAD_POLL,
+                );
             }
             // Promoting, at 100% recorded, the canary still on the revision under test.
             Some(revision)
@@ -562,7 +568,7 @@ impl Decider<'_> {
         }
         let message = problems.join("; ");
         if self.plan.status.weight_bp > self.previous.weight_bp {
-            self.hold(message.clone());
+            self.hold(message.clone(), self.plan.requeue);
         }
         self.degrade(REASON_WORKLOAD_MISSING, &message);
     }
@@ -583,17 +589,20 @@ impl Decider<'_> {
                 percent(wanted_bp),
                 replicas(stable)
             );
-            self.hold(message.clone());
+            self.hold(message.clone(), WORKLOAD_POLL);
             self.event(EventKind::Normal, REASON_CANARY_SCALED, message);
             return;
         }
         let progress = Progress::of(canary);
         if !progress.complete() {
-            self.hold(format!(
-                "waiting for {name} (revision {revision}) to roll out before serving it {}: {}",
-                percent(wanted_bp),
-                progress.describe()
-            ));
+            self.hold(
+                format!(
+                    "waiting for {name} (revision {revision}) to roll out before serving it {}: {}",
+                    percent(wanted_bp),
+                    progress.describe()
+                ),
+                WORKLOAD_POLL,
+            );
         }
     }
 
@@ -732,12 +741,14 @@ impl Decider<'_> {
         );
     }
 
-    /// Serves the status the plan started from (its weight) instead of the plan's.
+    /// Serves the status the plan started from (its weight) instead of the plan's, and looks
+    /// again after `requeue`: soon when a Deployment is about to be ready, at the plan's pace
+    /// when it waits on a person (the Deployment watch starts a reconcile on any change anyway).
     ///
     /// A retry (`spec.restartAt`) the plan acted on in the same cycle stands: the rollout is
     /// held at Pending, weight 0, with the retry's history entry and Event; only the step it went
     /// on to waits.
-    fn hold(&mut self, why: String) {
+    fn hold(&mut self, why: String, requeue: Duration) {
         let restarted = (self.plan.status.observed_restart_at != self.previous.observed_restart_at)
             .then(|| {
                 let history = &self.plan.status.history;
@@ -786,7 +797,7 @@ impl Decider<'_> {
         status.workload = self.plan.status.workload.clone();
         status.message = Some(why);
         self.plan.status = status;
-        self.plan.requeue = WORKLOAD_POLL;
+        self.plan.requeue = requeue;
     }
 
     /// `Degraded` with `reason`, announced by a Warning Event when it turns on (or changes

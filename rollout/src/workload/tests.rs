@@ -561,6 +561,8 @@ fn the_first_step_waits_for_the_new_revision_to_roll_out() {
         (Phase::Pending, 0)
     );
     assert!(decision.plan.events.is_empty());
+    // At the plan's pace: a person, not a Deployment, is what it waits for.
+    assert_eq!(decision.plan.requeue, Duration::from_secs(30));
     assert!(decision
         .plan
         .status
@@ -923,7 +925,10 @@ fn a_retried_revision_ends_like_any_run() {
     let decision = cycle(&retry, Some(&rolled_back), &observed, t(NOW));
     assert_eq!(decision.actions, [Action::ScaleCanary { replicas: 1 }]);
     // The retry stands while the step waits for the canary.
-    assert_eq!(reasons(&decision.plan.events), ["Restarted", "CanaryScaled"]);
+    assert_eq!(
+        reasons(&decision.plan.events),
+        ["Restarted", "CanaryScaled"]
+    );
     let held = decision.plan.status;
     assert_eq!(held.observed_restart_at, retry.restart_at);
     assert_eq!(held.history.last().unwrap().reason, "Restarted");
