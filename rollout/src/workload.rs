@@ -49,8 +49,8 @@ use crate::crd::{
 use crate::duration;
 use crate::format::weight_percent as percent;
 use crate::plan::{
-    human, millis_between, set_condition, whole_second, EventKind, Plan, PlannedEvent,
-    CONDITION_DEGRADED, CONDITION_PROGRESSING, CONDITION_READY,
+    condition_is_true, human, millis_between, set_condition, whole_second, EventKind, Plan,
+    PlannedEvent, CONDITION_DEGRADED, CONDITION_PROGRESSING, CONDITION_READY,
 };
 
 /// The pod label that tells the versions apart (Istio's `version`, which the DestinationRule
@@ -467,7 +467,10 @@ impl Decider<'_> {
             if self.plan.status.weight_bp > self.previous.weight_bp {
                 self.hold(message.clone(), self.plan.requeue);
             }
-            self.degrade(REASON_WORKLOAD_UNREADABLE, &message);
+            // A rollback's own reason says more than a read that failed alongside it.
+            if !condition_is_true(&self.plan.status.conditions, CONDITION_DEGRADED) {
+                self.degrade(REASON_WORKLOAD_UNREADABLE, &message);
+            }
             self.plan.status.workload = Some(recorded);
             return;
         }

@@ -967,3 +967,51 @@ fn deployment_changes_map_to_the_rollouts_naming_them() {
     assert_eq!(named(CANARY), ours);
     assert!(named("shop-client").is_empty());
 }
+
+/// Deployments that cannot be read stop no rollback, and hold every increase.
+#[tokio::test]
+async fn unreadable_deployments_hold_increases_but_never_a_rollback() {
+    const STABLE_PATH: &str = "/apis/apps/v1/namespaces/shop/deployments/checkout-stable";
+    let mut release = Release::new(failing(), Some(running(1, 500, "app:2")));
+    release
+        .at(
+            NOW,
+            vec![
+                Call::GetWasmPlugin(live(Some(500))),
+                Call::ServerError(http::Method::GET, STABLE_PATH),
+                Call::ApplyWasmPlugin {
+                    weight_bp: 0,
+                    conflict: false,
+                },
+                release.status(|status| {
+                    assert_eq!((status.phase, status.weight_bp), (Phase::RolledBack, 0));
+                    assert_eq!(condition(status, CONDITION_DEGRADED).reason, "RolledBack");
+                }),
+                Call::Event("Warning", "RolledBack"),
+            ],
+        )
+        .await;
+
+    // Baked and passing at 1%: the step waits until the Deployments can be read.
+    let mut release = Release::new(healthy(), Some(running(0, 100, "app:2")));
+    release
+        .at(
+            NOW,
+            vec![
+                Call::GetWasmPlugin(live(Some(100))),
+                Call::ServerError(http::Method::GET, STABLE_PATH),
+                release.status(|status| {
+                    assert_eq!((status.phase, status.weight_bp), (Phase::Progressing, 100));
+                    let degraded = condition(status, CONDITION_DEGRADED);
+                    assert_eq!(degraded.reason, "WorkloadUnreadable");
+                    assert!(
+                        degraded.message.contains("checkout-stable"),
+                        "{}",
+                        degraded.message
+                    );
+                }),
+                Call::Event("Warning", "WorkloadUnreadable"),
+            ],
+        )
+        .await;
+}
