@@ -426,11 +426,12 @@ pub fn after_plan(
         workload,
         observed,
         now,
+        served_bp,
         previous: &previous,
         plan,
         actions: Vec::new(),
     };
-    decider.decide(served_bp);
+    decider.decide();
     let mut plan = decider.plan;
     plan.weight_bp = plan.status.weight_bp;
     Decision {
@@ -443,6 +444,8 @@ struct Decider<'a> {
     workload: &'a WorkloadSpec,
     observed: &'a Observed,
     now: Timestamp,
+    /// What the target served when the cycle began.
+    served_bp: u32,
     /// The status the plan started from.
     previous: &'a CanaryRolloutStatus,
     plan: Plan,
@@ -450,7 +453,7 @@ struct Decider<'a> {
 }
 
 impl Decider<'_> {
-    fn decide(&mut self, served_bp: u32) {
+    fn decide(&mut self) {
         let mut recorded = self
             .plan
             .status
@@ -522,7 +525,7 @@ impl Decider<'_> {
             }
             _ => {}
         }
-        self.scale_down(canary, served_bp, &mut recorded);
+        self.scale_down(canary, &mut recorded);
         self.plan.status.workload = Some(recorded);
     }
 
@@ -582,6 +585,17 @@ impl Decider<'_> {
         let needed = canary_replicas(replicas(stable), wanted_bp);
         let workload = self.workload;
         let name = &workload.canary;
+        if self.served_bp > self.previous.weight_bp {
+            // A run restarted this cycle: its weight 0 goes out first, with nothing to wait for.
+            self.hold(
+                format!(
+                    "back to weight 0 first; {name} is made ready for {} in the next cycle",
+                    percent(wanted_bp)
+                ),
+                WORKLOAD_POLL,
+            );
+            return;
+        }
         if !self.observed.canary_autoscaled && replicas(canary) < needed {
             self.actions.push(Action::ScaleCanary { replicas: needed });
             let message = format!(
@@ -709,7 +723,7 @@ impl Decider<'_> {
     }
 
     /// Once a run ended and everyone has been on stable for `scaleDownDelay`: the canary to 0.
-    fn scale_down(&mut self, canary: &Deployment, served_bp: u32, recorded: &mut WorkloadStatus) {
+    fn scale_down(&mut self, canary: &Deployment, recorded: &mut WorkloadStatus) {
         let Some(at) = recorded.scale_down_at.clone() else {
             return;
         };
@@ -724,7 +738,7 @@ impl Decider<'_> {
         ) && self.plan.status.weight_bp == 0
             && self.previous.weight_bp == 0
             && self.previous.phase == self.plan.status.phase
-            && served_bp == 0;
+            && self.served_bp == 0;
         if !settled {
             return;
         }

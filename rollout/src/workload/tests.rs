@@ -859,6 +859,10 @@ fn one_image_bump_releases_end_to_end() {
         let decision = cycle(&spec(), stored.as_ref(), &observed, t(now));
         let canary_pods = replicas(observed.canary.as_ref().unwrap());
         let weight = decision.plan.weight_bp;
+        let served = stored.as_ref().map_or(0, |status| status.weight_bp);
+        if weight < served {
+            assert!(decision.actions.is_empty(), "actions before a lower weight");
+        }
         if weight > 0 {
             assert!(
                 canary_replicas(10, weight) <= canary_pods,
@@ -966,4 +970,20 @@ fn a_retried_revision_ends_like_any_run() {
     assert_eq!(again.plan.status.phase, Phase::RolledBack);
     assert_eq!(recorded.failed_revision, Some(rev("app:2")));
     assert_eq!(recorded.scale_down_at, Some(Time(t(NOW + 60))));
+}
+
+/// A template change at 50%: weight 0 goes out in the cycle itself, before anything is done to
+/// the canary (which may need scaling for step 1 in the next).
+#[test]
+fn a_restart_pushes_weight_zero_before_touching_the_canary() {
+    let stored = status(Phase::Progressing, Some(1), 5_000, Some("app:2"));
+    let observed = observed(Some(stable("app:1", 10)), Some(canary("app:3", 0)));
+    let decision = cycle(&spec(), Some(&stored), &observed, t(NOW));
+    assert_eq!(decision.plan.weight_bp, 0);
+    assert!(decision.actions.is_empty(), "{:?}", decision.actions);
+    assert_eq!(reasons(&decision.plan.events), ["RunStarted"]);
+    assert_eq!(decision.plan.requeue, WORKLOAD_POLL);
+    let next = cycle(&spec(), Some(&decision.plan.status), &observed, t(NOW + 5));
+    assert_eq!(next.actions, [Action::ScaleCanary { replicas: 1 }]);
+    assert_eq!(next.plan.weight_bp, 0);
 }
