@@ -11,8 +11,10 @@
 //!
 //! Rules, in the order they apply:
 //! 1. `spec.abort` wins over everything: weight 0, phase Aborted.
-//! 2. Promoted, RolledBack and Aborted are left only by the retry gesture: a new value of
-//!    `spec.restartAt` (with `abort` false). The rollout starts again from its first step. A new
+//! 2. Promoted, RolledBack, Aborted and Succeeded (reached only with `spec.workload`, see
+//!    [`crate::workload`], which also starts runs for new canary revisions) are left only by the
+//!    retry gesture: a new value of `spec.restartAt` (with `abort` false). The rollout starts
+//!    again from its first step. A new
 //!    `restartAt` on a live rollout is recorded and ignored (with a Warning), so it cannot fire
 //!    later by surprise. An invalid spec leaves the gesture pending until the spec is fixed.
 //! 3. An invalid spec holds the current weight (only abort acts) and sets `InvalidSpec`.
