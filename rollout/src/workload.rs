@@ -15,7 +15,7 @@
 //!                                             scaleDownDelay (ScaledDown)         (canary serves)
 //! ```
 //!
-//! The work is split around the plan ([`crate::plan`]), which stays the rollout's state machine:
+//! The work is split around the plan ([`mod@crate::plan`]), which stays the rollout's state machine:
 //! - [`before_plan`] moves the status where a revision says it must be: a new canary revision
 //!   (the pod template without its `version` label, hashed) starts a run from step 1 (from any
 //!   settled phase, unless it is the revision last analysed: a rolled-back template waits for
