@@ -5,10 +5,16 @@
 //! 2. **read what the [`Target`] serves**, when the store records after the push
 //!    ([`Order::PushThenRecord`]): a predecessor that stopped between its push and its record
 //!    left a transition live but unrecorded, and it is taken as done ([`adopt_unrecorded`]);
-//! 3. **fetch samples** from the [`MetricSource`] and [`evaluate`] them, when the cycle's
+//! 3. **read the workload** (in the cluster, with `spec.workload`): the stable and canary
+//!    Deployments, from which [`workload::before_plan`] moves the status (a new canary revision
+//!    starts a run);
+//! 4. **fetch samples** from the [`MetricSource`] and [`evaluate`] them, when the cycle's
 //!    [`Sampling`] says so;
-//! 4. **plan** the next status, weight, Events and requeue ([`plan`]): pure, no I/O;
-//! 5. **apply**: push the weight (with the force token) to the target, record the status, and
+//! 5. **plan** the next status, weight, Events and requeue ([`plan`]): pure, no I/O; with a
+//!    workload, [`workload::after_plan`] holds a weight the canary cannot take yet and decides
+//!    what to do to the Deployments (scale the canary, copy its template into stable), which is
+//!    done before the push;
+//! 6. **apply**: push the weight (with the force token) to the target, record the status, and
 //!    publish the Events, in the [`Order`] the store declares.
 //!
 //! The cycle keeps nothing between calls: the store (status, and what was served but not yet
@@ -21,6 +27,7 @@ use k8s_openapi::jiff::Timestamp;
 
 use crate::source::{BoxFuture, MetricSource, SeriesRequest};
 use crate::target::Target;
+use crate::workload::Workload;
 use crate::Error;
 use cohort_rollout::compiled::FilterEntry;
 use cohort_rollout::crd::{CanaryRolloutSpec, CanaryRolloutStatus, GateResult, GateSpec, Phase};
@@ -29,6 +36,7 @@ use cohort_rollout::plan::{adopt_unrecorded, plan_compiled, Plan, PlanInput, Pla
 use cohort_rollout::routing::{self, Routing};
 use cohort_rollout::sequential::{analysis_window, compiled_analysis_window};
 use cohort_rollout::validate::compile;
+use cohort_rollout::workload::{self, Observed};
 
 /// Where a driver reads the time; tests fix it.
 pub trait Clock: Send + Sync {
@@ -185,6 +193,22 @@ pub async fn cycle<S: StatusStore>(
     sampling: Sampling,
     target: &dyn Target,
 ) -> Result<Plan, Error> {
+    cycle_with_workload(rollout, None, store, source, sampling, target).await
+}
+
+/// [`cycle`], running the Deployments of `spec.workload` too when `workload` is given (the
+/// in-cluster controller): they are read before the plan, which starts from the status
+/// [`workload::before_plan`] makes of them; [`workload::after_plan`] then decides what of the
+/// plan may be served and what to do to them, which is done before the push. A spec without
+/// `workload` cycles exactly as [`cycle`].
+pub async fn cycle_with_workload<S: StatusStore>(
+    rollout: Rollout<'_>,
+    workload: Option<&dyn Workload>,
+    store: &mut S,
+    source: &dyn MetricSource,
+    sampling: Sampling,
+    target: &dyn Target,
+) -> Result<Plan, Error> {
     let (namespace, name, now) = (rollout.namespace, rollout.name, rollout.now);
     let order = store.order();
     let Start {
@@ -230,6 +254,26 @@ pub async fn cycle<S: StatusStore>(
             status = Some(adopted.status);
         }
     }
+
+    // What the target serves now, before the workload moves the status.
+    let served_bp = status.as_ref().map_or(0, |status| status.weight_bp);
+    let workload = match (workload, rollout.spec.workload.as_ref()) {
+        (Some(workload), Some(spec)) => {
+            let observed = workload.observe().await.unwrap_or_else(|error| {
+                tracing::warn!(rollout = %name, namespace = %namespace, %error, "cannot read the workload");
+                Observed {
+                    unreadable: Some(error.to_string()),
+                    ..Observed::default()
+                }
+            });
+            let prepared =
+                workload::before_plan(rollout.spec, spec, status.as_ref(), &observed, now);
+            status = prepared.status;
+            events.extend(prepared.events);
+            Some((workload, spec, observed))
+        }
+        _ => None,
+    };
 
     let evaluation = if sampling.reads(rollout.spec, compiled.is_ok(), status.as_ref()) {
         let (window, gates, max_durations) = match &compiled {
@@ -282,10 +326,42 @@ pub async fn cycle<S: StatusStore>(
         &input,
         now,
     );
+    let plan = match workload {
+        Some((workload, spec, mut observed)) => {
+            let decide = |observed: &Observed| {
+                workload::after_plan(
+                    spec,
+                    status.as_ref(),
+                    served_bp,
+                    plan.clone(),
+                    observed,
+                    now,
+                )
+            };
+            let mut decision = decide(&observed);
+            if decision.scales() {
+                match workload.canary_autoscaled().await {
+                    Ok(false) => {}
+                    Ok(true) => {
+                        observed.canary_autoscaled = true;
+                        decision = decide(&observed);
+                    }
+                    Err(error) => return fail(store, error).await,
+                }
+            }
+            // Only ever before a weight goes up or stays (never before a rollback's push).
+            for action in &decision.actions {
+                if let Err(error) = workload.act(action).await {
+                    return fail(store, error).await;
+                }
+            }
+            decision.plan
+        }
+        None => plan,
+    };
     events.extend(plan.events.iter().cloned());
 
     store.serving(&plan.status, &events);
-    let served_bp = status.as_ref().map_or(0, |status| status.weight_bp);
     let token = rollout.force_token.await;
     let push = match Push::of(entry, &plan, served_bp, token) {
         Ok(push) => push,

@@ -104,6 +104,17 @@ pub enum Error {
         /// What failed.
         detail: String,
     },
+    /// A Deployment of `spec.workload` could not be read or written; retried with backoff.
+    #[error("cannot {doing} Deployment {deployment}: {source}")]
+    Workload {
+        /// `namespace/name`.
+        deployment: String,
+        /// What was being done (`scale`, `read`, ...).
+        doing: String,
+        /// The API error.
+        #[source]
+        source: kube::Error,
+    },
     /// The reconcile did not finish in time (a hung API server, say); retried with backoff.
     #[error("the reconcile took longer than {0:?}; it is retried")]
     Timeout(Duration),
@@ -218,6 +229,7 @@ impl Error {
             Error::TargetUnavailable(_) => "TargetUnavailable",
             Error::TargetRejected(_) => "TargetRejected",
             cause if cause.is_force_token() => "ForceTokenUnavailable",
+            Error::Workload { .. } => "WorkloadUnavailable",
             _ => return None,
         })
     }
@@ -237,6 +249,7 @@ impl Error {
             Error::InvalidUrl { .. } | Error::HttpClient(_) => "source",
             Error::MissingNamespace(_) => "metadata",
             Error::Finalizer { .. } => "finalizer",
+            Error::Workload { .. } => "workload",
             Error::Timeout(_) => "timeout",
             Error::Status { .. } => "status",
             Error::Kube(_) => "kube",

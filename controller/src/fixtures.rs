@@ -44,6 +44,8 @@ const STATUS_PATH: &str =
 const ROLLOUT_PATH: &str = "/apis/cohort.dev/v1alpha1/namespaces/shop/canaryrollouts/checkout";
 const EVENTS_PATH: &str = "/apis/events.k8s.io/v1/namespaces/shop/events";
 const SECRETS_PATH: &str = "/api/v1/namespaces/shop/secrets";
+const DEPLOYMENTS_PATH: &str = "/apis/apps/v1/namespaces/shop/deployments";
+const AUTOSCALERS_PATH: &str = "/apis/autoscaling/v2/namespaces/shop/horizontalpodautoscalers";
 const LEASE_PATH: &str = "/apis/coordination.k8s.io/v1/namespaces/cohort-system/leases";
 
 /// One request the controller must make next, and the answer it gets.
@@ -75,6 +77,9 @@ pub enum Call {
     ApplyStatus(Box<dyn FnOnce(&CanaryRolloutStatus) + Send>),
     /// POST an Event of this type (`Normal`/`Warning`) and reason.
     Event(&'static str, &'static str),
+    /// PATCH an Event this process already posted with this type and reason: kube-runtime's
+    /// Recorder counts a repeat in the Event's `series` instead of posting a new one.
+    EventRepeated(&'static str, &'static str),
     /// GET the Secret `name` in `shop`; it holds `data[key] = value` (`None`: 404).
     GetSecret {
         /// The Secret's name.
@@ -88,6 +93,26 @@ pub enum Call {
     Hang,
     /// Any request (asserted to be of this method and path) answered with a 500.
     ServerError(Method, &'static str),
+    /// GET the Deployment `name` in `shop`; it is this object (`None`: 404).
+    GetDeployment(&'static str, Option<Value>),
+    /// LIST the HorizontalPodAutoscalers in `shop`; these are they.
+    ListAutoscalers(Vec<Value>),
+    /// A JSON merge patch of the Deployment `name` that is exactly `{"spec": {"replicas": N}}`
+    /// (and fits apps/v1 Deployment).
+    ScaleDeployment {
+        /// The Deployment.
+        name: &'static str,
+        /// The replicas the body must set.
+        replicas: i32,
+    },
+    /// A JSON patch of the Deployment `name` that replaces `/spec/template` with exactly
+    /// `template`, and nothing else (the template fits core/v1 PodTemplateSpec).
+    CopyTemplate {
+        /// The Deployment.
+        name: &'static str,
+        /// The template the body must carry.
+        template: Value,
+    },
     /// GET the Lease `cohort-controller`; this is what it is (`None`: 404).
     GetLease(Option<Lease>),
     /// POST (create) the Lease held by this identity.
@@ -239,6 +264,8 @@ impl Call {
                 assert!(query.contains("fieldManager=cohort-controller"), "{seen}");
                 assert_eq!(body["apiVersion"], "cohort.dev/v1alpha1");
                 assert_eq!(body["kind"], "CanaryRollout");
+                // What the API server would check: the status fits our CRD's schema.
+                check_schema(status_schema(), &body["status"], ".status");
                 let status: CanaryRolloutStatus =
                     serde_json::from_value(body["status"].clone()).unwrap();
                 check(&status);
@@ -261,6 +288,82 @@ impl Call {
                 assert_eq!(body["regarding"]["kind"], "CanaryRollout");
                 assert_eq!(body["regarding"]["name"], ROLLOUT);
                 assert_eq!(body["reportingController"], "cohort-controller");
+                ok(body)
+            }
+            Call::GetDeployment(name, deployment) => {
+                assert_eq!(
+                    (method, path),
+                    (Method::GET, format!("{DEPLOYMENTS_PATH}/{name}")),
+                    "{seen}"
+                );
+                match deployment {
+                    Some(deployment) => ok(deployment),
+                    None => failure(
+                        StatusCode::NOT_FOUND,
+                        "NotFound",
+                        &format!("deployments.apps \"{name}\" not found"),
+                    ),
+                }
+            }
+            Call::ListAutoscalers(items) => {
+                assert_eq!(
+                    (method, path.as_str()),
+                    (Method::GET, AUTOSCALERS_PATH),
+                    "{seen}"
+                );
+                ok(json!({
+                    "apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscalerList",
+                    "metadata": {"resourceVersion": "1"}, "items": items
+                }))
+            }
+            Call::ScaleDeployment { name, replicas } => {
+                assert_eq!(
+                    (method, path),
+                    (Method::PATCH, format!("{DEPLOYMENTS_PATH}/{name}")),
+                    "{seen}"
+                );
+                assert_eq!(
+                    parts.headers.get(http::header::CONTENT_TYPE).unwrap(),
+                    "application/merge-patch+json"
+                );
+                assert_eq!(body, json!({"spec": {"replicas": replicas}}), "{seen}");
+                assert_fits::<k8s_openapi::api::apps::v1::Deployment>(&body, "Deployment");
+                ok(json!({"apiVersion": "apps/v1", "kind": "Deployment",
+                    "metadata": {"name": name, "namespace": NAMESPACE}}))
+            }
+            Call::CopyTemplate { name, template } => {
+                assert_eq!(
+                    (method, path),
+                    (Method::PATCH, format!("{DEPLOYMENTS_PATH}/{name}")),
+                    "{seen}"
+                );
+                assert_eq!(
+                    parts.headers.get(http::header::CONTENT_TYPE).unwrap(),
+                    "application/json-patch+json"
+                );
+                assert_eq!(
+                    body,
+                    json!([{"op": "replace", "path": "/spec/template", "value": template}]),
+                    "{seen}"
+                );
+                assert_fits::<k8s_openapi::api::core::v1::PodTemplateSpec>(
+                    &body[0]["value"],
+                    "Deployment.spec.template",
+                );
+                ok(json!({"apiVersion": "apps/v1", "kind": "Deployment",
+                    "metadata": {"name": name, "namespace": NAMESPACE}}))
+            }
+            Call::EventRepeated(kind, reason) => {
+                assert_eq!(method, Method::PATCH, "{seen}");
+                assert!(path.starts_with(&format!("{EVENTS_PATH}/")), "{seen}");
+                assert_eq!(
+                    (body["type"].as_str(), body["reason"].as_str()),
+                    (Some(kind), Some(reason)),
+                    "event {}",
+                    body["note"]
+                );
+                assert!(body["series"]["count"].as_i64().unwrap() >= 2, "{seen}");
+                assert_eq!(body["regarding"]["name"], ROLLOUT);
                 ok(body)
             }
             Call::GetLease(lease) => {
@@ -568,6 +671,16 @@ fn wasm_plugin_schema() -> Option<&'static Value> {
         .as_ref()
 }
 
+/// The `status` schema of the CanaryRollout CRD the controller is built with.
+fn status_schema() -> &'static Value {
+    static SCHEMA: OnceLock<Value> = OnceLock::new();
+    SCHEMA.get_or_init(|| {
+        use kube::CustomResourceExt;
+        let crd = serde_json::to_value(CanaryRollout::crd()).unwrap();
+        crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["status"].clone()
+    })
+}
+
 /// A structural check of a server-side apply body: every field is declared (or under
 /// `x-kubernetes-preserve-unknown-fields`), with the declared type and enum. `required` is not
 /// checked: an apply body is partial, the API server validates the merged object.
@@ -610,6 +723,37 @@ fn check_schema(schema: &Value, value: &Value, path: &str) {
             }
         }
         _ => {}
+    }
+}
+
+/// `body` is a `T` as Kubernetes defines it: it reads as one, and every field it carries comes
+/// back from the typed value unchanged (k8s-openapi drops fields it does not know, so a typo or a
+/// field of the wrong place would be lost, and fail here).
+pub fn assert_fits<T: serde::de::DeserializeOwned + serde::Serialize>(body: &Value, what: &str) {
+    let typed: T = serde_json::from_value(body.clone())
+        .unwrap_or_else(|error| panic!("{what}: {body} does not read as one: {error}"));
+    let back = serde_json::to_value(&typed).unwrap();
+    assert_kept(body, &back, what);
+}
+
+fn assert_kept(sent: &Value, typed: &Value, path: &str) {
+    match (sent, typed) {
+        (Value::Object(sent), Value::Object(typed)) => {
+            for (key, value) in sent {
+                let at = format!("{path}.{key}");
+                let kept = typed
+                    .get(key)
+                    .unwrap_or_else(|| panic!("{at} is not a field of {path}"));
+                assert_kept(value, kept, &at);
+            }
+        }
+        (Value::Array(sent), Value::Array(typed)) => {
+            assert_eq!(sent.len(), typed.len(), "{path}");
+            for (index, (sent, typed)) in sent.iter().zip(typed).enumerate() {
+                assert_kept(sent, typed, &format!("{path}[{index}]"));
+            }
+        }
+        (sent, typed) => assert_eq!(sent, typed, "{path}"),
     }
 }
 
@@ -765,6 +909,29 @@ mod tests {
         let panic = std::panic::catch_unwind(move || check_schema(&schema, &body, ""))
             .expect_err("the schema check must refuse this body");
         panic.downcast_ref::<String>().cloned().unwrap_or_default()
+    }
+
+    #[test]
+    fn the_status_check_refuses_what_the_crd_does_not_declare() {
+        let written = json!({"phase": "Succeeded", "workload": {"revision": "d3d9d970144e36e5"}});
+        check_schema(status_schema(), &written, "");
+        let typo = json!({"workload": {"revison": "x"}});
+        assert!(refuses(status_schema(), typo).contains(".workload.revison is not in the schema"));
+        let phase = json!({"phase": "Done"});
+        assert!(refuses(status_schema(), phase).contains("is not one of"));
+    }
+
+    #[test]
+    fn the_type_check_refuses_unknown_and_mistyped_fields() {
+        use k8s_openapi::api::apps::v1::Deployment;
+        assert_fits::<Deployment>(&json!({"spec": {"replicas": 3}}), "Deployment");
+        let refused = |body: Value| {
+            std::panic::catch_unwind(move || assert_fits::<Deployment>(&body, "Deployment"))
+                .expect_err("the type check must refuse this body");
+        };
+        refused(json!({"spec": {"replica": 3}}));
+        refused(json!({"spec": {"replicas": "3"}}));
+        refused(json!({"replicas": 3}));
     }
 
     #[test]

@@ -7,7 +7,8 @@
 //! [`standalone`] (`cohort run`). The I/O sits one module each: [`source`] (Prometheus, Envoy
 //! admin), [`target`] (WasmPlugin, ECDS file), [`reconciler`] (Kubernetes), [`leader`] (leader
 //! election), [`metrics`] and [`http_server`] (the controller's own `/metrics`, `/healthz`,
-//! `/readyz`), [`notify`] (webhook notifications). The `cohort` binary (cohort's `cli/`) puts a command line on it.
+//! `/readyz`), [`workload`] (the Deployments `spec.workload` names), [`notify`] (webhook
+//! notifications). The `cohort` binary (cohort's `cli/`) puts a command line on it.
 
 // Re-exported so `cohort_rollout::crd::…` and the like keep naming the rollout modules inside this crate.
 // `evaluate` and `plan` bring the functions of those names along (cohort-rollout's root has both).
@@ -29,5 +30,6 @@ pub mod reconciler;
 pub mod source;
 pub mod standalone;
 pub mod target;
+pub mod workload;
 
 pub use error::{Error, Result};

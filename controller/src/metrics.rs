@@ -37,13 +37,14 @@ pub const RECONCILE_DURATION_BUCKETS: [f64; 11] = [
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
-const PHASES: [Phase; 6] = [
+const PHASES: [Phase; 7] = [
     Phase::Pending,
     Phase::Progressing,
     Phase::Paused,
     Phase::Promoted,
     Phase::RolledBack,
     Phase::Aborted,
+    Phase::Succeeded,
 ];
 const VERDICTS: [Verdict; 5] = [
     Verdict::Pass,
@@ -367,6 +368,7 @@ mod tests {
                 r#"cohort_controller_rollout_phase{namespace="shop",rollout="checkout",phase="Promoted"} 0"#,
                 r#"cohort_controller_rollout_phase{namespace="shop",rollout="checkout",phase="RolledBack"} 0"#,
                 r#"cohort_controller_rollout_phase{namespace="shop",rollout="checkout",phase="Aborted"} 0"#,
+                r#"cohort_controller_rollout_phase{namespace="shop",rollout="checkout",phase="Succeeded"} 0"#,
             ]
         );
         for expected in [
@@ -545,6 +547,7 @@ cohort_controller_rollout_phase{namespace="shop",rollout="checkout",phase="Pause
 cohort_controller_rollout_phase{namespace="shop",rollout="checkout",phase="Promoted"} 0
 cohort_controller_rollout_phase{namespace="shop",rollout="checkout",phase="RolledBack"} 0
 cohort_controller_rollout_phase{namespace="shop",rollout="checkout",phase="Aborted"} 0
+cohort_controller_rollout_phase{namespace="shop",rollout="checkout",phase="Succeeded"} 0
 # HELP cohort_controller_rollout_weight_bp Canary weight each CanaryRollout has pushed to the filter, in basis points.
 # TYPE cohort_controller_rollout_weight_bp gauge
 cohort_controller_rollout_weight_bp{namespace="shop",rollout="checkout"} 2500

@@ -103,6 +103,44 @@ pub const API_CALLS: &[ApiCall] = &[
         "reconciler::cluster::write_status (server-side apply of status)",
     ),
     call(
+        "apps",
+        "deployments",
+        "list",
+        Scope::Cluster,
+        "reconciler::watch_rollouts (kube-runtime Controller::watches: the Deployments rollouts \
+         name, initial list)",
+    ),
+    call(
+        "apps",
+        "deployments",
+        "watch",
+        Scope::Cluster,
+        "reconciler::watch_rollouts (kube-runtime Controller::watches: watch)",
+    ),
+    call(
+        "apps",
+        "deployments",
+        "get",
+        Scope::Cluster,
+        "workload::Deployments::observe (spec.workload's stable and canary, every cycle)",
+    ),
+    call(
+        "autoscaling",
+        "horizontalpodautoscalers",
+        "list",
+        Scope::Cluster,
+        "workload::Deployments::canary_autoscaled (before scaling the canary: an autoscaler on \
+         it stays in charge)",
+    ),
+    call(
+        "apps",
+        "deployments",
+        "patch",
+        Scope::Cluster,
+        "workload::Deployments::act (the canary's spec.replicas by merge patch; stable's \
+         spec.template by JSON patch at promotion)",
+    ),
+    call(
         "events.k8s.io",
         "events",
         "create",

@@ -5,6 +5,10 @@
 //! requeue its last plan asked for comes due; never because a reconcile wrote status
 //! ([`reconcile_trigger`]), so a rollout is analysed once per interval.
 //!
+//! With `spec.workload`, the stable and canary Deployments it names are watched too (a change
+//! reconciles the rollouts naming them, [`rollouts_naming`]) and the cycle runs them
+//! ([`driver::cycle_with_workload`], [`crate::workload`]).
+//!
 //! One reconcile is one [`driver::cycle`] over the rollout's WasmPlugin ([`WasmPluginTarget`]),
 //! the shared metric source (samples read only at a live step, [`Sampling::WhenPlanned`]), and
 //! its status subresource and Events (`cluster::ClusterStore`), which record after the push
@@ -31,6 +35,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
+use k8s_openapi::api::apps::v1::Deployment;
 use kube::api::Api;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Recorder, Reporter};
@@ -50,6 +55,7 @@ use crate::source::shared::SharedCycle;
 use crate::source::MetricSource;
 use crate::target::wasmplugin::{field_manager, WasmPluginTarget};
 use crate::target::Released;
+use crate::workload::{Deployments, Workload};
 use crate::{Error, Result};
 use cohort_rollout::crd::{CanaryRollout, CanaryRolloutSpec, Target, WebhookFormat};
 use cohort_rollout::plan::{EventKind, PlannedEvent};
@@ -304,10 +310,18 @@ async fn reconcile_rollout(rollout: &CanaryRollout, ctx: &Context) -> Result<Act
         now,
     };
     let mut store = cluster::ClusterStore::new(rollout, ctx, (&namespace, &name), now);
+    let deployments = rollout
+        .spec
+        .workload
+        .as_ref()
+        .map(|workload| Deployments::new(ctx.client.clone(), &namespace, workload.clone()));
     // Samples only where the plan reads them: with `SharedCycle`, queries per interval stay
     // near one per series kind whatever the number of rollouts.
-    let plan = driver::cycle(
+    let plan = driver::cycle_with_workload(
         cycle,
+        deployments
+            .as_ref()
+            .map(|deployments| deployments as &dyn Workload),
         &mut store,
         ctx.source.as_ref(),
         Sampling::WhenPlanned,
@@ -618,6 +632,27 @@ fn rollout_triggers(
     (store, triggers)
 }
 
+/// The rollouts among `rollouts` whose `spec.workload` names `deployment` (in its namespace).
+pub fn rollouts_naming(
+    rollouts: &[Arc<CanaryRollout>],
+    deployment: &Deployment,
+) -> Vec<ObjectRef<CanaryRollout>> {
+    let name = deployment.name_any();
+    let namespace = deployment.namespace();
+    rollouts
+        .iter()
+        .filter(|rollout| rollout.namespace() == namespace)
+        .filter(|rollout| {
+            rollout
+                .spec
+                .workload
+                .as_ref()
+                .is_some_and(|workload| workload.stable == name || workload.canary == name)
+        })
+        .map(|rollout| ObjectRef::from_obj(rollout.as_ref()))
+        .collect()
+}
+
 /// Watches CanaryRollouts and reconciles them until `until` completes (then lets in-flight
 /// reconciles finish).
 async fn watch_rollouts(
@@ -628,7 +663,15 @@ async fn watch_rollouts(
     until: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
     let (store, triggers) = rollout_triggers(client);
+    let rollouts = store.clone();
     let controller = Controller::for_stream(triggers, store.clone())
+        // A Deployment a rollout names changed (a new canary image, a rollout progressing):
+        // that rollout is reconciled now rather than at its next requeue.
+        .watches(
+            Api::<Deployment>::all(client.clone()),
+            watcher::Config::default(),
+            move |deployment| rollouts_naming(&rollouts.state(), &deployment),
+        )
         .with_config(
             kube::runtime::controller::Config::default().concurrency(MAX_CONCURRENT_RECONCILES),
         )

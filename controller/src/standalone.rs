@@ -125,7 +125,8 @@ impl Outcome {
 
     fn of(phase: Phase) -> Option<Outcome> {
         match phase {
-            Phase::Promoted => Some(Outcome::Promoted),
+            // Succeeded needs `spec.workload`, which `cohort run` leaves alone.
+            Phase::Promoted | Phase::Succeeded => Some(Outcome::Promoted),
             Phase::RolledBack => Some(Outcome::RolledBack),
             Phase::Aborted => Some(Outcome::Aborted),
             Phase::Pending | Phase::Progressing | Phase::Paused => None,

@@ -638,7 +638,9 @@ async fn drive(
                 });
                 display.cycle_line(at, &status, share);
                 match report.phase {
-                    Phase::Promoted => return (LabOutcome::Promoted, Some(status)),
+                    Phase::Promoted | Phase::Succeeded => {
+                        return (LabOutcome::Promoted, Some(status))
+                    }
                     Phase::RolledBack | Phase::Aborted => {
                         return (LabOutcome::RolledBack, Some(status))
                     }

@@ -109,6 +109,66 @@ pub struct CanaryRolloutSpec {
     /// Aborted or Promoted rollout from its first step. Ignored while the rollout is live.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restart_at: Option<String>,
+    /// The stable and canary Deployments the controller runs, in the rollout's namespace: a new
+    /// canary pod template starts a run by itself, the canary is scaled with its weight, and the
+    /// promotion copies the tested template into stable. Without it the controller moves the
+    /// weight only (and `cohort run` always does).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workload: Option<WorkloadSpec>,
+}
+
+/// The two Deployments of a rollout. Their pods carry the `version` label the routing uses
+/// (`stableVersion`, `canaryVersion`); a revision is the pod template without that label.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(
+    crates(kube_core = "::kube_core"),
+    validation = Rule::new("self.stable != self.canary").message("workload.stable and workload.canary must name two different Deployments")
+)]
+pub struct WorkloadSpec {
+    /// The Deployment serving `stableVersion`; the promotion copies the canary's template into it.
+    /// The controller never scales it.
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+    )]
+    pub stable: String,
+    /// The Deployment serving `canaryVersion`: bumping its image starts a run. Scaled to its share
+    /// of stable's replicas before each step (unless an HorizontalPodAutoscaler targets it), and
+    /// to 0 once a run ends.
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+    )]
+    pub canary: String,
+    /// How long the canary keeps its pods after everyone is back on stable (a rollback, an abort,
+    /// a promotion), so requests in flight and proxies still on the old config finish.
+    #[serde(default = "default_scale_down_delay")]
+    #[schemars(regex(pattern = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"))]
+    pub scale_down_delay: String,
+}
+
+/// What the controller knows of the Deployments' revisions and where a promotion stands; with
+/// the Deployments as observed, all a restarted controller needs to resume.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkloadStatus {
+    /// The canary revision of the current (or last) run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<String>,
+    /// The last revision copied into stable and served by it (the run Succeeded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub promoted_revision: Option<String>,
+    /// The last revision rolled back or aborted: not started again unless a person retries
+    /// (`spec.restartAt`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failed_revision: Option<String>,
+    /// When the canary's template was copied into stable (the promotion under way).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub promotion_started_at: Option<Time>,
+    /// When the canary is scaled to 0 (a run ended).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scale_down_at: Option<Time>,
 }
 
 /// One key of a Secret in the CanaryRollout's namespace.
@@ -841,6 +901,9 @@ pub struct CanaryRolloutStatus {
     /// The `spec.restartAt` value already acted upon.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_restart_at: Option<String>,
+    /// With `spec.workload`: revisions and the promotion's progress.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workload: Option<WorkloadStatus>,
 }
 
 /// Phases of a rollout.
@@ -859,12 +922,19 @@ pub enum Phase {
     RolledBack,
     /// Stopped by `spec.abort`: weight 0 until a person retries.
     Aborted,
+    /// With `spec.workload`: the tested template runs in stable, which serves everyone again
+    /// (weight 0); the canary is scaled down.
+    Succeeded,
 }
 
 impl Phase {
-    /// Phases left only through the retry gesture (`spec.restartAt`).
+    /// Phases left only through the retry gesture (`spec.restartAt`) or, with `spec.workload`, a
+    /// new canary revision.
     pub fn is_terminal(self) -> bool {
-        matches!(self, Phase::Promoted | Phase::RolledBack | Phase::Aborted)
+        matches!(
+            self,
+            Phase::Promoted | Phase::RolledBack | Phase::Aborted | Phase::Succeeded
+        )
     }
 
     /// The phase's name as it appears in status.
@@ -876,6 +946,7 @@ impl Phase {
             Phase::Promoted => "Promoted",
             Phase::RolledBack => "RolledBack",
             Phase::Aborted => "Aborted",
+            Phase::Succeeded => "Succeeded",
         }
     }
 }
@@ -1045,6 +1116,9 @@ fn default_anonymous_cookie() -> String {
 }
 fn default_anonymous_max_age() -> u64 {
     cohort_core::config::DEFAULT_ANONYMOUS_MAX_AGE_SECONDS
+}
+fn default_scale_down_delay() -> String {
+    "30s".to_owned()
 }
 fn default_bake() -> String {
     "5m".to_owned()

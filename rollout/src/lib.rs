@@ -20,6 +20,7 @@ pub mod sequential;
 pub mod served;
 pub mod spec_error;
 pub mod validate;
+pub mod workload;
 
 pub use compiled::{CompiledRollout, CompiledStep, FilterEntry};
 pub use crd::{crd_yaml, CanaryRollout, CanaryRolloutSpec, CanaryRolloutStatus, Phase, Verdict};

@@ -11,8 +11,10 @@
 //!
 //! Rules, in the order they apply:
 //! 1. `spec.abort` wins over everything: weight 0, phase Aborted.
-//! 2. Promoted, RolledBack and Aborted are left only by the retry gesture: a new value of
-//!    `spec.restartAt` (with `abort` false). The rollout starts again from its first step. A new
+//! 2. Promoted, RolledBack, Aborted and Succeeded (reached only with `spec.workload`, see
+//!    [`crate::workload`], which also starts runs for new canary revisions) are left only by the
+//!    retry gesture: a new value of `spec.restartAt` (with `abort` false). The rollout starts
+//!    again from its first step. A new
 //!    `restartAt` on a live rollout is recorded and ignored (with a Warning), so it cannot fire
 //!    later by surprise. An invalid spec leaves the gesture pending until the spec is fixed.
 //! 3. An invalid spec holds the current weight (only abort acts) and sets `InvalidSpec`.
@@ -752,7 +754,9 @@ impl Planner<'_> {
 
     fn requeue(&self) -> Duration {
         match self.status.phase {
-            Phase::Promoted | Phase::RolledBack | Phase::Aborted => SETTLED_REQUEUE,
+            Phase::Promoted | Phase::RolledBack | Phase::Aborted | Phase::Succeeded => {
+                SETTLED_REQUEUE
+            }
             Phase::Pending | Phase::Paused => self.timing.interval,
             Phase::Progressing => {
                 let remaining = self.bake_remaining();
@@ -840,6 +844,7 @@ impl Planner<'_> {
                 format!("{cause}; fix the canary, then set spec.restartAt to a new value to retry")
             }
             Phase::Aborted => "aborted by spec.abort; clear spec.abort and set spec.restartAt to a new value to retry".to_owned(),
+            Phase::Succeeded => "succeeded: stable runs the tested revision and serves everyone".to_owned(),
         }
     }
 
@@ -869,7 +874,7 @@ impl Planner<'_> {
                         )
                     })
                 }),
-            Phase::Pending | Phase::Promoted | Phase::Aborted => None,
+            Phase::Pending | Phase::Promoted | Phase::Aborted | Phase::Succeeded => None,
         }
     }
 
@@ -905,7 +910,7 @@ impl Planner<'_> {
             set_condition(conditions, kind, on, reason, message, generation, now);
         };
         let only_when = |on: bool| if on { message.as_str() } else { "" };
-        let promoted = phase == Phase::Promoted;
+        let promoted = matches!(phase, Phase::Promoted | Phase::Succeeded);
         let progressing = phase == Phase::Progressing;
         let paused = phase == Phase::Paused;
         set(CONDITION_READY, promoted, phase.as_str(), &message);
@@ -970,7 +975,7 @@ impl Planner<'_> {
 }
 
 /// Sets a condition, keeping `lastTransitionTime` unless its status flips.
-fn set_condition(
+pub(crate) fn set_condition(
     conditions: &mut Vec<Condition>,
     kind: &str,
     on: bool,
@@ -1013,25 +1018,25 @@ fn has_condition(conditions: &[Condition], kind: &str) -> bool {
     conditions.iter().any(|c| c.type_ == kind)
 }
 
-fn condition_is_true(conditions: &[Condition], kind: &str) -> bool {
+pub(crate) fn condition_is_true(conditions: &[Condition], kind: &str) -> bool {
     conditions
         .iter()
         .any(|c| c.type_ == kind && c.status == "True")
 }
 
 /// `now` cut to whole seconds, as Kubernetes stores times.
-fn whole_second(now: Timestamp) -> Timestamp {
+pub(crate) fn whole_second(now: Timestamp) -> Timestamp {
     Timestamp::from_second(now.as_second()).unwrap_or(now)
 }
 
 /// Time from `from` to `to`; zero when `to` is earlier (a clock that went back never bakes).
-fn millis_between(from: Timestamp, to: Timestamp) -> Duration {
+pub(crate) fn millis_between(from: Timestamp, to: Timestamp) -> Duration {
     let millis = to.as_millisecond().saturating_sub(from.as_millisecond());
     Duration::from_millis(u64::try_from(millis).unwrap_or(0))
 }
 
 /// `90s` → `1m30s`; sub-second parts are dropped unless that is all there is.
-fn human(duration: Duration) -> String {
+pub(crate) fn human(duration: Duration) -> String {
     let total = duration.as_secs();
     if total == 0 {
         return format!("{}ms", duration.as_millis());

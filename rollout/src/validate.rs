@@ -669,6 +669,7 @@ pub mod tests {
             abort: false,
             promote: false,
             restart_at: None,
+            workload: None,
         }
     }
 

@@ -1837,3 +1837,5 @@ async fn a_misrouted_canary_is_rolled_back_after_the_deadline() {
         .await
         .unwrap();
 }
+
+mod workload;

@@ -98,6 +98,7 @@ impl Rollout {
             abort: false,
             promote: false,
             restart_at: None,
+            workload: None,
         }
     }
 
