@@ -305,12 +305,12 @@ mod tests {
             })
         };
         let latency = GateResult {
-            sequential: look(3.14159),
+            sequential: look(3.1234),
             ..gate("latency-p99", Verdict::Inconclusive, 0.012, 0.01, 0.02)
         };
         assert_eq!(
             gate_line(&latency, false),
-            "latency-p99 Inconclusive canary 1.20% stable 1.00% limit 2.00% evidence 3.14/1200"
+            "latency-p99 Inconclusive canary 1.20% stable 1.00% limit 2.00% evidence 3.12/1200"
         );
         let errors = GateResult {
             sequential: look(2.5e7),

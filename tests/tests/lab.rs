@@ -2,7 +2,8 @@
 //! filter, two upstreams, the load generator, the standalone controller) for the `healthy`,
 //! `errors` and `misrouted` scenarios, and the HTML report it writes holds its plots.
 //!
-//! The runs go in parallel: about 40 s of wall time together on two cores.
+//! The runs go in parallel: about 60 s of wall time together on two cores (the healthy run
+//! waits out its sequential tests' 10 s maxDuration at each of four steps).
 
 // Test code: a failed expectation panics with its message (clippy.toml's test allowances cover
 // only `#[test]` functions, not this file's helpers).
