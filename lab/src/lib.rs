@@ -399,10 +399,9 @@ spec:
     # The default gates (sequential error rate and p99 latency) and a sequential one on the
     # checkout event: together they keep the rollout's error budget, spec.analysis.alpha (1%),
     # the chance that a canary no worse than stable is rolled back at all, however often they
-    # look. A test undecided after maxDuration at a step ends Underpowered, and
-    # failurePolicy.onUnderpowered (promote, the default) advances: {max_duration} fits the
-    # lab's short steps, and at the lab's rate it is long enough for the failing scenarios'
-    # regressions to be found at the first step.
+    # look. A test still undecided after maxDuration ({max_duration}, for the lab's short
+    # steps) ends Underpowered, and failurePolicy.onUnderpowered (promote, the default)
+    # advances; at the lab's rate the failing scenarios' regressions are found sooner.
     gates:
       - sequential: {{metric: errorRate, maxDuration: {max_duration}}}
       - sequential: {{metric: latency, maxDuration: {max_duration}}}
