@@ -59,6 +59,14 @@ const TAIL: Duration = Duration::from_secs(4);
 const TICK: Duration = Duration::from_millis(200);
 /// Wait after a failed controller cycle.
 const RETRY: Duration = Duration::from_secs(1);
+/// The sequential gates' `maxDuration`: how long a step waits for a test to decide. A healthy
+/// canary's tests do not pass on the lab's few thousand canary requests (passing must rule out
+/// a doubled rate at a level of 1/1200), so each step lasts this long and advances as
+/// Underpowered. The errors scenario's 503s at 5% need about 22 of them to fail (the test
+/// divides its counts by a dispersion of 5 until the looks show less): about 6 s at the
+/// default 600 requests/s, so 10 s finds them at the first step in nearly every run, where at
+/// 300 requests/s it took 10 s on average and a fifth of runs reached the next step.
+const SEQUENTIAL_MAX_DURATION: &str = "10s";
 
 /// What the canary does wrong, if anything.
 #[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
@@ -189,7 +197,7 @@ pub struct LabArgs {
     #[arg(long = "admin-port", value_name = "PORT")]
     pub admin_port: Option<u16>,
     /// Requests per second the load generator sends.
-    #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u32).range(50..=5000))]
+    #[arg(long, default_value_t = 600, value_parser = clap::value_parser!(u32).range(50..=5000))]
     pub rate: u32,
     /// Distinct users the load comes from (one in five anonymous); each comes back every
     /// users/rate seconds, so a user's version can be seen to stick.
@@ -211,7 +219,7 @@ impl LabArgs {
             out: None,
             prometheus: None,
             admin_port: None,
-            rate: 300,
+            rate: 600,
             users: 500,
             wasm: None,
             envoy: None,
@@ -353,8 +361,8 @@ async fn stop_signal() {
     }
 }
 
-/// The lab's CanaryRollout: five short steps, a 2 s analysis, and one gate per way a canary
-/// can be worse (errors, latency, business events). `ecds` is only what `kubectl` would see: the
+/// The lab's CanaryRollout: five short steps, a 2 s analysis, and one sequential gate per way a
+/// canary can be worse (errors, latency, business events). `ecds` is only what `kubectl` would see: the
 /// lab passes the file to the runner directly.
 pub fn rollout_yaml(ecds: &Path) -> String {
     format!(
@@ -388,16 +396,16 @@ spec:
   analysis:
     interval: 2s
     minSamples: 20
+    # The default gates (sequential error rate and p99 latency) and a sequential one on the
+    # checkout event: together they keep the rollout's error budget, spec.analysis.alpha (1%),
+    # the chance that a canary no worse than stable is rolled back at all, however often they
+    # look. A test still undecided after maxDuration ({max_duration}, for the lab's short
+    # steps) ends Underpowered, and failurePolicy.onUnderpowered (promote, the default)
+    # advances; at the lab's rate the failing scenarios' regressions are found sooner.
     gates:
-      - errorRate:
-          maxIncrease: 0.02
-      - latency:
-          quantile: 0.9
-          tolerance: 0.5
-          slackMs: 50
-      - businessEvent:
-          event: {event}
-          maxDrop: 0.25
+      - sequential: {{metric: errorRate, maxDuration: {max_duration}}}
+      - sequential: {{metric: latency, maxDuration: {max_duration}}}
+      - sequential: {{metric: businessEvent, event: {event}, maxDuration: {max_duration}}}
   # Short for the lab: a canary its users do not reach is rolled back after 6 s.
   failurePolicy:
     routingMismatchDeadline: 6s
@@ -405,6 +413,7 @@ spec:
         ecds = ecds.display(),
         user_header = load::USER_HEADER,
         event = upstream::EVENT,
+        max_duration = SEQUENTIAL_MAX_DURATION,
     )
 }
 
@@ -762,14 +771,24 @@ fn summary_line(
                 .map(|(_, weight)| weight_percent(*weight))
                 .filter(|weight| weight != "0%" && weight != "100%")
                 .collect();
-            format!(
-                "promoted: every gate passed at {}; the canary serves every user",
-                if weights.is_empty() {
-                    "each step".to_owned()
-                } else {
-                    weights.join(", ")
-                }
-            )
+            let weights = if weights.is_empty() {
+                "each step".to_owned()
+            } else {
+                weights.join(", ")
+            };
+            let underpowered = underpowered_weights(record);
+            if underpowered.is_empty() {
+                format!("promoted: every gate passed at {weights}; the canary serves every user")
+            } else {
+                // A sequential test that ran out of time did not pass: say where the promotion
+                // rested on failurePolicy.onUnderpowered instead.
+                format!(
+                    "promoted: no gate found a regression at {weights}, though at {} a test ran \
+                     out of time before it could rule one out (Underpowered: \
+                     failurePolicy.onUnderpowered promoted); the canary serves every user",
+                    underpowered.join(", ")
+                )
+            }
         }
         LabOutcome::RolledBack => {
             // The plan's message says "rolled back from 5% at step 1: <why>".
@@ -800,10 +819,83 @@ fn summary_line(
     }
 }
 
+/// The weights at which a gate said Underpowered, in order: each look judged the weight the
+/// cycle before left.
+fn underpowered_weights(record: &record::Record) -> Vec<String> {
+    let mut weights: Vec<String> = Vec::new();
+    for pair in record.cycles.windows(2) {
+        let [before, look] = pair else { continue };
+        let underpowered = look
+            .gates
+            .iter()
+            .any(|gate| gate.verdict == cohort_rollout::crd::Verdict::Underpowered);
+        let weight = weight_percent(before.weight_bp);
+        if underpowered && !weights.contains(&weight) {
+            weights.push(weight);
+        }
+    }
+    weights
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use cohort_rollout::crd::{GateResult, Verdict};
     use cohort_rollout::validate::validate_spec;
+
+    #[test]
+    fn a_promotion_on_underpowered_tests_says_so() {
+        let cycle = |at: f64, weight_bp: u32, verdict: Option<Verdict>| Cycle {
+            at,
+            phase: Phase::Progressing,
+            step_index: Some(0),
+            weight_bp,
+            gates: verdict.map_or_else(Vec::new, |verdict| {
+                vec![GateResult {
+                    gate: "error-rate".into(),
+                    verdict,
+                    canary: None,
+                    stable: None,
+                    threshold: None,
+                    canary_samples: 0.0,
+                    stable_samples: 0.0,
+                    reason: String::new(),
+                    sequential: None,
+                }]
+            }),
+            error: None,
+        };
+        let record = |advance: Verdict| {
+            let recorder = Recorder::new(10, record::BadResponse::Never);
+            for (at, weight) in [(0.1, 500), (8.0, 1000), (16.0, 10_000)] {
+                recorder.weight(at, weight);
+            }
+            for cycle in [
+                cycle(0.1, 500, None),
+                cycle(2.0, 500, Some(Verdict::Inconclusive)),
+                cycle(8.0, 1000, Some(advance)),
+                cycle(16.0, 10_000, Some(Verdict::Pass)),
+            ] {
+                recorder.cycle(cycle.at, cycle);
+            }
+            recorder.snapshot()
+        };
+        assert_eq!(
+            summary_line(
+                LabOutcome::Promoted,
+                None,
+                &record(Verdict::Underpowered),
+                None
+            ),
+            "promoted: no gate found a regression at 5%, 10%, though at 5% a test ran out of \
+             time before it could rule one out (Underpowered: failurePolicy.onUnderpowered \
+             promoted); the canary serves every user"
+        );
+        assert_eq!(
+            summary_line(LabOutcome::Promoted, None, &record(Verdict::Pass), None),
+            "promoted: every gate passed at 5%, 10%; the canary serves every user"
+        );
+    }
 
     #[test]
     fn the_lab_rollout_is_valid_and_its_filter_config_counts_checkout() {

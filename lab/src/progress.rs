@@ -108,6 +108,7 @@ fn colour(text: &str) -> String {
         .replace(" Fail ", " \x1b[31;1mFail\x1b[0m ")
         .replace(" Inconclusive ", " \x1b[33mInconclusive\x1b[0m ")
         .replace(" Error ", " \x1b[35mError\x1b[0m ")
+        .replace(" Underpowered ", " \x1b[33;1mUnderpowered\x1b[0m ")
 }
 
 /// The live block: where the rollout is, who gets which version, what the gates say.
@@ -199,15 +200,46 @@ pub fn gate_value(gate: &str, value: Option<f64>) -> String {
     }
 }
 
+/// A result's value in its unit. A sequential gate's values are rates of its events per request
+/// (5xx, requests slower than stable's quantile, business events), so its latency is a share
+/// too, not milliseconds; other gates' are read by name as [`gate_value`] does.
+fn result_value(gate: &GateResult, value: Option<f64>) -> String {
+    match value {
+        Some(v) if gate.sequential.is_some() && gate.gate.starts_with("latency") => {
+            share_percent(v, 2)
+        }
+        _ => gate_value(&gate.gate, value),
+    }
+}
+
+/// An e-value as a person reads it: `0.42`, `37`, `1200`, `3.1e9`.
+pub fn evidence_number(evidence: f64) -> String {
+    if !evidence.is_finite() || evidence >= 1e5 {
+        format!("{evidence:.1e}")
+    } else if evidence >= 10.0 {
+        format!("{evidence:.0}")
+    } else {
+        format!("{evidence:.2}")
+    }
+}
+
 /// `error-rate Pass canary 0.00% stable 0.00% limit 2.00%`, and with `padded` aligned in
-/// columns with the sample counts.
+/// columns with the sample counts. A sequential gate adds its evidence and the evidence it
+/// fails at (`evidence 3.1/1200`).
 pub fn gate_line(gate: &GateResult, padded: bool) -> String {
-    let value = |v: Option<f64>| gate_value(&gate.gate, v);
+    let value = |v: Option<f64>| result_value(gate, v);
     let verdict = gate.verdict.as_str();
+    let evidence = gate.sequential.as_ref().map_or(String::new(), |look| {
+        format!(
+            " evidence {}/{}",
+            evidence_number(look.evidence),
+            evidence_number(look.evidence_needed)
+        )
+    });
     if padded {
         // The verdict keeps a space on each side, so the terminal colouring can find it.
         format!(
-            "{:<15} {verdict:<12} canary {:>9}  stable {:>9}  limit {:>9}  n {:.0}/{:.0}",
+            "{:<15} {verdict:<12} canary {:>9}  stable {:>9}  limit {:>9}  n {:.0}/{:.0}{evidence}",
             gate.gate,
             value(gate.canary),
             value(gate.stable),
@@ -217,7 +249,7 @@ pub fn gate_line(gate: &GateResult, padded: bool) -> String {
         )
     } else {
         format!(
-            "{} {verdict} canary {} stable {} limit {}",
+            "{} {verdict} canary {} stable {} limit {}{evidence}",
             gate.gate,
             value(gate.canary),
             value(gate.stable),
@@ -260,6 +292,31 @@ mod tests {
         assert!(gate_line(&latency, true).contains("canary    6.5 ms"));
         let event = gate("event-checkout", Verdict::Pass, 0.4, 0.4, 0.3);
         assert!(gate_line(&event, false).contains("limit 0.300"));
+    }
+
+    #[test]
+    fn a_sequential_gate_shows_its_rates_and_evidence() {
+        let look = |evidence| {
+            Some(cohort_rollout::crd::SequentialLook {
+                evidence,
+                evidence_needed: 1200.0,
+                dispersion: 5.0,
+                tally: cohort_rollout::crd::Tally::default(),
+            })
+        };
+        let latency = GateResult {
+            sequential: look(3.1234),
+            ..gate("latency-p99", Verdict::Inconclusive, 0.012, 0.01, 0.02)
+        };
+        assert_eq!(
+            gate_line(&latency, false),
+            "latency-p99 Inconclusive canary 1.20% stable 1.00% limit 2.00% evidence 3.12/1200"
+        );
+        let errors = GateResult {
+            sequential: look(2.5e7),
+            ..gate("error-rate", Verdict::Fail, 0.15, 0.0, 0.01)
+        };
+        assert!(gate_line(&errors, true).ends_with("n 30/570 evidence 2.5e7/1200"));
     }
 
     #[test]

@@ -1,16 +1,22 @@
 //! The lab's HTML report: one self-contained file (inline SVG and CSS, no scripts, nothing
 //! fetched) with plots over the run's time of the weight Envoy served, each version's share of
-//! requests, 5xx rate, p99 latency and business events per request, and each gate's verdict
-//! at every analysis; the rollback moment is marked on every plot.
+//! requests, 5xx rate, p99 latency and business events per request, each gate's verdict at
+//! every analysis, and, for the sequential gates, their evidence against the line they fail at;
+//! the rollback moment is marked on every plot.
 //!
 //! Plot elements carry stable names for tools and tests: each plot is `<svg id="plot-…">`, each
 //! line `<polyline class="series" data-series="stable|canary|weight">`, each verdict
 //! `<rect class="verdict" data-gate=… data-verdict=…>`, the rollback `class="rollback-marker"`.
+//! The evidence plot (`plot-evidence`, only when a gate ran a sequential test) has one
+//! `<polyline class="series" data-series="evidence" data-gate=…>` per gate and step, a
+//! `<circle class="look" data-gate=…>` per look (its tooltip gives the dispersion) and a
+//! `<g class="evidence-needed" data-needed=…>` per line a gate fails at.
 
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use crate::record::{quantile, Record, Version};
+use crate::progress::evidence_number;
+use crate::record::{quantile, Cycle, Record, Version};
 use crate::{LabOutcome, Scenario};
 use cohort_rollout::crd::{CanaryRolloutSpec, Verdict};
 use cohort_rollout::format::weight_percent;
@@ -208,6 +214,18 @@ pub fn render(input: &ReportInput<'_>) -> String {
         "<h2>Gate verdicts at each analysis</h2>\n{}",
         verdict_chart(input, x_max, &markers)
     );
+    if let Some(chart) = evidence_chart(&record.cycles, x_max, &markers) {
+        let _ = write!(
+            html,
+            "<h2>Sequential gates: evidence that the canary is worse than stable</h2>\n\
+             <p class=\"note\">Each gate's e-value on a log scale (1: no evidence either way). A \
+             gate fails the canary when its line reaches its dashed line, 1/α for its share of \
+             the rollout's error budget; each step starts a new test at 1. Each look's tooltip \
+             gives its numbers and the dispersion: how much more unevenly events arrived than \
+             independent requests would make them (the test divides its counts by it).</p>\n\
+             {chart}"
+        );
+    }
     html.push_str(&cycle_table(input));
     let _ = write!(
         html,
@@ -227,7 +245,8 @@ svg text{font:11px system-ui,sans-serif;fill:#4a5568}.grid{stroke:#edf2f7}\
 .axis{stroke:#a0aec0}.series{fill:none;stroke-width:1.8}\
 table{border-collapse:collapse;font-size:12px;margin-top:.5em}td,th{border:1px solid #e2e8f0;\
 padding:2px 6px;text-align:right}th{background:#f7fafc}.Pass{color:#276749}.Fail{color:#c53030;\
-font-weight:600}.Inconclusive{color:#975a16}.Error{color:#6b46c1}\
+font-weight:600}.Inconclusive{color:#975a16}.Error{color:#6b46c1}.Underpowered{color:#b7791f}\
+.note{color:#4a5568;font-size:12px;margin:.2em 0 .4em}\
 pre{background:#f7fafc;padding:.8em;overflow:auto}dl{display:grid;grid-template-columns:max-content auto;\
 gap:.2em 1em}dt{color:#4a5568}dd{margin:0}";
 
@@ -578,6 +597,215 @@ fn verdict_chart(input: &ReportInput<'_>, x_max: f64, markers: &[Marker]) -> Str
     out
 }
 
+/// The sequential gates' lines, in the order the gates first report; none is red, the colour
+/// of the line they fail at.
+const EVIDENCE_COLOURS: [&str; 5] = ["#6b46c1", "#2c7a7b", "#b7791f", "#d53f8c", "#2b6cb0"];
+/// The evidence axis goes no lower than 10⁻³: below 1 the test only says the canary looks no
+/// worse, and a canary better than stable drives the e-value towards 0.
+const EVIDENCE_FLOOR: f64 = -3.0;
+
+/// One look of a sequential gate's test.
+#[derive(Debug, Clone, PartialEq)]
+struct Look {
+    at: f64,
+    verdict: Verdict,
+    evidence: f64,
+    needed: f64,
+    dispersion: f64,
+    /// The first look of a new test: the window since the step began got shorter, so the step
+    /// changed and the evidence started again at 1 (as [`cohort_rollout::crd::Tally`] tells).
+    new_test: bool,
+}
+
+/// A sequential gate's looks over the run.
+#[derive(Debug, Clone, PartialEq)]
+struct EvidenceLine {
+    gate: String,
+    looks: Vec<Look>,
+}
+
+/// Each gate that reported a sequential test, with every look it reported; gates without one
+/// (threshold and custom gates) are left out.
+fn evidence_lines(cycles: &[Cycle]) -> Vec<EvidenceLine> {
+    let mut lines: Vec<EvidenceLine> = Vec::new();
+    let mut windows: Vec<f64> = Vec::new();
+    for cycle in cycles {
+        for result in &cycle.gates {
+            let Some(sequential) = &result.sequential else {
+                continue;
+            };
+            let window = sequential.tally.window_seconds;
+            let index = match lines.iter().position(|line| line.gate == result.gate) {
+                Some(index) => index,
+                None => {
+                    lines.push(EvidenceLine {
+                        gate: result.gate.clone(),
+                        looks: Vec::new(),
+                    });
+                    windows.push(window);
+                    lines.len() - 1
+                }
+            };
+            let (Some(line), Some(last_window)) = (lines.get_mut(index), windows.get_mut(index))
+            else {
+                continue;
+            };
+            let new_test = !line.looks.is_empty() && window < *last_window;
+            *last_window = window;
+            line.looks.push(Look {
+                at: cycle.at,
+                verdict: result.verdict,
+                evidence: sequential.evidence,
+                needed: sequential.evidence_needed,
+                dispersion: sequential.dispersion,
+                new_test,
+            });
+        }
+    }
+    lines
+}
+
+/// `log10` of an e-value, held within what an axis can show (an overflowed e-value is
+/// infinite; one of a much better canary is 0).
+fn evidence_power(evidence: f64) -> Option<f64> {
+    (!evidence.is_nan() && evidence >= 0.0).then(|| evidence.log10().clamp(-300.0, 300.0))
+}
+
+/// `1`, `10`, `1000`, `0.01`, `1e6` for 10^`power`.
+fn power_label(power: f64) -> String {
+    if (-3.0..0.0).contains(&power) {
+        format!("{:.*}", (-power) as usize, 10_f64.powf(power))
+    } else if (0.0..=3.0).contains(&power) {
+        format!("{:.0}", 10_f64.powf(power))
+    } else {
+        format!("1e{power:.0}")
+    }
+}
+
+/// Each sequential gate's evidence over time on a log axis, with the line it fails at; `None`
+/// when no gate ran a sequential test.
+fn evidence_chart(cycles: &[Cycle], x_max: f64, markers: &[Marker]) -> Option<String> {
+    let lines = evidence_lines(cycles);
+    if lines.is_empty() {
+        return None;
+    }
+    let looks = || lines.iter().flat_map(|line| line.looks.iter());
+    let mut needed: Vec<f64> = Vec::new();
+    for look in looks() {
+        if look.needed.is_finite()
+            && !needed
+                .iter()
+                .any(|value| (value - look.needed).abs() <= 1e-9 * look.needed)
+        {
+            needed.push(look.needed);
+        }
+    }
+    let values = looks()
+        .filter_map(|look| evidence_power(look.evidence))
+        .chain(needed.iter().filter_map(|value| evidence_power(*value)));
+    let (low, high) = values.fold((0.0_f64, 1.0_f64), |(low, high), value| {
+        (low.min(value), high.max(value))
+    });
+    let low = low.max(EVIDENCE_FLOOR).floor();
+    let high = high.ceil();
+    let plot_height = HEIGHT - TOP - BOTTOM;
+    let y_of = |value: f64| {
+        TOP + plot_height - ((value - low) / (high - low)).clamp(0.0, 1.0) * plot_height
+    };
+    let mut out = String::new();
+    frame(&mut out, "plot-evidence", x_max);
+    // About six labelled powers of ten, whatever the range.
+    let step = ((high - low) / 6.0).ceil().max(1.0);
+    let mut power = low;
+    while power <= high + 1e-9 {
+        let y = y_of(power);
+        let _ = write!(
+            out,
+            "<line class=\"grid\" x1=\"{LEFT}\" y1=\"{y:.1}\" x2=\"{right}\" y2=\"{y:.1}\"/>\
+             <text x=\"{lx}\" y=\"{ly:.1}\" text-anchor=\"end\">{label}</text>",
+            right = WIDTH - RIGHT,
+            lx = LEFT - 6.0,
+            ly = y + 4.0,
+            label = power_label(power),
+        );
+        power += step;
+    }
+    for value in &needed {
+        let y = evidence_power(*value).map_or(TOP, y_of);
+        let _ = write!(
+            out,
+            "<g class=\"evidence-needed\" data-needed=\"{value}\"><line x1=\"{LEFT}\" \
+             y1=\"{y:.1}\" x2=\"{right}\" y2=\"{y:.1}\" stroke=\"{ROLLBACK_COLOUR}\" \
+             stroke-width=\"1.2\" stroke-dasharray=\"6 4\"/><text x=\"{tx}\" y=\"{ty:.1}\" \
+             text-anchor=\"end\" fill=\"{ROLLBACK_COLOUR}\">fails here: evidence {label} \
+             (1/α)</text></g>",
+            right = WIDTH - RIGHT,
+            tx = WIDTH - RIGHT - 4.0,
+            ty = y - 4.0,
+            label = evidence_number(*value),
+        );
+    }
+    draw_markers(&mut out, markers, x_max);
+    for (index, line) in lines.iter().enumerate() {
+        let colour = EVIDENCE_COLOURS[index % EVIDENCE_COLOURS.len()];
+        let gate = escape(&line.gate);
+        // One polyline per test: a step's first look starts a new one.
+        let mut tests: Vec<Vec<&Look>> = Vec::new();
+        for look in &line.looks {
+            match tests.last_mut() {
+                Some(test) if !look.new_test => test.push(look),
+                _ => tests.push(vec![look]),
+            }
+        }
+        for test in &tests {
+            let points: Vec<String> = test
+                .iter()
+                .filter_map(|look| {
+                    evidence_power(look.evidence)
+                        .map(|value| format!("{:.1},{:.1}", x_of(look.at, x_max), y_of(value)))
+                })
+                .collect();
+            let _ = write!(
+                out,
+                "<polyline class=\"series\" data-series=\"evidence\" data-gate=\"{gate}\" \
+                 stroke=\"{colour}\" points=\"{}\"/>",
+                points.join(" ")
+            );
+        }
+        for look in &line.looks {
+            let Some(value) = evidence_power(look.evidence) else {
+                continue;
+            };
+            let _ = write!(
+                out,
+                "<circle class=\"look\" data-gate=\"{gate}\" cx=\"{cx:.1}\" cy=\"{cy:.1}\" \
+                 r=\"2.5\" fill=\"{colour}\"><title>{at:.1} s, {gate}: {verdict}, evidence {e} \
+                 of the {n} needed to fail, dispersion {d:.2}</title></circle>",
+                cx = x_of(look.at, x_max),
+                cy = y_of(value),
+                at = look.at,
+                verdict = look.verdict,
+                e = evidence_number(look.evidence),
+                n = evidence_number(look.needed),
+                d = look.dispersion,
+            );
+        }
+        // The legend gives each gate's last dispersion, so it shows without hovering.
+        let legend_x = LEFT + 230.0 * index as f64;
+        let dispersion = line.looks.last().map_or(String::new(), |look| {
+            format!(" (dispersion {:.2})", look.dispersion)
+        });
+        let _ = write!(
+            out,
+            "<rect x=\"{legend_x}\" y=\"6\" width=\"12\" height=\"3\" fill=\"{colour}\"/>\
+             <text x=\"{tx}\" y=\"12\">{gate}{dispersion}</text>",
+            tx = legend_x + 16.0,
+        );
+    }
+    out.push_str("</svg>\n");
+    Some(out)
+}
+
 /// Every analysis: when, where the rollout stood, each gate's verdict and numbers.
 fn cycle_table(input: &ReportInput<'_>) -> String {
     let gates: Vec<String> = input
@@ -655,10 +883,10 @@ fn escape(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::record::{BadResponse, Cycle, Observation, Recorder};
+    use crate::record::{BadResponse, Observation, Recorder};
     use crate::rollout_yaml;
     use cohort_controller::standalone::parse_rollout;
-    use cohort_rollout::crd::{GateResult, Phase};
+    use cohort_rollout::crd::{GateResult, Phase, SequentialLook, Tally};
     use std::path::Path;
 
     fn recorded() -> Record {
@@ -771,6 +999,10 @@ mod tests {
         );
         assert!(html.contains("1.90 s"));
         assert!(
+            !html.contains("plot-evidence"),
+            "no gate ran a sequential test, so no evidence plot"
+        );
+        assert!(
             !html.contains("<script") && !html.contains("http"),
             "self-contained"
         );
@@ -804,5 +1036,174 @@ mod tests {
                 (10.0, Some(0.0)),
             ]
         );
+    }
+
+    /// A sequential gate's result at one look: `window` seconds into its step.
+    fn sequential(gate: &str, verdict: Verdict, evidence: f64, window: f64) -> GateResult {
+        GateResult {
+            gate: gate.into(),
+            verdict,
+            canary: Some(0.01),
+            stable: Some(0.01),
+            threshold: Some(0.02),
+            canary_samples: 30.0,
+            stable_samples: 570.0,
+            reason: String::new(),
+            sequential: Some(SequentialLook {
+                evidence,
+                evidence_needed: 1200.0,
+                dispersion: 1.75,
+                tally: Tally {
+                    window_seconds: window,
+                    ..Tally::default()
+                },
+            }),
+        }
+    }
+
+    /// Two steps of looks of two sequential gates and a threshold gate; at the second step's
+    /// last look the error-rate gate reaches the evidence it fails at.
+    fn sequential_record() -> Record {
+        let recorder = Recorder::new(100, BadResponse::ServerError);
+        recorder.weight(0.1, 500);
+        recorder.weight(6.5, 1000);
+        let looks = [
+            (2.0, 2.0, 0.8, Verdict::Inconclusive),
+            (4.0, 4.0, 3.0, Verdict::Inconclusive),
+            (6.0, 6.0, 0.5, Verdict::Underpowered),
+            // The step changed: the window since the step began is shorter, a new test.
+            (8.0, 2.0, 40.0, Verdict::Inconclusive),
+            (10.0, 4.0, 1200.0, Verdict::Fail),
+        ];
+        for (at, window, evidence, verdict) in looks {
+            let threshold = GateResult {
+                sequential: None,
+                ..sequential("custom", Verdict::Pass, 1.0, window)
+            };
+            recorder.cycle(
+                at - 0.1,
+                Cycle {
+                    at,
+                    phase: Phase::Progressing,
+                    step_index: Some(u32::from(at > 7.0)),
+                    weight_bp: if at > 7.0 { 1000 } else { 500 },
+                    gates: vec![
+                        sequential("error-rate", verdict, evidence, window),
+                        sequential("latency-p99", Verdict::Inconclusive, 0.001, window),
+                        threshold,
+                    ],
+                    error: None,
+                },
+            );
+        }
+        recorder.weight(10.2, 0);
+        recorder.snapshot()
+    }
+
+    /// The number after `attribute="` in `svg`, after the first occurrence of `after`.
+    fn number_after(svg: &str, after: &str, attribute: &str) -> f64 {
+        let start = svg.find(after).unwrap_or_else(|| panic!("no {after}"));
+        let rest = &svg[start..];
+        let key = format!("{attribute}=\"");
+        let value = &rest[rest.find(&key).unwrap() + key.len()..];
+        value[..value.find('"').unwrap()].parse().unwrap()
+    }
+
+    #[test]
+    fn evidence_lines_follow_each_sequential_gate_and_restart_with_each_step() {
+        let record = sequential_record();
+        let lines = evidence_lines(&record.cycles);
+        let gates: Vec<&str> = lines.iter().map(|line| line.gate.as_str()).collect();
+        assert_eq!(
+            gates,
+            ["error-rate", "latency-p99"],
+            "the threshold gate is left out"
+        );
+        let errors = &lines[0];
+        let starts: Vec<bool> = errors.looks.iter().map(|look| look.new_test).collect();
+        assert_eq!(starts, [false, false, false, true, false]);
+        let evidence: Vec<f64> = errors.looks.iter().map(|look| look.evidence).collect();
+        assert_eq!(evidence, [0.8, 3.0, 0.5, 40.0, 1200.0]);
+        assert_eq!(errors.looks[4].verdict, Verdict::Fail);
+        assert_eq!(errors.looks[4].at, 10.0);
+        assert!(evidence_lines(&recorded().cycles).is_empty());
+    }
+
+    #[test]
+    fn the_evidence_plot_draws_each_gate_against_the_line_it_fails_at() {
+        let yaml = rollout_yaml(Path::new("/lab/ecds.yaml"));
+        let spec = parse_rollout(&yaml).unwrap().spec;
+        let record = sequential_record();
+        let html = render(&ReportInput {
+            scenario: Scenario::Errors,
+            outcome: LabOutcome::RolledBack,
+            summary: "rolled back: error-rate failed",
+            routing_mismatch: None,
+            rollout_yaml: &yaml,
+            spec: &spec,
+            record: &record,
+            rollback_time: None,
+            skipped: 0,
+        });
+        assert_eq!(html.matches("<svg id=\"plot-evidence\"").count(), 1);
+        let start = html.find("<svg id=\"plot-evidence\"").unwrap();
+        let svg = &html[start..start + html[start..].find("</svg>").unwrap()];
+        // One line per gate and step; the threshold gate has none.
+        let lines = |gate: &str| {
+            svg.matches(&format!("data-series=\"evidence\" data-gate=\"{gate}\""))
+                .count()
+        };
+        assert_eq!(lines("error-rate"), 2);
+        assert_eq!(lines("latency-p99"), 2);
+        assert_eq!(lines("custom"), 0);
+        assert_eq!(svg.matches("class=\"look\"").count(), 10);
+        // The look that failed sits on the dashed line, the first look (0.8) below it.
+        assert_eq!(svg.matches("class=\"evidence-needed\"").count(), 1);
+        let needed_y = number_after(svg, "data-needed=\"1200\"", "y1");
+        let first_y = number_after(svg, "<circle class=\"look\" data-gate=\"error-rate\"", "cy");
+        assert!(first_y > needed_y, "the first look (0.8) is below the line");
+        let fail_look = svg
+            .match_indices("<circle class=\"look\" data-gate=\"error-rate\"")
+            .nth(4)
+            .map(|(index, _)| index)
+            .unwrap();
+        assert_eq!(number_after(&svg[fail_look..], "<circle", "cy"), needed_y);
+        assert!(svg.contains("fails here: evidence 1200"));
+        // 10⁻³ is the floor of the axis: latency's 0.001 sits on the bottom line.
+        let bottom = HEIGHT - BOTTOM;
+        assert_eq!(
+            number_after(
+                svg,
+                "<circle class=\"look\" data-gate=\"latency-p99\"",
+                "cy"
+            ),
+            bottom
+        );
+        assert!(svg.contains(">0.001</text>") && svg.contains(">1000</text>"));
+        // The dispersion: in every look's tooltip and, the last one, in the legend.
+        assert!(svg.contains(
+            "<title>10.0 s, error-rate: Fail, evidence 1200 of the 1200 needed to fail, \
+             dispersion 1.75</title>"
+        ));
+        assert!(svg.contains(">error-rate (dispersion 1.75)</text>"));
+        // The same step and rollback markers as every time plot.
+        assert!(svg.contains("class=\"step-marker\""));
+        assert!(svg.contains("class=\"rollback-marker\""));
+        assert_eq!(html.matches("class=\"rollback-marker\"").count(), 7);
+        assert!(!html.contains("<script") && !html.contains("http"));
+    }
+
+    #[test]
+    fn evidence_reads_as_numbers() {
+        assert_eq!(power_label(0.0), "1");
+        assert_eq!(power_label(3.0), "1000");
+        assert_eq!(power_label(-2.0), "0.01");
+        assert_eq!(power_label(6.0), "1e6");
+        assert_eq!(evidence_number(1200.0), "1200");
+        assert_eq!(evidence_number(0.5), "0.50");
+        assert_eq!(evidence_number(3.1e9), "3.1e9");
+        assert_eq!(evidence_power(0.0), Some(-300.0));
+        assert_eq!(evidence_power(f64::INFINITY), Some(300.0));
+        assert_eq!(evidence_power(f64::NAN), None);
     }
 }

@@ -2,7 +2,8 @@
 //! filter, two upstreams, the load generator, the standalone controller) for the `healthy`,
 //! `errors` and `misrouted` scenarios, and the HTML report it writes holds its plots.
 //!
-//! The runs go in parallel: about 40 s of wall time together on two cores.
+//! The runs go in parallel: about 60 s of wall time together on two cores (the healthy run
+//! waits out its sequential tests' 10 s maxDuration at each of four steps).
 
 // Test code: a failed expectation panics with its message (clippy.toml's test allowances cover
 // only `#[test]` functions, not this file's helpers).
@@ -53,6 +54,7 @@ fn assert_plots(html: &str) {
         "plot-p99",
         "plot-events",
         "plot-gates",
+        "plot-evidence",
     ] {
         assert!(html.contains(&format!("<svg id=\"{id}\"")), "no {id}");
     }
@@ -63,10 +65,15 @@ fn assert_plots(html: &str) {
             "{version}: a line on each per-version plot"
         );
     }
-    for gate in ["error-rate", "latency-p90", "event-checkout"] {
+    for gate in ["error-rate", "latency-p99", "event-checkout"] {
         assert!(
             html.contains(&format!("data-gate=\"{gate}\"")),
             "no verdicts of {gate}"
+        );
+        // The lab's gates are sequential: each has its evidence plotted.
+        assert!(
+            html.contains(&format!("data-series=\"evidence\" data-gate=\"{gate}\"")),
+            "no evidence line of {gate}"
         );
     }
     assert!(
@@ -82,7 +89,7 @@ fn healthy_canary_is_promoted_and_the_report_plots_every_step() {
     assert_eq!(run.exit_code(), 0);
     assert!(
         run.summary
-            .starts_with("promoted: every gate passed at 5%, 10%, 25%, 50%"),
+            .starts_with("promoted: no gate found a regression at 5%, 10%, 25%, 50%"),
         "{}",
         run.summary
     );
@@ -92,8 +99,9 @@ fn healthy_canary_is_promoted_and_the_report_plots_every_step() {
     assert_plots(&html);
     assert!(!html.contains("rollback-marker"));
     assert!(!html.contains("data-verdict=\"Fail\""));
-    // A step marker for each raise after the first step.
-    assert_eq!(html.matches("class=\"step-marker\"").count(), 6 * 4);
+    // A step marker for each raise after the first step, on the five time plots, the verdict
+    // plot and the sequential gates' evidence plot.
+    assert_eq!(html.matches("class=\"step-marker\"").count(), 7 * 4);
 }
 
 #[test]
@@ -112,8 +120,8 @@ fn canary_with_errors_is_rolled_back_and_the_report_marks_when() {
     assert_eq!(run.switched_back, 0, "nobody went back before the rollback");
     assert!(run.wall_time < WALL_TIME_LIMIT, "{:?}", run.wall_time);
     assert_plots(&html);
-    // On the five time plots and the verdict plot.
-    assert_eq!(html.matches("class=\"rollback-marker\"").count(), 6);
+    // On the five time plots, the verdict plot and the evidence plot.
+    assert_eq!(html.matches("class=\"rollback-marker\"").count(), 7);
     assert!(html.contains("data-gate=\"error-rate\" data-verdict=\"Fail\""));
 }
 
