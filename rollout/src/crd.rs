@@ -871,6 +871,11 @@ pub struct CanaryRolloutStatus {
     /// When the current step began.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub step_started_at: Option<Time>,
+    /// When the current step's bake began again, after a routing mismatch healed (the canary's
+    /// users reached it only from then). The analysis window still runs from `stepStartedAt`,
+    /// so the step's sequential test goes on as one test within its share of the budget.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bake_started_at: Option<Time>,
     /// When the gates were last evaluated.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_analysis_at: Option<Time>,

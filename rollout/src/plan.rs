@@ -312,6 +312,7 @@ impl Planner<'_> {
         if self.status.step_started_at.is_none() {
             // A status written by hand or by an older controller: bake from now.
             self.status.step_started_at = Some(Time(self.now));
+            self.status.bake_started_at = None;
         }
         self.analyse_and_advance(evaluation, routing);
     }
@@ -519,8 +520,9 @@ impl Planner<'_> {
             Routing::Served(counts) => {
                 if self.status.routing_mismatch_since.take().is_some() {
                     // The step's weight was not served while misrouted: it bakes again, in full,
-                    // with its users on the canary.
-                    self.status.step_started_at = Some(Time(self.now));
+                    // with its users on the canary. The sequential test goes on over the whole
+                    // step: a fresh one would spend the step's share of the budget again.
+                    self.status.bake_started_at = Some(Time(self.now));
                     self.event(
                         EventKind::Normal,
                         "RoutingRestored",
@@ -612,6 +614,7 @@ impl Planner<'_> {
                     message,
                 );
                 self.status.step_started_at = Some(Time(self.now));
+                self.status.bake_started_at = None;
                 self.status.no_data_since = None;
                 self.status.consecutive_errors = 0;
             }
@@ -632,6 +635,7 @@ impl Planner<'_> {
             message,
         );
         self.status.step_started_at = Some(Time(self.now));
+        self.status.bake_started_at = None;
         self.status.no_data_since = None;
         self.status.consecutive_errors = 0;
     }
@@ -655,6 +659,7 @@ impl Planner<'_> {
     fn reset_analysis(&mut self) {
         let status = &mut self.status;
         status.step_started_at = None;
+        status.bake_started_at = None;
         status.last_analysis_at = None;
         status.gates.clear();
         status.consecutive_errors = 0;
@@ -718,6 +723,7 @@ impl Planner<'_> {
             Some(index) => {
                 self.status.step_index = Some(index);
                 self.status.step_started_at = Some(Time(self.now));
+                self.status.bake_started_at = None;
             }
             None => {
                 self.status.weight_bp = 0;
@@ -749,7 +755,11 @@ impl Planner<'_> {
     }
 
     fn bake_remaining(&self) -> Duration {
-        self.current_bake().saturating_sub(self.elapsed_in_step())
+        let baked = match &self.status.bake_started_at {
+            Some(started) => millis_between(started.0, self.now),
+            None => self.elapsed_in_step(),
+        };
+        self.current_bake().saturating_sub(baked)
     }
 
     fn requeue(&self) -> Duration {

@@ -920,6 +920,7 @@ fn transition(
 /// A run starts clean: no bake, no verdicts, no counters from the one before.
 fn reset_analysis(status: &mut CanaryRolloutStatus) {
     status.step_started_at = None;
+    status.bake_started_at = None;
     status.last_analysis_at = None;
     status.gates.clear();
     status.consecutive_errors = 0;

@@ -1085,7 +1085,16 @@ fn a_routing_mismatch_holds_and_the_policy_decides_after_the_deadline() {
         "False"
     );
     assert_eq!(healed.weight_bp, 500, "the step bakes again once served");
-    assert_eq!(healed.status.step_started_at, Some(Time(t(240))));
+    assert_eq!(healed.status.bake_started_at, Some(Time(t(240))));
+    // The analysis window (and the sequential test over it) still runs from the step's start.
+    assert_eq!(healed.status.step_started_at, thin.status.step_started_at);
+    let baking = plan(
+        &spec,
+        Some(&healed.status),
+        &with_routing(Verdict::Pass, routing(480.0, 470.0)),
+        t(299),
+    );
+    assert_eq!(baking.weight_bp, 500, "a full bake from the healing");
     let advanced = plan(
         &spec,
         Some(&healed.status),
@@ -1093,6 +1102,7 @@ fn a_routing_mismatch_holds_and_the_policy_decides_after_the_deadline() {
         t(300),
     );
     assert_eq!(advanced.weight_bp, 2500);
+    assert_eq!(advanced.status.bake_started_at, None);
 
     // A gate that fails still rolls back at once, mismatch or not.
     let failed = plan(
