@@ -28,6 +28,9 @@
 //!   gate must survive.
 //! - `diurnal[:AMPLITUDE]`: the request rate follows a day: × (1 + AMPLITUDE · sin(2π t / 24 h
 //!   + φ)), φ uniform per run; AMPLITUDE defaults to 0.5. Both versions alike.
+//! - `weight-lag:SECONDS`: a pushed weight reaches the filter SECONDS later (istiod's or the
+//!   file watch's propagation), so a step's window begins with the weight before it: the first
+//!   SECONDS of traffic after each weight change are split at the old weight.
 //! - `extrapolated[:SCRAPE]`: the samples are what Prometheus' `increase()` reports: each
 //!   version's counters are scraped every SCRAPE seconds (default 15) at a phase of its own, and
 //!   a window's increase is the difference of its first and last scrapes extrapolated to the
@@ -46,7 +49,7 @@ pub const DAY_S: f64 = 86_400.0;
 
 /// The examples every `--condition` error shows.
 pub const EXAMPLES: &str = "independent, retry-clusters:3, overdispersed:0.5, heavy-user:0.05:4, \
-     pod-stall:4:600:60:500, diurnal, diurnal:0.8, extrapolated, extrapolated:30, or several \
+     pod-stall:4:600:60:500, diurnal, diurnal:0.8, extrapolated, extrapolated:30, weight-lag:10, or several \
      joined by + (retry-clusters:3+extrapolated)";
 
 /// `pod-stall`: the most pods stable runs, however small the canary's share.
@@ -83,6 +86,8 @@ pub struct Conditions {
     pub diurnal_amplitude: Option<f64>,
     /// `extrapolated`: scrape interval in seconds.
     pub scrape_s: Option<f64>,
+    /// `weight-lag`: seconds a pushed weight takes to reach the filter.
+    pub weight_lag_s: Option<f64>,
 }
 
 impl Conditions {
@@ -193,6 +198,11 @@ impl Conditions {
                         .unwrap_or(DEFAULT_SCRAPE_S);
                     check(scrape >= 1.0, "extrapolated's SCRAPE is at least 1 second")?;
                     conditions.scrape_s = Some(scrape);
+                }
+                "weight-lag" => {
+                    let lag = numbers(&["SECONDS"], 0)?[0];
+                    check(lag >= 0.0, "weight-lag's SECONDS is at least 0")?;
+                    conditions.weight_lag_s = Some(lag);
                 }
                 "" => return Err(bad("a condition is empty".to_owned())),
                 other => return Err(bad(format!("{other:?} is not a condition"))),

@@ -260,12 +260,8 @@ impl Rollout {
                 };
             }
             let regressed = onset.is_some();
-            let tick = model.tick(
-                t as f64,
-                interval,
-                f64::from(weight_bp) / 10_000.0,
-                regressed,
-            );
+            let share = served_share(weights.last().copied(), weight_bp, conditions, interval);
+            let tick = model.tick(t as f64, interval, share, regressed);
             let (canary, stable) = conditions.draw(&mut state, rng, &tick);
             ledger.record(rng, &canary, &stable);
             weights.push(weight_bp);
@@ -293,5 +289,50 @@ impl Rollout {
         } else {
             "other".to_owned()
         }
+    }
+}
+
+/// The canary's share of an interval's traffic: the plan's weight, or under `weight-lag`, the
+/// weight before it for the lag's part of the interval after a change.
+fn served_share(
+    previous_bp: Option<u32>,
+    weight_bp: u32,
+    conditions: &Conditions,
+    interval: f64,
+) -> f64 {
+    let share = f64::from(weight_bp) / 10_000.0;
+    match (previous_bp, conditions.weight_lag_s) {
+        (Some(previous_bp), Some(lag)) if previous_bp != weight_bp && interval > 0.0 => {
+            let old = f64::from(previous_bp) / 10_000.0;
+            let lagged = lag.min(interval) / interval;
+            lagged * old + (1.0 - lagged) * share
+        }
+        _ => share,
+    }
+}
+
+#[cfg(test)]
+mod weight_lag_tests {
+    use super::*;
+
+    #[test]
+    fn a_lagging_weight_splits_the_first_interval_after_a_change() {
+        let lagging = Conditions::parse("weight-lag:10").unwrap_or_default();
+        // 10 s of 30 at 1%, 20 s at 5%.
+        let share = served_share(Some(100), 500, &lagging, 30.0);
+        assert!(
+            (share - (0.01 / 3.0 + 0.05 * 2.0 / 3.0)).abs() < 1e-12,
+            "{share}"
+        );
+        // No change, no lag, or the first interval: the plan's weight.
+        assert_eq!(served_share(Some(500), 500, &lagging, 30.0), 0.05);
+        assert_eq!(served_share(None, 500, &lagging, 30.0), 0.05);
+        assert_eq!(
+            served_share(Some(100), 500, &Conditions::independent(), 30.0),
+            0.05
+        );
+        // A lag longer than the interval serves the old weight throughout.
+        let long = Conditions::parse("weight-lag:60").unwrap_or_default();
+        assert_eq!(served_share(Some(100), 500, &long, 30.0), 0.01);
     }
 }

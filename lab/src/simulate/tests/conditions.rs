@@ -66,6 +66,10 @@ fn condition_values_parse_and_bad_ones_name_the_flag() {
         Conditions::parse("extrapolated:30").unwrap().scrape_s,
         Some(30.0)
     );
+    assert_eq!(
+        Conditions::parse("weight-lag:10").unwrap().weight_lag_s,
+        Some(10.0)
+    );
     for (bad, says) in [
         ("", "empty"),
         ("clustered", "not a condition"),
@@ -80,6 +84,8 @@ fn condition_values_parse_and_bad_ones_name_the_flag() {
         ("independent:1", "no parameters"),
         ("diurnal:1.5", "AMPLITUDE"),
         ("extrapolated:0.5", "SCRAPE"),
+        ("weight-lag", "takes SECONDS"),
+        ("weight-lag:-1", "at least 0"),
         ("diurnal+diurnal", "twice"),
     ] {
         let error = Conditions::parse(bad).unwrap_err();
