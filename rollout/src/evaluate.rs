@@ -84,17 +84,22 @@ pub struct Evaluation {
 impl Evaluation {
     /// The reasons of the gates that decided the combined verdict, e.g. for an Event on rollback.
     pub fn summary(&self) -> String {
-        let deciding: Vec<String> = self
-            .results
-            .iter()
-            .filter(|result| result.verdict == self.verdict)
-            .map(|result| format!("{}: {}", result.gate, result.reason))
-            .collect();
-        if deciding.is_empty() {
-            format!("{} (no gates)", self.verdict)
-        } else {
-            deciding.join("; ")
-        }
+        summary(self.verdict, &self.results)
+    }
+}
+
+/// The reasons of the gates among `results` whose verdict is `verdict`, as `gate: reason; …`
+/// (`VERDICT (no gates)` when none has it).
+pub fn summary(verdict: Verdict, results: &[GateResult]) -> String {
+    let deciding: Vec<String> = results
+        .iter()
+        .filter(|result| result.verdict == verdict)
+        .map(|result| format!("{}: {}", result.gate, result.reason))
+        .collect();
+    if deciding.is_empty() {
+        format!("{verdict} (no gates)")
+    } else {
+        deciding.join("; ")
     }
 }
 

@@ -556,15 +556,8 @@ impl Planner<'_> {
             return None;
         }
         let verdict = crate::evaluate::combine(self.status.gates.iter().map(|gate| gate.verdict));
-        (verdict == Verdict::Underpowered).then(|| {
-            self.status
-                .gates
-                .iter()
-                .filter(|gate| gate.verdict == Verdict::Underpowered)
-                .map(|gate| format!("{}: {}", gate.gate, gate.reason))
-                .collect::<Vec<_>>()
-                .join("; ")
-        })
+        (verdict == Verdict::Underpowered)
+            .then(|| crate::evaluate::summary(verdict, &self.status.gates))
     }
 
     fn errors_exceeded(&self) -> Option<String> {

@@ -2,38 +2,24 @@
 //! webhook, and that the reconcile never waits for it.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use k8s_openapi::jiff::Timestamp;
 use serde_json::json;
 use tokio::sync::oneshot;
 
+use super::tests::{failing, healthy, progressing, t, NOW};
 use super::*;
 use crate::fixtures::{
     finished, mock_client, rollout, ApiServer, Call, CannedSource, FixedClock, TempDir, TIMEOUT,
 };
 use crate::notify::tests::{file_webhook, quick, Hook, Reply};
 use cohort_rollout::crd::{
-    CanaryRolloutStatus, ErrorRateGate, GateCheck, GateSpec, NotificationsSpec, Phase,
-    SecretKeyRef, Step, WebhookSpec,
+    CanaryRolloutStatus, NotificationsSpec, Phase, SecretKeyRef, WebhookSpec,
 };
-use cohort_rollout::evaluate::{Observed, Samples, VersionSamples};
-use cohort_rollout::validate::tests::minimal_spec;
+use cohort_rollout::evaluate::Samples;
 
-const NOW: i64 = 1_800_001_000;
-
-/// Steps 1, 5, 25 then 100; one error-rate gate; the webhook's URL in Secret `checkout-webhook`.
+/// The reconciler tests' rollout (steps 1, 5, 25 then 100; one error-rate gate) with the
+/// webhook's URL in Secret `checkout-webhook`.
 fn spec() -> CanaryRolloutSpec {
-    let mut spec = minimal_spec();
-    spec.steps = vec![
-        Step::new(1.0, "1m"),
-        Step::new(5.0, "1m"),
-        Step::new(25.0, "1m"),
-        Step::new(100.0, "1m"),
-    ];
-    spec.analysis.gates = vec![GateSpec::new(GateCheck::ErrorRate(ErrorRateGate {
-        max_increase: 0.01,
-        max_rate: None,
-    }))];
+    let mut spec = super::tests::spec();
     spec.notifications = Some(NotificationsSpec {
         webhook: WebhookSpec {
             url_secret_ref: Some(SecretKeyRef {
@@ -47,40 +33,8 @@ fn spec() -> CanaryRolloutSpec {
     spec
 }
 
-fn traffic(canary_errors: f64) -> Samples {
-    let version = |(requests, errors): (f64, f64)| VersionSamples {
-        requests: Observed::Value(requests),
-        server_errors: Observed::Value(errors),
-        ..VersionSamples::default()
-    };
-    Samples {
-        canary: version((1_000.0, canary_errors)),
-        stable: version((10_000.0, 10.0)),
-    }
-}
-
-/// Canary 10% errors, stable 0.1%.
-fn failing() -> Samples {
-    traffic(100.0)
-}
-
-/// Canary 0.1% errors, stable 0.1%.
-fn healthy() -> Samples {
-    traffic(1.0)
-}
-
-fn at_step(step: u32, weight_bp: u32, started_ago: i64) -> CanaryRolloutStatus {
-    CanaryRolloutStatus {
-        phase: Phase::Progressing,
-        step_index: Some(step),
-        weight_bp,
-        step_started_at: Some(Time(Timestamp::from_second(NOW - started_ago).unwrap())),
-        ..CanaryRolloutStatus::default()
-    }
-}
-
 fn at_step_two() -> CanaryRolloutStatus {
-    at_step(1, 500, 10)
+    progressing(1, 500, 10)
 }
 
 /// The WasmPlugin's `pluginConfig` with our entry at `weight_bp` (`None`: not there yet), as
@@ -114,7 +68,7 @@ fn context(
     let ctx = Context::new(
         client,
         CannedSource::new(samples),
-        Arc::new(FixedClock(Timestamp::from_second(NOW).unwrap())),
+        Arc::new(FixedClock(t(NOW))),
         metrics.clone(),
         Some("cohort-controller-0".into()),
     )
@@ -276,7 +230,7 @@ async fn a_hanging_then_failing_webhook_is_given_up_while_the_rollout_goes_on() 
     let advanced = tokio::time::timeout(
         TIMEOUT,
         reconcile(
-            Arc::new(rollout(spec(), Some(at_step(0, 100, 120)))),
+            Arc::new(rollout(spec(), Some(progressing(0, 100, 120)))),
             ctx.clone(),
         ),
     )

@@ -22,14 +22,14 @@ use cohort_rollout::plan::{CONDITION_PAUSED, CONDITION_READY, CONDITION_ROUTING_
 use cohort_rollout::validate::tests::minimal_spec;
 
 /// The reconciles happen at `t(NOW)`.
-const NOW: i64 = 1_000;
+pub(super) const NOW: i64 = 1_000;
 
-fn t(seconds: i64) -> Timestamp {
+pub(super) fn t(seconds: i64) -> Timestamp {
     Timestamp::from_second(1_800_000_000 + seconds).unwrap()
 }
 
 /// Steps 1, 5, 25 (bake 1m each) then 100; interval 30s; one error-rate gate, 100 samples.
-fn spec() -> CanaryRolloutSpec {
+pub(super) fn spec() -> CanaryRolloutSpec {
     let mut spec = minimal_spec();
     spec.steps = vec![
         Step::new(1.0, "1m"),
@@ -57,12 +57,12 @@ fn traffic(canary: (f64, f64), stable: (f64, f64)) -> Samples {
 }
 
 /// Canary 0.1% errors, stable 0.1%.
-fn healthy() -> Samples {
+pub(super) fn healthy() -> Samples {
     traffic((1_000.0, 1.0), (10_000.0, 10.0))
 }
 
 /// Canary 10% errors, stable 0.1%.
-fn failing() -> Samples {
+pub(super) fn failing() -> Samples {
     traffic((1_000.0, 100.0), (10_000.0, 10.0))
 }
 
@@ -84,7 +84,7 @@ fn unreadable() -> Samples {
     }
 }
 
-fn progressing(step: u32, weight_bp: u32, started_ago: i64) -> CanaryRolloutStatus {
+pub(super) fn progressing(step: u32, weight_bp: u32, started_ago: i64) -> CanaryRolloutStatus {
     CanaryRolloutStatus {
         phase: Phase::Progressing,
         step_index: Some(step),
