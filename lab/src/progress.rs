@@ -301,6 +301,8 @@ mod tests {
                 evidence,
                 evidence_needed: 1200.0,
                 dispersion: 5.0,
+                canary_unit_dispersion: None,
+                stable_unit_dispersion: None,
                 tally: cohort_rollout::crd::Tally::default(),
             })
         };

@@ -1053,6 +1053,8 @@ mod tests {
                 evidence,
                 evidence_needed: 1200.0,
                 dispersion: 1.75,
+                canary_unit_dispersion: None,
+                stable_unit_dispersion: None,
                 tally: Tally {
                     window_seconds: window,
                     ..Tally::default()

@@ -56,7 +56,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use cohort_rollout::crd::{CustomGate, ErrorRateGate, GateCheck, GateSpec, Verdict};
-use cohort_rollout::evaluate::{evaluate, histogram_quantile, Observed, Samples, VersionSamples};
+use cohort_rollout::evaluate::{evaluate, histogram_quantile, Observed, Samples};
 use cohort_rollout::format::{or_dash, share_percent, whole_seconds};
 
 pub mod conditions;
@@ -98,6 +98,10 @@ pub const THRESHOLD_P99_MS: f64 = 500.0;
 pub const THRESHOLD_ERROR_RATE: f64 = 0.01;
 /// The most checks a Flagger-style analysis makes before it decides.
 const THRESHOLD_MAX_CHECKS: u32 = THRESHOLD_FAILED_CHECKS + THRESHOLD_ITERATIONS - 1;
+/// Units per version the rollout's source reports when `--units` is not given: the filter's.
+pub const DEFAULT_UNITS: usize = 16;
+/// The most units `--units` takes.
+const MAX_UNITS: usize = 1024;
 /// Calibration runs per traffic and condition for `threshold-tuned` when none is given.
 pub const DEFAULT_TUNE_RUNS: u32 = 4000;
 /// Quantile levels the tuning searches: `k / TUNE_LEVELS` for k in 0..=TUNE_LEVELS.
@@ -333,6 +337,8 @@ pub struct Settings {
     pub tune_false_rollbacks: f64,
     /// `threshold-tuned`'s calibration runs per traffic (rps and weight) and condition set.
     pub tune_runs: u32,
+    /// Units per version the rollout's metric source reports (1: totals only).
+    pub units: usize,
 }
 
 /// One run's ends, family by family (in [`Family::ALL`] order), and what rolled the rollout back.
@@ -398,6 +404,7 @@ pub fn simulate(
                 let whole = rollout.run(
                     model,
                     model.conditions,
+                    settings.units,
                     &mut Rng::new(splitmix(seed ^ ROLLOUT_STREAM)),
                 );
                 if let Ok(mut outcomes) = outcomes.lock() {
@@ -631,12 +638,13 @@ impl<'a> Model<'a> {
     fn each_minute(&self, rng: &mut Rng, mut on_minute: impl FnMut(u64, &Samples) -> bool) {
         let scenario = self.scenario;
         let mut state = RunState::new(self.conditions, rng);
-        let mut ledger = Ledger::new(TICK_S as f64, self.conditions.scrape_s, rng);
+        let mut ledger = Ledger::new(TICK_S as f64, self.conditions.scrape_s, 1, rng);
         let mut t = 0;
         while t < HORIZON_S {
             let regressed = t >= scenario.fixed_weight_start_s();
             let tick = self.tick(t as f64, TICK_S as f64, scenario.canary_weight, regressed);
-            let (canary, stable) = self.conditions.draw(&mut state, rng, &tick);
+            // The comparison families read totals, as their sources do.
+            let (canary, stable) = self.conditions.draw(&mut state, rng, &tick, 1);
             ledger.record(rng, &canary, &stable);
             t += TICK_S;
             if t % THRESHOLD_INTERVAL_S == 0
@@ -956,36 +964,6 @@ impl Counts {
         }
         part.errors = rng.binomial(self.errors, share).min(part.requests());
         part
-    }
-
-    /// What a metric source would report for this version: counters and a cumulative histogram.
-    fn version_samples(&self) -> VersionSamples {
-        let mut cumulative = [0.0; BUCKETS];
-        let mut running = 0;
-        for (slot, count) in cumulative.iter_mut().zip(&self.buckets) {
-            running += count;
-            *slot = running as f64;
-        }
-        ledger::version_samples(self.requests() as f64, self.errors as f64, &cumulative)
-    }
-}
-
-/// Both versions over a period.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
-struct Traffic {
-    canary: Counts,
-    stable: Counts,
-}
-
-impl Traffic {
-    fn add(&mut self, canary: &Counts, stable: &Counts) {
-        self.canary.add(canary);
-        self.stable.add(stable);
-    }
-
-    fn subtract(&mut self, other: &Traffic) {
-        self.canary.subtract(&other.canary);
-        self.stable.subtract(&other.stable);
     }
 }
 
@@ -1451,6 +1429,11 @@ pub struct SimulateArgs {
     /// A/A calibration runs per traffic (rps and weight) and condition for threshold-tuned.
     #[arg(long, value_name = "RUNS", default_value_t = DEFAULT_TUNE_RUNS)]
     pub tune_runs: u32,
+    /// Units per version the rollout family's metric source reports: 16, Istio's metrics with
+    /// the `cohort_unit` label (manifests/istio/telemetry.yaml); 1, totals only (a plain Envoy's
+    /// cluster stats, or Istio without that label).
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_UNITS)]
+    pub units: usize,
     /// Print a JSON array of rows instead of the table.
     #[arg(long)]
     pub json: bool,
@@ -1502,6 +1485,7 @@ pub fn read_settings(args: &SimulateArgs, rollout: &Rollout) -> Result<Settings,
         threads: args.threads.max(1),
         tune_false_rollbacks: target,
         tune_runs: args.tune_runs.max(1),
+        units: args.units.clamp(1, MAX_UNITS),
     })
 }
 

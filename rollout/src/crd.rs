@@ -1039,6 +1039,14 @@ pub struct SequentialLook {
     /// How much more the event counts varied between looks than independent requests would
     /// (1: as independent; the counts are divided by it before they are tested).
     pub dispersion: f64,
+    /// How much more the canary's counts varied between its units (random sets of users) than
+    /// independent requests would; absent without units. The canary's counts are divided by
+    /// the larger of this and `dispersion`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary_unit_dispersion: Option<f64>,
+    /// The same for stable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stable_unit_dispersion: Option<f64>,
     /// The counts of this step's window at this look and the variation seen so far, read at the
     /// next look.
     pub tally: Tally,
@@ -1439,6 +1447,8 @@ spec:
                     evidence: 140.5,
                     evidence_needed: 100.0,
                     dispersion: 1.25,
+                    canary_unit_dispersion: None,
+                    stable_unit_dispersion: None,
                     tally: Tally {
                         window_seconds: 90.0,
                         canary_events: 30.0,

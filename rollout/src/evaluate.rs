@@ -61,6 +61,25 @@ pub struct VersionSamples {
     pub events: BTreeMap<String, Observed<f64>>,
     /// Custom query results by gate name.
     pub custom: BTreeMap<String, Observed<f64>>,
+    /// The same requests, server errors and latency split by the users' unit (Istio's
+    /// `cohort_unit` label, from the filter's unit header): one entry per unit seen, none when
+    /// the source cannot split them. Sequential gates take the spread between units as the
+    /// spread users really make, so one heavy user or one user's retries, all in one unit, do
+    /// not read as the whole version's.
+    pub units: Vec<UnitSamples>,
+}
+
+/// One unit's part of a version's samples over the window.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct UnitSamples {
+    /// The unit (`cohort_unit` label value).
+    pub unit: String,
+    /// Requests the unit's users were served.
+    pub requests: f64,
+    /// Of them, 5xx.
+    pub server_errors: f64,
+    /// Their request-duration histogram in milliseconds (empty when latency is not read).
+    pub latency_ms: Vec<Bucket>,
 }
 
 /// Both versions over the same window.

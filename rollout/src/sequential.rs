@@ -103,7 +103,7 @@ use crate::crd::{
     CanaryRolloutSpec, CanaryRolloutStatus, GateCheck, GateResult, SequentialGate, SequentialLook,
     SequentialMetric, Tally, Verdict,
 };
-use crate::evaluate::{happenings, histogram, requests, Bucket, Judge, Samples};
+use crate::evaluate::{happenings, histogram, requests, Bucket, Judge, Samples, UnitSamples};
 use crate::format::share_percent_or_unknown;
 
 /// The window the metric source should read: everything since the current step began when the
@@ -377,9 +377,70 @@ impl Margin {
     }
 }
 
-/// Judges canary against stable from counts since the test began. `dispersion` (at least 1) is
-/// how much more the counts vary than independent requests would make them ([`Tally::dispersion`]):
-/// the test weighs the counts divided by it. `expired` says `maxDuration` has passed with the
+/// How much more each version's counts vary than independent requests would make them.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Dispersion {
+    /// The canary's.
+    pub canary: f64,
+    /// Stable's.
+    pub stable: f64,
+}
+
+impl Dispersion {
+    /// The same for both versions.
+    pub fn both(value: f64) -> Self {
+        Dispersion {
+            canary: value,
+            stable: value,
+        }
+    }
+}
+
+
+/// Units with requests fewer than this say too little about the spread between them.
+pub const MIN_UNITS: usize = 4;
+
+/// How much more a version's event count varies than independent requests would make it vary,
+/// measured between its units (random sets of users, [`crate::evaluate::UnitSamples`]): the
+/// units' squared deviations from the version's rate (the cluster-robust variance of the rate)
+/// over what Poisson counts would give them, `Σ (xᵤ − r nᵤ)² / (X (1 − Σ wᵤ²))` with `wᵤ` each
+/// unit's share of the exposure. About 1 when requests are independent, whatever the units'
+/// sizes. A user whose own error rate differs, or a user's retries, sit in one unit, so they
+/// raise it in proportion to what they add, and as the counts grow it grows with them: such a
+/// user moves the version's rate by a bounded number of standard errors however long the test
+/// runs, where the counts alone would make it any number. `None` with fewer than [`MIN_UNITS`]
+/// units with requests, or no events.
+pub fn unit_dispersion(units: &[Counts]) -> Option<f64> {
+    let served: Vec<Counts> = units
+        .iter()
+        .copied()
+        .filter(|unit| unit.exposure > 0.0 && unit.events >= 0.0)
+        .collect();
+    if served.len() < MIN_UNITS {
+        return None;
+    }
+    let events: f64 = served.iter().map(|unit| unit.events).sum();
+    let exposure: f64 = served.iter().map(|unit| unit.exposure).sum();
+    if events <= 0.0 {
+        return None;
+    }
+    let rate = events / exposure;
+    let squares: f64 = served
+        .iter()
+        .map(|unit| (unit.events - rate * unit.exposure).powi(2))
+        .sum();
+    let concentration: f64 = served
+        .iter()
+        .map(|unit| (unit.exposure / exposure).powi(2))
+        .sum();
+    let poisson = events * (1.0 - concentration);
+    (poisson > 0.0).then(|| squares / poisson)
+}
+
+/// Judges canary against stable from counts since the test began. `dispersion` (each at least
+/// 1) is how much more each version's counts vary than independent requests would make them
+/// ([`Tally::dispersion`], [`unit_dispersion`]): the test weighs each version's counts divided
+/// by its own. `expired` says `maxDuration` has passed with the
 /// sample minimum met, so "no regression detected" ends the test as Underpowered.
 pub fn decide(
     canary: Counts,
@@ -387,15 +448,17 @@ pub fn decide(
     worse: Worse,
     margin: Margin,
     alpha: f64,
-    dispersion: f64,
+    dispersion: Dispersion,
     expired: bool,
 ) -> Decision {
     let worse_from = stable.rate().map(|rate| margin.worse_from(worse, rate));
     // Counts that vary φ times more than independent ones carry the information of 1/φ as many
     // independent events (quasi-likelihood): the test and the bounds read them deflated.
-    let dispersion = dispersion.max(1.0);
     let canary_requests = canary.exposure;
-    let (canary, stable) = (canary.deflated(dispersion), stable.deflated(dispersion));
+    let (canary, stable) = (
+        canary.deflated(dispersion.canary.max(1.0)),
+        stable.deflated(dispersion.stable.max(1.0)),
+    );
     let total_exposure = canary.exposure + stable.exposure;
     if canary.exposure <= 0.0 || stable.exposure <= 0.0 {
         return Decision {
@@ -654,7 +717,13 @@ impl SequentialGate {
             SequentialMetric::Latency => slow_counts(samples, self.quantile()),
             SequentialMetric::BusinessEvent => event_counts(samples, self.event.as_deref()),
         };
-        let (canary, stable, what) = match counted {
+        let Counted {
+            canary,
+            stable,
+            canary_units,
+            stable_units,
+            what,
+        } = match counted {
             Ok(counted) => counted,
             Err(reason) => {
                 result.verdict = Verdict::Error;
@@ -682,13 +751,22 @@ impl SequentialGate {
             max_drop: self.max_drop(),
         };
         let tally = window.map(|window| Tally::next(previous_tally, canary, stable, window));
-        let dispersion = tally.as_ref().map_or(1.0, Tally::dispersion);
+        let canary_spread = unit_dispersion(&canary_units);
+        let stable_spread = unit_dispersion(&stable_units);
+        let over_time = tally.as_ref().map_or(1.0, Tally::dispersion);
+        // Each version's counts vary at least as much as its units show.
+        let dispersion = Dispersion {
+            canary: over_time.max(canary_spread.unwrap_or(1.0)),
+            stable: over_time.max(stable_spread.unwrap_or(1.0)),
+        };
         let alpha = self.alpha();
         let decision = decide(canary, stable, worse, margin, alpha, dispersion, expired);
         result.sequential = tally.map(|tally| SequentialLook {
             evidence: decision.evidence,
             evidence_needed: 1.0 / alpha,
-            dispersion,
+            dispersion: over_time,
+            canary_unit_dispersion: canary_spread,
+            stable_unit_dispersion: stable_spread,
             tally,
         });
         result.threshold = decision.worse_from;
@@ -711,8 +789,18 @@ impl SequentialGate {
     }
 }
 
+/// One version's events over exposure, in total and per unit (empty when the source has no
+/// units).
+struct Counted {
+    canary: Counts,
+    stable: Counts,
+    canary_units: Vec<Counts>,
+    stable_units: Vec<Counts>,
+    what: String,
+}
+
 /// 5xx over requests.
-fn error_counts(samples: &Samples) -> Result<(Counts, Counts, String), String> {
+fn error_counts(samples: &Samples) -> Result<Counted, String> {
     let canary = Counts {
         events: happenings(&samples.canary.server_errors, "canary 5xx")?,
         exposure: requests(&samples.canary.requests, "canary")?,
@@ -721,14 +809,26 @@ fn error_counts(samples: &Samples) -> Result<(Counts, Counts, String), String> {
         events: happenings(&samples.stable.server_errors, "stable 5xx")?,
         exposure: requests(&samples.stable.requests, "stable")?,
     };
-    Ok((canary, stable, "5xx rate".to_owned()))
+    let by_unit = |units: &[UnitSamples]| {
+        units
+            .iter()
+            .map(|unit| Counts {
+                events: unit.server_errors,
+                exposure: unit.requests,
+            })
+            .collect()
+    };
+    Ok(Counted {
+        canary,
+        stable,
+        canary_units: by_unit(&samples.canary.units),
+        stable_units: by_unit(&samples.stable.units),
+        what: "5xx rate".to_owned(),
+    })
 }
 
 /// Business events over requests.
-fn event_counts(
-    samples: &Samples,
-    event: Option<&str>,
-) -> Result<(Counts, Counts, String), String> {
+fn event_counts(samples: &Samples, event: Option<&str>) -> Result<Counted, String> {
     let Some(event) = event else {
         return Err("a businessEvent sequential gate needs `event`".to_owned());
     };
@@ -747,11 +847,18 @@ fn event_counts(
         )?,
         exposure: requests(&samples.stable.requests, "stable")?,
     };
-    Ok((canary, stable, format!("{event} per request")))
+    // The filter counts business events by version only: no units.
+    Ok(Counted {
+        canary,
+        stable,
+        canary_units: Vec::new(),
+        stable_units: Vec::new(),
+        what: format!("{event} per request"),
+    })
 }
 
 /// Requests slower than the bucket bound holding stable's `quantile`, over observations.
-fn slow_counts(samples: &Samples, quantile: f64) -> Result<(Counts, Counts, String), String> {
+fn slow_counts(samples: &Samples, quantile: f64) -> Result<Counted, String> {
     let canary = histogram(&samples.canary.latency_ms, "canary")?;
     let stable = histogram(&samples.stable.latency_ms, "stable")?;
     let stable_total = cumulative_at(&stable, f64::INFINITY);
@@ -763,14 +870,16 @@ fn slow_counts(samples: &Samples, quantile: f64) -> Result<(Counts, Counts, Stri
             exposure: 0.0,
         };
         let canary_total = cumulative_at(&canary, f64::INFINITY);
-        return Ok((
-            Counts {
+        return Ok(Counted {
+            canary: Counts {
                 exposure: canary_total,
                 ..zero
             },
-            zero,
-            "slow share".to_owned(),
-        ));
+            stable: zero,
+            canary_units: Vec::new(),
+            stable_units: Vec::new(),
+            what: "slow share".to_owned(),
+        });
     };
     let split = |buckets: &[Bucket]| {
         let total = cumulative_at(buckets, f64::INFINITY);
@@ -779,11 +888,15 @@ fn slow_counts(samples: &Samples, quantile: f64) -> Result<(Counts, Counts, Stri
             exposure: total,
         }
     };
-    Ok((
-        split(&canary),
-        split(&stable),
-        format!("share slower than {bound} ms"),
-    ))
+    // Each unit is split at the bound stable's whole histogram gives.
+    let by_unit = |units: &[UnitSamples]| units.iter().map(|unit| split(&unit.latency_ms)).collect();
+    Ok(Counted {
+        canary: split(&canary),
+        stable: split(&stable),
+        canary_units: by_unit(&samples.canary.units),
+        stable_units: by_unit(&samples.stable.units),
+        what: format!("share slower than {bound} ms"),
+    })
 }
 
 /// The smallest finite bucket bound at or above stable's `quantile` (its highest finite bound

@@ -221,6 +221,9 @@ pub(super) struct Stream<'a> {
     pub error_rate: f64,
     /// Latency bucket probabilities.
     pub buckets: &'a [f64; BUCKETS],
+    /// The one unit whose users send all of it (`heavy-user`); `None`: spread evenly over the
+    /// version's units.
+    pub unit: Option<usize>,
 }
 
 /// What one tick should draw, before the conditions.
@@ -280,13 +283,17 @@ impl RunState {
 }
 
 impl Conditions {
-    /// Draws one tick's counts of (canary, stable) under these conditions.
+    /// Draws one tick's counts of (canary, stable) under these conditions, each split over
+    /// `units` units (at least 1) of equal shares of the version's users: the `cohort_unit`s a
+    /// source with units reports. One unit draws what the total alone always drew.
     pub(super) fn draw(
         &self,
         state: &mut RunState,
         rng: &mut Rng,
         tick: &Tick,
-    ) -> (Counts, Counts) {
+        units: usize,
+    ) -> (Vec<Counts>, Vec<Counts>) {
+        let units = units.max(1);
         let rps = match self.diurnal_amplitude {
             Some(amplitude) => {
                 tick.rps * diurnal_factor(tick.start_s, amplitude, state.diurnal_phase)
@@ -297,11 +304,13 @@ impl Conditions {
             requests: 0.0,
             error_rate: tick.canary_error_rate,
             buckets: tick.canary_buckets,
+            unit: None,
         }];
         let mut stable = vec![Stream {
             requests: 0.0,
             error_rate: tick.stable_error_rate,
             buckets: tick.stable_buckets,
+            unit: None,
         }];
         let light = match self.heavy_user {
             Some((share, multiple)) => {
@@ -316,6 +325,7 @@ impl Conditions {
                     requests: rps * share * tick.length_s,
                     error_rate: base * multiple,
                     buckets,
+                    unit: Some(heavy_user_unit(state.heavy_position, units)),
                 });
                 rps * (1.0 - share)
             }
@@ -342,9 +352,20 @@ impl Conditions {
             stable = split_stalled(&stable, stalled, tick.stable_stalled_buckets);
         }
         let mut draw = |streams: &[Stream]| {
-            let mut counts = Counts::default();
+            let mut counts = vec![Counts::default(); units];
             for stream in streams {
-                counts.add(&self.draw_stream(rng, stream));
+                match stream.unit {
+                    Some(unit) => counts[unit % units].add(&self.draw_stream(rng, stream)),
+                    None => {
+                        let part = Stream {
+                            requests: stream.requests / units as f64,
+                            ..*stream
+                        };
+                        for unit in counts.iter_mut() {
+                            unit.add(&self.draw_stream(rng, &part));
+                        }
+                    }
+                }
             }
             counts
         };
@@ -375,6 +396,13 @@ pub(super) fn diurnal_factor(t_s: f64, amplitude: f64, phase: f64) -> f64 {
 /// `heavy-user`: whether the user whose bucket is `position` is on the canary at `share`.
 pub(super) fn heavy_user_on_canary(position: f64, share: f64) -> bool {
     position < share
+}
+
+/// `heavy-user`: the unit of the user whose bucket is `position`, among `units`: from digits
+/// of the position the bucket comparison does not read, as the filter takes a user's unit
+/// from other bits of the hash than its bucket.
+pub(super) fn heavy_user_unit(position: f64, units: usize) -> usize {
+    ((position * 1_048_576.0).fract() * units as f64) as usize % units.max(1)
 }
 
 /// `overdispersed`: a log-normal factor with mean 1 and coefficient of variation `cv`.

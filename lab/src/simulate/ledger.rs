@@ -2,22 +2,29 @@
 //! any window ending now (the last interval, or everything since a step began) is a difference,
 //! or, under `extrapolated`, Prometheus' `increase()` over the scrapes in the window.
 
-use cohort_rollout::evaluate::{Bucket, Observed, Samples, VersionSamples};
+use cohort_rollout::evaluate::{Bucket, Observed, Samples, UnitSamples, VersionSamples};
 
 use super::conditions::prometheus_increase;
-use super::{Counts, Rng, Traffic, BUCKETS, ENVOY_BUCKETS_MS};
+use super::{Counts, Rng, BUCKETS, ENVOY_BUCKETS_MS};
 
 /// Where stable's scraped counters stand when the rollout starts: far from zero (stable served
 /// long before), so Prometheus' zero-point rule never shortens its windows. The canary's
 /// counters start at zero with the rollout.
 const STABLE_ORIGIN: f64 = 1e9;
 
+/// Both versions' running totals, unit by unit.
+#[derive(Debug, Clone, PartialEq)]
+struct Totals {
+    canary: Vec<Counts>,
+    stable: Vec<Counts>,
+}
+
 /// A run's traffic so far.
 #[derive(Debug, Clone)]
 pub(super) struct Ledger {
     tick_s: f64,
     /// Totals after each tick; `totals[0]` is the start.
-    totals: Vec<Traffic>,
+    totals: Vec<Totals>,
     scrapes: Option<Scrapes>,
 }
 
@@ -27,22 +34,27 @@ struct Scrapes {
     every_s: f64,
     /// The next scrape of (canary, stable).
     next_s: [f64; 2],
-    /// (time, totals) of each scrape of (canary, stable).
-    points: [Vec<(f64, Counts)>; 2],
+    /// (time, totals per unit) of each scrape of (canary, stable).
+    points: [Vec<(f64, Vec<Counts>)>; 2],
 }
 
 impl Ledger {
-    /// An empty ledger of `tick_s`-second ticks; `scrape_s` reads windows as Prometheus'
-    /// `increase()` over scrapes that far apart (each version at its own phase, drawn here).
-    pub fn new(tick_s: f64, scrape_s: Option<f64>, rng: &mut Rng) -> Self {
+    /// An empty ledger of `tick_s`-second ticks of `units` units per version; `scrape_s` reads
+    /// windows as Prometheus' `increase()` over scrapes that far apart (each version at its own
+    /// phase, drawn here; all of a version's units at once, as one scrape reads them).
+    pub fn new(tick_s: f64, scrape_s: Option<f64>, units: usize, rng: &mut Rng) -> Self {
         let scrapes = scrape_s.map(|every_s| Scrapes {
             every_s,
             next_s: [rng.uniform() * every_s, rng.uniform() * every_s],
             points: [Vec::new(), Vec::new()],
         });
+        let zero = vec![Counts::default(); units.max(1)];
         Ledger {
             tick_s,
-            totals: vec![Traffic::default()],
+            totals: vec![Totals {
+                canary: zero.clone(),
+                stable: zero,
+            }],
             scrapes,
         }
     }
@@ -52,13 +64,21 @@ impl Ledger {
         (self.totals.len() - 1) as f64 * self.tick_s
     }
 
-    /// Records the next tick. Under `extrapolated`, the tick's requests are spread uniformly
-    /// over it (binomial thinning) to read the counters at the scrapes inside it.
-    pub fn record(&mut self, rng: &mut Rng, canary: &Counts, stable: &Counts) {
+    /// Records the next tick, unit by unit (as many as the ledger was made with). Under
+    /// `extrapolated`, the tick's requests are spread uniformly over it (binomial thinning) to
+    /// read the counters at the scrapes inside it.
+    pub fn record(&mut self, rng: &mut Rng, canary: &[Counts], stable: &[Counts]) {
         let start_s = self.now_s();
-        let before = self.totals.last().copied().unwrap_or_default();
-        let mut after = before;
-        after.add(canary, stable);
+        let Some(before) = self.totals.last().cloned() else {
+            return;
+        };
+        let mut after = before.clone();
+        for (total, tick) in after.canary.iter_mut().zip(canary) {
+            total.add(tick);
+        }
+        for (total, tick) in after.stable.iter_mut().zip(stable) {
+            total.add(tick);
+        }
         self.totals.push(after);
         let Some(scrapes) = &mut self.scrapes else {
             return;
@@ -66,45 +86,67 @@ impl Ledger {
         let end_s = start_s + self.tick_s;
         let versions = [(canary, before.canary), (stable, before.stable)];
         for (v, (tick, total)) in versions.into_iter().enumerate() {
-            let mut left = *tick;
+            let mut left = tick.to_vec();
             let mut total = total;
             let mut cursor = start_s;
             while scrapes.next_s[v] <= end_s {
                 let at = scrapes.next_s[v];
                 let share = ((at - cursor) / (end_s - cursor)).clamp(0.0, 1.0);
-                let part = left.thin(rng, share);
-                left.subtract(&part);
-                total.add(&part);
-                scrapes.points[v].push((at, total));
+                for (unit_left, unit_total) in left.iter_mut().zip(total.iter_mut()) {
+                    let part = unit_left.thin(rng, share);
+                    unit_left.subtract(&part);
+                    unit_total.add(&part);
+                }
+                scrapes.points[v].push((at, total.clone()));
                 cursor = at;
                 scrapes.next_s[v] += scrapes.every_s;
             }
         }
     }
 
-    /// The samples of the `window_s` seconds ending now, as the source would report them.
+    /// The samples of the `window_s` seconds ending now, as the source would report them: each
+    /// version's totals, and its units when there are several.
     pub fn samples(&self, window_s: f64) -> Samples {
         match &self.scrapes {
             None => {
                 let ticks = ((window_s / self.tick_s) - 1e-9).ceil().max(1.0) as usize;
                 let end = self.totals.len() - 1;
                 let start = end.saturating_sub(ticks);
-                let mut window = self.totals[end];
-                window.subtract(&self.totals[start]);
+                let window = |now: &[Counts], then: &[Counts]| -> Vec<Option<Series>> {
+                    now.iter()
+                        .zip(then)
+                        .map(|(now, then)| {
+                            let mut counts = *now;
+                            counts.subtract(then);
+                            Some(Series::of(&counts))
+                        })
+                        .collect()
+                };
                 Samples {
-                    canary: window.canary.version_samples(),
-                    stable: window.stable.version_samples(),
+                    canary: version_of_units(window(
+                        &self.totals[end].canary,
+                        &self.totals[start].canary,
+                    )),
+                    stable: version_of_units(window(
+                        &self.totals[end].stable,
+                        &self.totals[start].stable,
+                    )),
                 }
             }
             Some(scrapes) => {
                 let end = self.now_s();
                 let start = end - window_s;
                 let read = |v: usize, origin: f64| {
-                    let inside: Vec<&(f64, Counts)> = scrapes.points[v]
+                    let inside: Vec<&(f64, Vec<Counts>)> = scrapes.points[v]
                         .iter()
                         .filter(|(at, _)| *at > start && *at <= end)
                         .collect();
-                    increase_samples(&inside, start, end, origin)
+                    let units = inside.first().map_or(0, |(_, units)| units.len());
+                    version_of_units(
+                        (0..units)
+                            .map(|unit| increase_series(&inside, unit, start, end, origin))
+                            .collect(),
+                    )
                 };
                 Samples {
                     canary: read(0, 0.0),
@@ -115,31 +157,105 @@ impl Ledger {
     }
 }
 
-/// One version's samples from its scrapes inside (`start`, `end`]: every counter series (the
-/// cumulative histogram buckets, the 5xx) through [`prometheus_increase`]. No data with fewer
+/// One unit's counters over a window: requests, 5xx, and the cumulative histogram
+/// (`cumulative[i]` requests at or below bucket `i`'s bound, the last `+Inf`).
+#[derive(Debug, Clone, Copy)]
+struct Series {
+    requests: f64,
+    errors: f64,
+    cumulative: [f64; BUCKETS],
+}
+
+impl Series {
+    /// Exact counts.
+    fn of(counts: &Counts) -> Self {
+        let mut cumulative = [0.0; BUCKETS];
+        let mut running = 0;
+        for (slot, count) in cumulative.iter_mut().zip(&counts.buckets) {
+            running += count;
+            *slot = running as f64;
+        }
+        Series {
+            requests: counts.requests() as f64,
+            errors: counts.errors as f64,
+            cumulative,
+        }
+    }
+}
+
+/// One unit's series from its version's scrapes inside (`start`, `end`]: every counter (the
+/// cumulative histogram buckets, the 5xx) through [`prometheus_increase`]. `None` with fewer
 /// than two scrapes.
-fn increase_samples(
-    points: &[&(f64, Counts)],
+fn increase_series(
+    points: &[&(f64, Vec<Counts>)],
+    unit: usize,
     start: f64,
     end: f64,
     origin: f64,
-) -> VersionSamples {
+) -> Option<Series> {
     let series = |value: &dyn Fn(&Counts) -> f64| -> Option<f64> {
         let values: Vec<(f64, f64)> = points
             .iter()
-            .map(|(at, counts)| (*at, origin + value(counts)))
+            .filter_map(|(at, units)| units.get(unit).map(|counts| (*at, origin + value(counts))))
             .collect();
         prometheus_increase(&values, start, end)
     };
     let mut cumulative = [0.0; BUCKETS];
     for (i, slot) in cumulative.iter_mut().enumerate() {
-        match series(&|counts: &Counts| counts.buckets[..=i].iter().sum::<u64>() as f64) {
-            Some(value) => *slot = value,
-            None => return VersionSamples::default(),
-        }
+        *slot = series(&|counts: &Counts| counts.buckets[..=i].iter().sum::<u64>() as f64)?;
     }
     let errors = series(&|counts: &Counts| counts.errors as f64).unwrap_or(0.0);
-    version_samples(cumulative[BUCKETS - 1], errors, &cumulative)
+    Some(Series {
+        requests: cumulative[BUCKETS - 1],
+        errors,
+        cumulative,
+    })
+}
+
+/// What a metric source reports for one version from its units' series: the sums (as
+/// `sum by` over the units adds each series' increase), and the units themselves when there
+/// are several. No data when a unit has none (fewer than two scrapes in the window).
+fn version_of_units(units: Vec<Option<Series>>) -> VersionSamples {
+    let Some(units) = units.into_iter().collect::<Option<Vec<Series>>>() else {
+        return VersionSamples::default();
+    };
+    let mut total = Series {
+        requests: 0.0,
+        errors: 0.0,
+        cumulative: [0.0; BUCKETS],
+    };
+    for unit in &units {
+        total.requests += unit.requests;
+        total.errors += unit.errors;
+        for (sum, count) in total.cumulative.iter_mut().zip(&unit.cumulative) {
+            *sum += count;
+        }
+    }
+    let mut samples = version_samples(total.requests, total.errors, &total.cumulative);
+    if units.len() > 1 {
+        samples.units = units
+            .iter()
+            .enumerate()
+            .map(|(i, unit)| UnitSamples {
+                unit: i.to_string(),
+                requests: unit.requests,
+                server_errors: unit.errors,
+                latency_ms: histogram(&unit.cumulative),
+            })
+            .collect();
+    }
+    samples
+}
+
+/// Envoy's buckets with their cumulative counts.
+fn histogram(cumulative: &[f64; BUCKETS]) -> Vec<Bucket> {
+    ENVOY_BUCKETS_MS
+        .iter()
+        .copied()
+        .chain(std::iter::once(f64::INFINITY))
+        .zip(cumulative)
+        .map(|(le, count)| Bucket { le, count: *count })
+        .collect()
 }
 
 /// What a metric source reports for one version: counters and a cumulative histogram
@@ -149,17 +265,10 @@ pub(super) fn version_samples(
     errors: f64,
     cumulative: &[f64; BUCKETS],
 ) -> VersionSamples {
-    let histogram = ENVOY_BUCKETS_MS
-        .iter()
-        .copied()
-        .chain(std::iter::once(f64::INFINITY))
-        .zip(cumulative)
-        .map(|(le, count)| Bucket { le, count: *count })
-        .collect();
     VersionSamples {
         requests: Observed::Value(requests),
         server_errors: Observed::Value(errors),
-        latency_ms: Observed::Value(histogram),
+        latency_ms: Observed::Value(histogram(cumulative)),
         // The simulated route serves every request where the filter decided.
         decisions: Observed::Value(requests),
         ..VersionSamples::default()

@@ -184,12 +184,19 @@ impl Rollout {
             .collect()
     }
 
-    /// One rollout of `model`'s scenario under `conditions`.
-    pub(super) fn run(&self, model: &Model, conditions: &Conditions, rng: &mut Rng) -> RolloutRun {
+    /// One rollout of `model`'s scenario under `conditions`, its source reporting `units` units
+    /// per version (1: totals only).
+    pub(super) fn run(
+        &self,
+        model: &Model,
+        conditions: &Conditions,
+        units: usize,
+        rng: &mut Rng,
+    ) -> RolloutRun {
         let scenario = model.scenario;
         let interval = self.interval_s as f64;
         let mut state = RunState::new(conditions, rng);
-        let mut ledger = Ledger::new(interval, conditions.scrape_s, rng);
+        let mut ledger = Ledger::new(interval, conditions.scrape_s, units, rng);
         let mut status: Option<CanaryRolloutStatus> = None;
         let mut weights = Vec::new();
         let mut onset: Option<u64> = None;
@@ -262,7 +269,7 @@ impl Rollout {
             let regressed = onset.is_some();
             let share = served_share(weights.last().copied(), weight_bp, conditions, interval);
             let tick = model.tick(t as f64, interval, share, regressed);
-            let (canary, stable) = conditions.draw(&mut state, rng, &tick);
+            let (canary, stable) = conditions.draw(&mut state, rng, &tick, units);
             ledger.record(rng, &canary, &stable);
             weights.push(weight_bp);
             t += self.interval_s;

@@ -233,6 +233,7 @@ fn a_small_simulation_is_sane_and_reproducible() {
         threads: 2,
         tune_false_rollbacks: 0.01,
         tune_runs: 400,
+        units: DEFAULT_UNITS,
     };
     let conditions = [Conditions::independent()];
     let rollout = sequential_pair_rollout();

@@ -23,6 +23,8 @@ fn judged_over(
             evidence: 1.0,
             evidence_needed: 100.0,
             dispersion: 1.0,
+            canary_unit_dispersion: None,
+            stable_unit_dispersion: None,
             tally: independent_tally(),
         }),
         ..GateResult::blank(name)
@@ -428,7 +430,7 @@ fn decisions_on_counts() {
         ),
     ];
     for (canary, stable, worse, expired, verdict) in table {
-        let decision = decide(canary, stable, worse, MARGIN, 0.01, 1.0, expired);
+        let decision = decide(canary, stable, worse, MARGIN, 0.01, Dispersion::both(1.0), expired);
         assert_eq!(
             decision.verdict, verdict,
             "canary {canary:?} stable {stable:?}: {}",
@@ -445,7 +447,7 @@ fn decision_numbers_and_reasons() {
         Worse::Higher,
         MARGIN,
         0.01,
-        1.0,
+        Dispersion::both(1.0),
         false,
     );
     close(
@@ -476,7 +478,7 @@ fn decision_numbers_and_reasons() {
         Worse::Higher,
         MARGIN,
         0.01,
-        1.0,
+        Dispersion::both(1.0),
         false,
     );
     assert!(
@@ -944,9 +946,9 @@ fn many_independent_looks_bring_the_dispersion_to_one_and_clusters_keep_it_high(
 fn dispersed_counts_weigh_less() {
     let canary = counts(8.0, 300.0);
     let stable = counts(28.0, 5_700.0);
-    let independent = decide(canary, stable, Worse::Higher, MARGIN, 0.01, 1.0, false);
+    let independent = decide(canary, stable, Worse::Higher, MARGIN, 0.01, Dispersion::both(1.0), false);
     assert_eq!(independent.verdict, Verdict::Fail);
-    let dispersed = decide(canary, stable, Worse::Higher, MARGIN, 0.01, 4.0, false);
+    let dispersed = decide(canary, stable, Worse::Higher, MARGIN, 0.01, Dispersion::both(4.0), false);
     assert_eq!(
         dispersed.verdict,
         Verdict::Inconclusive,
@@ -961,7 +963,7 @@ fn dispersed_counts_weigh_less() {
     );
     // Below 1 is read as 1: counts never weigh more than independent ones.
     assert_eq!(
-        decide(canary, stable, Worse::Higher, MARGIN, 0.01, 0.5, false).evidence,
+        decide(canary, stable, Worse::Higher, MARGIN, 0.01, Dispersion::both(0.5), false).evidence,
         independent.evidence
     );
 }
@@ -973,6 +975,8 @@ fn an_unreadable_look_keeps_the_tally() {
             evidence: 3.0,
             evidence_needed: 100.0,
             dispersion: 2.0,
+            canary_unit_dispersion: None,
+            stable_unit_dispersion: None,
             tally: independent_tally(),
         }),
         ..GateResult::blank("error-rate")
@@ -1004,7 +1008,7 @@ fn an_underpowered_end_says_what_could_have_been_missed() {
         Worse::Higher,
         MARGIN,
         0.01,
-        1.0,
+        Dispersion::both(1.0),
         true,
     );
     assert_eq!(decision.verdict, Verdict::Underpowered);
@@ -1027,7 +1031,7 @@ fn an_underpowered_end_says_what_could_have_been_missed() {
         Worse::Lower,
         MARGIN,
         0.01,
-        1.0,
+        Dispersion::both(1.0),
         true,
     );
     assert_eq!(fewer.verdict, Verdict::Underpowered);

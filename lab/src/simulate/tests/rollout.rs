@@ -120,6 +120,7 @@ fn a_regression_shows_when_the_rollout_first_serves_its_weight() {
             threads: 2,
             tune_false_rollbacks: 0.01,
             tune_runs: 20,
+            units: DEFAULT_UNITS,
         },
         |_, _| {},
     );
@@ -166,6 +167,7 @@ fn thin_traffic_meets_the_failure_policy() {
             threads: 1,
             tune_false_rollbacks: 0.01,
             tune_runs: 20,
+            units: DEFAULT_UNITS,
         },
         |_, _| {},
     );

@@ -103,6 +103,7 @@ fn tuned_bounds_meet_their_target_on_fresh_runs() {
         threads: 2,
         tune_false_rollbacks: target,
         tune_runs: runs,
+        units: DEFAULT_UNITS,
     };
     let tuned = calibrate(
         &[scenario.clone(), regressed],
