@@ -396,7 +396,6 @@ impl Dispersion {
     }
 }
 
-
 /// Units with requests fewer than this say too little about the spread between them.
 pub const MIN_UNITS: usize = 4;
 
@@ -437,11 +436,11 @@ pub fn unit_dispersion(units: &[Counts]) -> Option<f64> {
     (poisson > 0.0).then(|| squares / poisson)
 }
 
-/// Judges canary against stable from counts since the test began. `dispersion` (each at least
-/// 1) is how much more each version's counts vary than independent requests would make them
+/// Judges canary against stable from counts since the test began. `dispersion` is how much
+/// more each version's counts vary than independent requests would make them, at least one
 /// ([`Tally::dispersion`], [`unit_dispersion`]): the test weighs each version's counts divided
-/// by its own. `expired` says `maxDuration` has passed with the
-/// sample minimum met, so "no regression detected" ends the test as Underpowered.
+/// by its own. `expired` says `maxDuration` has passed with the sample minimum met, so "no
+/// regression detected" ends the test as Underpowered.
 pub fn decide(
     canary: Counts,
     stable: Counts,
@@ -889,7 +888,8 @@ fn slow_counts(samples: &Samples, quantile: f64) -> Result<Counted, String> {
         }
     };
     // Each unit is split at the bound stable's whole histogram gives.
-    let by_unit = |units: &[UnitSamples]| units.iter().map(|unit| split(&unit.latency_ms)).collect();
+    let by_unit =
+        |units: &[UnitSamples]| units.iter().map(|unit| split(&unit.latency_ms)).collect();
     Ok(Counted {
         canary: split(&canary),
         stable: split(&stable),

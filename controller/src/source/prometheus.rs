@@ -12,8 +12,8 @@
 //! services or rollouts, and the selectors are joined with `or`:
 //!
 //! ```promql
-//! # Istio: served requests, 5xx, latency (latency gates only)
-//! sum by (destination_service_namespace, destination_service_name, destination_version) (increase(istio_requests_total{reporter="destination",destination_service_namespace="shop",destination_service_name=~"cart|web",destination_version=~"v1|v2"}[30s]) or …)
+//! # Istio: served requests, 5xx, latency (latency gates only), by unit
+//! sum by (destination_service_namespace, destination_service_name, destination_version, cohort_unit) (increase(istio_requests_total{reporter="destination",destination_service_namespace="shop",destination_service_name=~"cart|web",destination_version=~"v1|v2"}[30s]) or …)
 //! sum by (…) (increase(istio_requests_total{reporter="destination",…,response_code=~"5.."}[30s]) or …)
 //! sum by (…, le) (increase(istio_request_duration_milliseconds_bucket{reporter="destination",…}[30s]) or …)
 //! # Envoy clusters: served requests, 5xx, latency (latency gates only)
@@ -26,7 +26,10 @@
 //! sum by (cohort_namespace, cohort_rollout, cohort_version, cohort_event) (increase(cohort_events_total{cohort_namespace="shop",cohort_rollout=~"cart|web"}[30s]) or …)
 //! ```
 //!
-//! The Istio and cluster queries run only when a rollout reads them. Pod labels such as
+//! Grouping Istio's by `cohort_unit` costs no query: each version's total is its units' sum,
+//! and the units (present when the Telemetry resource adds the label) give the sequential
+//! gates the spread between users. Without the label every series has it empty: one unit,
+//! totals only. The Istio and cluster queries run only when a rollout reads them. Pod labels such as
 //! Prometheus' `namespace` cannot stand in for the rollout's namespace: in Istio the filter runs
 //! in the caller's sidecar, so they name the caller's namespace. A rollout without a namespace
 //! (a rollout file for `cohort run` without `metadata.namespace`) matches `…namespace=""`, which
@@ -53,7 +56,7 @@ use crate::source::{
     BoxFuture, MetricSource, SamplesByRollout, SeriesRequest, CLUSTER_NAME, CLUSTER_REQUESTS_TOTAL,
     CLUSTER_REQUEST_TIME_MS, CLUSTER_RESPONSES_BY_CLASS, CLUSTER_RESPONSE_CLASS, DECISIONS_TOTAL,
     DESTINATION_NAMESPACE, DESTINATION_SERVICE, DESTINATION_VERSION, ISTIO_REPORTER,
-    ISTIO_REQUESTS_TOTAL, ISTIO_REQUEST_DURATION_MS, ISTIO_RESPONSE_CODE,
+    ISTIO_REQUESTS_TOTAL, ISTIO_REQUEST_DURATION_MS, ISTIO_RESPONSE_CODE, UNIT,
 };
 use crate::Error;
 use cohort_rollout::compiled::Served;
@@ -224,6 +227,8 @@ pub fn queries(rollouts: &[SeriesRequest], window: Duration) -> Queries {
     let range = promql_duration(window);
     let destination =
         format!("{DESTINATION_NAMESPACE}, {DESTINATION_SERVICE}, {DESTINATION_VERSION}");
+    // Istio's served metrics by unit too: the sums by version are the units' sums.
+    let destination_unit = format!("{destination}, {UNIT}");
     let cluster = CLUSTER_NAME.to_owned();
     let with_le = |by: &str| format!("{by}, {LE}");
     // `sum by (labels) (increase(metric{selector more}[range]) or …)`, one term per selector.
@@ -238,16 +243,16 @@ pub fn queries(rollouts: &[SeriesRequest], window: Duration) -> Queries {
     let istio = needed.istio.then(|| {
         let selectors = istio_selectors(rollouts);
         ServedQueries {
-            requests: increase(&destination, ISTIO_REQUESTS_TOTAL, &selectors, ""),
+            requests: increase(&destination_unit, ISTIO_REQUESTS_TOTAL, &selectors, ""),
             server_errors: increase(
-                &destination,
+                &destination_unit,
                 ISTIO_REQUESTS_TOTAL,
                 &selectors,
                 &format!(",{ISTIO_RESPONSE_CODE}=~\"5..\""),
             ),
             latency: needed.istio_latency.then(|| {
                 increase(
-                    &with_le(&destination),
+                    &with_le(&destination_unit),
                     &format!("{ISTIO_REQUEST_DURATION_MS}_bucket"),
                     &selectors,
                     "",
@@ -498,16 +503,16 @@ mod tests {
         assert_eq!(
             istio.requests,
             format!(
-                "sum by ({DESTINATION}) (increase(istio_requests_total{{{istio_selector}}}[30s]))"
+                "sum by ({DESTINATION}, cohort_unit) (increase(istio_requests_total{{{istio_selector}}}[30s]))"
             )
         );
         assert_eq!(
             istio.server_errors,
-            format!("sum by ({DESTINATION}) (increase(istio_requests_total{{{istio_selector},response_code=~\"5..\"}}[30s]))")
+            format!("sum by ({DESTINATION}, cohort_unit) (increase(istio_requests_total{{{istio_selector},response_code=~\"5..\"}}[30s]))")
         );
         assert_eq!(
             istio.latency,
-            Some(format!("sum by ({DESTINATION}, le) (increase(istio_request_duration_milliseconds_bucket{{{istio_selector}}}[30s]))"))
+            Some(format!("sum by ({DESTINATION}, cohort_unit, le) (increase(istio_request_duration_milliseconds_bucket{{{istio_selector}}}[30s]))"))
         );
         let clusters = q.clusters.unwrap();
         let cluster_selector = r#"envoy_cluster_name=~"shop-api-canary|shop-api-stable|shop-web-canary|shop-web-stable""#;
@@ -564,7 +569,7 @@ mod tests {
         assert_eq!(
             q.istio.unwrap().requests,
             format!(
-                "sum by ({DESTINATION}) ({} or {} or {})",
+                "sum by ({DESTINATION}, cohort_unit) ({} or {} or {})",
                 one("", "web"),
                 one("billing", "web"),
                 one("shop", "web|api")
@@ -797,7 +802,7 @@ mod tests {
             });
             assert_eq!(
                 lexed.shape,
-                format!("sum by ({DESTINATION}) ({one} or {one})")
+                format!("sum by ({DESTINATION}, cohort_unit) ({one} or {one})")
             );
             assert_eq!(
                 selectors(lexed.strings, 4),

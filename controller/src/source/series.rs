@@ -18,11 +18,11 @@ use cohort_core::telemetry::{TAG_EVENT, TAG_NAMESPACE, TAG_ROLLOUT, TAG_VERSION}
 
 use crate::source::{
     RolloutKey, SamplesByRollout, SeriesRequest, CLUSTER_NAME, CLUSTER_RESPONSE_CLASS,
-    DESTINATION_NAMESPACE, DESTINATION_SERVICE, DESTINATION_VERSION,
+    DESTINATION_NAMESPACE, DESTINATION_SERVICE, DESTINATION_VERSION, UNIT,
 };
 use cohort_rollout::compiled::Served;
 use cohort_rollout::crd::{GateCheck, GateSpec};
-use cohort_rollout::evaluate::{Bucket, Observed, Samples, VersionSamples};
+use cohort_rollout::evaluate::{Bucket, Observed, Samples, UnitSamples, VersionSamples};
 
 /// Envoy's status class counted as a server error (`envoy_response_code_class`).
 pub const SERVER_ERROR_CLASS: &str = "5";
@@ -230,7 +230,14 @@ fn version_samples(rollout: &SeriesRequest, side: Side, answers: &Answers) -> Ve
         Some(answer) => total(answer, |s| served_by.matches(s)),
         None => not_read(&format!("{what} {kind}")),
     };
+    let reads_latency = rollout.gates.iter().any(|gate| gate.check.reads_latency());
     let mut samples = VersionSamples {
+        units: match (&served_by, served) {
+            (ServedBy::Istio { .. }, Some(served)) => {
+                units(served, reads_latency, |s| served_by.matches(s))
+            }
+            _ => Vec::new(),
+        },
         requests: served_total(served.map(|s| &s.requests), "request"),
         server_errors: served_total(served.map(|s| &s.server_errors), "server error"),
         decisions: total(&answers.decisions, |s| {
@@ -264,6 +271,67 @@ fn version_samples(rollout: &SeriesRequest, side: Side, answers: &Answers) -> Ve
     samples
 }
 
+/// Whether a `cohort_unit` label value names a unit: requests without the unit header have it
+/// empty (Prometheus drops an empty label) or as Istio's `unknown`.
+fn is_unit(value: &str) -> bool {
+    !value.is_empty() && value != "unknown"
+}
+
+/// The matching series split by `cohort_unit`, one entry per unit seen in the requests;
+/// nothing when an answer failed or fewer than two units served (the totals then stand alone).
+fn units(
+    served: &ServedAnswers,
+    reads_latency: bool,
+    matches: impl Fn(&Series) -> bool,
+) -> Vec<UnitSamples> {
+    let (Ok(requests), Ok(server_errors)) = (&served.requests, &served.server_errors) else {
+        return Vec::new();
+    };
+    let latency = match (reads_latency, &served.latency) {
+        (false, _) => None,
+        (true, Some(Ok(latency))) => Some(latency),
+        (true, _) => return Vec::new(),
+    };
+    let unit_of = |s: &Series| {
+        s.label(UNIT)
+            .filter(|unit| is_unit(unit))
+            .filter(|_| matches(s))
+            .map(str::to_owned)
+    };
+    let mut by_unit: BTreeMap<String, UnitSamples> = BTreeMap::new();
+    for s in requests {
+        if let Some(unit) = unit_of(s) {
+            let entry = by_unit.entry(unit.clone()).or_insert_with(|| UnitSamples {
+                unit,
+                ..UnitSamples::default()
+            });
+            entry.requests += s.value;
+        }
+    }
+    for s in server_errors {
+        if let Some(entry) = unit_of(s).and_then(|unit| by_unit.get_mut(&unit)) {
+            entry.server_errors += s.value;
+        }
+    }
+    if let Some(latency) = latency {
+        let mut series_by_unit: BTreeMap<String, Vec<&Series>> = BTreeMap::new();
+        for s in latency {
+            if let Some(unit) = unit_of(s) {
+                series_by_unit.entry(unit).or_default().push(s);
+            }
+        }
+        for (unit, entry) in &mut by_unit {
+            if let Some(series) = series_by_unit.get(unit) {
+                entry.latency_ms = buckets(series.iter().copied());
+            }
+        }
+    }
+    if by_unit.len() < 2 {
+        return Vec::new();
+    }
+    by_unit.into_values().collect()
+}
+
 /// The sum of the matching series; no match is no data.
 fn total(answer: &Answer, matches: impl Fn(&Series) -> bool) -> Observed<f64> {
     match answer {
@@ -285,8 +353,17 @@ fn histogram(answer: &Answer, matches: impl Fn(&Series) -> bool) -> Observed<Vec
         Err(reason) => return Observed::Failed(reason.clone()),
         Ok(series) => series,
     };
+    let buckets = buckets(series.iter().filter(|s| matches(s)));
+    if buckets.is_empty() {
+        return Observed::NoData;
+    }
+    Observed::Value(buckets)
+}
+
+/// The buckets of `series`, equal bounds summed, in bound order.
+fn buckets<'a>(series: impl Iterator<Item = &'a Series>) -> Vec<Bucket> {
     let mut buckets: Vec<Bucket> = Vec::new();
-    for s in series.iter().filter(|s| matches(s)) {
+    for s in series {
         let Some(le) = s.label(LE).and_then(parse_le) else {
             continue;
         };
@@ -295,11 +372,8 @@ fn histogram(answer: &Answer, matches: impl Fn(&Series) -> bool) -> Observed<Vec
             None => buckets.push(Bucket { le, count: s.value }),
         }
     }
-    if buckets.is_empty() {
-        return Observed::NoData;
-    }
     buckets.sort_by(|a, b| a.le.total_cmp(&b.le));
-    Observed::Value(buckets)
+    buckets
 }
 
 /// A bucket bound as Prometheus and Envoy print it: a number or `+Inf`.
@@ -500,6 +574,107 @@ pub(crate) mod tests {
             events: None,
             custom: BTreeMap::new(),
         }
+    }
+
+    /// Istio's series labelled `cohort_unit` give each version its units, with requests, 5xx
+    /// and latency per unit, summed over the units' series; requests without a unit count in
+    /// the totals only; Envoy clusters and a failed answer give no units.
+    #[test]
+    fn istio_series_split_by_unit() {
+        let cart = istio_request("cart", "cart-svc", all_gates());
+        let web = request("web", all_gates());
+        let unit = |value: &'static str| (UNIT, value);
+        let answers = Answers {
+            istio: Some(ServedAnswers {
+                requests: Ok(vec![
+                    to("shop", "cart-svc", "v2", &[unit("0")], 30.0),
+                    to("shop", "cart-svc", "v2", &[unit("7")], 10.0),
+                    // A second series of unit 7 (another pod): summed.
+                    to("shop", "cart-svc", "v2", &[unit("7")], 5.0),
+                    // No unit header: the totals only.
+                    to("shop", "cart-svc", "v2", &[], 2.0),
+                    to("shop", "cart-svc", "v2", &[unit("unknown")], 3.0),
+                    to("shop", "cart-svc", "v1", &[unit("3")], 400.0),
+                    to("shop", "other", "v2", &[unit("0")], 99.0),
+                ]),
+                server_errors: Ok(vec![
+                    to(
+                        "shop",
+                        "cart-svc",
+                        "v2",
+                        &[unit("7"), ("response_code", "503")],
+                        4.0,
+                    ),
+                    to(
+                        "shop",
+                        "cart-svc",
+                        "v2",
+                        &[unit("7"), ("response_code", "500")],
+                        1.0,
+                    ),
+                ]),
+                latency: Some(Ok(vec![
+                    to("shop", "cart-svc", "v2", &[unit("0"), (LE, "25")], 20.0),
+                    to("shop", "cart-svc", "v2", &[unit("0"), (LE, "+Inf")], 30.0),
+                    to("shop", "cart-svc", "v2", &[unit("7"), (LE, "+Inf")], 15.0),
+                ])),
+            }),
+            clusters: Some(ServedAnswers {
+                requests: Ok(vec![on_cluster(
+                    &cluster("shop", "web", "canary"),
+                    &[unit("1")],
+                    9.0,
+                )]),
+                server_errors: Ok(Vec::new()),
+                latency: Some(Ok(Vec::new())),
+            }),
+            ..empty()
+        };
+        let samples = to_samples(&[cart.clone(), web.clone()], &answers);
+        let canary = &samples[&cart.key()].canary;
+        assert_eq!(canary.requests, Observed::Value(50.0));
+        assert_eq!(
+            canary.units,
+            vec![
+                UnitSamples {
+                    unit: "0".into(),
+                    requests: 30.0,
+                    server_errors: 0.0,
+                    latency_ms: vec![
+                        Bucket {
+                            le: 25.0,
+                            count: 20.0
+                        },
+                        Bucket {
+                            le: f64::INFINITY,
+                            count: 30.0
+                        },
+                    ],
+                },
+                UnitSamples {
+                    unit: "7".into(),
+                    requests: 15.0,
+                    server_errors: 5.0,
+                    latency_ms: vec![Bucket {
+                        le: f64::INFINITY,
+                        count: 15.0
+                    }],
+                },
+            ]
+        );
+        // One unit is no spread: no units.
+        assert_eq!(samples[&cart.key()].stable.units, Vec::new());
+        assert_eq!(samples[&web.key()].canary.units, Vec::new());
+
+        let failed = Answers {
+            istio: Some(ServedAnswers {
+                server_errors: Err("timeout".into()),
+                ..answers.istio.clone().unwrap()
+            }),
+            ..answers
+        };
+        let samples = to_samples(std::slice::from_ref(&cart), &failed);
+        assert_eq!(samples[&cart.key()].canary.units, Vec::new());
     }
 
     /// A rollout on Envoy clusters and one on Istio in one answer: each version reads its own

@@ -3,7 +3,7 @@ use super::*;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 use crate::crd::{GateSpec, SequentialGate, SequentialMetric};
-use crate::evaluate::{evaluate, evaluate_window, Observed, VersionSamples};
+use crate::evaluate::{evaluate, evaluate_window, Observed, UnitSamples, VersionSamples};
 use crate::validate::compile;
 use crate::validate::tests::minimal_spec;
 
@@ -430,7 +430,15 @@ fn decisions_on_counts() {
         ),
     ];
     for (canary, stable, worse, expired, verdict) in table {
-        let decision = decide(canary, stable, worse, MARGIN, 0.01, Dispersion::both(1.0), expired);
+        let decision = decide(
+            canary,
+            stable,
+            worse,
+            MARGIN,
+            0.01,
+            Dispersion::both(1.0),
+            expired,
+        );
         assert_eq!(
             decision.verdict, verdict,
             "canary {canary:?} stable {stable:?}: {}",
@@ -946,9 +954,25 @@ fn many_independent_looks_bring_the_dispersion_to_one_and_clusters_keep_it_high(
 fn dispersed_counts_weigh_less() {
     let canary = counts(8.0, 300.0);
     let stable = counts(28.0, 5_700.0);
-    let independent = decide(canary, stable, Worse::Higher, MARGIN, 0.01, Dispersion::both(1.0), false);
+    let independent = decide(
+        canary,
+        stable,
+        Worse::Higher,
+        MARGIN,
+        0.01,
+        Dispersion::both(1.0),
+        false,
+    );
     assert_eq!(independent.verdict, Verdict::Fail);
-    let dispersed = decide(canary, stable, Worse::Higher, MARGIN, 0.01, Dispersion::both(4.0), false);
+    let dispersed = decide(
+        canary,
+        stable,
+        Worse::Higher,
+        MARGIN,
+        0.01,
+        Dispersion::both(4.0),
+        false,
+    );
     assert_eq!(
         dispersed.verdict,
         Verdict::Inconclusive,
@@ -963,7 +987,16 @@ fn dispersed_counts_weigh_less() {
     );
     // Below 1 is read as 1: counts never weigh more than independent ones.
     assert_eq!(
-        decide(canary, stable, Worse::Higher, MARGIN, 0.01, Dispersion::both(0.5), false).evidence,
+        decide(
+            canary,
+            stable,
+            Worse::Higher,
+            MARGIN,
+            0.01,
+            Dispersion::both(0.5),
+            false
+        )
+        .evidence,
         independent.evidence
     );
 }
@@ -1040,4 +1073,102 @@ fn an_underpowered_end_says_what_could_have_been_missed() {
         "{}",
         fewer.reason
     );
+}
+
+#[test]
+fn unit_dispersion_compares_the_units_spread_with_independent_requests() {
+    let even = |events: f64, exposure: f64, units: usize| vec![counts(events, exposure); units];
+    let mut one_unit_has_all = even(0.0, 1000.0, 16);
+    one_unit_has_all[0].events = 20.0;
+    // Units of unequal sizes with events in proportion.
+    let proportional = vec![
+        counts(1.0, 100.0),
+        counts(2.0, 200.0),
+        counts(4.0, 400.0),
+        counts(8.0, 800.0),
+    ];
+    let mut without_requests = even(3.0, 1000.0, 3);
+    without_requests.push(counts(0.0, 0.0));
+    let table: Vec<(&str, Vec<Counts>, Option<f64>)> = vec![
+        (
+            "events exactly in proportion",
+            even(5.0, 1000.0, 16),
+            Some(0.0),
+        ),
+        ("proportional in unequal units", proportional, Some(0.0)),
+        // Σ(x − rn)² = 20²·(15/16)² + 15·(20/16)² = 20²·15/16; over 20·(1 − 1/16): 20.
+        ("every event in one unit", one_unit_has_all, Some(20.0)),
+        ("too few units", even(5.0, 1000.0, MIN_UNITS - 1), None),
+        (
+            "a unit without requests does not count",
+            without_requests,
+            None,
+        ),
+        ("no events", even(0.0, 1000.0, 16), None),
+    ];
+    for (what, units, want) in table {
+        match (unit_dispersion(&units), want) {
+            (Some(got), Some(want)) => close(got + 1.0, want + 1.0, 1e-12, what),
+            (got, want) => assert_eq!(got, want, "{what}"),
+        }
+    }
+}
+
+/// `requests` each of `units` units, the errors given unit by unit.
+fn in_units(requests: f64, errors: &[f64]) -> VersionSamples {
+    let mut samples = traffic(requests * errors.len() as f64, errors.iter().sum());
+    samples.units = errors
+        .iter()
+        .enumerate()
+        .map(|(i, errors)| UnitSamples {
+            unit: i.to_string(),
+            requests,
+            server_errors: *errors,
+            latency_ms: Vec::new(),
+        })
+        .collect();
+    samples
+}
+
+#[test]
+fn excess_errors_in_one_unit_are_not_the_versions_but_spread_over_all_units_they_are() {
+    // Canary at 5% against stable at 0.5%: 16 units each. The canary's 135 errors are 1.7×
+    // stable's rate; spread over its units they fail it, all but 75 of them in one unit (one
+    // heavy user) they say little about the rest of its users.
+    let stable = in_units(19_000.0, &[95.0; 16]);
+    let spread = in_units(1000.0, &[135.0 / 16.0; 16]);
+    let mut one_unit = [5.0; 16];
+    one_unit[0] = 60.0;
+    let one_unit = in_units(1000.0, &one_unit);
+    let errors = gate(SequentialMetric::ErrorRate);
+    let judge = |canary: &VersionSamples| {
+        let samples = Samples {
+            canary: canary.clone(),
+            stable: stable.clone(),
+        };
+        judged_over(
+            &errors,
+            "errors",
+            100,
+            &samples,
+            Some(Duration::from_secs(300)),
+        )
+    };
+    let failed = judge(&spread);
+    assert_eq!(failed.verdict, Verdict::Fail, "{}", failed.reason);
+    let look = failed.sequential.unwrap_or_else(|| panic!("a look"));
+    assert!(look.canary_unit_dispersion.is_some_and(|d| d < 1e-9));
+    let held = judge(&one_unit);
+    assert_eq!(held.verdict, Verdict::Inconclusive, "{}", held.reason);
+    let look = held.sequential.unwrap_or_else(|| panic!("a look"));
+    close(
+        look.canary_unit_dispersion.unwrap_or_default(),
+        (51.5625_f64.powi(2) + 15.0 * 3.4375_f64.powi(2)) / (135.0 * 15.0 / 16.0),
+        1e-9,
+        "canary's unit dispersion",
+    );
+    // The same totals without units: the counts alone fail it.
+    let mut totals_only = one_unit.clone();
+    totals_only.units.clear();
+    assert_eq!(judge(&totals_only).verdict, Verdict::Fail);
 }

@@ -105,7 +105,7 @@ fn independent_keeps_the_plain_draw_and_its_stream() {
     let conditions = Conditions::independent();
     let mut rng = Rng::new(5);
     let mut state = RunState::new(&conditions, &mut rng);
-    let drawn = conditions.draw(&mut state, &mut rng, &tick);
+    let drawn = draw_totals(&conditions, &mut state, &mut rng, &tick);
     let mut plain = Rng::new(5);
     let canary = Counts::draw(&mut plain, 3000.0, 0.01, &buckets);
     let stable = Counts::draw(&mut plain, 3000.0, 0.01, &buckets);
@@ -136,7 +136,9 @@ fn retry_clusters_keep_the_mean_and_inflate_the_variance() {
     let tick = tick(&buckets, &buckets, 0.01);
     let mut state = RunState::new(&conditions, &mut rng);
     let (mean, variance) = real_moments(10_000, || {
-        conditions.draw(&mut state, &mut rng, &tick).0.errors as f64
+        draw_totals(&conditions, &mut state, &mut rng, &tick)
+            .0
+            .errors as f64
     });
     assert!((mean - 30.0).abs() < 0.6, "{mean}");
     assert!(variance > 4.0 * 30.0 && variance < 6.0 * 30.0, "{variance}");
@@ -154,7 +156,9 @@ fn overdispersion_multiplies_the_error_rate_by_a_mean_one_factor() {
     let tick = tick(&buckets, &buckets, 0.01);
     let mut state = RunState::new(&conditions, &mut rng);
     let (mean, variance) = real_moments(20_000, || {
-        conditions.draw(&mut state, &mut rng, &tick).1.errors as f64
+        draw_totals(&conditions, &mut state, &mut rng, &tick)
+            .1
+            .errors as f64
     });
     let expected = 30.0 + 30.0 * 30.0 * 0.25;
     assert!((mean - 30.0).abs() < 0.5, "{mean}");
@@ -176,7 +180,7 @@ fn a_heavy_user_lands_in_one_version_by_its_bucket() {
     let on_canary = heavy_user_on_canary(state.heavy_position, tick.canary_share);
     let (mut canary, mut stable) = (Vec::new(), Vec::new());
     for _ in 0..5000 {
-        let (c, s) = conditions.draw(&mut state, &mut rng, &tick);
+        let (c, s) = draw_totals(&conditions, &mut state, &mut rng, &tick);
         canary.push(c);
         stable.push(s);
     }
@@ -247,7 +251,7 @@ fn stalling_pods_slow_their_share_of_canary_requests() {
     let (mut canary_shares, mut stable_shares) = (Vec::new(), Vec::new());
     let (mut slow_canary, mut slow_stable, mut canary_all, mut stable_all) = (0, 0, 0, 0);
     for _ in 0..20_000 {
-        let (canary, stable) = conditions.draw(&mut state, &mut rng, &tick);
+        let (canary, stable) = draw_totals(&conditions, &mut state, &mut rng, &tick);
         let (canary_slow, stable_slow) = (
             canary.buckets[9..].iter().sum::<u64>(),
             stable.buckets[9..].iter().sum::<u64>(),
@@ -308,7 +312,7 @@ fn diurnal_traffic_follows_the_day() {
         / std::f64::consts::TAU
         * DAY_S;
     let (canary, stable): (Vec<_>, Vec<_>) = (0..2000)
-        .map(|_| conditions.draw(&mut state, &mut rng, &noon))
+        .map(|_| draw_totals(&conditions, &mut state, &mut rng, &noon))
         .unzip();
     let mean = |counts: &[Counts]| {
         counts.iter().map(|c| c.requests() as f64).sum::<f64>() / counts.len() as f64
@@ -352,10 +356,10 @@ fn extrapolated_windows_are_noisy_but_unbiased_for_stable() {
     for seed in 0..400 {
         let mut rng = Rng::new(seed);
         let mut state = RunState::new(&conditions, &mut rng);
-        let mut ledger = Ledger::new(30.0, conditions.scrape_s, &mut rng);
+        let mut ledger = Ledger::new(30.0, conditions.scrape_s, 1, &mut rng);
         for _ in 0..4 {
-            let (canary, stable) = conditions.draw(&mut state, &mut rng, &tick);
-            ledger.record(&mut rng, &canary, &stable);
+            let (canary, stable) = draw_totals(&conditions, &mut state, &mut rng, &tick);
+            ledger.record(&mut rng, &[canary], &[stable]);
             exact.push(stable.requests() as f64);
             let samples = ledger.samples(30.0);
             let Observed::Value(requests) = samples.stable.requests else {
@@ -370,11 +374,15 @@ fn extrapolated_windows_are_noisy_but_unbiased_for_stable() {
     assert!(read.iter().zip(&exact).filter(|(r, e)| r != e).count() > read.len() / 2);
     // Without `extrapolated`, a window is the exact sum of its ticks.
     let mut rng = Rng::new(1);
-    let mut ledger = Ledger::new(30.0, None, &mut rng);
-    let (canary, stable) =
-        Conditions::independent().draw(&mut RunState::default(), &mut rng, &tick);
-    ledger.record(&mut rng, &canary, &stable);
-    ledger.record(&mut rng, &canary, &stable);
+    let mut ledger = Ledger::new(30.0, None, 1, &mut rng);
+    let (canary, stable) = draw_totals(
+        &Conditions::independent(),
+        &mut RunState::default(),
+        &mut rng,
+        &tick,
+    );
+    ledger.record(&mut rng, &[canary], &[stable]);
+    ledger.record(&mut rng, &[canary], &[stable]);
     assert_eq!(
         ledger.samples(60.0).canary.requests,
         Observed::Value(2.0 * canary.requests() as f64)
@@ -383,4 +391,15 @@ fn extrapolated_windows_are_noisy_but_unbiased_for_stable() {
         ledger.samples(30.0).stable.server_errors,
         Observed::Value(stable.errors as f64)
     );
+}
+
+/// One tick's draw of each version's total (one unit).
+fn draw_totals(
+    conditions: &Conditions,
+    state: &mut RunState,
+    rng: &mut Rng,
+    tick: &Tick,
+) -> (Counts, Counts) {
+    let (canary, stable) = conditions.draw(state, rng, tick, 1);
+    (canary[0], stable[0])
 }

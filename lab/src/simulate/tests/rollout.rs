@@ -10,7 +10,20 @@ use super::*;
 fn run_once(rollout: &Rollout, scenario: &str, conditions: &Conditions, seed: u64) -> RolloutRun {
     let scenario = Scenario::parse(scenario).unwrap();
     let model = Model::new(&scenario, conditions);
-    rollout.run(&model, conditions, &mut Rng::new(seed))
+    rollout.run(&model, conditions, DEFAULT_UNITS, &mut Rng::new(seed))
+}
+
+/// Runs of a healthy canary rolled back out of `runs`, when its source reports `units`.
+fn rolled_back_of(conditions: &Conditions, units: usize, runs: u64) -> u64 {
+    let rollout = Rollout::default_rollout().unwrap();
+    let scenario = Scenario::parse("aa-5pct-100rps").unwrap();
+    let model = Model::new(&scenario, conditions);
+    (0..runs)
+        .filter(|seed| {
+            let run = rollout.run(&model, conditions, units, &mut Rng::new(*seed));
+            matches!(run.outcome, Outcome::RolledBack(_))
+        })
+        .count() as u64
 }
 
 /// Consecutive repeats dropped.
@@ -59,6 +72,21 @@ fn a_healthy_canary_goes_through_every_step_and_is_promoted() {
         assert_eq!(run.cause, None);
     }
     assert!(promoted >= 18, "{promoted} of 20");
+}
+
+#[test]
+fn units_keep_a_heavy_user_on_the_canary_from_failing_it() {
+    // One user with 10% of all requests at 6× the error rate: on the canary whenever the
+    // canary's weight passes its bucket. Counted in totals, the canary's users look worse than
+    // stable's, and most rollouts end rolled back; counted per unit, that user is one unit's.
+    let heavy = Conditions::parse("heavy-user:0.1:6").unwrap();
+    let totals_only = rolled_back_of(&heavy, 1, 40);
+    let by_unit = rolled_back_of(&heavy, DEFAULT_UNITS, 40);
+    assert!(
+        totals_only >= 15,
+        "{totals_only} of 40 rolled back on totals"
+    );
+    assert!(by_unit <= 2, "{by_unit} of 40 rolled back by unit");
 }
 
 #[test]
