@@ -45,6 +45,9 @@ struct Traffic {
     code: u16,
     per_second: f64,
     latency_ms: f64,
+    /// The `cohort_unit` label the Telemetry resource adds from the filter's unit header;
+    /// `None`: requests without it (the label absent).
+    unit: Option<&'static str>,
 }
 
 impl Traffic {
@@ -65,6 +68,15 @@ impl Traffic {
             code,
             per_second,
             latency_ms,
+            unit: None,
+        }
+    }
+
+    /// The same requests from the users of one unit.
+    fn in_unit(self, unit: &'static str) -> Traffic {
+        Traffic {
+            unit: Some(unit),
+            ..self
         }
     }
 
@@ -129,7 +141,8 @@ impl Traffic {
             ("response_flags", "-".to_owned()),
             ("connection_security_policy", security.to_owned()),
         ]
-        .iter()
+        .into_iter()
+        .chain(self.unit.map(|unit| ("cohort_unit", unit.to_owned())))
         .map(|(name, value)| format!("{name}=\"{value}\""))
         .collect::<Vec<_>>()
         .join(",")
@@ -287,6 +300,8 @@ fn istio_served_metrics_are_read_per_version_from_the_destination() {
         Traffic::destination("shop", "checkout", version, code, per_second, latency_ms)
     };
     // Two Pods per version. Stable (v1) serves 14/s, 1/s of them 503; canary (v2) 6/s, 1/s 500.
+    // The canary's carry the unit label (3/s of unit 3, 1/s of them 500, on one Pod; 1/s of
+    // unit 9 on each); stable's do not.
     let pods = [
         pod(
             vec![checkout("v1", 200, 6.0, 7.0), checkout("v1", 503, 1.0, 7.0)],
@@ -295,12 +310,16 @@ fn istio_served_metrics_are_read_per_version_from_the_destination() {
         pod(vec![checkout("v1", 200, 7.0, 7.0)], Vec::new()),
         pod(
             vec![
-                checkout("v2", 200, 2.0, 40.0),
-                checkout("v2", 500, 1.0, 40.0),
+                checkout("v2", 200, 2.0, 40.0).in_unit("3"),
+                checkout("v2", 500, 1.0, 40.0).in_unit("3"),
+                checkout("v2", 200, 1.0, 40.0).in_unit("9"),
             ],
             Vec::new(),
         ),
-        pod(vec![checkout("v2", 200, 3.0, 40.0)], Vec::new()),
+        pod(
+            vec![checkout("v2", 200, 2.0, 40.0).in_unit("9")],
+            Vec::new(),
+        ),
         // The callers: the same service's requests as the source reports them, far more of
         // them and faster (a source series counted would show), and the filter's decisions.
         pod(
@@ -417,6 +436,28 @@ fn istio_served_metrics_are_read_per_version_from_the_destination() {
     assert_near(&canary.decisions, 6.5, "canary decisions");
     assert_latency(stable, 5.0, 14.0, "stable");
     assert_latency(canary, 25.0, 6.0, "canary");
+    // The canary's units, summed over its Pods; stable has none.
+    let units: Vec<&str> = canary.units.iter().map(|u| u.unit.as_str()).collect();
+    assert_eq!(units, ["3", "9"], "{:?}", canary.units);
+    for (unit, requests, errors) in [(&canary.units[0], 3.0, 1.0), (&canary.units[1], 3.0, 0.0)] {
+        let what = format!("canary unit {}", unit.unit);
+        assert_near(&Observed::Value(unit.requests), requests, &what);
+        if errors > 0.0 {
+            assert_near(&Observed::Value(unit.server_errors), errors, &what);
+        } else {
+            assert_eq!(unit.server_errors, 0.0, "{what}");
+        }
+        let inf = unit
+            .latency_ms
+            .last()
+            .map(|bucket| (bucket.le, bucket.count));
+        assert!(
+            inf.is_some_and(|(le, _)| le == f64::INFINITY),
+            "{what}: {inf:?}"
+        );
+        assert_near(&Observed::Value(inf.unwrap().1), requests, &what);
+    }
+    assert_eq!(stable.units, Vec::new());
 
     // billing/checkout reads its own namespace's service: canary only, and no stable at all.
     let billing_samples = &samples[&billing.key()];
