@@ -48,7 +48,8 @@ pub struct Decision<'c> {
     pub side: Side,
     /// Why.
     pub reason: Reason,
-    /// The key's placement, when a key was found or issued.
+    /// The key's placement, when a key was found or issued (a forced request's too, when it
+    /// carries a key).
     pub placement: Option<Placement>,
     /// A new anonymous id to return in a `Set-Cookie`.
     pub issued_id: Option<String>,
@@ -102,6 +103,10 @@ pub fn decide<'c>(
             Some(side) => {
                 decision.side = side;
                 decision.reason = Reason::Forced;
+                // Forcing picks the version, not the unit: a forced user with a key keeps the
+                // unit its key puts it in. No id is issued for a forced request.
+                decision.placement = user_key(&rollout.identity, &config.anonymous, request)
+                    .map(|key| place(&rollout.salt, key));
                 return Outcome {
                     decision: Some(decision),
                     force_denied,
@@ -641,6 +646,56 @@ mod tests {
             ),
             ("stable", Reason::Anonymous, None)
         );
+    }
+
+    #[test]
+    fn a_forced_user_keeps_the_placement_of_its_key() {
+        let force: &[u8] = b"canary:0123456789abcdef";
+        // (anonymous policy, request, placement)
+        type Row = (
+            &'static str,
+            Vec<(&'static str, &'static [u8])>,
+            Option<&'static [u8]>,
+        );
+        let table: Vec<Row> = vec![
+            (
+                "",
+                vec![("x-user-id", b"bob"), ("x-cohort-force", force)],
+                Some(b"bob"),
+            ),
+            (
+                "",
+                vec![("cookie", b"cohort-id=alice"), ("x-cohort-force", force)],
+                Some(b"alice"),
+            ),
+            // No key: none is issued for a forced request, so there is no placement.
+            ("", vec![("x-cohort-force", force)], None),
+            (
+                r#", "anonymous": {"mode": "stable"}"#,
+                vec![("x-cohort-force", force)],
+                None,
+            ),
+        ];
+        for (anonymous, request, key) in table {
+            let config = config(anonymous, r#", "weightBp": 0"#);
+            let decision = run(&config, b"checkout", &headers(&request))
+                .decision
+                .unwrap();
+            assert_eq!(
+                (
+                    decision.reason,
+                    decision.side,
+                    decision.issued_id.as_deref()
+                ),
+                (Reason::Forced, Side::Canary, None),
+                "{request:?}"
+            );
+            assert_eq!(
+                decision.placement,
+                key.map(|key| place("checkout", key)),
+                "{request:?}"
+            );
+        }
     }
 
     #[test]

@@ -43,6 +43,17 @@ pub const ROUTING_HEADER_OVERWRITTEN_TOTAL: &str = "cohort_routing_header_overwr
 /// Force headers ignored for a missing or wrong token or an unknown version (counter).
 pub const FORCE_DENIED_TOTAL: &str = "cohort_force_denied_total";
 
+/// The request header carrying the user's unit ([`crate::bucket::Placement::unit`], `"0"` to
+/// `"15"`), which the filter always sets itself for a placed user and removes otherwise, so no
+/// client chooses its unit. Istio's served metrics then count each version per unit, and a gate
+/// compares versions by the spread between units rather than by totals alone: one heavy user,
+/// or one user's retries, all land in one unit and weigh as one sample of sixteen.
+pub const UNIT_HEADER: &str = "x-cohort-unit";
+/// The label [`UNIT_HEADER`] becomes on Istio's `istio_requests_total` and
+/// `istio_request_duration_milliseconds` (`reporter="destination"`), written by the Telemetry
+/// resource of `manifests/istio/telemetry.yaml`. Not a tag of the filter's own metrics.
+pub const TAG_UNIT: &str = "cohort_unit";
+
 /// Tag: namespace of the rollout's CanaryRollout (empty without one).
 pub const TAG_NAMESPACE: &str = "cohort_namespace";
 /// Tag: rollout name.

@@ -15,6 +15,7 @@ use proxy_wasm::types::Action;
 use cohort_core::config::{Anonymous, DEFAULT_FORCE_HEADER, DEFAULT_ROUTING_HEADER};
 use cohort_core::decide::{decide, set_cookie_value, Side};
 use cohort_core::header_pairs::HeaderPairs;
+use cohort_core::telemetry::UNIT_HEADER;
 
 use crate::active::Active;
 use crate::metrics::VmMetrics;
@@ -60,8 +61,8 @@ impl<H: Host> HttpContext for Stream<H> {
         let serialized = host.request_headers();
         let headers = HeaderPairs::parse(&serialized);
         let Some(active) = self.active.clone() else {
-            // No good config yet: still never let a client pick its version.
-            for name in [DEFAULT_ROUTING_HEADER, DEFAULT_FORCE_HEADER] {
+            // No good config yet: still never let a client pick its version or its unit.
+            for name in [DEFAULT_ROUTING_HEADER, DEFAULT_FORCE_HEADER, UNIT_HEADER] {
                 if headers.contains(name) {
                     host.remove_request_header(name);
                 }
@@ -88,13 +89,26 @@ impl<H: Host> HttpContext for Stream<H> {
         if client_sent.is_some() && client_sent != chosen {
             host.increment(self.vm.overwritten, 1);
         }
+        let client_sent_unit = headers.contains(UNIT_HEADER);
         let Some(decision) = outcome.decision else {
             if client_sent.is_some() {
                 host.remove_request_header(&config.routing_header);
             }
+            if client_sent_unit {
+                host.remove_request_header(UNIT_HEADER);
+            }
             return Action::Continue;
         };
         host.set_request_header(&config.routing_header, decision.version().as_bytes());
+        // The unit is the filter's alone, as the version is: a client choosing its unit could
+        // pile its requests into one unit of the served metrics.
+        match decision.placement {
+            Some(placement) => {
+                host.set_request_header(UNIT_HEADER, placement.unit_value().as_bytes());
+            }
+            None if client_sent_unit => host.remove_request_header(UNIT_HEADER),
+            None => {}
+        }
         // Counted now, not when an answer comes: a request the upstream never answers was still
         // routed, and the routing check compares these with what the proxies served.
         let ids = active.metrics.get(decision.rollout_index);
@@ -208,6 +222,15 @@ mod tests {
             [] => None,
             [value] => Some(String::from_utf8_lossy(value).into_owned()),
             ref many => panic!("{} routing headers: {many:?}", many.len()),
+        }
+    }
+
+    /// The unit header the upstream gets, when exactly one.
+    fn unit(host: &FakeHost) -> Option<String> {
+        match host.request_header(UNIT_HEADER)[..] {
+            [] => None,
+            [value] => Some(String::from_utf8_lossy(value).into_owned()),
+            ref many => panic!("{} unit headers: {many:?}", many.len()),
         }
     }
 
@@ -500,6 +523,14 @@ mod tests {
                 &[(b":authority", b"web"), (b"x-user-id", b"alice")],
                 &["request headers"],
             ),
+            (
+                &[
+                    (b":authority", b"web"),
+                    (b"x-user-id", b"alice"),
+                    (b"x-cohort-unit", b"3"),
+                ],
+                &["request headers", "remove x-cohort-unit"],
+            ),
         ];
         for (request, calls) in table {
             let mut stream = stream(None, FakeHost::with_request(request));
@@ -508,10 +539,157 @@ mod tests {
             // Everything else the client sent is forwarded as it was.
             let kept: Vec<_> = request
                 .iter()
-                .filter(|(name, _)| *name != ROUTING.as_bytes() && *name != FORCE.as_bytes())
+                .filter(|(name, _)| {
+                    ![ROUTING, FORCE, UNIT_HEADER]
+                        .iter()
+                        .any(|header| header.as_bytes() == *name)
+                })
                 .map(|(name, value)| (name.to_vec(), value.to_vec()))
                 .collect();
             assert_eq!(stream.host.request, kept);
+        }
+    }
+
+    #[test]
+    fn the_unit_header_is_the_users_unit_and_never_the_clients() {
+        let forced = format!("canary:{TOKEN}");
+        let stable_only = r#", "anonymous": {"mode": "stable"}"#;
+        // (config's extra top-level fields, its rollout's, request headers besides the unit
+        // headers the client sends, the key whose unit the upstream gets, if any)
+        type Row<'a> = (
+            &'static str,
+            &'static str,
+            Vec<(&'static [u8], &'a [u8])>,
+            Option<&'static [u8]>,
+        );
+        let table: Vec<Row> = vec![
+            // Bucketed on either side, and with the canary off.
+            (
+                "",
+                r#", "weightBp": 10000"#,
+                vec![(b":authority", b"web"), (b"x-user-id", b"alice")],
+                Some(b"alice"),
+            ),
+            (
+                "",
+                r#", "weightBp": 0"#,
+                vec![(b":authority", b"web"), (b"x-user-id", b"bob")],
+                Some(b"bob"),
+            ),
+            (
+                "",
+                r#", "weightBp": 5000"#,
+                vec![(b":authority", b"web:80"), (b"x-user-id", b"carol")],
+                Some(b"carol"),
+            ),
+            // Allow-listed and forced users keep the unit of their key.
+            (
+                "",
+                r#", "weightBp": 1, "allowKeys": ["dave"]"#,
+                vec![(b":authority", b"web"), (b"x-user-id", b"dave")],
+                Some(b"dave"),
+            ),
+            (
+                "",
+                r#", "weightBp": 0"#,
+                vec![
+                    (b":authority", b"web"),
+                    (b"x-user-id", b"erin"),
+                    (FORCE.as_bytes(), forced.as_bytes()),
+                ],
+                Some(b"erin"),
+            ),
+            // A returning anonymous user, by its cookie.
+            (
+                "",
+                r#", "weightBp": 5000"#,
+                vec![(b":authority", b"web"), (b"cookie", b"cohort-id=frank")],
+                Some(b"frank"),
+            ),
+            // Nobody placed: forced without a key, anonymous users kept on stable, a host no
+            // rollout claims.
+            (
+                stable_only,
+                r#", "weightBp": 0"#,
+                vec![
+                    (b":authority", b"web"),
+                    (FORCE.as_bytes(), forced.as_bytes()),
+                ],
+                None,
+            ),
+            (
+                stable_only,
+                r#", "weightBp": 10000"#,
+                vec![(b":authority", b"web")],
+                None,
+            ),
+            (
+                "",
+                r#", "weightBp": 10000"#,
+                vec![(b":authority", b"elsewhere"), (b"x-user-id", b"grace")],
+                None,
+            ),
+        ];
+        let spoofed: [&[&[u8]]; 5] = [&[], &[b"0"], &[b"15", b"15"], &[b"99"], &[b"\xff"]];
+        for (top, rollout, request, key) in &table {
+            let document = document(top, rollout);
+            for sent in spoofed {
+                let mut host = FakeHost::with_request(request);
+                for value in sent {
+                    host.request
+                        .push((b"X-Cohort-Unit".to_vec(), value.to_vec()));
+                }
+                let mut stream = stream(Some(&document), host);
+                exchange(&mut stream, &[(b":status", b"200")]);
+                let row = format!("{top}{rollout} {request:?} sent {sent:?}");
+                let want = key.map(|key| place("web", key).unit_value());
+                assert_eq!(unit(&stream.host).as_deref(), want, "{row}");
+                // Nobody placed: a header the request does not carry is not removed.
+                assert_eq!(
+                    stream.host.called(&format!("remove {UNIT_HEADER}")),
+                    key.is_none() && !sent.is_empty(),
+                    "{row}"
+                );
+                // Only a host no rollout claims goes without a routing header.
+                let claimed = request.iter().all(|(_, value)| *value != b"elsewhere");
+                assert_eq!(routed(&stream.host).is_some(), claimed, "{row}");
+            }
+        }
+        // The keys land in more than one unit, so the table tells the unit from a constant.
+        let units: std::collections::BTreeSet<u8> = table
+            .iter()
+            .filter_map(|(_, _, _, key)| key.map(|key| place("web", key).unit))
+            .collect();
+        assert!(units.len() > 1, "{units:?}");
+    }
+
+    #[test]
+    fn a_unit_header_the_host_refuses_to_set_is_removed() {
+        let document = document("", r#", "weightBp": 10000"#);
+        let unit_value = place("web", b"alice").unit_value();
+        for sent in [None, Some(&b"7"[..])] {
+            let mut host = user(b"alice");
+            host.refuse_replace = true;
+            host.request
+                .extend(sent.map(|v| (UNIT_HEADER.as_bytes().to_vec(), v.to_vec())));
+            let mut stream = stream(Some(&document), host);
+            exchange(&mut stream, &[(b":status", b"200")]);
+            assert_eq!(unit(&stream.host), None, "{sent:?}");
+            let writes: Vec<&str> = stream
+                .host
+                .calls
+                .iter()
+                .map(String::as_str)
+                .filter(|call| call.contains(UNIT_HEADER))
+                .collect();
+            assert_eq!(
+                writes,
+                [
+                    format!("replace {UNIT_HEADER}: {unit_value}"),
+                    format!("remove {UNIT_HEADER}")
+                ],
+                "{sent:?}"
+            );
         }
     }
 
@@ -597,11 +775,13 @@ mod tests {
                 &[(b":status", b"404"), (b"x-cohort-events", b"checkout")],
             );
             let want = if weight == 0 { "stable" } else { "canary" };
+            let unit = place("web", b"alice").unit_value();
             assert_eq!(
                 stream.host.calls,
                 [
                     "request headers".to_owned(),
                     format!("replace {ROUTING}: {want}"),
+                    format!("replace {UNIT_HEADER}: {unit}"),
                     format!("increment {} by 1", decisions(want)),
                 ],
                 "{weight}bp"

@@ -7,7 +7,8 @@
 //! Every response carries `x-upstream: NAME` (so the load generator knows which version served
 //! it), echoes the routing headers the filter controls so a test can see what arrived:
 //! `x-seen-version` (the routing header, `-` when absent), `x-seen-count` (how many routing
-//! headers arrived) and `x-seen-force` (the force header, `-` when absent), and the body `NAME`.
+//! headers arrived), `x-seen-force` (the force header, `-` when absent) and `x-seen-unit` (the
+//! unit header, `-` when absent), and the body `NAME`.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -26,9 +27,10 @@ pub const EVENT: &str = "checkout";
 /// Envoy forwards is read whole.
 const MAX_HEAD: usize = 512 * 1024;
 /// Request headers echoed back: (request header, response header).
-const ECHOED: [(&[u8], &str); 2] = [
+const ECHOED: [(&[u8], &str); 3] = [
     (b"x-cohort-version", "x-seen-version"),
     (b"x-cohort-force", "x-seen-force"),
+    (b"x-cohort-unit", "x-seen-unit"),
 ];
 
 /// How one version answers.
@@ -156,7 +158,7 @@ struct Request {
     content_length: u64,
     chunked: bool,
     /// Values of each [`ECHOED`] request header, in order.
-    echoed: [Vec<Vec<u8>>; 2],
+    echoed: [Vec<Vec<u8>>; ECHOED.len()],
 }
 
 /// Serves keep-alive requests on one connection until the peer closes it.
@@ -409,12 +411,14 @@ mod tests {
             .unwrap();
         let mut stream = TcpStream::connect(upstream.addr()).await.unwrap();
         let request = b"POST / HTTP/1.1\r\nx-cohort-version: canary\r\nX-Cohort-Version: b\xff\r\n\
-            x-cohort-force: t\r\ntransfer-encoding: chunked\r\n\r\n3;x=y\r\nabc\r\n0\r\nt: 1\r\n\r\n";
+            x-cohort-force: t\r\nx-cohort-unit: 7\r\ntransfer-encoding: chunked\r\n\r\n3;x=y\r\nabc\r\n0\r\n\
+            t: 1\r\n\r\n";
         let text = exchange(&mut stream, request).await;
         assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
         assert!(text.contains("x-seen-version: canary,b%FF\r\n"), "{text}");
         assert!(text.contains("x-seen-count: 2\r\n"), "{text}");
         assert!(text.contains("x-seen-force: t\r\n"), "{text}");
+        assert!(text.contains("x-seen-unit: 7\r\n"), "{text}");
         assert!(!text.contains("x-cohort-events"), "{text}");
         upstream.update(|b| {
             b.fail_per_mille = 1000;

@@ -5,12 +5,13 @@
 // only `#[test]` functions, not this file's helpers).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
 use std::net::TcpStream;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use cohort_core::bucket::place;
 use cohort_core::decide::cookie_value;
 use cohort_rollout::compiled::Served;
 use cohort_tests::envoy::{Options, PushResult, UPDATE_REJECTED, UPDATE_SUCCESS};
@@ -508,6 +509,56 @@ fn routing_header_is_overwritten_and_forcing_needs_the_token() {
         Some(forged.len() as f64 + 1.0),
         "cohort_routing_header_overwritten_total"
     );
+}
+
+/// d3. The upstream gets the user's unit as cohort-core places it (forced users too), in one
+/// header, whatever unit the client sent; a request the filter places nobody on (here anonymous
+/// users kept on stable) carries none, a client's included.
+#[test]
+fn the_upstream_gets_the_users_unit_and_never_the_clients() {
+    let mut config = config(500);
+    config["anonymous"] = serde_json::json!({"mode": "stable"});
+    let envoy = Envoy::start(&config.to_string()).unwrap_or_else(|e| panic!("{e}"));
+    let mut client = envoy.client();
+    let spoofed: [&[(&[u8], &[u8])]; 4] = [
+        &[],
+        &[(b"x-cohort-unit", b"0")],
+        &[(b"X-Cohort-Unit", b"15"), (b"x-cohort-unit", b"15")],
+        &[(b"x-cohort-unit", b"evil")],
+    ];
+    let forced = format!("canary:{FORCE_TOKEN}");
+    let mut units = BTreeSet::new();
+    for id in user_ids("unit", 48) {
+        let placement = place("web", id.as_bytes());
+        units.insert(placement.unit);
+        for extra in spoofed {
+            for force in [None, Some(forced.as_bytes())] {
+                let mut headers: Vec<(&[u8], &[u8])> = vec![(b"x-user-id", id.as_bytes())];
+                headers.extend(force.map(|f| (&b"x-cohort-force"[..], f)));
+                headers.extend_from_slice(extra);
+                let r = client.get("/", &headers).unwrap();
+                let want = if force.is_some() {
+                    "canary"
+                } else {
+                    expected_version(id.as_bytes(), 500)
+                };
+                assert_eq!(served_by(&r), want, "{id} with {headers:?}");
+                // One value: several headers would arrive comma-joined.
+                assert_eq!(
+                    r.header_all("x-seen-unit"),
+                    [placement.unit_value()],
+                    "{id} with {headers:?}"
+                );
+            }
+        }
+    }
+    // The users spread over the units, so the check tells the unit from a constant.
+    assert!(units.len() > 8, "units {units:?}");
+    for extra in spoofed {
+        let r = client.get("/", extra).unwrap();
+        assert_eq!(served_by(&r), "stable", "{extra:?}");
+        assert_eq!(r.header("x-seen-unit").as_deref(), Some("-"), "{extra:?}");
+    }
 }
 
 /// d2. Forcing needs exactly `VERSION:TOKEN`: every near miss of the token (one byte more, the

@@ -26,6 +26,9 @@ use cohort_tests::schema::{validate_against_crd, validate_patch_against_crd};
 use cohort_tests::workspace_root;
 
 const ISTIO_KINDS: [&str; 3] = ["WasmPlugin", "VirtualService", "DestinationRule"];
+/// The Istio kind with no vendored CRD schema: checked field by field instead
+/// (`telemetry_labels_served_metrics_with_the_unit_header`).
+const TELEMETRY: &str = "Telemetry";
 /// Folders of `manifests/` whose YAML is not Kubernetes objects.
 const NOT_KUBERNETES: [&str; 2] = ["envoy", "prometheus"];
 
@@ -129,11 +132,12 @@ fn kustomize_renders_every_manifest_file() {
         .map(|file| read_yaml(&manifests_dir().join(file)).unwrap().len())
         .sum();
     assert_eq!(rendered().len(), documents);
-    for kind in
-        ISTIO_KINDS
-            .iter()
-            .chain(&["CanaryRollout", "CustomResourceDefinition", "Deployment"])
-    {
+    for kind in ISTIO_KINDS.iter().chain(&[
+        TELEMETRY,
+        "CanaryRollout",
+        "CustomResourceDefinition",
+        "Deployment",
+    ]) {
         assert!(!of_kind(kind).is_empty(), "no {kind} rendered");
     }
 }
@@ -239,7 +243,7 @@ fn collect_yaml(root: &Path, dir: &Path, files: &mut BTreeSet<String>) {
 fn istio_objects_fit_istio_1_30_schemas() {
     let istio: Vec<&Value> = rendered()
         .iter()
-        .filter(|o| api_group(o).ends_with(".istio.io"))
+        .filter(|o| api_group(o).ends_with(".istio.io") && o["kind"] != TELEMETRY)
         .collect();
     assert!(istio.len() >= ISTIO_KINDS.len());
     for object in istio {
@@ -388,6 +392,102 @@ fn virtual_services_route_the_canary_header_to_defined_subsets() {
             assert_ne!(canary["route"], fallback["route"]);
         }
     }
+}
+
+/// The Telemetry object that labels Istio's served metrics with the user's unit, checked against
+/// Istio's Telemetry API reference (`telemetry.istio.io/v1`: `spec.metrics[].providers[].name`,
+/// `overrides[].match.metric` one of the standard metrics, `match.mode` `CLIENT_AND_SERVER`,
+/// `CLIENT` or `SERVER`, `tagOverrides.<tag>` with `operation` `UPSERT` or `REMOVE` and `value` a
+/// CEL expression), since no CRD schema of it is at hand. Unknown fields are refused, as the
+/// schema would. The tag and the header are cohort-core's, so the filter, this object and the
+/// gates' queries name the same things.
+#[test]
+fn telemetry_labels_served_metrics_with_the_unit_header() {
+    use cohort_core::telemetry::{TAG_UNIT, UNIT_HEADER};
+
+    fn keys(object: &Value) -> BTreeSet<&str> {
+        object
+            .as_object()
+            .unwrap_or_else(|| panic!("not an object: {object}"))
+            .keys()
+            .map(String::as_str)
+            .collect()
+    }
+    let telemetry = of_kind(TELEMETRY);
+    let [telemetry] = telemetry.as_slice() else {
+        panic!("{} Telemetry objects, want one", telemetry.len())
+    };
+    let what = describe(telemetry);
+    assert_eq!(telemetry["apiVersion"], "telemetry.istio.io/v1", "{what}");
+    assert_eq!(
+        keys(telemetry),
+        BTreeSet::from(["apiVersion", "kind", "metadata", "spec"])
+    );
+    // In the namespace of the service the rollouts split, whose sidecars report
+    // `reporter="destination"`; no selector, so every workload of it.
+    let namespaces: BTreeSet<&str> = of_kind("CanaryRollout")
+        .iter()
+        .map(|rollout| rollout["metadata"]["namespace"].as_str().unwrap())
+        .collect();
+    let namespace = telemetry["metadata"]["namespace"].as_str().unwrap();
+    assert_eq!(namespaces, BTreeSet::from([namespace]), "{what}");
+    assert_eq!(
+        keys(&telemetry["spec"]),
+        BTreeSet::from(["metrics"]),
+        "{what}"
+    );
+
+    let metrics = telemetry["spec"]["metrics"].as_array().unwrap();
+    let [metrics] = metrics.as_slice() else {
+        panic!("{what}: {} metrics entries, want one", metrics.len())
+    };
+    assert_eq!(
+        keys(metrics),
+        BTreeSet::from(["providers", "overrides"]),
+        "{what}"
+    );
+    assert_eq!(
+        metrics["providers"],
+        json!([{"name": "prometheus"}]),
+        "{what}"
+    );
+    let expression = format!("request.headers['{UNIT_HEADER}']");
+    let mut overridden = Vec::new();
+    for entry in metrics["overrides"].as_array().unwrap() {
+        assert_eq!(
+            keys(entry),
+            BTreeSet::from(["match", "tagOverrides"]),
+            "{entry}"
+        );
+        assert_eq!(
+            keys(&entry["match"]),
+            BTreeSet::from(["metric", "mode"]),
+            "{entry}"
+        );
+        // The destination reports the series the gates read.
+        assert_eq!(entry["match"]["mode"], "SERVER", "{entry}");
+        overridden.push(entry["match"]["metric"].as_str().unwrap());
+        assert_eq!(
+            entry["tagOverrides"],
+            json!({TAG_UNIT: {"operation": "UPSERT", "value": expression}}),
+            "{entry}"
+        );
+    }
+    overridden.sort_unstable();
+    // istio_requests_total and istio_request_duration_milliseconds.
+    assert_eq!(overridden, ["REQUEST_COUNT", "REQUEST_DURATION"], "{what}");
+
+    // A Prometheus label name that is none of Istio's standard labels, and a header name as
+    // Envoy's header map (which CEL's `request.headers` reads) holds it: lowercase.
+    assert!(
+        TAG_UNIT
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+            && !TAG_UNIT.starts_with("source_")
+            && !TAG_UNIT.starts_with("destination_"),
+        "{TAG_UNIT}"
+    );
+    assert_eq!(UNIT_HEADER, UNIT_HEADER.to_ascii_lowercase());
 }
 
 #[test]
