@@ -99,7 +99,7 @@ pub const THRESHOLD_ERROR_RATE: f64 = 0.01;
 /// The most checks a Flagger-style analysis makes before it decides.
 const THRESHOLD_MAX_CHECKS: u32 = THRESHOLD_FAILED_CHECKS + THRESHOLD_ITERATIONS - 1;
 /// Units per version the rollout's source reports when `--units` is not given: the filter's.
-pub const DEFAULT_UNITS: usize = 16;
+pub const DEFAULT_UNITS: usize = cohort_core::bucket::UNITS as usize;
 /// The most units `--units` takes.
 const MAX_UNITS: usize = 1024;
 /// Calibration runs per traffic and condition for `threshold-tuned` when none is given.

@@ -29,7 +29,7 @@ pub const ISTIO_REQUESTS_TOTAL: &str = "istio_requests_total";
 pub const ISTIO_REQUEST_DURATION_MS: &str = "istio_request_duration_milliseconds";
 /// The label the Istio Telemetry resource writes each request's unit header into
 /// (manifests/istio/telemetry.yaml): which of the random sets of users it came from.
-pub const UNIT: &str = "cohort_unit";
+pub use cohort_core::telemetry::TAG_UNIT as UNIT;
 /// Istio's label saying which side reported a request: `source` or `destination`.
 pub const ISTIO_REPORTER: &str = "reporter";
 /// Istio's label holding the HTTP status.
