@@ -87,11 +87,11 @@
 //! What the controller randomises is the user, so the gate also measures the spread between
 //! users: the filter puts each user in one of 16 *units* (a random partition, independent of the
 //! weight) and Istio's metrics carry it as `cohort_unit`. [`unit_dispersion`] compares each
-//! version's units with one another, within the window: the cluster-robust variance of the
-//! version's rate over its Poisson variance. A heavy user's unit, or a unit holding a user's
-//! retries, deviates from the rest, and since its excess grows with the counts, the dispersion
-//! grows with them: the user moves the test by a bounded number of standard errors however long
-//! it runs. Each version's counts are divided by the larger of the two dispersions, its own
+//! version's units with one another, within the window: the jackknife variance of the version's
+//! rate (one unit left out at a time) over its Poisson variance. Leaving out a heavy user's unit,
+//! or a unit holding a user's retries, moves the rate, and since the excess grows with the
+//! counts, the dispersion grows with them: the user moves the test by a bounded number of
+//! standard errors however long it runs. Each version's counts are divided by the larger of the two dispersions, its own
 //! units' and the looks'. Without units (a plain Envoy's cluster stats, Istio without the
 //! Telemetry object) the looks' alone apply.
 //!
@@ -415,14 +415,16 @@ pub const MIN_UNITS: usize = 4;
 
 /// How much more a version's event count varies than independent requests would make it vary,
 /// measured between its units (random sets of users, [`crate::evaluate::UnitSamples`]): the
-/// units' squared deviations from the version's rate (the cluster-robust variance of the rate)
-/// over what Poisson counts would give them, `Σ (xᵤ − r nᵤ)² / (X (1 − Σ wᵤ²))` with `wᵤ` each
-/// unit's share of the exposure. About 1 when requests are independent, whatever the units'
-/// sizes. A user whose own error rate differs, or a user's retries, sit in one unit, so they
-/// raise it in proportion to what they add, and as the counts grow it grows with them: such a
-/// user moves the version's rate by a bounded number of standard errors however long the test
-/// runs, where the counts alone would make it any number. `None` with fewer than [`MIN_UNITS`]
-/// units with requests, or no events.
+/// jackknife variance of the version's rate over its Poisson variance `X / N²`. The jackknife
+/// leaves out one unit at a time, `rᵤ = (X − xᵤ) / (N − nᵤ)`, and takes `(k − 1)/k · Σ (rᵤ − r̄)²`.
+/// About 1 when requests are independent, whatever the units' sizes. A user whose own error
+/// rate differs, or a user's retries, sit in one unit: leaving that unit out moves the rate by
+/// what the user adds, however much of the version's traffic the user sends (the sandwich,
+/// residuals from the common rate, misses a user who *is* most of a 1% canary), and since the
+/// excess grows with the counts, the dispersion grows with them: such a user moves the version's
+/// rate by a bounded number of standard errors however long the test runs, where the counts
+/// alone would make it any number. `None` with fewer than [`MIN_UNITS`] units with requests, or
+/// no events.
 pub fn unit_dispersion(units: &[Counts]) -> Option<f64> {
     let served: Vec<Counts> = units
         .iter()
@@ -437,17 +439,22 @@ pub fn unit_dispersion(units: &[Counts]) -> Option<f64> {
     if events <= 0.0 {
         return None;
     }
-    let rate = events / exposure;
-    let squares: f64 = served
+    let left_out: Vec<f64> = served
         .iter()
-        .map(|unit| (unit.events - rate * unit.exposure).powi(2))
-        .sum();
-    let concentration: f64 = served
-        .iter()
-        .map(|unit| (unit.exposure / exposure).powi(2))
-        .sum();
-    let poisson = events * (1.0 - concentration);
-    (poisson > 0.0).then(|| squares / poisson)
+        .filter(|unit| exposure - unit.exposure > 0.0)
+        .map(|unit| (events - unit.events) / (exposure - unit.exposure))
+        .collect();
+    let k = left_out.len() as f64;
+    if left_out.len() < MIN_UNITS {
+        return None;
+    }
+    let mean = left_out.iter().sum::<f64>() / k;
+    let jackknife = (k - 1.0) / k
+        * left_out
+            .iter()
+            .map(|rate| (rate - mean).powi(2))
+            .sum::<f64>();
+    Some(jackknife / (events / (exposure * exposure)))
 }
 
 /// Judges canary against stable from counts since the test began. `dispersion` is how much
@@ -797,7 +804,17 @@ impl SequentialGate {
         let over = window.map_or(String::new(), |window| {
             format!(" over {}s", window.as_secs())
         });
-        result.reason = format!("{rates}{over}: {}", decision.reason);
+        // Why a visible difference may not fail: the units say how much users differ.
+        let spread = match (canary_spread, stable_spread) {
+            (None, None) => String::new(),
+            (canary, stable) => format!(
+                "; between units counts vary {} (canary) and {} (stable) times as much as \
+                 independent requests",
+                canary.map_or("?".to_owned(), |d| format!("{d:.1}")),
+                stable.map_or("?".to_owned(), |d| format!("{d:.1}"))
+            ),
+        };
+        result.reason = format!("{rates}{over}: {}{spread}", decision.reason);
         result
     }
 }

@@ -1096,7 +1096,9 @@ fn unit_dispersion_compares_the_units_spread_with_independent_requests() {
             Some(0.0),
         ),
         ("proportional in unequal units", proportional, Some(0.0)),
-        // Σ(x − rn)² = 20²·(15/16)² + 15·(20/16)² = 20²·15/16; over 20·(1 − 1/16): 20.
+        // Left out, unit 0 gives 0 and the others 20/15000; their mean is 20/16000, so the
+        // jackknife is 15/16 · ((20/16000)² + 15 (20/15000 − 20/16000)²) = 1.5625e-6, over the
+        // Poisson 20/16000²: 20.
         ("every event in one unit", one_unit_has_all, Some(20.0)),
         ("too few units", even(5.0, 1000.0, MIN_UNITS - 1), None),
         (
@@ -1160,10 +1162,23 @@ fn excess_errors_in_one_unit_are_not_the_versions_but_spread_over_all_units_they
     assert!(look.canary_unit_dispersion.is_some_and(|d| d < 1e-9));
     let held = judge(&one_unit);
     assert_eq!(held.verdict, Verdict::Inconclusive, "{}", held.reason);
+    assert!(
+        held.reason.ends_with(
+            "; between units counts vary 22.4 (canary) and 0.0 (stable) times as much as independent \
+             requests"
+        ),
+        "{}",
+        held.reason
+    );
     let look = held.sequential.unwrap_or_else(|| panic!("a look"));
+    // Left out, unit 0 gives 75/15000 and the others 130/15000: the jackknife is
+    // 15/16 · ((75 − 126.5625)² + 15 (130 − 126.5625)²) / 15000² = 1.1816e-5, over the Poisson
+    // 135/16000²: 22.41.
     close(
         look.canary_unit_dispersion.unwrap_or_default(),
-        (51.5625_f64.powi(2) + 15.0 * 3.4375_f64.powi(2)) / (135.0 * 15.0 / 16.0),
+        15.0 / 16.0 * (51.5625_f64.powi(2) + 15.0 * 3.4375_f64.powi(2))
+            / 15_000.0_f64.powi(2)
+            / (135.0 / 16_000.0_f64.powi(2)),
         1e-9,
         "canary's unit dispersion",
     );
