@@ -82,31 +82,32 @@
 //! price is time: under independent requests the prior fades as looks accumulate; under
 //! clustered errors every regression needs about φ times the events.
 //!
-//! Variation between looks cannot show a difference that stays: one heavy user whose own error
-//! rate is higher sits on the canary for a whole step and moves its rate at every look alike.
-//! What the controller randomises is the user, so the gate also measures the spread between
-//! users: the filter puts each user in one of 16 *units* (a random partition, independent of the
-//! weight) and Istio's metrics carry it as `cohort_unit`. [`unit_dispersion`] compares each
-//! version's units with one another, within the window: the jackknife variance of the version's
-//! rate (one unit left out at a time) over its Poisson variance. Leaving out a heavy user's unit,
-//! or a unit holding a user's retries, moves the rate, and since the excess grows with the
-//! counts, the dispersion grows with them: the user moves the test by a bounded number of
-//! standard errors however long it runs. Each version's counts are divided by the larger of the two dispersions, its own
-//! units' and the looks'. Without units (a plain Envoy's cluster stats, Istio without the
-//! Telemetry object) the looks' alone apply.
+//! Variation between looks cannot show a difference that stays: one heavy user whose own error rate
+//! is higher sits on the canary for a whole step and moves its rate at every look alike. What the
+//! controller randomises is the user, so the gate also measures the spread between users: the
+//! filter puts each user in one of 16 *units* (a random partition, independent of the weight) and
+//! Istio's metrics carry it as `cohort_unit`. [`unit_dispersion`] compares each version's units
+//! with one another, within the window: the jackknife variance of the version's rate (one unit left
+//! out at a time) over its Poisson variance. Leaving out a heavy user's unit, or a unit holding a
+//! user's retries, moves the rate, and since the excess grows with the counts, the dispersion grows
+//! with them: the user moves the test by a bounded number of standard errors however long it runs.
+//! Each version's counts are divided by the larger of the two dispersions, its own units' and the
+//! looks'. Without units (a plain Envoy's cluster stats, Istio without the Telemetry object) the
+//! looks' alone apply.
 //!
 //! # Assumptions and limits
 //! With an estimated dispersion the supermartingale argument is approximate rather than exact;
-//! `cohort simulate --condition …` measures what it keeps under each way events arrive together.
-//! A handful of units estimates a variance roughly: with few events (a 1% canary at 10 rps) one
-//! retry cluster can make a unit look far off, and the gate then waits longer for the same
-//! evidence. A stall of one of a few canary pods slows every unit at once, so neither looks nor
-//! units tell it from a regression: that needs the pod as the unit. Exposure shares are stable within a step (true in expectation under
-//! per-user bucketing); the latency bound is read from stable's histogram at each look, which is
-//! nearly fixed once stable has a few thousand observations. The sample minimum does not hold
-//! back a Pass or a Fail: the boundaries already account for how much data there is. It applies
-//! to the `maxDuration` end, which is `Underpowered`: "no regression found in N requests; a K×
-//! regression could have been missed", K being the canary's upper bound over stable's rate.
+//! `cohort simulate --condition …` measures what it keeps under each way events arrive together. A
+//! handful of units estimates a variance roughly: with few events (a 1% canary at 10 rps) one retry
+//! cluster can make a unit look far off, and the gate then waits longer for the same evidence. A
+//! stall of one of a few canary pods slows every unit at once, so neither looks nor units tell it
+//! from a regression: that needs the pod as the unit. Exposure shares are stable within a step
+//! (true in expectation under per-user bucketing); the latency bound is read from stable's
+//! histogram at each look, which is nearly fixed once stable has a few thousand observations. The
+//! sample minimum does not hold back a Pass or a Fail: the boundaries already account for how much
+//! data there is. It applies to the `maxDuration` end, which is `Underpowered`: "no regression
+//! found in N requests; a K× regression could have been missed", K being the canary's upper bound
+//! over stable's rate.
 
 use std::time::Duration;
 
