@@ -69,10 +69,9 @@ impl Ledger {
     /// read the counters at the scrapes inside it.
     pub fn record(&mut self, rng: &mut Rng, canary: &[Counts], stable: &[Counts]) {
         let start_s = self.now_s();
-        let Some(before) = self.totals.last().cloned() else {
+        let Some(mut after) = self.totals.last().cloned() else {
             return;
         };
-        let mut after = before.clone();
         for (total, tick) in after.canary.iter_mut().zip(canary) {
             total.add(tick);
         }
@@ -84,10 +83,11 @@ impl Ledger {
             return;
         };
         let end_s = start_s + self.tick_s;
-        let versions = [(canary, before.canary), (stable, before.stable)];
+        let before = &self.totals[self.totals.len() - 2];
+        let versions = [(canary, &before.canary), (stable, &before.stable)];
         for (v, (tick, total)) in versions.into_iter().enumerate() {
             let mut left = tick.to_vec();
-            let mut total = total;
+            let mut total = total.clone();
             let mut cursor = start_s;
             while scrapes.next_s[v] <= end_s {
                 let at = scrapes.next_s[v];

@@ -8,19 +8,28 @@ use super::*;
 
 /// One run of `scenario` through `rollout` under `conditions`.
 fn run_once(rollout: &Rollout, scenario: &str, conditions: &Conditions, seed: u64) -> RolloutRun {
+    run_with_units(rollout, scenario, conditions, DEFAULT_UNITS, seed)
+}
+
+/// [`run_once`] with its source reporting `units` units per version.
+fn run_with_units(
+    rollout: &Rollout,
+    scenario: &str,
+    conditions: &Conditions,
+    units: usize,
+    seed: u64,
+) -> RolloutRun {
     let scenario = Scenario::parse(scenario).unwrap();
     let model = Model::new(&scenario, conditions);
-    rollout.run(&model, conditions, DEFAULT_UNITS, &mut Rng::new(seed))
+    rollout.run(&model, conditions, units, &mut Rng::new(seed))
 }
 
 /// Runs of a healthy canary rolled back out of `runs`, when its source reports `units`.
 fn rolled_back_of(conditions: &Conditions, units: usize, runs: u64) -> u64 {
     let rollout = Rollout::default_rollout().unwrap();
-    let scenario = Scenario::parse("aa-5pct-100rps").unwrap();
-    let model = Model::new(&scenario, conditions);
     (0..runs)
         .filter(|seed| {
-            let run = rollout.run(&model, conditions, units, &mut Rng::new(*seed));
+            let run = run_with_units(&rollout, "aa-5pct-100rps", conditions, units, *seed);
             matches!(run.outcome, Outcome::RolledBack(_))
         })
         .count() as u64
