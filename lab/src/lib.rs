@@ -852,15 +852,8 @@ mod tests {
             weight_bp,
             gates: verdict.map_or_else(Vec::new, |verdict| {
                 vec![GateResult {
-                    gate: "error-rate".into(),
                     verdict,
-                    canary: None,
-                    stable: None,
-                    threshold: None,
-                    canary_samples: 0.0,
-                    stable_samples: 0.0,
-                    reason: String::new(),
-                    sequential: None,
+                    ..GateResult::blank("error-rate")
                 }]
             }),
             error: None,

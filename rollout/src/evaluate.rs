@@ -412,7 +412,7 @@ impl Judge for CustomGate {
 
 impl GateResult {
     /// An Inconclusive result of gate `name` with nothing measured yet.
-    pub(crate) fn blank(name: &str) -> Self {
+    pub fn blank(name: &str) -> Self {
         GateResult {
             gate: name.to_owned(),
             verdict: Verdict::Inconclusive,

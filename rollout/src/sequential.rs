@@ -401,6 +401,7 @@ pub struct Dispersion {
     pub stable: f64,
 }
 
+#[cfg(test)]
 impl Dispersion {
     /// The same for both versions.
     pub fn both(value: f64) -> Self {

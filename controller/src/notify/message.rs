@@ -327,16 +327,21 @@ mod tests {
         "2027-01-15T10:20:30.750Z".parse().unwrap()
     }
 
-    #[test]
-    fn a_cycle_s_events_become_notifications_in_order() {
-        let status = status(Phase::Progressing, Some(0), 100);
-        let context = Cycle {
+    /// A cycle of the four-step rollout shop/checkout in `status`, at [`now`].
+    fn shop_checkout(status: &CanaryRolloutStatus) -> Cycle<'_> {
+        Cycle {
             namespace: "shop",
             name: "checkout",
             steps: 4,
-            status: &status,
+            status,
             now: now(),
-        };
+        }
+    }
+
+    #[test]
+    fn a_cycle_s_events_become_notifications_in_order() {
+        let status = status(Phase::Progressing, Some(0), 100);
+        let context = shop_checkout(&status);
         let events = [
             event(EventKind::Normal, "Restarted", "spec.restartAt changed"),
             event(EventKind::Normal, "Started", "step 1/4: canary at 1%"),
@@ -367,13 +372,7 @@ mod tests {
     #[test]
     fn slack_bodies_are_one_escaped_line() {
         let status = status(Phase::RolledBack, Some(1), 0);
-        let context = Cycle {
-            namespace: "shop",
-            name: "checkout",
-            steps: 4,
-            status: &status,
-            now: now(),
-        };
+        let context = shop_checkout(&status);
         let rolled_back = event(
             EventKind::Warning,
             "RolledBack",
