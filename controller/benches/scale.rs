@@ -305,6 +305,7 @@ fn version(requests: f64) -> VersionSamples {
         custom: BTreeMap::new(),
         // The bench's source reports totals, as a plain Envoy's clusters do.
         units: Vec::new(),
+        pods: Vec::new(),
     }
 }
 

@@ -67,12 +67,18 @@ pub struct VersionSamples {
     /// spread users really make, so one heavy user or one user's retries, all in one unit, do
     /// not read as the whole version's.
     pub units: Vec<UnitSamples>,
+    /// The same split by the Pod that served them (the `pod` label Prometheus gives every
+    /// series it scrapes from a Pod): one entry per Pod seen, none when the source cannot split
+    /// them. Sequential gates take the spread between Pods, pooled over both versions, as the
+    /// spread a stalled or slow Pod makes, so a few canary Pods' bad minute does not read as a
+    /// regression of the version.
+    pub pods: Vec<UnitSamples>,
 }
 
-/// One unit's part of a version's samples over the window.
+/// One part of a version's samples over the window: a unit of users, or a Pod.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct UnitSamples {
-    /// The unit (`cohort_unit` label value).
+    /// The part's name: the `cohort_unit` label value, or the Pod's name.
     pub unit: String,
     /// Requests the unit's users were served.
     pub requests: f64,
