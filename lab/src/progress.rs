@@ -303,6 +303,8 @@ mod tests {
                 dispersion: 5.0,
                 canary_unit_dispersion: None,
                 stable_unit_dispersion: None,
+                canary_pod_dispersion: None,
+                stable_pod_dispersion: None,
                 tally: cohort_rollout::crd::Tally::default(),
             })
         };

@@ -1055,6 +1055,8 @@ mod tests {
                 dispersion: 1.75,
                 canary_unit_dispersion: None,
                 stable_unit_dispersion: None,
+                canary_pod_dispersion: None,
+                stable_pod_dispersion: None,
                 tally: Tally {
                     window_seconds: window,
                     ..Tally::default()

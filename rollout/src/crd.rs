@@ -1047,6 +1047,14 @@ pub struct SequentialLook {
     /// The same for stable.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stable_unit_dispersion: Option<f64>,
+    /// How much more the canary's counts vary than independent requests would, from the spread
+    /// between the Pods of both versions; absent without Pods. The canary's counts are divided
+    /// by the largest of this, its unit dispersion and `dispersion`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary_pod_dispersion: Option<f64>,
+    /// The same for stable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stable_pod_dispersion: Option<f64>,
     /// The counts of this step's window at this look and the variation seen so far, read at the
     /// next look.
     pub tally: Tally,
@@ -1449,6 +1457,8 @@ spec:
                     dispersion: 1.25,
                     canary_unit_dispersion: None,
                     stable_unit_dispersion: None,
+                    canary_pod_dispersion: None,
+                    stable_pod_dispersion: None,
                     tally: Tally {
                         window_seconds: 90.0,
                         canary_events: 30.0,

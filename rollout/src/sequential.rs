@@ -91,17 +91,27 @@
 //! out at a time) over its Poisson variance. Leaving out a heavy user's unit, or a unit holding a
 //! user's retries, moves the rate, and since the excess grows with the counts, the dispersion grows
 //! with them: the user moves the test by a bounded number of standard errors however long it runs.
-//! Each version's counts are divided by the larger of the two dispersions, its own units' and the
-//! looks'. Without units (a plain Envoy's cluster stats, Istio without the Telemetry object) the
-//! looks' alone apply.
+//!
+//! A Pod that stalls slows all of its users at once, so units do not see it, and looks see it only
+//! in the minutes it lasts, while a canary of four Pods carries it for the whole step. The Pod that served each request is
+//! on every Istio series in Prometheus (`pod`), so the gate measures the spread between Pods too
+//! ([`pod_dispersion`]): each Pod's rate is its version's times a multiple of variance τ²,
+//! estimated from the Pods of both versions, each against its own version's rate (a regression of
+//! every canary Pod is no spread). Pooling lets stable's many Pods speak for a canary of one or
+//! two, which is sound because Pods of both versions carry the same load each. A version's counts
+//! then vary `1 + τ²·Σμ²/Σμ` times as much as independent requests, `μ` each Pod's expected
+//! events. Each version's counts are divided by the largest of its dispersions: the looks', its
+//! units' and its Pods'. Without units or Pods (a plain Envoy's cluster stats, Istio without the
+//! Telemetry object or without Pod labels) the looks' alone apply.
 //!
 //! # Assumptions and limits
 //! With an estimated dispersion the supermartingale argument is approximate rather than exact;
 //! `cohort simulate --condition …` measures what it keeps under each way events arrive together. A
 //! handful of units estimates a variance roughly: with few events (a 1% canary at 10 rps) one retry
-//! cluster can make a unit look far off, and the gate then waits longer for the same evidence. A
-//! stall of one of a few canary pods slows every unit at once, so neither looks nor units tell it
-//! from a regression: that needs the pod as the unit. Exposure shares are stable within a step
+//! cluster can make a unit look far off, and the gate then waits longer for the same evidence. The
+//! Pods' τ² assumes a Pod of either version is as likely to stall: canary Pods that stall more
+//! often than stable's are a regression, which the spread they add makes slower to find. Exposure
+//! shares are stable within a step
 //! (true in expectation under per-user bucketing); the latency bound is read from stable's
 //! histogram at each look, which is nearly fixed once stable has a few thousand observations. The
 //! sample minimum does not hold back a Pass or a Fail: the boundaries already account for how much
@@ -459,6 +469,91 @@ pub fn unit_dispersion(units: &[Counts]) -> Option<f64> {
     Some(jackknife / (events / (exposure * exposure)))
 }
 
+/// What the spread between Pods says, pooled over both versions ([`pod_dispersion`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PodSpread {
+    /// τ²: the variance of a Pod's rate multiple around its version's rate (0: Pods alike).
+    pub variance: f64,
+    /// How much more the canary's count varies than independent requests make it vary,
+    /// given τ² and the canary's Pods' sizes.
+    pub canary: f64,
+    /// The same for stable.
+    pub stable: f64,
+}
+
+/// Degrees of freedom the Pods must give, over both versions (each version's Pods less one),
+/// before their spread is read.
+pub const MIN_POD_DEGREES: usize = 2;
+
+/// How much more each version's event count varies than independent requests would make it vary,
+/// from the spread between the Pods that served them. A stalled Pod, a Pod on a slow node, a
+/// Pod with a cold cache: each moves the events of its own requests, all of its users at once,
+/// so units of users cannot see it, and a canary of a few Pods moves with each one.
+///
+/// Each Pod's rate is taken as its version's times a multiple with mean 1 and variance τ² (the
+/// gamma–Poisson or negative-binomial model): a Pod with `μ` expected events has variance
+/// `μ + τ²μ²`. τ² is estimated by moments from every Pod of both versions, each against its own
+/// version's rate, so a regression of the whole canary does not read as spread:
+/// `Σ (x − n·r̂)² = Σ c·μ + τ² Σ c·μ²` in expectation, with `c = 1 − 2n/N + Σ(n/N)²` for
+/// the one degree each version's rate takes (`(k − 1)/k` for `k` equal Pods; 0 for a lone Pod).
+/// Pooling is what lets a canary of one or two Pods be judged: the Pods of both versions run
+/// the same code under the same load per Pod, and stable's many show how much Pods differ.
+/// A version's dispersion is then `1 + τ² Σμ² / Σμ`: for `k` equal Pods, `1 + τ²·μ`,
+/// growing with the events each Pod has seen, as a stall's excess does. `None` with fewer than
+/// [`MIN_POD_DEGREES`] degrees of freedom, or no events.
+pub fn pod_dispersion(canary: &[Counts], stable: &[Counts]) -> Option<PodSpread> {
+    let served = |pods: &[Counts]| -> Vec<Counts> {
+        pods.iter()
+            .copied()
+            .filter(|pod| pod.exposure > 0.0 && pod.events >= 0.0)
+            .collect()
+    };
+    let versions = [served(canary), served(stable)];
+    let degrees: usize = versions
+        .iter()
+        .map(|pods| pods.len().saturating_sub(1))
+        .sum();
+    if degrees < MIN_POD_DEGREES {
+        return None;
+    }
+    // Per version: Σ (x − n·r̂)², Σ c·μ̂, Σ c·μ̂², and Σ μ̂² / Σ μ̂ for its dispersion.
+    let mut squares = 0.0;
+    let mut poisson = 0.0;
+    let mut heterogeneous = 0.0;
+    let mut size = [0.0; 2];
+    for (pods, size) in versions.iter().zip(size.iter_mut()) {
+        let events: f64 = pods.iter().map(|pod| pod.events).sum();
+        let exposure: f64 = pods.iter().map(|pod| pod.exposure).sum();
+        if pods.is_empty() || events <= 0.0 {
+            continue;
+        }
+        let rate = events / exposure;
+        let shares_squared: f64 = pods
+            .iter()
+            .map(|pod| (pod.exposure / exposure).powi(2))
+            .sum();
+        let mut expected_squared = 0.0;
+        for pod in pods {
+            let expected = pod.exposure * rate;
+            let weight = 1.0 - 2.0 * pod.exposure / exposure + shares_squared;
+            squares += (pod.events - expected).powi(2);
+            poisson += weight * expected;
+            heterogeneous += weight * expected * expected;
+            expected_squared += expected * expected;
+        }
+        *size = expected_squared / events;
+    }
+    if heterogeneous <= 0.0 {
+        return None;
+    }
+    let variance = ((squares - poisson) / heterogeneous).max(0.0);
+    Some(PodSpread {
+        variance,
+        canary: 1.0 + variance * size[0],
+        stable: 1.0 + variance * size[1],
+    })
+}
+
 /// Judges canary against stable from counts since the test began. `dispersion` is how much
 /// more each version's counts vary than independent requests would make them, at least one
 /// ([`Tally::dispersion`], [`unit_dispersion`]): the test weighs each version's counts divided
@@ -744,6 +839,8 @@ impl SequentialGate {
             stable,
             canary_units,
             stable_units,
+            canary_pods,
+            stable_pods,
             what,
         } = match counted {
             Ok(counted) => counted,
@@ -775,11 +872,16 @@ impl SequentialGate {
         let tally = window.map(|window| Tally::next(previous_tally, canary, stable, window));
         let canary_spread = unit_dispersion(&canary_units);
         let stable_spread = unit_dispersion(&stable_units);
+        let pod_spread = pod_dispersion(&canary_pods, &stable_pods);
         let over_time = tally.as_ref().map_or(1.0, Tally::dispersion);
-        // Each version's counts vary at least as much as its units show.
+        // Each version's counts vary at least as much as its units and its Pods show.
         let dispersion = Dispersion {
-            canary: over_time.max(canary_spread.unwrap_or(1.0)),
-            stable: over_time.max(stable_spread.unwrap_or(1.0)),
+            canary: over_time
+                .max(canary_spread.unwrap_or(1.0))
+                .max(pod_spread.map_or(1.0, |pods| pods.canary)),
+            stable: over_time
+                .max(stable_spread.unwrap_or(1.0))
+                .max(pod_spread.map_or(1.0, |pods| pods.stable)),
         };
         let alpha = self.alpha();
         let decision = decide(canary, stable, worse, margin, alpha, dispersion, expired);
@@ -789,6 +891,8 @@ impl SequentialGate {
             dispersion: over_time,
             canary_unit_dispersion: canary_spread,
             stable_unit_dispersion: stable_spread,
+            canary_pod_dispersion: pod_spread.map(|pods| pods.canary),
+            stable_pod_dispersion: pod_spread.map(|pods| pods.stable),
             tally,
         });
         result.threshold = decision.worse_from;
@@ -806,28 +910,41 @@ impl SequentialGate {
         let over = window.map_or(String::new(), |window| {
             format!(" over {}s", window.as_secs())
         });
-        // Why a visible difference may not fail: the units say how much users differ.
-        let spread = match (canary_spread, stable_spread) {
-            (None, None) => String::new(),
-            (canary, stable) => format!(
-                "; between units counts vary {} (canary) and {} (stable) times as much as \
+        // Why a visible difference may not fail: how much users and Pods differ.
+        let between = |parts: &str, canary: Option<f64>, stable: Option<f64>| {
+            if canary.is_none() && stable.is_none() {
+                return String::new();
+            }
+            format!(
+                "; between {parts} counts vary {} (canary) and {} (stable) times as much as \
                  independent requests",
                 canary.map_or("?".to_owned(), |d| format!("{d:.1}")),
                 stable.map_or("?".to_owned(), |d| format!("{d:.1}"))
-            ),
+            )
         };
-        result.reason = format!("{rates}{over}: {}{spread}", decision.reason);
+        result.reason = format!(
+            "{rates}{over}: {}{}{}",
+            decision.reason,
+            between("units", canary_spread, stable_spread),
+            between(
+                "Pods",
+                pod_spread.map(|pods| pods.canary),
+                pod_spread.map(|pods| pods.stable)
+            )
+        );
         result
     }
 }
 
-/// One version's events over exposure, in total and per unit (empty when the source has no
-/// units).
+/// One version's events over exposure, in total, per unit and per Pod (empty when the source
+/// cannot split them so).
 struct Counted {
     canary: Counts,
     stable: Counts,
     canary_units: Vec<Counts>,
     stable_units: Vec<Counts>,
+    canary_pods: Vec<Counts>,
+    stable_pods: Vec<Counts>,
     what: String,
 }
 
@@ -855,6 +972,8 @@ fn error_counts(samples: &Samples) -> Result<Counted, String> {
         stable,
         canary_units: by_unit(&samples.canary.units),
         stable_units: by_unit(&samples.stable.units),
+        canary_pods: by_unit(&samples.canary.pods),
+        stable_pods: by_unit(&samples.stable.pods),
         what: "5xx rate".to_owned(),
     })
 }
@@ -879,12 +998,14 @@ fn event_counts(samples: &Samples, event: Option<&str>) -> Result<Counted, Strin
         )?,
         exposure: requests(&samples.stable.requests, "stable")?,
     };
-    // The filter counts business events by version only: no units.
+    // The filter counts business events by version only: no units, no Pods.
     Ok(Counted {
         canary,
         stable,
         canary_units: Vec::new(),
         stable_units: Vec::new(),
+        canary_pods: Vec::new(),
+        stable_pods: Vec::new(),
         what: format!("{event} per request"),
     })
 }
@@ -910,6 +1031,8 @@ fn slow_counts(samples: &Samples, quantile: f64) -> Result<Counted, String> {
             stable: zero,
             canary_units: Vec::new(),
             stable_units: Vec::new(),
+            canary_pods: Vec::new(),
+            stable_pods: Vec::new(),
             what: "slow share".to_owned(),
         });
     };
@@ -920,7 +1043,7 @@ fn slow_counts(samples: &Samples, quantile: f64) -> Result<Counted, String> {
             exposure: total,
         }
     };
-    // Each unit is split at the bound stable's whole histogram gives.
+    // Each unit and Pod is split at the bound stable's whole histogram gives.
     let by_unit =
         |units: &[UnitSamples]| units.iter().map(|unit| split(&unit.latency_ms)).collect();
     Ok(Counted {
@@ -928,6 +1051,8 @@ fn slow_counts(samples: &Samples, quantile: f64) -> Result<Counted, String> {
         stable: split(&stable),
         canary_units: by_unit(&samples.canary.units),
         stable_units: by_unit(&samples.stable.units),
+        canary_pods: by_unit(&samples.canary.pods),
+        stable_pods: by_unit(&samples.stable.pods),
         what: format!("share slower than {bound} ms"),
     })
 }

@@ -25,6 +25,8 @@ fn judged_over(
             dispersion: 1.0,
             canary_unit_dispersion: None,
             stable_unit_dispersion: None,
+            canary_pod_dispersion: None,
+            stable_pod_dispersion: None,
             tally: independent_tally(),
         }),
         ..GateResult::blank(name)
@@ -1010,6 +1012,8 @@ fn an_unreadable_look_keeps_the_tally() {
             dispersion: 2.0,
             canary_unit_dispersion: None,
             stable_unit_dispersion: None,
+            canary_pod_dispersion: None,
+            stable_pod_dispersion: None,
             tally: independent_tally(),
         }),
         ..GateResult::blank("error-rate")
@@ -1185,5 +1189,147 @@ fn excess_errors_in_one_unit_are_not_the_versions_but_spread_over_all_units_they
     // The same totals without units: the counts alone fail it.
     let mut totals_only = one_unit.clone();
     totals_only.units.clear();
+    assert_eq!(judge(&totals_only).verdict, Verdict::Fail);
+}
+
+#[test]
+fn pod_dispersion_pools_the_spread_between_the_pods_of_both_versions() {
+    let pods = |events: &[f64]| -> Vec<Counts> {
+        events
+            .iter()
+            .map(|&events| counts(events, 1000.0))
+            .collect()
+    };
+    let mut without_requests = pods(&[10.0, 20.0, 30.0]);
+    without_requests.push(counts(0.0, 0.0));
+    // (what, canary's Pods, stable's Pods, Some((τ², canary's dispersion, stable's))).
+    type Row = (
+        &'static str,
+        Vec<Counts>,
+        Vec<Counts>,
+        Option<(f64, f64, f64)>,
+    );
+    let table: Vec<Row> = vec![
+        (
+            "events in proportion in every Pod",
+            pods(&[15.0, 15.0]),
+            pods(&[15.0; 4]),
+            Some((0.0, 1.0, 1.0)),
+        ),
+        // Stable: rate 0.015, μ = 15 per Pod, Σ(x − μ)² = 300, c = 1 − 2/4 + 4/16 = 0.75.
+        // Canary: exactly its rate, c = 1 − 1 + 1/2 = 0.5. τ² = (300 − 0.75·60 − 0.5·30) /
+        // (0.75·4·225 + 0.5·2·225) = 240/900; each version's Σμ²/Σμ is 15: 1 + 4 = 5.
+        (
+            "stable's spread is the canary's too",
+            pods(&[15.0, 15.0]),
+            pods(&[10.0, 10.0, 10.0, 30.0]),
+            Some((240.0 / 900.0, 5.0, 5.0)),
+        ),
+        (
+            "a whole canary three times worse is no spread",
+            pods(&[45.0, 45.0]),
+            pods(&[15.0; 4]),
+            Some((0.0, 1.0, 1.0)),
+        ),
+        // A lone canary Pod adds no degree of freedom (c = 0) but is weighed by stable's τ²:
+        // stable's Σ(x − 20)² = 200, c = 2/3, τ² = (200 − 40)/800 = 0.2; Σμ²/Σμ = 20.
+        (
+            "a one-Pod canary takes stable's spread",
+            pods(&[20.0]),
+            pods(&[10.0, 20.0, 30.0]),
+            Some((0.2, 5.0, 5.0)),
+        ),
+        (
+            "a Pod without requests does not count",
+            pods(&[20.0]),
+            without_requests,
+            Some((0.2, 5.0, 5.0)),
+        ),
+        ("too few Pods", pods(&[20.0]), pods(&[10.0, 30.0]), None),
+        ("no events", pods(&[0.0; 2]), pods(&[0.0; 4]), None),
+        ("no Pods", Vec::new(), Vec::new(), None),
+    ];
+    for (what, canary, stable, want) in table {
+        let got = pod_dispersion(&canary, &stable);
+        match (got, want) {
+            (Some(got), Some((variance, canary, stable))) => {
+                close(got.variance + 1.0, variance + 1.0, 1e-12, what);
+                close(got.canary, canary, 1e-12, what);
+                close(got.stable, stable, 1e-12, what);
+            }
+            (got, want) => assert_eq!(got.is_some(), want.is_some(), "{what}: {got:?}"),
+        }
+    }
+}
+
+/// `requests` each of as many Pods as `errors` has, the errors given Pod by Pod.
+fn in_pods(requests: f64, errors: &[f64]) -> VersionSamples {
+    let mut samples = traffic(requests * errors.len() as f64, errors.iter().sum());
+    samples.pods = errors
+        .iter()
+        .enumerate()
+        .map(|(i, errors)| UnitSamples {
+            unit: format!("pod-{i}"),
+            requests,
+            server_errors: *errors,
+            latency_ms: Vec::new(),
+        })
+        .collect();
+    samples
+}
+
+#[test]
+fn a_stalled_canary_pod_is_one_pod_but_a_regression_of_every_pod_fails() {
+    // Stable: 20 Pods at 1%, half of them at 0.2% and half at 1.8% (Pods differ). The canary's
+    // 4 Pods: 160 errors of 4,000 (4×), once with 130 of them in one bad Pod, once spread.
+    let stable = in_pods(1000.0, &[2.0, 18.0].repeat(10));
+    let one_pod = in_pods(1000.0, &[10.0, 10.0, 10.0, 130.0]);
+    let every_pod = in_pods(1000.0, &[40.0; 4]);
+    let errors = gate(SequentialMetric::ErrorRate);
+    let judge = |canary: &VersionSamples| {
+        let samples = Samples {
+            canary: canary.clone(),
+            stable: stable.clone(),
+        };
+        judged_over(
+            &errors,
+            "errors",
+            100,
+            &samples,
+            Some(Duration::from_secs(300)),
+        )
+    };
+    let held = judge(&one_pod);
+    assert_eq!(held.verdict, Verdict::Inconclusive, "{}", held.reason);
+    let look = held.sequential.clone().unwrap_or_else(|| panic!("a look"));
+    // Σ(x − μ)²: stable 20·64 = 1280, canary 3·900 + 8100 = 10800; c: 0.95 and 0.75;
+    // τ² = (12080 − 0.95·200 − 0.75·160) / (0.95·20·100 + 0.75·4·1600) = 11770/6700;
+    // the canary's Σμ²/Σμ is 40, stable's 10.
+    let variance = 11_770.0 / 6_700.0;
+    close(
+        look.canary_pod_dispersion.unwrap_or_default(),
+        1.0 + variance * 40.0,
+        1e-9,
+        "canary's Pod dispersion",
+    );
+    close(
+        look.stable_pod_dispersion.unwrap_or_default(),
+        1.0 + variance * 10.0,
+        1e-9,
+        "stable's Pod dispersion",
+    );
+    assert!(
+        held.reason.ends_with(
+            "; between Pods counts vary 71.3 (canary) and 18.6 (stable) times as much as \
+             independent requests"
+        ),
+        "{}",
+        held.reason
+    );
+    let failed = judge(&every_pod);
+    assert_eq!(failed.verdict, Verdict::Fail, "{}", failed.reason);
+    // The same totals without Pods: the counts alone fail it.
+    let mut totals_only = one_pod.clone();
+    totals_only.pods.clear();
     assert_eq!(judge(&totals_only).verdict, Verdict::Fail);
 }
