@@ -556,7 +556,7 @@ pub fn pod_dispersion(canary: &[Counts], stable: &[Counts]) -> Option<PodSpread>
 
 /// Judges canary against stable from counts since the test began. `dispersion` is how much
 /// more each version's counts vary than independent requests would make them, at least one
-/// ([`Tally::dispersion`], [`unit_dispersion`]): the test weighs each version's counts divided
+/// ([`Tally::dispersion`], [`unit_dispersion`], [`pod_dispersion`]): the test weighs each version's counts divided
 /// by its own. `expired` says `maxDuration` has passed with the sample minimum met, so "no
 /// regression detected" ends the test as Underpowered.
 pub fn decide(
