@@ -6,19 +6,21 @@
 //! filter's `cohort_decisions_total`; another service, and a service of the same name in another
 //! namespace, serve beside them. Each version's served requests, 5xx, latency buckets and
 //! decisions must come out as the destination Pods of that version counted them, none of the
-//! rest.
+//! rest; and split by the Pod that served them, with the `pod` label Prometheus attaches when
+//! scraping (the sidecars do not export it).
 
 // Test code: a failed expectation panics with its message.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::time::Duration;
+use std::net::SocketAddr;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use cohort_controller::source::prometheus::PrometheusSource;
 use cohort_controller::source::{MetricSource, SeriesRequest};
 use cohort_rollout::compiled::Served;
 use cohort_rollout::crd::{ErrorRateGate, GateCheck, GateSpec, LatencyGate};
-use cohort_rollout::evaluate::{Observed, VersionSamples};
-use cohort_tests::exporter::{scrape_config, Exporter, Page};
+use cohort_rollout::evaluate::{Observed, UnitSamples, VersionSamples};
+use cohort_tests::exporter::{Exporter, Page};
 use cohort_tests::prometheus_server::Prometheus;
 
 /// Istio's default buckets of `istio_request_duration_milliseconds`.
@@ -219,6 +221,33 @@ fn pod(traffic: Vec<Traffic>, decisions: Vec<Decisions>) -> Exporter {
     Exporter::start(page).unwrap()
 }
 
+/// Prometheus scraping each `(target, Pod name)` as the `kubernetes-pods` job of Istio's
+/// samples/addons/prometheus.yaml scrapes a sidecar: Kubernetes discovery gives the target
+/// `__meta_kubernetes_pod_name` (here each static target carries it), and relabelling copies
+/// it to `pod`, which the exported series do not have.
+fn scrape_config_with_pods(
+    job: &str,
+    metrics_path: &str,
+    targets: &[(SocketAddr, &str)],
+) -> String {
+    let mut config = format!(
+        "global: {{scrape_interval: 1s, scrape_timeout: 1s, evaluation_interval: 1s}}\n\
+         scrape_configs:\n\
+         - job_name: {job}\n  \
+           metrics_path: {metrics_path}\n  \
+           honor_labels: true\n  \
+           relabel_configs:\n  \
+           - {{action: replace, source_labels: [__meta_kubernetes_pod_name], target_label: pod}}\n  \
+           static_configs:\n"
+    );
+    for (target, pod) in targets {
+        config.push_str(&format!(
+            "  - {{targets: ['{target}'], labels: {{__meta_kubernetes_pod_name: '{pod}'}}}}\n"
+        ));
+    }
+    config
+}
+
 fn gates() -> Vec<GateSpec> {
     vec![
         GateSpec::new(GateCheck::ErrorRate(ErrorRateGate {
@@ -285,6 +314,54 @@ fn assert_latency(version: &VersionSamples, empty_up_to: f64, per_second: f64, w
     }
 }
 
+/// The version's Pods are exactly `expected` (name, requests and 5xx per second), in name
+/// order, each with its latency histogram; their requests, 5xx and `+Inf` buckets add up to the
+/// version's totals.
+fn assert_pods(version: &VersionSamples, expected: &[(&str, f64, f64)], what: &str) {
+    let names: Vec<&str> = version.pods.iter().map(|pod| pod.unit.as_str()).collect();
+    let expected_names: Vec<&str> = expected.iter().map(|(name, ..)| *name).collect();
+    assert_eq!(names, expected_names, "{what}: {:?}", version.pods);
+    for (pod, (name, requests, errors)) in version.pods.iter().zip(expected) {
+        let what = format!("{what} Pod {name}");
+        assert_near(&Observed::Value(pod.requests), *requests, &what);
+        if *errors > 0.0 {
+            assert_near(&Observed::Value(pod.server_errors), *errors, &what);
+        } else {
+            assert_eq!(pod.server_errors, 0.0, "{what}");
+        }
+        assert_eq!(
+            pod.latency_ms.len(),
+            BUCKETS.len(),
+            "{what}: {:?}",
+            pod.latency_ms
+        );
+        let inf = pod.latency_ms.last().unwrap();
+        assert_eq!(inf.le, f64::INFINITY, "{what}");
+        assert_near(&Observed::Value(inf.count), *requests, &what);
+    }
+    let sum = |part: fn(&UnitSamples) -> f64| version.pods.iter().map(part).sum::<f64>();
+    let inf = |pod: &UnitSamples| pod.latency_ms.last().map_or(0.0, |bucket| bucket.count);
+    let total_inf = match &version.latency_ms {
+        Observed::Value(buckets) => buckets.last().map_or(0.0, |bucket| bucket.count),
+        other => panic!("{what}: latency {other:?}"),
+    };
+    for (part, got, total) in [
+        ("requests", sum(|pod| pod.requests), &version.requests),
+        ("5xx", sum(|pod| pod.server_errors), &version.server_errors),
+        ("+Inf bucket", sum(inf), &Observed::Value(total_inf)),
+    ] {
+        let total = match total {
+            Observed::Value(total) => *total,
+            Observed::NoData => 0.0,
+            other => panic!("{what} {part}: {other:?}"),
+        };
+        assert!(
+            (got - total).abs() <= 1e-9 * total.max(1.0),
+            "{what}: the Pods' {part} add up to {got}, the version's to {total}"
+        );
+    }
+}
+
 fn number(prometheus: &Prometheus, query: &str) -> f64 {
     let result = prometheus.query(query).unwrap();
     result[0]["value"][1]
@@ -299,97 +376,125 @@ fn istio_served_metrics_are_read_per_version_from_the_destination() {
     let checkout = |version, code, per_second, latency_ms| {
         Traffic::destination("shop", "checkout", version, code, per_second, latency_ms)
     };
-    // Two Pods per version. Stable (v1) serves 14/s, 1/s of them 503; canary (v2) 6/s, 1/s 500.
-    // The canary's carry the unit label (3/s of unit 3, 1/s of them 500, on one Pod; 1/s of
-    // unit 9 on each); stable's do not.
+    // Two Pods per version. Stable (v1) serves 14/s, 1/s of them 503: 7/s on each Pod, the 503s
+    // on Pod a. Canary (v2) 6/s, 1/s 500: 4/s on Pod a with the 500s, 2/s on Pod b. The
+    // canary's carry the unit label (3/s of unit 3, 1/s of them 500, on one Pod; 1/s of unit 9
+    // on each); stable's do not. Each Pod's name is given to Prometheus, not exported.
     let pods = [
-        pod(
-            vec![checkout("v1", 200, 6.0, 7.0), checkout("v1", 503, 1.0, 7.0)],
-            Vec::new(),
+        (
+            "checkout-v1-6d5c8-a",
+            pod(
+                vec![checkout("v1", 200, 6.0, 7.0), checkout("v1", 503, 1.0, 7.0)],
+                Vec::new(),
+            ),
         ),
-        pod(vec![checkout("v1", 200, 7.0, 7.0)], Vec::new()),
-        pod(
-            vec![
-                checkout("v2", 200, 2.0, 40.0).in_unit("3"),
-                checkout("v2", 500, 1.0, 40.0).in_unit("3"),
-                checkout("v2", 200, 1.0, 40.0).in_unit("9"),
-            ],
-            Vec::new(),
+        (
+            "checkout-v1-6d5c8-b",
+            pod(vec![checkout("v1", 200, 7.0, 7.0)], Vec::new()),
         ),
-        pod(
-            vec![checkout("v2", 200, 2.0, 40.0).in_unit("9")],
-            Vec::new(),
+        (
+            "checkout-v2-7f9b4-a",
+            pod(
+                vec![
+                    checkout("v2", 200, 2.0, 40.0).in_unit("3"),
+                    checkout("v2", 500, 1.0, 40.0).in_unit("3"),
+                    checkout("v2", 200, 1.0, 40.0).in_unit("9"),
+                ],
+                Vec::new(),
+            ),
+        ),
+        (
+            "checkout-v2-7f9b4-b",
+            pod(
+                vec![checkout("v2", 200, 2.0, 40.0).in_unit("9")],
+                Vec::new(),
+            ),
         ),
         // The callers: the same service's requests as the source reports them, far more of
         // them and faster (a source series counted would show), and the filter's decisions.
-        pod(
-            vec![
-                checkout("v1", 200, 100.0, 1.0).reported_by_source(),
-                checkout("v2", 503, 50.0, 1.0).reported_by_source(),
-            ],
-            vec![
-                Decisions {
-                    namespace: "shop",
-                    service: "checkout",
-                    version: "v1",
-                    per_second: 7.0,
-                },
-                Decisions {
-                    namespace: "shop",
-                    service: "checkout",
-                    version: "v2",
-                    per_second: 3.0,
-                },
-                Decisions {
-                    namespace: "shop",
-                    service: "payments",
-                    version: "v2",
-                    per_second: 40.0,
-                },
-            ],
+        (
+            "frontend-v1-55d7c-a",
+            pod(
+                vec![
+                    checkout("v1", 200, 100.0, 1.0).reported_by_source(),
+                    checkout("v2", 503, 50.0, 1.0).reported_by_source(),
+                ],
+                vec![
+                    Decisions {
+                        namespace: "shop",
+                        service: "checkout",
+                        version: "v1",
+                        per_second: 7.0,
+                    },
+                    Decisions {
+                        namespace: "shop",
+                        service: "checkout",
+                        version: "v2",
+                        per_second: 3.0,
+                    },
+                    Decisions {
+                        namespace: "shop",
+                        service: "payments",
+                        version: "v2",
+                        per_second: 40.0,
+                    },
+                ],
+            ),
         ),
-        pod(
-            vec![checkout("v2", 200, 100.0, 1.0).reported_by_source()],
-            vec![
-                Decisions {
-                    namespace: "shop",
-                    service: "checkout",
-                    version: "v1",
-                    per_second: 8.0,
-                },
-                Decisions {
-                    namespace: "shop",
-                    service: "checkout",
-                    version: "v2",
-                    per_second: 3.5,
-                },
-                Decisions {
-                    namespace: "billing",
-                    service: "checkout",
-                    version: "v2",
-                    per_second: 70.0,
-                },
-            ],
+        (
+            "frontend-v1-55d7c-b",
+            pod(
+                vec![checkout("v2", 200, 100.0, 1.0).reported_by_source()],
+                vec![
+                    Decisions {
+                        namespace: "shop",
+                        service: "checkout",
+                        version: "v1",
+                        per_second: 8.0,
+                    },
+                    Decisions {
+                        namespace: "shop",
+                        service: "checkout",
+                        version: "v2",
+                        per_second: 3.5,
+                    },
+                    Decisions {
+                        namespace: "billing",
+                        service: "checkout",
+                        version: "v2",
+                        per_second: 70.0,
+                    },
+                ],
+            ),
         ),
         // Another service of the namespace, versioned alike.
-        pod(
-            vec![
-                Traffic::destination("shop", "payments", "v2", 200, 80.0, 3.0),
-                Traffic::destination("shop", "payments", "v1", 500, 20.0, 3.0),
-            ],
-            Vec::new(),
+        (
+            "payments-8c6f2-a",
+            pod(
+                vec![
+                    Traffic::destination("shop", "payments", "v2", 200, 80.0, 3.0),
+                    Traffic::destination("shop", "payments", "v1", 500, 20.0, 3.0),
+                ],
+                Vec::new(),
+            ),
         ),
         // The same service name in another namespace, with a rollout of its own.
-        pod(
-            vec![
-                Traffic::destination("billing", "checkout", "v2", 200, 90.0, 2.0),
-                Traffic::destination("billing", "checkout", "v2", 503, 30.0, 2.0),
-            ],
-            Vec::new(),
+        (
+            "checkout-v2-4b7d9-a",
+            pod(
+                vec![
+                    Traffic::destination("billing", "checkout", "v2", 200, 90.0, 2.0),
+                    Traffic::destination("billing", "checkout", "v2", 503, 30.0, 2.0),
+                ],
+                Vec::new(),
+            ),
         ),
     ];
-    let targets: Vec<_> = pods.iter().map(Exporter::addr).collect();
-    let prometheus = Prometheus::start_with_config(&scrape_config(
+    let targets: Vec<_> = pods
+        .iter()
+        .map(|(name, exporter)| (exporter.addr(), *name))
+        .collect();
+    let prometheus = Prometheus::start_with_config(&scrape_config_with_pods(
         "istio-sidecars",
         "/stats/prometheus",
         &targets,
@@ -419,7 +524,20 @@ fn istio_served_metrics_are_read_per_version_from_the_destination() {
 
     let shop = rollout("shop", "checkout");
     let billing = rollout("billing", "checkout");
-    let source = PrometheusSource::new(&prometheus.url(), Duration::from_secs(5)).unwrap();
+    assert_eq!(
+        number(
+            &prometheus,
+            r#"count(count by (pod) (istio_requests_total{destination_service_name="checkout",destination_service_namespace="shop",reporter="destination"}))"#
+        ),
+        4.0,
+        "Prometheus attaches each Pod's name"
+    );
+
+    // Every query at one instant, so the Pods' sums and the totals see the same scrapes.
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
+    let source = PrometheusSource::new(&prometheus.url(), Duration::from_secs(5))
+        .unwrap()
+        .at(i64::try_from(now.as_secs()).unwrap());
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -459,6 +577,24 @@ fn istio_served_metrics_are_read_per_version_from_the_destination() {
     }
     assert_eq!(stable.units, Vec::new());
 
+    // Each version's Pods: exactly its two, as Prometheus named them, summing to its totals.
+    assert_pods(
+        canary,
+        &[
+            ("checkout-v2-7f9b4-a", 4.0, 1.0),
+            ("checkout-v2-7f9b4-b", 2.0, 0.0),
+        ],
+        "canary",
+    );
+    assert_pods(
+        stable,
+        &[
+            ("checkout-v1-6d5c8-a", 7.0, 1.0),
+            ("checkout-v1-6d5c8-b", 7.0, 0.0),
+        ],
+        "stable",
+    );
+
     // billing/checkout reads its own namespace's service: canary only, and no stable at all.
     let billing_samples = &samples[&billing.key()];
     assert_near(
@@ -479,4 +615,11 @@ fn istio_served_metrics_are_read_per_version_from_the_destination() {
     assert_eq!(billing_samples.stable.requests, Observed::NoData);
     assert_eq!(billing_samples.stable.decisions, Observed::NoData);
     assert_latency(&billing_samples.canary, 1.0, 120.0, "billing canary");
+    // A one-Pod canary keeps its Pod; a version with no Pods has none.
+    assert_pods(
+        &billing_samples.canary,
+        &[("checkout-v2-4b7d9-a", 120.0, 30.0)],
+        "billing canary",
+    );
+    assert_eq!(billing_samples.stable.pods, Vec::new());
 }

@@ -414,6 +414,7 @@ pub fn answers(increases: &Counters, rollouts: &[SeriesRequest]) -> Answers {
         istio: needed
             .istio
             .then(|| istio_unsupported(needed.istio_latency)),
+        istio_pods: None,
         clusters: needed.clusters.then(|| ServedAnswers {
             requests: Ok(family(CLUSTER_REQUESTS_TOTAL)),
             server_errors: Ok(cluster_server_errors(&family(CLUSTER_RESPONSES_BY_CLASS))),
@@ -450,6 +451,7 @@ fn failed(rollouts: &[SeriesRequest], reason: String) -> Answers {
         istio: needed
             .istio
             .then(|| istio_unsupported(needed.istio_latency)),
+        istio_pods: None,
         clusters: needed.clusters.then(|| ServedAnswers {
             requests: fail(),
             server_errors: fail(),

@@ -30,6 +30,11 @@ pub const ISTIO_REQUEST_DURATION_MS: &str = "istio_request_duration_milliseconds
 /// The label the Istio Telemetry resource writes each request's unit header into
 /// (manifests/istio/telemetry.yaml): which of the random sets of users it came from.
 pub use cohort_core::telemetry::TAG_UNIT as UNIT;
+/// The label naming the Pod a series was scraped from. Istio's sidecars do not export it:
+/// Prometheus attaches it when scraping, by relabelling `__meta_kubernetes_pod_name` to `pod`
+/// (the `kubernetes-pods` job of Istio's samples/addons/prometheus.yaml, from the
+/// prometheus-community chart, which scrapes the sidecars' merged metrics).
+pub const POD: &str = "pod";
 /// Istio's label saying which side reported a request: `source` or `destination`.
 pub const ISTIO_REPORTER: &str = "reporter";
 /// Istio's label holding the HTTP status.

@@ -16,6 +16,10 @@
 //! sum by (destination_service_namespace, destination_service_name, destination_version, cohort_unit) (increase(istio_requests_total{reporter="destination",destination_service_namespace="shop",destination_service_name=~"cart|web",destination_version=~"v1|v2"}[30s]) or …)
 //! sum by (…) (increase(istio_requests_total{reporter="destination",…,response_code=~"5.."}[30s]) or …)
 //! sum by (…, le) (increase(istio_request_duration_milliseconds_bucket{reporter="destination",…}[30s]) or …)
+//! # Istio: the same three by the Pod that served them
+//! sum by (destination_service_namespace, destination_service_name, destination_version, pod) (increase(istio_requests_total{reporter="destination",…}[30s]) or …)
+//! sum by (…) (increase(istio_requests_total{reporter="destination",…,response_code=~"5.."}[30s]) or …)
+//! sum by (…, le) (increase(istio_request_duration_milliseconds_bucket{reporter="destination",…}[30s]) or …)
 //! # Envoy clusters: served requests, 5xx, latency (latency gates only)
 //! sum by (envoy_cluster_name) (increase(envoy_cluster_upstream_rq_total{envoy_cluster_name=~"canary|stable"}[30s]))
 //! sum by (envoy_cluster_name) (increase(envoy_cluster_upstream_rq_xx{envoy_cluster_name=~"canary|stable",envoy_response_code_class="5"}[30s]))
@@ -29,11 +33,16 @@
 //! Grouping Istio's by `cohort_unit` costs no query: each version's total is its units' sum,
 //! and the units (present when the Telemetry resource adds the label) give the sequential
 //! gates the spread between users. Without the label every series has it empty: one unit,
-//! totals only. The Istio and cluster queries run only when a rollout reads them. Pod labels such as
-//! Prometheus' `namespace` cannot stand in for the rollout's namespace: in Istio the filter runs
-//! in the caller's sidecar, so they name the caller's namespace. A rollout without a namespace
-//! (a rollout file for `cohort run` without `metadata.namespace`) matches `…namespace=""`, which
-//! Prometheus also takes for an absent label.
+//! totals only. The by-Pod queries are queries of their own, as grouping by both labels would
+//! give stable a series per unit and Pod. `pod` is not Istio's: Prometheus attaches it to what
+//! it scrapes from a Pod ([`POD`]), and as the destination reports, that is the Pod that
+//! served. The Pods give the sequential gates the spread between Pods, so that one stalled
+//! canary Pod does not read as the version's regression; series without the label count in
+//! the totals only. The Istio and cluster queries run only when a rollout reads them. Pod
+//! labels such as Prometheus' `namespace` cannot stand in for the rollout's namespace: in
+//! Istio the filter runs in the caller's sidecar, so they name the caller's namespace. A
+//! rollout without a namespace (a rollout file for `cohort run` without `metadata.namespace`)
+//! matches `…namespace=""`, which Prometheus also takes for an absent label.
 //!
 //! Custom gates are the exception: their PromQL is the user's, so each runs once per rollout and
 //! version. `increase()` needs two scrapes inside the window: keep the analysis interval at least
@@ -56,7 +65,7 @@ use crate::source::{
     BoxFuture, MetricSource, SamplesByRollout, SeriesRequest, CLUSTER_NAME, CLUSTER_REQUESTS_TOTAL,
     CLUSTER_REQUEST_TIME_MS, CLUSTER_RESPONSES_BY_CLASS, CLUSTER_RESPONSE_CLASS, DECISIONS_TOTAL,
     DESTINATION_NAMESPACE, DESTINATION_SERVICE, DESTINATION_VERSION, ISTIO_REPORTER,
-    ISTIO_REQUESTS_TOTAL, ISTIO_REQUEST_DURATION_MS, ISTIO_RESPONSE_CODE, UNIT,
+    ISTIO_REQUESTS_TOTAL, ISTIO_REQUEST_DURATION_MS, ISTIO_RESPONSE_CODE, POD, UNIT,
 };
 use crate::Error;
 use cohort_rollout::compiled::Served;
@@ -141,6 +150,7 @@ impl PrometheusSource {
         let shared = async {
             futures::join!(
                 optional(queries.istio.map(|served| self.served(served))),
+                optional(queries.istio_pods.map(|served| self.served(served))),
                 optional(queries.clusters.map(|served| self.served(served))),
                 self.vector(queries.decisions),
                 optional(queries.events.map(|query| self.vector(query))),
@@ -149,10 +159,11 @@ impl PrometheusSource {
         let (keys, custom_queries): (Vec<CustomKey>, Vec<Result<String, String>>) =
             custom.into_iter().unzip();
         let custom_answers = join_all(custom_queries.into_iter().map(|query| self.number(query)));
-        let ((istio, clusters, decisions, events), custom_answers) =
+        let ((istio, istio_pods, clusters, decisions, events), custom_answers) =
             futures::join!(shared, custom_answers);
         Answers {
             istio,
+            istio_pods,
             clusters,
             decisions,
             events,
@@ -200,8 +211,10 @@ impl MetricSource for PrometheusSource {
 /// The shared queries of one cycle.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Queries {
-    /// Istio's served metrics; only when a rollout reads them.
+    /// Istio's served metrics by unit; only when a rollout reads them.
     pub istio: Option<ServedQueries>,
+    /// The same by the Pod that served them (`pod`); exactly when `istio` is there.
+    pub istio_pods: Option<ServedQueries>,
     /// Envoy clusters' upstream stats; only when a rollout reads them.
     pub clusters: Option<ServedQueries>,
     /// The filter's decisions by destination namespace, service and version.
@@ -227,8 +240,10 @@ pub fn queries(rollouts: &[SeriesRequest], window: Duration) -> Queries {
     let range = promql_duration(window);
     let destination =
         format!("{DESTINATION_NAMESPACE}, {DESTINATION_SERVICE}, {DESTINATION_VERSION}");
-    // Istio's served metrics by unit too: the sums by version are the units' sums.
+    // Istio's served metrics by unit too: the sums by version are the units' sums. By Pod in
+    // queries of their own: grouping by both would give stable units × Pods series.
     let destination_unit = format!("{destination}, {UNIT}");
+    let destination_pod = format!("{destination}, {POD}");
     let cluster = CLUSTER_NAME.to_owned();
     let with_le = |by: &str| format!("{by}, {LE}");
     // `sum by (labels) (increase(metric{selector more}[range]) or …)`, one term per selector.
@@ -240,26 +255,28 @@ pub fn queries(rollouts: &[SeriesRequest], window: Duration) -> Queries {
         format!("sum by ({by}) ({})", each.join(" or "))
     };
 
-    let istio = needed.istio.then(|| {
-        let selectors = istio_selectors(rollouts);
-        ServedQueries {
-            requests: increase(&destination_unit, ISTIO_REQUESTS_TOTAL, &selectors, ""),
+    let istio_selectors = needed.istio.then(|| istio_selectors(rollouts));
+    let istio_by = |by: &str| {
+        istio_selectors.as_ref().map(|selectors| ServedQueries {
+            requests: increase(by, ISTIO_REQUESTS_TOTAL, selectors, ""),
             server_errors: increase(
-                &destination_unit,
+                by,
                 ISTIO_REQUESTS_TOTAL,
-                &selectors,
+                selectors,
                 &format!(",{ISTIO_RESPONSE_CODE}=~\"5..\""),
             ),
             latency: needed.istio_latency.then(|| {
                 increase(
-                    &with_le(&destination_unit),
+                    &with_le(by),
                     &format!("{ISTIO_REQUEST_DURATION_MS}_bucket"),
-                    &selectors,
+                    selectors,
                     "",
                 )
             }),
-        }
-    });
+        })
+    };
+    let istio = istio_by(&destination_unit);
+    let istio_pods = istio_by(&destination_pod);
     let clusters = needed.clusters.then(|| {
         let selectors = [cluster_selector(rollouts)];
         ServedQueries {
@@ -297,6 +314,7 @@ pub fn queries(rollouts: &[SeriesRequest], window: Duration) -> Queries {
     let rollout_labels = format!("{TAG_NAMESPACE}, {TAG_ROLLOUT}, {TAG_VERSION}, {TAG_EVENT}");
     Queries {
         istio,
+        istio_pods,
         clusters,
         decisions: increase(&destination, DECISIONS_TOTAL, &decision_selectors, ""),
         events: needed
@@ -514,6 +532,22 @@ mod tests {
             istio.latency,
             Some(format!("sum by ({DESTINATION}, cohort_unit, le) (increase(istio_request_duration_milliseconds_bucket{{{istio_selector}}}[30s]))"))
         );
+        // The same by the serving Pod, in queries of their own.
+        let pods = q.istio_pods.unwrap();
+        assert_eq!(
+            pods.requests,
+            format!(
+                "sum by ({DESTINATION}, pod) (increase(istio_requests_total{{{istio_selector}}}[30s]))"
+            )
+        );
+        assert_eq!(
+            pods.server_errors,
+            format!("sum by ({DESTINATION}, pod) (increase(istio_requests_total{{{istio_selector},response_code=~\"5..\"}}[30s]))")
+        );
+        assert_eq!(
+            pods.latency,
+            Some(format!("sum by ({DESTINATION}, pod, le) (increase(istio_request_duration_milliseconds_bucket{{{istio_selector}}}[30s]))"))
+        );
         let clusters = q.clusters.unwrap();
         let cluster_selector = r#"envoy_cluster_name=~"shop-api-canary|shop-api-stable|shop-web-canary|shop-web-stable""#;
         assert_eq!(
@@ -575,6 +609,18 @@ mod tests {
                 one("shop", "web|api")
             )
         );
+        let pods = q.istio_pods.unwrap();
+        assert_eq!(
+            pods.requests,
+            format!(
+                "sum by ({DESTINATION}, pod) ({} or {} or {})",
+                one("", "web"),
+                one("billing", "web"),
+                one("shop", "web|api")
+            )
+        );
+        // No latency gate: no latency query, by unit or by Pod.
+        assert_eq!(pods.latency, None);
         assert_eq!(
             q.decisions,
             format!(
@@ -593,6 +639,7 @@ mod tests {
             (nothing.istio, nothing.clusters, nothing.events),
             (None, None, None)
         );
+        assert_eq!(nothing.istio_pods, None);
     }
 
     /// The versions an Istio selector takes are the ones the rollouts of its namespace compare.
@@ -642,7 +689,14 @@ mod tests {
         };
         let (shop_q, billing_q) = (in_namespace("shop"), in_namespace("billing"));
         let (shop_istio, billing_istio) = (shop_q.istio.unwrap(), billing_q.istio.unwrap());
+        let (shop_pods, billing_pods) = (shop_q.istio_pods.unwrap(), billing_q.istio_pods.unwrap());
         let pairs = [
+            (Some(shop_pods.requests), Some(billing_pods.requests)),
+            (
+                Some(shop_pods.server_errors),
+                Some(billing_pods.server_errors),
+            ),
+            (shop_pods.latency, billing_pods.latency),
             (Some(shop_istio.requests), Some(billing_istio.requests)),
             (
                 Some(shop_istio.server_errors),
@@ -678,6 +732,7 @@ mod tests {
             )
         );
         assert_eq!((clusters.latency, q.istio, q.events), (None, None, None));
+        assert_eq!(q.istio_pods, None);
         assert_eq!(regex_escape("x|y.*"), r"x\|y\.\*");
     }
 
@@ -820,6 +875,41 @@ mod tests {
                 selectors(lexed.strings, 4),
                 expected(&["destination"], &["v1|v2"])
             );
+            let pods = q.istio_pods.unwrap();
+            let bucket = one.replace(
+                "istio_requests_total",
+                "istio_request_duration_milliseconds_bucket",
+            );
+            let one_5xx = one.replace("}[30s]", ",response_code=~$}[30s]");
+            for (query, shape, per_selector, after) in [
+                (
+                    &pods.requests,
+                    format!("sum by ({DESTINATION}, pod) ({one} or {one})"),
+                    4,
+                    &["v1|v2"][..],
+                ),
+                (
+                    &pods.server_errors,
+                    format!("sum by ({DESTINATION}, pod) ({one_5xx} or {one_5xx})"),
+                    5,
+                    &["v1|v2", "5.."][..],
+                ),
+                (
+                    &pods.latency.unwrap(),
+                    format!("sum by ({DESTINATION}, pod, le) ({bucket} or {bucket})"),
+                    4,
+                    &["v1|v2"][..],
+                ),
+            ] {
+                let lexed = lex(query)
+                    .unwrap_or_else(|e| panic!("{namespace:?}: Prometheus refuses {query}: {e}"));
+                assert_eq!(lexed.shape, shape, "{query}");
+                assert_eq!(
+                    selectors(lexed.strings, per_selector),
+                    expected(&["destination"], after),
+                    "{query}"
+                );
+            }
             for query in [q.decisions, q.events.unwrap()] {
                 let lexed = lex(&query).unwrap();
                 assert_eq!(selectors(lexed.strings, 2), expected(&[], &[]), "{query}");
@@ -898,8 +988,8 @@ mod tests {
             .await;
         let first_cycle = asked.lock().unwrap().len();
         assert_eq!(
-            first_cycle, 3,
-            "requests, 5xx and decisions for shop/checkout"
+            first_cycle, 5,
+            "requests and 5xx by unit and by Pod, and decisions, for shop/checkout"
         );
         shared.forget_answers().await;
         let shop_samples = shared
@@ -911,14 +1001,17 @@ mod tests {
         let mut queries_sent = asked.lock().unwrap()[first_cycle..].to_vec();
         assert_eq!(
             queries_sent.len(),
-            3,
+            5,
             "one query per kind for both: {queries_sent:?}"
         );
         let joint = queries(&[billing_checkout.clone(), shop_checkout.clone()], window);
         let joint_istio = joint.istio.unwrap();
+        let joint_pods = joint.istio_pods.unwrap();
         let mut expected = [
             joint_istio.requests,
             joint_istio.server_errors,
+            joint_pods.requests,
+            joint_pods.server_errors,
             joint.decisions,
         ];
         queries_sent.sort();
@@ -1016,6 +1109,7 @@ mod tests {
         // End to end through the shared mapping.
         let answers = Answers {
             istio: None,
+            istio_pods: None,
             clusters: Some(ServedAnswers {
                 requests: series_of(&vector),
                 server_errors: series_of(&empty),

@@ -18,7 +18,7 @@ use cohort_core::telemetry::{TAG_EVENT, TAG_NAMESPACE, TAG_ROLLOUT, TAG_VERSION}
 
 use crate::source::{
     RolloutKey, SamplesByRollout, SeriesRequest, CLUSTER_NAME, CLUSTER_RESPONSE_CLASS,
-    DESTINATION_NAMESPACE, DESTINATION_SERVICE, DESTINATION_VERSION, UNIT,
+    DESTINATION_NAMESPACE, DESTINATION_SERVICE, DESTINATION_VERSION, POD, UNIT,
 };
 use cohort_rollout::compiled::Served;
 use cohort_rollout::crd::{GateCheck, GateSpec};
@@ -104,8 +104,12 @@ pub struct ServedAnswers {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Answers {
     /// Istio's served metrics by `destination_service_namespace`, `destination_service_name`
-    /// and `destination_version`; `None` when no rollout reads Istio's (not read).
+    /// and `destination_version` (and `cohort_unit`); `None` when no rollout reads Istio's (not
+    /// read).
     pub istio: Option<ServedAnswers>,
+    /// The same by `destination_*` and the serving Pod's `pod` label instead of the unit; `None`
+    /// when not read (no rollout reads Istio's, or the source cannot split them by Pod).
+    pub istio_pods: Option<ServedAnswers>,
     /// Envoy clusters' upstream stats by `envoy_cluster_name`; `None` when no rollout reads
     /// clusters (not read).
     pub clusters: Option<ServedAnswers>,
@@ -231,13 +235,15 @@ fn version_samples(rollout: &SeriesRequest, side: Side, answers: &Answers) -> Ve
         None => not_read(&format!("{what} {kind}")),
     };
     let reads_latency = rollout.gates.iter().any(|gate| gate.check.reads_latency());
+    let split = |answers: Option<&ServedAnswers>, by: &Split| match (&served_by, answers) {
+        (ServedBy::Istio { .. }, Some(answers)) => {
+            parts(answers, reads_latency, by, |s| served_by.matches(s))
+        }
+        _ => Vec::new(),
+    };
     let mut samples = VersionSamples {
-        units: match (&served_by, served) {
-            (ServedBy::Istio { .. }, Some(served)) => {
-                units(served, reads_latency, |s| served_by.matches(s))
-            }
-            _ => Vec::new(),
-        },
+        units: split(served, &BY_UNIT),
+        pods: split(answers.istio_pods.as_ref(), &BY_POD),
         requests: served_total(served.map(|s| &s.requests), "request"),
         server_errors: served_total(served.map(|s| &s.server_errors), "server error"),
         decisions: total(&answers.decisions, |s| {
@@ -271,17 +277,47 @@ fn version_samples(rollout: &SeriesRequest, side: Side, answers: &Answers) -> Ve
     samples
 }
 
+/// How a version's samples split into parts: by which label, which of its values name a part,
+/// and how many parts there must be for the split to say anything.
+struct Split {
+    label: &'static str,
+    names_a_part: fn(&str) -> bool,
+    at_least: usize,
+}
+
+/// By unit of users. One unit is no spread: the totals then stand alone.
+const BY_UNIT: Split = Split {
+    label: UNIT,
+    names_a_part: is_unit,
+    at_least: 2,
+};
+
+/// By the Pod that served. One Pod is kept: the spread between Pods is pooled over both
+/// versions, so a one-Pod canary still counts.
+const BY_POD: Split = Split {
+    label: POD,
+    names_a_part: is_pod,
+    at_least: 1,
+};
+
 /// Whether a `cohort_unit` label value names a unit: requests without the unit header have it
 /// empty (Prometheus drops an empty label) or as Istio's `unknown`.
 fn is_unit(value: &str) -> bool {
     !value.is_empty() && value != "unknown"
 }
 
-/// The matching series split by `cohort_unit`, one entry per unit seen in the requests;
-/// nothing when an answer failed or fewer than two units served (the totals then stand alone).
-fn units(
+/// Whether a `pod` label value names a Pod (an empty one is an absent label to Prometheus).
+fn is_pod(value: &str) -> bool {
+    !value.is_empty()
+}
+
+/// The matching series split `by` its label, one entry per part seen in the requests; series
+/// without a part count in the totals only. Nothing when an answer failed or fewer parts than
+/// the split needs served.
+fn parts(
     served: &ServedAnswers,
     reads_latency: bool,
+    by: &Split,
     matches: impl Fn(&Series) -> bool,
 ) -> Vec<UnitSamples> {
     let (Ok(requests), Ok(server_errors)) = (&served.requests, &served.server_errors) else {
@@ -292,44 +328,44 @@ fn units(
         (true, Some(Ok(latency))) => Some(latency),
         (true, _) => return Vec::new(),
     };
-    let unit_of = |s: &Series| {
-        s.label(UNIT)
-            .filter(|unit| is_unit(unit))
+    let part_of = |s: &Series| {
+        s.label(by.label)
+            .filter(|part| (by.names_a_part)(part))
             .filter(|_| matches(s))
             .map(str::to_owned)
     };
-    let mut by_unit: BTreeMap<String, UnitSamples> = BTreeMap::new();
+    let mut by_part: BTreeMap<String, UnitSamples> = BTreeMap::new();
     for s in requests {
-        if let Some(unit) = unit_of(s) {
-            let entry = by_unit.entry(unit.clone()).or_insert_with(|| UnitSamples {
-                unit,
+        if let Some(part) = part_of(s) {
+            let entry = by_part.entry(part.clone()).or_insert_with(|| UnitSamples {
+                unit: part,
                 ..UnitSamples::default()
             });
             entry.requests += s.value;
         }
     }
     for s in server_errors {
-        if let Some(entry) = unit_of(s).and_then(|unit| by_unit.get_mut(&unit)) {
+        if let Some(entry) = part_of(s).and_then(|part| by_part.get_mut(&part)) {
             entry.server_errors += s.value;
         }
     }
     if let Some(latency) = latency {
-        let mut series_by_unit: BTreeMap<String, Vec<&Series>> = BTreeMap::new();
+        let mut series_by_part: BTreeMap<String, Vec<&Series>> = BTreeMap::new();
         for s in latency {
-            if let Some(unit) = unit_of(s) {
-                series_by_unit.entry(unit).or_default().push(s);
+            if let Some(part) = part_of(s) {
+                series_by_part.entry(part).or_default().push(s);
             }
         }
-        for (unit, entry) in &mut by_unit {
-            if let Some(series) = series_by_unit.get(unit) {
+        for (part, entry) in &mut by_part {
+            if let Some(series) = series_by_part.get(part) {
                 entry.latency_ms = buckets(series.iter().copied());
             }
         }
     }
-    if by_unit.len() < 2 {
+    if by_part.len() < by.at_least {
         return Vec::new();
     }
-    by_unit.into_values().collect()
+    by_part.into_values().collect()
 }
 
 /// The sum of the matching series; no match is no data.
@@ -569,6 +605,7 @@ pub(crate) mod tests {
     fn empty() -> Answers {
         Answers {
             istio: None,
+            istio_pods: None,
             clusters: None,
             decisions: Ok(Vec::new()),
             events: None,
@@ -677,6 +714,201 @@ pub(crate) mod tests {
         assert_eq!(samples[&cart.key()].canary.units, Vec::new());
     }
 
+    /// Istio's series labelled `pod` give each version its Pods, with requests, 5xx and latency
+    /// per Pod: a one-Pod canary keeps its one Pod, series without `pod` count in the totals
+    /// only, another destination's Pods are not the version's, and a rollout without latency
+    /// gates gets its Pods without histograms.
+    #[test]
+    fn istio_series_split_by_pod() {
+        let cart = istio_request("cart", "cart-svc", all_gates());
+        let pay = istio_request("pay", "pay-svc", Vec::new());
+        let web = request("web", all_gates());
+        let pod = |name: &'static str| (POD, name);
+        let code = |value: &'static str| ("response_code", value);
+        let totals = ServedAnswers {
+            requests: Ok(vec![
+                to("shop", "cart-svc", "v2", &[], 30.0),
+                to("shop", "cart-svc", "v1", &[], 400.0),
+                to("shop", "pay-svc", "v2", &[], 8.0),
+            ]),
+            server_errors: Ok(vec![to("shop", "cart-svc", "v2", &[], 3.0)]),
+            latency: Some(Ok(vec![to(
+                "shop",
+                "cart-svc",
+                "v2",
+                &[(LE, "+Inf")],
+                30.0,
+            )])),
+        };
+        let pods = ServedAnswers {
+            requests: Ok(vec![
+                to("shop", "cart-svc", "v2", &[pod("cart-v2-a")], 30.0),
+                to("shop", "cart-svc", "v1", &[pod("cart-v1-a")], 200.0),
+                to("shop", "cart-svc", "v1", &[pod("cart-v1-b")], 180.0),
+                // Scraped without the relabelling: the totals only.
+                to("shop", "cart-svc", "v1", &[], 20.0),
+                to("shop", "cart-svc", "v1", &[pod("")], 1.0),
+                // Another namespace's, another service's and another version's Pods.
+                to("billing", "cart-svc", "v2", &[pod("billing-a")], 5.0),
+                to("shop", "other", "v2", &[pod("other-a")], 6.0),
+                to("shop", "cart-svc", "v3", &[pod("cart-v3-a")], 7.0),
+                to("shop", "pay-svc", "v2", &[pod("pay-v2-a")], 5.0),
+                to("shop", "pay-svc", "v2", &[pod("pay-v2-b")], 3.0),
+            ]),
+            server_errors: Ok(vec![
+                to(
+                    "shop",
+                    "cart-svc",
+                    "v2",
+                    &[pod("cart-v2-a"), code("503")],
+                    3.0,
+                ),
+                to(
+                    "shop",
+                    "cart-svc",
+                    "v1",
+                    &[pod("cart-v1-b"), code("500")],
+                    2.0,
+                ),
+                // A 5xx of a Pod without requests in the window is no Pod.
+                to(
+                    "shop",
+                    "cart-svc",
+                    "v1",
+                    &[pod("cart-v1-gone"), code("500")],
+                    1.0,
+                ),
+            ]),
+            latency: Some(Ok(vec![
+                to(
+                    "shop",
+                    "cart-svc",
+                    "v2",
+                    &[pod("cart-v2-a"), (LE, "50")],
+                    20.0,
+                ),
+                to(
+                    "shop",
+                    "cart-svc",
+                    "v2",
+                    &[pod("cart-v2-a"), (LE, "+Inf")],
+                    30.0,
+                ),
+                to(
+                    "shop",
+                    "cart-svc",
+                    "v1",
+                    &[pod("cart-v1-a"), (LE, "+Inf")],
+                    200.0,
+                ),
+                to(
+                    "shop",
+                    "cart-svc",
+                    "v1",
+                    &[pod("cart-v1-b"), (LE, "10")],
+                    150.0,
+                ),
+                to(
+                    "shop",
+                    "cart-svc",
+                    "v1",
+                    &[pod("cart-v1-b"), (LE, "+Inf")],
+                    180.0,
+                ),
+                to("shop", "cart-svc", "v1", &[(LE, "+Inf")], 20.0),
+            ])),
+        };
+        let answers = Answers {
+            istio: Some(totals),
+            istio_pods: Some(pods),
+            clusters: Some(ServedAnswers {
+                requests: Ok(vec![on_cluster(
+                    &cluster("shop", "web", "canary"),
+                    &[pod("web-a")],
+                    9.0,
+                )]),
+                server_errors: Ok(Vec::new()),
+                latency: Some(Ok(Vec::new())),
+            }),
+            ..empty()
+        };
+        let part =
+            |name: &str, requests: f64, server_errors: f64, latency: &[(f64, f64)]| UnitSamples {
+                unit: name.into(),
+                requests,
+                server_errors,
+                latency_ms: latency
+                    .iter()
+                    .map(|&(le, count)| Bucket { le, count })
+                    .collect(),
+            };
+        let inf = f64::INFINITY;
+        let samples = to_samples(&[cart.clone(), pay.clone(), web.clone()], &answers);
+        let (cart_s, pay_s) = (&samples[&cart.key()], &samples[&pay.key()]);
+        let table: Vec<(&str, &Vec<UnitSamples>, Vec<UnitSamples>)> = vec![
+            (
+                "cart canary, one Pod",
+                &cart_s.canary.pods,
+                vec![part("cart-v2-a", 30.0, 3.0, &[(50.0, 20.0), (inf, 30.0)])],
+            ),
+            (
+                "cart stable",
+                &cart_s.stable.pods,
+                vec![
+                    part("cart-v1-a", 200.0, 0.0, &[(inf, 200.0)]),
+                    part("cart-v1-b", 180.0, 2.0, &[(10.0, 150.0), (inf, 180.0)]),
+                ],
+            ),
+            (
+                "pay canary, no latency gate",
+                &pay_s.canary.pods,
+                vec![
+                    part("pay-v2-a", 5.0, 0.0, &[]),
+                    part("pay-v2-b", 3.0, 0.0, &[]),
+                ],
+            ),
+            ("pay stable, no series", &pay_s.stable.pods, Vec::new()),
+            (
+                "web on Envoy clusters",
+                &samples[&web.key()].canary.pods,
+                Vec::new(),
+            ),
+        ];
+        for (what, got, want) in table {
+            assert_eq!(got, &want, "{what}");
+        }
+        // The totals come from the unit queries, the series without `pod` among them.
+        assert_eq!(cart_s.stable.requests, Observed::Value(400.0));
+        assert_eq!(cart_s.canary.server_errors, Observed::Value(3.0));
+        // Pods are not units: the answers by unit carry no unit label here.
+        assert_eq!(cart_s.canary.units, Vec::new());
+
+        // A failed answer by Pod leaves every version without Pods; the totals stand.
+        for fail in ["requests", "server errors", "latency"] {
+            let mut failed = answers.clone();
+            let pods = failed.istio_pods.as_mut().unwrap();
+            let error: Answer = Err("timeout".into());
+            match fail {
+                "requests" => pods.requests = error,
+                "server errors" => pods.server_errors = error,
+                _ => pods.latency = Some(error),
+            }
+            let samples = to_samples(std::slice::from_ref(&cart), &failed);
+            let cart_s = &samples[&cart.key()];
+            assert_eq!(cart_s.canary.pods, Vec::new(), "{fail}");
+            assert_eq!(cart_s.stable.pods, Vec::new(), "{fail}");
+            assert_eq!(cart_s.stable.requests, Observed::Value(400.0), "{fail}");
+        }
+        // Not read (a source that cannot split by Pod): no Pods, the totals stand.
+        let unread = Answers {
+            istio_pods: None,
+            ..answers
+        };
+        let samples = to_samples(std::slice::from_ref(&cart), &unread);
+        assert_eq!(samples[&cart.key()].canary.pods, Vec::new());
+        assert_eq!(samples[&cart.key()].canary.requests, Observed::Value(30.0));
+    }
+
     /// A rollout on Envoy clusters and one on Istio in one answer: each version reads its own
     /// cluster's, or its own destination's, served series, and its decisions; no one else's.
     #[test]
@@ -739,6 +971,7 @@ pub(crate) mod tests {
                 event("web", "stable", "signup", 9.0),
                 event("cart", "v2", "checkout", 6.0),
             ])),
+            istio_pods: None,
             custom: BTreeMap::from([
                 (custom_key("canary"), Ok(Some(0.5))),
                 (custom_key("stable"), Err("bad query".into())),
@@ -947,6 +1180,7 @@ pub(crate) mod tests {
                 latency: Some(Err("timeout".into())),
             }),
             istio: None,
+            istio_pods: None,
             decisions: Err("decisions: bad gateway".into()),
             events: None,
             custom: BTreeMap::new(),
