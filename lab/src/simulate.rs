@@ -1412,7 +1412,8 @@ pub struct SimulateArgs {
     /// independent, retry-clusters:MEAN, overdispersed:CV, heavy-user:SHARE:MULT,
     /// pod-stall:PODS:EVERY:FOR:ADD (every pod of both versions stalls once every EVERY s on
     /// average, for FOR s, adding ADD ms; the canary runs PODS pods, stable as many as carry the
-    /// same load per pod), diurnal[:AMPLITUDE], extrapolated[:SCRAPE], weight-lag:SECONDS (a
+    /// same load per pod; the rollout family's source also reports the counts by Pod),
+    /// diurnal[:AMPLITUDE], extrapolated[:SCRAPE], weight-lag:SECONDS (a
     /// pushed weight reaches the filter that much later), or several joined by + to compose
     /// them; default: independent.
     #[arg(long = "condition", value_name = "NAME[:PARAMS]")]

@@ -25,7 +25,19 @@
 //!   weight moves. Every pod serves an equal share of its version's requests, so both versions
 //!   have the same slow share in expectation, the canary's far noisier (with PODS = 4 one stall
 //!   slows a quarter of its requests, against 1/76 of stable's at 5%): an A/A condition that a
-//!   gate must survive.
+//!   gate must survive. The rollout family's source also reports each version's counts by Pod
+//!   (`VersionSamples::pods`, as Istio's metrics carry Prometheus' `pod` label): the version's
+//!   drawn unstalled requests (per latency bucket) are split multinomially among its pods by
+//!   their unstalled seconds in the tick, the stalled ones by their stalled seconds, and the 5xx
+//!   of each part among the pods by the requests each got of it, so the pods add up to the
+//!   version's totals exactly and a stalled pod carries the slow requests. Pods are named by
+//!   their index within their version (`0`, `1`, …); a look reports every pod that served in
+//!   its window with its counts over the window, a pod removed as stable shrank with the weight
+//!   included (as a range query still returns its series). The split draws from a stream
+//!   of its own, forked from the run's without advancing it, so every other count is what it
+//!   was without pods; the comparison families, which read totals, draw no split. Under
+//!   `extrapolated` the per-Pod counts are the exact window counts, not extrapolated (so they
+//!   add up to the exact totals, not to the extrapolated ones reported beside them).
 //! - `diurnal[:AMPLITUDE]`: the request rate follows a day: × (1 + AMPLITUDE · sin(2π t / 24 h
 //!   + φ)), φ uniform per run; AMPLITUDE defaults to 0.5. Both versions alike.
 //! - `weight-lag:SECONDS`: a pushed weight reaches the filter SECONDS later (istiod's or the
@@ -224,6 +236,9 @@ pub(super) struct Stream<'a> {
     /// The one unit whose users send all of it (`heavy-user`); `None`: spread evenly over the
     /// version's units.
     pub unit: Option<usize>,
+    /// Served by stalled pods (`pod-stall`): split among the pods by their stalled seconds
+    /// rather than their unstalled ones.
+    pub stalled: bool,
 }
 
 /// What one tick should draw, before the conditions.
@@ -252,7 +267,7 @@ pub(super) struct Tick<'a> {
 }
 
 /// What a run's conditions remember from tick to tick.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default)]
 pub(super) struct RunState {
     /// `heavy-user`: the user's bucket in [0, 1).
     pub(super) heavy_position: f64,
@@ -262,6 +277,15 @@ pub(super) struct RunState {
     pub(super) stable_stalls: Vec<f64>,
     /// `diurnal`: the run's phase in the day.
     pub(super) diurnal_phase: f64,
+    /// `pod-stall` with pods reported ([`RunState::reporting_pods`]): the stream the split by
+    /// Pod draws from, apart from the run's so that its draws change no other count.
+    pod_rng: Option<Rng>,
+    /// Seconds each (canary, stable) pod was stalled in the last tick.
+    pub(super) stalled_s: [Vec<f64>; 2],
+    /// The last tick's counts of each (canary, stable) pod, when pods are reported.
+    pods: [Vec<Counts>; 2],
+    /// [`split_by_pod`]'s scratch space.
+    pod_scratch: PodScratch,
 }
 
 impl RunState {
@@ -280,7 +304,26 @@ impl RunState {
         }
         state
     }
+
+    /// The state with each tick's counts also split by Pod under `pod-stall` (else unchanged),
+    /// drawn from a stream forked from `rng`'s without advancing it: the run's other draws stay
+    /// what they are without the split.
+    pub fn reporting_pods(mut self, conditions: &Conditions, rng: &Rng) -> Self {
+        if conditions.pod_stall.is_some() {
+            let mut peek = rng.clone();
+            self.pod_rng = Some(Rng::new(peek.next_u64() ^ POD_STREAM));
+        }
+        self
+    }
+
+    /// The last tick's counts by (canary, stable) pod; empty when pods are not reported.
+    pub fn pods(&self) -> (&[Counts], &[Counts]) {
+        (&self.pods[0], &self.pods[1])
+    }
 }
+
+/// Mixed into the seed of the split by Pod, so its stream shares no draws with the run's.
+const POD_STREAM: u64 = 0x706F_6473_706C_6974;
 
 impl Conditions {
     /// Draws one tick's counts of (canary, stable) under these conditions, each split over
@@ -305,12 +348,14 @@ impl Conditions {
             error_rate: tick.canary_error_rate,
             buckets: tick.canary_buckets,
             unit: None,
+            stalled: false,
         }];
         let mut stable = vec![Stream {
             requests: 0.0,
             error_rate: tick.stable_error_rate,
             buckets: tick.stable_buckets,
             unit: None,
+            stalled: false,
         }];
         let light = match self.heavy_user {
             Some((share, multiple)) => {
@@ -326,6 +371,7 @@ impl Conditions {
                     error_rate: base * multiple,
                     buckets,
                     unit: Some(heavy_user_unit(state.heavy_position, units)),
+                    stalled: false,
                 });
                 rps * (1.0 - share)
             }
@@ -342,36 +388,64 @@ impl Conditions {
             }
         }
         if let Some(stall) = self.pod_stall {
-            let stalled = advance_stalls(&mut state.stalls, rng, &stall, tick.length_s);
+            let [canary_s, stable_s] = &mut state.stalled_s;
+            let stalled = advance_stalls(&mut state.stalls, canary_s, rng, &stall, tick.length_s);
             canary = split_stalled(&canary, stalled, tick.canary_stalled_buckets);
             // Pods added as the weight moves start idle; pods removed take their stalls along.
             state
                 .stable_stalls
                 .resize(stable_pods(stall.pods, tick.canary_share), 0.0);
-            let stalled = advance_stalls(&mut state.stable_stalls, rng, &stall, tick.length_s);
+            let stalled = advance_stalls(
+                &mut state.stable_stalls,
+                stable_s,
+                rng,
+                &stall,
+                tick.length_s,
+            );
             stable = split_stalled(&stable, stalled, tick.stable_stalled_buckets);
         }
+        // Each version's counts by unit, and summed by (unstalled, stalled) for the pods.
         let mut draw = |streams: &[Stream]| {
             let mut counts = vec![Counts::default(); units];
+            let mut parts = [Counts::default(); 2];
             for stream in streams {
+                let part = &mut parts[usize::from(stream.stalled)];
                 match stream.unit {
-                    Some(unit) => counts[unit % units].add(&self.draw_stream(rng, stream)),
+                    Some(unit) => {
+                        let drawn = self.draw_stream(rng, stream);
+                        part.add(&drawn);
+                        counts[unit % units].add(&drawn);
+                    }
                     None => {
-                        let part = Stream {
+                        let share = Stream {
                             requests: stream.requests / units as f64,
                             ..*stream
                         };
                         for unit in counts.iter_mut() {
-                            unit.add(&self.draw_stream(rng, &part));
+                            let drawn = self.draw_stream(rng, &share);
+                            part.add(&drawn);
+                            unit.add(&drawn);
                         }
                     }
                 }
             }
-            counts
+            (counts, parts)
         };
         // Canary first, as the independent model always drew it.
-        let canary = draw(&canary);
-        let stable = draw(&stable);
+        let (canary, canary_parts) = draw(&canary);
+        let (stable, stable_parts) = draw(&stable);
+        if let Some(pod_rng) = &mut state.pod_rng {
+            for (v, parts) in [canary_parts, stable_parts].iter().enumerate() {
+                split_by_pod(
+                    pod_rng,
+                    parts,
+                    &state.stalled_s[v],
+                    tick.length_s,
+                    &mut state.pods[v],
+                    &mut state.pod_scratch,
+                );
+            }
+        }
         (canary, stable)
     }
 
@@ -465,28 +539,265 @@ pub(super) fn stable_pods(pods: u32, canary_share: f64) -> usize {
 }
 
 /// `pod-stall`: moves every pod's stall on by one tick of `length_s` seconds (a pod not stalled
-/// starts one at the tick's start with the chance of a Poisson process at rate 1 / `every_s`)
-/// and returns the share of the version's requests served stalled in that tick.
+/// starts one at the tick's start with the chance of a Poisson process at rate 1 / `every_s`),
+/// sets `stalled_s` to the seconds of the tick each pod was stalled, and returns the share of
+/// the version's requests served stalled in that tick.
 pub(super) fn advance_stalls(
     stalls: &mut [f64],
+    stalled_s: &mut Vec<f64>,
     rng: &mut Rng,
     stall: &PodStall,
     length_s: f64,
 ) -> f64 {
+    stalled_s.clear();
     if stalls.is_empty() {
         return 0.0;
     }
     let start = 1.0 - (-length_s / stall.every_s).exp();
-    let mut stalled_s = 0.0;
+    let mut all_s = 0.0;
     for left in stalls.iter_mut() {
         if *left <= 0.0 && rng.uniform() < start {
             *left = stall.for_s;
         }
         let this_tick = left.min(length_s).max(0.0);
-        stalled_s += this_tick;
+        all_s += this_tick;
+        stalled_s.push(this_tick);
         *left -= this_tick;
     }
-    stalled_s / (length_s * stalls.len() as f64)
+    all_s / (length_s * stalls.len() as f64)
+}
+
+/// `pod-stall`: scratch space of [`split_by_pod`], kept from tick to tick.
+#[derive(Debug, Clone, Default)]
+pub(super) struct PodScratch {
+    /// Running sums of the pods' shares of the part being split.
+    cumulative: Vec<f64>,
+    /// Each pod's requests of that part, then those of them not yet given a 5xx.
+    requests: Vec<u64>,
+    /// The same shares as an alias table.
+    alias: Alias,
+}
+
+/// `pod-stall`: splits a version's tick, drawn as its `parts` (unstalled, stalled), among its
+/// pods into `pods` (one per entry of `stalled_s`, each pod's stalled seconds of the
+/// `length_s`-second tick). Every pod serves an equal share of the requests over time, so a
+/// pod's share of the unstalled requests is its unstalled seconds over all pods' and of the
+/// stalled ones its stalled seconds over all pods'. Each latency bucket is split
+/// multinomially by those shares, and each part's 5xx among its requests at random, so the
+/// pods add up exactly and no pod has more 5xx than requests.
+pub(super) fn split_by_pod(
+    rng: &mut Rng,
+    parts: &[Counts; 2],
+    stalled_s: &[f64],
+    length_s: f64,
+    pods: &mut Vec<Counts>,
+    scratch: &mut PodScratch,
+) {
+    let count = stalled_s.len();
+    pods.clear();
+    pods.resize(count, Counts::default());
+    let PodScratch {
+        cumulative,
+        requests,
+        alias,
+    } = scratch;
+    for (stalled, part) in parts.iter().enumerate() {
+        let share = |s: f64| {
+            if stalled == 1 {
+                s
+            } else {
+                (length_s - s).max(0.0)
+            }
+        };
+        cumulative.clear();
+        let mut running = 0.0;
+        cumulative.extend(stalled_s.iter().map(|&s| {
+            running += share(s);
+            running
+        }));
+        if part.requests() == 0 || running <= 0.0 {
+            continue;
+        }
+        requests.clear();
+        requests.resize(count, 0);
+        alias.build(cumulative);
+        for (b, &total) in part.buckets.iter().enumerate() {
+            multinomial(rng, total, cumulative, alias, |pod, got| {
+                pods[pod].buckets[b] += got;
+                requests[pod] += got;
+            });
+        }
+        let errors = part.errors.min(part.requests());
+        if errors < count as u64 {
+            // Few 5xx: each picks a request not yet failed, uniformly (a pod by its requests,
+            // kept with the share of them still unfailed): the multivariate hypergeometric.
+            cumulative.clear();
+            let mut running = 0.0;
+            cumulative.extend(requests.iter().map(|&r| {
+                running += r as f64;
+                running
+            }));
+            let mut left = errors;
+            while left > 0 {
+                let pod = pick(cumulative, rng.uniform() * running);
+                let before = if pod == 0 { 0.0 } else { cumulative[pod - 1] };
+                if rng.uniform() * (cumulative[pod] - before) < requests[pod] as f64 {
+                    requests[pod] -= 1;
+                    pods[pod].errors += 1;
+                    left -= 1;
+                }
+            }
+        } else {
+            // Many: sequential binomials by requests (the hypergeometric's approximation),
+            // kept within what this pod and the ones after it can hold.
+            let (mut left, mut requests_left) = (errors, part.requests());
+            for (pod, &pod_requests) in pods.iter_mut().zip(requests.iter()) {
+                if left == 0 || pod_requests == 0 {
+                    continue;
+                }
+                let drawn = rng.binomial(left, pod_requests as f64 / requests_left as f64);
+                let least = left.saturating_sub(requests_left - pod_requests);
+                let got = drawn.clamp(least, left.min(pod_requests));
+                pod.errors += got;
+                left -= got;
+                requests_left -= pod_requests;
+            }
+        }
+    }
+}
+
+/// Splits `total` among slots whose shares run up as `cumulative` (positive at the end; `alias`
+/// built from it), handing `give` each slot's count (only those above 0): one categorical draw
+/// per item when there are few per slot (a draw from the alias table costs far less than a
+/// binomial's logarithm and power), else sequential binomials, either way an exact
+/// multinomial.
+fn multinomial(
+    rng: &mut Rng,
+    total: u64,
+    cumulative: &[f64],
+    alias: &Alias,
+    mut give: impl FnMut(usize, u64),
+) {
+    let Some(&all) = cumulative.last() else {
+        return;
+    };
+    if total == 0 || all <= 0.0 {
+        return;
+    }
+    if total < ITEMS_PER_SLOT * cumulative.len() as u64 {
+        for _ in 0..total {
+            give(alias.pick(rng), 1);
+        }
+        return;
+    }
+    let mut left = total;
+    let mut before = 0.0;
+    for (slot, &upto) in cumulative.iter().enumerate() {
+        let weight = upto - before;
+        let weight_left = all - before;
+        before = upto;
+        if weight <= 0.0 {
+            continue;
+        }
+        // The last slot with a share takes the rest, whatever rounding left in the weights.
+        let last = upto >= all;
+        let got = if last || weight >= weight_left {
+            left
+        } else {
+            rng.binomial(left, weight / weight_left)
+        };
+        if got > 0 {
+            give(slot, got);
+        }
+        left -= got;
+        if left == 0 {
+            break;
+        }
+    }
+}
+
+/// Up to this many items per slot, [`multinomial`] draws each item's slot.
+const ITEMS_PER_SLOT: u64 = 10;
+
+/// Walker's alias table (Vose's construction): a draw among slots of given shares in constant
+/// time.
+#[derive(Debug, Clone, Default)]
+pub(super) struct Alias {
+    /// Chance of keeping the slot drawn uniformly, else taking its alias.
+    keep: Vec<f64>,
+    alias: Vec<usize>,
+    /// Construction scratch: slots under and over an average share.
+    small: Vec<usize>,
+    large: Vec<usize>,
+}
+
+impl Alias {
+    /// The table of the shares running up as `cumulative` (positive at the end).
+    fn build(&mut self, cumulative: &[f64]) {
+        let slots = cumulative.len();
+        let all = cumulative.last().copied().unwrap_or_default();
+        let Alias {
+            keep,
+            alias,
+            small,
+            large,
+        } = self;
+        keep.clear();
+        alias.clear();
+        small.clear();
+        large.clear();
+        let mut before = 0.0;
+        for (slot, &upto) in cumulative.iter().enumerate() {
+            let scaled = (upto - before) * slots as f64 / all;
+            before = upto;
+            keep.push(scaled);
+            alias.push(slot);
+            if scaled < 1.0 {
+                small.push(slot);
+            } else {
+                large.push(slot);
+            }
+        }
+        while let (Some(&under), Some(&over)) = (small.last(), large.last()) {
+            small.pop();
+            large.pop();
+            alias[under] = over;
+            keep[over] += keep[under] - 1.0;
+            if keep[over] < 1.0 {
+                small.push(over);
+            } else {
+                large.push(over);
+            }
+        }
+        // What rounding leaves over is a whole share each.
+        for slot in large.drain(..).chain(small.drain(..)) {
+            keep[slot] = 1.0;
+        }
+    }
+
+    /// A slot, drawn by the shares.
+    fn pick(&self, rng: &mut Rng) -> usize {
+        let at = rng.uniform() * self.keep.len() as f64;
+        let slot = (at as usize).min(self.keep.len().saturating_sub(1));
+        if at - (slot as f64) < self.keep[slot] {
+            slot
+        } else {
+            self.alias[slot]
+        }
+    }
+}
+
+/// The slot whose share holds `at` (in [0, the last running sum)): the first whose running
+/// sum is above it, or the last with a share when rounding puts `at` at the very end.
+fn pick(cumulative: &[f64], at: f64) -> usize {
+    let slot = cumulative.partition_point(|&upto| upto <= at);
+    if slot < cumulative.len() {
+        return slot;
+    }
+    let all = cumulative.last().copied().unwrap_or_default();
+    cumulative
+        .partition_point(|&upto| upto < all)
+        .min(cumulative.len().saturating_sub(1))
 }
 
 /// Splits each stream into its unstalled part and a `stalled` share with `stalled_buckets`.
@@ -509,6 +820,7 @@ fn split_stalled<'a>(
                 Stream {
                     requests: stream.requests * stalled,
                     buckets: stalled_buckets,
+                    stalled: true,
                     ..*stream
                 },
             ]

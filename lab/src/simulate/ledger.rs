@@ -1,6 +1,13 @@
 //! A run's traffic as a metric source would see it: per-tick counts kept as running totals, so
 //! any window ending now (the last interval, or everything since a step began) is a difference,
 //! or, under `extrapolated`, Prometheus' `increase()` over the scrapes in the window.
+//!
+//! Under `pod-stall` the ledger also keeps each tick's counts by Pod (their number changes with
+//! stable's size, so as one flat list with each tick's span in it rather than running totals),
+//! and a window's samples carry every pod that served in it with its counts over the window:
+//! the exact counts, also under `extrapolated`.
+
+use std::ops::Range;
 
 use cohort_rollout::evaluate::{Bucket, Observed, Samples, UnitSamples, VersionSamples};
 
@@ -26,6 +33,24 @@ pub(super) struct Ledger {
     /// Totals after each tick; `totals[0]` is the start.
     totals: Vec<Totals>,
     scrapes: Option<Scrapes>,
+    /// `pod-stall`: every tick's counts by pod, canary's then stable's, tick after tick.
+    pod_counts: Vec<Counts>,
+    /// Where each tick's (canary, stable) pods lie in `pod_counts`: `pod_spans[k]` for the
+    /// tick that ends at `totals[k + 1]` (empty for ticks recorded without pods).
+    pod_spans: Vec<[Range<usize>; 2]>,
+    /// The pods' sums over the last window read.
+    pod_window: PodWindow,
+}
+
+/// Each version's pods summed over a window of ticks, kept to extend to the next look's.
+#[derive(Debug, Clone, Default)]
+struct PodWindow {
+    /// The ticks summed (indices into `pod_spans`).
+    ticks: Range<usize>,
+    /// (canary, stable) sums by pod.
+    sums: [Vec<Counts>; 2],
+    /// The pods' names by index, made once.
+    names: Vec<String>,
 }
 
 /// `extrapolated`: each version's counters at its scrapes.
@@ -56,6 +81,9 @@ impl Ledger {
                 stable: zero,
             }],
             scrapes,
+            pod_counts: Vec::new(),
+            pod_spans: Vec::new(),
+            pod_window: PodWindow::default(),
         }
     }
 
@@ -104,9 +132,87 @@ impl Ledger {
         }
     }
 
+    /// Records the (canary, stable) counts by pod of the tick [`Ledger::record`] recorded last.
+    pub fn record_pods(&mut self, (canary, stable): (&[Counts], &[Counts])) {
+        let ticks = self.totals.len() - 1;
+        let at = self.pod_counts.len();
+        self.pod_spans
+            .resize(ticks.saturating_sub(1), [at..at, at..at]);
+        self.pod_counts.extend_from_slice(canary);
+        let middle = self.pod_counts.len();
+        self.pod_counts.extend_from_slice(stable);
+        self.pod_spans
+            .push([at..middle, middle..self.pod_counts.len()]);
+    }
+
     /// The samples of the `window_s` seconds ending now, as the source would report them: each
-    /// version's totals, and its units when there are several.
-    pub fn samples(&self, window_s: f64) -> Samples {
+    /// version's totals, its units when there are several, and its pods when they are recorded.
+    pub fn samples(&mut self, window_s: f64) -> Samples {
+        let mut samples = self.totals_samples(window_s);
+        let ticks = ((window_s / self.tick_s) - 1e-9).ceil().max(1.0) as usize;
+        let end = self.totals.len() - 1;
+        let recorded = self.pod_spans.len();
+        let window = end.saturating_sub(ticks).min(recorded)..end.min(recorded);
+        if window.is_empty() {
+            return samples;
+        }
+        self.sum_pods(window);
+        for (v, version) in [&mut samples.canary, &mut samples.stable]
+            .into_iter()
+            .enumerate()
+        {
+            // A source with no data for the version has none for its pods either.
+            if matches!(version.requests, Observed::Value(_)) {
+                version.pods = self.pod_window.sums[v]
+                    .iter()
+                    .zip(&self.pod_window.names)
+                    .map(|(counts, name)| {
+                        let series = Series::of(counts);
+                        UnitSamples {
+                            unit: name.clone(),
+                            requests: series.requests,
+                            server_errors: series.errors,
+                            latency_ms: histogram(&series.cumulative),
+                        }
+                    })
+                    .collect();
+            }
+        }
+        samples
+    }
+
+    /// Sums each version's pods over the recorded `ticks`: every pod that served in any of them,
+    /// as a range query returns every series with samples in the range (a pod removed as stable
+    /// shrank included), so the pods add up to the version's counts. A window that starts where
+    /// the last one did (everything since a step began, look after look) only adds the ticks
+    /// since.
+    fn sum_pods(&mut self, ticks: Range<usize>) {
+        let cache = &mut self.pod_window;
+        let from = if cache.ticks.start == ticks.start && cache.ticks.end <= ticks.end {
+            cache.ticks.end
+        } else {
+            cache.sums.iter_mut().for_each(Vec::clear);
+            ticks.start
+        };
+        for spans in &self.pod_spans[from..ticks.end] {
+            for (sums, span) in cache.sums.iter_mut().zip(spans) {
+                if sums.len() < span.len() {
+                    sums.resize(span.len(), Counts::default());
+                }
+                for (sum, counts) in sums.iter_mut().zip(&self.pod_counts[span.clone()]) {
+                    sum.add(counts);
+                }
+            }
+        }
+        let most = cache.sums.iter().map(Vec::len).max().unwrap_or(0);
+        while cache.names.len() < most {
+            cache.names.push(cache.names.len().to_string());
+        }
+        cache.ticks = ticks;
+    }
+
+    /// Each version's totals and units over the `window_s` seconds ending now.
+    fn totals_samples(&self, window_s: f64) -> Samples {
         match &self.scrapes {
             None => {
                 let ticks = ((window_s / self.tick_s) - 1e-9).ceil().max(1.0) as usize;

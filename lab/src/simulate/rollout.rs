@@ -195,7 +195,8 @@ impl Rollout {
     ) -> RolloutRun {
         let scenario = model.scenario;
         let interval = self.interval_s as f64;
-        let mut state = RunState::new(conditions, rng);
+        // The rollout's source reads Pods (`pod-stall`), its split drawn on a stream of its own.
+        let mut state = RunState::new(conditions, rng).reporting_pods(conditions, rng);
         let mut ledger = Ledger::new(interval, conditions.scrape_s, units, rng);
         let mut status: Option<CanaryRolloutStatus> = None;
         let mut weights = Vec::new();
@@ -271,6 +272,9 @@ impl Rollout {
             let tick = model.tick(t as f64, interval, share, regressed);
             let (canary, stable) = conditions.draw(&mut state, rng, &tick, units);
             ledger.record(rng, &canary, &stable);
+            if conditions.pod_stall.is_some() {
+                ledger.record_pods(state.pods());
+            }
             weights.push(weight_bp);
             t += self.interval_s;
         }

@@ -2,6 +2,7 @@
 
 use super::super::conditions::*;
 use super::*;
+use cohort_rollout::evaluate::UnitSamples;
 
 /// Mean and variance of `count` draws of a real number.
 fn real_moments(count: u32, mut draw: impl FnMut() -> f64) -> (f64, f64) {
@@ -223,11 +224,20 @@ fn stalling_pods_slow_their_share_of_canary_requests() {
     let expected = 2.0 / (2.0 + (1.0 - q) / q);
     let mut rng = Rng::new(15);
     let mut stalls = vec![0.0; 4];
+    let mut seconds = Vec::new();
     let (mean, _) = real_moments(50_000, || {
-        advance_stalls(&mut stalls, &mut rng, &stall, 30.0)
+        let share = advance_stalls(&mut stalls, &mut seconds, &mut rng, &stall, 30.0);
+        // Each pod's stalled seconds make the share.
+        assert_eq!(seconds.len(), 4);
+        assert!((seconds.iter().sum::<f64>() / 120.0 - share).abs() < 1e-12);
+        share
     });
     assert!((mean - expected).abs() < 0.005, "{mean} vs {expected}");
-    assert_eq!(advance_stalls(&mut [], &mut rng, &stall, 30.0), 0.0);
+    assert_eq!(
+        advance_stalls(&mut [], &mut seconds, &mut rng, &stall, 30.0),
+        0.0
+    );
+    assert!(seconds.is_empty());
     // A stalled request's latency is 500 ms longer: nothing at or below 500 ms, most of it in
     // (500, 1000] (bucket 9).
     let stalled = shifted_lognormal_buckets(LATENCY_MEDIAN_MS, 500.0);
@@ -287,6 +297,237 @@ fn stalling_pods_slow_their_share_of_canary_requests() {
         canary_spread > 3.0 * stable_spread,
         "{canary_spread} vs {stable_spread}"
     );
+}
+
+/// Asserts that `pods` add up to `total` exactly (requests, 5xx, every bucket) and that no
+/// pod has more 5xx than requests.
+fn assert_pods_add_up(pods: &[Counts], total: &Counts, what: &str) {
+    let mut sum = Counts::default();
+    for pod in pods {
+        assert!(pod.errors <= pod.requests(), "{what}: {pod:?}");
+        sum.add(pod);
+    }
+    assert_eq!(&sum, total, "{what}");
+}
+
+#[test]
+fn pods_split_each_tick_exactly_and_the_stalled_ones_are_slow() {
+    let buckets = lognormal_buckets(LATENCY_MEDIAN_MS);
+    let stalled = shifted_lognormal_buckets(LATENCY_MEDIAN_MS, 500.0);
+    // Both 5xx splits: few 5xx (fewer than the pods) and many.
+    for error_rate in [0.002, 0.3] {
+        let conditions = Conditions::parse("pod-stall:4:300:45:500").unwrap();
+        let mut tick = tick(&buckets, &stalled, error_rate);
+        let mut rng = Rng::new(17);
+        let mut state = RunState::new(&conditions, &mut rng).reporting_pods(&conditions, &rng);
+        // (slow, all) requests of pods stalled all tick and of pods not stalled at all.
+        let (mut stalled_pods, mut idle_pods) = ((0, 0), (0, 0));
+        for round in 0..3000 {
+            // The weight moves now and then, and stable's pods with it.
+            tick.canary_share = [0.01, 0.05, 0.25][round / 1000];
+            let (canary, stable) = conditions.draw(&mut state, &mut rng, &tick, 16);
+            let (canary_pods, stable_pods_drawn) = state.pods();
+            assert_eq!(canary_pods.len(), 4);
+            assert_eq!(
+                stable_pods_drawn.len(),
+                stable_pods(4, tick.canary_share),
+                "{round}"
+            );
+            for (pods, units, v) in [(canary_pods, &canary, 0), (stable_pods_drawn, &stable, 1)] {
+                let mut total = Counts::default();
+                units.iter().for_each(|unit| total.add(unit));
+                assert_pods_add_up(pods, &total, &format!("tick {round}"));
+                for (pod, &seconds) in pods.iter().zip(&state.stalled_s[v]) {
+                    let slow = pod.buckets[9..].iter().sum::<u64>();
+                    let tally = if seconds >= 30.0 {
+                        &mut stalled_pods
+                    } else if seconds == 0.0 {
+                        &mut idle_pods
+                    } else {
+                        continue;
+                    };
+                    tally.0 += slow;
+                    tally.1 += pod.requests();
+                }
+            }
+        }
+        // A pod stalled all tick serves every request 500 ms late; one not stalled almost none
+        // (≈ 2 in 10 000 of healthy requests are that slow).
+        let share = |(slow, all): (u64, u64)| slow as f64 / all as f64;
+        assert!(stalled_pods.1 > 10_000 && idle_pods.1 > 10_000);
+        assert_eq!(share(stalled_pods), 1.0, "{stalled_pods:?}");
+        assert!(share(idle_pods) < 0.001, "{idle_pods:?}");
+    }
+}
+
+#[test]
+fn a_partly_stalled_pod_gets_its_seconds_share_of_each_part() {
+    let mut rng = Rng::new(18);
+    let healthy = Counts {
+        buckets: [
+            0, 0, 0, 0, 0, 0, 4000, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+        ],
+        errors: 40,
+    };
+    let slow = Counts {
+        buckets: [
+            0, 0, 0, 0, 0, 0, 0, 0, 0, 1000, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+        ],
+        errors: 0,
+    };
+    // Pod 0 stalled 20 s of 30, pod 1 10 s, pods 2 and 3 not at all: of the unstalled
+    // requests pod 0 serves 10/90, pod 1 20/90, the others 30/90; of the stalled 2/3 and 1/3.
+    let seconds = [20.0, 10.0, 0.0, 0.0];
+    let (mut pods, mut scratch) = (Vec::new(), PodScratch::default());
+    let mut sums = [[0.0; 2]; 4];
+    for _ in 0..2000 {
+        split_by_pod(
+            &mut rng,
+            &[healthy, slow],
+            &seconds,
+            30.0,
+            &mut pods,
+            &mut scratch,
+        );
+        let mut total = healthy;
+        total.add(&slow);
+        assert_pods_add_up(&pods, &total, "split");
+        for (sum, pod) in sums.iter_mut().zip(&pods) {
+            sum[0] += pod.buckets[6] as f64 / 2000.0;
+            sum[1] += pod.buckets[9] as f64 / 2000.0;
+        }
+    }
+    let want = [
+        [4000.0 / 9.0, 2000.0 / 3.0],
+        [8000.0 / 9.0, 1000.0 / 3.0],
+        [4000.0 / 3.0, 0.0],
+        [4000.0 / 3.0, 0.0],
+    ];
+    for (got, want) in sums.iter().zip(&want) {
+        for (got, want) in got.iter().zip(want) {
+            assert!((got - want).abs() < 2.0, "{sums:?}");
+        }
+    }
+    // No pods, no split.
+    split_by_pod(
+        &mut rng,
+        &[healthy, slow],
+        &[],
+        30.0,
+        &mut pods,
+        &mut scratch,
+    );
+    assert!(pods.is_empty());
+}
+
+#[test]
+fn reporting_pods_leaves_every_other_draw_as_it_was() {
+    let buckets = lognormal_buckets(LATENCY_MEDIAN_MS);
+    let stalled = shifted_lognormal_buckets(LATENCY_MEDIAN_MS, 500.0);
+    let mut tick = tick(&buckets, &stalled, 0.01);
+    tick.canary_share = 0.05;
+    for name in ["pod-stall:4:600:60:500", "independent", "retry-clusters:3"] {
+        let conditions = Conditions::parse(name).unwrap();
+        let (mut plain_rng, mut pods_rng) = (Rng::new(19), Rng::new(19));
+        let mut plain = RunState::new(&conditions, &mut plain_rng);
+        let mut with_pods =
+            RunState::new(&conditions, &mut pods_rng).reporting_pods(&conditions, &pods_rng);
+        for _ in 0..200 {
+            assert_eq!(
+                conditions.draw(&mut plain, &mut plain_rng, &tick, 16),
+                conditions.draw(&mut with_pods, &mut pods_rng, &tick, 16),
+                "{name}"
+            );
+            assert_eq!(plain.pods(), (&[][..], &[][..]), "{name}");
+            let (canary, stable) = with_pods.pods();
+            let want = if conditions.pod_stall.is_some() {
+                (4, 76)
+            } else {
+                (0, 0)
+            };
+            assert_eq!((canary.len(), stable.len()), want, "{name}");
+        }
+    }
+}
+
+#[test]
+fn the_ledger_reports_every_pod_of_the_window_adding_up_to_the_totals() {
+    let buckets = lognormal_buckets(LATENCY_MEDIAN_MS);
+    let stalled = shifted_lognormal_buckets(LATENCY_MEDIAN_MS, 500.0);
+    let mut tick = tick(&buckets, &stalled, 0.01);
+    tick.rps = 20.0;
+    for name in [
+        "pod-stall:4:600:60:500",
+        "pod-stall:4:600:60:500+extrapolated",
+    ] {
+        let conditions = Conditions::parse(name).unwrap();
+        let mut rng = Rng::new(20);
+        let mut state = RunState::new(&conditions, &mut rng).reporting_pods(&conditions, &rng);
+        let mut ledger = Ledger::new(30.0, conditions.scrape_s, 16, &mut rng);
+        // Exact counts of each version since the start, to check the pods against under
+        // `extrapolated` (whose totals are not exact).
+        let mut exact = [Counts::default(); 2];
+        let mut last = [Counts::default(); 2];
+        for round in 0..20 {
+            // Ten ticks at 1% (396 stable pods), ten at 25% (12).
+            tick.canary_share = if round < 10 { 0.01 } else { 0.25 };
+            let (canary, stable) = conditions.draw(&mut state, &mut rng, &tick, 16);
+            ledger.record(&mut rng, &canary, &stable);
+            ledger.record_pods(state.pods());
+            for (v, units) in [&canary, &stable].into_iter().enumerate() {
+                last[v] = Counts::default();
+                units.iter().for_each(|unit| last[v].add(unit));
+                exact[v].add(&last[v]);
+            }
+            let stable_now = stable_pods(4, tick.canary_share);
+            for (window, pods_seen, since) in [
+                (30.0, stable_now, last),
+                // Since the start: the pods removed at 25% are still there.
+                (30.0 * f64::from(round + 1), 396, exact),
+            ] {
+                let samples = ledger.samples(window);
+                for (v, (version, pods)) in [(&samples.canary, 4), (&samples.stable, pods_seen)]
+                    .into_iter()
+                    .enumerate()
+                {
+                    if version.requests == Observed::NoData {
+                        // Too few scrapes: no pods either.
+                        assert!(version.pods.is_empty());
+                        continue;
+                    }
+                    assert_eq!(version.pods.len(), pods, "{name} {round} {window}");
+                    let names: Vec<&str> = version.pods.iter().map(|p| p.unit.as_str()).collect();
+                    assert_eq!(names[..2], ["0", "1"]);
+                    let sum =
+                        |f: &dyn Fn(&UnitSamples) -> f64| version.pods.iter().map(f).sum::<f64>();
+                    let (requests, errors) = (since[v].requests(), since[v].errors);
+                    assert_eq!(sum(&|p| p.requests), requests as f64, "{name} {round}");
+                    assert_eq!(sum(&|p| p.server_errors), errors as f64, "{name} {round}");
+                    let mut below = 0;
+                    for (i, count) in since[v].buckets.iter().enumerate() {
+                        below += count;
+                        assert_eq!(sum(&|p| p.latency_ms[i].count), below as f64);
+                    }
+                    if conditions.scrape_s.is_none() {
+                        // The version's own totals are exact, and the pods add up to them.
+                        assert_eq!(version.requests, Observed::Value(requests as f64));
+                        assert_eq!(version.server_errors, Observed::Value(errors as f64));
+                    }
+                }
+            }
+        }
+    }
+    // Without pods recorded (every condition but pod-stall), no pods.
+    let conditions = Conditions::parse("retry-clusters:3+extrapolated").unwrap();
+    let mut rng = Rng::new(21);
+    let mut state = RunState::new(&conditions, &mut rng).reporting_pods(&conditions, &rng);
+    let mut ledger = Ledger::new(30.0, conditions.scrape_s, 16, &mut rng);
+    for _ in 0..4 {
+        let (canary, stable) = conditions.draw(&mut state, &mut rng, &tick, 16);
+        ledger.record(&mut rng, &canary, &stable);
+        let samples = ledger.samples(60.0);
+        assert!(samples.canary.pods.is_empty() && samples.stable.pods.is_empty());
+    }
 }
 
 #[test]
