@@ -498,9 +498,12 @@ pub const MIN_POD_DEGREES: usize = 2;
 /// the one degree each version's rate takes (`(k − 1)/k` for `k` equal Pods; 0 for a lone Pod).
 /// Pooling is what lets a canary of one or two Pods be judged: the Pods of both versions run
 /// the same code under the same load per Pod, and stable's many show how much Pods differ.
-/// A version's dispersion is then `1 + τ² Σμ² / Σμ`: for `k` equal Pods, `1 + τ²·μ`,
-/// growing with the events each Pod has seen, as a stall's excess does. `None` with fewer than
-/// [`MIN_POD_DEGREES`] degrees of freedom, or no events.
+/// A version's dispersion is then `1 + τ² Σμ₀² / Σμ₀`, with `μ₀` a Pod's expected events at the
+/// rate both versions share if the canary is no worse (the null the test rejects): for `k`
+/// equal Pods `1 + τ²·μ₀`, growing with the events each Pod has seen, as a stall's excess does.
+/// At its own rate a version whose Pods happened not to stall in the window (a few events, or
+/// none) would look precise, and one canary Pod's stall would then stand against it. `None`
+/// with fewer than [`MIN_POD_DEGREES`] degrees of freedom, or no events.
 pub fn pod_dispersion(canary: &[Counts], stable: &[Counts]) -> Option<PodSpread> {
     let served = |pods: &[Counts]| -> Vec<Counts> {
         pods.iter()
@@ -516,15 +519,22 @@ pub fn pod_dispersion(canary: &[Counts], stable: &[Counts]) -> Option<PodSpread>
     if degrees < MIN_POD_DEGREES {
         return None;
     }
-    // Per version: Σ (x − n·r̂)², Σ c·μ̂, Σ c·μ̂², and Σ μ̂² / Σ μ̂ for its dispersion.
+    // Per version: Σ (x − n·r̂)², Σ c·μ̂ and Σ c·μ̂²; and Σ n² / Σ n for its dispersion.
     let mut squares = 0.0;
     let mut poisson = 0.0;
     let mut heterogeneous = 0.0;
     let mut size = [0.0; 2];
+    let mut all_events = 0.0;
+    let mut all_exposure = 0.0;
     for (pods, size) in versions.iter().zip(size.iter_mut()) {
         let events: f64 = pods.iter().map(|pod| pod.events).sum();
         let exposure: f64 = pods.iter().map(|pod| pod.exposure).sum();
-        if pods.is_empty() || events <= 0.0 {
+        all_events += events;
+        all_exposure += exposure;
+        if exposure > 0.0 {
+            *size = pods.iter().map(|pod| pod.exposure.powi(2)).sum::<f64>() / exposure;
+        }
+        if events <= 0.0 {
             continue;
         }
         let rate = events / exposure;
@@ -532,25 +542,23 @@ pub fn pod_dispersion(canary: &[Counts], stable: &[Counts]) -> Option<PodSpread>
             .iter()
             .map(|pod| (pod.exposure / exposure).powi(2))
             .sum();
-        let mut expected_squared = 0.0;
         for pod in pods {
             let expected = pod.exposure * rate;
             let weight = 1.0 - 2.0 * pod.exposure / exposure + shares_squared;
             squares += (pod.events - expected).powi(2);
             poisson += weight * expected;
             heterogeneous += weight * expected * expected;
-            expected_squared += expected * expected;
         }
-        *size = expected_squared / events;
     }
-    if heterogeneous <= 0.0 {
+    if heterogeneous <= 0.0 || all_exposure <= 0.0 {
         return None;
     }
     let variance = ((squares - poisson) / heterogeneous).max(0.0);
+    let shared_rate = all_events / all_exposure;
     Some(PodSpread {
         variance,
-        canary: 1.0 + variance * size[0],
-        stable: 1.0 + variance * size[1],
+        canary: 1.0 + variance * shared_rate * size[0],
+        stable: 1.0 + variance * shared_rate * size[1],
     })
 }
 

@@ -1303,24 +1303,18 @@ fn a_stalled_canary_pod_is_one_pod_but_a_regression_of_every_pod_fails() {
     assert_eq!(held.verdict, Verdict::Inconclusive, "{}", held.reason);
     let look = held.sequential.clone().unwrap_or_else(|| panic!("a look"));
     // Σ(x − μ)²: stable 20·64 = 1280, canary 3·900 + 8100 = 10800; c: 0.95 and 0.75;
-    // τ² = (12080 − 0.95·200 − 0.75·160) / (0.95·20·100 + 0.75·4·1600) = 11770/6700;
-    // the canary's Σμ²/Σμ is 40, stable's 10.
+    // τ² = (12080 − 0.95·200 − 0.75·160) / (0.95·20·100 + 0.75·4·1600) = 11770/6700.
+    // At the rate both would share, 360/24000, every Pod expects 15 events: 1 + 15τ² each.
     let variance = 11_770.0 / 6_700.0;
-    close(
-        look.canary_pod_dispersion.unwrap_or_default(),
-        1.0 + variance * 40.0,
-        1e-9,
-        "canary's Pod dispersion",
-    );
-    close(
-        look.stable_pod_dispersion.unwrap_or_default(),
-        1.0 + variance * 10.0,
-        1e-9,
-        "stable's Pod dispersion",
-    );
+    for (what, got) in [
+        ("canary's", look.canary_pod_dispersion),
+        ("stable's", look.stable_pod_dispersion),
+    ] {
+        close(got.unwrap_or_default(), 1.0 + variance * 15.0, 1e-9, what);
+    }
     assert!(
         held.reason.ends_with(
-            "; between Pods counts vary 71.3 (canary) and 18.6 (stable) times as much as \
+            "; between Pods counts vary 27.4 (canary) and 27.4 (stable) times as much as \
              independent requests"
         ),
         "{}",
@@ -1332,4 +1326,47 @@ fn a_stalled_canary_pod_is_one_pod_but_a_regression_of_every_pod_fails() {
     let mut totals_only = one_pod.clone();
     totals_only.pods.clear();
     assert_eq!(judge(&totals_only).verdict, Verdict::Fail);
+}
+
+#[test]
+fn a_version_whose_pods_saw_no_stall_is_weighed_at_the_shared_rate() {
+    // Half the traffic each, four Pods each: one canary Pod stalled (every request slow), no
+    // stable Pod did in this window. At its own rate stable would look exact (no events, no
+    // spread) and the canary's stall alone would fail it; under the null both share a rate.
+    let canary = [
+        counts(0.0, 1000.0),
+        counts(0.0, 1000.0),
+        counts(0.0, 1000.0),
+        counts(1000.0, 1000.0),
+    ];
+    let stable = [counts(0.0, 1000.0); 4];
+    let spread = pod_dispersion(&canary, &stable).unwrap_or_else(|| panic!("a spread"));
+    // Canary: rate 0.25, μ̂ = 250, Σ(x − μ̂)² = 750000, c = 0.75: τ² = (750000 − 750)/187500.
+    let variance = (750_000.0 - 750.0) / 187_500.0;
+    close(spread.variance, variance, 1e-12, "τ²");
+    // Shared rate 1000/8000: each Pod expects 125 events.
+    close(spread.canary, 1.0 + 125.0 * variance, 1e-12, "canary");
+    close(spread.stable, 1.0 + 125.0 * variance, 1e-12, "stable");
+    let decision = decide(
+        counts(1000.0, 4000.0),
+        counts(0.0, 4000.0),
+        Worse::Higher,
+        Margin {
+            max_ratio: 1.5,
+            max_increase: 0.0,
+            max_drop: 0.0,
+        },
+        0.001,
+        Dispersion {
+            canary: spread.canary,
+            stable: spread.stable,
+        },
+        false,
+    );
+    assert_eq!(
+        decision.verdict,
+        Verdict::Inconclusive,
+        "{}",
+        decision.reason
+    );
 }
