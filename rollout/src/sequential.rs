@@ -101,7 +101,13 @@
 //! two, which is sound because Pods of both versions carry the same load each. A version's counts
 //! then vary `1 + τ²·Σμ²/Σμ` times as much as independent requests, `μ` each Pod's expected
 //! events. Each version's counts are divided by the largest of its dispersions: the looks', its
-//! units' and its Pods'. Without units or Pods (a plain Envoy's cluster stats, Istio without the
+//! units' and its Pods'. A variance alone does not describe a stall, though: most Pods are as
+//! usual and one is far off, a tail no dispersion factor gives a Poisson count. So a canary that
+//! would fail is judged again without its worst Pod when that Pod stands apart from the other
+//! canary Pods ([`OUTLIER_Z`] standard deviations above its share of their events), and fails
+//! only if it is still worse: one Pod's bad minutes are not the version's, while a regression
+//! raises every Pod alike and none stands apart. Pass and its bounds read every Pod. Without
+//! units or Pods (a plain Envoy's cluster stats, Istio without the
 //! Telemetry object or without Pod labels) the looks' alone apply.
 //!
 //! # Assumptions and limits
@@ -893,6 +899,37 @@ impl SequentialGate {
         };
         let alpha = self.alpha();
         let decision = decide(canary, stable, worse, margin, alpha, dispersion, expired);
+        let decision = match (
+            decision.verdict,
+            worse,
+            without_worst_pod(canary, &canary_pods),
+        ) {
+            // One Pod's stall is not the version's regression: the canary fails only if it is
+            // worse without the Pod that adds the most. Pass still reads every Pod.
+            (Verdict::Fail, Worse::Higher, Some(rest)) => {
+                let without = decide(rest, stable, worse, margin, alpha, dispersion, expired);
+                if without.verdict == Verdict::Fail {
+                    decision
+                } else {
+                    Decision {
+                        verdict: match without.verdict {
+                            Verdict::Underpowered => Verdict::Underpowered,
+                            _ => Verdict::Inconclusive,
+                        },
+                        evidence: without.evidence,
+                        reason: format!(
+                            "worse than stable only with its worst Pod: evidence {} with it, {} \
+                             without it, of the {} needed to fail",
+                            short(decision.evidence),
+                            short(without.evidence),
+                            short(1.0 / alpha)
+                        ),
+                        ..decision
+                    }
+                }
+            }
+            _ => decision,
+        };
         result.sequential = tally.map(|tally| SequentialLook {
             evidence: decision.evidence,
             evidence_needed: 1.0 / alpha,
@@ -942,6 +979,38 @@ impl SequentialGate {
         );
         result
     }
+}
+
+/// How many standard deviations above its share of the canary's events a Pod must be to stand
+/// apart from the canary's other Pods.
+pub const OUTLIER_Z: f64 = 3.0;
+
+/// The canary's counts without its worst Pod, the one whose events most exceed what the canary's
+/// rate gives its requests, when that Pod stands apart from the others: its events lie more than
+/// [`OUTLIER_Z`] standard deviations above its share of the canary's (binomial, given the
+/// canary's events). `None` with fewer than two Pods with requests, or no Pod apart: a
+/// regression of the whole canary raises every Pod alike and keeps all of them.
+fn without_worst_pod(canary: Counts, pods: &[Counts]) -> Option<Counts> {
+    let served: Vec<&Counts> = pods.iter().filter(|pod| pod.exposure > 0.0).collect();
+    if served.len() < 2 {
+        return None;
+    }
+    let events: f64 = served.iter().map(|pod| pod.events).sum();
+    let exposure: f64 = served.iter().map(|pod| pod.exposure).sum();
+    let rate = events / exposure;
+    let excess = |pod: &Counts| pod.events - pod.exposure * rate;
+    let worst = served
+        .into_iter()
+        .max_by(|a, b| excess(a).total_cmp(&excess(b)))?;
+    let share = worst.exposure / exposure;
+    let spread = (events * share * (1.0 - share)).sqrt();
+    if !(spread > 0.0 && excess(worst) > OUTLIER_Z * spread) {
+        return None;
+    }
+    Some(Counts {
+        events: (canary.events - worst.events).max(0.0),
+        exposure: (canary.exposure - worst.exposure).max(0.0),
+    })
 }
 
 /// One version's events over exposure, in total, per unit and per Pod (empty when the source

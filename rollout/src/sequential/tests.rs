@@ -1370,3 +1370,104 @@ fn a_version_whose_pods_saw_no_stall_is_weighed_at_the_shared_rate() {
         decision.reason
     );
 }
+
+#[test]
+fn only_a_pod_apart_from_the_others_is_left_out() {
+    let pods = |events: &[f64]| -> Vec<Counts> {
+        events
+            .iter()
+            .map(|&events| counts(events, 1000.0))
+            .collect()
+    };
+    let total = |pods: &[Counts]| Counts {
+        events: pods.iter().map(|pod| pod.events).sum(),
+        exposure: pods.iter().map(|pod| pod.exposure).sum(),
+    };
+    let table: Vec<(&str, Vec<Counts>, Option<Counts>)> = vec![
+        // 71 events of 80, a quarter of the requests: 51 above its share, sd √(80·¼·¾) = 3.9.
+        (
+            "one stalled Pod",
+            pods(&[3.0, 3.0, 3.0, 71.0]),
+            Some(counts(9.0, 3000.0)),
+        ),
+        // A regression of every Pod: the largest, 38 of 132, is 5 above its share, sd 5.
+        (
+            "every Pod worse alike",
+            pods(&[31.0, 35.0, 28.0, 38.0]),
+            None,
+        ),
+        // 20 of 40 against a share of 10: sd √(40·¼·¾) = 2.74, 10 is 3.65 sd.
+        (
+            "just apart",
+            pods(&[6.0, 7.0, 7.0, 20.0]),
+            Some(counts(20.0, 3000.0)),
+        ),
+        // 17 of 37 against a share of 9.25: sd √(37·¼·¾) = 2.63, 7.75 is 2.94 sd: kept.
+        ("just not apart", pods(&[7.0, 7.0, 6.0, 17.0]), None),
+        ("one Pod", pods(&[71.0]), None),
+        ("no events", pods(&[0.0; 4]), None),
+    ];
+    for (what, pods, want) in table {
+        assert_eq!(without_worst_pod(total(&pods), &pods), want, "{what}");
+    }
+}
+
+#[test]
+fn a_canary_worse_only_by_one_stalled_pod_is_not_failed() {
+    // Latency's slow share at 5%: one canary Pod stalled the whole window (every request slow),
+    // the others as stable's 76 Pods (1% slow, evenly): the totals fail it, the Pods do not.
+    let pod = |slow: f64, requests: f64| UnitSamples {
+        unit: String::new(),
+        requests,
+        server_errors: slow,
+        latency_ms: Vec::new(),
+    };
+    let mut canary = traffic(280.0, 73.0);
+    canary.pods = vec![
+        pod(1.0, 70.0),
+        pod(1.0, 70.0),
+        pod(0.0, 70.0),
+        pod(71.0, 70.0),
+    ];
+    let mut stable = traffic(76.0 * 70.0, 53.0);
+    stable.pods = (0..76)
+        .map(|i| pod(if i % 4 == 0 { 0.0 } else { 1.0 }, 70.0))
+        .collect();
+    let samples = Samples {
+        canary,
+        stable: stable.clone(),
+    };
+    let errors = gate(SequentialMetric::ErrorRate);
+    let judge = |samples: &Samples| {
+        judged_over(
+            &errors,
+            "errors",
+            100,
+            samples,
+            Some(Duration::from_secs(60)),
+        )
+    };
+    let held = judge(&samples);
+    assert_eq!(held.verdict, Verdict::Inconclusive, "{}", held.reason);
+    assert!(
+        held.reason
+            .contains("worse than stable only with its worst Pod: evidence "),
+        "{}",
+        held.reason
+    );
+    // Every canary Pod as bad as the stalled one's share: the same totals fail.
+    let mut spread = samples.clone();
+    spread.canary.pods = vec![
+        pod(18.0, 70.0),
+        pod(18.0, 70.0),
+        pod(18.0, 70.0),
+        pod(19.0, 70.0),
+    ];
+    let failed = judge(&spread);
+    assert_eq!(failed.verdict, Verdict::Fail, "{}", failed.reason);
+    // Without Pods the totals alone fail it too.
+    let mut totals_only = samples;
+    totals_only.canary.pods.clear();
+    totals_only.stable.pods.clear();
+    assert_eq!(judge(&totals_only).verdict, Verdict::Fail);
+}
