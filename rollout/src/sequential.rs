@@ -116,7 +116,10 @@
 //! handful of units estimates a variance roughly: with few events (a 1% canary at 10 rps) one retry
 //! cluster can make a unit look far off, and the gate then waits longer for the same evidence. The
 //! Pods' τ² assumes a Pod of either version is as likely to stall: canary Pods that stall more
-//! often than stable's are a regression, which the spread they add makes slower to find. Exposure
+//! often than stable's are a regression, which the spread they add makes slower to find. A
+//! canary of one Pod beside a stable of one is its Pod: nothing in a window tells that Pod's
+//! stall from the version's regression, and two canary Pods stalled at once are more than
+//! leaving out one Pod covers. Exposure
 //! shares are stable within a step
 //! (true in expectation under per-user bucketing); the latency bound is read from stable's
 //! histogram at each look, which is nearly fixed once stable has a few thousand observations. The
