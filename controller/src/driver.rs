@@ -8,9 +8,9 @@
 //! 3. **read the workload** (in the cluster, with `spec.workload`): the stable and canary
 //!    Deployments, from which [`workload::before_plan`] moves the status (a new canary revision
 //!    starts a run);
-//! 4. **fetch samples** from the [`MetricSource`] and [`evaluate`] them, when the cycle's
+//! 4. **fetch samples** from the [`MetricSource`] and [`evaluate`](cohort_rollout::evaluate()) them, when the cycle's
 //!    [`Sampling`] says so;
-//! 5. **plan** the next status, weight, Events and requeue ([`plan`]): pure, no I/O; with a
+//! 5. **plan** the next status, weight, Events and requeue ([`plan`](cohort_rollout::plan())): pure, no I/O; with a
 //!    workload, [`workload::after_plan`] holds a weight the canary cannot take yet and decides
 //!    what to do to the Deployments (scale the canary, copy its template into stable), which is
 //!    done before the push;

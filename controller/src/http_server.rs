@@ -27,7 +27,7 @@ use crate::metrics::{self, Metrics};
 
 /// How long requests under way at shutdown may take to finish; a client that holds its
 /// connection longer is left to the process's exit rather than holding that exit up.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 /// How long a client may take to send a request head (on a new connection, or the next one on a
 /// kept-alive connection) before it is cut off, so that slow or stalled clients cannot hold

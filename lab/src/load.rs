@@ -4,7 +4,7 @@
 //! keeps the `cohort-id` cookie the filter sets on its first answer, and sends it back from then
 //! on, as a browser would. Users take turns in a fixed scrambled order, so each is seen every
 //! `users / rate` seconds. Requests are paced by the clock (open loop), so a slow version does
-//! not slow the load down; at most [`MAX_IN_FLIGHT`] are outstanding.
+//! not slow the load down; at most `MAX_IN_FLIGHT` are outstanding.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -125,7 +125,7 @@ impl Load {
         })
     }
 
-    /// Requests not sent because [`MAX_IN_FLIGHT`] were outstanding.
+    /// Requests not sent because `MAX_IN_FLIGHT` were outstanding.
     pub fn skipped(&self) -> u64 {
         self.skipped.load(Ordering::Relaxed)
     }

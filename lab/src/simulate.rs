@@ -37,7 +37,7 @@
 //!   the measured runs, A/A runs of the same traffic under the same condition, on a calibration
 //!   stream of their own, record each check's canary 5xx share and p99; both bounds are the
 //!   same quantile of those values, the lowest one whose Flagger verdicts roll back at most the
-//!   target share of the calibration runs ([`tune`]). The row says the bounds (`tuned`).
+//!   target share of the calibration runs (`tune`). The row says the bounds (`tuned`).
 //! - `mann-whitney`: Kayenta's judge at a fixed horizon (10 m): per-minute error rate and p99 of
 //!   each version compared with a Mann–Whitney test (98% confidence interval of the shift,
 //!   Hodges–Lehmann estimate, tolerance 0.25, mean ratio ≥ 1, as in Kayenta's

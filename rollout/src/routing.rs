@@ -4,7 +4,7 @@
 //! count what each version answered. When the route or VirtualService misses the routing header,
 //! the filter's "canary" users are served by stable, the canary serves nothing, and gates that
 //! compared decisions would compare stable with stable. So every analysis compares the two over
-//! the same window, and a clear shortfall holds the rollout ([`crate::plan`]).
+//! the same window, and a clear shortfall holds the rollout ([`crate::plan()`]).
 //!
 //! "Clear" means: at least [`MIN_DECISIONS`] canary decisions in the window, and the canary served
 //! fewer than [`SHORTFALL_RATIO`] of them. The two counts come from different proxies scraped at

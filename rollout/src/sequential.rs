@@ -720,13 +720,13 @@ impl Judge for SequentialGate {
 /// Istio's retry policies, clients' own) make clusters of several errors common, and one large
 /// cluster in a 1% canary's first minute must not read as a regression. Tuned with
 /// `cohort simulate --condition retry-clusters:5` (BENCHMARKS.md).
-const PRIOR_DISPERSION: f64 = 5.0;
+pub const PRIOR_DISPERSION: f64 = 5.0;
 /// How many looks' worth of weight the prior has.
-const PRIOR_DEGREES: f64 = 6.0;
+pub const PRIOR_DEGREES: f64 = 6.0;
 /// How much one look of stable's own Pearson statistic weighs against one of the canary's
 /// share: stable's many events show early how unevenly events arrive, which a small canary's
 /// few cannot; both estimate the same dispersion when canary and stable are alike.
-const STABLE_WEIGHT: f64 = 3.0;
+pub const STABLE_WEIGHT: f64 = 3.0;
 
 impl Tally {
     /// Folds a look at the window's counts into the tally of the look before (`None` at the first

@@ -71,7 +71,7 @@ pub const MAX_STABLE_PODS: u32 = 1000;
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct PodStall {
     /// Canary pods, each serving an equal share of its requests (stable runs
-    /// [`stable_pods`] of them).
+    /// `stable_pods` of them).
     pub pods: u32,
     /// Mean seconds between one pod's stalls.
     pub every_s: f64,

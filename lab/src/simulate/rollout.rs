@@ -49,7 +49,7 @@ pub struct Rollout {
     pub spec: CanaryRolloutSpec,
     compiled: CompiledRollout,
     interval_s: u64,
-    /// When an undecided run stops, in seconds: [`HORIZON_BAKES`] × the bakes before 100%, at
+    /// When an undecided run stops, in seconds: `HORIZON_BAKES` × the bakes before 100%, at
     /// least an hour.
     pub horizon_s: u64,
 }
