@@ -1120,20 +1120,41 @@ fn unit_dispersion_compares_the_units_spread_with_independent_requests() {
     }
 }
 
-/// `requests` each of `units` units, the errors given unit by unit.
-fn in_units(requests: f64, errors: &[f64]) -> VersionSamples {
+/// A version of as many parts (units or Pods) as `errors` has, `requests` each, the errors given
+/// part by part, in totals (`traffic`) and in the parts `name` names.
+fn in_parts(requests: f64, errors: &[f64], name: impl Fn(usize) -> String) -> VersionSamples {
     let mut samples = traffic(requests * errors.len() as f64, errors.iter().sum());
     samples.units = errors
         .iter()
         .enumerate()
         .map(|(i, errors)| UnitSamples {
-            unit: i.to_string(),
+            unit: name(i),
             requests,
             server_errors: *errors,
             latency_ms: Vec::new(),
         })
         .collect();
     samples
+}
+
+/// `requests` each of `units` units, the errors given unit by unit.
+fn in_units(requests: f64, errors: &[f64]) -> VersionSamples {
+    in_parts(requests, errors, |i| i.to_string())
+}
+
+/// The error-rate gate's look at `canary` against `stable` over `seconds`.
+fn errors_judged(canary: &VersionSamples, stable: &VersionSamples, seconds: u64) -> GateResult {
+    let samples = Samples {
+        canary: canary.clone(),
+        stable: stable.clone(),
+    };
+    judged_over(
+        &gate(SequentialMetric::ErrorRate),
+        "errors",
+        100,
+        &samples,
+        Some(Duration::from_secs(seconds)),
+    )
 }
 
 #[test]
@@ -1146,20 +1167,7 @@ fn excess_errors_in_one_unit_are_not_the_versions_but_spread_over_all_units_they
     let mut one_unit = [5.0; 16];
     one_unit[0] = 60.0;
     let one_unit = in_units(1000.0, &one_unit);
-    let errors = gate(SequentialMetric::ErrorRate);
-    let judge = |canary: &VersionSamples| {
-        let samples = Samples {
-            canary: canary.clone(),
-            stable: stable.clone(),
-        };
-        judged_over(
-            &errors,
-            "errors",
-            100,
-            &samples,
-            Some(Duration::from_secs(300)),
-        )
-    };
+    let judge = |canary: &VersionSamples| errors_judged(canary, &stable, 300);
     let failed = judge(&spread);
     assert_eq!(failed.verdict, Verdict::Fail, "{}", failed.reason);
     let look = failed.sequential.unwrap_or_else(|| panic!("a look"));
@@ -1264,17 +1272,8 @@ fn pod_dispersion_pools_the_spread_between_the_pods_of_both_versions() {
 
 /// `requests` each of as many Pods as `errors` has, the errors given Pod by Pod.
 fn in_pods(requests: f64, errors: &[f64]) -> VersionSamples {
-    let mut samples = traffic(requests * errors.len() as f64, errors.iter().sum());
-    samples.pods = errors
-        .iter()
-        .enumerate()
-        .map(|(i, errors)| UnitSamples {
-            unit: format!("pod-{i}"),
-            requests,
-            server_errors: *errors,
-            latency_ms: Vec::new(),
-        })
-        .collect();
+    let mut samples = in_parts(requests, errors, |i| format!("pod-{i}"));
+    samples.pods = std::mem::take(&mut samples.units);
     samples
 }
 
@@ -1285,20 +1284,7 @@ fn a_stalled_canary_pod_is_one_pod_but_a_regression_of_every_pod_fails() {
     let stable = in_pods(1000.0, &[2.0, 18.0].repeat(10));
     let one_pod = in_pods(1000.0, &[10.0, 10.0, 10.0, 130.0]);
     let every_pod = in_pods(1000.0, &[40.0; 4]);
-    let errors = gate(SequentialMetric::ErrorRate);
-    let judge = |canary: &VersionSamples| {
-        let samples = Samples {
-            canary: canary.clone(),
-            stable: stable.clone(),
-        };
-        judged_over(
-            &errors,
-            "errors",
-            100,
-            &samples,
-            Some(Duration::from_secs(300)),
-        )
-    };
+    let judge = |canary: &VersionSamples| errors_judged(canary, &stable, 300);
     let held = judge(&one_pod);
     assert_eq!(held.verdict, Verdict::Inconclusive, "{}", held.reason);
     let look = held.sequential.clone().unwrap_or_else(|| panic!("a look"));
@@ -1414,40 +1400,11 @@ fn only_a_pod_apart_from_the_others_is_left_out() {
 
 #[test]
 fn a_canary_worse_only_by_one_stalled_pod_is_not_failed() {
-    // Latency's slow share at 5%: one canary Pod stalled the whole window (every request slow),
-    // the others as stable's 76 Pods (1% slow, evenly): the totals fail it, the Pods do not.
-    let pod = |slow: f64, requests: f64| UnitSamples {
-        unit: String::new(),
-        requests,
-        server_errors: slow,
-        latency_ms: Vec::new(),
-    };
-    let mut canary = traffic(280.0, 73.0);
-    canary.pods = vec![
-        pod(1.0, 70.0),
-        pod(1.0, 70.0),
-        pod(0.0, 70.0),
-        pod(71.0, 70.0),
-    ];
-    let mut stable = traffic(76.0 * 70.0, 53.0);
-    stable.pods = (0..76)
-        .map(|i| pod(if i % 4 == 0 { 0.0 } else { 1.0 }, 70.0))
-        .collect();
-    let samples = Samples {
-        canary,
-        stable: stable.clone(),
-    };
-    let errors = gate(SequentialMetric::ErrorRate);
-    let judge = |samples: &Samples| {
-        judged_over(
-            &errors,
-            "errors",
-            100,
-            samples,
-            Some(Duration::from_secs(60)),
-        )
-    };
-    let held = judge(&samples);
+    // A 5% canary's 5xx: one of its Pods failed every request of the window, the others are as
+    // stable's 76 Pods (about 1%): the totals fail it, the Pods do not.
+    let canary = in_pods(70.0, &[1.0, 1.0, 0.0, 71.0]);
+    let stable = in_pods(70.0, &[0.0, 1.0, 1.0, 1.0].repeat(19));
+    let held = errors_judged(&canary, &stable, 60);
     assert_eq!(held.verdict, Verdict::Inconclusive, "{}", held.reason);
     assert!(
         held.reason
@@ -1456,18 +1413,16 @@ fn a_canary_worse_only_by_one_stalled_pod_is_not_failed() {
         held.reason
     );
     // Every canary Pod as bad as the stalled one's share: the same totals fail.
-    let mut spread = samples.clone();
-    spread.canary.pods = vec![
-        pod(18.0, 70.0),
-        pod(18.0, 70.0),
-        pod(18.0, 70.0),
-        pod(19.0, 70.0),
-    ];
-    let failed = judge(&spread);
+    let spread = in_pods(70.0, &[18.0, 18.0, 18.0, 19.0]);
+    assert_eq!(spread.server_errors, canary.server_errors);
+    let failed = errors_judged(&spread, &stable, 60);
     assert_eq!(failed.verdict, Verdict::Fail, "{}", failed.reason);
     // Without Pods the totals alone fail it too.
-    let mut totals_only = samples;
-    totals_only.canary.pods.clear();
-    totals_only.stable.pods.clear();
-    assert_eq!(judge(&totals_only).verdict, Verdict::Fail);
+    let (mut canary_totals, mut stable_totals) = (canary, stable);
+    canary_totals.pods.clear();
+    stable_totals.pods.clear();
+    assert_eq!(
+        errors_judged(&canary_totals, &stable_totals, 60).verdict,
+        Verdict::Fail
+    );
 }
